@@ -1,0 +1,1 @@
+"""UDP programs that run inside testbed namespaces: STUN, TURN client, signaling, peers."""

@@ -1,0 +1,3 @@
+"""nat-testbed: NAT traversal on real Linux kernels."""
+
+__version__ = "0.1.0"

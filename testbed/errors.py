@@ -1,0 +1,33 @@
+"""Errors a user can act on: each names where the problem is."""
+
+from __future__ import annotations
+
+
+class TestbedError(Exception):
+    """An error reported to the user as one clear line, never as a traceback."""
+
+    exit_code = 1
+
+
+class TopologyError(TestbedError):
+    """Bad input in a topology: names the file, the line and the field."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, line: int | None, field: str, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.field = field
+        self.message = message
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {field}: {message}")
+
+
+class PrivilegeError(TestbedError):
+    """The kernel refused: not root, or no CAP_NET_ADMIN / CAP_SYS_ADMIN."""
+
+    exit_code = 3
+
+
+class LabError(TestbedError):
+    """A lab that does not exist, is busy, or failed to build."""

@@ -1,0 +1,298 @@
+"""A live lab: one owner of everything a deployed topology created.
+
+    with Lab(load_topology("topologies/home-pair.yaml")) as lab:
+        lab.run("alice", ["ping", "-c1", "203.0.113.3"])
+
+Every namespace is named "<lab>-<node>" (or "<lab>-<network>" for the bridge
+of a LAN segment) and marked as the lab's; the list of what will be created is
+written to the state file before it is created, so a crash at any point
+leaves nothing that `nat-testbed clean` cannot find.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from testbed import netns, state
+from testbed.errors import LabError, PrivilegeError
+from testbed.nat import RouterContext, render_ruleset, sysctls
+from testbed.topology import Node, Segment, Topology
+
+LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+READY_TIMEOUT_S = 5.0
+NFT_TABLE = "nattestbed"
+BRIDGE = "br0"
+CREATED_INDEX_BASE = 1000
+BASE_SYSCTLS = {
+    # No IPv6: no router solicitations or DAD noise in a student's packet trace.
+    "net.ipv6.conf.all.disable_ipv6": "1",
+    "net.ipv6.conf.default.disable_ipv6": "1",
+}
+
+
+def new_lab_name() -> str:
+    """A short unique prefix: 'nt' + 4 random characters (namespace and state names)."""
+    while True:
+        name = "nt" + "".join(secrets.choice(LAB_NAME_ALPHABET) for _ in range(4))
+        if state.read_state(name) is None and not (netns.NETNS_DIR / f"{name}-x").exists():
+            return name
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError("nat-testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to "
+                             "create network namespaces: run it as root, e.g. with sudo")
+
+
+class Lab:
+    """Builds a topology on the kernel and undoes exactly what it built."""
+
+    def __init__(self, topo: Topology, name: str | None = None, *,
+                 start_services: bool = True) -> None:
+        self.topo = topo
+        self.name = name or new_lab_name()
+        self.start_services = start_services
+        self.ns: dict[str, netns.Netns] = {}  # node or bridged segment -> live namespace
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.ifindex: dict[tuple[str, str], int] = {}
+        self.services: dict[str, Any] = {}
+        self._lock = state.LabLock(self.name)
+        self._state: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ naming
+
+    def netns(self, key: str) -> str:
+        """Namespace name of a node (or of a LAN segment's bridge)."""
+        return f"{self.name}-{key}"
+
+    def addr(self, node: str, iface: str | None = None) -> str:
+        n = self.topo.node(node)
+        return str((n.iface(iface) if iface else n.interfaces[0]).address.ip)
+
+    def node(self, name: str) -> Node:
+        return self.topo.node(name)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        require_root()
+        netns.raise_fd_limit()
+        netns.ensure_netns_dir()
+        if not self._lock.acquire():
+            raise LabError(f"lab {self.name} is in use by another process")
+        try:
+            self._claim_names()
+            self._build()
+            self._state["status"] = "up"
+            state.write_state(self.name, self._state)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _claim_names(self) -> None:
+        keys = [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
+        names = [self.netns(k) for k in keys]
+        clash = [n for n in names if (netns.NETNS_DIR / n).exists()]
+        if state.read_state(self.name) is not None or clash:
+            self._lock.release()
+            raise LabError(f"lab {self.name} already exists (see nat-testbed status)")
+        self._state = {
+            "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pid": os.getpid(), "status": "building", "namespaces": names,
+            "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
+            "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
+            "processes": [],
+        }
+        state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
+
+    def detach(self) -> None:
+        """Leave the lab running for other processes (`nat-testbed up`)."""
+        self._close_sockets()
+        self._lock.release()
+
+    def down(self) -> state.Teardown:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        self._close_sockets()
+        result = state.teardown(self.name, self._state.get("namespaces", []),
+                                self._state.get("processes", []))
+        for p in self.procs:
+            try:
+                p.wait(timeout=state.KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        self._lock.release()
+        return result
+
+    def _close_sockets(self) -> None:
+        for ns in self.ns.values():
+            ns.close()
+        self.ns.clear()
+
+    # ------------------------------------------------------------ building
+
+    def _build(self) -> None:
+        for node in self.topo.nodes:
+            self.ns[node.name] = netns.create(self.netns(node.name), self.name)
+        for seg in self.topo.bridges:
+            self._make_bridge(seg)
+        for node in self.topo.nodes:
+            self._sysctls(node)
+        for seg in self.topo.segments:
+            self._wire(seg)
+        for node in self.topo.nodes:
+            self._addresses_and_routes(node)
+        self._wait_ready()
+        for node in self.topo.nodes:
+            if node.nat is not None:
+                self.apply_nat(node)
+        if self.start_services:
+            from testbed.services import start_services
+
+            start_services(self)
+
+    def _make_bridge(self, seg: Segment) -> None:
+        ns = netns.create(self.netns(seg.name), self.name)
+        self.ns[seg.name] = ns
+        ns.ipr.link("add", ifname=BRIDGE, index=2, kind="bridge", state="up")
+
+    def _sysctls(self, node: Node) -> None:
+        fd = self.ns[node.name].fd
+        values = dict(BASE_SYSCTLS)
+        if node.forwards:
+            values["net.ipv4.ip_forward"] = "1"  # only ever inside a router's namespace
+        if node.nat is not None:
+            values.update(sysctls(node.nat))
+        for key, value in values.items():
+            netns.write_sysctl(fd, key, value)
+
+    def _wire(self, seg: Segment) -> None:
+        if not seg.bridged:
+            (a, ifa), (b, ifb) = seg.members
+            self._veth(a, ifa, self.ns[b], ifb)
+            return
+        hub = self.ns[seg.name]
+        for port, (node, ifname) in enumerate(seg.members):
+            peer = f"p{port}"
+            self._veth(node, ifname, hub, peer)
+            hub.ipr.link("set", ifname=peer, master=2, state="up")
+
+    def _veth(self, node: str, ifname: str, peer_ns: netns.Netns, peer: str) -> None:
+        # Created ends get indexes from 1000 so they never equal the peer's (auto,
+        # small) index: the kernel treats such a veth's carrier change as urgent and
+        # activates its queue at once instead of within linkwatch's 1 s batching.
+        names = [i.name for i in self.topo.node(node).interfaces]
+        idx = CREATED_INDEX_BASE + names.index(ifname)
+        self.ns[node].ipr.link("add", ifname=ifname, index=idx, kind="veth", state="up",
+                               peer={"ifname": peer, "net_ns_fd": peer_ns.fd})
+        self.ifindex[(node, ifname)] = idx
+
+    def _addresses_and_routes(self, node: Node) -> None:
+        ipr = self.ns[node.name].ipr
+        for iface in node.interfaces:
+            idx = self.ifindex.get((node.name, iface.name))
+            if idx is None:  # the far end of a link: the kernel chose its index
+                idx = ipr.link_lookup(ifname=iface.name)[0]
+                ipr.link("set", index=idx, state="up")
+            for a in iface.addresses:
+                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+        for r in node.routes:
+            ipr.route("add", dst=str(r.dest) if r.dest else "default", gateway=str(r.via))
+
+    def _wait_ready(self) -> None:
+        """Wait until every veth is operationally up (the kernel activates its queue then)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        pending = [k for k in self.ns]
+        while pending:
+            pending = [k for k in pending if not self._all_up(self.ns[k])]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"lab {self.name}: links not up after {READY_TIMEOUT_S}s in "
+                               + ", ".join(self.netns(k) for k in pending))
+            time.sleep(0.002)
+
+    @staticmethod
+    def _all_up(ns: netns.Netns) -> bool:
+        for link in ns.ipr.get_links():
+            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+            if kind == "veth" and link.get_attr("IFLA_OPERSTATE") != "UP":
+                return False
+        return True
+
+    # ------------------------------------------------------------ NAT
+
+    def router_context(self, node: Node) -> RouterContext:
+        assert node.upstream is not None
+        wan = node.iface(node.upstream)
+        lans = [i for i in node.interfaces if i.name != node.upstream]
+        subnets = {i.name: str(i.address.network) for i in lans}
+        return RouterContext(table=NFT_TABLE, wan_if=wan.name, wan_addr=str(wan.address.ip),
+                             lan_ifs=tuple(i.name for i in lans),
+                             lan_subnets=tuple(subnets.values()))
+
+    def apply_nat(self, node: Node) -> None:
+        assert node.nat is not None
+        ruleset = render_ruleset(node.nat, self.router_context(node))
+        self.run(node.name, ["nft", "-f", "-"], input=ruleset)
+
+    # ------------------------------------------------------------ processes
+
+    def _fd(self, node: str) -> int:
+        if node in self.ns:
+            return self.ns[node].fd
+        ns = netns.open_existing(self.netns(node))
+        self.ns[node] = ns
+        return ns.fd
+
+    def run(self, node: str, argv: Sequence[str], *, check: bool = True,
+            timeout: float | None = 30, input: str | None = None,
+            **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run a command in a node's namespace and wait for it (text output captured)."""
+        fd = self._fd(node)
+        kw.setdefault("capture_output", True)
+        try:
+            return subprocess.run(list(argv), check=check, timeout=timeout, input=input,
+                                  text=True, preexec_fn=lambda: netns.preexec(fd), **kw)
+        except subprocess.CalledProcessError as exc:
+            raise LabError(f"{self.netns(node)}: {' '.join(argv)} failed "
+                           f"({exc.returncode}): {(exc.stderr or '').strip()}") from None
+
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a program in a node's namespace; it is stopped when the lab goes down."""
+        fd = self._fd(node)
+        proc = subprocess.Popen(list(argv), preexec_fn=lambda: netns.preexec(fd), **kw)
+        self.procs.append(proc)
+        self._state.setdefault("processes", []).append(
+            {"pid": proc.pid, "start": state.proc_start(proc.pid), "node": node,
+             "argv": list(argv)[:6]})
+        state.write_state(self.name, self._state)
+        return proc
+
+    def python(self, node: str, module: str, *args: str, **kw: Any) -> subprocess.Popen[Any]:
+        """Start `python -m MODULE ARGS` (this interpreter, this checkout) in a node."""
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+                   PYTHONUNBUFFERED="1")
+        return self.popen(node, [sys.executable, "-m", module, *args], env=env, **kw)
