@@ -241,16 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[Any], None]]:
-    """Subcommands from other modules (classify, pair, matrix, lesson) register here."""
+    """Subcommands from other modules: each module's add_parser(subparsers) sets a handler."""
+    import importlib
+
     from testbed import commands
 
-    return commands.REGISTER
+    return [importlib.import_module(m).add_parser for m in commands.MODULES]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return int(handler(args))
     except TestbedError as exc:
         print(f"nat-testbed: {exc}", file=sys.stderr)
         return exc.exit_code

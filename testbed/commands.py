@@ -1,8 +1,4 @@
-"""Subcommands beyond the lab basics: each registers its parser and handler."""
+"""Modules that add subcommands: each has add_parser(subparsers), which registers a
+parser and sets `handler` (args -> exit code) with set_defaults."""
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-REGISTER: list[Callable[[Any], None]] = []
+MODULES: list[str] = ["testbed.classify", "testbed.pair_cli"]

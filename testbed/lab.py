@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from testbed import netns, state
 from testbed.errors import LabError, PrivilegeError
 from testbed.nat import RouterContext, render_ruleset, sysctls
+from testbed.netns import Netns
 from testbed.topology import Node, Segment, Topology
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -61,7 +62,7 @@ class Lab:
         self.topo = topo
         self.name = name or new_lab_name()
         self.start_services = start_services
-        self.ns: dict[str, netns.Netns] = {}  # node or bridged segment -> live namespace
+        self.ns: dict[str, Netns] = {}  # node or bridged segment -> live namespace
         self.procs: list[subprocess.Popen[Any]] = []
         self.ifindex: dict[tuple[str, str], int] = {}
         self.services: dict[str, Any] = {}
@@ -116,7 +117,7 @@ class Lab:
             raise LabError(f"lab {self.name} already exists (see nat-testbed status)")
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "pid": os.getpid(), "status": "building", "namespaces": names,
             "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
@@ -199,7 +200,7 @@ class Lab:
             self._veth(node, ifname, hub, peer)
             hub.ipr.link("set", ifname=peer, master=2, state="up")
 
-    def _veth(self, node: str, ifname: str, peer_ns: netns.Netns, peer: str) -> None:
+    def _veth(self, node: str, ifname: str, peer_ns: Netns, peer: str) -> None:
         # Created ends get indexes from 1000 so they never equal the peer's (auto,
         # small) index: the kernel treats such a veth's carrier change as urgent and
         # activates its queue at once instead of within linkwatch's 1 s batching.
@@ -235,7 +236,7 @@ class Lab:
             time.sleep(0.002)
 
     @staticmethod
-    def _all_up(ns: netns.Netns) -> bool:
+    def _all_up(ns: Netns) -> bool:
         for link in ns.ipr.get_links():
             kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
             if kind == "veth" and link.get_attr("IFLA_OPERSTATE") != "UP":

@@ -79,12 +79,19 @@ def raise_fd_limit() -> None:
 def ensure_netns_dir() -> None:
     """Make /run/netns a shared mount point, as iproute2 does, so `ip netns` sees ours."""
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
-    if os.path.ismount(NETNS_DIR):
+    if _is_mount_point(NETNS_DIR):
         return
     d = str(NETNS_DIR).encode()
     _check(_libc.mount(d, d, b"none", MS_BIND | MS_REC, None), "mount --bind", str(NETNS_DIR))
     _check(_libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None), "mount --make-shared",
            str(NETNS_DIR))
+
+
+def _is_mount_point(path: Path) -> bool:
+    """From mountinfo: os.path.ismount misses a bind mount of a directory onto itself."""
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ", 5)[4] == target for line in f)
 
 
 @dataclass

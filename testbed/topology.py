@@ -26,8 +26,9 @@ TOP_KEYS = ("name", "description", "defaults", "nodes", "links", "networks")
 LINK_KEYS = ("endpoints", "subnet", "scope")
 NETWORK_KEYS = ("members", "subnet", "scope")
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]*$")
-IFNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]*\Z")  # \Z: "$" would allow a final newline
+IFNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*\Z")
+RESERVED_IFNAMES = ("lo", "all", "default")  # the kernel refuses a veth by these names
 MAX_NODE_NAME = 20  # namespace names are "<lab>-<node>"; keep them readable
 MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
 
@@ -153,13 +154,23 @@ def _want_map(ctx: _Ctx, parent: LocDict, key: str, field: str) -> LocDict:
 
 @dataclass
 class _RawSegment:
-    name: str
+    name: str  # links are named "links[0]"...: never the name of a network
     bridged: bool
     scope: str
     subnet: IPv4Network | None
     members: list[tuple[str, str]]
     line: int
     data: LocDict
+    subnet_at: tuple[int, str] | None = None  # where the subnet was written (line, field)
+
+    @property
+    def label(self) -> str:
+        """How errors name it: links[0] or networks.home."""
+        return f"networks.{self.name}" if self.bridged else self.name
+
+    @property
+    def members_field(self) -> str:
+        return f"{self.label}.members" if self.bridged else f"{self.label}.endpoints"
 
 
 @dataclass
@@ -169,6 +180,7 @@ class _RawNode:
     line: int
     nat: NatSpec | None
     service: str | None
+    service_line: int
     explicit: dict[str, list[IPv4Interface]] = field(default_factory=dict)
     explicit_lines: dict[str, int] = field(default_factory=dict)
 
@@ -185,9 +197,10 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         raise ctx.fail(data, None, "nodes", "missing: a topology needs at least one node")
     defaults = _want_map(ctx, data, "defaults", "defaults")
     _check_keys(ctx, defaults, DEFAULT_KEYS, "defaults.")
+    _check_defaults(ctx, defaults)
     nodes = _parse_nodes(ctx, _want_map(ctx, data, "nodes", "nodes"), defaults)
     segments = _parse_links(ctx, data, nodes) + _parse_networks(ctx, data, nodes)
-    name = data.get("name") or Path(source).stem
+    name = data.get("name") or _name_from_source(source)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.fail(data, "name", "name", "must be lowercase letters, digits and '-'")
     return _resolve(ctx, name, str(data.get("description") or ""), nodes, segments)
@@ -196,10 +209,28 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 def load_topology(path: str | Path) -> Topology:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise TopologyError(str(path), None, "(file)", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise TopologyError(str(path), None, "(file)",
+                            f"not UTF-8 text (byte {exc.start})") from None
     return parse_topology(text, str(path))
+
+
+def _name_from_source(source: str) -> str:
+    """A file without `name:` is named after the file: 'My_Lab.yaml' -> 'my-lab'."""
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(source).stem.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)
+    return name or "topology"
+
+
+def _check_defaults(ctx: _Ctx, defaults: LocDict) -> None:
+    """Check `defaults:` once, even if every node overrides it."""
+    if "kind" in defaults and defaults["kind"] not in KINDS:
+        raise ctx.fail(defaults, "kind", "defaults.kind",
+                       f"unknown kind {defaults['kind']!r} (one of: {', '.join(KINDS)})")
+    _parse_nat(ctx, "defaults.nat", "router", defaults)
 
 
 def _check_name(ctx: _Ctx, where: LocDict, key: str, field: str) -> None:
@@ -228,18 +259,19 @@ def _parse_nodes(ctx: _Ctx, raw: LocDict, defaults: LocDict) -> dict[str, _RawNo
 
 def _parse_node(ctx: _Ctx, name: str, spec: LocDict, defaults: LocDict, line: int) -> _RawNode:
     _check_keys(ctx, spec, NODE_KEYS, f"nodes.{name}.")
-    kind_src = spec if "kind" in spec else defaults
-    kind = kind_src.get("kind", "host")
+    kind = spec.get("kind", defaults.get("kind", "host"))  # defaults.kind is checked
     if kind not in KINDS:
-        raise ctx.fail(kind_src, "kind", f"nodes.{name}.kind",
+        raise ctx.fail(spec, "kind", f"nodes.{name}.kind",
                        f"unknown kind {kind!r} (one of: {', '.join(KINDS)})")
-    nat_src = spec if "nat" in spec else (defaults if kind == "router" else LocDict())
-    nat = _parse_nat(ctx, name, kind, nat_src)
+    if "nat" in spec:
+        nat = _parse_nat(ctx, f"nodes.{name}.nat", kind, spec)
+    else:
+        nat = _parse_nat(ctx, "defaults.nat", kind, defaults) if kind == "router" else None
     service = spec.get("service")
     if service is not None and service not in SERVICES:
         raise ctx.fail(spec, "service", f"nodes.{name}.service",
                        f"unknown service {service!r} (one of: {', '.join(SERVICES)})")
-    node = _RawNode(name, kind, line, nat, service)
+    node = _RawNode(name, kind, line, nat, service, spec.line_of("service"))
     ifaces = _want_map(ctx, spec, "interfaces", f"nodes.{name}.interfaces")
     for ifname, value in ifaces.items():
         fld = f"nodes.{name}.interfaces.{ifname}"
@@ -250,29 +282,33 @@ def _parse_node(ctx: _Ctx, name: str, spec: LocDict, defaults: LocDict, line: in
     return node
 
 
-def _parse_nat(ctx: _Ctx, name: str, kind: str, src: LocDict) -> NatSpec | None:
+def _parse_nat(ctx: _Ctx, fld: str, kind: str, src: LocDict) -> NatSpec | None:
+    """`src["nat"]`, reported as `fld` (nodes.NAME.nat, or defaults.nat when inherited)."""
     if "nat" not in src:
         return None
     if kind != "router":
-        raise ctx.fail(src, "nat", f"nodes.{name}.nat",
+        raise ctx.fail(src, "nat", fld,
                        f"only a router can have a nat section (this node is a {kind})")
     section = src["nat"]
     if not isinstance(section, LocDict):
-        raise ctx.fail(src, "nat", f"nodes.{name}.nat", "must be a mapping, e.g. {type: symmetric}")
+        raise ctx.fail(src, "nat", fld, "must be a mapping, e.g. {type: symmetric}")
     try:
         return nat_from_dict(section)
     except NatConfigError as exc:
         key = exc.field.split(".")[0]
         line = section.line_of(key) if key in section else section.line
-        raise TopologyError(ctx.source, line, f"nodes.{name}.nat.{exc.field}",
+        raise TopologyError(ctx.source, line, f"{fld}.{exc.field}" if exc.field else fld,
                             exc.message) from None
 
 
-def _check_ifname(ctx: _Ctx, where: LocDict | LocList, key: Any, fld: str, ifname: str = ""
-                  ) -> None:
-    ifname = ifname or str(key)
+def _check_ifname(ctx: _Ctx, where: LocDict | LocList, key: Any, fld: str,
+                  ifname: str | None = None) -> None:
+    ifname = str(key) if ifname is None else ifname
     if not IFNAME_RE.match(ifname):
-        raise ctx.fail(where, key, fld, f"bad interface name {ifname!r}")
+        raise ctx.fail(where, key, fld, f"bad interface name {ifname!r} (letters, digits, "
+                       "'_', '.' and '-', starting with a letter)")
+    if ifname in RESERVED_IFNAMES:
+        raise ctx.fail(where, key, fld, f"interface name {ifname!r} is reserved by the kernel")
     if len(ifname) > MAX_IFNAME:
         raise ctx.fail(where, key, fld, f"interface name {ifname!r} too long "
                        f"({len(ifname)} characters, the kernel allows {MAX_IFNAME})")
@@ -293,11 +329,14 @@ def _parse_iface_addr(ctx: _Ctx, where: LocDict, key: str, fld: str, value: Any
 def _parse_subnet(ctx: _Ctx, spec: LocDict, fld: str) -> IPv4Network | None:
     if "subnet" not in spec:
         return None
+    value = spec["subnet"]
     try:
-        return IPv4Network(spec["subnet"])
-    except (ValueError, TypeError):
-        raise ctx.fail(spec, "subnet", fld,
-                       f"{spec['subnet']!r} is not an IPv4 network like 192.168.1.0/24") from None
+        if not isinstance(value, str) or "/" not in value:
+            raise ValueError("no prefix length")
+        return IPv4Network(value)
+    except ValueError as exc:
+        raise ctx.fail(spec, "subnet", fld, f"{value!r} is not an IPv4 network like "
+                       f"192.168.1.0/24 ({exc})") from None
 
 
 def _parse_scope(ctx: _Ctx, spec: LocDict, fld: str) -> str:
@@ -319,7 +358,9 @@ def _parse_endpoint(ctx: _Ctx, where: LocList, index: int, fld: str, value: Any,
 
 
 def _parse_links(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> list[_RawSegment]:
-    links = data.get("links") or LocList()
+    links = data.get("links")
+    if links is None:
+        return []
     if not isinstance(links, LocList):
         raise ctx.fail(data, "links", "links", "must be a list")
     out = []
@@ -334,9 +375,9 @@ def _parse_links(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> list[_
                            "must list exactly two endpoints, e.g. [alice:eth0, home:lan0]")
         members = [_parse_endpoint(ctx, eps, j, f"{fld}.endpoints[{j}]", v, nodes)
                    for j, v in enumerate(eps)]
-        out.append(_RawSegment(f"link{i}", False, _parse_scope(ctx, spec, f"{fld}.scope"),
+        out.append(_RawSegment(fld, False, _parse_scope(ctx, spec, f"{fld}.scope"),
                                _parse_subnet(ctx, spec, f"{fld}.subnet"), members,
-                               links.line_of(i), spec))
+                               links.line_of(i), spec, _subnet_at(spec, fld)))
     return out
 
 
@@ -353,14 +394,19 @@ def _parse_networks(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> lis
         _check_keys(ctx, spec, NETWORK_KEYS, f"{fld}.")
         members = spec.get("members")
         if not isinstance(members, LocList) or not members:
-            raise ctx.fail(spec, "members", f"{fld}.members",
+            at = (spec, "members") if "members" in spec else (nets, name)  # missing: the network
+            raise ctx.fail(*at, f"{fld}.members",
                            "must list the endpoints on this network, e.g. [alice:eth0]")
         eps = [_parse_endpoint(ctx, members, j, f"{fld}.members[{j}]", v, nodes)
                for j, v in enumerate(members)]
         out.append(_RawSegment(name, True, _parse_scope(ctx, spec, f"{fld}.scope"),
                                _parse_subnet(ctx, spec, f"{fld}.subnet"), eps,
-                               nets.line_of(name), spec))
+                               nets.line_of(name), spec, _subnet_at(spec, fld)))
     return out
+
+
+def _subnet_at(spec: LocDict, fld: str) -> tuple[int, str] | None:
+    return (spec.line_of("subnet"), f"{fld}.subnet") if "subnet" in spec else None
 
 
 # ---------------------------------------------------------------- resolving
@@ -368,6 +414,7 @@ def _parse_networks(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> lis
 
 def _resolve(ctx: _Ctx, name: str, description: str, nodes: dict[str, _RawNode],
              raw_segs: list[_RawSegment]) -> Topology:
+    _check_services(ctx, nodes)
     seg_of = _check_endpoints(ctx, nodes, raw_segs)
     _assign_subnets(ctx, nodes, raw_segs)
     addrs = _assign_addresses(ctx, nodes, raw_segs)
@@ -381,22 +428,47 @@ def _resolve(ctx: _Ctx, name: str, description: str, nodes: dict[str, _RawNode],
             raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
                                 "is not connected to anything: add it to a link or a network")
         upstream = graph.upstream(rn.name) if rn.kind == "router" else None
-        if rn.nat is not None and rn.nat.kind is not Kind.NONE and upstream is None:
-            raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}.nat",
-                                "a NAT router needs a path to a network with scope: internet")
+        _check_nat_sides(ctx, rn, upstream, len(ifaces))
         routes = graph.routes(rn.name)
         if rn.kind != "router" and graph.has_internet and not graph.reaches_internet(rn.name):
             raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
                                 "has no route anywhere: no router on its networks leads to "
                                 "the internet")
         if rn.service == "stun" and len(ifaces[0].addresses) < 2:
-            raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}.service",
+            raise TopologyError(ctx.source, rn.service_line, f"nodes.{rn.name}.service",
                                 "a stun service needs two addresses on its first interface "
                                 "(RFC 5780), e.g. eth0: [203.0.113.3/24, 203.0.113.4/24]")
         upstream_if = graph.iface_on(rn.name, upstream) if upstream else None
         resolved.append(Node(rn.name, rn.kind, rn.line, ifaces, routes, rn.nat, upstream_if,
                              rn.service))
     return Topology(name, ctx.source, tuple(resolved), segments, description)
+
+
+def _check_nat_sides(ctx: _Ctx, rn: _RawNode, upstream: str | None, n_ifaces: int) -> None:
+    """A nat section (even type: none) is a ruleset between a WAN and at least one LAN."""
+    if rn.nat is None:
+        return
+    if upstream is None:
+        raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}.nat",
+                            "a router with a nat section needs a path to a network with "
+                            "scope: internet (its WAN side)")
+    if n_ifaces < 2:
+        raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}.nat",
+                            "a router with a nat section needs an interface besides its WAN "
+                            "(its LAN side)")
+
+
+def _check_services(ctx: _Ctx, nodes: dict[str, _RawNode]) -> None:
+    """A lab runs one server of each service: peers find it by the service's name."""
+    by: dict[str, str] = {}
+    for rn in nodes.values():
+        if rn.service is None:
+            continue
+        if rn.service in by:
+            raise TopologyError(ctx.source, rn.service_line, f"nodes.{rn.name}.service",
+                                f"service {rn.service} is already provided by node "
+                                f"{by[rn.service]!r}; a lab runs one server of each service")
+        by[rn.service] = rn.name
 
 
 def _RawToSegment(s: _RawSegment) -> Segment:  # noqa: N802 - reads like a constructor
@@ -410,35 +482,25 @@ def _ifaces_in_order(node: str, segs: list[_RawSegment]) -> list[str]:
 
 def _check_endpoints(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]
                      ) -> dict[tuple[str, str], str]:
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], _RawSegment] = {}
     for s in segs:
         nodes_here = [n for n, _ in s.members]
         for i, ep in enumerate(s.members):
-            fld = f"{_seg_field(s)}[{i}]"
+            fld = f"{s.members_field}[{i}]"
             if ep in seen:
                 raise TopologyError(ctx.source, _member_line(s, i), fld,
                                     f"endpoint {ep[0]}:{ep[1]} is already used by "
-                                    f"{_seg_label(seen[ep])}")
+                                    f"{seen[ep].label}")
             if nodes_here.count(ep[0]) > 1:
                 raise TopologyError(ctx.source, _member_line(s, i), fld,
                                     f"node {ep[0]!r} appears twice on the same segment")
-            seen[ep] = s.name
+            seen[ep] = s
     for rn in nodes.values():
         for ifn, line in rn.explicit_lines.items():
             if (rn.name, ifn) not in seen:
                 raise TopologyError(ctx.source, line, f"nodes.{rn.name}.interfaces.{ifn}",
                                     f"no link or network uses {rn.name}:{ifn}")
-    return seen
-
-
-def _seg_field(s: _RawSegment) -> str:
-    if s.bridged:
-        return f"networks.{s.name}.members"
-    return f"links[{s.name[4:]}].endpoints"
-
-
-def _seg_label(name: str) -> str:
-    return f"links[{name[4:]}]" if name.startswith("link") and name[4:].isdigit() else name
+    return {ep: s.name for ep, s in seen.items()}
 
 
 def _member_line(s: _RawSegment, i: int) -> int:
@@ -452,25 +514,28 @@ def _assign_subnets(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegmen
             for n, ifn in s.members:
                 for a in nodes[n].explicit.get(ifn, []):
                     s.subnet = a.network
+                    s.subnet_at = (nodes[n].explicit_lines[ifn], f"nodes.{n}.interfaces.{ifn}")
                     break
                 if s.subnet is not None:
                     break
     taken: list[tuple[IPv4Network, _RawSegment]] = []
     for s in segs:
         if s.subnet is not None:
+            line, fld = s.subnet_at or (s.line, s.label)
             for other_net, other in taken:
                 if s.subnet.overlaps(other_net):
-                    raise TopologyError(ctx.source, s.line, _seg_field(s).rsplit(".", 1)[0],
-                                        f"subnet {s.subnet} overlaps {other_net} of "
-                                        f"{_seg_label(other.name)}")
+                    raise TopologyError(ctx.source, line, fld,
+                                        f"subnet {s.subnet} of {s.label} overlaps "
+                                        f"{other_net} of {other.label}")
             taken.append((s.subnet, s))
     for s in segs:
         if s.subnet is None:
             s.subnet = next((n for n in PLAN[s.scope]
                              if not any(n.overlaps(t) for t, _ in taken)), None)
             if s.subnet is None:
-                raise TopologyError(ctx.source, s.line, s.name,
-                                    f"the address plan for scope {s.scope} is exhausted")
+                raise TopologyError(ctx.source, s.line, s.label,
+                                    f"the address plan for scope {s.scope} is exhausted: "
+                                    "give this one a subnet")
             taken.append((s.subnet, s))
 
 
@@ -498,10 +563,11 @@ def _assign_addresses(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegm
                 continue
             first = FIRST_ROUTER_HOST if (nodes[n].kind == "router" and s.scope != "internet") \
                 else FIRST_OTHER_HOST
+            # In a subnet too small for the usual numbering, any free address will do.
             addr = next((a for a in pool if int(a) - int(s.subnet.network_address) >= first),
-                        None)
+                        pool[0] if pool else None)
             if addr is None:
-                raise TopologyError(ctx.source, s.line, s.name, f"subnet {s.subnet} is full")
+                raise TopologyError(ctx.source, s.line, s.label, f"subnet {s.subnet} is full")
             pool.remove(addr)
             owner[addr] = f"{n}:{ifn}"
             out[(n, ifn)] = [IPv4Interface(f"{addr}/{s.subnet.prefixlen}")]
@@ -513,7 +579,7 @@ def _claim(ctx: _Ctx, owner: dict[IPv4Address, str], a: IPv4Interface, who: str,
     if a.network != subnet:
         raise TopologyError(ctx.source, line, fld,
                             f"{a} is not in the subnet {subnet} of its link or network")
-    if a.ip in (subnet.network_address, subnet.broadcast_address):
+    if subnet.prefixlen != 31 and a.ip in (subnet.network_address, subnet.broadcast_address):
         raise TopologyError(ctx.source, line, fld, f"{a.ip} is not a usable host address")
     if a.ip in owner:
         raise TopologyError(ctx.source, line, fld,
@@ -579,7 +645,7 @@ class _Graph:
         for n, _ in self.segs[seg].members:
             if n != exclude and self.nodes[n].kind == "router":
                 up = self.upstream(n)
-                if up is not None and up != seg:
+                if up is not None and self.dist[up] < self.dist[seg]:
                     return self.addr_on(n, seg)
         return None
 

@@ -1,0 +1,129 @@
+"""Authenticated connectivity probes (the peers' own check messages).
+
+A probe says "I, sender, am trying to reach you, receiver" with a fresh
+nonce; an ack echoes the nonce and the source address the probe arrived
+from (what the remote saw of us, like XOR-MAPPED-ADDRESS). Both carry an
+HMAC-SHA256 keyed by the session secret exchanged through signaling, over
+every byte before it, so a stray or spoofed datagram, or a probe reflected
+back at its sender, cannot count as connectivity.
+
+Layout (network byte order):
+  magic (4) "\\xe5NTB" | kind (1) | sender len (1) + sender | receiver len (1)
+  + receiver | nonce (12) | [ack only: family (1: 4 or 6) | port (2) | ip
+  (4/16)] | HMAC-SHA256 (32)
+
+The first byte 0xe5 keeps probes apart from STUN (0-3), ChannelData (64-79),
+DTLS (20-63) and RTP (128-191) in the RFC 7983 demultiplexing ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"\xe5NTB"
+PROBE = 1
+ACK = 2
+NONCE_LEN = 12
+MAC_LEN = 32
+
+Address = tuple[str, int]
+
+
+class ProbeError(ValueError):
+    """Not a valid probe for this session."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: int  # PROBE or ACK
+    sender: str
+    receiver: str
+    nonce: bytes
+    observed: Address | None = None  # ACK only: where the acked probe came from
+
+
+def is_probe(data: bytes) -> bool:
+    return data[:4] == MAGIC
+
+
+def _mac(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def _name(s: str) -> bytes:
+    raw = s.encode()
+    if not 1 <= len(raw) <= 255:
+        raise ValueError(f"peer id must be 1-255 bytes, got {len(raw)}")
+    return bytes([len(raw)]) + raw
+
+
+def _addr(addr: Address) -> bytes:
+    ip = ipaddress.ip_address(addr[0])
+    return bytes([ip.version]) + struct.pack("!H", addr[1]) + ip.packed
+
+
+def encode(key: bytes, p: Probe) -> bytes:
+    if len(p.nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
+    body = MAGIC + bytes([p.kind]) + _name(p.sender) + _name(p.receiver) + p.nonce
+    if p.kind == ACK:
+        if p.observed is None:
+            raise ValueError("an ack carries the observed address")
+        body += _addr(p.observed)
+    elif p.kind != PROBE:
+        raise ValueError(f"unknown probe kind {p.kind}")
+    return body + _mac(key, body)
+
+
+def probe(key: bytes, sender: str, receiver: str, nonce: bytes) -> bytes:
+    return encode(key, Probe(PROBE, sender, receiver, nonce))
+
+
+def ack(key: bytes, sender: str, receiver: str, nonce: bytes, observed: Address) -> bytes:
+    return encode(key, Probe(ACK, sender, receiver, nonce, observed))
+
+
+def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
+    if pos + n > len(data):
+        raise ProbeError(f"truncated in {what}")
+    return data[pos : pos + n], pos + n
+
+
+def decode(key: bytes, data: bytes, *, sender: str, receiver: str) -> Probe:
+    """Parse and authenticate; the sender and receiver must be the expected
+    ones (a probe of ours reflected back names us as sender: rejected)."""
+    if not is_probe(data):
+        raise ProbeError("no probe magic")
+    if len(data) < 4 + 1 + MAC_LEN:
+        raise ProbeError("too short")
+    body, mac = data[:-MAC_LEN], data[-MAC_LEN:]
+    if not hmac.compare_digest(_mac(key, body), mac):
+        raise ProbeError("bad HMAC")
+    kind = body[4]
+    pos = 5
+    names = []
+    for what in ("sender", "receiver"):
+        size, pos = _take(body, pos, 1, what)
+        raw, pos = _take(body, pos, size[0], what)
+        names.append(raw.decode(errors="replace"))
+    nonce, pos = _take(body, pos, NONCE_LEN, "nonce")
+    observed = None
+    if kind == ACK:
+        fam, pos = _take(body, pos, 1, "family")
+        iplen = {4: 4, 6: 16}.get(fam[0])
+        if iplen is None:
+            raise ProbeError(f"bad address family {fam[0]}")
+        port, pos = _take(body, pos, 2, "port")
+        ip, pos = _take(body, pos, iplen, "address")
+        observed = (str(ipaddress.ip_address(ip)), struct.unpack("!H", port)[0])
+    elif kind != PROBE:
+        raise ProbeError(f"unknown kind {kind}")
+    if pos != len(body):
+        raise ProbeError("trailing bytes")
+    if names != [sender, receiver]:
+        raise ProbeError(f"addressed {names[0]}->{names[1]}, expected {sender}->{receiver}")
+    return Probe(kind, names[0], names[1], nonce, observed)

@@ -1,0 +1,709 @@
+"""The peer's logic as a sans-IO state machine.
+
+`Session` never reads a clock or touches a socket. The driver (peers/peer.py)
+feeds it signaling messages, UDP datagrams and the time, and carries out what
+it asks: datagrams to send on the ONE UDP socket (STUN, punching and the TURN
+relay all share it, so the relayed path leaves through the same NAT mapping)
+and signaling messages to send.
+
+Stages, in order:
+  signaling  register under our id
+  gather     host candidate (given), srflx (STUN Binding), relay (TURN Allocate)
+  signaling  offer/answer (candidates + session secret; the peer with the
+             smaller id offers and makes the secret), then the offerer asks
+             the server for `start`, which reaches both peers together
+  punch      from `start`, both send authenticated probes to every remote
+             candidate at once, in rounds paced by a doubling interval;
+             a probe from a new address adds a peer-reflexive candidate and
+             is answered at once (a triggered probe). A path is direct when
+             a valid probe from the remote AND a valid ack of one of ours
+             have crossed on the same remote address.
+  relay      if no direct path within punch_timeout, probes go through our
+             TURN allocation to the remote's relayed address until both
+             directions are confirmed the same way, or relay_timeout.
+Then the peer tells the remote `done`, keeps the chosen path alive with
+keepalive probes, and finishes once the remote is done too (or after
+done_timeout) and `hold` has passed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from peers import probe as pr
+from peers import stun
+from peers import turn as turnmod
+from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
+
+Rng = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds. Defaults: a traversable pair connects in milliseconds on the
+    emulated network; a non-traversable one reaches its relay decision about
+    one second after `start`."""
+
+    punch_timeout: float = 1.0
+    punch_interval: float = 0.02  # first retry; doubles up to punch_interval_max
+    punch_interval_max: float = 0.2
+    punch_grace: float = 0.1  # extra time once when half a path is seen at the deadline
+    relay_timeout: float = 1.5
+    relay_interval: float = 0.02
+    relay_interval_max: float = 0.2
+    stun_rto: float = 0.1  # RFC 8489 says 0.5 s on the internet; the lab is sub-ms
+    stun_transmits: int = 4
+    turn_rto: float = 0.1
+    gather_timeout: float = 2.0
+    signaling_timeout: float = 10.0  # waiting for the remote's offer/answer/start
+    keepalive_interval: float = 1.0
+    hold: float = 0.0  # stay connected (keepalives) this long after deciding
+    done_timeout: float = 2.0  # after deciding, wait this long for the remote's done
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if not isinstance(value, int | float) or value < 0 or (value == 0 and name != "hold"):
+                raise ValueError(f"Timing.{name}: must be a positive number, got {value!r}")
+        if self.punch_interval_max < self.punch_interval:
+            raise ValueError("Timing.punch_interval_max: must be >= punch_interval")
+        if self.relay_interval_max < self.relay_interval:
+            raise ValueError("Timing.relay_interval_max: must be >= relay_interval")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    id: str
+    remote: str
+    host: Address  # the UDP socket's local address: the host candidate
+    stun: Address | None = None
+    turn: Address | None = None
+    turn_user: str = ""
+    turn_pass: str = ""
+    timing: Timing = field(default_factory=Timing)
+    trace: bool = False  # include the event trace in the result
+
+
+@dataclass(frozen=True)
+class Transmit:
+    data: bytes
+    addr: Address
+
+
+@dataclass(frozen=True)
+class Signal:
+    msg: dict[str, Any]
+
+
+Output = Transmit | Signal
+
+
+class Phase(StrEnum):
+    REGISTER = "register"
+    GATHER = "gather"
+    EXCHANGE = "exchange"
+    PUNCH = "punch"
+    RELAY = "relay"
+    DECIDED = "decided"
+    FINISHED = "finished"
+
+
+@dataclass
+class Counters:
+    sent: int = 0
+    received: int = 0
+    probes_sent: int = 0  # direct probes and acks
+    probes_received: int = 0  # authenticated direct probes and acks
+    relay_sent: int = 0  # probes and acks through the TURN relay
+    relay_received: int = 0
+    rejected: int = 0  # probe-looking datagrams that failed authentication
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Path:
+    """What crossed on one remote address (direct) or relay peer address."""
+
+    got_probe: bool = False
+    ack_observed: Address | None = None  # how the remote saw us, from its ack
+
+
+class Session:
+    MAX_NONCES = 1024
+    MAX_TRACE = 400
+
+    def __init__(self, cfg: PeerConfig, *, rng: Rng = os.urandom) -> None:
+        self.cfg = cfg
+        self.t = cfg.timing
+        self._rng = rng
+        self.phase = Phase.REGISTER
+        self.controlling = cfg.id < cfg.remote
+        self.out: list[Output] = []
+        self.trace: list[tuple[float, str]] = []  # (seconds since start, event)
+        self._now = 0.0
+        self.t_srflx: float | None = None
+        self.t_relayed: float | None = None
+        self.counters = Counters()
+        self.errors: list[str] = []
+        self.outcome: str | None = None
+        self.stage: str | None = None
+        self.reason: str | None = None
+        self.pair: tuple[Candidate, Candidate] | None = None
+
+        self.local: list[Candidate] = [Candidate("host", *cfg.host)]
+        self.remote: list[Candidate] = []
+        self.secret: str | None = None
+        self._key: bytes | None = None
+        self._offer: dict[str, Any] | None = None
+        self._answered = False
+
+        # times (seconds, the driver's clock)
+        self.t0 = 0.0
+        self.t_registered: float | None = None
+        self.t_gathered: float | None = None
+        self.t_start: float | None = None
+        self.t_punch_end: float | None = None
+        self.t_relay_start: float | None = None
+        self.t_relay_end: float | None = None
+        self.t_decided: float | None = None
+        self._deadline: float | None = None  # of the current stage
+        self._next_round: float | None = None
+        self._interval = 0.0
+        self._grace_used = False
+        self._next_keepalive: float | None = None
+        self.remote_done: str | None = None
+
+        # STUN Binding transaction
+        self._stun_tid: bytes | None = None
+        self._stun_transmits = 0
+        self._stun_next: float | None = None
+        self._stun_done = cfg.stun is None
+
+        # TURN
+        self.turn: turnmod.TurnClient | None = None
+        if cfg.turn is not None:
+            self.turn = turnmod.TurnClient(
+                cfg.turn, cfg.turn_user, cfg.turn_pass,
+                rng=random.Random(int.from_bytes(rng(8))), rto=self.t.turn_rto,
+            )
+        self._turn_done = cfg.turn is None
+        self._permitted: set[str] = set()
+        self._permission_asked: set[str] = set()
+
+        self._nonces: OrderedDict[bytes, tuple[str, Address]] = OrderedDict()
+        self.direct: dict[Address, _Path] = {}
+        self.relayed: dict[Address, _Path] = {}
+
+    # ------------------------------------------------------------------ driver API
+
+    def start(self, now: float) -> None:
+        self.t0 = self._now = now
+        self._note(f"start as {self.cfg.id}, {'offerer' if self.controlling else 'answerer'}")
+        self._deadline = now + self.t.signaling_timeout
+        self._signal({"type": "register", "id": self.cfg.id})
+
+    def take_outputs(self) -> list[Output]:
+        out, self.out = self.out, []
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.phase is Phase.FINISHED
+
+    def next_deadline(self) -> float | None:
+        times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive]
+        if self.turn is not None and self.phase is not Phase.FINISHED:
+            times.append(self.turn.next_deadline())
+        real = [t for t in times if t is not None]
+        return min(real) if real else None
+
+    def handle_signal(self, msg: dict[str, Any], now: float) -> None:
+        self._now = now
+        mtype = msg["type"]
+        self._note(f"signaling: got {mtype}")
+        if mtype == "error":
+            self._on_signal_error(msg, now)
+        elif mtype == "registered":
+            if self.phase is Phase.REGISTER:
+                self._on_registered(now)
+        elif mtype == "start" and {msg["from"], msg["to"]} == {self.cfg.id, self.cfg.remote}:
+            self._on_start(now)  # the offerer gets its own start back, from itself
+        elif msg.get("from") != self.cfg.remote:
+            self.errors.append(f"ignored signaling {mtype} from {msg.get('from')!r}")
+        elif mtype == "offer":
+            self._on_offer(msg, now)
+        elif mtype == "answer":
+            self._on_answer(msg, now)
+        elif mtype == "done":
+            self.remote_done = msg["outcome"]
+            self._maybe_finish(now)
+
+    def handle_signal_closed(self, now: float, why: str) -> None:
+        self._now = now
+        self._note(f"signaling closed: {why}")
+        if self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE):
+            self._fail(now, "signaling", f"signaling connection lost: {why}")
+        else:
+            self.remote_done = self.remote_done or "unknown"  # nobody left to wait for
+            self._maybe_finish(now)
+
+    def handle_datagram(self, data: bytes, src: Address, now: float) -> None:
+        self._now = now
+        self.counters.received += 1
+        if self.phase is Phase.FINISHED:
+            return
+        if self.turn is not None and self.turn.receive(data, src, now):
+            self._pump_turn(now)
+            return
+        if pr.is_probe(data):
+            self._on_direct_probe(data, src, now)
+        elif stun.is_stun(data) and src == self.cfg.stun:
+            self._on_stun(data, now)
+
+    def handle_timeout(self, now: float) -> None:
+        self._now = now
+        if self.phase is Phase.FINISHED:
+            return
+        if self.turn is not None:
+            self.turn.tick(now)
+            self._pump_turn(now)
+        if self._stun_next is not None and now >= self._stun_next:
+            self._stun_retransmit(now)
+        if self._next_round is not None and now >= self._next_round:
+            self._round(now)
+        if self._next_keepalive is not None and now >= self._next_keepalive:
+            self._keepalive(now)
+        if self._deadline is not None and now >= self._deadline:
+            self._on_deadline(now)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _note(self, text: str) -> None:
+        if len(self.trace) < self.MAX_TRACE:
+            self.trace.append((self._now - self.t0, text))
+
+    def _signal(self, msg: dict[str, Any]) -> None:
+        if msg["type"] != "register":
+            self._note(f"signaling: send {msg['type']}")
+        self.out.append(Signal(msg))
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        self.counters.sent += 1
+        self.out.append(Transmit(data, addr))
+
+    def _pump_turn(self, now: float) -> None:
+        assert self.turn is not None
+        for data, addr in self.turn.take_datagrams():
+            self._send(data, addr)
+        for ev in self.turn.take_events():
+            self._on_turn_event(ev, now)
+        for data, addr in self.turn.take_datagrams():  # sent in reaction to an event
+            self._send(data, addr)
+
+    # ------------------------------------------------------------------ signaling
+
+    def _on_signal_error(self, msg: dict[str, Any], now: float) -> None:
+        text = f"signaling error {msg['code']}: {msg['message']}"
+        self.errors.append(text)
+        if msg["fatal"] or self.phase in (Phase.REGISTER, Phase.EXCHANGE):
+            if self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE):
+                self._fail(now, "signaling", text)
+
+    def _on_registered(self, now: float) -> None:
+        self.t_registered = now
+        self.phase = Phase.GATHER
+        self._deadline = now + self.t.gather_timeout
+        if self.cfg.stun is not None:
+            self._stun_tid = self._rng(12)
+            self._stun_retransmit(now)
+        if self.turn is not None:
+            self.turn.allocate(now)
+            self._pump_turn(now)
+        self._check_gathered(now)
+
+    def _on_offer(self, msg: dict[str, Any], now: float) -> None:
+        if self.controlling or self._offer is not None:
+            self.errors.append("unexpected offer ignored")
+            return
+        self._offer = msg
+        self.secret = msg["secret"]
+        self._key = bytes.fromhex(msg["secret"])
+        self._learn_remote(msg["candidates"], now)
+        if self.phase is Phase.EXCHANGE:
+            self._answer()
+
+    def _answer(self) -> None:
+        if self._answered or self.secret is None:
+            return
+        self._answered = True
+        self._signal({"type": "answer", "to": self.cfg.remote,
+                      "candidates": [c.to_json() for c in self.local], "secret": self.secret})
+
+    def _on_answer(self, msg: dict[str, Any], now: float) -> None:
+        if not self.controlling or self.phase is not Phase.EXCHANGE or self.remote:
+            self.errors.append("unexpected answer ignored")
+            return
+        if msg["secret"] != self.secret:
+            self._fail(now, "signaling", "answer carries a different session secret")
+            return
+        self._learn_remote(msg["candidates"], now)
+        self._signal({"type": "start", "to": self.cfg.remote})
+
+    def _learn_remote(self, cands: list[dict[str, Any]], now: float) -> None:
+        self.remote = dedupe([Candidate.from_json(c) for c in cands])
+        self._permit_remote_relays(now)
+
+    def _on_start(self, now: float) -> None:
+        if self.phase is not Phase.EXCHANGE or self._key is None or not self.remote:
+            self.errors.append(f"start ignored in phase {self.phase.value}")
+            return
+        self.t_start = now
+        self.phase = Phase.PUNCH
+        self._deadline = now + self.t.punch_timeout
+        self._interval = self.t.punch_interval
+        self._round(now)
+
+    # ------------------------------------------------------------------ gathering
+
+    def _stun_retransmit(self, now: float) -> None:
+        assert self.cfg.stun is not None and self._stun_tid is not None
+        if self._stun_transmits >= self.t.stun_transmits:
+            self._stun_next = None
+            self._stun_done = True
+            self.errors.append(f"stun: no response from {self.cfg.stun[0]}:{self.cfg.stun[1]}")
+            self._check_gathered(now)
+            return
+        msg = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST,
+                               transaction_id=self._stun_tid)
+        self._send(stun.pack(msg, fingerprint=True), self.cfg.stun)
+        self._stun_next = now + self.t.stun_rto * 2**self._stun_transmits
+        self._stun_transmits += 1
+
+    def _on_stun(self, data: bytes, now: float) -> None:
+        try:
+            msg = stun.unpack(data)
+        except stun.StunError:
+            return
+        if self._stun_done or msg.transaction_id != self._stun_tid:
+            return
+        if msg.msg_class is not stun.Class.SUCCESS:
+            self.errors.append(f"stun: error response {msg.get('ERROR-CODE')}")
+        else:
+            mapped = msg.get("XOR-MAPPED-ADDRESS") or msg.get("MAPPED-ADDRESS")
+            if mapped is not None:
+                self._add_local(Candidate("srflx", mapped[0], mapped[1]))
+                self.t_srflx = now
+                self._note(f"stun: srflx {mapped[0]}:{mapped[1]}")
+        self._stun_done = True
+        self._stun_next = None
+        self._check_gathered(now)
+
+    def _on_turn_event(self, ev: turnmod.AnyEvent, now: float) -> None:
+        if isinstance(ev, turnmod.DataReceived):
+            self._on_relayed(ev.peer, ev.data, now)
+        elif isinstance(ev, turnmod.Allocated):
+            self._add_local(Candidate("relay", *ev.relayed))
+            self.t_relayed = now
+            self._note(f"turn: relay {ev.relayed[0]}:{ev.relayed[1]}")
+            self._turn_done = True
+            self._permit_remote_relays(now)
+            self._check_gathered(now)
+        elif isinstance(ev, turnmod.PermissionCreated):
+            self._permitted.update(ev.ips)
+            if self.phase is Phase.RELAY and self._next_round is None:
+                self._round(now)
+        elif isinstance(ev, turnmod.RequestFailed):
+            self.errors.append(f"turn: {ev.method.name} failed: {ev.code} {ev.reason}")
+            if ev.method is stun.Method.ALLOCATE:
+                self._turn_done = True
+                self._check_gathered(now)
+
+    def _add_local(self, c: Candidate) -> None:
+        self.local = dedupe([*self.local, c])
+
+    def _check_gathered(self, now: float, force: bool = False) -> None:
+        if self.phase is not Phase.GATHER or not (force or (self._stun_done and self._turn_done)):
+            return
+        self.t_gathered = now
+        self.phase = Phase.EXCHANGE
+        self._deadline = now + self.t.signaling_timeout
+        if self.controlling:
+            self.secret = self._rng(32).hex()
+            self._key = bytes.fromhex(self.secret)
+            self._signal({"type": "offer", "to": self.cfg.remote,
+                          "candidates": [c.to_json() for c in self.local],
+                          "secret": self.secret})
+        elif self._offer is not None:
+            self._answer()
+
+    def _permit_remote_relays(self, now: float) -> None:
+        """Install TURN permissions for the remote's relayed addresses early, so the
+        relay stage can start sending the moment punching gives up."""
+        if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
+            return
+        ips = [c.ip for c in self.remote if c.type == "relay"]
+        ips = [ip for ip in ips if ip not in self._permission_asked]
+        if ips:
+            self._permission_asked.update(ips)
+            self.turn.create_permission(now, ips)
+            self._pump_turn(now)
+
+    # ------------------------------------------------------------------ probing
+
+    def _nonce(self, path: str, addr: Address) -> bytes:
+        n = self._rng(pr.NONCE_LEN)
+        self._nonces[n] = (path, addr)
+        while len(self._nonces) > self.MAX_NONCES:
+            self._nonces.popitem(last=False)
+        return n
+
+    def _probe_direct(self, addr: Address) -> None:
+        assert self._key is not None
+        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("direct", addr))
+        self.counters.probes_sent += 1
+        self._note(f"probe -> {addr[0]}:{addr[1]}")
+        self._send(data, addr)
+
+    def _probe_relay(self, peer: Address) -> None:
+        assert self._key is not None and self.turn is not None
+        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("relay", peer))
+        self.counters.relay_sent += 1
+        self._note(f"relay probe -> {peer[0]}:{peer[1]}")
+        self.turn.send(peer, data)
+
+    def _remote_relays(self) -> list[Address]:
+        return [c.addr for c in self.remote if c.type == "relay"]
+
+    def _round(self, now: float) -> None:
+        """Send one probe to every target at once, then schedule the next round."""
+        if self.phase is Phase.PUNCH:
+            for c in punch_targets(self.remote):
+                self._probe_direct(c.addr)
+            cap = self.t.punch_interval_max
+        elif self.phase is Phase.RELAY:
+            assert self.turn is not None
+            targets = [a for a in self._remote_relays() if a[0] in self._permitted]
+            if not targets:  # permission still on its way; PermissionCreated resumes
+                self._next_round = None
+                return
+            for peer in targets:
+                self._probe_relay(peer)
+            self._pump_turn(now)
+            cap = self.t.relay_interval_max
+        else:
+            self._next_round = None
+            return
+        self._next_round = now + self._interval
+        self._interval = min(self._interval * 2, cap)
+
+    def _keepalive(self, now: float) -> None:
+        if self.pair is not None and self.phase is Phase.DECIDED:
+            if self.outcome == "direct":
+                self._probe_direct(self.pair[1].addr)
+            elif self.outcome == "relay" and self.turn is not None:
+                self._probe_relay(self.pair[1].addr)
+                self._pump_turn(now)
+        self._next_keepalive = now + self.t.keepalive_interval
+
+    def _decode(self, data: bytes) -> pr.Probe | None:
+        if self._key is None:
+            self.counters.rejected += 1
+            return None
+        try:
+            return pr.decode(self._key, data, sender=self.cfg.remote, receiver=self.cfg.id)
+        except pr.ProbeError:
+            self.counters.rejected += 1
+            return None
+
+    def _on_direct_probe(self, data: bytes, src: Address, now: float) -> None:
+        p = self._decode(data)
+        if p is None:
+            return
+        self.counters.probes_received += 1
+        self._note(f"{'probe' if p.kind == pr.PROBE else 'ack'} <- {src[0]}:{src[1]}")
+        path = self.direct.setdefault(src, _Path())
+        if p.kind == pr.PROBE:
+            assert self._key is not None
+            self.counters.probes_sent += 1
+            self._send(pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, src), src)
+            fresh = not path.got_probe
+            path.got_probe = True
+            if all(c.addr != src for c in self.remote):
+                self.remote.append(Candidate("prflx", *src))  # peer-reflexive
+            if fresh and self.phase is Phase.PUNCH and path.ack_observed is None:
+                self._probe_direct(src)  # triggered check on the path it came by
+        elif self._nonces.get(p.nonce) == ("direct", src):
+            path.ack_observed = p.observed
+        else:
+            return  # an ack for a probe we never sent there: does not count
+        if self.phase is Phase.PUNCH and path.got_probe and path.ack_observed is not None:
+            self._decide_direct(src, path.ack_observed, now)
+
+    def _on_relayed(self, peer: Address, data: bytes, now: float) -> None:
+        if not pr.is_probe(data):
+            return
+        p = self._decode(data)
+        if p is None:
+            return
+        self.counters.relay_received += 1
+        self._note(f"relay {'probe' if p.kind == pr.PROBE else 'ack'} <- {peer[0]}:{peer[1]}")
+        path = self.relayed.setdefault(peer, _Path())
+        if p.kind == pr.PROBE:
+            assert self._key is not None and self.turn is not None
+            self.counters.relay_sent += 1
+            self.turn.send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer))
+            path.got_probe = True
+        elif self._nonces.get(p.nonce) == ("relay", peer):
+            path.ack_observed = p.observed
+        else:
+            return
+        if self.phase is Phase.RELAY and path.got_probe and path.ack_observed is not None:
+            self._decide_relay(peer, now)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _on_deadline(self, now: float) -> None:
+        if self.phase in (Phase.REGISTER, Phase.EXCHANGE):
+            what = "registration" if self.phase is Phase.REGISTER else f"{self.cfg.remote}"
+            self._fail(now, "signaling", f"signaling timeout waiting for {what}")
+        elif self.phase is Phase.GATHER:
+            self.errors.append("gather timeout: going on with the candidates gathered")
+            self._check_gathered(now, force=True)
+        elif self.phase is Phase.PUNCH:
+            half = any(p.got_probe or p.ack_observed for p in self.direct.values())
+            if half and not self._grace_used:
+                self._grace_used = True
+                self._deadline = now + self.t.punch_grace
+                return
+            self._enter_relay(now)
+        elif self.phase is Phase.RELAY:
+            why = f"no relayed probe exchange within {self.t.relay_timeout} s"
+            turn_errors = [e for e in self.errors if e.startswith("turn:")]
+            self._fail(now, "relay", "; ".join([why, *turn_errors[-1:]]))
+        elif self.phase is Phase.DECIDED:
+            self._maybe_finish(now, timed_out=True)
+
+    def _enter_relay(self, now: float) -> None:
+        self._note("punch: gave up, relay stage")
+        self.t_punch_end = self.t_relay_start = now
+        self.phase = Phase.RELAY
+        self._next_round = None
+        if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
+            self._fail(now, "relay", "no direct path, and no local relay candidate")
+            return
+        if not self._remote_relays():
+            why = f"no direct path, and {self.cfg.remote} has no relay candidate"
+            self._fail(now, "relay", why)
+            return
+        self._permit_remote_relays(now)
+        self._deadline = now + self.t.relay_timeout
+        self._interval = self.t.relay_interval
+        self._round(now)
+
+    def _local_for(self, observed: Address | None) -> Candidate:
+        if observed is None:
+            return self.local[0]
+        return Candidate(type_of(observed, self.local), *observed)
+
+    def _decide_direct(self, remote: Address, observed: Address, now: float) -> None:
+        self.t_punch_end = now
+        rc = Candidate(type_of(remote, self.remote), *remote)
+        self.pair = (self._local_for(observed), rc)
+        self._decide(now, "direct", "punch", None)
+
+    def _decide_relay(self, peer: Address, now: float) -> None:
+        self.t_relay_end = now
+        assert self.turn is not None and self.turn.relayed is not None
+        local = Candidate("relay", *self.turn.relayed)
+        self.pair = (local, Candidate(type_of(peer, self.remote, "relay"), *peer))
+        self._decide(now, "relay", "relay", None)
+
+    def _fail(self, now: float, stage: str, reason: str) -> None:
+        if self.phase is Phase.RELAY:
+            self.t_relay_end = now
+        elif self.phase is Phase.PUNCH:
+            self.t_punch_end = now
+        early = self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE)
+        self._decide(now, "failed", stage, reason)
+        if early:  # no remote session to wait for
+            self._finish(now)
+
+    def _decide(self, now: float, outcome: str, stage: str, reason: str | None) -> None:
+        self._note(f"decided: {outcome} in stage {stage}" + (f" ({reason})" if reason else ""))
+        self.outcome, self.stage, self.reason = outcome, stage, reason
+        self.t_decided = now
+        self.phase = Phase.DECIDED
+        self._next_round = None
+        self._stun_next = None
+        self._deadline = now + max(self.t.done_timeout, self.t.hold)
+        if outcome != "failed":
+            self._next_keepalive = now + self.t.keepalive_interval
+        if self.t_registered is not None:
+            self._signal({"type": "done", "to": self.cfg.remote, "outcome": outcome})
+        self._maybe_finish(now)
+
+    def _maybe_finish(self, now: float, timed_out: bool = False) -> None:
+        if self.phase is not Phase.DECIDED or self.t_decided is None:
+            return
+        held = now >= self.t_decided + self.t.hold
+        if (self.remote_done is not None and held) or timed_out:
+            self._finish(now)
+        elif self.remote_done is not None:
+            self._deadline = self.t_decided + self.t.hold
+
+    def _finish(self, now: float) -> None:
+        self._note("finish")
+        self._deadline = self._next_round = self._next_keepalive = self._stun_next = None
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            self.turn.release(now)  # frees the allocation; coturn then logs its counters
+            for data, addr in self.turn.take_datagrams():
+                self._send(data, addr)
+        self.phase = Phase.FINISHED
+
+    # ------------------------------------------------------------------ result
+
+    def result(self) -> dict[str, Any]:
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 3)
+
+        end = self.t_decided if self.t_decided is not None else self.t0
+        # Stages run one after another: register, gather, exchange + start.
+        registered = end if self.t_registered is None else self.t_registered
+        gathered = registered if self.t_gathered is None else self.t_gathered
+        if self.t_registered is not None and self.t_gathered is None:
+            gathered = end
+        started = end if self.t_start is None else self.t_start
+        sig = (registered - self.t0) + (started - gathered)
+        pair = None
+        if self.pair is not None:
+            pair = {"local": self.pair[0].to_json(), "remote": self.pair[1].to_json()}
+        return {
+            "id": self.cfg.id,
+            "remote": self.cfg.remote,
+            "outcome": self.outcome or "failed",
+            "stage": self.stage or self.phase.value,
+            "reason": self.reason,
+            "candidate_pair": pair,
+            "candidates": {"local": [c.to_json() for c in self.local],
+                           "remote": [c.to_json() for c in self.remote]},
+            "timings_ms": {
+                "signaling": round(sig * 1000, 3),
+                "gather": round((gathered - registered) * 1000, 3),
+                "punch": ms(self.t_start, self.t_punch_end),
+                "relay": ms(self.t_relay_start, self.t_relay_end),
+                "connect": ms(self.t0, end),
+            },
+            "packets": self.counters.to_json(),
+            "errors": self.errors,
+            "gather_ms": {"stun": ms(self.t_registered, self.t_srflx),
+                          "turn": ms(self.t_registered, self.t_relayed)},
+            **({"trace": [[round(t * 1000, 3), e] for t, e in self.trace]}
+               if self.cfg.trace else {}),
+        }

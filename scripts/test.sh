@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every test: pure tests, kernel tests (root),
+# linters and the Vagrantfile check. Extra arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh --dev || exit 1
+
+status=0
+.venv/bin/ruff check testbed peers tests bench || status=1
+.venv/bin/mypy testbed peers || status=1
+if command -v vagrant >/dev/null; then
+  vagrant validate Vagrantfile || status=1
+fi
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [[ $rc -eq 5 ]]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  rc=1
+fi
+[[ $rc -ne 0 ]] && status=$rc
+exit $status

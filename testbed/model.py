@@ -1,0 +1,601 @@
+"""Reference model: predict whether two peers behind given NATs connect directly.
+
+Pure Python, no kernel. `predict(a, b, strategy)` replays, with symbolic addresses,
+what the peer programs do (STUN, candidate exchange, rounds of simultaneous probes)
+through two abstract RFC 4787 NATs and reports "direct" or "relay" with a short reason.
+The outcome follows from the NAT semantics below, not from a table of known answers;
+tests/unit/test_model.py checks it against the published classic table.
+
+Scenario (assumptions, stated once):
+- Each peer has one UDP socket, used for STUN, for every probe and for the media.
+  Alice's NAT and Bob's NAT have different public addresses; the STUN server has a
+  third one. Alice's LAN and Bob's LAN are different private networks, so a host
+  candidate of the other LAN is unroutable (the packet still crosses the sender's
+  NAT, creating a mapping and using up a port, as a default route would make it).
+- A peer learns its server-reflexive candidate once, from the STUN server, then
+  candidates are exchanged (signaling takes `Strategy.signaling_delay_s`).
+- A round: each peer sends one probe to each target, host candidates first, then the
+  server-reflexive one, then predicted ports, then every peer-reflexive source it has
+  seen a probe from (RFC 8445 triggered checks). With simultaneous punching the probes
+  of a round cross in flight: both peers' outbound packets create NAT state before any
+  probe of that round arrives. Rounds are `retry_interval_s` apart.
+- "direct" means that in the last round there is a matched flow: Alice's probe to
+  endpoint X reaches Bob with source Y, and Bob's probe to Y reaches Alice with source
+  X. Anything else falls back to the TURN relay, which is assumed reachable (every NAT
+  kind admits a server's replies to a client's own requests).
+
+NAT semantics (RFC 4787 names):
+- Mapping: endpoint-independent reuses one external port per inside endpoint;
+  address-dependent per (inside endpoint, destination address); address-and-port-
+  dependent per (inside endpoint, destination address and port).
+- Filtering is per external port: endpoint-independent admits any sender while the
+  mapping lives; address-dependent admits a sender whose address that port has sent
+  to; address-and-port-dependent admits only an exact address and port sent to.
+- Port allocation: "preserve" takes the inside port if free, else a random port (as
+  nft-templates/nat.nft.j2 does); "sequential" hands out ports in order from one
+  NAT-wide counter, skipping taken ones; "random" gives a port no guess can hit
+  (chance hits and birthday probing are not modelled).
+- `PortReuse.EXCLUSIVE` (default): an external port serves one mapping at a time. A
+  NAT must work like this to be classified as endpoint-dependent by RFC 5780 tests,
+  so "preserve" keeps the inside port only for an inside endpoint's first mapping.
+  `PortReuse.PER_DESTINATION`: a port is only taken for one destination, as in Linux
+  conntrack; then "preserve" keeps the inside port for every new destination while
+  it is free, and an endpoint-dependent NAT's reflexive port stays valid toward a peer.
+- Mappings are refreshed by outbound packets only (REQ-6) and expire after the NAT's
+  `mapping_timeout` seconds without one; inbound packets never create state.
+- Hairpinning (REQ-9) rewrites the source to the sender's external mapping.
+- `none`: public address, no state, no filtering. `firewall`: no translation (the
+  external endpoint is the host endpoint) with address-and-port-dependent filtering.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from testbed.nat import (
+    AD,
+    APD,
+    CLASSIC,
+    EI,
+    Kind,
+    NatSpec,
+    PortAllocation,
+    all_combinations,
+)
+
+Endpoint = tuple[str, int]
+
+DIRECT = "direct"
+RELAY = "relay"
+
+_STUN: Endpoint = ("192.0.2.10", 3478)
+_WAN_IP = {"A": "203.0.113.1", "B": "198.51.100.1"}
+_PUBLIC_HOST_IP = {"A": "203.0.113.2", "B": "198.51.100.2"}  # none / firewall hosts
+_LAN_IP = {"A": "192.168.1.2", "B": "192.168.2.2"}
+_SHARED_LAN_IP = {"A": "192.168.1.2", "B": "192.168.1.3"}
+_INSIDE_PORT = 40000
+_SEQUENTIAL_BASE = 20000
+_RANDOM_BASE = 1 << 20  # random ports are tokens outside 0-65535, spaced so that
+_RANDOM_STRIDE = 1 << 17  # no guess of up to 65535 ports above one hits another
+_NAME = {"A": "Alice", "B": "Bob"}
+
+
+class PortReuse(StrEnum):
+    """Whether a NAT may give one external port to mappings toward different peers."""
+
+    EXCLUSIVE = "exclusive"
+    PER_DESTINATION = "per-destination"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """What the peer programs do.
+
+    simultaneous: both peers probe at once after signaling; if False only Alice
+        probes and Bob answers the sources he hears from.
+    retries: rounds of probes after the first one.
+    port_prediction: also probe the next `prediction_range` ports above the peer's
+        server-reflexive port (guessing its next mapping).
+    shared_lan: both peers sit on one LAN behind one router (then a == b).
+    use_host_candidates: probe host candidates (a LAN address) too.
+    reply_to_observed: probe the source of every probe received (peer-reflexive).
+    signaling_delay_s: time from the STUN exchange to the first probe (mappings idle
+        longer than their NAT's mapping_timeout are gone by then).
+    retry_interval_s: time between rounds.
+    """
+
+    simultaneous: bool = True
+    retries: int = 5
+    port_prediction: bool = False
+    prediction_range: int = 8
+    shared_lan: bool = False
+    use_host_candidates: bool = True
+    reply_to_observed: bool = True
+    signaling_delay_s: float = 1.0
+    retry_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"Strategy.retries: must be >= 0, got {self.retries}")
+        if not 1 <= self.prediction_range <= 65535:
+            raise ValueError(
+                f"Strategy.prediction_range: must be 1-65535, got {self.prediction_range}"
+            )
+        if self.signaling_delay_s < 0 or self.retry_interval_s <= 0:
+            raise ValueError("Strategy: delays must be >= 0 and retry_interval_s > 0")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted outcome; `pair` is the working (Alice's remote, Bob's remote) kinds."""
+
+    outcome: str
+    reason: str
+    pair: tuple[str, str] | None = None
+
+
+# --- abstract NAT --------------------------------------------------------------------
+
+
+@dataclass
+class _Mapping:
+    inside: Endpoint
+    port: int
+    key: tuple[object, ...]
+    last_out: float
+    sent_to: set[Endpoint] = field(default_factory=set)
+
+
+@dataclass
+class _Drop:
+    side: str  # whose router dropped it ("A"/"B"), or "" on the wire
+    code: str  # no-mapping | not-sent-address | not-sent-port | unroutable | no-hairpin
+
+
+@dataclass
+class _Router:
+    """One NAT or firewall; `spec.kind` is NAT or FIREWALL (NONE has no router)."""
+
+    side: str
+    spec: NatSpec
+    wan_ip: str
+    reuse: PortReuse
+    mappings: list[_Mapping] = field(default_factory=list)
+    next_seq: int = _SEQUENTIAL_BASE
+    next_random: int = _RANDOM_BASE
+
+    def _live(self, now: float) -> list[_Mapping]:
+        timeout = self.spec.mapping_timeout
+        self.mappings = [m for m in self.mappings if now - m.last_out <= timeout]
+        return self.mappings
+
+    def _key(self, dst: Endpoint) -> tuple[object, ...]:
+        if self.spec.kind is Kind.FIREWALL or self.spec.mapping is EI:
+            return ()
+        return (dst[0],) if self.spec.mapping is AD else dst
+
+    def _taken(self, port: int, key: tuple[object, ...], now: float) -> bool:
+        live = self._live(now)
+        if self.reuse is PortReuse.PER_DESTINATION:
+            return any(m.port == port and m.key == key for m in live)
+        return any(m.port == port for m in live)
+
+    def _allocate(self, inside: Endpoint, key: tuple[object, ...], now: float) -> int:
+        alloc = self.spec.port_allocation
+        if alloc is PortAllocation.PRESERVE and not self._taken(inside[1], key, now):
+            return inside[1]
+        if alloc is PortAllocation.SEQUENTIAL:
+            port = self.next_seq
+            while self._taken(port, key, now):
+                port += 1
+            self.next_seq = port + 1
+            return port
+        self.next_random += _RANDOM_STRIDE  # random, and preserve's fallback
+        return self.next_random
+
+    def outbound(self, inside: Endpoint, dst: Endpoint, now: float) -> Endpoint:
+        """Translate an inside packet to `dst`; create or refresh its mapping."""
+        key = self._key(dst)
+        live = self._live(now)
+        mapping = next((m for m in live if m.inside == inside and m.key == key), None)
+        if mapping is None:
+            if self.spec.kind is Kind.FIREWALL:
+                port = inside[1]
+            else:
+                port = self._allocate(inside, key, now)
+            mapping = _Mapping(inside, port, key, now)
+            self.mappings.append(mapping)
+        mapping.last_out = now
+        mapping.sent_to.add(dst)
+        ip = inside[0] if self.spec.kind is Kind.FIREWALL else self.wan_ip
+        return (ip, mapping.port)
+
+    def inbound(self, src: Endpoint, dst: Endpoint, now: float) -> Endpoint | _Drop:
+        """Filter a packet arriving at external endpoint `dst`; return the inside one."""
+        if self.spec.kind is Kind.FIREWALL:
+            at_port = [m for m in self._live(now) if m.inside == dst]
+            filtering = APD
+        else:
+            at_port = [m for m in self._live(now) if m.port == dst[1]]
+            filtering = self.spec.filtering
+        if not at_port:
+            return _Drop(self.side, "no-mapping")
+        for m in at_port:
+            if filtering is EI or src in m.sent_to:
+                return m.inside
+            if filtering is AD and src[0] in {d[0] for d in m.sent_to}:
+                return m.inside
+        sent_addr = any(src[0] in {d[0] for d in m.sent_to} for m in at_port)
+        return _Drop(self.side, "not-sent-port" if sent_addr else "not-sent-address")
+
+
+# --- peers and the network -----------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    side: str
+    host: Endpoint
+    lan: str
+    router: _Router | None
+    srflx: Endpoint = ("", 0)
+    learned: list[Endpoint] = field(default_factory=list)
+
+
+@dataclass
+class _Probe:
+    sender: str
+    kind: str  # what the sender aimed at: host | srflx | predicted | prflx
+    dst: Endpoint
+    src: Endpoint | None = None  # source as seen by the receiver
+    result: str | _Drop = ""  # receiving side ("A"/"B") or why it was lost
+
+
+class _World:
+    def __init__(self, a: NatSpec, b: NatSpec, strategy: Strategy, reuse: PortReuse):
+        self.strategy = strategy
+        self.peers: dict[str, _Peer] = {}
+        shared = strategy.shared_lan
+        routers: dict[str, _Router | None] = {}
+        for side, spec in (("A", a), ("B", b)):
+            if shared and side == "B":
+                routers["B"] = routers["A"]
+            elif spec.kind is Kind.NONE:
+                routers[side] = None
+            else:
+                routers[side] = _Router(side, spec, _WAN_IP[side], reuse)
+            public = spec.kind is not Kind.NAT
+            ip = (_PUBLIC_HOST_IP if public else _SHARED_LAN_IP if shared else _LAN_IP)[side]
+            lan = "A" if shared else side
+            self.peers[side] = _Peer(side, (ip, _INSIDE_PORT), lan, routers[side])
+
+    def _owner(self, ip: str) -> _Peer | _Router | None:
+        for peer in self.peers.values():
+            if peer.router is not None and peer.router.spec.kind is Kind.NAT:
+                if peer.router.wan_ip == ip:
+                    return peer.router
+            elif peer.host[0] == ip:
+                return peer.router or peer
+        return None
+
+    def _peer_at(self, inside: Endpoint) -> str | _Drop:
+        for peer in self.peers.values():
+            if peer.host == inside:
+                return peer.side
+        return _Drop("", "unroutable")  # e.g. the STUN server's own traffic
+
+    def _arrive(self, src: Endpoint, dst: Endpoint, now: float) -> str | _Drop:
+        owner = self._owner(dst[0])
+        if owner is None:
+            return _Drop("", "unroutable")
+        if isinstance(owner, _Peer):
+            return owner.side if owner.host == dst else _Drop("", "unroutable")
+        inside = owner.inbound(src, dst, now)
+        return inside if isinstance(inside, _Drop) else self._peer_at(inside)
+
+    def send(self, peer: _Peer, dst: Endpoint, now: float) -> tuple[Endpoint | None, str | _Drop]:
+        """Source seen by the far side, and the receiving side or the drop."""
+        for other in self.peers.values():
+            if other.lan == peer.lan and other.host == dst:
+                return peer.host, other.side  # on-link, never crosses the router
+        router = peer.router
+        if router is None:
+            return peer.host, self._arrive(peer.host, dst, now)
+        src = router.outbound(peer.host, dst, now)
+        if router.spec.kind is Kind.NAT and dst[0] == router.wan_ip:
+            if not router.spec.hairpinning:
+                return src, _Drop(router.side, "no-hairpin")
+        return src, self._arrive(src, dst, now)
+
+    def stun(self, peer: _Peer) -> None:
+        src, _ = self.send(peer, _STUN, 0.0)
+        assert src is not None
+        peer.srflx = src
+
+    def targets(self, peer: _Peer, other: _Peer) -> list[tuple[str, Endpoint]]:
+        strategy = self.strategy
+        out: list[tuple[str, Endpoint]] = []
+        if strategy.simultaneous or peer.side == "A":
+            if strategy.use_host_candidates and other.srflx != other.host:
+                out.append(("host", other.host))
+            out.append(("srflx", other.srflx))
+            if strategy.port_prediction and other.srflx != other.host:
+                ip, port = other.srflx
+                out += [
+                    ("predicted", (ip, port + i)) for i in range(1, 1 + strategy.prediction_range)
+                ]
+        known = {dst for _, dst in out}
+        out += [("prflx", src) for src in peer.learned if src not in known]
+        return out
+
+    def round(self, now: float) -> list[_Probe]:
+        a, b = self.peers["A"], self.peers["B"]
+        probes: list[_Probe] = []
+        # Simultaneous: every outbound packet of the round leaves before any arrives.
+        for peer, other in ((a, b), (b, a)):
+            for kind, dst in self.targets(peer, other):
+                probes.append(_Probe(peer.side, kind, dst))
+        pending: list[tuple[_Probe, _Peer]] = []
+        for probe in probes:
+            peer = self.peers[probe.sender]
+            router = peer.router
+            on_link = any(o.lan == peer.lan and o.host == probe.dst for o in self.peers.values())
+            if router is not None and not on_link:
+                router.outbound(peer.host, probe.dst, now)  # open state first
+            pending.append((probe, peer))
+        for probe, peer in pending:
+            probe.src, probe.result = self.send(peer, probe.dst, now)
+            receiver = probe.result
+            if isinstance(receiver, str) and receiver != probe.sender and probe.src:
+                learned = self.peers[receiver].learned
+                if self.strategy.reply_to_observed and probe.src not in learned:
+                    learned.append(probe.src)
+        return probes
+
+
+def _matched_pair(probes: Sequence[_Probe]) -> tuple[_Probe, _Probe] | None:
+    """A probe each way whose destination is the other's source: a real flow."""
+    rank = {"host": 0, "srflx": 1, "predicted": 2, "prflx": 3}
+    ok = [p for p in probes if isinstance(p.result, str) and p.result not in ("", p.sender)]
+    best: tuple[_Probe, _Probe] | None = None
+    for pa in (p for p in ok if p.sender == "A"):
+        for pb in (p for p in ok if p.sender == "B"):
+            if pa.dst == pb.src and pb.dst == pa.src:
+                score = (rank[pa.kind] + rank[pb.kind], rank[pa.kind])
+                if best is None or score < (
+                    rank[best[0].kind] + rank[best[1].kind],
+                    rank[best[0].kind],
+                ):
+                    best = (pa, pb)
+    return best
+
+
+# --- reasons ------------------------------------------------------------------------
+
+_DEP = {AD: "address-dependent", APD: "address-and-port-dependent"}
+
+
+def _who(side: str) -> str:
+    return _NAME[side]
+
+
+def _fresh_cause(world: _World, side: str) -> str:
+    """Why `side` reaches the other peer from a port that is not its STUN-learned one."""
+    peer = world.peers[side]
+    spec = peer.router.spec if peer.router else NatSpec(kind=Kind.NONE)
+    name = _who(side)
+    other = _who("B" if side == "A" else "A")
+    if spec.mapping is not EI:
+        return (
+            f"{name}'s mapping is {_DEP[spec.mapping]}, so the port {other} learned via STUN "
+            f"is not the one {name} uses toward {other}"
+        )
+    return (
+        f"{name}'s STUN mapping expired before the probes (mapping timeout "
+        f"{spec.mapping_timeout} s) and the new mapping got another port"
+    )
+
+
+def _drop_text(probe: _Probe, world: _World) -> str:
+    drop = probe.result
+    assert isinstance(drop, _Drop)
+    sender, receiver = _who(probe.sender), _who("B" if probe.sender == "A" else "A")
+    aim = {
+        "host": f"{receiver}'s host address",
+        "srflx": f"{receiver}'s STUN-learned port",
+        "predicted": f"{receiver}'s predicted ports",
+        "prflx": f"the port {receiver} probed from",
+    }[probe.kind]
+    if drop.code == "unroutable":
+        return f"{sender}'s probes to {aim} are not routable"
+    if drop.code == "no-hairpin":
+        return f"the shared NAT does not hairpin {sender}'s probes to {aim}"
+    if drop.code == "no-mapping":
+        return f"{sender}'s probes to {aim} find no mapping there"
+    router = world.peers[drop.side].router
+    assert router is not None
+    what = (
+        "firewall" if router.spec.kind is Kind.FIREWALL else f"{router.spec.filtering.value} filter"
+    )
+    if drop.code == "not-sent-port":
+        why = f"{receiver} has sent to {sender}'s address, but not to the port they come from"
+    else:
+        why = f"{receiver} has sent nothing from that port to {sender}'s address"
+    return f"{receiver}'s {what} drops {sender}'s probes to {aim} ({why})"
+
+
+def _admit_text(world: _World, receiver: str, sender: str) -> str:
+    router = world.peers[receiver].router
+    if router is None:
+        return f"{_who(receiver)} has a public address and no filter"
+    if router.spec.kind is Kind.FIREWALL:
+        return f"{_who(receiver)}'s firewall admits {_who(sender)} after its own probe"
+    filtering = router.spec.filtering
+    if filtering is EI:
+        return f"{_who(receiver)}'s endpoint-independent filter admits anyone"
+    scope = "address" if filtering is AD else "address and port"
+    return (
+        f"{_who(receiver)}'s {filtering.value} filter admits {_who(sender)} after "
+        f"{_who(receiver)} has probed that {scope}"
+    )
+
+
+def _prediction_text(world: _World, guesser: str) -> str:
+    target = "B" if guesser == "A" else "A"
+    router = world.peers[target].router
+    alloc = router.spec.port_allocation.value if router else ""
+    return (
+        f"{_who(target)}'s NAT allocates ports by {alloc!r}, so {_who(guesser)}'s guesses "
+        f"above {_who(target)}'s STUN-learned port hit {_who(target)}'s new port"
+    )
+
+
+def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tuple[str, str]:
+    pair = _matched_pair(last)
+    if pair is not None:
+        pa, pb = pair
+        if pa.kind == "host":
+            if world.strategy.shared_lan:
+                text = "Alice and Bob share a LAN; their host candidates reach each other"
+            else:
+                text = "both hosts have public addresses"
+            return DIRECT, text + " without crossing a NAT"
+        parts = [_fresh_cause(world, s) for s in "AB" if fresh[s]]
+        if not parts:
+            parts.append("both server-reflexive addresses stay valid toward the other peer")
+        if "predicted" in (pa.kind, pb.kind):
+            for guesser, probe in (("A", pa), ("B", pb)):
+                if probe.kind == "predicted":
+                    parts.append(_prediction_text(world, guesser))
+        elif "prflx" in (pa.kind, pb.kind):
+            first = "B" if pa.kind == "prflx" else "A"  # the side whose probe got through
+            second = "A" if first == "B" else "B"
+            parts.append(
+                f"{_admit_text(world, second, first)}; {_who(second)} answers the port it "
+                f"came from, which {_who(first)}'s mapping admits"
+            )
+        else:
+            parts.append(f"{_admit_text(world, 'A', 'B')}; {_admit_text(world, 'B', 'A')}")
+        if world.strategy.shared_lan:
+            parts.append("the shared NAT hairpins")
+        return DIRECT, "; ".join(parts)
+    parts = [_fresh_cause(world, s) for s in "AB" if fresh[s]]
+    seen: set[str] = set()
+    for sender in "AB":
+        for probe in last:
+            if probe.sender == sender and isinstance(probe.result, _Drop):
+                if probe.kind == "host" and not world.strategy.shared_lan:
+                    continue
+                text = _drop_text(probe, world)
+                if text not in seen:
+                    seen.add(text)
+                    parts.append(text)
+                break
+    for side in "AB":
+        router = world.peers[side].router
+        if world.strategy.port_prediction and fresh[side] and router is not None:
+            other = _who("B" if side == "A" else "A")
+            if router.spec.port_allocation is PortAllocation.RANDOM:
+                parts.append(f"{_who(side)}'s NAT picks ports at random, so {other}'s guesses miss")
+            elif router.spec.port_allocation is PortAllocation.PRESERVE:
+                parts.append(
+                    f"{_who(side)}'s NAT cannot keep the port its STUN mapping owns and picks "
+                    f"one at random, so {other}'s guesses miss"
+                )
+    if not world.strategy.simultaneous and not world.peers["B"].learned:
+        parts.append("Bob only answers and never hears Alice")
+    if len(parts) == sum(fresh.values()):  # nothing dropped, yet no flow
+        parts.append(
+            "probes get through, but each answer leaves from yet another new port, so no "
+            "two-way flow on one address pair forms (ICE needs one)"
+        )
+    return RELAY, "; ".join(parts) or "no matched flow"
+
+
+def predict(
+    a: NatSpec,
+    b: NatSpec,
+    strategy: Strategy = Strategy(),  # noqa: B008 - frozen, so a shared default is safe
+    *,
+    reuse: PortReuse = PortReuse.EXCLUSIVE,
+) -> Prediction:
+    """Predict the outcome for Alice behind `a` and Bob behind `b`."""
+    if strategy.shared_lan and a != b:
+        raise ValueError("shared_lan: both peers sit behind one router, so a must equal b")
+    world = _World(a, b, strategy, reuse)
+    for side in "AB":
+        world.stun(world.peers[side])
+    now = strategy.signaling_delay_s
+    first: list[_Probe] = []
+    last: list[_Probe] = []
+    for i in range(strategy.retries + 1):
+        last = world.round(now + i * strategy.retry_interval_s)
+        first = first or last
+    fresh = {
+        p.sender: p.src != world.peers[p.sender].srflx
+        for p in first
+        if p.kind == "srflx" and p.src is not None
+    }
+    for side in "AB":
+        fresh.setdefault(side, False)
+    outcome, reason = _reason(world, fresh, last)
+    pair = _matched_pair(last)
+    kinds = (pair[0].kind, pair[1].kind) if pair else None
+    return Prediction(outcome, reason, kinds)
+
+
+# --- NAT sets and the matrix ---------------------------------------------------------
+
+
+def default_nats() -> list[NatSpec]:
+    """none plus the four classic RFC 3489 types (25 ordered pairings)."""
+    classic = [NatSpec(mapping=m, filtering=f) for m, f in CLASSIC.values()]
+    return [NatSpec(kind=Kind.NONE), *classic]
+
+
+def all_nats() -> list[NatSpec]:
+    """none, firewall and the nine mapping x filtering combinations (121 pairings)."""
+    return [NatSpec(kind=Kind.NONE), NatSpec(kind=Kind.FIREWALL), *all_combinations()]
+
+
+def matrix(
+    nats: Iterable[NatSpec],
+    strategy: Strategy = Strategy(),  # noqa: B008
+) -> list[list[Prediction]]:
+    """Row Alice's NAT, column Bob's."""
+    specs = list(nats)
+    return [[predict(a, b, strategy) for b in specs] for a in specs]
+
+
+def format_matrix(nats: Sequence[NatSpec], grid: Sequence[Sequence[Prediction]]) -> str:
+    labels = [n.label for n in nats]
+    width = max(len(s) for s in [*labels, "Alice \\ Bob"]) + 1
+    head = "Alice \\ Bob".ljust(width) + "".join(s.ljust(width) for s in labels)
+    rows = [
+        label.ljust(width) + "".join(p.outcome.ljust(width) for p in row)
+        for label, row in zip(labels, grid, strict=True)
+    ]
+    return "\n".join([head.rstrip(), *(r.rstrip() for r in rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the reference model's matrix.")
+    parser.add_argument("--nats", choices=["default", "all"], default="default")
+    parser.add_argument("--port-prediction", action="store_true")
+    parser.add_argument("--reasons", action="store_true", help="print every cell's reason")
+    args = parser.parse_args(argv)
+    nats = default_nats() if args.nats == "default" else all_nats()
+    grid = matrix(nats, Strategy(port_prediction=args.port_prediction))
+    print(format_matrix(nats, grid))
+    if args.reasons:
+        for a, row in zip(nats, grid, strict=True):
+            for b, p in zip(nats, row, strict=True):
+                print(f"{a.label} -> {b.label}: {p.outcome}: {p.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Shared test setup: kernel tests need root; the root namespace must come out untouched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="kernel test: needs root (CI runs these as root)")
+    for item in items:
+        if "kernel" in item.keywords:
+            item.add_marker(skip)
+
+
+def root_namespace_snapshot() -> dict[str, str]:
+    """What the testbed must never change in the root namespace."""
+
+    def out(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+    return {
+        "addresses": out("ip", "-o", "addr", "show"),
+        "routes": out("ip", "route", "show", "table", "all"),
+        "links": out("ip", "-o", "link", "show"),
+        "nft": out("nft", "list", "ruleset"),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched() -> Iterator[None]:
+    if not IS_ROOT:
+        yield
+        return
+    before = root_namespace_snapshot()
+    yield
+    after = root_namespace_snapshot()
+    changed = [k for k in before if before[k] != after[k]]
+    assert not changed, f"the test suite changed the root namespace: {changed}"

@@ -1,0 +1,90 @@
+"""Issue 4 on real kernels: two peers, two NATs, STUN, coturn, signaling.
+
+Each test builds the home-pair lab with the two routers' NATs set, runs the
+peer programs in alice and bob, and checks the outcome against the topology
+(addresses come from the topology, not from the peers' output) and, for the
+relayed pairs, against coturn's own counters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from testbed.nat import NatSpec, nat_from_dict
+from testbed.pair import TOPOLOGY, format_pair, run_pair
+from testbed.topology import load_topology
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
+]
+
+TOPO = load_topology(TOPOLOGY)
+WAN = {"alice": str(TOPO.node("home-a").iface("wan").address.ip),
+       "bob": str(TOPO.node("home-b").iface("wan").address.ip)}
+TURN_IP = str(TOPO.node("turn").interfaces[0].address.ip)
+OTHER = {"alice": "bob", "bob": "alice"}
+
+
+def nat(name: str) -> NatSpec:
+    return nat_from_dict({"type": name})
+
+
+def test_port_restricted_pair_connects_directly() -> None:
+    res = run_pair(nat("port-restricted-cone"), nat("port-restricted-cone"))
+    assert res["outcome"] == "direct", format_pair(res)
+    assert res["stage"] == "punch"
+    for me, r in res["peers"].items():
+        assert r["outcome"] == "direct"
+        pair = r["candidate_pair"]
+        # each side talks to the other's router, on the srflx address STUN reported
+        assert pair["remote"]["type"] == "srflx" and pair["remote"]["ip"] == WAN[OTHER[me]]
+        assert pair["local"]["type"] == "srflx" and pair["local"]["ip"] == WAN[me]
+        assert pair["remote"] in r["candidates"]["remote"]
+        assert r["packets"]["probes_received"] >= 2  # a probe and an ack, authenticated
+        assert r["packets"]["relay_sent"] == 0
+    assert res["peers"]["alice"]["candidate_pair"]["local"] == \
+        res["peers"]["bob"]["candidate_pair"]["remote"]
+    assert res["relay_bytes"] == 0  # coturn relayed nothing for this pair
+
+
+def test_full_cone_with_symmetric_connects_directly() -> None:
+    res = run_pair(nat("full-cone"), nat("symmetric"))
+    assert res["outcome"] == "direct", format_pair(res)
+    alice, bob = res["peers"]["alice"], res["peers"]["bob"]
+    # Bob's symmetric NAT maps the path to alice to a port STUN never saw: alice
+    # learns it from bob's authenticated probe (peer-reflexive).
+    assert alice["candidate_pair"]["remote"]["type"] == "prflx"
+    assert alice["candidate_pair"]["remote"]["ip"] == WAN["bob"]
+    bob_srflx = [c for c in alice["candidates"]["remote"] if c["type"] == "srflx"]
+    assert alice["candidate_pair"]["remote"]["port"] not in [c["port"] for c in bob_srflx]
+    assert bob["candidate_pair"]["remote"]["ip"] == WAN["alice"]
+
+
+@pytest.mark.parametrize(("a", "b"), [("port-restricted-cone", "symmetric"),
+                                      ("symmetric", "symmetric")])
+def test_untraversable_pairs_use_the_relay_and_coturn_carried_the_data(a: str, b: str) -> None:
+    res = run_pair(nat(a), nat(b))
+    assert res["outcome"] == "relay", format_pair(res)
+    assert res["stage"] == "relay"
+    peers, usage = res["peers"], res["relay"]
+    for r in peers.values():
+        pair = r["candidate_pair"]
+        assert pair["local"]["type"] == pair["remote"]["type"] == "relay"
+        assert pair["local"]["ip"] == pair["remote"]["ip"] == TURN_IP
+        assert r["packets"]["relay_received"] >= 2  # the remote's probe and its ack
+        assert r["timings_ms"]["punch"] >= 1000  # punching got its full time first
+    assert peers["alice"]["candidate_pair"]["remote"] == peers["bob"]["candidate_pair"]["local"]
+    # coturn's own counters, independent of the peers: every relayed message a
+    # peer sent left its relayed address, and arrived at the other's.
+    assert usage["alice"] is not None and usage["bob"] is not None, format_pair(res)
+    for me in ("alice", "bob"):
+        sent = peers[me]["packets"]["relay_sent"]
+        assert usage[me]["peer"]["sp"] == sent
+        assert usage[OTHER[me]]["peer"]["rp"] == sent
+    assert res["relay_bytes"] > 0
+    assert "coturn relayed" in format_pair(res)

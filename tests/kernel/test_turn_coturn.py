@@ -1,0 +1,343 @@
+"""The TURN client against the real coturn, in network namespaces.
+
+Three namespaces on one bridge (itself in a fourth namespace): client 203.0.113.20,
+turn 203.0.113.5, peer 203.0.113.30. The namespaces are anonymous (held by file
+descriptors of this test process, never mounted under /run/netns), so parallel runs
+cannot collide and closing the descriptors frees them. coturn is started inside the
+turn namespace with testbed.turn.coturn_argv and stopped by the PID recorded at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from peers import stun
+from peers.turn import DataReceived, Refreshed, State, TurnClient, TurnError, TurnSocket
+from testbed import netns
+from testbed import turn as tb
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
+]
+
+ADDRS = {"client": "203.0.113.20", "turn": "203.0.113.5", "peer": "203.0.113.30"}
+TURN_PORT = 3478
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def new_netns() -> int:
+    """An anonymous network namespace, alive as long as the returned fd (or a process in it).
+
+    Nothing is mounted under /run/netns, so nothing can outlive the test.
+    """
+    home = netns.root_fd()
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    try:
+        return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        if _libc.setns(home, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the root namespace failed")
+
+
+def run_in(fd: int, argv: Sequence[str]) -> str:
+    return subprocess.run(
+        argv, check=True, capture_output=True, text=True, preexec_fn=lambda: netns.preexec(fd)
+    ).stdout
+
+
+@dataclass
+class TurnLab:
+    fds: dict[str, int]
+    cfg: tb.TurnConfig
+    proc: subprocess.Popen[bytes]
+    state_dir: Path
+
+    @property
+    def server(self) -> tuple[str, int]:
+        return (self.cfg.listen_ip, self.cfg.port)
+
+    def socket(self, role: str, port: int = 0) -> socket.socket:
+        """A UDP socket opened inside the namespace of `role`, bound to its address."""
+        with netns.entered(self.fds[role]):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((ADDRS[role], port))
+        return sock
+
+    def log(self) -> str:
+        return tb.log_path(self.state_dir).read_text(errors="replace")
+
+    def usage_of(self, client: tuple[str, int], timeout: float = 5.0) -> tb.SessionUsage:
+        """coturn's counters for the session of `client`, once coturn has closed it."""
+        remote = f"{client[0]}:{client[1]}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for usage in tb.parse_usage(self.log()).values():
+                if usage.closed and usage.remote == remote:
+                    return usage
+            time.sleep(0.05)
+        raise AssertionError(f"coturn logged no closed session for {remote}")
+
+
+def _start_coturn(fd: int, cfg: tb.TurnConfig, state_dir: Path) -> subprocess.Popen[bytes]:
+    with open(state_dir / "stdout", "wb") as out:
+        proc = subprocess.Popen(
+            tb.coturn_argv(cfg, state_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: netns.preexec(fd),
+        )
+    try:
+        tb.wait_ready(cfg, lambda argv: run_in(fd, argv), alive=lambda: proc.poll() is None)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wire(fds: dict[str, int]) -> None:
+    """A bridge in `sw`, one veth from it to eth0 of each other namespace."""
+    routes: list[IPRoute] = []
+    try:
+        for role in fds:
+            with netns.entered(fds[role]):
+                routes.append(IPRoute())
+        ipr = dict(zip(fds, routes, strict=True))
+        sw = ipr["sw"]
+        sw.link("add", ifname="br0", kind="bridge")
+        br = sw.link_lookup(ifname="br0")[0]
+        sw.link("set", index=br, state="up")
+        for role, addr in ADDRS.items():
+            sw.link(
+                "add",
+                ifname=f"v-{role}",
+                kind="veth",
+                peer={"ifname": "eth0", "net_ns_fd": fds[role]},
+            )
+            port = sw.link_lookup(ifname=f"v-{role}")[0]
+            sw.link("set", index=port, master=br, state="up")
+            eth0 = ipr[role].link_lookup(ifname="eth0")[0]
+            ipr[role].addr("add", index=eth0, address=addr, prefixlen=24)
+            ipr[role].link("set", index=eth0, state="up")
+            ipr[role].link("set", index=1, state="up")
+    finally:
+        for r in routes:
+            r.close()
+
+
+@contextlib.contextmanager
+def turn_lab(state_dir: Path, stale_nonce: int | None = None) -> Iterator[TurnLab]:
+    fds: dict[str, int] = {}
+    proc = None
+    try:
+        for role in ("sw", *ADDRS):
+            fds[role] = new_netns()
+        _wire(fds)
+        user, password = tb.make_credentials(random.Random(secrets.token_hex(8)))
+        cfg = tb.TurnConfig(
+            listen_ip=ADDRS["turn"],
+            relay_ip=ADDRS["turn"],
+            username=user,
+            password=password,
+            port=TURN_PORT,
+            stale_nonce=stale_nonce,
+        )
+        proc = _start_coturn(fds["turn"], cfg, state_dir)
+        yield TurnLab(fds, cfg, proc, state_dir)
+    finally:
+        if proc is not None:
+            _stop(proc)
+        for fd in fds.values():
+            os.close(fd)  # the last reference: the kernel frees the namespace and its links
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TurnLab]:
+    with turn_lab(tmp_path_factory.mktemp("coturn")) as the_lab:
+        yield the_lab
+
+
+def client_for(lab: TurnLab, password: str | None = None, user: str | None = None) -> TurnSocket:
+    client = TurnClient(
+        lab.server,
+        user or lab.cfg.username,
+        password or lab.cfg.password,
+        rng=random.Random(),
+        rto=0.1,
+    )
+    return TurnSocket(lab.socket("client"), client)
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_allocation_with_the_lab_credentials(lab: TurnLab) -> None:
+    turn = client_for(lab)
+    try:
+        ev = turn.allocate()
+        assert ev.relayed[0] == ADDRS["turn"]
+        assert lab.cfg.min_port <= ev.relayed[1] <= lab.cfg.max_port
+        assert ev.mapped == turn.sock.getsockname()  # no NAT between client and relay
+        assert ev.lifetime > 0
+        turn.release()
+        assert turn.client.state is State.RELEASED
+    finally:
+        turn.sock.close()
+
+
+def test_unauthenticated_allocation_is_refused(lab: TurnLab) -> None:
+    sock = lab.socket("client")
+    try:
+        request = stun.Message.new(
+            stun.Method.ALLOCATE, stun.Class.REQUEST, [("REQUESTED-TRANSPORT", 17)]
+        )
+        sock.settimeout(2.0)
+        sock.sendto(stun.pack(request), lab.server)
+        data, src = sock.recvfrom(2048)
+        reply = stun.unpack(data)
+        assert src == lab.server
+        assert (reply.msg_class, reply.transaction_id) == (stun.Class.ERROR, request.transaction_id)
+        assert reply.get("ERROR-CODE")[0] == 401
+        assert reply.get("REALM") == lab.cfg.realm and reply.get("NONCE")
+        assert "XOR-RELAYED-ADDRESS" not in reply
+    finally:
+        sock.close()
+
+    for user, password in [(None, "wrong-password"), ("intruder", None)]:
+        turn = client_for(lab, password=password, user=user)
+        try:
+            with pytest.raises(TurnError) as err:
+                turn.allocate()
+            assert err.value.code == 401
+            assert turn.client.state is State.FAILED
+        finally:
+            turn.sock.close()
+    assert "username=<intruder>" not in lab.log()
+
+
+def test_peer_outside_the_lab_ranges_is_forbidden(lab: TurnLab) -> None:
+    turn = client_for(lab)
+    try:
+        turn.allocate()
+        for outside in ("10.1.2.3", "8.8.8.8", "127.0.0.1"):
+            with pytest.raises(TurnError) as err:
+                turn.create_permission([outside])
+            assert err.value.code == 403, outside
+        turn.create_permission([ADDRS["peer"], "198.51.100.9", "100.64.0.1"])  # all lab ranges
+        turn.release()
+    finally:
+        turn.sock.close()
+
+
+def test_data_is_relayed_both_ways_and_coturn_counts_it(lab: TurnLab) -> None:
+    turn = client_for(lab)
+    peer_sock = lab.socket("peer", 4000)
+    peer_sock.settimeout(2.0)
+    peer = peer_sock.getsockname()
+    sent_to_peer: list[bytes] = []
+    sent_by_peer: list[bytes] = []
+
+    def exchange(payload: bytes, expect_channel: int | None) -> None:
+        turn.send(peer, payload)
+        sent_to_peer.append(payload)
+        got, src = peer_sock.recvfrom(2048)
+        assert got == payload
+        assert src == relayed, "the peer must see the relayed address, not the client"
+        reply = b"re:" + payload[::-1]
+        peer_sock.sendto(reply, src)
+        sent_by_peer.append(reply)
+        assert turn.recv(timeout=2.0) == DataReceived(peer, reply, expect_channel)
+
+    try:
+        relayed = turn.allocate().relayed
+        client_addr = turn.sock.getsockname()
+        turn.create_permission([peer[0]])
+        exchange(b"send-indication-1", None)
+        exchange(b"send-indication-22", None)
+        channel = turn.channel_bind(peer)
+        assert 0x4000 <= channel <= 0x4FFF
+        for i in range(5):
+            exchange(b"channel-data-%d" % i * (i + 1), channel)
+        turn.release()
+    finally:
+        turn.sock.close()
+        peer_sock.close()
+
+    usage = lab.usage_of(client_addr)
+    assert usage.username == lab.cfg.username
+    # Relay side: exactly our payloads, counted by coturn itself.
+    assert usage.peer.sp == len(sent_to_peer) and usage.peer.sb == sum(map(len, sent_to_peer))
+    assert usage.peer.rp == len(sent_by_peer) and usage.peer.rb == sum(map(len, sent_by_peer))
+    # Client side: at least the relayed datagrams plus the control messages.
+    assert usage.client.rp >= len(sent_to_peer) and usage.client.sp >= len(sent_by_peer)
+
+
+def test_stale_nonce_is_renewed(tmp_path: Path) -> None:
+    with turn_lab(tmp_path, stale_nonce=1) as lab:
+        turn = client_for(lab)
+        try:
+            turn.allocate()
+            nonces = [turn.client.nonce]
+            # Refresh until coturn has answered one with 438 (its 1 s nonce expires on
+            # its whole-second clock); every refresh must still succeed.
+            deadline = time.monotonic() + 5.0
+            while "error 438" not in lab.log():
+                assert time.monotonic() < deadline, "coturn never declared the nonce stale"
+                time.sleep(0.2)
+                assert isinstance(turn.refresh(), Refreshed)
+                nonces.append(turn.client.nonce)
+            assert len(set(nonces)) > 1  # the client took the new nonce from the 438
+            turn.create_permission([ADDRS["peer"]])  # and keeps using it
+            turn.release()
+        finally:
+            turn.sock.close()
+
+
+def test_coturn_is_stopped_and_nothing_is_left(tmp_path: Path) -> None:
+    with turn_lab(tmp_path) as lab:
+        pid = lab.proc.pid
+        assert int(tb.pid_path(tmp_path).read_text()) == pid
+        inodes = {os.fstat(fd).st_ino for fd in lab.fds.values()}
+        assert len(inodes) == 4
+        assert netns.pids_in(inodes) == [pid]
+        assert tb.is_listening(run_in(lab.fds["turn"], tb.READINESS_ARGV), lab.cfg)
+    assert lab.proc.returncode is not None
+    assert not Path(f"/proc/{pid}").exists()
+    assert netns.pids_in(inodes) == []  # no process left in any of the four namespaces
+    mine = {f"net:[{i}]" for i in inodes}
+    assert not any(
+        os.readlink(f"/proc/self/fd/{fd}") in mine
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.islink(f"/proc/self/fd/{fd}")
+    )

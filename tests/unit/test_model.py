@@ -1,0 +1,301 @@
+"""Reference model: the published classic table, properties, none/firewall, strategies."""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+import pytest
+
+from testbed.model import (
+    DIRECT,
+    RELAY,
+    PortReuse,
+    Strategy,
+    all_nats,
+    default_nats,
+    matrix,
+    predict,
+)
+from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, PortAllocation
+
+FULL = NatSpec(mapping=EI, filtering=EI)
+RESTRICTED = NatSpec(mapping=EI, filtering=AD)
+PORT_RESTRICTED = NatSpec(mapping=EI, filtering=APD)
+SYMMETRIC = NatSpec(mapping=APD, filtering=APD)
+NONE = NatSpec(kind=Kind.NONE)
+FIREWALL = NatSpec(kind=Kind.FIREWALL)
+
+# Typed in from nat-traversal-facts.md, "Expected UDP hole-punching outcomes, classic
+# types, no port prediction" (RakNet success graph). Rows A, columns B.
+CLASSIC_TABLE = {
+    "full cone": ["direct", "direct", "direct", "direct"],
+    "restricted": ["direct", "direct", "direct", "direct"],
+    "port-restricted": ["direct", "direct", "direct", "relay"],
+    "symmetric": ["direct", "direct", "relay", "relay"],
+}
+CLASSIC_SPECS = [FULL, RESTRICTED, PORT_RESTRICTED, SYMMETRIC]
+
+
+@pytest.mark.parametrize("row", range(4))
+@pytest.mark.parametrize("col", range(4))
+def test_classic_rfc3489_table(row: int, col: int) -> None:
+    expected = list(CLASSIC_TABLE.values())[row][col]
+    assert predict(CLASSIC_SPECS[row], CLASSIC_SPECS[col]).outcome == expected
+
+
+def test_only_two_classic_pairings_need_the_relay() -> None:
+    labels = [n.label for n in default_nats()]
+    grid = matrix(default_nats())
+    relays = {
+        (labels[i], labels[j])
+        for i, j in itertools.product(range(5), repeat=2)
+        if grid[i][j].outcome == RELAY
+    }
+    assert relays == {
+        ("port-restricted-cone", "symmetric"),
+        ("symmetric", "port-restricted-cone"),
+        ("symmetric", "symmetric"),
+    }
+
+
+def test_nat_sets() -> None:
+    assert [n.label for n in default_nats()] == [
+        "none",
+        "full-cone",
+        "restricted-cone",
+        "port-restricted-cone",
+        "symmetric",
+    ]
+    nats = all_nats()
+    assert len(nats) == 11 and len({n.combo_label for n in nats}) == 11
+    assert {n.label for n in nats} >= {"none", "firewall", "adm-eif", "apdm-adf"}
+
+
+# --- the subtle cases ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("easy", [FULL, RESTRICTED])
+def test_symmetric_against_eif_or_adf_connects_through_the_observed_source(
+    easy: NatSpec,
+) -> None:
+    """The hard side's new mapping reaches the easy side, which answers that port."""
+    for a, b in ((SYMMETRIC, easy), (easy, SYMMETRIC)):
+        p = predict(a, b)
+        assert p.outcome == DIRECT
+        assert p.pair is not None and "prflx" in p.pair  # learned, not signalled
+        assert "address-and-port-dependent" in p.reason
+
+
+def test_port_restricted_against_symmetric_reason_names_mapping_and_filter() -> None:
+    p = predict(PORT_RESTRICTED, SYMMETRIC)
+    assert p.outcome == RELAY
+    assert "Bob's mapping is address-and-port-dependent" in p.reason
+    assert "Alice's address-and-port-dependent filter drops Bob's probes" in p.reason
+
+
+def test_endpoint_dependent_mapping_with_eif_on_both_sides() -> None:
+    adm_eif = NatSpec(mapping=AD, filtering=EI)
+    apdm_eif = NatSpec(mapping=APD, filtering=EI)
+    # ADM sends every probe to Bob's address from one port, so answers converge.
+    assert predict(adm_eif, adm_eif).outcome == DIRECT
+    # APDM opens a new port for every new destination port: answers never converge.
+    p = predict(apdm_eif, apdm_eif)
+    assert p.outcome == RELAY and "no two-way flow" in p.reason
+
+
+def test_address_dependent_mapping_fails_against_port_restricted() -> None:
+    adm_eif = NatSpec(mapping=AD, filtering=EI)
+    assert predict(adm_eif, RESTRICTED).outcome == DIRECT
+    assert predict(adm_eif, PORT_RESTRICTED).outcome == RELAY
+
+
+# --- none and firewall ---------------------------------------------------------------
+
+EVERY_SPEC = [
+    NONE,
+    FIREWALL,
+    *(
+        NatSpec(mapping=m, filtering=f, port_allocation=pa)
+        for m, f, pa in itertools.product(Behaviour, Behaviour, PortAllocation)
+    ),
+]
+
+
+@pytest.mark.parametrize("other", EVERY_SPEC, ids=lambda s: f"{s.label}-{s.port_allocation}")
+def test_public_host_reaches_everything(other: NatSpec) -> None:
+    assert predict(NONE, other).outcome == DIRECT
+    assert predict(other, NONE).outcome == DIRECT
+
+
+def test_firewall_behaves_like_a_port_restricted_cone() -> None:
+    for other in EVERY_SPEC:
+        if other.kind is Kind.NAT:
+            assert predict(FIREWALL, other).outcome == predict(PORT_RESTRICTED, other).outcome
+    assert predict(FIREWALL, FIREWALL).outcome == DIRECT
+    assert predict(FIREWALL, SYMMETRIC).outcome == RELAY
+    assert "firewall drops" in predict(FIREWALL, SYMMETRIC).reason
+
+
+# --- properties -----------------------------------------------------------------------
+
+STRATEGIES = [
+    Strategy(),
+    Strategy(port_prediction=True),
+    Strategy(use_host_candidates=False, retries=2),
+]
+_RANK = {EI: 2, AD: 1, APD: 0}
+
+
+@cache
+def _outcome(a: NatSpec, b: NatSpec, strategy: Strategy) -> str:
+    return predict(a, b, strategy).outcome
+
+
+def _at_least_as_permissive(x: NatSpec, y: NatSpec) -> bool:
+    if x.kind is Kind.NONE:
+        return True
+    if y.kind is Kind.NONE:
+        return False
+    if x.kind is Kind.FIREWALL:
+        return y.kind is Kind.FIREWALL or (y.mapping is EI and y.filtering is APD)
+    if y.kind is Kind.FIREWALL:
+        return False
+    return (
+        x.port_allocation == y.port_allocation
+        and _RANK[x.mapping] >= _RANK[y.mapping]
+        and _RANK[x.filtering] >= _RANK[y.filtering]
+    )
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_symmetry(strategy: Strategy) -> None:
+    for a, b in itertools.combinations(EVERY_SPEC, 2):
+        assert _outcome(a, b, strategy) == _outcome(b, a, strategy), (a, b)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_more_permissive_nat_never_turns_direct_into_relay(strategy: Strategy) -> None:
+    checked = 0
+    for a, looser in itertools.permutations(EVERY_SPEC, 2):
+        if not _at_least_as_permissive(looser, a):
+            continue
+        for b in EVERY_SPEC:
+            if _outcome(a, b, strategy) == DIRECT:
+                assert _outcome(looser, b, strategy) == DIRECT, (a, looser, b)
+                checked += 1
+    assert checked > 1000
+
+
+# --- port allocation and prediction --------------------------------------------------
+
+
+def _sym(alloc: PortAllocation) -> NatSpec:
+    return NatSpec(mapping=APD, filtering=APD, port_allocation=alloc)
+
+
+def test_allocation_does_not_matter_without_prediction() -> None:
+    for alloc in PortAllocation:
+        assert predict(PORT_RESTRICTED, _sym(alloc)).outcome == RELAY
+
+
+@pytest.mark.parametrize(
+    ("alloc", "reuse", "expected"),
+    [
+        (PortAllocation.PRESERVE, PortReuse.PER_DESTINATION, DIRECT),
+        (PortAllocation.SEQUENTIAL, PortReuse.EXCLUSIVE, DIRECT),
+        (PortAllocation.RANDOM, PortReuse.EXCLUSIVE, RELAY),
+        (PortAllocation.RANDOM, PortReuse.PER_DESTINATION, RELAY),
+    ],
+)
+def test_port_prediction_against_symmetric(
+    alloc: PortAllocation, reuse: PortReuse, expected: str
+) -> None:
+    """Facts file (P2PSP): preserving or sequential symmetric NATs become traversable
+    from a port-restricted cone with port prediction; random ones do not."""
+    p = predict(PORT_RESTRICTED, _sym(alloc), Strategy(port_prediction=True), reuse=reuse)
+    assert p.outcome == expected
+    if alloc is PortAllocation.RANDOM:
+        assert "at random" in p.reason
+    elif alloc is PortAllocation.SEQUENTIAL:
+        assert p.pair is not None and p.pair[0] == "predicted"
+
+
+def test_exclusive_preserve_falls_back_to_a_random_port() -> None:
+    # The STUN mapping owns the inside port, so the mapping toward the peer cannot
+    # keep it; like nft-templates/nat.nft.j2 the model then picks a random port.
+    strategy = Strategy(port_prediction=True)
+    p = predict(PORT_RESTRICTED, _sym(PortAllocation.PRESERVE), strategy)
+    assert p.outcome == RELAY and "picks one at random" in p.reason
+
+
+def test_prediction_range_too_small_misses() -> None:
+    # The first new mapping went to Alice's unroutable host candidate (+1), so the
+    # one toward Alice is +2 above the STUN-learned port.
+    strategy = Strategy(port_prediction=True, prediction_range=1)
+    assert predict(PORT_RESTRICTED, _sym(PortAllocation.SEQUENTIAL), strategy).outcome == RELAY
+    no_host = Strategy(port_prediction=True, prediction_range=1, use_host_candidates=False)
+    assert predict(PORT_RESTRICTED, _sym(PortAllocation.SEQUENTIAL), no_host).outcome == DIRECT
+
+
+def test_per_destination_port_reuse_keeps_preserved_ports_valid() -> None:
+    reuse = PortReuse.PER_DESTINATION
+    assert predict(SYMMETRIC, SYMMETRIC, reuse=reuse).outcome == DIRECT
+    assert predict(PORT_RESTRICTED, _sym(PortAllocation.RANDOM), reuse=reuse).outcome == RELAY
+
+
+# --- strategy knobs -----------------------------------------------------------------
+
+
+def test_punching_must_be_simultaneous_for_two_port_restricted_cones() -> None:
+    one_sided = Strategy(simultaneous=False)
+    assert predict(PORT_RESTRICTED, PORT_RESTRICTED).outcome == DIRECT
+    assert predict(PORT_RESTRICTED, PORT_RESTRICTED, one_sided).outcome == RELAY
+    # Only Alice probes: an open Bob hears her and answers; a filtering Bob does not.
+    assert predict(PORT_RESTRICTED, FULL, one_sided).outcome == DIRECT
+    assert predict(FULL, PORT_RESTRICTED, one_sided).outcome == RELAY
+
+
+def test_answering_an_observed_source_needs_a_retry() -> None:
+    assert predict(FULL, SYMMETRIC, Strategy(retries=0)).outcome == RELAY
+    assert predict(FULL, SYMMETRIC, Strategy(retries=1)).outcome == DIRECT
+    assert predict(PORT_RESTRICTED, PORT_RESTRICTED, Strategy(retries=0)).outcome == DIRECT
+    no_prflx = Strategy(reply_to_observed=False)
+    assert predict(FULL, SYMMETRIC, no_prflx).outcome == RELAY
+
+
+def test_shared_lan() -> None:
+    for spec in (SYMMETRIC, PORT_RESTRICTED):
+        p = predict(spec, spec, Strategy(shared_lan=True))
+        assert p.outcome == DIRECT and p.pair == ("host", "host")
+    no_host = Strategy(shared_lan=True, use_host_candidates=False)
+    hairpin = NatSpec(mapping=EI, filtering=APD, hairpinning=True)
+    no_hairpin = NatSpec(mapping=EI, filtering=APD, hairpinning=False)
+    assert predict(hairpin, hairpin, no_host).outcome == DIRECT
+    p = predict(no_hairpin, no_hairpin, no_host)
+    assert p.outcome == RELAY and "hairpin" in p.reason
+    with pytest.raises(ValueError, match="shared_lan"):
+        predict(FULL, SYMMETRIC, Strategy(shared_lan=True))
+
+
+def test_mapping_that_expires_before_punching() -> None:
+    # Signaling takes 1 s; a 0 s mapping timeout drops the STUN mapping before then.
+    seq = NatSpec(filtering=APD, port_allocation=PortAllocation.SEQUENTIAL, mapping_timeout=0)
+    p = predict(seq, PORT_RESTRICTED)
+    assert p.outcome == RELAY and "expired" in p.reason
+    # Preserve hands the same inside port out again, so the old candidate is right.
+    keep = NatSpec(filtering=APD, port_allocation=PortAllocation.PRESERVE, mapping_timeout=0)
+    assert predict(keep, PORT_RESTRICTED).outcome == DIRECT
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"retries": -1}, "retries"),
+        ({"prediction_range": 0}, "prediction_range"),
+        ({"retry_interval_s": 0}, "retry_interval_s"),
+    ],
+)
+def test_strategy_rejects_bad_values(kwargs: dict[str, int], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Strategy(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""The peer program end to end on loopback (no root, no NAT): the real
+signaling server, two real UDP sockets, the command line and its result file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peers.peer import main, parse_addr
+from peers.signaling import SignalingServer
+
+
+class ServerThread:
+    """The real signaling server on its own event loop thread, on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = SignalingServer()
+        self.addr = ("", 0)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.addr = self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(5)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    st = ServerThread()
+    try:
+        yield st
+    finally:
+        st.stop()
+
+
+def run_both(server: ServerThread, tmp_path: Path, *extra: str) -> dict[str, Any]:
+    sig = f"{server.addr[0]}:{server.addr[1]}"
+    codes: dict[str, int] = {}
+
+    def one(me: str, other: str) -> None:
+        codes[me] = main(["--id", me, "--remote", other, "--signaling", sig, "--bind",
+                          "127.0.0.1", "--result", str(tmp_path / f"{me}.json"), *extra])
+
+    threads = [threading.Thread(target=one, args=p) for p in (("alice", "bob"), ("bob", "alice"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    results = {me: json.loads((tmp_path / f"{me}.json").read_text()) for me in codes}
+    for me, code in codes.items():
+        assert code == (0 if results[me]["outcome"] != "failed" else 1)
+    return results
+
+
+def test_two_peers_on_loopback_connect_directly_on_host_candidates(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    res = run_both(server, tmp_path, "--trace")
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct"
+    assert a["candidate_pair"]["local"] == b["candidate_pair"]["remote"]
+    assert a["candidate_pair"]["local"]["type"] == "host"
+    assert a["candidate_pair"]["local"]["ip"] == "127.0.0.1"
+    assert a["timings_ms"]["punch"] < 1000  # well before the punch timeout
+    assert any(e[1].startswith("decided: direct") for e in a["trace"])
+
+
+def test_unreachable_signaling_fails_at_the_signaling_stage(tmp_path: Path) -> None:
+    out = tmp_path / "alice.json"
+    # a port nothing listens on (the server socket is closed again at once)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    code = main(["--id", "alice", "--remote", "bob", "--signaling", f"127.0.0.1:{port}",
+                 "--bind", "127.0.0.1", "--result", str(out)])
+    r = json.loads(out.read_text())
+    assert code == 1
+    assert (r["outcome"], r["stage"]) == ("failed", "signaling")
+    assert "cannot connect" in r["reason"]
+
+
+def test_parse_addr() -> None:
+    assert parse_addr("203.0.113.6:7000") == ("203.0.113.6", 7000)
+    for bad in ("203.0.113.6", "x:1", "1.2.3.4:0", "1.2.3.4:99999"):
+        with pytest.raises(Exception, match="expected|out of range"):
+            parse_addr(bad)

@@ -1,0 +1,93 @@
+"""testbed.pair without a kernel: topology rewrite, peer flags, combining, text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from peers.peer import build_parser, timing_from
+from peers.session import Timing
+from testbed.nat import nat_from_dict
+from testbed.pair import combine, format_pair, pair_topology, timing_args, wait_budget
+
+
+def peer(me: str, outcome: str, pair_type: str = "srflx", reason: str | None = None
+         ) -> dict[str, Any]:
+    other = "bob" if me == "alice" else "alice"
+    cand = {"type": pair_type, "ip": "203.0.113.50", "port": 40000}
+    return {"id": me, "remote": other, "outcome": outcome,
+            "stage": "punch" if outcome == "direct" else "relay", "reason": reason,
+            "candidate_pair": None if outcome == "failed" else {"local": cand, "remote": cand},
+            "candidates": {"local": [cand], "remote": [cand]},
+            "timings_ms": {"signaling": 1.0, "gather": 2.0, "punch": 3.5, "relay": None,
+                           "connect": 6.5},
+            "packets": {"sent": 10, "received": 9, "probes_sent": 4, "probes_received": 3,
+                        "relay_sent": 0, "relay_received": 0}}
+
+
+def usage(sp: int, sb: int) -> dict[str, Any]:
+    return {"session": "1", "client_address": "203.0.113.50:1",
+            "client": {"rp": 1, "rb": 1, "sp": 1, "sb": 1},
+            "peer": {"rp": sp, "rb": sb, "sp": sp, "sb": sb}}
+
+
+def test_pair_topology_replaces_only_the_two_routers_nats() -> None:
+    a, b = nat_from_dict({"type": "full-cone"}), nat_from_dict({"type": "symmetric"})
+    topo = pair_topology(a, b)
+    assert topo.node("home-a").nat == a and topo.node("home-b").nat == b
+    assert topo.node("alice").nat is None
+    assert str(topo.node("turn").interfaces[0].address.ip) == "203.0.113.5"
+
+
+def test_timing_args_round_trip_through_the_peer_parser() -> None:
+    t = Timing(punch_timeout=0.4, relay_interval=0.05, hold=2.0)
+    flags = timing_args(t)
+    assert flags == ["--punch-timeout", "0.4", "--relay-interval", "0.05", "--hold", "2.0"]
+    args = build_parser().parse_args(["--id", "a", "--remote", "b", "--signaling",
+                                      "203.0.113.6:7000", *flags])
+    assert timing_from(args) == t
+    assert timing_args(Timing()) == []
+    assert wait_budget(t) > t.signaling_timeout + t.punch_timeout + t.relay_timeout
+
+
+def test_combine_agreeing_peers() -> None:
+    res = combine("full-cone", "symmetric", {"alice": peer("alice", "direct"),
+                                             "bob": peer("bob", "direct")},
+                  {"alice": usage(0, 0), "bob": usage(0, 0)})
+    assert (res["outcome"], res["stage"], res["relay_bytes"]) == ("direct", "punch", 0)
+
+
+def test_combine_disagreeing_peers_is_a_failure_that_says_so() -> None:
+    res = combine("x", "y", {"alice": peer("alice", "direct"), "bob": peer("bob", "relay")},
+                  {"alice": None, "bob": usage(2, 200)})
+    assert res["outcome"] == "failed"
+    assert res["reason"] == "peers disagree: alice direct, bob relay"
+    assert res["relay_bytes"] is None  # one allocation unreported: no total claimed
+
+
+def test_relay_bytes_sum_what_both_relayed_addresses_sent() -> None:
+    res = combine("symmetric", "symmetric",
+                  {"alice": peer("alice", "relay", "relay"), "bob": peer("bob", "relay", "relay")},
+                  {"alice": usage(3, 300), "bob": usage(4, 420)})
+    assert res["relay_bytes"] == 720
+
+
+@pytest.mark.parametrize("outcome", ["direct", "failed"])
+def test_format_pair_mentions_every_requested_figure(outcome: str) -> None:
+    reason = None if outcome == "direct" else "no direct path, and no local relay candidate"
+    res = combine("port-restricted-cone", "symmetric",
+                  {"alice": peer("alice", outcome, reason=reason),
+                   "bob": peer("bob", outcome, reason=reason)},
+                  {"alice": usage(0, 0), "bob": usage(0, 0)}, lab="ntabcd", kept=True)
+    text = format_pair(res)
+    assert text.splitlines()[0] == "pair: port-restricted-cone (alice) x symmetric (bob)"
+    assert f"outcome: {outcome} (decided in stage" in text
+    assert "time to connect 6.5 ms" in text
+    assert "packets sent 10 received 9" in text
+    if outcome == "direct":
+        assert "alice: direct via srflx 203.0.113.50:40000 -> srflx 203.0.113.50:40000" in text
+    else:
+        assert f"reason: {reason}" in text and "no path" in text
+    assert "coturn relayed 0 bytes" in text
+    assert "nat-testbed down ntabcd" in text

@@ -1,0 +1,459 @@
+"""The peer state machine (peers.session), driven without sockets.
+
+A small discrete-event harness stands in for the wires: two Sessions, each
+behind a model NAT (RFC 4787 mapping x filtering), a STUN responder, a
+minimal TURN server speaking the real wire format to the real TurnClient,
+and a signaling relay that behaves like peers.signaling's server. It checks
+the logic (which pair is chosen, when each stage ends, that forged packets
+do not count); the real kernels and coturn are in tests/kernel/test_pair.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from peers import probe as pr
+from peers import stun
+from peers.session import PeerConfig, Phase, Session, Signal, Timing, Transmit
+from peers.signaling import validate_client, validate_server
+
+Addr = tuple[str, int]
+HOP = 0.0005  # one-way latency of every hop (s)
+STUN = ("203.0.113.3", 3478)
+TURN = ("203.0.113.5", 3478)
+
+
+class Sim:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._q: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.hosts: dict[Addr, Callable[[bytes, Addr], None]] = {}  # public endpoints
+        self.log: list[tuple[float, Addr, Addr, bytes]] = []
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._q, (t, next(self._seq), fn))
+
+    def route(self, data: bytes, src: Addr, dst: Addr) -> None:
+        """Deliver on the 'internet' after one hop, if something listens there."""
+        self.log.append((self.now, src, dst, data))
+        handler = self.hosts.get(dst)
+        if handler is not None:
+            self.at(self.now + HOP, lambda: handler(data, src))
+
+    def run(self, until: float, stop: Callable[[], bool]) -> None:
+        while self._q and not stop():
+            t, _, fn = heapq.heappop(self._q)
+            if t > until:
+                break
+            self.now = t
+            fn()
+
+
+@dataclass
+class Nat:
+    """EI/APD mapping and EI/APD filtering, sequential external ports."""
+
+    sim: Sim
+    public_ip: str
+    mapping: str  # "ei" | "apd"
+    filtering: str  # "ei" | "apd"
+    next_port: int = 40000
+    maps: dict[Any, int] = field(default_factory=dict)
+    allowed: dict[int, set[Addr]] = field(default_factory=dict)  # port -> remotes sent to
+    inside: dict[int, Addr] = field(default_factory=dict)
+
+    def out(self, data: bytes, src: Addr, dst: Addr) -> None:
+        key = src if self.mapping == "ei" else (src, dst)
+        port = self.maps.get(key)
+        if port is None:
+            port = self.maps[key] = self.next_port
+            self.next_port += 1
+            self.inside[port] = src
+            self.sim.hosts[(self.public_ip, port)] = functools.partial(self._inbound_on, port)
+        self.allowed.setdefault(port, set()).add(dst)
+        self.sim.at(self.sim.now + HOP, lambda: self.sim.route(data, (self.public_ip, port), dst))
+
+    def _inbound_on(self, port: int, data: bytes, src: Addr) -> None:
+        self.inbound(data, src, port)
+
+    def inbound(self, data: bytes, src: Addr, port: int) -> None:
+        if self.filtering == "apd" and src not in self.allowed.get(port, set()):
+            return  # dropped, as a port-restricted filter does
+        self.sim.deliver_inside(self.inside[port], data, src)  # type: ignore[attr-defined]
+
+
+NATS = {
+    "full-cone": ("ei", "ei"),
+    "port-restricted-cone": ("ei", "apd"),
+    "symmetric": ("apd", "apd"),
+}
+
+
+class TurnServer:
+    """Just enough RFC 8656 for the client: Allocate, CreatePermission, Refresh,
+    Send/Data indications, permissions enforced. No authentication."""
+
+    def __init__(self, sim: Sim) -> None:
+        self.sim = sim
+        self.next_port = 50000
+        self.allocs: dict[Addr, Addr] = {}  # client -> relayed
+        self.perms: dict[Addr, set[str]] = {}  # relayed -> peer ips
+        self.relayed_bytes = 0
+        sim.hosts[TURN] = self.on_client
+
+    def on_client(self, data: bytes, src: Addr) -> None:
+        msg = stun.unpack(data)
+        reply: list[tuple[str, Any]] = []
+        if msg.method is stun.Method.ALLOCATE:
+            relayed = (TURN[0], self.next_port)
+            self.next_port += 1
+            self.allocs[src] = relayed
+            self.perms[relayed] = set()
+            self.sim.hosts[relayed] = functools.partial(self._on_peer_for, relayed, src)
+            reply = [("XOR-RELAYED-ADDRESS", relayed), ("XOR-MAPPED-ADDRESS", src),
+                     ("LIFETIME", 600)]
+        elif msg.method is stun.Method.CREATE_PERMISSION:
+            for key, value in msg.attributes:
+                if key == "XOR-PEER-ADDRESS":
+                    self.perms[self.allocs[src]].add(value[0])
+        elif msg.method is stun.Method.REFRESH:
+            reply = [("LIFETIME", msg.get("LIFETIME", 600))]
+        elif msg.method is stun.Method.SEND:
+            relayed = self.allocs[src]
+            peer = msg.get("XOR-PEER-ADDRESS")
+            if peer[0] in self.perms[relayed]:
+                self.relayed_bytes += len(msg.get("DATA"))
+                self.sim.route(msg.get("DATA"), relayed, peer)
+            return
+        out = stun.Message.new(msg.method, stun.Class.SUCCESS, reply, msg.transaction_id)
+        self.sim.route(stun.pack(out, fingerprint=True), TURN, src)
+
+    def _on_peer_for(self, relayed: Addr, client: Addr, data: bytes, src: Addr) -> None:
+        self.on_peer(data, src, relayed, client)
+
+    def on_peer(self, data: bytes, src: Addr, relayed: Addr, client: Addr) -> None:
+        if src[0] not in self.perms[relayed]:
+            return
+        ind = stun.Message.new(stun.Method.DATA, stun.Class.INDICATION,
+                               [("XOR-PEER-ADDRESS", src), ("DATA", data)])
+        self.sim.route(stun.pack(ind), TURN, client)
+
+
+def stun_responder(sim: Sim) -> None:
+    def on(data: bytes, src: Addr) -> None:
+        req = stun.unpack(data)
+        resp = stun.Message.new(stun.Method.BINDING, stun.Class.SUCCESS,
+                                [("XOR-MAPPED-ADDRESS", src)], req.transaction_id)
+        sim.route(stun.pack(resp), STUN, src)
+    sim.hosts[STUN] = on
+
+
+class Scene:
+    """Alice and Bob, each behind a NAT, with STUN, TURN and signaling."""
+
+    def __init__(self, nat_a: str, nat_b: str, *, timing: Timing | None = None,
+                 turn: bool = True, stun_on: bool = True, start_b: float = 0.0) -> None:
+        self.sim = sim = Sim()
+        sim.deliver_inside = self._deliver_inside  # type: ignore[attr-defined]
+        stun_responder(sim)
+        self.turn = TurnServer(sim) if turn else None
+        timing = timing or Timing()
+        self.nats = {
+            "alice": Nat(sim, "203.0.113.1", *NATS[nat_a]),
+            "bob": Nat(sim, "203.0.113.2", *NATS[nat_b]),
+        }
+        self.private = {"alice": ("192.168.1.10", 5000), "bob": ("192.168.2.10", 6000)}
+        seeds = {"alice": itertools.count(1), "bob": itertools.count(1_000_000)}
+
+        def rng_for(name: str) -> Callable[[int], bytes]:
+            ctr = seeds[name]
+            return lambda n: next(ctr).to_bytes(8, "big").rjust(n, b"\x00")[-n:]
+
+        self.s = {
+            name: Session(PeerConfig(name, other, self.private[name], STUN if stun_on else None,
+                                     TURN if turn else None, "u", "p", timing),
+                          rng=rng_for(name))
+            for name, other in (("alice", "bob"), ("bob", "alice"))
+        }
+        self.signals: list[tuple[str, dict[str, Any]]] = []
+        self.injected: list[Callable[[], None]] = []
+        sim.at(0.0, lambda: self._start("alice"))
+        sim.at(start_b, lambda: self._start("bob"))
+
+    def _start(self, name: str) -> None:
+        self.s[name].start(self.sim.now)
+        self.pump(name)
+
+    def _deliver_inside(self, inside: Addr, data: bytes, src: Addr) -> None:
+        name = "alice" if inside == self.private["alice"] else "bob"
+        self.s[name].handle_datagram(data, src, self.sim.now)
+        self.pump(name)
+
+    def pump(self, name: str) -> None:
+        s = self.s[name]
+        for o in s.take_outputs():
+            if isinstance(o, Transmit):
+                self.nats[name].out(o.data, self.private[name], o.addr)
+            else:
+                assert isinstance(o, Signal)
+                self._signal(name, validate_client(o.msg))
+        dl = s.next_deadline()
+        if dl is not None:
+            self.sim.at(dl, lambda: self._tick(name))
+
+    def _tick(self, name: str) -> None:
+        s = self.s[name]
+        dl = s.next_deadline()
+        if dl is not None and dl <= self.sim.now:
+            s.handle_timeout(self.sim.now)
+            self.pump(name)
+
+    def _signal(self, name: str, msg: dict[str, Any]) -> None:
+        """What peers.signaling's server does, one hop later."""
+        self.signals.append((name, msg))
+        t = self.sim.now + HOP
+
+        def to(who: str, m: dict[str, Any]) -> None:
+            def go() -> None:
+                self.s[who].handle_signal(validate_server(m), self.sim.now)
+                self.pump(who)
+            self.sim.at(t, go)
+
+        if msg["type"] == "register":
+            to(name, {"type": "registered", "id": name})
+        elif msg["type"] == "start":
+            go_msg = {"type": "start", "from": name, "to": msg["to"]}
+            to(msg["to"], go_msg)
+            to(name, go_msg)
+        else:
+            to(msg["to"], {**msg, "from": name})
+
+    def run(self, until: float = 10.0) -> dict[str, dict[str, Any]]:
+        self.sim.run(until, lambda: all(s.finished for s in self.s.values()))
+        return {n: s.result() for n, s in self.s.items()}
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_port_restricted_pair_connects_directly_on_srflx() -> None:
+    sc = Scene("port-restricted-cone", "port-restricted-cone")
+    res = sc.run()
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct"
+    assert a["stage"] == "punch" and a["reason"] is None
+    bob_srflx = next(c for c in a["candidates"]["remote"] if c["type"] == "srflx")
+    assert a["candidate_pair"]["remote"] == bob_srflx
+    assert a["candidate_pair"]["local"]["type"] == "srflx"
+    assert b["candidate_pair"]["local"] == a["candidate_pair"]["remote"]
+    # connected within a few hops of `start`, nowhere near a retry
+    assert a["timings_ms"]["punch"] < 10 * HOP * 1000
+    assert a["timings_ms"]["relay"] is None
+    assert a["packets"]["relay_sent"] == 0 and sc.turn is not None
+    assert sc.turn.relayed_bytes == 0
+
+
+def test_full_cone_with_symmetric_connects_through_a_peer_reflexive_address() -> None:
+    res = Scene("full-cone", "symmetric").run()
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct"
+    # Bob's symmetric NAT gives the path to alice a port STUN never saw.
+    assert a["candidate_pair"]["remote"]["type"] == "prflx"
+    assert b["candidate_pair"]["local"]["type"] == "prflx"
+    assert a["candidate_pair"]["remote"]["ip"] == b["candidate_pair"]["local"]["ip"]
+    assert a["candidate_pair"]["remote"]["port"] == b["candidate_pair"]["local"]["port"]
+    assert any(c["type"] == "prflx" for c in a["candidates"]["remote"])
+
+
+@pytest.mark.parametrize(("na", "nb"), [("port-restricted-cone", "symmetric"),
+                                        ("symmetric", "symmetric")])
+def test_untraversable_pairs_fall_back_to_the_relay(na: str, nb: str) -> None:
+    t = Timing()
+    sc = Scene(na, nb, timing=t)
+    res = sc.run()
+    for name, r in res.items():
+        assert r["outcome"] == "relay", (name, r)
+        assert r["stage"] == "relay"
+        assert r["candidate_pair"]["local"]["type"] == "relay"
+        assert r["candidate_pair"]["remote"]["type"] == "relay"
+        assert r["packets"]["relay_sent"] >= 2 and r["packets"]["relay_received"] >= 2
+        # gave up punching at the timeout, then the relay worked within a few hops
+        assert t.punch_timeout * 1000 <= r["timings_ms"]["punch"] < t.punch_timeout * 1000 + 5
+        assert r["timings_ms"]["relay"] < 20 * HOP * 1000
+    assert res["alice"]["candidate_pair"]["remote"] == res["bob"]["candidate_pair"]["local"]
+    assert sc.turn is not None and sc.turn.relayed_bytes > 0
+
+
+def test_no_turn_means_failed_at_relay_stage() -> None:
+    res = Scene("symmetric", "symmetric", turn=False).run()
+    for r in res.values():
+        assert r["outcome"] == "failed" and r["stage"] == "relay"
+        assert "no local relay candidate" in r["reason"]
+        assert r["candidate_pair"] is None
+
+
+def test_punch_rounds_follow_the_pacing_schedule() -> None:
+    t = Timing(punch_timeout=0.5, punch_interval=0.02, punch_interval_max=0.1)
+    sc = Scene("symmetric", "symmetric", timing=t, turn=False)
+    sc.run()
+    # expected round times from the rule: start, then +20, +40, +80, +100, +100 ... ms
+    expected, at, step = [], 0.0, t.punch_interval
+    while at < t.punch_timeout:
+        expected.append(at)
+        at += step
+        step = min(step * 2, t.punch_interval_max)
+    s = sc.s["alice"]
+    assert s.t_start is not None
+    sends = sorted({round(now - s.t_start, 6) for now, src, dst, data in sc.sim.log
+                    if src[0] == "203.0.113.1" and pr.is_probe(data)})
+    # a round leaves through the NAT one hop after the session emits it
+    assert sends == [round(x + HOP, 6) for x in expected]
+    # and every round sends to every punchable remote candidate at once (host + srflx)
+    n_targets = 2
+    assert s.counters.probes_sent == n_targets * len(expected)
+
+
+def test_forged_and_reflected_probes_do_not_confirm_a_path() -> None:
+    """Mallory knows both public addresses but not the secret: her probes and
+    acks are counted as rejected and the pair still ends up on the relay."""
+    sc = Scene("symmetric", "symmetric")
+    sim = sc.sim
+    mallory = ("198.51.100.66", 6666)
+    fake_key = b"\x00" * 32
+
+    def forge() -> None:
+        a, b = sc.s["alice"], sc.s["bob"]
+        if a.phase is not Phase.PUNCH:
+            return
+        target_nat = sc.nats["alice"]
+        for port in list(target_nat.inside):
+            nonce = b"\x01" * 12
+            for data in (pr.probe(fake_key, "bob", "alice", nonce),
+                         pr.ack(fake_key, "bob", "alice", nonce, ("203.0.113.1", port)),
+                         # a genuine probe of alice's, replayed back at her
+                         pr.probe(b.__dict__["_key"], "alice", "bob", nonce)):
+                # deliver straight to alice as if it slipped through her NAT
+                a.handle_datagram(data, mallory, sim.now)
+                sc.pump("alice")
+
+    for k in range(1, 20):
+        sim.at(0.05 * k, forge)
+    res = sc.run()
+    a = res["alice"]
+    assert a["outcome"] == "relay"
+    assert a["packets"]["rejected"] > 0
+    assert all(c["ip"] != mallory[0] for c in a["candidates"]["remote"])
+
+
+def test_unanswered_ack_does_not_count() -> None:
+    """An ack with a valid MAC but for a nonce we never sent to that address."""
+    sc = Scene("port-restricted-cone", "port-restricted-cone")
+    a = sc.s["alice"]
+    sc.sim.run(10, lambda: a.phase is Phase.PUNCH)
+    key = a.__dict__["_key"]
+    src = ("203.0.113.2", 40000)
+    a.handle_datagram(pr.probe(key, "bob", "alice", b"\x07" * 12), src, sc.sim.now)
+    a.handle_datagram(pr.ack(key, "bob", "alice", b"\x09" * 12, ("203.0.113.1", 40000)), src,
+                      sc.sim.now)
+    assert a.phase is Phase.PUNCH  # one direction proven, the other not
+
+
+def test_signaling_timeout_when_the_remote_never_comes() -> None:
+    t = Timing(signaling_timeout=0.3)
+    sc = Scene("full-cone", "full-cone", timing=t, start_b=100.0)
+    sc.sim.run(5.0, lambda: sc.s["alice"].finished)
+    r = sc.s["alice"].result()
+    assert r["outcome"] == "failed" and r["stage"] == "signaling"
+    assert "signaling timeout" in r["reason"]
+    assert r["timings_ms"]["punch"] is None
+
+
+def test_stun_silence_is_retried_then_gathering_goes_on() -> None:
+    t = Timing(stun_rto=0.05, stun_transmits=3)
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=t)
+    del sc.sim.hosts[STUN]  # nobody answers STUN
+    res = sc.run()
+    a = res["alice"]
+    stun_sends = [x for x in sc.sim.log if x[2] == STUN and x[1][0] == "203.0.113.1"]
+    assert len(stun_sends) == t.stun_transmits
+    assert any("stun: no response" in e for e in a["errors"])
+    # gathering ended after the last retransmission's wait: 50 + 100 + 200 ms
+    assert a["timings_ms"]["gather"] == pytest.approx(350, abs=1)
+    # without srflx candidates, port-restricted peers can only meet on the relay
+    assert {c["type"] for c in a["candidates"]["local"]} == {"host", "relay"}
+    assert a["outcome"] == "relay"
+
+
+def test_offerer_is_the_smaller_id_and_the_secret_travels_once() -> None:
+    sc = Scene("full-cone", "full-cone")
+    sc.run()
+    types = [(who, m["type"]) for who, m in sc.signals]
+    assert ("alice", "offer") in types and ("bob", "answer") in types
+    assert ("bob", "offer") not in types and ("alice", "start") in types
+    offer = next(m for who, m in sc.signals if m["type"] == "offer")
+    answer = next(m for who, m in sc.signals if m["type"] == "answer")
+    assert offer["secret"] == answer["secret"] and len(offer["secret"]) == 64
+    dones = [who for who, m in sc.signals if m["type"] == "done"]
+    assert sorted(dones) == ["alice", "bob"]
+
+
+def test_result_shape() -> None:
+    r = Scene("full-cone", "full-cone").run()["alice"]
+    assert set(r) >= {"id", "remote", "outcome", "stage", "reason", "candidate_pair",
+                      "candidates", "timings_ms", "packets"}
+    assert set(r["timings_ms"]) == {"signaling", "gather", "punch", "relay", "connect"}
+    assert set(r["packets"]) >= {"sent", "received", "probes_sent", "probes_received",
+                                 "relay_sent", "relay_received"}
+    total = sum(v for k, v in r["timings_ms"].items() if k != "connect" and v is not None)
+    assert total == pytest.approx(r["timings_ms"]["connect"], abs=0.01)
+
+
+def test_hold_keeps_the_mapping_alive_with_keepalives() -> None:
+    t = Timing(hold=2.5, keepalive_interval=1.0)
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=t)
+    res = sc.run()
+    a = sc.s["alice"]
+    assert res["alice"]["outcome"] == "direct"
+    assert a.t_decided is not None
+    late = [x for x in sc.sim.log if x[1][0] == "203.0.113.1" and pr.is_probe(x[3])
+            and x[0] > a.t_decided + 0.5]
+    assert len(late) >= 2  # keepalives (and the remote's, acked) during the hold
+
+
+def test_refused_permission_is_named_in_the_relay_failure() -> None:
+    t = Timing(relay_timeout=0.3)
+    sc = Scene("symmetric", "symmetric", timing=t)
+    assert sc.turn is not None
+    plain = sc.turn.on_client
+
+    def refuse(data: bytes, src: Addr) -> None:
+        msg = stun.unpack(data)
+        if msg.method is not stun.Method.CREATE_PERMISSION:
+            plain(data, src)
+            return
+        err = stun.Message.new(msg.method, stun.Class.ERROR, [("ERROR-CODE", (403, "Forbidden"))],
+                               msg.transaction_id)
+        sc.sim.route(stun.pack(err), TURN, src)
+
+    sc.sim.hosts[TURN] = refuse
+    res = sc.run()
+    for r in res.values():
+        assert r["outcome"] == "failed" and r["stage"] == "relay"
+        assert "CREATE_PERMISSION failed: 403 Forbidden" in r["reason"]
+        assert r["timings_ms"]["relay"] == pytest.approx(300, abs=1)
+
+
+@pytest.mark.parametrize(("kw", "field"), [({"punch_timeout": 0}, "punch_timeout"),
+                                           ({"hold": -1}, "hold"),
+                                           ({"punch_interval": 0.5}, "punch_interval_max")])
+def test_timing_rejects_nonsense_naming_the_field(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"Timing.{field}"):
+        Timing(**kw)

@@ -1,0 +1,337 @@
+"""Reports from small hand-built results documents."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import report
+from testbed.model import predict
+from testbed.nat import APD, EI, Kind, NatSpec
+
+ANSI = re.compile(r"\033\[[0-9;]*m")
+
+
+def peer(name: str, outcome: str, remote_type: str | None = "srflx") -> dict[str, Any]:
+    pair = None
+    if remote_type is not None:
+        pair = {
+            "local": {"type": "host", "ip": "192.168.1.2", "port": 40000},
+            "remote": {"type": remote_type, "ip": "198.51.100.1", "port": 40002},
+        }
+    return {
+        "id": name,
+        "remote": "bob" if name == "alice" else "alice",
+        "outcome": outcome,
+        "stage": "punch" if outcome == "direct" else "relay",
+        "reason": f"{name} saw {outcome}",
+        "candidate_pair": pair,
+        "timings_ms": {"signaling": 3.5, "gather": 12, "punch": 40, "relay": None, "connect": 55},
+        "packets": {
+            "sent": 11,
+            "received": 9,
+            "probes_sent": 6,
+            "probes_received": 4,
+            "relay_sent": 0,
+            "relay_received": 0,
+        },
+    }
+
+
+def repeat(outcome: str) -> dict[str, Any]:
+    return {
+        "outcome": outcome,
+        "stage": "punch" if outcome == "direct" else outcome,
+        "peers": {"alice": peer("alice", outcome), "bob": peer("bob", outcome, None)},
+        "relay_bytes": 1200 if outcome == "relay" else None,
+        "timings_ms": {"connect": 61.0, "total": 900},
+    }
+
+
+def cell(a: str, b: str, predicted: str, outcomes: list[str]) -> dict[str, Any]:
+    spec = {
+        "kind": "nat",
+        "mapping": "endpoint-independent",
+        "filtering": "address-and-port-dependent",
+        "port_allocation": "preserve",
+        "hairpinning": True,
+        "mapping_timeout": 120,
+    }
+    return {
+        "a": a,
+        "b": b,
+        "nat_a": dict(spec),
+        "nat_b": dict(spec),
+        "predicted": predicted,
+        "reason": f"model reason {a}/{b}",
+        "repeats": [repeat(o) for o in outcomes],
+    }
+
+
+NATS = ["full-cone", "port-restricted-cone", "symmetric"]
+
+
+@pytest.fixture
+def doc() -> dict[str, Any]:
+    """3x3 with one varying cell (fc->sym), one plain disagreement (prc->prc), one not run."""
+    cells = [
+        cell("full-cone", "full-cone", "direct", ["direct"] * 3),
+        cell("full-cone", "port-restricted-cone", "direct", ["direct"] * 3),
+        cell("full-cone", "symmetric", "direct", ["direct", "relay", "direct", "direct", "relay"]),
+        cell("port-restricted-cone", "full-cone", "direct", ["direct"] * 3),
+        cell("port-restricted-cone", "port-restricted-cone", "direct", ["relay"] * 3),
+        cell("port-restricted-cone", "symmetric", "relay", ["relay"] * 3),
+        cell("symmetric", "full-cone", "direct", ["direct", "direct"]),
+        cell("symmetric", "port-restricted-cone", "relay", ["relay", "failed", "relay"]),
+        cell("symmetric", "symmetric", "relay", []),
+    ]
+    return {
+        "metadata": {
+            "tool_version": "0.1.0",
+            "kernel": "6.1.0-test",
+            "nftables": "1.0.6",
+            "coturn": "4.6.1",
+            "started": "2025-01-01T12:00:00Z",
+            "finished": "2025-01-01T12:03:10Z",
+            "configuration": {"nats": "hand-built", "repeats": 3},
+        },
+        "nats": list(NATS),
+        "cells": cells,
+    }
+
+
+# --- summaries ---------------------------------------------------------------------
+
+
+def test_uniform_cell(doc: dict[str, Any]) -> None:
+    s = report.summarize_cell(doc["cells"][0])
+    assert (s.observed, s.varies, s.agrees, s.n, s.status) == ("direct", False, True, 3, "direct")
+
+
+def test_varying_cell_is_never_rounded(doc: dict[str, Any]) -> None:
+    s = report.summarize_cell(doc["cells"][2])
+    assert s.observed == "3/5 direct, 2/5 relay"
+    assert s.varies and s.status == "varies" and s.short == "3d 2r"
+    assert s.agrees is False  # the model said direct for every repeat
+
+
+def test_three_way_varying_cell_lists_every_outcome() -> None:
+    s = report.summarize_cell(cell("x", "y", "relay", ["failed", "relay", "direct"]))
+    assert s.observed == "1/3 direct, 1/3 relay, 1/3 failed"
+
+
+def test_not_run_cell(doc: dict[str, Any]) -> None:
+    s = report.summarize_cell(doc["cells"][8])
+    assert (s.observed, s.agrees, s.status, s.n) == ("not run", None, "not run", 0)
+
+
+def test_disagreements(doc: dict[str, Any]) -> None:
+    found = [(s.a, s.b) for s in report.disagreements(doc)]
+    assert found == [
+        ("full-cone", "symmetric"),
+        ("port-restricted-cone", "port-restricted-cone"),
+        ("symmetric", "port-restricted-cone"),  # a failed repeat
+    ]
+    assert report.exit_code(doc, strict=True) == 1
+    assert report.exit_code(doc, strict=False) == 0
+
+
+def test_no_disagreement_means_strict_passes(doc: dict[str, Any]) -> None:
+    doc["cells"] = [c for c in doc["cells"] if report.summarize_cell(c).agrees is not False]
+    assert report.disagreements(doc) == []
+    assert report.exit_code(doc, strict=True) == 0
+
+
+# --- terminal table ----------------------------------------------------------------
+
+
+def test_table_layout_and_marks(doc: dict[str, Any]) -> None:
+    del doc["cells"][3]  # prc -> full-cone missing from the run
+    text = report.format_table(doc, color=False)
+    assert "\033" not in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["Alice", "\\", "Bob", *NATS]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:4]}
+    assert rows["full-cone"] == ["direct", "direct", "3d", "2r!"]
+    assert rows["port-restricted-cone"] == ["-", "relay!", "relay"]
+    assert rows["symmetric"] == ["direct", "2r", "1f!", "not", "run"]
+    assert "! full-cone -> symmetric: predicted direct, observed 3/5 direct, 2/5 relay" in text
+
+
+def test_color_only_when_asked_and_alignment_unchanged(doc: dict[str, Any]) -> None:
+    plain = report.format_table(doc, color=False)
+    colored = report.format_table(doc, color=True)
+    assert "\033[32m" in colored and "\033[35;" in colored  # direct green, varies magenta
+    assert ANSI.sub("", colored) == plain
+
+
+# --- json / csv --------------------------------------------------------------------
+
+
+def test_json_round_trip(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    report.write_json(doc, path)
+    assert report.load(path) == doc
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (
+            lambda d: d["cells"][0]["repeats"][1].update(outcome="ok"),
+            r"cells\[0\]\.repeats\[1\]\.outcome",
+        ),
+        (lambda d: d["cells"][1].pop("predicted"), r"cells\[1\]\.predicted: missing"),
+        (lambda d: d["cells"][2].update(b="cone"), r"cells\[2\]\.b: expected one of"),
+        (
+            lambda d: d["cells"][0]["repeats"][0]["peers"]["bob"]["packets"].update(sent="3"),
+            r"cells\[0\]\.repeats\[0\]\.peers\.bob\.packets\.sent: expected int",
+        ),
+        (lambda d: d["cells"].append(copy.deepcopy(d["cells"][0])), "second cell for pairing"),
+    ],
+)
+def test_bad_documents_name_the_field(
+    doc: dict[str, Any], tmp_path: Path, mutate: Any, field: str
+) -> None:
+    mutate(doc)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(report.ResultsError, match=f"^{re.escape(str(path))}: .*{field}"):
+        report.load(path)
+
+
+def test_malformed_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text('{\n  "metadata": {},\n  "nats": [,]\n}\n')
+    with pytest.raises(report.ResultsError, match="results.json: line 3"):
+        report.load(path)
+
+
+def test_csv_one_row_per_repeat(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    written = report.write_csv(doc, path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = reader.fieldnames
+    expected = sum(len(c["repeats"]) for c in doc["cells"])
+    assert written == len(rows) == expected == 25
+    assert header == report.csv_columns()
+    varying = [r for r in rows if (r["a"], r["b"]) == ("full-cone", "symmetric")]
+    assert [r["repeat"] for r in varying] == ["1", "2", "3", "4", "5"]
+    assert [r["outcome"] for r in varying] == ["direct", "relay", "direct", "direct", "relay"]
+    assert [r["agrees"] for r in varying] == ["True", "False", "True", "True", "False"]
+    first = varying[0]
+    assert first["alice_remote_type"] == "srflx" and first["alice_remote_port"] == "40002"
+    assert first["bob_remote_type"] == ""  # no candidate pair -> empty, not "None"
+    assert first["alice_relay_ms"] == "" and first["alice_probes_sent"] == "6"
+    assert varying[1]["relay_bytes"] == "1200" and first["relay_bytes"] == ""
+
+
+# --- html --------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_and_complete(doc: dict[str, Any], tmp_path: Path) -> None:
+    doc["metadata"]["note"] = "see https://example.org/x"
+    doc["cells"][4]["reason"] = "<script>alert(1)</script>"
+    path = tmp_path / "results.html"
+    report.write_html(doc, path)
+    page = path.read_text()
+    assert "://" not in page  # nothing to fetch, not even from metadata
+    assert not re.search(r"<(link|img|iframe)\b|\bsrc=", page)
+    assert "<style>" in page and "<script>" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    for i, a in enumerate(NATS):
+        for j, b in enumerate(NATS):
+            assert f"data-cell='cell-{i}-{j}'" in page and f"id='cell-{i}-{j}'" in page
+            assert f"Alice {a} -&gt; Bob {b}" in page  # hover title
+    assert "3/5 direct, 2/5 relay" in page  # varying cell, in its title and details
+    assert page.count("class='dis'") == 3
+    assert "Disagreements with the model: 3" in page
+    assert "srflx 198.51.100.1:40002" in page  # candidate pair in the details
+    for label in ("direct", "relay", "failed", "varies", "not run"):
+        assert f"</span>{label}" in page  # legend entry
+
+
+# --- png ---------------------------------------------------------------------------
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _pixels(path: Path, hex_colour: str) -> int:
+    from matplotlib.image import imread
+
+    img = imread(str(path))[..., :3]
+    rgb = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    return int((abs(img - rgb).max(axis=-1) < 0.01).sum())
+
+
+def test_heatmap_png(doc: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "results.png"
+    report.write_heatmap(doc, path)
+    width, height = _png_size(path.read_bytes())
+    assert width > 100 and height > 100
+    varies = _pixels(path, report.COLOURS["varies"])
+    direct = _pixels(path, report.COLOURS["direct"])
+    # Without the two varying cells only the legend's swatch keeps the "varies" colour.
+    doc["cells"][2]["repeats"] = [repeat("direct")]
+    doc["cells"][7]["repeats"] = [repeat("relay")]
+    report.write_heatmap(doc, path)
+    swatch = _pixels(path, report.COLOURS["varies"])
+    assert varies > 5 * swatch > 0
+    assert _pixels(path, report.COLOURS["direct"]) > direct
+
+
+# --- building cells and the command line -----------------------------------------------
+
+
+def test_make_cell_from_the_model_validates() -> None:
+    a = NatSpec(mapping=EI, filtering=APD)
+    b = NatSpec(kind=Kind.NONE)
+    p = predict(a, b)
+    c = report.make_cell(a, b, p.outcome, p.reason, [repeat("direct")])
+    assert c["nat_a"]["mapping"] == "endpoint-independent" and c["nat_b"]["kind"] == "none"
+    json.dumps(c)  # plain JSON types only
+    report.validate({"metadata": {}, "nats": [a.label, b.label], "cells": [c]})
+
+
+def test_main_writes_everything_and_strict_fails(doc: dict[str, Any], tmp_path: Path) -> None:
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert report.main([str(src), "--out", str(out), "--color", "never"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.csv",
+        "results.html",
+        "results.json",
+        "results.png",
+    ]
+    assert report.main([str(src), "--strict"]) == 1
+
+
+def test_main_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"metadata": {}, "nats": ["x"], "cells": [{"a": "x"}]}))
+    assert report.main([str(src)]) == 2
+    assert "cells[0].b: missing" in capsys.readouterr().err
+
+
+def test_wide_table_numbers_its_columns() -> None:
+    nats = [f"nat-with-a-long-name-{i}" for i in range(8)]
+    cells = [cell(a, b, "direct", ["direct"]) for a in nats for b in nats]
+    text = report.format_table({"metadata": {}, "nats": nats, "cells": cells})
+    lines = text.splitlines()
+    assert lines[0].split()[3:] == [str(i) for i in range(1, 9)]
+    assert lines[1].split() == ["1", nats[0], *["direct"] * 8]
+    assert max(len(line) for line in lines[:9]) <= 140
