@@ -37,7 +37,8 @@ MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
 PLAN: dict[str, list[IPv4Network]] = {
     "internet": [IPv4Network(n) for n in ("203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24")],
     "cgn": [IPv4Network(f"100.64.{i}.0/24") for i in range(256)],
-    "lan": [IPv4Network(f"192.168.{i}.0/24") for i in range(1, 256)],
+    "lan": [IPv4Network(f"192.168.{i}.0/24") for i in range(1, 256)]
+    + [IPv4Network(f"10.{i}.{j}.0/24") for i in range(256) for j in range(256)],
 }
 FIRST_ROUTER_HOST = 1  # routers take .1, .2 ... on LANs: the usual gateway address
 FIRST_OTHER_HOST = 10
@@ -528,15 +529,26 @@ def _assign_subnets(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegmen
                                         f"subnet {s.subnet} of {s.label} overlaps "
                                         f"{other_net} of {other.label}")
             taken.append((s.subnet, s))
+    explicit = [t for t, _ in taken]
+    cursor = dict.fromkeys(PLAN, 0)  # plan networks are disjoint: never look back
     for s in segs:
         if s.subnet is None:
-            s.subnet = next((n for n in PLAN[s.scope]
-                             if not any(n.overlaps(t) for t, _ in taken)), None)
+            s.subnet = _next_free(PLAN[s.scope], cursor, s.scope, explicit)
             if s.subnet is None:
                 raise TopologyError(ctx.source, s.line, s.label,
                                     f"the address plan for scope {s.scope} is exhausted: "
                                     "give this one a subnet")
-            taken.append((s.subnet, s))
+
+
+def _next_free(plan: list[IPv4Network], cursor: dict[str, int], scope: str,
+               explicit: list[IPv4Network]) -> IPv4Network | None:
+    """The next plan network that no explicit subnet overlaps (linear, not quadratic)."""
+    while cursor[scope] < len(plan):
+        net = plan[cursor[scope]]
+        cursor[scope] += 1
+        if not any(net.overlaps(t) for t in explicit):
+            return net
+    return None
 
 
 def _assign_addresses(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]
