@@ -38,8 +38,8 @@ def generate(namespaces: int) -> Topology:
     internet = ["server:eth0"]
     for i in range(isps):
         nodes[f"isp{i}"] = {"kind": "router"}
-        internet.append(f"isp{i}:up")
-        networks[f"access{i}"] = {"scope": "cgn", "members": [f"isp{i}:down"]}
+        internet.append(f"isp{i}:uplink")
+        networks[f"access{i}"] = {"scope": "cgn", "members": [f"isp{i}:access"]}
     for h in range(homes):
         nodes[f"r{h}"] = {"kind": "router"}
         nodes[f"h{h}"] = {"kind": "host"}

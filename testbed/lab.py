@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import netns, state
+from testbed import netns, nlbatch, state
 from testbed.errors import LabError, PrivilegeError
 from testbed.nat import RouterContext, render_ruleset, sysctls
 from testbed.netns import Netns
@@ -31,8 +31,9 @@ from testbed.topology import Node, Segment, Topology
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 READY_TIMEOUT_S = 5.0
 NFT_TABLE = "nattestbed"
-BRIDGE = "br0"
-CREATED_INDEX_BASE = 1000
+BRIDGE, BRIDGE_INDEX = "br0", 2
+HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
+CREATED_BASE, FAR_END_BASE = 1000, 2000  # a node's k-th interface: 1000+k, or 2000+k
 BASE_SYSCTLS = {
     # No IPv6: no router solicitations or DAD noise in a student's packet trace.
     "net.ipv6.conf.all.disable_ipv6": "1",
@@ -155,16 +156,26 @@ class Lab:
     # ------------------------------------------------------------ building
 
     def _build(self) -> None:
-        for node in self.topo.nodes:
-            self.ns[node.name] = netns.create(self.netns(node.name), self.name)
-        for seg in self.topo.bridges:
-            self._make_bridge(seg)
+        for key in [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]:
+            self.ns[key] = netns.create(self.netns(key), self.name)
+        self._assign_ifindexes()
         for node in self.topo.nodes:
             self._sysctls(node)
+        # Two batches per namespace: links first (a veth's far end must exist before
+        # another namespace addresses it), then bridge ports, addresses and routes.
+        links = {k: ns.batch() for k, ns in self.ns.items()}
+        for seg in self.topo.bridges:
+            links[seg.name].bridge(BRIDGE, BRIDGE_INDEX)
         for seg in self.topo.segments:
-            self._wire(seg)
+            self._wire(seg, links)
+        self._send(links)
+        rest = {k: ns.batch() for k, ns in self.ns.items()}
+        for seg in self.topo.bridges:
+            for port in range(len(seg.members)):
+                rest[seg.name].set_link(HUB_PORT_BASE + port, master=BRIDGE_INDEX)
         for node in self.topo.nodes:
-            self._addresses_and_routes(node)
+            self._addresses_and_routes(node, rest[node.name])
+        self._send(rest)
         self._wait_ready()
         for node in self.topo.nodes:
             if node.nat is not None:
@@ -174,74 +185,64 @@ class Lab:
 
             start_services(self)
 
-    def _make_bridge(self, seg: Segment) -> None:
-        ns = netns.create(self.netns(seg.name), self.name)
-        self.ns[seg.name] = ns
-        ns.ipr.link("add", ifname=BRIDGE, index=2, kind="bridge", state="up")
+    def _send(self, batches: dict[str, nlbatch.Batch]) -> None:
+        for key, batch in batches.items():
+            try:
+                batch.send()
+            except nlbatch.NetlinkError as exc:
+                raise LabError(f"{self.netns(key)}: {exc.strerror}") from None
+
+    def _assign_ifindexes(self) -> None:
+        """Every interface's index is chosen, so no request has to look one up. The two
+        ends of a veth never share an index: the kernel then treats its carrier change as
+        urgent and activates the queue at once, not within linkwatch's 1 s batching."""
+        for seg in self.topo.segments:
+            for pos, (node, ifname) in enumerate(seg.members):
+                names = [i.name for i in self.topo.node(node).interfaces]
+                base = FAR_END_BASE if (not seg.bridged and pos == 1) else CREATED_BASE
+                self.ifindex[(node, ifname)] = base + names.index(ifname)
 
     def _sysctls(self, node: Node) -> None:
         fd = self.ns[node.name].fd
         values = dict(BASE_SYSCTLS)
         if node.forwards:
             values["net.ipv4.ip_forward"] = "1"  # only ever inside a router's namespace
-        if node.nat is not None:
-            values.update(sysctls(node.nat))
         for key, value in values.items():
             netns.write_sysctl(fd, key, value)
 
-    def _wire(self, seg: Segment) -> None:
+    def _wire(self, seg: Segment, batches: dict[str, nlbatch.Batch]) -> None:
         if not seg.bridged:
             (a, ifa), (b, ifb) = seg.members
-            self._veth(a, ifa, self.ns[b], ifb)
+            batches[a].veth(ifa, self.ifindex[(a, ifa)], ifb, self.ifindex[(b, ifb)],
+                            self.ns[b].fd)
             return
         hub = self.ns[seg.name]
         for port, (node, ifname) in enumerate(seg.members):
-            peer = f"p{port}"
-            self._veth(node, ifname, hub, peer)
-            hub.ipr.link("set", ifname=peer, master=2, state="up")
+            batches[node].veth(ifname, self.ifindex[(node, ifname)], f"p{port}",
+                               HUB_PORT_BASE + port, hub.fd)
 
-    def _veth(self, node: str, ifname: str, peer_ns: Netns, peer: str) -> None:
-        # Created ends get indexes from 1000 so they never equal the peer's (auto,
-        # small) index: the kernel treats such a veth's carrier change as urgent and
-        # activates its queue at once instead of within linkwatch's 1 s batching.
-        names = [i.name for i in self.topo.node(node).interfaces]
-        idx = CREATED_INDEX_BASE + names.index(ifname)
-        self.ns[node].ipr.link("add", ifname=ifname, index=idx, kind="veth", state="up",
-                               peer={"ifname": peer, "net_ns_fd": peer_ns.fd})
-        self.ifindex[(node, ifname)] = idx
-
-    def _addresses_and_routes(self, node: Node) -> None:
-        ipr = self.ns[node.name].ipr
+    def _addresses_and_routes(self, node: Node, batch: nlbatch.Batch) -> None:
         for iface in node.interfaces:
-            idx = self.ifindex.get((node.name, iface.name))
-            if idx is None:  # the far end of a link: the kernel chose its index
-                idx = ipr.link_lookup(ifname=iface.name)[0]
-                ipr.link("set", index=idx, state="up")
+            index = self.ifindex[(node.name, iface.name)]
+            if index >= FAR_END_BASE:
+                batch.set_link(index, up=True)
             for a in iface.addresses:
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+                batch.address(self.ifindex[(node.name, iface.name)], a.ip, a.network.prefixlen)
         for r in node.routes:
-            ipr.route("add", dst=str(r.dest) if r.dest else "default", gateway=str(r.via))
+            batch.route(r.dest, r.via)
 
     def _wait_ready(self) -> None:
         """Wait until every veth is operationally up (the kernel activates its queue then)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        pending = [k for k in self.ns]
+        pending = list(self.ns)
         while pending:
-            pending = [k for k in pending if not self._all_up(self.ns[k])]
+            pending = [k for k in pending if not nlbatch.veths_up(self.ns[k].sock)]
             if not pending:
                 return
             if time.monotonic() > deadline:
                 raise LabError(f"lab {self.name}: links not up after {READY_TIMEOUT_S}s in "
                                + ", ".join(self.netns(k) for k in pending))
-            time.sleep(0.002)
-
-    @staticmethod
-    def _all_up(ns: Netns) -> bool:
-        for link in ns.ipr.get_links():
-            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-            if kind == "veth" and link.get_attr("IFLA_OPERSTATE") != "UP":
-                return False
-        return True
+            time.sleep(0.001)
 
     # ------------------------------------------------------------ NAT
 
@@ -258,6 +259,9 @@ class Lab:
         assert node.nat is not None
         ruleset = render_ruleset(node.nat, self.router_context(node))
         self.run(node.name, ["nft", "-f", "-"], input=ruleset)
+        # After the ruleset: its conntrack use loads nf_conntrack, whose sysctls these are.
+        for key, value in sysctls(node.nat).items():
+            netns.write_sysctl(self.ns[node.name].fd, key, value)
 
     # ------------------------------------------------------------ processes
 

@@ -1,8 +1,24 @@
-"""NAT behaviours (RFC 4787 names) as plain data.
+"""NAT behaviours (RFC 4787 names) as plain data, and as nftables rulesets.
 
-A router's `nat:` section becomes one NatSpec. Mapping and filtering are kept
-separate, as in RFC 4787; the classic RFC 3489 names are aliases of four of the
-nine combinations.
+A router's `nat:` section becomes one NatSpec (nat_from_dict). Mapping and
+filtering are kept separate, as in RFC 4787; the classic RFC 3489 names are
+aliases of four of the nine combinations. render_ruleset turns a NatSpec into
+one nft table (templates in nft-templates/), with stock nftables only:
+
+- UDP mappings live in a dynamic map key -> external port (key: inside endpoint,
+  plus the remote address for ADM, plus the remote port for APDM) and ports in a
+  map external port -> owner. Linux's own masquerade is not used for UDP: it keeps
+  a source port only while the reply tuple is free, so two LAN hosts using the
+  same port get endpoint-dependent mappings and can share one external port.
+- Both maps are filled after srcnat (priority srcnat + 10), where `udp sport` is
+  already translated and conntrack still has the inside endpoint; every outbound
+  packet refreshes them (REQ-6); entries expire after mapping-timeout.
+- Filtering: conntrack alone is APDF; EIF and ADF add a prerouting dnat from the
+  owner map (keyed by port, or by port and remote address).
+- Port allocation: reuse the key's mapping, else preserve the port if no mapping
+  owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
+  next one (sequential). A new mapping on an owned port is dropped before
+  conntrack confirms it, so the retransmission picks again.
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ import ctypes
 import errno
 import os
 import resource
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from testbed import nlbatch
 from testbed.errors import PrivilegeError
 
 NETNS_DIR = Path("/run/netns")
@@ -96,18 +98,32 @@ def _is_mount_point(path: Path) -> bool:
 
 @dataclass
 class Netns:
-    """A live namespace: its name, an open fd, and a netlink socket inside it."""
+    """A live namespace: its name, an open fd, and a raw rtnetlink socket inside it
+    (for batched building); `ipr`, a pyroute2 IPRoute inside it, opens on first use."""
 
     name: str
     fd: int
-    ipr: IPRoute = field(repr=False)
+    sock: socket.socket = field(repr=False)
+    _ipr: IPRoute | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
         return NETNS_DIR / self.name
 
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            with entered(self.fd):
+                self._ipr = IPRoute()
+        return self._ipr
+
+    def batch(self) -> nlbatch.Batch:
+        return nlbatch.Batch(self.sock)
+
     def close(self) -> None:
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
+        self.sock.close()
         os.close(self.fd)
 
 
@@ -124,9 +140,9 @@ def create(name: str, lab: str) -> Netns:
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare", name)
         try:
-            ipr = IPRoute()
+            sock = nlbatch.open_socket()
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            _mark(ipr, lab)  # before the mount: an unmarked namespace of ours is never visible
+            _mark(sock, lab)  # before the mount: an unmarked namespace of ours is never visible
             _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none",
                                MS_BIND, None), "mount", str(path))
         finally:
@@ -134,18 +150,20 @@ def create(name: str, lab: str) -> Netns:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return Netns(name, fd, ipr)
+    return Netns(name, fd, sock)
 
 
-def _mark(ipr: IPRoute, lab: str) -> None:
-    ipr.link("set", index=1, ifalias=f"{MARKER_PREFIX}{lab}", state="up")
+def _mark(sock: socket.socket, lab: str) -> None:
+    batch = nlbatch.Batch(sock)
+    batch.set_link(1, up=True, alias=f"{MARKER_PREFIX}{lab}")
+    batch.send()
 
 
 def open_existing(name: str) -> Netns:
     fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
     with entered(fd):
-        ipr = IPRoute()
-    return Netns(name, fd, ipr)
+        sock = nlbatch.open_socket()
+    return Netns(name, fd, sock)
 
 
 def marker_of(name: str) -> str | None:

@@ -136,12 +136,12 @@ COTURN_WORDS = {"Endpoint Independent": EI, "Address Dependent": AD,
 
 # ------------------------------------------------------------------ fixture and helpers
 
-def _wait_listening(lab: Lab, node: str, endpoints: list[str], proc: subprocess.Popen[Any]
-                    ) -> None:
+def _wait_listening(lab: Lab, node: str, endpoints: list[str], proc: subprocess.Popen[Any],
+                    name: str) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:1]} exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         out = lab.run(node, ["ss", "-Hnlu"]).stdout
         if all(e in out for e in endpoints):
             return
@@ -164,10 +164,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                                  "--alternate", STUN2, "--port", str(OWN_PORT),
                                  "--alt-port", str(OWN_PORT + 1)],
                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_listening(lab, "stun", [f"{a}:{p}" for a in (STUN1, STUN2)
-                                      for p in (COTURN_PORT, COTURN_PORT + 1)], coturn)
-        _wait_listening(lab, "stun", [f"{a}:{p}" for a in (STUN1, STUN2)
-                                      for p in (OWN_PORT, OWN_PORT + 1)], own)
+        for proc, name, port in ((coturn, "turnserver", COTURN_PORT),
+                                 (own, "peers.stun_server", OWN_PORT)):
+            endpoints = [f"{a}:{p}" for a in (STUN1, STUN2) for p in (port, port + 1)]
+            _wait_listening(lab, "stun", endpoints, proc, name)
         # Only `none` and `firewall` let these routes matter: a NAT must not forward
         # unsolicited packets to LAN addresses even when the outside knows the way.
         for node in ("stun", "peer"):
@@ -342,6 +342,15 @@ def test_dependent_mappings_get_a_new_port_per_destination(lab: Lab,
         assert ports[0] == 5000
     if allocation is PortAllocation.SEQUENTIAL:
         assert ports == [49152, 49153, 49154]
+
+
+def test_allocation_skips_ports_another_mapping_owns(lab: Lab) -> None:
+    """The first two sequential ports belong to someone else: the first packets are
+    dropped before conntrack confirms them, and the retransmission gets the next port."""
+    apply(lab, NatSpec(port_allocation=PortAllocation.SEQUENTIAL))
+    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owner",
+                  "{ 49152 : 192.168.1.99 . 1, 49153 : 192.168.1.99 . 2 }"])
+    assert stun(lab, "h1", 5000, S1, S2) == [f"{WAN}:49154"] * 2
 
 
 def test_mapping_timeout_expires_and_outbound_refreshes(lab: Lab) -> None:

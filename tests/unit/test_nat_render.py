@@ -91,11 +91,12 @@ def test_key_grows_with_the_mapping_dependency() -> None:
     keys = {}
     for m in (EI, AD, APD):
         text = render_ruleset(NatSpec(mapping=m), CTX)
-        keys[m] = re.search(r"map mapping \{\n\t\ttype (.*) : inet_service", text)
-    assert keys[EI] and keys[EI].group(1) == "ipv4_addr . inet_service"
-    assert keys[AD] and keys[AD].group(1) == "ipv4_addr . inet_service . ipv4_addr"
-    assert keys[APD] and keys[APD].group(1) == (
-        "ipv4_addr . inet_service . ipv4_addr . inet_service")
+        found = re.search(r"map mapping \{\n\t\ttype (.*) : inet_service", text)
+        assert found
+        keys[m] = found.group(1)
+    assert keys == {EI: "ipv4_addr . inet_service",
+                    AD: "ipv4_addr . inet_service . ipv4_addr",
+                    APD: "ipv4_addr . inet_service . ipv4_addr . inet_service"}
 
 
 def test_sequential_chains_cover_the_allocation_range_once() -> None:
