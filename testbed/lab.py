@@ -161,6 +161,9 @@ class Lab:
         self._assign_ifindexes()
         for node in self.topo.nodes:
             self._sysctls(node)
+        for seg in self.topo.bridges:  # keeps IPv6 and MLD noise out of students' pcaps
+            for key, value in BASE_SYSCTLS.items():
+                netns.write_sysctl(self.ns[seg.name].fd, key, value)
         # Two batches per namespace: links first (a veth's far end must exist before
         # another namespace addresses it), then bridge ports, addresses and routes.
         links = {k: ns.batch() for k, ns in self.ns.items()}

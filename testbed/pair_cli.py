@@ -41,6 +41,10 @@ def cmd_pair(args: argparse.Namespace) -> int:
         from testbed.pair import format_pair
 
         print(format_pair(result))
+        if args.trace:
+            from testbed.capture import format_trace
+
+            print(format_trace(result))
     return 0 if result["outcome"] in ("direct", "relay") else 1
 
 

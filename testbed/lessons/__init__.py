@@ -1,0 +1,34 @@
+"""Step-by-step lessons: each seed idea made to happen with real packets on a real kernel.
+
+    nat-testbed lesson          # the list
+    nat-testbed lesson 4        # build its lab, run it, narrate from the captures, tear down
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from testbed.lessons.base import Lesson, LessonResult, run_lesson
+
+MODULES = ("l1_rewriting", "l2_table", "l3_unsolicited", "l4_stun", "l5_hole_punching",
+           "l6_nat_types", "l7_symmetric_relay", "l8_double_nat")
+
+
+def all_lessons() -> list[Lesson]:
+    return [importlib.import_module(f"testbed.lessons.{m}").LESSON for m in MODULES]
+
+
+def find(key: str) -> Lesson:
+    """A lesson by number ('4') or name ('stun')."""
+    if key.isdigit() and 1 <= int(key) <= len(MODULES):
+        lesson: Lesson = importlib.import_module(f"testbed.lessons.{MODULES[int(key) - 1]}").LESSON
+        return lesson
+    lessons = all_lessons()
+    for ls in lessons:
+        if key == str(ls.number) or key == ls.slug:
+            return ls
+    names = ", ".join(f"{ls.number} ({ls.slug})" for ls in lessons)
+    raise KeyError(f"no lesson {key!r}; lessons: {names}")
+
+
+__all__ = ["Lesson", "LessonResult", "all_lessons", "find", "run_lesson"]

@@ -1,0 +1,251 @@
+"""Issue 6 on real kernels: every lesson run, its narrated facts checked against its pcaps.
+
+Each lesson builds its lab, runs, narrates and tears down; these tests then re-read
+the pcaps it wrote (testbed.capture.load_capture) and re-derive the facts the
+lesson told, with expected values taken from the lesson's topology and from the
+NAT behaviours (testbed.nat.CLASSIC), never from the narration.
+
+    sudo .venv/bin/pytest -m kernel tests/kernel/test_lessons.py
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import narrate, netns
+from testbed.capture import Captured, Packet, load_capture, trace_pair
+from testbed.lessons import all_lessons, find, run_lesson
+from testbed.lessons.base import LessonResult
+from testbed.nat import APD, CLASSIC, EI, nat_from_dict
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+    pytest.mark.skipif(not (shutil.which("tcpdump") and shutil.which("conntrack")),
+                       reason="needs tcpdump and conntrack"),
+]
+
+
+def leftovers(lab: str) -> list[str]:
+    return [n for n in netns.listed() if n.startswith(f"{lab}-")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, LessonResult]]:
+    """Every lesson, once (each run removes its own lab, even when it fails)."""
+    out: dict[int, LessonResult] = {}
+    for ls in all_lessons():
+        if ls.slug == "symmetric-relay" and shutil.which("turnserver") is None:
+            continue
+        d = tmp_path_factory.mktemp(f"lesson{ls.number}")
+        out[ls.number] = run_lesson(ls, out_dir=d, say=lambda _line: None)
+    yield out
+
+
+def lesson(runs: dict[int, LessonResult], n: int) -> tuple[LessonResult, Captured]:
+    if n not in runs:
+        pytest.skip("coturn is not installed")
+    res = runs[n]
+    return res, load_capture(res.captured.out_dir)  # from the files on disk
+
+
+def udp(cap: Captured, tap: str, payload: bytes | None = None) -> list[Packet]:
+    return [p for p in cap.packets[tap] if p.proto == "udp"
+            and (payload is None or p.payload == payload)]
+
+
+def wan_of(res: LessonResult, router: str) -> str:
+    node = res.lesson.topo().node(router)
+    return str(node.iface(node.upstream or "").address.ip)
+
+
+def host_of(res: LessonResult, node: str) -> str:
+    return str(res.lesson.topo().node(node).interfaces[0].address.ip)
+
+
+def stun_pairs(cap: Captured, lan_tap: str, wan_tap: str) -> list[tuple[str, str]]:
+    """(address the answer on the LAN side reports, source of its request on the WAN
+    side), matched by STUN transaction id."""
+    requests = {p.payload[8:20]: p for p in udp(cap, wan_tap) if p.direction == "out"
+                and p.payload[:2] == b"\x00\x01"}
+    out = []
+    for p in udp(cap, lan_tap):
+        mapped = narrate.mapped_address(p.payload) if p.direction == "out" else None
+        if mapped and p.payload[8:20] in requests:
+            out.append((f"{mapped[0]}:{mapped[1]}", requests[p.payload[8:20]].src_ep))
+    return out
+
+
+# ------------------------------------------------------------------ every lesson
+
+
+@pytest.mark.parametrize("number", [ls.number for ls in all_lessons()])
+def test_lesson_runs_fast_all_facts_hold_and_nothing_is_left(
+        runs: dict[int, LessonResult], number: int) -> None:
+    res, cap = lesson(runs, number)
+    assert res.ok, "\n".join(f"{f.claim}: {f.evidence}" for f in res.facts if not f.ok)
+    assert res.captured.complete
+    assert res.elapsed_s < 10
+    assert leftovers(res.lab) == []
+    assert "Takeaway:" in res.text and f"Lesson {number}:" in res.text
+    # the pcaps on disk hold what the live capture parsed
+    assert {t: len(p) for t, p in cap.packets.items()} == \
+        {t: len(p) for t, p in res.captured.packets.items()}
+    for router in res.lesson.routers:
+        assert (res.captured.out_dir / f"{router}.nft-trace.txt").stat().st_size > 0
+
+
+def test_lesson_list_and_lookup() -> None:
+    lessons = all_lessons()
+    assert [ls.number for ls in lessons] == list(range(1, len(lessons) + 1))
+    assert len(lessons) >= 8
+    assert find("4").slug == "stun" and find("stun").number == 4
+    with pytest.raises(KeyError):
+        find("99")
+
+
+# ------------------------------------------------------------------ per lesson
+
+
+def test_1_private_addresses_never_reach_the_internet_side(runs: dict[int, LessonResult]
+                                                           ) -> None:
+    res, cap = lesson(runs, 1)
+    private = ipaddress.ip_network("192.168.0.0/16")
+    wan = cap.packets["router:wan"]
+    assert [p for p in wan if p.routed] and not [
+        p for p in wan if p.routed and (ipaddress.ip_address(p.src) in private
+                                        or ipaddress.ip_address(p.dst) in private)]
+    [out] = [p for p in udp(cap, "router:wan", b"hello from the laptop")]
+    [inside] = [p for p in udp(cap, "router:lan", b"hello from the laptop")]
+    assert inside.src == host_of(res, "laptop") and out.src == wan_of(res, "router")
+    assert out.dst_ep == inside.dst_ep
+
+
+def test_3_the_first_knock_never_reaches_the_lan(runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 3)
+    on_wan = udp(cap, "router:wan", b"knock knock")
+    on_lan = udp(cap, "router:lan", b"knock knock")
+    hello = udp(cap, "router:wan", b"hi server, laptop here")
+    assert len(on_wan) == 2 and len(on_lan) == 1  # sent twice, delivered once
+    assert on_wan[0].time < hello[0].time < on_lan[0].time  # only after the laptop sent out
+    assert on_lan[0].dst == host_of(res, "laptop")
+    assert udp(cap, "router:wan", b"stranger knocks") and not udp(cap, "router:lan",
+                                                                  b"stranger knocks")
+    assert res.values["rules"]["dropped"] == 'input: iifname "wan" drop'
+
+
+def test_4_the_mapped_address_shown_is_the_one_the_stun_server_saw(
+        runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 4)
+    pairs = stun_pairs(cap, "router:lan", "router:wan")
+    assert len(pairs) == 2
+    for told, seen in pairs:
+        assert told == seen and told.startswith(wan_of(res, "router") + ":")
+    assert sorted(t for t, _ in pairs) == sorted(v["told"] for v in
+                                                 (res.values["laptop"], res.values["phone"]))
+
+
+def test_5_first_punch_dropped_by_the_far_nat_later_ones_get_through(
+        runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 5)
+    first = b"punch 1 from alice"
+    assert udp(cap, "home-a:wan", first) and udp(cap, "home-b:wan", first)
+    assert not udp(cap, "home-b:lan", first)
+    [bob_in] = udp(cap, "home-a:lan", b"punch from bob")
+    [second] = udp(cap, "home-b:lan", b"punch 2 from alice")
+    assert bob_in.dst == host_of(res, "alice") and second.dst == host_of(res, "bob")
+    assert second.src_ep == res.values["alice_public"]
+    assert bob_in.src_ep == res.values["bob_public"]
+
+
+def test_6_each_nat_type_maps_and_filters_as_rfc_4787_says(runs: dict[int, LessonResult]
+                                                           ) -> None:
+    res, cap = lesson(runs, 6)
+    for nat, (mapping, filtering) in CLASSIC.items():
+        outs = [p for p in udp(cap, f"{nat}:wan") if p.direction == "out"]
+        ports = {p.dst_ep: p.sport for p in outs}
+        same = ports["203.0.113.10:3478"] == ports["203.0.113.11:3478"]
+        assert same == (mapping is EI), (nat, ports)
+        delivered = {p.src_ep for p in udp(cap, f"{nat}:lan") if p.direction == "out"}
+        expected = {"203.0.113.10:3478"}
+        if filtering is not APD:
+            expected.add("203.0.113.10:3479")
+        if filtering is EI:
+            expected.add("203.0.113.20:3478")
+        assert delivered == expected, nat
+        knocked = {p.src_ep for p in udp(cap, f"{nat}:wan") if p.direction == "in"}
+        assert knocked == {"203.0.113.10:3478", "203.0.113.10:3479", "203.0.113.20:3478"}
+
+
+def test_7_symmetric_nat_makes_the_stun_address_useless_and_the_relay_carries_data(
+        runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 7)
+    [(told, seen)] = stun_pairs(cap, "home-a:lan", "home-a:wan")
+    assert told == seen
+    punch = udp(cap, "home-a:wan", b"punch 1 from alice")[0]
+    assert punch.src == told.rsplit(":", 1)[0] and punch.src_ep != told
+    assert udp(cap, "home-a:wan", b"punch from bob") and not udp(cap, "home-a:lan",
+                                                                 b"punch from bob")
+    assert not udp(cap, "home-b:lan", b"punch 1 from alice")
+    assert not udp(cap, "home-b:lan", b"punch 2 from alice")
+    turn = str(res.lesson.topo().node("turn").interfaces[0].address.ip)
+    relayed = [p for p in udp(cap, "home-b:lan") if b"hello via the relay" in p.payload]
+    assert len(relayed) == 1 and relayed[0].src == turn
+    assert relayed[0].dst == host_of(res, "bob")
+    a_wan, b_wan = wan_of(res, "home-a"), wan_of(res, "home-b")
+    sent = [p for p in udp(cap, "home-a:wan") if b"hello via the relay" in p.payload]
+    assert len(sent) == 1 and (sent[0].src, sent[0].dst) == (a_wan, turn)
+    assert b_wan not in (sent[0].src, sent[0].dst)
+
+
+def test_8_double_nat_rewrites_twice_and_stun_sees_the_carrier(runs: dict[int, LessonResult]
+                                                                ) -> None:
+    res, cap = lesson(runs, 8)
+    home_wan, cgn_wan = wan_of(res, "home"), wan_of(res, "cgn")
+    pairs = stun_pairs(cap, "cgn:inside", "cgn:wan")
+    assert len(pairs) == 2
+    for told, seen in pairs:
+        assert told == seen and told.startswith(cgn_wan + ":")
+    assert pairs[0][0] != pairs[1][0]  # symmetric CGN: one public port per server
+    home_out = {p.src_ep for p in udp(cap, "home:wan") if p.direction == "out"}
+    assert len(home_out) == 1 and home_out.pop().startswith(home_wan + ":")
+    assert not [p for p in cap.packets["cgn:wan"] if home_wan in (p.src, p.dst)]
+
+
+# ------------------------------------------------------------------ pair --trace
+
+
+def test_trace_pair_writes_pcaps_and_a_diagram_that_show_the_punch(tmp_path: Path) -> None:
+    if shutil.which("turnserver") is None:
+        pytest.skip("coturn is not installed")
+    res = trace_pair(nat_from_dict({"type": "full-cone"}), nat_from_dict({"type": "symmetric"}),
+                     tmp_path)
+    assert res["outcome"] == "direct" and res["trace"]["complete"]
+    for name in ("home-a.lan.pcap", "home-a.wan.pcap", "home-b.lan.pcap", "home-b.wan.pcap",
+                 "sequence.txt", "sequence.html", "crossings.txt", "home-b.nft-trace.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    cap = load_capture(tmp_path)
+    crossings = narrate.all_crossings(cap, {"home-a": "wan", "home-b": "wan"})
+    # Bob's symmetric NAT opened its STUN port to the STUN server only: alice's probe to
+    # that srflx address is dropped at home-b, never reaching bob's LAN.
+    bob_srflx = {(c["ip"], c["port"]) for c in res["peers"]["alice"]["candidates"]["remote"]
+                 if c["type"] == "srflx"}
+    dropped = [c for c in crossings if c.router == "home-b" and c.verdict == "dropped"
+               and (c.arrived.dst, c.arrived.dport) in bob_srflx
+               and narrate.describe(c.arrived) == "probe alice->bob"]
+    assert dropped and all(c.rule == 'input: iifname "wan" drop' for c in dropped)
+    # and the path that worked: a probe from bob's NAT delivered into alice's LAN
+    pair = res["peers"]["alice"]["candidate_pair"]
+    came_in = [c for c in crossings if c.router == "home-a" and c.left is not None
+               and c.left.iface == "lan" and narrate.describe(c.arrived).endswith("bob->alice")]
+    assert any(c.arrived.src_ep == f"{pair['remote']['ip']}:{pair['remote']['port']}"
+               for c in came_in)
+    html = (tmp_path / "sequence.html").read_text()
+    assert "<svg" in html and "probe alice-&gt;bob" in html
+    assert leftovers(res["lab"]) == []

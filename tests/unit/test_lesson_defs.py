@@ -1,0 +1,42 @@
+"""Every lesson is well-formed without a kernel: its topology parses, and what it
+captures, draws and suggests refers to nodes that exist."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.cli import build_parser
+from testbed.lessons import all_lessons, find
+
+LESSONS = all_lessons()
+
+
+@pytest.mark.parametrize("ls", LESSONS, ids=[ls.slug for ls in LESSONS])
+def test_lesson_topology_and_references(ls: object) -> None:
+    from testbed.lessons.base import Lesson
+
+    assert isinstance(ls, Lesson)
+    topo = ls.topo()
+    names = {n.name for n in topo.nodes}
+    assert ls.routers and set(ls.routers) <= names
+    assert all(topo.node(r).kind == "router" and topo.node(r).upstream for r in ls.routers)
+    assert set(ls.lanes) <= names
+    assert ls.title and ls.seed and ls.takeaway and ls.explore
+    for line in ls.explore:
+        line.format(lab="LAB", py="python")  # only {lab} and {py} placeholders
+
+
+def test_numbers_and_names_are_unique_and_found() -> None:
+    assert [ls.number for ls in LESSONS] == list(range(1, len(LESSONS) + 1))
+    assert len({ls.slug for ls in LESSONS}) == len(LESSONS)
+    for ls in LESSONS:
+        assert find(str(ls.number)) is ls or find(str(ls.number)).slug == ls.slug
+        assert find(ls.slug).number == ls.number
+    with pytest.raises(KeyError, match="no lesson 'nine'"):
+        find("nine")
+
+
+def test_cli_registers_lesson() -> None:
+    args = build_parser().parse_args(["lesson", "4", "--out", "x", "--keep"])
+    assert args.lesson == "4" and args.out == "x" and args.keep and args.handler
+    assert build_parser().parse_args(["lesson"]).lesson is None
