@@ -42,7 +42,25 @@ NAT semantics (RFC 4787 names):
   conntrack; then "preserve" keeps the inside port for every new destination while
   it is free, and an endpoint-dependent NAT's reflexive port stays valid toward a peer.
 - Mappings are refreshed by outbound packets only (REQ-6) and expire after the NAT's
-  `mapping_timeout` seconds without one; inbound packets never create state.
+  `mapping_timeout` seconds without one. State mirrors nft-templates/nat.nft.j2: a
+  mapping table, a port -> owner table, an address-dependent filter's (port, remote
+  address) permits, and conntrack flows (a flow lives while packets pass either way).
+- Assumption: an inbound packet that belongs to no flow but that the filter admits
+  (endpoint-independent: the port has an owner; address-dependent: the owner has sent
+  from that port to the sender's address) opens a session, and whatever the inside
+  host sends back to that sender leaves from the port the packet arrived on, not
+  from the mapping its NAT would pick for a new outbound flow. Why: the filter is a
+  prerouting dnat, so conntrack records the inbound flow, and the host's answers
+  match its reply direction and are translated back through the same external port
+  (any conntrack-based NAT does this; the template's track_reply then also points
+  the mapping of that remote at this port). This is what lets an endpoint-dependent
+  mapping with endpoint-independent filtering answer a peer that probed its
+  STUN-learned port. With address-dependent filtering it rarely helps: the STUN port
+  has a permit only for the STUN server's address. If the host already has an
+  outbound flow to that sender, the session's reply tuple would clash with it, and
+  the kernel's null binding gives the session another source port: the host sees the
+  sender from a new (peer-reflexive) port, and answers to it leave from the session's
+  external port. Packets that are not admitted leave no state.
 - Hairpinning (REQ-9) rewrites the source to the sender's external mapping.
 - `none`: public address, no state, no filtering. `firewall`: no translation (the
   external endpoint is the host endpoint) with address-and-port-dependent filtering.
@@ -80,6 +98,7 @@ _INSIDE_PORT = 40000
 _SEQUENTIAL_BASE = 20000
 _RANDOM_BASE = 1 << 20  # random ports are tokens outside 0-65535, spaced so that
 _RANDOM_STRIDE = 1 << 17  # no guess of up to 65535 ports above one hits another
+_ALIAS_BASE = 1 << 30  # source ports a null binding gives a clashing inbound session
 _NAME = {"A": "Alice", "B": "Bob"}
 
 
@@ -141,12 +160,31 @@ class Prediction:
 
 
 @dataclass
-class _Mapping:
+class _Entry:
+    """A row of one of the template's maps (@mapping, @owner, @permit) and its age."""
+
+    value: object
+    last: float
+
+
+@dataclass
+class _Flow:
+    """A conntrack entry: how one inside endpoint talks to one remote endpoint.
+
+    `seen` is the remote as the inside host sees it (what it sends to), `remote` the
+    real one; they differ only for a session opened from outside whose reply tuple
+    clashed with an outbound flow to the same remote (then the kernel's null binding
+    gives the inbound flow another source port). `inbound` flows were opened by a
+    packet the filter let in; packets the host sends on them leave from the port that
+    packet arrived on (conntrack's reply-direction translation).
+    """
+
     inside: Endpoint
-    port: int
-    key: tuple[object, ...]
-    last_out: float
-    sent_to: set[Endpoint] = field(default_factory=set)
+    seen: Endpoint
+    ext: Endpoint
+    remote: Endpoint
+    inbound: bool
+    last: float
 
 
 @dataclass
@@ -156,79 +194,131 @@ class _Drop:
 
 
 @dataclass
+class _Sent:
+    """What a router did to an outbound packet."""
+
+    src: Endpoint  # source on the wire
+    dst: Endpoint  # destination on the wire
+    via_session: bool  # translated as a reply of a session opened from outside
+
+
+@dataclass
 class _Router:
-    """One NAT or firewall; `spec.kind` is NAT or FIREWALL (NONE has no router)."""
+    """One NAT or firewall; `spec.kind` is NAT or FIREWALL (NONE has no router).
+
+    Its state mirrors nft-templates/nat.nft.j2: `mapping` (key -> external port),
+    `owner` (external port -> inside endpoint), `permit` ((port, remote address) ->
+    inside endpoint, what an address-dependent filter admits) and conntrack `flows`.
+    """
 
     side: str
     spec: NatSpec
     wan_ip: str
     reuse: PortReuse
-    mappings: list[_Mapping] = field(default_factory=list)
+    mapping: dict[tuple[Endpoint, tuple[object, ...]], _Entry] = field(default_factory=dict)
+    owner: dict[int, _Entry] = field(default_factory=dict)
+    permit: dict[tuple[int, str], _Entry] = field(default_factory=dict)
+    flows: list[_Flow] = field(default_factory=list)
     next_seq: int = _SEQUENTIAL_BASE
     next_random: int = _RANDOM_BASE
+    next_alias: int = _ALIAS_BASE
 
-    def _live(self, now: float) -> list[_Mapping]:
+    @property
+    def translates(self) -> bool:
+        return self.spec.kind is Kind.NAT
+
+    def _expire(self, now: float) -> None:
         timeout = self.spec.mapping_timeout
-        self.mappings = [m for m in self.mappings if now - m.last_out <= timeout]
-        return self.mappings
+        self.mapping = {k: e for k, e in self.mapping.items() if now - e.last <= timeout}
+        self.owner = {k: e for k, e in self.owner.items() if now - e.last <= timeout}
+        self.permit = {k: e for k, e in self.permit.items() if now - e.last <= timeout}
+        self.flows = [f for f in self.flows if now - f.last <= timeout]
 
     def _key(self, dst: Endpoint) -> tuple[object, ...]:
-        if self.spec.kind is Kind.FIREWALL or self.spec.mapping is EI:
+        if not self.translates or self.spec.mapping is EI:
             return ()
         return (dst[0],) if self.spec.mapping is AD else dst
 
-    def _taken(self, port: int, key: tuple[object, ...], now: float) -> bool:
-        live = self._live(now)
+    def _taken(self, port: int, key: tuple[object, ...]) -> bool:
         if self.reuse is PortReuse.PER_DESTINATION:
-            return any(m.port == port and m.key == key for m in live)
-        return any(m.port == port for m in live)
+            return any(e.value == port and k[1] == key for k, e in self.mapping.items())
+        return port in self.owner
 
-    def _allocate(self, inside: Endpoint, key: tuple[object, ...], now: float) -> int:
+    def _allocate(self, inside: Endpoint, key: tuple[object, ...]) -> int:
         alloc = self.spec.port_allocation
-        if alloc is PortAllocation.PRESERVE and not self._taken(inside[1], key, now):
+        if alloc is PortAllocation.PRESERVE and not self._taken(inside[1], key):
             return inside[1]
         if alloc is PortAllocation.SEQUENTIAL:
             port = self.next_seq
-            while self._taken(port, key, now):
+            while self._taken(port, key):
                 port += 1
             self.next_seq = port + 1
             return port
         self.next_random += _RANDOM_STRIDE  # random, and preserve's fallback
         return self.next_random
 
-    def outbound(self, inside: Endpoint, dst: Endpoint, now: float) -> Endpoint:
-        """Translate an inside packet to `dst`; create or refresh its mapping."""
-        key = self._key(dst)
-        live = self._live(now)
-        mapping = next((m for m in live if m.inside == inside and m.key == key), None)
-        if mapping is None:
-            if self.spec.kind is Kind.FIREWALL:
-                port = inside[1]
-            else:
-                port = self._allocate(inside, key, now)
-            mapping = _Mapping(inside, port, key, now)
-            self.mappings.append(mapping)
-        mapping.last_out = now
-        mapping.sent_to.add(dst)
-        ip = inside[0] if self.spec.kind is Kind.FIREWALL else self.wan_ip
-        return (ip, mapping.port)
+    def _flow_to(self, inside: Endpoint, dst: Endpoint) -> _Flow | None:
+        return next((f for f in self.flows if f.inside == inside and f.seen == dst), None)
 
-    def inbound(self, src: Endpoint, dst: Endpoint, now: float) -> Endpoint | _Drop:
-        """Filter a packet arriving at external endpoint `dst`; return the inside one."""
-        if self.spec.kind is Kind.FIREWALL:
-            at_port = [m for m in self._live(now) if m.inside == dst]
-            filtering = APD
-        else:
-            at_port = [m for m in self._live(now) if m.port == dst[1]]
-            filtering = self.spec.filtering
-        if not at_port:
+    def outbound(self, inside: Endpoint, dst: Endpoint, now: float) -> _Sent:
+        """Translate an inside packet to `dst`: its flow's translation, else a new flow
+        from the key's mapping (allocating one if needed). Every outbound packet
+        refreshes the maps, as the template's track_original / track_reply do."""
+        self._expire(now)
+        flow = self._flow_to(inside, dst)
+        if flow is None:
+            if not self.translates:
+                ext = inside
+            else:
+                entry = self.mapping.get((inside, self._key(dst)))
+                port = entry.value if entry else self._allocate(inside, self._key(dst))
+                assert isinstance(port, int)
+                ext = (self.wan_ip, port)
+            flow = _Flow(inside, dst, ext, dst, inbound=False, last=now)
+            self.flows.append(flow)
+        flow.last = now
+        if self.translates:
+            port = flow.ext[1]
+            self.mapping[(inside, self._key(flow.seen))] = _Entry(port, now)
+            self.owner[port] = _Entry(inside, now)
+            self.permit[(port, flow.remote[0])] = _Entry(inside, now)
+        return _Sent(flow.ext, flow.remote, flow.inbound)
+
+    def inbound(
+        self, src: Endpoint, dst: Endpoint, now: float
+    ) -> tuple[Endpoint, Endpoint] | _Drop:
+        """A packet from `src` arriving at external endpoint `dst`: the inside endpoint
+        it reaches and the source the inside host sees, or why it is dropped."""
+        self._expire(now)
+        flow = next((f for f in self.flows if f.ext == dst and f.remote == src), None)
+        if flow is not None:  # conntrack: a packet of a known flow, either direction
+            flow.last = now
+            return flow.inside, flow.seen
+        inside = self._admit(src, dst)
+        if isinstance(inside, _Drop):
+            return inside
+        seen = src
+        if self._flow_to(inside, src) is not None:  # reply tuple taken: null binding
+            self.next_alias += 1
+            seen = (src[0], self.next_alias)
+        self.flows.append(_Flow(inside, seen, dst, src, inbound=True, last=now))
+        return inside, seen
+
+    def _admit(self, src: Endpoint, dst: Endpoint) -> Endpoint | _Drop:
+        """The filter's verdict on a packet that belongs to no flow (prerouting dnat)."""
+        filtering = self.spec.filtering if self.translates else APD
+        entry: _Entry | None = None
+        if self.translates and filtering is EI:
+            entry = self.owner.get(dst[1])
+        elif self.translates and filtering is AD:
+            entry = self.permit.get((dst[1], src[0]))
+        if entry is not None:
+            assert isinstance(entry.value, tuple)
+            return entry.value
+        at_port = [f for f in self.flows if f.ext == dst]
+        if not at_port and not (self.translates and dst[1] in self.owner):
             return _Drop(self.side, "no-mapping")
-        for m in at_port:
-            if filtering is EI or src in m.sent_to:
-                return m.inside
-            if filtering is AD and src[0] in {d[0] for d in m.sent_to}:
-                return m.inside
-        sent_addr = any(src[0] in {d[0] for d in m.sent_to} for m in at_port)
+        sent_addr = any(f.remote[0] == src[0] for f in at_port)
         return _Drop(self.side, "not-sent-port" if sent_addr else "not-sent-address")
 
 
@@ -252,6 +342,8 @@ class _Probe:
     dst: Endpoint
     src: Endpoint | None = None  # source as seen by the receiver
     result: str | _Drop = ""  # receiving side ("A"/"B") or why it was lost
+    out: Endpoint | None = None  # source on the wire, after the sender's NAT
+    via_session: bool = False  # sent as a reply of a session opened from outside
 
 
 class _World:
@@ -287,33 +379,39 @@ class _World:
                 return peer.side
         return _Drop("", "unroutable")  # e.g. the STUN server's own traffic
 
-    def _arrive(self, src: Endpoint, dst: Endpoint, now: float) -> str | _Drop:
+    def _arrive(self, src: Endpoint, dst: Endpoint, now: float) -> tuple[Endpoint, str | _Drop]:
+        """The receiving side (or the drop) and the source it sees."""
         owner = self._owner(dst[0])
         if owner is None:
-            return _Drop("", "unroutable")
+            return src, _Drop("", "unroutable")
         if isinstance(owner, _Peer):
-            return owner.side if owner.host == dst else _Drop("", "unroutable")
-        inside = owner.inbound(src, dst, now)
-        return inside if isinstance(inside, _Drop) else self._peer_at(inside)
+            return src, owner.side if owner.host == dst else _Drop("", "unroutable")
+        got = owner.inbound(src, dst, now)
+        if isinstance(got, _Drop):
+            return src, got
+        inside, seen = got
+        return seen, self._peer_at(inside)
 
-    def send(self, peer: _Peer, dst: Endpoint, now: float) -> tuple[Endpoint | None, str | _Drop]:
-        """Source seen by the far side, and the receiving side or the drop."""
+    def send(self, peer: _Peer, dst: Endpoint, now: float) -> tuple[_Sent, Endpoint, str | _Drop]:
+        """What left the sender's router, the source the far side sees, and the
+        receiving side or the drop."""
         for other in self.peers.values():
             if other.lan == peer.lan and other.host == dst:
-                return peer.host, other.side  # on-link, never crosses the router
+                # On-link, never crosses the router.
+                return _Sent(peer.host, dst, False), peer.host, other.side
         router = peer.router
         if router is None:
-            return peer.host, self._arrive(peer.host, dst, now)
-        src = router.outbound(peer.host, dst, now)
-        if router.spec.kind is Kind.NAT and dst[0] == router.wan_ip:
-            if not router.spec.hairpinning:
-                return src, _Drop(router.side, "no-hairpin")
-        return src, self._arrive(src, dst, now)
+            sent = _Sent(peer.host, dst, False)
+        else:
+            sent = router.outbound(peer.host, dst, now)
+            if router.translates and sent.dst[0] == router.wan_ip:
+                if not router.spec.hairpinning:
+                    return sent, sent.src, _Drop(router.side, "no-hairpin")
+        seen, result = self._arrive(sent.src, sent.dst, now)
+        return sent, seen, result
 
     def stun(self, peer: _Peer) -> None:
-        src, _ = self.send(peer, _STUN, 0.0)
-        assert src is not None
-        peer.srflx = src
+        peer.srflx = self.send(peer, _STUN, 0.0)[0].src
 
     def targets(self, peer: _Peer, other: _Peer) -> list[tuple[str, Endpoint]]:
         strategy = self.strategy
@@ -347,7 +445,8 @@ class _World:
                 router.outbound(peer.host, probe.dst, now)  # open state first
             pending.append((probe, peer))
         for probe, peer in pending:
-            probe.src, probe.result = self.send(peer, probe.dst, now)
+            sent, probe.src, probe.result = self.send(peer, probe.dst, now)
+            probe.out, probe.via_session = sent.src, sent.via_session
             receiver = probe.result
             if isinstance(receiver, str) and receiver != probe.sender and probe.src:
                 learned = self.peers[receiver].learned
@@ -473,10 +572,22 @@ def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tu
         elif "prflx" in (pa.kind, pb.kind):
             first = "B" if pa.kind == "prflx" else "A"  # the side whose probe got through
             second = "A" if first == "B" else "B"
-            parts.append(
-                f"{_admit_text(world, second, first)}; {_who(second)} answers the port it "
-                f"came from, which {_who(first)}'s mapping admits"
-            )
+            answer = pb if second == "B" else pa
+            router = world.peers[second].router
+            dependent = router is not None and router.translates and router.spec.mapping is not EI
+            if answer.via_session and dependent:  # with EIM the session changes nothing
+                parts.append(
+                    f"{_admit_text(world, second, first)}; that opens a session on "
+                    f"{_who(second)}'s NAT, whose replies leave from the port "
+                    f"{_who(first)}'s probe arrived on (conntrack reply translation), not "
+                    f"from a new one, and {_who(first)} probed that port, so "
+                    f"{_who(first)}'s filter admits {_who(second)}'s answers"
+                )
+            else:
+                parts.append(
+                    f"{_admit_text(world, second, first)}; {_who(second)} answers the port it "
+                    f"came from, which {_who(first)}'s mapping admits"
+                )
         else:
             parts.append(f"{_admit_text(world, 'A', 'B')}; {_admit_text(world, 'B', 'A')}")
         if world.strategy.shared_lan:
@@ -509,8 +620,8 @@ def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tu
         parts.append("Bob only answers and never hears Alice")
     if len(parts) == sum(fresh.values()):  # nothing dropped, yet no flow
         parts.append(
-            "probes get through, but each answer leaves from yet another new port, so no "
-            "two-way flow on one address pair forms (ICE needs one)"
+            "probes get through, but never a probe and an answer on one address pair, so "
+            "no two-way flow forms (ICE needs one)"
         )
     return RELAY, "; ".join(parts) or "no matched flow"
 
@@ -535,9 +646,9 @@ def predict(
         last = world.round(now + i * strategy.retry_interval_s)
         first = first or last
     fresh = {
-        p.sender: p.src != world.peers[p.sender].srflx
+        p.sender: p.out != world.peers[p.sender].srflx
         for p in first
-        if p.kind == "srflx" and p.src is not None
+        if p.kind == "srflx" and p.out is not None
     }
     for side in "AB":
         fresh.setdefault(side, False)

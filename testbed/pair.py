@@ -25,31 +25,45 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from peers.session import Timing
 from testbed import services
 from testbed import turn as tb
 from testbed.lab import Lab
-from testbed.nat import NatSpec
-from testbed.topology import Topology, load_topology
+from testbed.nat import Kind, NatSpec
+from testbed.topology import Topology, parse_topology
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "home-pair.yaml"
 PEERS = (("alice", "home-a", "bob"), ("bob", "home-b", "alice"))  # (peer, its router, remote)
 USAGE_WAIT_S = 3.0  # coturn frees released allocations on a 1 s timer
 
 
-def pair_topology(nat_a: NatSpec, nat_b: NatSpec, base: Topology | None = None) -> Topology:
-    """home-pair with home-a's NAT set to nat_a and home-b's to nat_b."""
-    topo = base or load_topology(TOPOLOGY)
-    nats = {"home-a": nat_a, "home-b": nat_b}
-    nodes = tuple(replace(n, nat=nats[n.name]) if n.name in nats else n for n in topo.nodes)
-    missing = set(nats) - {n.name for n in topo.nodes}
-    if missing:
-        raise ValueError(f"topology {topo.name}: no router named {sorted(missing)[0]}")
-    return replace(topo, nodes=nodes)
+def nat_section(spec: NatSpec) -> dict[str, Any]:
+    """A NatSpec as the topology file's `nat:` section."""
+    if spec.kind is not Kind.NAT:
+        out: dict[str, Any] = {"type": spec.kind.value}
+        if spec.kind is Kind.FIREWALL:
+            out["mapping-timeout"] = spec.mapping_timeout
+        return out
+    return {"mapping": spec.mapping.value, "filtering": spec.filtering.value,
+            "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
+            "mapping-timeout": spec.mapping_timeout}
+
+
+def pair_topology(nat_a: NatSpec, nat_b: NatSpec, source: Path = TOPOLOGY) -> Topology:
+    """home-pair with home-a's NAT set to nat_a and home-b's to nat_b. The file is edited
+    and parsed again, so routes are derived for these NATs (none and firewall are routed)."""
+    doc = yaml.safe_load(source.read_text())
+    for router, spec in (("home-a", nat_a), ("home-b", nat_b)):
+        if router not in doc.get("nodes", {}):
+            raise ValueError(f"{source}: no router named {router}")
+        doc["nodes"][router]["nat"] = nat_section(spec)
+    return parse_topology(yaml.safe_dump(doc, sort_keys=False), str(source))
 
 
 def timing_args(timing: Timing) -> list[str]:
@@ -96,7 +110,7 @@ def pair_lab(nat_a: NatSpec, nat_b: NatSpec, *, keep: bool = False,
              topology: Topology | None = None, lab_name: str | None = None) -> Iterator[Lab]:
     """The home-pair lab with these two NATs, its servers running; removed at exit
     unless `keep` (then `nat-testbed down LAB` removes it)."""
-    lab = Lab(pair_topology(nat_a, nat_b, topology), name=lab_name)
+    lab = Lab(topology or pair_topology(nat_a, nat_b), name=lab_name)
     lab.up()
     try:
         yield lab

@@ -34,12 +34,22 @@ MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
 
 # The address plan (DEVELOPERS.md): documentation ranges for the internet,
 # 100.64.0.0/10 for carrier-grade NAT, 192.168.x.0/24 for home LANs.
-PLAN: dict[str, list[IPv4Network]] = {
-    "internet": [IPv4Network(n) for n in ("203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24")],
-    "cgn": [IPv4Network(f"100.64.{i}.0/24") for i in range(256)],
-    "lan": [IPv4Network(f"192.168.{i}.0/24") for i in range(1, 256)]
-    + [IPv4Network(f"10.{i}.{j}.0/24") for i in range(256) for j in range(256)],
+PLAN: dict[str, tuple[str, ...]] = {
+    "internet": ("203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24"),
+    "cgn": ("100.64.0.0/10",),
+    "lan": ("192.168.0.0/16", "10.0.0.0/8"),
 }
+SKIP_FIRST = {"192.168.0.0/24"}  # home LANs start at 192.168.1.0/24, as routers ship
+
+
+def plan_networks(scope: str) -> Iterator[IPv4Network]:
+    """The scope's /24s in order, made lazily (the lan plan has 65,791 of them)."""
+    for block in PLAN[scope]:
+        for net in IPv4Network(block).subnets(new_prefix=24):
+            if str(net) not in SKIP_FIRST:
+                yield net
+
+
 FIRST_ROUTER_HOST = 1  # routers take .1, .2 ... on LANs: the usual gateway address
 FIRST_OTHER_HOST = 10
 
@@ -530,25 +540,19 @@ def _assign_subnets(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegmen
                                         f"{other_net} of {other.label}")
             taken.append((s.subnet, s))
     explicit = [t for t, _ in taken]
-    cursor = dict.fromkeys(PLAN, 0)  # plan networks are disjoint: never look back
+    cursor = {scope: plan_networks(scope) for scope in PLAN}  # disjoint: never look back
     for s in segs:
         if s.subnet is None:
-            s.subnet = _next_free(PLAN[s.scope], cursor, s.scope, explicit)
+            s.subnet = _next_free(cursor[s.scope], explicit)
             if s.subnet is None:
                 raise TopologyError(ctx.source, s.line, s.label,
                                     f"the address plan for scope {s.scope} is exhausted: "
                                     "give this one a subnet")
 
 
-def _next_free(plan: list[IPv4Network], cursor: dict[str, int], scope: str,
-               explicit: list[IPv4Network]) -> IPv4Network | None:
+def _next_free(plan: Iterator[IPv4Network], explicit: list[IPv4Network]) -> IPv4Network | None:
     """The next plan network that no explicit subnet overlaps (linear, not quadratic)."""
-    while cursor[scope] < len(plan):
-        net = plan[cursor[scope]]
-        cursor[scope] += 1
-        if not any(net.overlaps(t) for t in explicit):
-            return net
-    return None
+    return next((net for net in plan if not any(net.overlaps(t) for t in explicit)), None)
 
 
 def _assign_addresses(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]

@@ -88,3 +88,9 @@ def test_untraversable_pairs_use_the_relay_and_coturn_carried_the_data(a: str, b
         assert usage[OTHER[me]]["peer"]["rp"] == sent
     assert res["relay_bytes"] > 0
     assert "coturn relayed" in format_pair(res)
+
+
+def test_none_with_firewall_connects_directly() -> None:
+    """No translation on either side: the peers' host candidates are public and routed."""
+    res = run_pair(nat("none"), nat("firewall"))
+    assert res["outcome"] == "direct", res["reason"]

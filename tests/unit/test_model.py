@@ -94,20 +94,84 @@ def test_port_restricted_against_symmetric_reason_names_mapping_and_filter() -> 
     assert "Alice's address-and-port-dependent filter drops Bob's probes" in p.reason
 
 
+ADM_EIF = NatSpec(mapping=AD, filtering=EI)
+ADM_ADF = NatSpec(mapping=AD, filtering=AD)
+APDM_EIF = NatSpec(mapping=APD, filtering=EI)
+APDM_ADF = NatSpec(mapping=APD, filtering=AD)
+
+
+# --- sessions opened from outside (conntrack reply translation) ----------------------
+
+
+@pytest.mark.parametrize("dependent", [ADM_EIF, APDM_EIF], ids=["adm-eif", "apdm-eif"])
+@pytest.mark.parametrize("strict", [PORT_RESTRICTED, FIREWALL], ids=["prc", "firewall"])
+def test_eif_answers_from_the_port_the_probe_arrived_on(
+    dependent: NatSpec, strict: NatSpec
+) -> None:
+    """Derived by hand: Alice (port-restricted or firewall) probes Bob's STUN-learned
+    port P from her own STUN-learned endpoint. Bob's endpoint-independent filter
+    admits it (P has an owner), which opens a session. Bob's answers to the source he
+    saw leave from P (reply direction), not from the new port his dependent mapping
+    would pick; Alice sent to P, so her filter admits them: a flow on Alice <-> Bob:P.
+    Bob had already probed Alice's endpoint (from another port), so the session's
+    reply tuple clashes and Bob sees Alice from a new, peer-reflexive port."""
+    for a, b, answering in ((strict, dependent, "Bob"), (dependent, strict, "Alice")):
+        p = predict(a, b)
+        assert p.outcome == DIRECT, (a, b)
+        assert p.pair == (("srflx", "prflx") if answering == "Bob" else ("prflx", "srflx"))
+        assert "conntrack reply translation" in p.reason
+        assert f"opens a session on {answering}'s NAT" in p.reason
+
+
 def test_endpoint_dependent_mapping_with_eif_on_both_sides() -> None:
-    adm_eif = NatSpec(mapping=AD, filtering=EI)
-    apdm_eif = NatSpec(mapping=APD, filtering=EI)
     # ADM sends every probe to Bob's address from one port, so answers converge.
-    assert predict(adm_eif, adm_eif).outcome == DIRECT
-    # APDM opens a new port for every new destination port: answers never converge.
-    p = predict(apdm_eif, apdm_eif)
-    assert p.outcome == RELAY and "no two-way flow" in p.reason
+    assert predict(ADM_EIF, ADM_EIF).outcome == DIRECT
+    # APDM opens a new port for every destination, but Alice's probe to Bob's STUN port
+    # opens a session there, and Bob's answers leave from that port: direct.
+    assert predict(APDM_EIF, APDM_EIF).outcome == DIRECT
 
 
-def test_address_dependent_mapping_fails_against_port_restricted() -> None:
-    adm_eif = NatSpec(mapping=AD, filtering=EI)
-    assert predict(adm_eif, RESTRICTED).outcome == DIRECT
-    assert predict(adm_eif, PORT_RESTRICTED).outcome == RELAY
+def test_eif_side_answers_a_symmetric_peer_through_the_session() -> None:
+    # Bob (symmetric) probes Alice's STUN port Pa from a new port Pb'. Alice's EIF admits
+    # it; she answers Pb' from Pa (the session), not from her mapping toward Bob's
+    # address; Bob sent from Pb' to Pa, so his filter admits the answer.
+    for dependent in (ADM_EIF, APDM_EIF):
+        assert predict(dependent, SYMMETRIC).outcome == DIRECT
+        assert predict(SYMMETRIC, dependent).outcome == DIRECT
+
+
+@pytest.mark.parametrize("adf", [ADM_ADF, APDM_ADF], ids=["adm-adf", "apdm-adf"])
+def test_adf_with_dependent_mapping_opens_no_session(adf: NatSpec) -> None:
+    """Derived by hand: the address-dependent filter's permits are keyed by (external
+    port, remote address). Alice's STUN-learned port has a permit only for the STUN
+    server's address; her probes to Bob leave from another port. So Bob's probes to the
+    STUN-learned port are dropped and open no session. Against a symmetric Bob, whose
+    APDF drops Alice's probes to his STUN port as well, nothing gets in: relay."""
+    p = predict(adf, SYMMETRIC)
+    assert p.outcome == RELAY
+    assert "address-dependent filter drops Bob's probes to Alice's STUN-learned port" in p.reason
+    assert predict(SYMMETRIC, adf).outcome == RELAY
+    assert predict(adf, PORT_RESTRICTED).outcome == RELAY
+    assert predict(adf, adf).outcome == RELAY
+
+
+def test_one_sided_probing_reaches_an_eif_nat_with_dependent_mapping() -> None:
+    # Only Alice probes. Bob (APDM-EIF) admits her probe to his STUN port and, having
+    # sent nothing to her, sees her real endpoint; his answers leave from that port,
+    # which Alice probed, so even her port-restricted filter admits them.
+    one_sided = Strategy(simultaneous=False)
+    assert predict(PORT_RESTRICTED, APDM_EIF, one_sided).outcome == DIRECT
+    # Reversed, Alice's probes leave from new ports and Bob's APDF drops them all.
+    assert predict(APDM_EIF, PORT_RESTRICTED, one_sided).outcome == RELAY
+
+
+def test_address_dependent_mapping_against_restricted_and_port_restricted() -> None:
+    assert predict(ADM_EIF, RESTRICTED).outcome == DIRECT
+    # Bob's probe to Alice's STUN port opens a session on Alice's EIF NAT: direct.
+    assert predict(ADM_EIF, PORT_RESTRICTED).outcome == DIRECT
+    # With APDF Alice's NAT admits nothing new, and her answers leave from the port her
+    # address-dependent mapping picked for Bob's address, which Bob never probed.
+    assert predict(NatSpec(mapping=AD, filtering=APD), PORT_RESTRICTED).outcome == RELAY
 
 
 # --- none and firewall ---------------------------------------------------------------
@@ -174,6 +238,9 @@ def test_symmetry(strategy: Strategy) -> None:
         assert _outcome(a, b, strategy) == _outcome(b, a, strategy), (a, b)
 
 
+# Still holds with sessions opened from outside: a looser filter admits more inbound
+# packets, so it only opens more sessions, and a session only adds a reply path (the
+# host's own outbound flows keep their translation).
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_more_permissive_nat_never_turns_direct_into_relay(strategy: Strategy) -> None:
     checked = 0

@@ -91,3 +91,11 @@ def test_format_pair_mentions_every_requested_figure(outcome: str) -> None:
         assert f"reason: {reason}" in text and "no path" in text
     assert "coturn relayed 0 bytes" in text
     assert "nat-testbed down ntabcd" in text
+
+
+def test_pair_topology_routes_public_lans_behind_none_and_firewall() -> None:
+    """Routes are derived after the NATs are set: a server reaches a LAN behind a
+    router that does not translate, but never one behind a NAT."""
+    topo = pair_topology(nat_from_dict({"type": "none"}), nat_from_dict({"type": "symmetric"}))
+    stun_routes = {str(r.dest): str(r.via) for r in topo.node("stun").routes}
+    assert stun_routes == {"192.168.1.0/24": "203.0.113.50"}

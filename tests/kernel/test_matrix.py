@@ -1,0 +1,260 @@
+"""`nat-testbed matrix` on real kernels, run as a user runs it.
+
+The expected outcomes are typed in from the classic table in
+/work/shared/reference/nat-traversal-facts.md (RakNet's success graph), never taken
+from the model or from a previous run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import cli, netns, report, state
+from testbed import matrix as mx
+from testbed.model import Prediction
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
+]
+REPO = Path(__file__).resolve().parents[2]
+
+# The facts file's table (A = Alice's row, B = Bob's column), plus `none`: a public
+# address with no filter is reachable by anyone and reaches anyone.
+CLASSIC = {
+    "full-cone": ["direct", "direct", "direct", "direct"],
+    "restricted-cone": ["direct", "direct", "direct", "direct"],
+    "port-restricted-cone": ["direct", "direct", "direct", "relay"],
+    "symmetric": ["direct", "direct", "relay", "relay"],
+}
+ORDER = ["full-cone", "restricted-cone", "port-restricted-cone", "symmetric"]
+
+
+def expected(a: str, b: str) -> str:
+    if "none" in (a, b):
+        return "direct"
+    return CLASSIC[a][ORDER.index(b)]
+
+
+def matrix_cmd(*args: str, cwd: Path = REPO, timeout: float = 120
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "testbed", "matrix", *args], cwd=cwd,
+                          text=True, capture_output=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def leftovers(lab: str) -> list[str]:
+    """Namespaces (by name and by marker), state files, and processes whose command line
+    names the lab's state directory (coturn, the STUN server)."""
+    left = [n for n in netns.listed() if n.startswith(f"{lab}-")]
+    left += [f"marker:{n}" for n in state.labs_from_markers().get(lab, [])]
+    left += [str(p) for p in state.STATE_DIR.glob(f"{lab}*")]
+    needle = str(state.STATE_DIR / lab).encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes():
+                left.append(f"pid {proc.name}")
+        except OSError:
+            continue
+    return left
+
+
+def labs_of(doc: dict[str, Any]) -> set[str]:
+    return {r["lab"] for c in doc["cells"] for r in c["repeats"]}
+
+
+def observed(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
+    return {(c["a"], c["b"]): report.summarize_cell(c).observed for c in doc["cells"]}
+
+
+def test_the_readme_main_command_runs_the_default_matrix(tmp_path: Path) -> None:
+    res = matrix_cmd(cwd=tmp_path)  # `nat-testbed matrix`, nothing else
+    assert res.returncode == 0, res.stderr
+    doc = report.load(tmp_path / "results" / "results.json")
+    labels = ["none", *ORDER]
+    assert doc["nats"] == labels
+    assert observed(doc) == {(a, b): expected(a, b) for a in labels for b in labels}
+    assert "model: 0 disagreements" in res.stdout
+    assert "port-restricted-cone" in res.stdout.splitlines()[4]  # the table, row 4
+    for ext in ("json", "csv", "html", "png"):
+        assert (tmp_path / "results" / f"results.{ext}").stat().st_size > 0
+    for lab in labs_of(doc):
+        assert leftovers(lab) == []
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_repeats_evidence_and_outputs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = matrix_cmd("--nats", "port-restricted-cone,symmetric", "--repeat", "2", "--json",
+                     "--strict", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    doc = report.load(out / "results.json")
+    assert json.loads(res.stdout) == doc  # --json prints exactly results.json
+
+    # the matrix: the facts file's cells, the same in both repeats
+    cells = {(c["a"], c["b"]): c for c in doc["cells"]}
+    for (a, b), c in cells.items():
+        assert [r["outcome"] for r in c["repeats"]] == [expected(a, b)] * 2, (a, b)
+        assert [r["repeat"] for r in c["repeats"]] == [1, 2]
+
+    # isolation: every pairing and repeat had its own slot (own routers), all removed
+    slots = [(r["lab"], r["slot"]) for c in doc["cells"] for r in c["repeats"]]
+    assert len(slots) == len(set(slots)) == 8
+    for lab in labs_of(doc):
+        assert leftovers(lab) == []
+
+    # evidence: a direct path runs between the two routers of the repeat's own slot
+    for r in cells[("port-restricted-cone", "port-restricted-cone")]["repeats"]:
+        k = int(r["slot"][1:])
+        for me, other in (("alice", "bob"), ("bob", "alice")):
+            pair = r["peers"][me]["candidate_pair"]
+            assert pair["remote"]["ip"] == str(mx.wan_address(k, other))
+            assert pair["local"]["ip"] == str(mx.wan_address(k, me))
+            assert r["peers"][me]["packets"]["probes_received"] >= 2
+            assert r["peers"][me]["packets"]["relay_sent"] == 0
+        assert r["stage"] == "punch"
+    # ... and a relayed one went through coturn, which counted the bytes itself
+    turn_ip = mx.SERVERS[1][2][0]
+    for r in cells[("symmetric", "symmetric")]["repeats"]:
+        assert r["stage"] == "relay"
+        for me in ("alice", "bob"):
+            pair = r["peers"][me]["candidate_pair"]
+            assert pair["local"]["type"] == pair["remote"]["type"] == "relay"
+            assert pair["local"]["ip"] == turn_ip
+            assert r["relay"][me]["peer"]["sb"] > 0
+            assert r["peers"][me]["timings_ms"]["punch"] >= 1000  # punching had its time
+        assert r["relay_bytes"] == sum(r["relay"][m]["peer"]["sb"] for m in ("alice", "bob"))
+
+    # metadata
+    meta = doc["metadata"]
+    assert meta["kernel"] == os.uname().release
+    nft = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout
+    assert meta["nftables"] in nft
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", meta["coturn"])
+    assert meta["tool_version"]
+    started = datetime.fromisoformat(meta["started"].replace("Z", "+00:00"))
+    finished = datetime.fromisoformat(meta["finished"].replace("Z", "+00:00"))
+    assert 0 < (finished - started).total_seconds() < 120
+    conf = meta["configuration"]
+    assert conf["repeat"] == 2 and [n["mapping"] for n in conf["nats"]] == [
+        "endpoint-independent", "address-and-port-dependent"]
+    assert {"build", "punch", "relay", "teardown"} <= set(meta["timings_s"]["labs"][0])
+
+    # the other outputs
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and list(rows[0]) == report.csv_columns()
+    assert {(r["a"], r["b"], r["repeat"], r["outcome"]) for r in rows} == {
+        (a, b, str(n), expected(a, b)) for a, b in cells for n in (1, 2)}
+    page = (out / "results.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data-cell=") == 4
+    assert "://" not in page and "<script src" not in page  # self-contained
+    width, height = png_size(out / "results.png")
+    assert width > 100 and height > 100
+
+
+def flipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that is wrong about symmetric x symmetric."""
+    real = mx.predict
+
+    def predict(a: Any, b: Any, *args: Any, **kw: Any) -> Prediction:
+        p = real(a, b, *args, **kw)
+        if a.label == b.label == "symmetric":
+            return Prediction("direct", "forced for the test", None)
+        return p
+
+    monkeypatch.setattr(mx, "predict", predict)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_strict_turns_a_disagreement_into_a_failing_exit(
+        strict: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    flipped(monkeypatch)
+    argv = ["matrix", "--nats", "symmetric", "--out", str(tmp_path), "--no-color"]
+    rc = cli.main(argv + (["--strict"] if strict else []))
+    assert rc == (1 if strict else 0)
+    text = capsys.readouterr().out
+    assert "relay!" in text
+    assert "! symmetric -> symmetric: predicted direct, observed relay" in text
+    doc = report.load(tmp_path / "results.json")
+    assert [s.a for s in report.disagreements(doc)] == ["symmetric"]
+    for lab in labs_of(doc):
+        assert leftovers(lab) == []
+
+
+@pytest.mark.parametrize(("when", "how"), [
+    ("building", "ctrl-c"),  # SIGINT to the whole process group, as a terminal sends it
+    ("running", "ctrl-c"),
+    ("running", "sigterm"),  # SIGTERM to the parent only
+])
+def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path: Path) -> None:
+    p = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", "--nats", "all", "--out",
+                          str(tmp_path)], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    seen = ""
+    try:
+        assert p.stderr is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = p.stderr.readline()
+            seen += line
+            if not line or ("built" if when == "running" else "building") in line:
+                break
+        time.sleep(0.2)
+        if how == "ctrl-c":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    seen += err
+    labs = set(re.findall(r"lab (nt[a-z0-9]{4})", seen))
+    assert labs, seen
+    assert p.returncode == 130, seen
+    assert "interrupted" in seen
+    for lab in labs:
+        assert leftovers(lab) == [], lab
+    assert not (tmp_path / "results.json").exists()  # no half matrix passed off as a result
+
+
+def test_a_lab_that_fails_to_build_stops_the_run_cleanly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(self: mx.MatrixLab) -> dict[str, float]:
+        raise mx.LabError("rulesets refused (forced for the test)")
+
+    monkeypatch.setattr(mx.MatrixLab, "finish_build", broken)
+    rc = cli.main(["matrix", "--nats", "full-cone,symmetric", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "matrix run stopped: lab nt" in err and "rulesets refused" in err
+    labs = set(re.findall(r"lab (nt[a-z0-9]{4})", err))
+    assert labs
+    for lab in labs:
+        assert leftovers(lab) == [], lab
+    assert not (tmp_path / "results.json").exists()
