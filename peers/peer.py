@@ -54,6 +54,24 @@ def source_ip_towards(dst: Address) -> str:
         return str(s.getsockname()[0])
 
 
+
+# A punching packet the network refuses (no route to a private candidate, an ICMP error
+# from an earlier probe, a full queue) is a result to count, not a failure of the peer.
+TOLERATED_SEND_ERRORS = (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                         errno.ECONNREFUSED, errno.EPERM)
+
+
+def transmit(sock: socket.socket, out: Transmit) -> bool:
+    """Send one datagram; False if the network refused it."""
+    try:
+        sock.sendto(out.data, out.addr)
+    except OSError as e:
+        if e.errno not in TOLERATED_SEND_ERRORS:
+            raise
+        return False
+    return True
+
+
 class Driver:
     def __init__(self, session: Session, sock: socket.socket,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -118,12 +136,7 @@ class Driver:
     def _flush(self) -> None:
         for out in self.s.take_outputs():
             if isinstance(out, Transmit):
-                try:
-                    self.sock.sendto(out.data, out.addr)
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                                       errno.ECONNREFUSED, errno.EPERM):
-                        raise
+                if not transmit(self.sock, out):
                     self.send_errors += 1
             elif isinstance(out, Signal) and self.sig is not None:
                 try:

@@ -70,6 +70,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from peers.peer import transmit
 from peers.session import PeerConfig, Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
 from testbed import __version__, netns, nlbatch, state
@@ -631,12 +632,7 @@ class Runner:
     def _flush(self, r: PeerRun) -> None:
         for out in r.session.take_outputs():
             if isinstance(out, Transmit):
-                try:
-                    r.udp.sendto(out.data, out.addr)
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                                       errno.ECONNREFUSED, errno.EPERM):
-                        raise
+                if not transmit(r.udp, out):
                     r.send_errors += 1
             elif isinstance(out, Signal) and r.sig is not None:
                 try:
