@@ -229,9 +229,10 @@ def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path:
             p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=60)
     finally:
-        if p.poll() is None:
+        if p.poll() is None:  # it did not stop in time: the test fails, but leaves nothing
             os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+            seen += p.communicate()[1]
+            state.clean(sorted(set(re.findall(r"lab (nt[a-z0-9]{4})", seen))))
     seen += err
     labs = set(re.findall(r"lab (nt[a-z0-9]{4})", seen))
     assert labs, seen
