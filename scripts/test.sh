@@ -8,9 +8,9 @@ scripts/install.sh --dev || exit 1
 status=0
 .venv/bin/ruff check testbed peers tests bench || status=1
 .venv/bin/mypy testbed peers || status=1
-if command -v vagrant >/dev/null; then
-  vagrant validate Vagrantfile || status=1
-fi
+# Provider blocks are skipped: a CI machine has vagrant but no hypervisor plugin, and
+# without --ignore-provider validate fails there for want of a usable provider.
+vagrant validate --ignore-provider || status=1
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
