@@ -1,46 +1,8 @@
 """Traversal-matrix reports: terminal table, results.json, results.csv, HTML grid, PNG heatmap.
 
-Input is one results document (a dict, as stored in results.json)::
-
-    {
-      "metadata": {                      # free-form object; the runner fills in at least
-        "tool_version": "0.1.0",         #   tool, kernel, nftables and coturn versions,
-        "kernel": "6.1.0-...",           #   start/finish timestamps (ISO 8601, UTC)
-        "nftables": "1.0.6",             #   and the configuration it ran with
-        "coturn": "4.6.1",
-        "started": "2025-01-01T12:00:00Z",
-        "finished": "2025-01-01T12:03:10Z",
-        "configuration": {...}           # NAT set, repeats, strategy, timeouts, topology
-      },
-      "nats": ["none", "full-cone", ...],  # labels; row order (Alice) = column order (Bob)
-      "cells": [CELL, ...]               # at most one per ordered pairing
-    }
-
-    CELL = {"a": label, "b": label,      # Alice's NAT, Bob's NAT; both in "nats"
-            "nat_a": SPEC, "nat_b": SPEC,
-            "predicted": "direct" | "relay",   # testbed.model.predict
-            "reason": str,                     # the model's reason
-            "repeats": [PAIR_RESULT, ...]}     # one per run of this pairing; may be empty
-
-    SPEC = {"kind": "nat" | "none" | "firewall", "mapping": str, "filtering": str,
-            "port_allocation": str, "hairpinning": bool, "mapping_timeout": int}
-            # RFC 4787 values of testbed.nat.NatSpec (see spec_to_dict)
-
-    PAIR_RESULT = {"outcome": "direct" | "relay" | "failed",
-                   "stage": str,               # the stage that decided the outcome
-                   "peers": {"alice": PEER, "bob": PEER},
-                   "relay_bytes": int | null,  # bytes through TURN, null if unused
-                   "timings_ms": {"connect": number | null,   # until both peers decided
-                                  "total": number | null}}    # whole run of the pairing
-
-    PEER = {"id": str, "remote": str,          # this peer's and the other peer's ids
-            "outcome": "direct" | "relay" | "failed", "stage": str, "reason": str,
-            "candidate_pair": {"local": CAND, "remote": CAND} | null,
-            "timings_ms": {"signaling", "gather", "punch", "relay", "connect"},
-                          # each number | null
-            "packets": {"sent", "received", "probes_sent", "probes_received",
-                        "relay_sent", "relay_received"}}   # each int
-    CAND = {"type": "host" | "srflx" | "prflx" | "relay", "ip": str, "port": int}
+Input is one MatrixResult (testbed.results; results.json is its JSON form, documented
+field by field in docs/results.md). Rows are Alice's NAT, columns Bob's, in the
+order of the result's `nats`.
 
 A cell's observed outcome is the single outcome when every repeat agrees, else every
 outcome with its count ("3/5 direct, 2/5 relay"): a varying cell is never rounded to
@@ -51,27 +13,33 @@ repeats is "not run" and neither agrees nor disagrees.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import dataclasses
 import html
 import json
-import sys
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.nat import NatSpec
+from peers.candidates import Candidate
+from peers.result import OUTCOMES, PACKET_COUNTS, STAGE_TIMINGS, PeerResult
+from testbed.nat import Kind, NatSpec
+from testbed.results import (
+    ROLES,
+    Cell,
+    MatrixResult,
+    PairResult,
+    ResultsError,
+    matrix_from_json,
+    matrix_to_json,
+)
 
-OUTCOMES = ("direct", "relay", "failed")
-PREDICTIONS = ("direct", "relay")
-PEER_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
+PEER_TIMINGS = STAGE_TIMINGS
+PACKETS = PACKET_COUNTS
 PAIR_TIMINGS = ("connect", "total")
-PACKETS = ("sent", "received", "probes_sent", "probes_received", "relay_sent", "relay_received")
-SPEC_FIELDS = ("kind", "mapping", "filtering", "port_allocation", "hairpinning")
-PEERS = ("alice", "bob")
+SPEC_FIELDS = ("kind", "mapping", "filtering", "port_allocation", "hairpinning",
+               "mapping_timeout")
 
 # Categorical colours, also used for the legend (colour-blind-safe Okabe-Ito hues).
 COLOURS = {
@@ -85,145 +53,20 @@ _ANSI = {"direct": "32", "relay": "33", "failed": "31", "varies": "35", "not run
 _SHORT = {"direct": "d", "relay": "r", "failed": "f"}
 _MAX_WIDTH = 140  # terminal table: wider than this numbers the columns
 
-Doc = Mapping[str, Any]
 
 
-class ResultsError(ValueError):
-    """A results document does not follow the schema; the message names the field."""
-
-
-# --- schema checks ------------------------------------------------------------------
-
-
-def _fail(where: str, message: str) -> ResultsError:
-    return ResultsError(f"{where}: {message}")
-
-
-def _at(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _get(obj: Any, key: str, where: str, kinds: tuple[type, ...]) -> Any:
-    if not isinstance(obj, Mapping):
-        raise _fail(where, f"expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise _fail(_at(where, key), "missing")
-    value = obj[key]
-    is_bool = isinstance(value, bool) and bool not in kinds
-    if not isinstance(value, kinds) or is_bool:
-        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        raise _fail(_at(where, key), f"expected {names}, got {value!r}")
-    return value
-
-
-def _choice(obj: Any, key: str, where: str, allowed: Sequence[str]) -> str:
-    value = _get(obj, key, where, (str,))
-    if value not in allowed:
-        raise _fail(_at(where, key), f"expected one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
-
-
-_NUM = (int, float, type(None))
-
-
-def _check_peer(peer: Any, where: str) -> None:
-    for key in ("id", "remote", "stage", "reason"):
-        _get(peer, key, where, (str,))
-    _choice(peer, "outcome", where, OUTCOMES)
-    pair = _get(peer, "candidate_pair", where, (dict, type(None)))
-    if pair is not None:
-        for end in ("local", "remote"):
-            cand = _get(pair, end, f"{where}.candidate_pair", (dict,))
-            at = f"{where}.candidate_pair.{end}"
-            _get(cand, "type", at, (str,))
-            _get(cand, "ip", at, (str,))
-            _get(cand, "port", at, (int,))
-    timings = _get(peer, "timings_ms", where, (dict,))
-    for key in PEER_TIMINGS:
-        _get(timings, key, f"{where}.timings_ms", _NUM)
-    packets = _get(peer, "packets", where, (dict,))
-    for key in PACKETS:
-        _get(packets, key, f"{where}.packets", (int,))
-
-
-def _check_repeat(rep: Any, where: str) -> None:
-    _choice(rep, "outcome", where, OUTCOMES)
-    _get(rep, "stage", where, (str,))
-    _get(rep, "relay_bytes", where, (int, type(None)))
-    timings = _get(rep, "timings_ms", where, (dict,))
-    for key in PAIR_TIMINGS:
-        _get(timings, key, f"{where}.timings_ms", _NUM)
-    peers = _get(rep, "peers", where, (dict,))
-    for name in PEERS:
-        _check_peer(_get(peers, name, f"{where}.peers", (dict,)), f"{where}.peers.{name}")
-
-
-def validate(doc: Any, source: str = "results") -> None:
+def validate(data: Any, source: str = "results") -> None:
     """Raise ResultsError naming `source` and the field path of the first problem."""
+    matrix_from_json(data, source)
+
+
+def load(path: str | Path) -> MatrixResult:
+    """Read and check a results.json."""
     try:
-        _validate(doc)
-    except ResultsError as exc:
-        raise ResultsError(f"{source}: {exc}") from None
-
-
-def _validate(doc: Any) -> None:
-    if not isinstance(doc, Mapping):
-        raise ResultsError(f"expected a JSON object at the top, got {type(doc).__name__}")
-    _get(doc, "metadata", "", (dict,))
-    nats = _get(doc, "nats", "", (list,))
-    if not all(isinstance(n, str) for n in nats) or len(set(nats)) != len(nats):
-        raise _fail("nats", "expected a list of distinct labels")
-    seen: set[tuple[str, str]] = set()
-    for i, cell in enumerate(_get(doc, "cells", "", (list,))):
-        where = f"cells[{i}]"
-        a, b = _choice(cell, "a", where, nats), _choice(cell, "b", where, nats)
-        if (a, b) in seen:
-            raise _fail(where, f"second cell for pairing {a} -> {b}")
-        seen.add((a, b))
-        for key in ("nat_a", "nat_b"):
-            spec = _get(cell, key, where, (dict,))
-            for name in SPEC_FIELDS:
-                _get(spec, name, f"{where}.{key}", (bool,) if name == "hairpinning" else (str,))
-        _choice(cell, "predicted", where, PREDICTIONS)
-        _get(cell, "reason", where, (str,))
-        for j, rep in enumerate(_get(cell, "repeats", where, (list,))):
-            _check_repeat(rep, f"{where}.repeats[{j}]")
-
-
-def load(path: str | Path) -> dict[str, Any]:
-    """Read and validate a results.json."""
-    try:
-        doc = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}: line {exc.lineno}: {exc.msg}") from exc
-    validate(doc, str(path))
-    return dict(doc)
-
-
-# --- building cells ----------------------------------------------------------------
-
-
-def spec_to_dict(spec: NatSpec) -> dict[str, Any]:
-    """A NatSpec as the SPEC object of the schema (enum values as strings)."""
-    return {
-        f.name: getattr(getattr(spec, f.name), "value", getattr(spec, f.name))
-        for f in dataclasses.fields(spec)
-    }
-
-
-def make_cell(
-    a: NatSpec, b: NatSpec, predicted: str, reason: str, repeats: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """One CELL; `predicted`/`reason` come from testbed.model.predict(a, b, strategy)."""
-    return {
-        "a": a.label,
-        "b": b.label,
-        "nat_a": spec_to_dict(a),
-        "nat_b": spec_to_dict(b),
-        "predicted": predicted,
-        "reason": reason,
-        "repeats": [dict(r) for r in repeats],
-    }
+    return matrix_from_json(data, str(path))
 
 
 # --- summaries ---------------------------------------------------------------------
@@ -263,8 +106,8 @@ class CellSummary:
         return self.agrees is False
 
 
-def summarize_cell(cell: Mapping[str, Any]) -> CellSummary:
-    outcomes = [str(r["outcome"]) for r in cell["repeats"]]
+def summarize_cell(cell: Cell) -> CellSummary:
+    outcomes = [r.outcome for r in cell.repeats]
     counted = Counter(outcomes)
     counts = tuple(sorted(counted.items(), key=lambda oc: (-oc[1], OUTCOMES.index(oc[0]))))
     n = len(outcomes)
@@ -274,12 +117,12 @@ def summarize_cell(cell: Mapping[str, Any]) -> CellSummary:
         observed = counts[0][0]
     else:
         observed = ", ".join(f"{c}/{n} {o}" for o, c in counts)
-    predicted = str(cell["predicted"])
+    predicted = cell.predicted
     return CellSummary(
-        a=str(cell["a"]),
-        b=str(cell["b"]),
+        a=cell.a,
+        b=cell.b,
         predicted=predicted,
-        reason=str(cell["reason"]),
+        reason=cell.reason,
         counts=counts,
         observed=observed,
         varies=len(counts) > 1,
@@ -287,14 +130,14 @@ def summarize_cell(cell: Mapping[str, Any]) -> CellSummary:
     )
 
 
-def _summaries(doc: Doc) -> dict[tuple[str, str], CellSummary]:
-    return {(c["a"], c["b"]): summarize_cell(c) for c in doc["cells"]}
+def _summaries(doc: MatrixResult) -> dict[tuple[str, str], CellSummary]:
+    return {(c.a, c.b): summarize_cell(c) for c in doc.cells}
 
 
-def disagreements(doc: Doc) -> list[CellSummary]:
+def disagreements(doc: MatrixResult) -> list[CellSummary]:
     """Cells where some repeat differs from the prediction, in row-major order."""
     summaries = _summaries(doc)
-    nats = doc["nats"]
+    nats = doc.nats
     return [
         summaries[(a, b)]
         for a in nats
@@ -303,7 +146,7 @@ def disagreements(doc: Doc) -> list[CellSummary]:
     ]
 
 
-def exit_code(doc: Doc, strict: bool) -> int:
+def exit_code(doc: MatrixResult, strict: bool) -> int:
     """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
     return 1 if strict and disagreements(doc) else 0
 
@@ -318,9 +161,9 @@ def _paint(text: str, status: str, color: bool, bold: bool) -> str:
     return f"\033[{code}m{text}\033[0m"
 
 
-def format_table(doc: Doc, color: bool = False) -> str:
+def format_table(doc: MatrixResult, color: bool = False) -> str:
     """Rows: Alice's NAT; columns: Bob's. "!" marks a disagreement with the model."""
-    nats = list(doc["nats"])
+    nats = list(doc.nats)
     summaries = _summaries(doc)
     texts: dict[tuple[str, str], str] = {}
     for key, summary in summaries.items():
@@ -362,17 +205,16 @@ def format_table(doc: Doc, color: bool = False) -> str:
 # --- files -------------------------------------------------------------------------
 
 
-def write_json(doc: Doc, path: str | Path) -> None:
-    validate(doc, str(path))
-    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
+def write_json(doc: MatrixResult, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(matrix_to_json(doc), indent=2) + "\n")
 
 
 def csv_columns() -> list[str]:
     cols = ["a", "b"]
-    cols += [f"nat_{s}_{f}" for s in "ab" for f in (*SPEC_FIELDS, "mapping_timeout")]
+    cols += [f"nat_{s}_{f}" for s in "ab" for f in SPEC_FIELDS]
     cols += ["repeat", "predicted", "outcome", "agrees", "stage", "relay_bytes"]
     cols += [f"{t}_ms" for t in PAIR_TIMINGS]
-    for peer in PEERS:
+    for peer in ROLES:
         cols += [f"{peer}_{k}" for k in ("id", "outcome", "stage", "reason")]
         for end in ("local", "remote"):
             cols += [f"{peer}_{end}_{k}" for k in ("type", "ip", "port")]
@@ -381,35 +223,39 @@ def csv_columns() -> list[str]:
     return cols
 
 
-def _csv_rows(doc: Doc) -> list[dict[str, Any]]:
+def _spec_value(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def _peer_row(role: str, peer: PeerResult) -> dict[str, Any]:
+    row: dict[str, Any] = {f"{role}_{k}": getattr(peer, k)
+                           for k in ("id", "outcome", "stage", "reason")}
+    for end, cand in zip(("local", "remote"), peer.candidate_pair or (None, None), strict=True):
+        row.update({f"{role}_{end}_{k}": getattr(cand, k, None) for k in ("type", "ip", "port")})
+    row.update({f"{role}_{t}_ms": getattr(peer.timings_ms, t) for t in PEER_TIMINGS})
+    row.update({f"{role}_{p}": getattr(peer.packets, p, None) for p in PACKETS})
+    return row
+
+
+def _csv_rows(doc: MatrixResult) -> list[dict[str, Any]]:
     rows = []
-    for cell in doc["cells"]:
-        base: dict[str, Any] = {"a": cell["a"], "b": cell["b"]}
-        for side in "ab":
-            spec = cell[f"nat_{side}"]
-            for f in (*SPEC_FIELDS, "mapping_timeout"):
-                base[f"nat_{side}_{f}"] = spec.get(f)
-        for i, rep in enumerate(cell["repeats"], start=1):
-            row = dict(base, repeat=i, predicted=cell["predicted"], outcome=rep["outcome"])
-            row.update(agrees=rep["outcome"] == cell["predicted"], stage=rep["stage"])
-            row["relay_bytes"] = rep["relay_bytes"]
-            row.update({f"{t}_ms": rep["timings_ms"].get(t) for t in PAIR_TIMINGS})
-            for name in PEERS:
-                peer = rep["peers"][name]
-                row.update({f"{name}_{k}": peer[k] for k in ("id", "outcome", "stage", "reason")})
-                pair = peer["candidate_pair"] or {}
-                for end in ("local", "remote"):
-                    cand = pair.get(end) or {}
-                    row.update({f"{name}_{end}_{k}": cand.get(k) for k in ("type", "ip", "port")})
-                row.update({f"{name}_{t}_ms": peer["timings_ms"].get(t) for t in PEER_TIMINGS})
-                row.update({f"{name}_{p}": peer["packets"][p] for p in PACKETS})
+    for cell in doc.cells:
+        base: dict[str, Any] = {"a": cell.a, "b": cell.b}
+        for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
+            base.update({f"nat_{side}_{f}": _spec_value(getattr(spec, f)) for f in SPEC_FIELDS})
+        for i, rep in enumerate(cell.repeats, start=1):
+            row = dict(base, repeat=i, predicted=cell.predicted, outcome=rep.outcome,
+                       agrees=rep.outcome == cell.predicted, stage=rep.stage,
+                       relay_bytes=rep.relay_bytes)
+            row.update({f"{t}_ms": getattr(rep.timings_ms, t) for t in PAIR_TIMINGS})
+            for role in ROLES:
+                row.update(_peer_row(role, rep.peers[role]))
             rows.append(row)
     return rows
 
 
-def write_csv(doc: Doc, path: str | Path) -> int:
+def write_csv(doc: MatrixResult, path: str | Path) -> int:
     """One row per pairing per repeat, columns in `csv_columns()` order; returns rows."""
-    validate(doc, str(path))
     rows = _csv_rows(doc)
     with Path(path).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=csv_columns(), lineterminator="\n")
@@ -466,31 +312,30 @@ def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _cand(c: Mapping[str, Any] | None) -> str:
-    return "-" if not c else f"{c['type']} {c['ip']}:{c['port']}"
+def _cand(c: Candidate | None) -> str:
+    return "-" if c is None else f"{c.type} {c.ip}:{c.port}"
 
 
-def _repeat_html(i: int, rep: Mapping[str, Any], predicted: str) -> str:
-    cls = "" if rep["outcome"] == predicted else " class='bad'"
-    t = rep["timings_ms"]
+def _repeat_html(i: int, rep: PairResult, predicted: str) -> str:
+    cls = "" if rep.outcome == predicted else " class='bad'"
+    t = rep.timings_ms
     head = (
-        f"<h4>Repeat {i}: <span{cls}>{_e(rep['outcome'])}</span> "
-        f"(stage {_e(rep['stage'])}; relay bytes {_e(rep['relay_bytes'])}; "
-        f"connect {_e(t.get('connect'))} ms; total {_e(t.get('total'))} ms)</h4>"
+        f"<h4>Repeat {i}: <span{cls}>{_e(rep.outcome)}</span> "
+        f"(stage {_e(rep.stage)}; relay bytes {_e(rep.relay_bytes)}; "
+        f"connect {_e(t.connect)} ms; total {_e(t.total)} ms)</h4>"
     )
-    cols = ["", *PEERS]
+    cols = ["", *ROLES]
     rows: list[list[str]] = []
-    peers = [rep["peers"][p] for p in PEERS]
-    rows.append(["id", *(_e(p["id"]) for p in peers)])
-    rows.append(["outcome", *(_e(p["outcome"]) for p in peers)])
-    rows.append(["stage", *(_e(p["stage"]) for p in peers)])
-    rows.append(["reason", *(_e(p["reason"]) for p in peers)])
-    for end in ("local", "remote"):
-        rows.append(
-            [f"{end} candidate"] + [_e(_cand((p["candidate_pair"] or {}).get(end))) for p in peers]
-        )
-    rows += [[f"{k} ms", *(_e(p["timings_ms"].get(k)) for p in peers)] for k in PEER_TIMINGS]
-    rows += [[k.replace("_", " "), *(_e(p["packets"][k]) for p in peers)] for k in PACKETS]
+    peers = [rep.peers[p] for p in ROLES]
+    for key in ("id", "outcome", "stage", "reason"):
+        rows.append([key, *(_e(getattr(p, key)) for p in peers)])
+    for end in (0, 1):
+        rows.append([f"{('local', 'remote')[end]} candidate"]
+                    + [_e(_cand(p.candidate_pair[end] if p.candidate_pair else None))
+                       for p in peers])
+    rows += [[f"{k} ms", *(_e(getattr(p.timings_ms, k)) for p in peers)] for k in PEER_TIMINGS]
+    rows += [[k.replace("_", " "), *(_e(getattr(p.packets, k, None)) for p in peers)]
+             for k in PACKETS]
     th = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = "".join(
         "<tr><th>" + r[0] + "</th>" + "".join(f"<td>{x}</td>" for x in r[1:]) + "</tr>"
@@ -499,17 +344,17 @@ def _repeat_html(i: int, rep: Mapping[str, Any], predicted: str) -> str:
     return f"{head}<table><tr>{th}</tr>{body}</table>"
 
 
-def _spec_text(spec: Mapping[str, Any]) -> str:
-    if spec.get("kind") != "nat":
-        return str(spec.get("kind"))
+def _spec_text(spec: NatSpec) -> str:
+    if spec.kind is not Kind.NAT:
+        return spec.kind.value
     return (
-        f"mapping {spec['mapping']}, filtering {spec['filtering']}, ports "
-        f"{spec['port_allocation']}, hairpinning {'on' if spec['hairpinning'] else 'off'}, "
-        f"timeout {spec.get('mapping_timeout')} s"
+        f"mapping {spec.mapping.value}, filtering {spec.filtering.value}, ports "
+        f"{spec.port_allocation.value}, hairpinning {'on' if spec.hairpinning else 'off'}, "
+        f"timeout {spec.mapping_timeout} s"
     )
 
 
-def _cell_details(ident: str, cell: Mapping[str, Any], s: CellSummary) -> str:
+def _cell_details(ident: str, cell: Cell, s: CellSummary) -> str:
     verdict = "agrees" if s.agrees else "not run" if s.agrees is None else "DISAGREES"
     cls = " class='bad'" if s.disagrees else ""
     parts = [
@@ -517,8 +362,8 @@ def _cell_details(ident: str, cell: Mapping[str, Any], s: CellSummary) -> str:
         f"<h3>Alice: {_e(s.a)} &rarr; Bob: {_e(s.b)}</h3>",
         _kv_table(
             [
-                ("Alice's NAT", _spec_text(cell["nat_a"])),
-                ("Bob's NAT", _spec_text(cell["nat_b"])),
+                ("Alice's NAT", _spec_text(cell.nat_a)),
+                ("Bob's NAT", _spec_text(cell.nat_b)),
                 ("predicted", s.predicted),
                 ("model's reason", s.reason),
                 ("observed", s.observed),
@@ -526,7 +371,7 @@ def _cell_details(ident: str, cell: Mapping[str, Any], s: CellSummary) -> str:
         ),
         f"<p{cls}>Observation {verdict} with the model.</p>",
     ]
-    parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(cell["repeats"], start=1)]
+    parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(cell.repeats, start=1)]
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -536,11 +381,10 @@ def _no_urls(text: str) -> str:
     return text.replace("://", ":&#47;&#47;")
 
 
-def write_html(doc: Doc, path: str | Path) -> None:
+def write_html(doc: MatrixResult, path: str | Path) -> None:
     """A self-contained page (inline CSS/JS): legend, grid, per-cell details on click."""
-    validate(doc, str(path))
-    nats = list(doc["nats"])
-    cells = {(c["a"], c["b"]): c for c in doc["cells"]}
+    nats = list(doc.nats)
+    cells = {(c.a, c.b): c for c in doc.cells}
     summaries = _summaries(doc)
     grid = ["<table class='grid'><tr><th>Alice &darr; \\ Bob &rarr;</th>"]
     grid += [f"<th>{_e(b)}</th>" for b in nats]
@@ -573,7 +417,7 @@ def write_html(doc: Doc, path: str | Path) -> None:
         f"observed {_e(s.observed)}</li>"
         for s in dis
     )
-    meta = doc["metadata"]
+    meta = doc.metadata
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>NAT traversal matrix</title><style>{_CSS}</style>
@@ -600,15 +444,14 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
 # --- PNG heatmap -------------------------------------------------------------------
 
 
-def write_heatmap(doc: Doc, path: str | Path) -> None:
+def write_heatmap(doc: MatrixResult, path: str | Path) -> None:
     """A PNG heatmap (matplotlib, Agg; no display needed); disagreements are outlined."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
-    validate(doc, str(path))
-    nats = list(doc["nats"])
+    nats = list(doc.nats)
     n = len(nats)
     summaries = _summaries(doc)
     cats = list(COLOURS)
@@ -648,40 +491,23 @@ def write_heatmap(doc: Doc, path: str | Path) -> None:
     fig.savefig(str(path), format="png", dpi=100)
 
 
-# --- all at once / command line ------------------------------------------------------
+# --- all at once -------------------------------------------------------------------
+
+OUTPUTS = ("json", "csv", "html", "png")
 
 
-def write_all(doc: Doc, outdir: str | Path) -> dict[str, Path]:
-    """results.json, results.csv, results.html and results.png in `outdir`."""
+def write_all(doc: MatrixResult, outdir: str | Path, *,
+              heatmap: Path | None = None) -> dict[str, Path]:
+    """results.json, results.csv, results.html and results.png in `outdir`; `heatmap`, if
+    it exists, is an already drawn results.png (moved into place)."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"results.{k}" for k in ("json", "csv", "html", "png")}
+    paths = {k: out / f"results.{k}" for k in OUTPUTS}
     write_json(doc, paths["json"])
     write_csv(doc, paths["csv"])
     write_html(doc, paths["html"])
-    write_heatmap(doc, paths["png"])
+    if heatmap is not None and heatmap.exists():
+        heatmap.replace(paths["png"])
+    else:
+        write_heatmap(doc, paths["png"])
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render reports from a results.json.")
-    parser.add_argument("results", type=Path)
-    parser.add_argument("--out", type=Path, help="also write csv/html/png into this directory")
-    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-    parser.add_argument("--strict", action="store_true", help="exit 1 on any disagreement")
-    args = parser.parse_args(argv)
-    try:
-        doc = load(args.results)
-    except (OSError, ResultsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    print(format_table(doc, color))
-    if args.out:
-        for path in write_all(doc, args.out).values():
-            print(f"wrote {path}")
-    return exit_code(doc, args.strict)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -702,12 +702,6 @@ class _Graph:
         return {s: v for s, v in first.items() if v is not None}
 
 
-def address_of(topo: Topology, node: str, iface: str | None = None) -> str:
-    n = topo.node(node)
-    i = n.iface(iface) if iface else n.interfaces[0]
-    return str(i.address.ip)
-
-
 def describe(topo: Topology) -> str:
     """Human summary: nodes, interfaces, addresses, routes."""
     lines = []

@@ -44,8 +44,10 @@ def test_up_then_down_leaves_nothing() -> None:
         name = lab.name
         assert len(lab_namespaces(name)) == 6  # 4 nodes, 2 bridges
         assert ping(lab, "laptop", "203.0.113.10")
-        assert lab.run("router", ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
-        assert lab.run("laptop", ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "0"
+        assert lab.run("router", ["cat", "/proc/sys/net/ipv4/ip_forward"],
+                       check=True).stdout.strip() == "1"
+        assert lab.run("laptop", ["cat", "/proc/sys/net/ipv4/ip_forward"],
+                       check=True).stdout.strip() == "0"
     assert lab_leftovers(name) == []
 
 
