@@ -446,6 +446,7 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
 
 def write_heatmap(doc: MatrixResult, path: str | Path) -> None:
     """A PNG heatmap (matplotlib, Agg; no display needed); disagreements are outlined."""
+    # Imported here: matplotlib takes half a second, and only the heatmap needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure

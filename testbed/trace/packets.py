@@ -142,6 +142,8 @@ class PcapTail:
 
 def parse_frame(data: bytes, *, tap: str, index: int, ts: float, own_mac: str) -> Packet:
     """An Ethernet frame (scapy dissects it) as a Packet record."""
+    # Imported here, not at the top: scapy takes about a second to import, and most
+    # commands never parse a frame (load_dissectors warms it up while captures start).
     from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
     from scapy.layers.l2 import ARP, Ether
 
@@ -181,6 +183,7 @@ def parse_frame(data: bytes, *, tap: str, index: int, ts: float, own_mac: str) -
 
 
 def load_dissectors() -> None:
+    """Import scapy's dissectors now (a second of work), e.g. while tcpdump starts."""
     import scapy.layers.inet  # noqa: F401
     import scapy.layers.l2  # noqa: F401
 
