@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/install.sh --dev || exit 1
 
 status=0
-.venv/bin/ruff check testbed peers tests bench || status=1
+.venv/bin/ruff check testbed peers tests bench scripts examples || status=1
 .venv/bin/mypy testbed peers || status=1
 .venv/bin/lint-imports --no-cache --no-logo || status=1
 # Provider blocks are skipped: a CI machine has vagrant but no hypervisor plugin, and

@@ -70,6 +70,16 @@ class NatSpec:
     hairpinning: bool = True
     mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
 
+    @classmethod
+    def from_label(cls, label: str) -> NatSpec:
+        """'symmetric', 'adm-eif', 'port-restricted-cone:random:no-hairpin:30s', ..."""
+        return nat_from_label(label)
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> NatSpec:
+        """A topology file's `nat:` section: {"type": "symmetric"}, {"mapping": ...}."""
+        return nat_from_dict(section)
+
     @property
     def label(self) -> str:
         """Short stable name that parses back: a classic name where one fits, else e.g.

@@ -79,6 +79,13 @@ class PairResult:
     def connected(self) -> bool:
         return self.outcome in PREDICTIONS
 
+    def to_json(self) -> dict[str, Any]:
+        return pair_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> PairResult:
+        return pair_from_json(data)
+
 
 def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | None],
             **where: Any) -> PairResult:
@@ -119,6 +126,17 @@ class MatrixResult:
     metadata: Mapping[str, Any]
     nats: tuple[str, ...]
     cells: tuple[Cell, ...]
+
+    def cell(self, a: str, b: str) -> Cell | None:
+        """The cell of Alice's NAT `a` and Bob's `b`, by label (None if not in this run)."""
+        return next((c for c in self.cells if (c.a, c.b) == (a, b)), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return matrix_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> MatrixResult:
+        return matrix_from_json(data)
 
 
 # ------------------------------------------------------------------ writing
