@@ -97,6 +97,8 @@ class Driver:
                     ep.session.handle_signal_closed(now, ep.connect_error)
                 self._flush(ep)
                 due[i] = self._deadline(ep)
+            for i in [i for i in due if self.endpoints[i].session.finished]:
+                self._finish(i, due, now)  # e.g. no signaling: nothing to wait for
             self._loop(due)
         finally:
             for ep in self.endpoints:

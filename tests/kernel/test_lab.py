@@ -173,3 +173,21 @@ def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
     assert res.stderr.strip() == (f"nat-testbed: {bad}:4: links[0].endpoints[1]: "
                                   "unknown node 'ghost'")
     assert set(netns.listed()) == before
+
+
+def test_run_has_subprocess_run_semantics() -> None:
+    """check=False by default, the CompletedProcess back; check=True raises a
+    CalledProcessError that also reads as one line naming the namespace."""
+    with Lab(load_topology(TOPOLOGIES / "home.yaml"), start_services=False) as lab:
+        done = lab.run("laptop", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert isinstance(done, subprocess.CompletedProcess)
+        assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+        with pytest.raises(subprocess.CalledProcessError) as exc:
+            lab.run("laptop", ["sh", "-c", "echo nope >&2; exit 4"], check=True)
+        assert exc.value.returncode == 4 and exc.value.stderr == "nope\n"
+        assert str(exc.value) == f"{lab.netns('laptop')}: sh -c echo nope >&2; exit 4 " \
+                                 "failed (4): nope"
+        raw = lab.run("laptop", ["printf", "\\x00\\x01"], text=False)
+        assert raw.stdout == b"\x00\x01"  # subprocess.run's own arguments pass through
+        with pytest.raises(subprocess.TimeoutExpired):
+            lab.run("laptop", ["sleep", "5"], timeout=0.2)

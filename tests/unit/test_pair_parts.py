@@ -5,6 +5,7 @@ hold, and read through their one reader (PeerResult.from_json, pair_from_json)."
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from peers.result import PeerResult
 from peers.session import Timing
 from testbed.coturn import Counters, RelayUsage
 from testbed.nat import nat_from_dict
-from testbed.pair import format_pair, pair_topology, timing_args
+from testbed.pair import _peer_lines, _read_result, format_pair, pair_topology, timing_args
 from testbed.results import PairResult, combine
 
 
@@ -113,3 +114,70 @@ def test_pair_topology_routes_public_lans_behind_none_and_firewall() -> None:
                             nat_from_dict({"type": "symmetric"}))
     stun_routes = {str(r.dest): str(r.via) for r in topo.node("stun").routes}
     assert stun_routes == {"192.168.1.0/24": "203.0.113.50"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    return path
+
+
+RENAMED = (Path(__file__).resolve().parents[2] / "topologies" / "home-pair.yaml").read_text() \
+    .replace("alice", "laptop").replace("bob", "phone").replace("home-a", "gw1") \
+    .replace("home-b", "gw2")
+
+
+def test_any_topology_places_the_nats_on_the_routers_in_front_of_the_nodes(
+        tmp_path: Path) -> None:
+    a, b = nat_from_dict({"type": "symmetric"}), nat_from_dict({"type": "full-cone"})
+    topo, where = pair_topology(a, b, write(tmp_path, RENAMED), {"alice": "laptop",
+                                                                 "bob": "phone"})
+    assert dict(where.routers) == {"alice": "gw1", "bob": "gw2"}
+    assert topo.node("gw1").nat == a and topo.node("gw2").nat == b
+    assert where.wan(topo) == {"alice": "203.0.113.50", "bob": "203.0.113.60"}
+
+
+@pytest.mark.parametrize(("nodes", "message"), [
+    ({"alice": "ghost", "bob": "phone"}, "no node 'ghost'"),
+    ({"alice": "stun", "bob": "phone"}, "'stun' has no router as its default gateway"),
+    ({"alice": "phone", "bob": "phone"}, "must differ"),
+])
+def test_nodes_that_cannot_be_placed_are_refused(tmp_path: Path, nodes: dict[str, str],
+                                                 message: str) -> None:
+    spec = nat_from_dict({"type": "none"})
+    with pytest.raises(ValueError, match=message):
+        pair_topology(spec, spec, write(tmp_path, RENAMED), nodes)
+
+
+def test_a_topology_without_the_servers_is_refused(tmp_path: Path) -> None:
+    spec = nat_from_dict({"type": "none"})
+    double = Path(__file__).resolve().parents[2] / "topologies" / "double-nat.yaml"
+    with pytest.raises(ValueError, match="has no turn, signaling server"):
+        pair_topology(spec, spec, double, {"alice": "laptop", "bob": "neighbour"})
+
+
+def test_one_router_cannot_be_two_nats(tmp_path: Path) -> None:
+    shared = """
+nodes:
+  laptop: {kind: host}
+  phone: {kind: host}
+  gw1: {kind: router, nat: {type: full-cone}}
+  stun: {kind: server, service: stun, interfaces: {eth0: [203.0.113.3/24, 203.0.113.4/24]}}
+  turn: {kind: server, service: turn, interfaces: {eth0: 203.0.113.5/24}}
+  signal: {kind: server, service: signaling, interfaces: {eth0: 203.0.113.6/24}}
+networks:
+  home: {members: [gw1:lan, laptop:eth0, phone:eth0]}
+  internet: {scope: internet, members: [gw1:wan, stun:eth0, turn:eth0, signal:eth0]}
+"""
+    with pytest.raises(ValueError, match="both behind gw1"):
+        pair_topology(nat_from_dict({"type": "symmetric"}), nat_from_dict({"type": "none"}),
+                      write(tmp_path, shared), {"alice": "laptop", "bob": "phone"})
+
+
+def test_a_peer_that_wrote_no_result_is_failed_with_unknown_figures(tmp_path: Path) -> None:
+    log = tmp_path / "peer.log"
+    log.write_text("Traceback ...\nOSError: boom\n")
+    r = _read_result(tmp_path / "missing.json", log, 1, "alice", "bob")
+    assert (r.outcome, r.stage, r.packets) == ("failed", "signaling", None)
+    assert r.timings_ms.connect is None and "OSError: boom" in (r.reason or "")
+    assert "packets: unknown" in "\n".join(_peer_lines("alice", r, None))
