@@ -30,7 +30,7 @@ from testbed.errors import UsageError
 from testbed.interrupts import interrupts_as_keyboard
 from testbed.matrix.document import phase_summary
 from testbed.matrix.progress import Progress
-from testbed.matrix.run import MatrixRun, lab_jobs, layout_of
+from testbed.matrix.run import MatrixRun
 from testbed.matrix.spec import MatrixSpec
 from testbed.results import MatrixResult, matrix_to_json
 
@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     out: Path = args.out
     early_png = out / EARLY_PNG
-    n_labs = len(lab_jobs(spec, layout_of(spec), args.jobs))
-    progress = Progress(len(spec.slots()), n_labs)
+    progress = Progress()
 
     def draw_heatmap(early: MatrixResult) -> None:  # outcomes only: no coturn counters yet
         out.mkdir(parents=True, exist_ok=True)

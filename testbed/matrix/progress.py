@@ -10,7 +10,7 @@ from typing import Any
 class Progress:
     """A progress bar on a terminal, plain lines otherwise (both on stderr)."""
 
-    def __init__(self, total: int, n_labs: int, stream: Any = None,
+    def __init__(self, total: int = 0, n_labs: int = 0, stream: Any = None,
                  tty: bool | None = None) -> None:
         self.total, self.n_labs = total, n_labs
         self.done = 0
@@ -20,6 +20,11 @@ class Progress:
         self.t0 = time.monotonic()
         self._last = 0.0
         self._reported = -1
+
+    def start(self, total: int, n_labs: int) -> None:
+        """The run's size, once its slots are dealt to labs."""
+        self.total, self.n_labs = total, n_labs
+        self.t0 = time.monotonic()
 
     def event(self, text: str) -> None:
         if not self.tty:

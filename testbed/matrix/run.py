@@ -60,6 +60,8 @@ class MatrixRun:
         require_turnserver()
         layout = layout_of(self.spec)
         lab_list = lab_jobs(self.spec, layout, self.jobs)
+        if self.progress is not None:
+            self.progress.start(sum(len(j.slots) for j in lab_list), len(lab_list))
         t_start, t0 = time.time(), time.monotonic()
         workers = Workers(layout, self.spec.timing, self.jobs, self.progress, self.on_idle)
         if self.on_outcomes is not None:
