@@ -37,8 +37,8 @@ from one client cannot crowd out another client's offer.
 Limits against hostile clients (ServerLimits): connections at once, in all
 and per source address; time to register after connecting, silence allowed
 once registered; messages per second per connection (over the rate they
-are dropped with a non-fatal error, and the connection is closed if it goes
-on); replies a client does not read.
+are dropped before parsing, with one non-fatal error per spell); replies a
+client does not read.
 
 Run: python -m peers.signaling --listen 203.0.113.6 --port 7000 --secret-file F
 (prints "ready" once listening; --open instead of --secret-file: no
@@ -339,8 +339,7 @@ class ServerLimits:
     frame_timeout: float = 10.0  # a frame once begun must arrive within this
     max_write_buffer: int = 1 << 20  # a client not reading its replies is dropped
     rate: float = 20.0  # messages per second per registered connection ...
-    burst: int = 40  # ... and at once
-    max_over_rate: int = 200  # messages dropped for the rate before the connection goes
+    burst: int = 40  # ... and at once; beyond, messages are dropped unread
     hold_per_pair: int = 4  # held messages from one sender to one absent id
     hold_per_sender: int = 16  # held messages from one sender, all absent ids
     hold_ttl: float = 30.0
@@ -427,7 +426,7 @@ class _Client:
     bucket: TokenBucket
     id: str | None = None
     nonce: str = ""
-    over_rate: int = 0
+    dry: bool = False  # over the rate since its last accepted message
 
 
 @dataclass
@@ -608,16 +607,15 @@ class SignalingServer:
             if client.id is not None and not client.bucket.take(self._clock()):
                 self._over_rate(client)  # judged before parsing: junk stays cheap
                 continue
+            client.dry = False
             self._dispatch(client, validate_client(decode_payload(payload)))
 
     def _over_rate(self, client: _Client) -> None:
         self.stats.over_rate += 1
-        client.over_rate += 1
-        if client.over_rate > self.limits.max_over_rate:
-            raise ProtocolError("rate-limited", f"more than {self.limits.max_over_rate} "
-                                f"messages over {self.limits.rate:g}/s")
-        self._send(client, error_msg("rate-limited", f"over {self.limits.rate:g} messages/s: "
-                                     "message dropped", False))
+        if not client.dry:  # one reply per spell, not one per dropped message
+            client.dry = True
+            self._send(client, error_msg("rate-limited", f"over {self.limits.rate:g} "
+                                         "messages/s: dropping messages", False))
 
     def _dispatch(self, client: _Client, msg: Message) -> None:
         mtype = msg["type"]

@@ -684,20 +684,31 @@ def test_held_messages_expire() -> None:
         st_.stop()
 
 
-def test_messages_over_the_rate_are_dropped_then_the_connection() -> None:
-    clock = FakeClock()  # frozen: no tokens come back during the test
-    st_ = ServerThread(ServerLimits(rate=1.0, burst=5, max_over_rate=10, linger=0.2),
-                       clock=clock)
+def test_messages_over_the_rate_are_dropped_unread_with_one_error_per_spell() -> None:
+    clock = FakeClock()  # frozen: no tokens come back until it moves
+    st_ = ServerThread(ServerLimits(rate=1.0, burst=5, linger=0.2), clock=clock)
     try:
-        m = client(st_, "mallory")
-        for _ in range(5 + 10 + 1):
-            m.send({"type": "ping"})
-        replies = [m.recv() for _ in range(11)]
-        assert [(r["code"], r["fatal"]) for r in replies] == \
-            [("rate-limited", False)] * 10 + [("rate-limited", True)]
-        with pytest.raises(ConnectionError):
-            m.recv()
+        m, bob = client(st_, "mallory"), client(st_, "bob")
+        done = {"type": "done", "to": "bob", "outcome": "failed"}
+        for _ in range(5 + 100):
+            m.send(done)
+        err = m.recv()
+        assert (err["code"], err["fatal"]) == ("rate-limited", False)
+        got = [bob.recv() for _ in range(5)]
+        with pytest.raises(TimeoutError):
+            bob.recv(timeout=0.3)  # the other 100 were dropped
+        assert got == [{**done, "from": "mallory"}] * 5
+        clock.now += 1.0  # one token back
+        m.send(done)
+        assert bob.recv()["from"] == "mallory"
+        for _ in range(3):
+            m.send(done)  # over again: a new spell, a new (single) error
+        assert m.recv()["code"] == "rate-limited"
+        with pytest.raises(TimeoutError):
+            m.recv(timeout=0.3)
+        assert st_.call(lambda: st_.server.stats.over_rate) == 103
         m.close()
+        bob.close()
     finally:
         st_.stop()
 
