@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--token", required=True)
     f.add_argument("--duration", type=float, default=8.0, help="seconds to spread it over")
     f.add_argument("--concurrency", type=int, default=64)
-    f.add_argument("--hold", type=float, default=7.0, help="longest wait for an answer")
+    f.add_argument("--hold", type=float, default=12.0, help="longest wait for an answer")
     f.add_argument("--deadline", type=float, default=60.0)
     f.add_argument("--result", required=True)
     i = sub.add_parser("impostor")
