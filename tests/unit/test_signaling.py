@@ -735,3 +735,26 @@ def test_token_bucket() -> None:
     assert [b.take(0.0) for _ in range(4)] == [True, True, True, False]
     assert b.take(0.5) and not b.take(0.5)  # one token back after 0.5 s at 2/s
     assert [b.take(100.0) for _ in range(4)] == [True, True, True, False]  # capped at burst
+
+
+def test_a_bug_on_one_connection_gets_an_error_reply_not_silence(
+        server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = client(server, "alice"), client(server, "bob")
+    original = server.server._dispatch
+
+    def buggy(c: Any, msg: dict) -> None:
+        if msg["type"] == "done":
+            raise KeyError("a bug")
+        original(c, msg)
+
+    monkeypatch.setattr(server.server, "_dispatch", buggy)
+    try:
+        alice.send({"type": "done", "to": "bob", "outcome": "failed"})
+        err = alice.recv()
+        assert (err["code"], err["fatal"]) == ("internal", True)
+        bob.send({"type": "start", "to": "bob"})
+        assert bob.recv()["type"] == "start"  # the server itself goes on
+        assert server.call(lambda: server.server.stats.internal_errors) == 1
+    finally:
+        alice.close()
+        bob.close()
