@@ -22,6 +22,7 @@ OUTCOMES = ("direct", "relay", "failed")
 STAGE_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
 PACKET_COUNTS = ("sent", "received", "probes_sent", "probes_received", "relay_sent",
                  "relay_received")
+OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused")  # absent from older files
 GATHER_TIMINGS = ("stun", "turn")
 
 
@@ -57,6 +58,8 @@ class Packets:
     relay_sent: int = 0  # probes and acks through the TURN relay
     relay_received: int = 0
     rejected: int = 0  # probe-looking datagrams that failed authentication
+    replayed: int = 0  # authentic probes and acks that were not fresh
+    prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ def _pair(value: Mapping[str, Any] | None, where: str) -> tuple[Candidate, Candi
 
 def _packets(value: Mapping[str, Any], where: str) -> Packets:
     counts = {k: rec.get(value, k, where, (int,)) for k in PACKET_COUNTS}
-    return Packets(**counts, rejected=rec.opt(value, "rejected", where, (int,), 0))
+    extra = {k: rec.opt(value, k, where, (int,), 0) for k in OPTIONAL_COUNTS}
+    return Packets(**counts, **extra)
 
 
 def _text(value: Any, where: str) -> str:

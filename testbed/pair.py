@@ -32,6 +32,7 @@ import yaml
 from peers.driver import wait_budget
 from peers.result import PeerResult
 from peers.session import Timing
+from peers.signaling import peer_token
 from testbed import coturn, resources
 from testbed.lab import Lab
 from testbed.nat import NatSpec, nat_section
@@ -145,6 +146,7 @@ def peer_argv(svc: Mapping[str, Any], me: str, remote: str, result: Path,
     sig, stun, turn = svc["signaling"], svc["stun"], svc["turn"]
     return ["--id", me, "--remote", remote, "--result", str(result),
             "--signaling", f"{sig['address']}:{sig['port']}",
+            "--token", peer_token(bytes.fromhex(sig["secret"]), me),
             "--stun", f"{stun['address']}:{stun['port']}",
             "--turn", f"{turn['address']}:{turn['port']}",
             "--turn-user", turn["username"], "--turn-pass", turn["password"],

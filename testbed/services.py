@@ -11,7 +11,9 @@ itself: testbed.lab calls it, never the other way round.
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -93,12 +95,16 @@ def _start_stun(host: Host, node: Node) -> dict[str, Any]:
 def _start_signaling(host: Host, node: Node) -> dict[str, Any]:
     addr = str(node.interfaces[0].address.ip)
     log = host.workdir() / f"signaling-{node.name}.log"
+    secret = secrets.token_hex(32)  # peers get tokens derived from it (peers.signaling)
+    secret_file = host.workdir() / f"signaling-{node.name}.secret"
+    secret_file.write_text(secret)
+    os.chmod(secret_file, 0o600)
     with log.open("w") as out:
         proc = host.python(node.name, "peers.signaling", "--listen", addr,
-                           "--port", str(SIGNALING_PORT), stdout=out, stderr=out,
-                           start_new_session=True)
+                           "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
+                           stdout=out, stderr=out, start_new_session=True)
     _wait_for_line(host, proc, log, f"signaling server on {node.name}")
-    return {"address": addr, "port": SIGNALING_PORT, "log": str(log)}
+    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret}
 
 
 def _start_turn(host: Host, node: Node) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
+from peers.signaling import peer_token
 from testbed import coturn
 from testbed.lab import Lab
 from testbed.matrix.lab import Layout, MatrixLab
@@ -54,6 +55,7 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
                      stun=(svc["stun"]["address"], svc["stun"]["port"]),
                      turn=(svc["turn"]["address"], svc["turn"]["port"]),
                      turn_user=svc["turn"]["username"], turn_pass=svc["turn"]["password"],
+                     token=peer_token(bytes.fromhex(svc["signaling"]["secret"]), me),
                      timing=timing)
     return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
 
