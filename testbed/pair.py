@@ -32,11 +32,11 @@ import yaml
 from peers.driver import wait_budget
 from peers.result import PeerResult
 from peers.session import Timing
-from peers.signaling import peer_token
 from testbed import coturn, resources
 from testbed.lab import Lab
 from testbed.nat import NatSpec, nat_section
 from testbed.results import ROLES, PairResult, PairTimings, TraceSummary, combine
+from testbed.services import PeerServers
 from testbed.topology import Topology, load_topology, parse_topology
 from testbed.trace.capture import Capture
 from testbed.trace.folder import tell, write_folder
@@ -141,15 +141,16 @@ def timing_args(timing: Timing) -> list[str]:
     return out
 
 
-def peer_argv(svc: Mapping[str, Any], me: str, remote: str, result: Path,
+def _addr(a: tuple[str, int]) -> str:
+    return f"{a[0]}:{a[1]}"
+
+
+def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
               timing: Timing) -> list[str]:
-    sig, stun, turn = svc["signaling"], svc["stun"], svc["turn"]
     return ["--id", me, "--remote", remote, "--result", str(result),
-            "--signaling", f"{sig['address']}:{sig['port']}",
-            "--token", peer_token(bytes.fromhex(sig["secret"]), me),
-            "--stun", f"{stun['address']}:{stun['port']}",
-            "--turn", f"{turn['address']}:{turn['port']}",
-            "--turn-user", turn["username"], "--turn-pass", turn["password"],
+            "--signaling", _addr(servers.signaling), "--token", servers.token(me),
+            "--stun", _addr(servers.stun), "--turn", _addr(servers.turn),
+            "--turn-user", servers.turn_user, "--turn-pass", servers.turn_pass,
             *timing_args(timing)]
 
 
@@ -163,14 +164,15 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
               tag: str = "") -> PeersRun:
     """The peer program in both roles' nodes at once; their results by role."""
     d = lab.workdir()
+    servers = PeerServers.of(lab.services)
     procs = {}
     t0 = time.monotonic()
     for role in ROLES:
         me, remote = nodes[role], nodes[ROLES[1 - ROLES.index(role)]]
         result, log = d / f"peer-{me}{tag}.json", d / f"peer-{me}{tag}.log"
         with log.open("w") as out:
-            proc = lab.python(me, "peers.peer", *peer_argv(lab.services, me, remote, result,
-                                                           timing), stdout=out, stderr=out)
+            proc = lab.python(me, "peers.peer", *peer_argv(servers, me, remote, result, timing),
+                              stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
     deadline = time.monotonic() + wait_budget(timing)
     peers = {}

@@ -16,11 +16,14 @@ import random
 import secrets
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from peers.candidates import Address
+from peers.signaling import peer_token
 from testbed.coturn import TurnConfig, coturn_argv, make_credentials, wait_ready
 from testbed.errors import LabError
 from testbed.topology import Node
@@ -29,6 +32,30 @@ STUN_PORT, STUN_ALT_PORT = 3478, 3479
 TURN_PORT = 3478
 SIGNALING_PORT = 7000
 READY_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class PeerServers:
+    """What a peer of a lab needs to know about its servers, and its credentials."""
+
+    signaling: Address
+    stun: Address
+    turn: Address
+    turn_user: str
+    turn_pass: str
+    secret: bytes  # the signaling server's; a peer gets a token derived from it
+
+    @classmethod
+    def of(cls, services: Mapping[str, Any]) -> PeerServers:
+        """From a lab's `services` (what start_services returned)."""
+        sig, stun, turn = services["signaling"], services["stun"], services["turn"]
+        return cls((sig["address"], sig["port"]), (stun["address"], stun["port"]),
+                   (turn["address"], turn["port"]), turn["username"], turn["password"],
+                   bytes.fromhex(sig["secret"]))
+
+    def token(self, peer_id: str) -> str:
+        """The signaling credential of the peer `peer_id` (peers.signaling)."""
+        return peer_token(self.secret, peer_id)
 
 
 class Host(Protocol):

@@ -21,7 +21,6 @@ from typing import Any
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
-from peers.signaling import peer_token
 from testbed import coturn
 from testbed.lab import Lab
 from testbed.matrix.lab import Layout, MatrixLab
@@ -29,6 +28,7 @@ from testbed.matrix.spec import Slot
 from testbed.netns import entered
 from testbed.results import ROLES, PairResult, PairTimings, combine
 from testbed.ruleset import loader_name
+from testbed.services import PeerServers
 
 Send = Callable[[tuple[Any, ...]], None]
 
@@ -50,13 +50,10 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     udp.bind((ip, 0))
-    svc = lab.services
+    servers = PeerServers.of(lab.services)
     cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
-                     stun=(svc["stun"]["address"], svc["stun"]["port"]),
-                     turn=(svc["turn"]["address"], svc["turn"]["port"]),
-                     turn_user=svc["turn"]["username"], turn_pass=svc["turn"]["password"],
-                     token=peer_token(bytes.fromhex(svc["signaling"]["secret"]), me),
-                     timing=timing)
+                     stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
+                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
     return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
 
 
@@ -96,7 +93,7 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
                 outcome = slot_outcome([p.result for p in by_slot[k]])
                 send(("slot", job.index, job.slots[k].key, outcome))
 
-        sig = (lab.services["signaling"]["address"], lab.services["signaling"]["port"])
+        sig = PeerServers.of(lab.services).signaling
         times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished).run()
         send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
