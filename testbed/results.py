@@ -87,9 +87,10 @@ class PairResult:
         return pair_from_json(data)
 
 
-def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | None],
-            **where: Any) -> PairResult:
-    """The pairing's outcome from its two peers' reports and coturn's counters."""
+def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | None], *,
+            timings_ms: PairTimings | None = None, **where: Any) -> PairResult:
+    """The pairing's outcome from its two peers' reports and coturn's counters; `where`
+    fills the fields that say where and how it ran (a, b, lab, slot, repeat, ...)."""
     a, b = (peers[r] for r in ROLES)
     if a.outcome == b.outcome:
         outcome, stage, reason = a.outcome, a.stage, a.reason or b.reason
@@ -99,7 +100,7 @@ def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | No
     usage = [relay.get(r) for r in ROLES]
     relay_bytes = sum(u.peer.sb for u in usage if u) if all(usage) else None
     connects = [p.timings_ms.connect for p in (a, b)]
-    timings = where.pop("timings_ms", None) or PairTimings()
+    timings = timings_ms or PairTimings()
     if timings.connect is None and None not in connects:
         timings = PairTimings(max(c for c in connects if c is not None), timings.total)
     return PairResult(outcome, stage, reason, dict(peers), {r: relay.get(r) for r in ROLES},

@@ -65,11 +65,11 @@ def cell(text: str, name: str = "--only") -> tuple[NatSpec, NatSpec]:
     return nat(parts[0], name), nat(parts[1], name)
 
 
-def add_topology_flags(p: argparse.ArgumentParser, what: str) -> None:
+def add_topology_flags(p: argparse.ArgumentParser, what: str, default: str) -> None:
     p.add_argument("--topology", metavar="FILE",
                    help=f"{what} in this topology (a YAML file, or a bundled one: "
                         f"{', '.join(resources.bundled_topologies())}); it needs STUN, TURN "
-                        "and signaling servers. Default: home-pair")
+                        f"and signaling servers. Default: {default}")
     p.add_argument("--a-node", default="alice", metavar="NODE",
                    help="the node Alice's peer runs in; the router in front of it gets "
                         "Alice's NAT (default: alice)")

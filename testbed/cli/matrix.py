@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "as in --nats); repeat the flag for more cells; not with --nats")
     p.add_argument("--repeat", type=positive(1, 100), default=1, metavar="N",
                    help="run every pairing N times, each in fresh namespaces (default 1)")
-    add_topology_flags(p, "run every pairing in a lab of its own")
+    add_topology_flags(p, "run every pairing in a lab of its own",
+                       "the matrix lab, up to 120 pairings around one set of servers")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                    help="write results.json/.csv/.html/.png here (default results/)")
     p.add_argument("--strict", action="store_true",

@@ -20,7 +20,7 @@ Exit 0 when the peers connected (direct or relayed), 1 when they failed."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", required=True, metavar="NAT", help=f"Alice's NAT: {NAT_HELP}")
     p.add_argument("--b", required=True, metavar="NAT", help="Bob's NAT, as --a")
-    add_topology_flags(p, "run the pair")
+    add_topology_flags(p, "run the pair", "home-pair")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
     p.add_argument("--trace", metavar="DIR",
