@@ -141,6 +141,8 @@ def contract_env(c: dict[str, str]) -> dict[str, str]:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
             "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
             "NODE_NO_WARNINGS": "1", "NO_UPDATE_NOTIFIER": "1"}
+    if "DEBUG" in os.environ:  # the debug loggers of Node libraries (DEBUG=libp2p:dcutr*)
+        base["DEBUG"] = os.environ["DEBUG"]
     return {**base, **c}
 
 
@@ -202,7 +204,8 @@ def start_libp2p_relay(lab: Lab, place: Placement) -> str:
     log = services.lab_dir(lab) / "libp2p-relay.log"
     from testbed.adapters import NODE_DIR
 
-    node = Adapter("libp2p-relay", "node", ("{node}", str(NODE_DIR / "relay.mjs")), "")
+    node = Adapter("libp2p-relay", "node", ("{node}", "--import", str(NODE_DIR / "labshim.mjs"),
+                                            str(NODE_DIR / "relay.mjs")), "")
     with log.open("w") as f:
         proc = lab.popen(place.relay, node.command(), stdout=f, stderr=f, cwd=NODE_DIR,
                          env=contract_env({"NT_LISTEN": f"{addr}:{LIBP2P_RELAY_PORT}"}),
