@@ -43,6 +43,9 @@ class Adapter:
     python_dist: str | None = None  # PyPI distribution whose version is the adapter's
     node_package: str | None = None  # npm package likewise
     needs: tuple[str, ...] = ()  # lab services beyond STUN, TURN and the rendezvous
+    # The protocol it speaks on the wire and through the rendezvous: only two programs
+    # of one family can connect to each other (own probes, ICE, WebRTC, libp2p).
+    family: str | None = "own"  # None: unknown (a user's program)
 
     def command(self) -> list[str]:
         node = shutil.which("node") or "node"
@@ -60,6 +63,8 @@ class Adapter:
                 return str(json.loads(pkg.read_text())["version"])
             except (OSError, ValueError, KeyError):
                 return None
+        if self.language == "command":
+            return None
         from testbed import __version__
 
         return __version__
@@ -81,18 +86,18 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
             "the project's own peer (peers/session.py): STUN, simultaneous punching, TURN"),
     Adapter("aioice", "python", ("{python}", "-m", "peers.adapters.aioice_peer"),
             "aioice, the ICE agent under aiortc (RFC 8445), one UDP component",
-            python_dist="aioice"),
+            python_dist="aioice", family="ice"),
     Adapter("webrtc", "node", ("{node}", "{repo}/peers/adapters/node/webrtc.mjs"),
             "Chrome's libwebrtc through @roamhq/wrtc: ICE, DTLS, SCTP data channel",
-            node_package="@roamhq/wrtc"),
+            node_package="@roamhq/wrtc", family="webrtc"),
     Adapter("libp2p", "node", ("{node}", "--import", "{repo}/peers/adapters/node/labshim.mjs",
                                "{repo}/peers/adapters/node/libp2p.mjs"),
             "js-libp2p DCUtR over TCP, through a circuit relay v2 node on the lab's internet",
             stun=False, turn=False, relay="libp2p-circuit-relay-v2", transport="tcp",
-            node_package="libp2p", needs=(LIBP2P_RELAY,)),
+            node_package="libp2p", needs=(LIBP2P_RELAY,), family="libp2p"),
     Adapter("sample", "python", ("{python}", "{repo}/examples/sample_peer.py"),
             "examples/sample_peer.py: the contract in a page of Python (STUN + punching only)",
-            turn=False, relay=None),
+            turn=False, relay=None, family="sample"),
 )}
 
 
@@ -102,7 +107,7 @@ def command_adapter(path: str) -> Adapter:
     if not p.is_file() or not os.access(p, os.X_OK):
         raise AdapterError(f"--peer-command {path}: not an executable file")
     return Adapter(f"command:{p.name}", "command", (str(p),),
-                   f"a program of the user's ({p})", relay="turn")
+                   f"a program of the user's ({p})", relay="turn", family=None)
 
 
 def get(name: str, flag: str = "--peer") -> Adapter:
@@ -118,7 +123,8 @@ def available() -> list[dict[str, Any]]:
         why = a.missing()
         out.append({"name": a.name, "language": a.language, "available": why is None,
                     "version": a.version(), "missing": why, "stun": a.stun, "turn": a.turn,
-                    "relay": a.relay, "transport": a.transport, "description": a.description})
+                    "relay": a.relay, "transport": a.transport, "family": a.family,
+                    "description": a.description})
     return out
 
 

@@ -186,7 +186,8 @@ def _wait_line(proc: subprocess.Popen[Any], log: Path, word: str, what: str) -> 
     raise LabError(f"{what} did not start: {tail.strip()}")
 
 
-def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[str, int]:
+def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[subprocess.Popen[Any],
+                                                                      tuple[str, int]]:
     addr = lab.addr(place.rendezvous)
     log = services.lab_dir(lab) / f"rendezvous-{session[:8]}.log"
     with log.open("w") as f:
@@ -194,12 +195,16 @@ def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[str, int
                           str(RENDEZVOUS_PORT), "--session", session,
                           "--ids", f"{place.alice},{place.bob}", stdout=f, stderr=f,
                           start_new_session=True)
-    _wait_line(proc, log, "ready", f"lab {lab.name}: the rendezvous")
-    return addr, RENDEZVOUS_PORT
+    try:
+        _wait_line(proc, log, "ready", f"lab {lab.name}: the rendezvous")
+    except LabError:
+        _end(proc)
+        raise
+    return proc, (addr, RENDEZVOUS_PORT)
 
 
-def start_libp2p_relay(lab: Lab, place: Placement) -> str:
-    """A js-libp2p circuit relay v2 node; returns its multiaddr (with its peer id)."""
+def start_libp2p_relay(lab: Lab, place: Placement) -> tuple[subprocess.Popen[Any], str]:
+    """A js-libp2p circuit relay v2 node; its multiaddr (with its peer id)."""
     addr = lab.addr(place.relay)
     log = services.lab_dir(lab) / "libp2p-relay.log"
     from testbed.adapters import NODE_DIR
@@ -210,8 +215,23 @@ def start_libp2p_relay(lab: Lab, place: Placement) -> str:
         proc = lab.popen(place.relay, node.command(), stdout=f, stderr=f, cwd=NODE_DIR,
                          env=contract_env({"NT_LISTEN": f"{addr}:{LIBP2P_RELAY_PORT}"}),
                          start_new_session=True)
-    line = _wait_line(proc, log, "ready ", f"lab {lab.name}: the libp2p relay")
-    return line.split()[1]
+    try:
+        line = _wait_line(proc, log, "ready ", f"lab {lab.name}: the libp2p relay")
+    except LabError:
+        _end(proc)
+        raise
+    return proc, line.split()[1]
+
+
+def _end(proc: subprocess.Popen[Any]) -> None:
+    """Stop a helper of one cell (the lab stops whatever is left when it goes down)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------- one cell
@@ -223,59 +243,100 @@ def relay_addresses(lab: Lab, place: Placement) -> list[str]:
 
 def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
              place: Placement = Placement(), deadline_s: float = DEFAULT_DEADLINE_S,
-             send_bytes: int = DEFAULT_SEND_BYTES, tag: str = "") -> dict[str, Any]:
-    """Alice runs adapter_a, Bob adapter_b, on a lab that is up; the judged cell."""
+             send_bytes: int = DEFAULT_SEND_BYTES) -> dict[str, Any]:
+    """Alice runs adapter_a, Bob adapter_b, on a lab that is up; the judged cell.
+    Whatever the programs do, it returns within deadline_s + KILL_GRACE_S (plus the
+    helpers' start-up) and leaves no process of the cell running."""
     t0 = time.monotonic()
+    helpers: list[subprocess.Popen[Any]] = []
+    progs: list[Program] = []
+    try:
+        env = _cell_env(lab, place, adapter_a, adapter_b, deadline_s, send_bytes, helpers)
+        workdir = services.lab_dir(lab)
+        for who, remote, adapter, role in ((place.alice, place.bob, adapter_a, "controlling"),
+                                           (place.bob, place.alice, adapter_b, "controlled")):
+            penv = contract_env({**env, "NT_ROLE": role, "NT_ID": who, "NT_REMOTE": remote})
+            progs.append(start_program(lab, who, who, adapter, penv, workdir))
+        end = time.monotonic() + deadline_s
+        for p in progs:
+            try:
+                p.proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    except (LabError, OSError) as e:  # a helper or a program that could not start
+        for p in progs:
+            p.stop()
+        for h in helpers:
+            _end(h)
+        return _broken_cell(adapter_a, adapter_b, f"cell not run: {e}", deadline_s,
+                            send_bytes, t0)
+    for p in progs:
+        p.stop()
+    for h in helpers:
+        _end(h)
+    counters = {r: wire.read(lab, r) for r in (place.router_a, place.router_b)}
+    verdict = wire.judge(counters[place.router_a], counters[place.router_b], send_bytes)
+    return _judged_cell(adapter_a, adapter_b, progs, counters, verdict, deadline_s,
+                        send_bytes, t0)
+
+
+def _cell_env(lab: Lab, place: Placement, adapter_a: Adapter, adapter_b: Adapter,
+              deadline_s: float, send_bytes: int,
+              helpers: list[subprocess.Popen[Any]]) -> dict[str, str]:
+    """Start the cell's helpers (rendezvous, libp2p relay), install fresh wire counters;
+    the contract's environment common to both programs."""
     session = secrets.token_hex(16)
-    rv = start_rendezvous(lab, place, session)
+    proc, rv = start_rendezvous(lab, place, session)
+    helpers.append(proc)
     relay_ma = ""
     if LIBP2P_RELAY in adapter_a.needs + adapter_b.needs:
-        relay_ma = start_libp2p_relay(lab, place)
+        proc, relay_ma = start_libp2p_relay(lab, place)
+        helpers.append(proc)
     relays = relay_addresses(lab, place)
     for router, other, host in ((place.router_a, place.router_b, place.bob),
                                 (place.router_b, place.router_a, place.alice)):
         wire.install(lab, router, other, relays, peer_host=lab.addr(host))
     svc = lab.services
-    common = {"NT_RENDEZVOUS": f"{rv[0]}:{rv[1]}", "NT_SESSION": session,
-              "NT_DEADLINE_S": str(deadline_s), "NT_SEND_BYTES": str(send_bytes),
-              "NT_CHUNK": str(CHUNK), "NT_RELAY": relay_ma}
+    env = {"NT_RENDEZVOUS": f"{rv[0]}:{rv[1]}", "NT_SESSION": session,
+           "NT_DEADLINE_S": str(deadline_s), "NT_SEND_BYTES": str(send_bytes),
+           "NT_CHUNK": str(CHUNK), "NT_RELAY": relay_ma}
     if "stun" in svc:
-        common["NT_STUN"] = f"{svc['stun']['address']}:{svc['stun']['port']}"
+        env["NT_STUN"] = f"{svc['stun']['address']}:{svc['stun']['port']}"
     if "turn" in svc:
         t = svc["turn"]
-        common |= {"NT_TURN": f"{t['address']}:{t['port']}", "NT_TURN_USER": t["username"],
-                   "NT_TURN_PASS": t["password"], "NT_TURN_REALM": t["realm"]}
-    workdir = services.lab_dir(lab)
-    progs = []
-    for who, remote, adapter, role in ((place.alice, place.bob, adapter_a, "controlling"),
-                                       (place.bob, place.alice, adapter_b, "controlled")):
-        env = contract_env({**common, "NT_ROLE": role, "NT_ID": who, "NT_REMOTE": remote})
-        progs.append(start_program(lab, who, who, adapter, env, workdir))
-    end = time.monotonic() + deadline_s
-    for p in progs:
-        try:
-            p.proc.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for p in progs:
-        p.stop()
-    counters = {r: wire.read(lab, r) for r in (place.router_a, place.router_b)}
-    verdict = wire.judge(counters[place.router_a], counters[place.router_b], send_bytes)
-    claims, reports, flags = {}, {}, []
+        env |= {"NT_TURN": f"{t['address']}:{t['port']}", "NT_TURN_USER": t["username"],
+                "NT_TURN_PASS": t["password"], "NT_TURN_REALM": t["realm"]}
+    return env
+
+
+def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
+                 counters: dict[str, dict[str, int]], verdict: wire.Verdict,
+                 deadline_s: float, send_bytes: int, t0: float) -> dict[str, Any]:
+    claims, reports, flags, broken = {}, {}, [], []
     for p in progs:
         claims[p.who], reports[p.who] = program_report(p)
         flags += wire.disagreements(claims[p.who], verdict, p.who)
         if reports[p.who]["error"]:
-            flags.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
+            broken.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
+    if None not in (adapter_a.family, adapter_b.family) and adapter_a.family != adapter_b.family:
+        broken.append(f"no common protocol: {adapter_a.name} speaks {adapter_a.family}, "
+                      f"{adapter_b.name} speaks {adapter_b.family}")
     reason = verdict.reason
     if verdict.outcome == "failed":
-        broken = [f for f in flags if f.startswith(tuple(f"{p.who} (" for p in progs))]
         reason = "; ".join([*broken, reason or ""]).strip("; ") or None
     return {"peer_a": adapter_a.name, "peer_b": adapter_b.name, "outcome": verdict.outcome,
-            "reason": reason, "flags": flags,
+            "reason": reason, "flags": flags + broken,
             "wire": {**verdict.to_json(), "counters": counters},
             "claims": claims, "programs": reports, "deadline_s": deadline_s,
             "send_bytes": send_bytes, "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
+
+
+def _broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str, deadline_s: float,
+                 send_bytes: int, t0: float) -> dict[str, Any]:
+    return {"peer_a": adapter_a.name, "peer_b": adapter_b.name, "outcome": "failed",
+            "reason": why, "flags": [why], "wire": None, "claims": {}, "programs": {},
+            "deadline_s": deadline_s, "send_bytes": send_bytes,
+            "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
 
 
 def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
@@ -310,13 +371,13 @@ def _pair_text(claim: dict[str, Any] | None) -> str:
 
 
 def format_cell(cell: dict[str, Any]) -> str:
-    w = cell["wire"]
+    w = cell["wire"] or {"transport": None, "direct": {}, "relay": {}, "threshold": 0}
     lines = [f"pair: {cell['a']} (alice, {cell['peer_a']}) x {cell['b']} (bob, {cell['peer_b']})",
              f"outcome (from the wire): {cell['outcome']}"
              + (f" over {w['transport']}" if w.get("transport") else "")]
     if cell.get("reason"):
         lines.append(f"reason: {cell['reason']}")
-    for path in ("direct", "relay"):
+    for path in ("direct", "relay") if cell["wire"] else ():
         flows = ", ".join(f"{k} {v['udp']} B udp/{v['tcp']} B tcp" for k, v in w[path].items())
         lines.append(f"  {path}: {flows} (threshold {w['threshold']} B each way)")
     for who, rep in cell["programs"].items():
