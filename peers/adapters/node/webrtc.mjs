@@ -41,10 +41,20 @@ async function selectedPair() {
   return [side(pair.localCandidateId), side(pair.remoteCandidateId)];
 }
 
+let channel = null;
+
+async function drained() {
+  // dc.send only queues: closing with data queued would cut the remote's payload short
+  while (channel && channel.readyState === 'open' && channel.bufferedAmount > 0 && k.remainingMs(c) > 0) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 async function finish(why) {
   if (finished) return;
   finished = true;
   if (why) errors.push(why);
+  else await drained();
   let pair = null;
   try { pair = await selectedPair(); } catch (e) { errors.push(`getStats: ${e.message}`); }
   const ok = connectMs !== null && pair;
@@ -54,6 +64,7 @@ async function finish(why) {
 }
 
 function useChannel(dc) {
+  channel = dc;
   dc.binaryType = 'arraybuffer';
   dc.bufferedAmountLowThreshold = 64 * 1024;
   dc.onmessage = (ev) => {
