@@ -96,3 +96,24 @@ def test_contract_refuses_an_unknown_role() -> None:
 def test_payload_is_send_bytes_in_chunks() -> None:
     chunks = contract.payload(contract.Contract.from_env(env()))
     assert [len(x) for x in chunks] == [1000, 1000, 500]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--peer-a", "bogus"], "nat-testbed: --peer-a: unknown peer 'bogus' (one of: own"),
+    (["--peer-command", "/nonexistent"], "--peer-command /nonexistent: not an executable"),
+    (["--peer-a", "own", "--deadline", "0.5"], "--deadline 0.5: between 1 and 600 seconds"),
+])
+def test_pair_peer_flags_are_checked_before_anything_is_built(
+        flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.cli import main
+
+    assert main(["pair", "--a", "full-cone", "--b", "symmetric", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_peers_verb_lists_the_adapters_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.cli import main
+
+    assert main(["peers", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(adapters.ADAPTERS)
