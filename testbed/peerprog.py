@@ -313,9 +313,9 @@ def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
                  counters: dict[str, dict[str, int]], verdict: wire.Verdict,
                  deadline_s: float, send_bytes: int, t0: float) -> dict[str, Any]:
     claims, reports, flags, broken = {}, {}, [], []
-    for p in progs:
+    for p, sends in zip(progs, ("a->b", "b->a"), strict=False):
         claims[p.who], reports[p.who] = program_report(p)
-        flags += wire.disagreements(claims[p.who], verdict, p.who)
+        flags += wire.disagreements(claims[p.who], verdict, p.who, sends)
         if reports[p.who]["error"]:
             broken.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
     if None not in (adapter_a.family, adapter_b.family) and adapter_a.family != adapter_b.family:
@@ -375,6 +375,8 @@ def format_cell(cell: dict[str, Any]) -> str:
     lines = [f"pair: {cell['a']} (alice, {cell['peer_a']}) x {cell['b']} (bob, {cell['peer_b']})",
              f"outcome (from the wire): {cell['outcome']}"
              + (f" over {w['transport']}" if w.get("transport") else "")]
+    if w.get("paths") and len(set(w["paths"].values())) > 1:
+        lines.append("paths: " + ", ".join(f"{k} {v or 'none'}" for k, v in w["paths"].items()))
     if cell.get("reason"):
         lines.append(f"reason: {cell['reason']}")
     for path in ("direct", "relay") if cell["wire"] else ():

@@ -106,66 +106,86 @@ class Verdict:
     threshold: int
     direct: dict[str, Flow] = field(default_factory=dict)  # "a->b", "b->a"
     relay: dict[str, Flow] = field(default_factory=dict)
+    paths: dict[str, str | None] = field(default_factory=dict)  # direction -> its path
 
     @property
     def transport(self) -> str | None:
-        """udp or tcp: what carried the data on the chosen path."""
-        flows = self.direct if self.outcome == "direct" else self.relay
-        if self.outcome == "failed":
+        """udp or tcp: what carried the data from a to b."""
+        path = self.paths.get("a->b")
+        if self.outcome == "failed" or path is None:
             return None
-        ab = flows["a->b"]
+        ab = (self.direct if path == "direct" else self.relay)["a->b"]
         return "tcp" if ab.tcp > ab.udp else "udp"
 
     def to_json(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "reason": self.reason, "threshold": self.threshold,
-                "transport": self.transport,
+                "transport": self.transport, "paths": dict(self.paths),
                 "direct": {k: v.__dict__ for k, v in self.direct.items()},
                 "relay": {k: v.__dict__ for k, v in self.relay.items()}}
 
 
+def _path(direct: Flow, relay: Flow, thr: int) -> str | None:
+    """The path one direction's data took: the one that carried it (the larger if both)."""
+    ok = {p: f.total for p, f in (("direct", direct), ("relay", relay)) if f.total >= thr}
+    if not ok:
+        return None
+    return "direct" if ok.get("direct", -1) >= ok.get("relay", -1) else "relay"
+
+
 def judge(a: dict[str, int], b: dict[str, int], send_bytes: int) -> Verdict:
-    """Router A's and router B's counters -> the cell's outcome."""
+    """Router A's and router B's counters -> the cell's outcome: direct when the data
+    went direct both ways, relay when it crossed both ways and the relay carried at
+    least one of them, failed when a direction's data crossed neither path."""
     thr = max(1, send_bytes // 2)
     direct = {"a->b": _flow(a, b, "direct_out", "direct_in"),
               "b->a": _flow(b, a, "direct_out", "direct_in")}
     relay = {"a->b": _flow(a, b, "relay_out", "relay_in"),
              "b->a": _flow(b, a, "relay_out", "relay_in")}
-    d_ok = all(f.total >= thr for f in direct.values())
-    r_ok = all(f.total >= thr for f in relay.values())
-    d_sum = sum(f.total for f in direct.values())
-    r_sum = sum(f.total for f in relay.values())
-    if d_ok and (not r_ok or d_sum >= r_sum):
-        return Verdict("direct", None, thr, direct, relay)
-    if r_ok:
-        return Verdict("relay", None, thr, direct, relay)
-    return Verdict("failed", _why_failed(direct, relay, thr), thr, direct, relay)
+    paths = {d: _path(direct[d], relay[d], thr) for d in ("a->b", "b->a")}
+    if None in paths.values():
+        return Verdict("failed", _why_failed(direct, relay, paths, thr), thr, direct, relay,
+                       paths)
+    if set(paths.values()) == {"direct"}:
+        return Verdict("direct", None, thr, direct, relay, paths)
+    reason = None
+    if paths["a->b"] != paths["b->a"]:
+        reason = f"asymmetric: a->b {paths['a->b']}, b->a {paths['b->a']}"
+    return Verdict("relay", reason, thr, direct, relay, paths)
 
 
-def _why_failed(direct: dict[str, Flow], relay: dict[str, Flow], thr: int) -> str:
+def _why_failed(direct: dict[str, Flow], relay: dict[str, Flow],
+                paths: dict[str, str | None], thr: int) -> str:
     def show(flows: dict[str, Flow]) -> str:
         return ", ".join(f"{k} {v.total} B" for k, v in flows.items())
 
-    one_way = [k for k in ("a->b", "b->a")
-               if direct[k].total >= thr or relay[k].total >= thr]
-    head = (f"application data flowed {one_way[0]} only" if one_way
+    crossed = [k for k, p in paths.items() if p is not None]
+    head = (f"application data flowed {crossed[0]} only" if crossed
             else "no application data crossed the routers")
     return f"{head} (need {thr} B each way; direct: {show(direct)}; relay: {show(relay)})"
 
 
-def disagreements(claim: dict[str, Any] | None, verdict: Verdict, who: str) -> list[str]:
-    """Where a program's own word contradicts the wire: each a flag for the report."""
+def disagreements(claim: dict[str, Any] | None, verdict: Verdict, who: str,
+                  sends: str = "a->b") -> list[str]:
+    """Where a program's own word contradicts the wire: each a flag for the report.
+    `sends` is the direction of the program's own data, whose path its claim names."""
     if claim is None:
         return []
     said = claim.get("outcome")
-    if said not in OUTCOMES or said == verdict.outcome:
+    if said not in OUTCOMES:
         return []
-    if said == "direct" and verdict.outcome == "relay":
-        return [f"{who} claims direct, but its data went through the relay"]
-    if said in ("direct", "relay") and verdict.outcome == "failed":
+    if said == "failed":
+        if verdict.outcome == "failed":
+            return []
+        return [f"{who} claims failed, but application data crossed the routers "
+                f"({verdict.outcome})"]
+    if verdict.outcome == "failed":
         return [f"{who} claims {said}, but no application data crossed the routers both ways"]
-    if said == "relay" and verdict.outcome == "direct":
-        return [f"{who} claims relay, but its data went direct"]
-    return [f"{who} claims failed, but application data crossed the routers ({verdict.outcome})"]
+    went = verdict.paths.get(sends) or verdict.outcome
+    if said == went:
+        return []
+    if said == "direct":
+        return [f"{who} claims direct, but its data went through the relay"]
+    return [f"{who} claims relay, but its data went direct"]
 
 
 # ---------------------------------------------------------------- on a live lab

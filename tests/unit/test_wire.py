@@ -116,7 +116,22 @@ def test_threshold_is_half_the_payload() -> None:
 
 
 def verdict(outcome: str) -> wire.Verdict:
-    return wire.Verdict(outcome, None, 1)
+    path = None if outcome == "failed" else outcome
+    return wire.Verdict(outcome, None, 1, paths={"a->b": path, "b->a": path})
+
+
+def test_each_direction_on_its_own_path_is_relay_and_says_so() -> None:
+    # a->b through the relay, b->a direct: both arrived, the relay was needed.
+    a = counters(relay_out_udp=SEND, direct_in_udp=SEND)
+    b = counters(relay_in_udp=SEND, direct_out_udp=SEND)
+    v = wire.judge(a, b, SEND)
+    assert (v.outcome, v.reason) == ("relay", "asymmetric: a->b relay, b->a direct")
+    assert v.paths == {"a->b": "relay", "b->a": "direct"}
+    # each program is held to the path of its own data
+    assert wire.disagreements({"outcome": "relay"}, v, "alice", "a->b") == []
+    assert wire.disagreements({"outcome": "direct"}, v, "bob", "b->a") == []
+    assert wire.disagreements({"outcome": "direct"}, v, "alice", "a->b") == [
+        "alice claims direct, but its data went through the relay"]
 
 
 @pytest.mark.parametrize("said,wire_says,flag", [
