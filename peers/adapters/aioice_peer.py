@@ -20,9 +20,9 @@ from peers.adapters.contract import (
     Rendezvous,
     Traffic,
     cand,
-    emit,
     exchange,
     result,
+    run_main,
 )
 
 IMPL = "aioice"
@@ -81,11 +81,5 @@ async def run(c: Contract) -> dict[str, Any]:
     return result(c, IMPL, version("aioice"), outcome, pair, connect_ms, traffic, errors)
 
 
-def main() -> int:
-    res = asyncio.run(run(Contract.from_env()))
-    emit(res)
-    return 0 if res["outcome"] != "failed" else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(run))

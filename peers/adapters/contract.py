@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,13 @@ def result(c: Contract, impl: str, version: str, outcome: str,
             "selected_pair": None if pair is None else {"local": pair[0], "remote": pair[1]},
             "connect_ms": connect_ms, "sent_bytes": traffic.sent,
             "received_bytes": traffic.received, "errors": errors[-10:]}
+
+
+def run_main(run: Callable[[Contract], Coroutine[Any, Any, dict[str, Any]]]) -> int:
+    """A Python adapter's main: run it on the contract, print its result line."""
+    res = asyncio.run(run(Contract.from_env()))
+    emit(res)
+    return 0 if res["outcome"] != "failed" else 1
 
 
 def emit(res: dict[str, Any]) -> None:

@@ -20,7 +20,14 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from peers.adapters.contract import Contract, Rendezvous, Traffic, emit, exchange, result
+from peers.adapters.contract import (
+    Contract,
+    Rendezvous,
+    Traffic,
+    exchange,
+    result,
+    run_main,
+)
 from peers.candidates import Address
 from peers.peer import source_ip_towards, transmit
 from peers.session import PeerConfig, Phase, Session, Signal, Timing, Transmit
@@ -187,11 +194,5 @@ def _version() -> str:
         return "unknown"
 
 
-def main() -> int:
-    res = asyncio.run(run(Contract.from_env()))
-    emit(res)
-    return 0 if res["outcome"] != "failed" else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(run))
