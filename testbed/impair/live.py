@@ -121,14 +121,16 @@ def far_end(lab: Lab, node: str, iface: str) -> Endpoint:
 
 
 def apply(lab: Lab, node: str, iface: str, cond: Conditions, *,
-          mechanism: str = "auto") -> Impairment:
+          mechanism: str = "auto", always_forward: bool = False) -> Impairment:
     """Make the egress of `iface` on `node` (one direction of its link) behave as `cond`."""
-    return apply_many(lab, {(node, iface): cond}, mechanism=mechanism)[0]
+    return apply_many(lab, {(node, iface): cond}, mechanism=mechanism,
+                      always_forward=always_forward)[0]
 
 
 def apply_many(lab: Lab, items: Mapping[Endpoint, Conditions], *,
-               mechanism: str = "auto") -> list[Impairment]:
-    """Apply several directions at once; the ones needing a forwarder share one process."""
+               mechanism: str = "auto", always_forward: bool = False) -> list[Impairment]:
+    """Apply several directions at once; the ones needing a forwarder share one process.
+    `always_forward` runs the forwarder even for conditions the kernel does alone."""
     if not items:
         return []
     first = next(iter(items))[0]
@@ -136,7 +138,7 @@ def apply_many(lab: Lab, items: Mapping[Endpoint, Conditions], *,
     for (node, iface) in items:
         if f"{node}:{iface}" in _records(lab):
             clear(lab, node, iface)
-    planned = {ep: (cond, plan.parts(cond, mech), far_end(lab, *ep))
+    planned = {ep: (cond, plan.parts(cond, mech, always_forward), far_end(lab, *ep))
                for ep, cond in items.items()}
     fwd_eps = [ep for ep, (_, p, _) in planned.items() if p.scheduler and mech == "forwarder"]
     pid = _start_forwarder(lab, {ep: planned[ep][0] for ep in fwd_eps}) if fwd_eps else None

@@ -57,14 +57,16 @@ class Parts:
         return tuple(out)
 
 
-def parts(cond: Conditions, mechanism: str) -> Parts:
+def parts(cond: Conditions, mechanism: str, always_forward: bool = False) -> Parts:
+    """`always_forward`: run the forwarder even when nothing needs it (to measure its
+    own cost, or to change conditions later without moving traffic)."""
     if mechanism not in MECHANISMS:
         raise ValueError(f"unknown mechanism {mechanism!r}")
     if mechanism == "netem":
         scheduler = cond.needs_scheduler or bool(cond.loss)
         far_loss = False
     else:
-        scheduler = cond.needs_scheduler
+        scheduler = cond.needs_scheduler or always_forward
         far_loss = bool(cond.loss) and not scheduler
     oversize_drop = cond.mtu is not None and cond.oversize == "drop"
     return Parts(mechanism, scheduler, cond.rate is not None, far_loss or oversize_drop,

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import re
 import socket
 import statistics
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from testbed import netns, state
 from testbed.conditions import Conditions, GilbertElliott, parse_spec
-from testbed.impair import apply, clear, has_netem
+from testbed.impair import apply, clear, has_netem, probe
 from testbed.impair.stats import (
     binomial_interval,
     geometric_mean_interval,
@@ -47,7 +45,6 @@ links:
   - endpoints: [a:eth0, b:eth0]
 """
 B_ADDR = "192.168.1.11"
-SO_TIMESTAMPNS, SO_RCVBUFFORCE = 35, 33
 PROBE_GAP = 0.0005  # 2,000 probes a second: 1,000 round trips in about half a second
 
 
@@ -59,26 +56,8 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module", autouse=True)
 def kernel_timestamps(lab: Lab) -> Iterator[None]:
-    """Keep receive timestamping on for the whole module. The kernel turns it on for
-    everyone when the first socket asks, through deferred work: a datagram arriving
-    before that gets the time it is read instead (a whole run then looks bunched)."""
-    s = _udp_socket(lab, "a")
-    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    s.bind(("127.0.0.1", 0))
-    s.settimeout(1.0)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        s.sendto(b"t", s.getsockname())
-        sent = time.time()
-        time.sleep(0.005)  # what is checked: the stamp is from arrival, not from now
-        _, anc, _, _ = s.recvmsg(16, 64)
-        sec, nsec = struct.unpack("qq", anc[0][2][:16])
-        if sec + nsec / 1e9 < sent + 0.004:
-            break
-    else:
-        pytest.fail("receive timestamps never came on")
-    yield
-    s.close()
+    with probe.timestamps_on(lab.ns["a"].fd):
+        yield
 
 
 @pytest.fixture(params=["forwarder", "netem"])
@@ -94,71 +73,8 @@ def impaired(lab: Lab, mechanism: str) -> Iterator[tuple[Lab, str]]:
     clear(lab, "a", "eth0")
 
 
-@dataclass
-class Probes:
-    sent: int
-    replies: list[tuple[int, float]]  # (seq, RTT ms) in arrival order, first copies
-    duplicates: int
-
-    @property
-    def seqs(self) -> set[int]:
-        return {s for s, _ in self.replies}
-
-
-def _checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
-def round_trips(lab: Lab, count: int, gap: float = PROBE_GAP) -> Probes:
-    """ICMP echo requests a -> b, `gap` apart without waiting for replies (ping waits
-    while one is outstanding), answered by b's kernel. RTT = b's reply's kernel arrival
-    time at a minus the time just before the request was sent."""
-    with netns.entered(lab.ns["a"].fd):
-        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    ident = os.getpid() & 0xFFFF
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
-        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        s.settimeout(0.1)
-        for _ in range(20):  # a first round trip resolves ARP (and may itself be lost)
-            s.sendto(_echo(ident, 0xFFFF, 0.0), (B_ADDR, 0))
-            try:
-                s.recv(2048)
-                break
-            except TimeoutError:
-                continue
-        for seq in range(count):
-            s.sendto(_echo(ident, seq, time.time()), (B_ADDR, 0))
-            time.sleep(gap)
-        s.settimeout(0.3)
-        replies, seen, dups = [], set(), 0
-        while True:
-            try:
-                msg, anc, _, _ = s.recvmsg(2048, 64)
-            except TimeoutError:
-                break
-            icmp = msg[(msg[0] & 0x0F) * 4:]
-            kind, _, _, rid, seq = struct.unpack("!BBHHH", icmp[:8])
-            if kind != 0 or rid != ident or seq == 0xFFFF:
-                continue
-            sec, nsec = struct.unpack("qq", anc[0][2][:16])
-            rtt_ms = (sec + nsec / 1e9 - struct.unpack("!d", icmp[8:16])[0]) * 1000
-            if seq in seen:
-                dups += 1
-            else:
-                seen.add(seq)
-                replies.append((seq, rtt_ms))
-        return Probes(count, replies, dups)
-    finally:
-        s.close()
-
-
-def _echo(ident: int, seq: int, sent: float) -> bytes:
-    payload = struct.pack("!d", sent) + b"nat-testbed probe" + bytes(23)
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+def round_trips(lab: Lab, count: int) -> probe.Probes:
+    return probe.round_trips(lab.ns["a"].fd, B_ADDR, count, PROBE_GAP)
 
 
 def assert_count(name: str, observed: int, n: int, p: float) -> None:
@@ -290,8 +206,8 @@ def _udp_socket(lab: Lab, node: str) -> socket.socket:
 
 def _receiver(lab: Lab, port: int) -> socket.socket:
     rx = _udp_socket(lab, "b")
-    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)  # holds a whole run
-    rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    rx.setsockopt(socket.SOL_SOCKET, probe.SO_RCVBUFFORCE, 16 << 20)  # holds a whole run
+    rx.setsockopt(socket.SOL_SOCKET, probe.SO_TIMESTAMPNS, 1)
     rx.bind((B_ADDR, port))
     rx.settimeout(0.5)
     return rx
@@ -305,8 +221,7 @@ def _drain(rx: socket.socket) -> list[tuple[bytes, float]]:
             msg, anc, _, _ = rx.recvmsg(65536, 64)
         except TimeoutError:
             return got
-        sec, nsec = struct.unpack("qq", anc[0][2][:16])
-        got.append((msg, sec + nsec / 1e9))
+        got.append((msg, probe.kernel_time(anc)))
 
 
 def blast(lab: Lab, rate_bps: int, payload: int, seconds: float) -> list[tuple[float, int]]:
