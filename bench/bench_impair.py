@@ -33,15 +33,8 @@ from testbed.impair import apply, clear, has_netem, probe  # noqa: E402
 from testbed.lab import Lab  # noqa: E402
 from testbed.topology import parse_topology  # noqa: E402
 
-TOPOLOGY = """
-name: bench-impair
-nodes:
-  a: {kind: host}
-  b: {kind: host}
-links:
-  - endpoints: [a:eth0, b:eth0]
-"""
-DEST = "192.168.1.11"
+TOPOLOGY = probe.TWO_HOSTS
+DEST = probe.B_ADDR
 GAP = 0.0005
 BLAST = 20000
 

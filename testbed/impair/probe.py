@@ -19,6 +19,17 @@ from dataclasses import dataclass
 from testbed import netns
 
 SO_TIMESTAMPNS, SO_RCVBUFFORCE = 35, 33
+
+# The smallest lab to measure a link in: two hosts on one veth (a is 192.168.1.10).
+TWO_HOSTS = """
+name: two-hosts
+nodes:
+  a: {kind: host}
+  b: {kind: host}
+links:
+  - endpoints: [a:eth0, b:eth0]
+"""
+B_ADDR = "192.168.1.11"
 WARMUP = 0xFFFF  # the sequence number of the round trip that resolves ARP first
 
 

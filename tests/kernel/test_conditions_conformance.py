@@ -36,15 +36,8 @@ from testbed.topology import parse_topology
 
 pytestmark = pytest.mark.kernel
 
-TOPOLOGY = """
-name: conformance
-nodes:
-  a: {kind: host}
-  b: {kind: host}
-links:
-  - endpoints: [a:eth0, b:eth0]
-"""
-B_ADDR = "192.168.1.11"
+TOPOLOGY = probe.TWO_HOSTS
+B_ADDR = probe.B_ADDR
 PROBE_GAP = 0.0005  # 2,000 probes a second: 1,000 round trips in about half a second
 
 
