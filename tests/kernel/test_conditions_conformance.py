@@ -17,8 +17,11 @@ import re
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +38,7 @@ from testbed.lab import Lab
 from testbed.topology import parse_topology
 
 pytestmark = pytest.mark.kernel
+REPO = Path(__file__).resolve().parents[2]
 
 TOPOLOGY = probe.TWO_HOSTS
 B_ADDR = probe.B_ADDR
@@ -368,3 +372,31 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_clean_stops_the_forwarder_of_a_killed_run() -> None:
+    """kill -9 of the process that applied the conditions: `clean LAB` finds the
+    forwarder (recorded in the state file, and inside a lab namespace) and stops it."""
+    script = (
+        "import sys\n"
+        "from testbed.lab import Lab\n"
+        "from testbed.topology import parse_topology\n"
+        "from testbed.conditions import parse_spec\n"
+        "from testbed.impair import apply, probe\n"
+        "lab = Lab(parse_topology(probe.TWO_HOSTS), start_services=False).up()\n"
+        "imp = apply(lab, 'a', 'eth0', parse_spec('delay=5ms'), mechanism='forwarder')\n"
+        "print(lab.name, imp.forwarder_pid, flush=True)\n"
+        "sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    name, pid = proc.stdout.readline().split()
+    try:
+        assert _alive(int(pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    done, busy = state.clean([name])
+    assert [t.lab for t in done] == [name] and not busy
+    assert not _alive(int(pid))
+    assert not [n for n in netns.listed() if n.startswith(f"{name}-")]
