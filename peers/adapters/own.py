@@ -102,8 +102,10 @@ class Driver(asyncio.DatagramProtocol):
 
     async def signal(self, msg: dict[str, Any]) -> None:
         t = msg["type"]
-        if t == "register":
+        if t == "register":  # the rendezvous admitted us already (HELLO with the session)
             self.s.handle_signal({"type": "registered", "id": self.c.id}, self.now())
+        elif t == "ping":  # keepalive for the signaling server; the rendezvous needs none
+            pass
         elif t == "start":  # the server would send it to both at once
             await self.rv.send({"type": "start", "from": self.c.id, "to": self.c.remote})
             self.s.handle_signal({"type": "start", "from": self.c.id, "to": self.c.remote},
@@ -154,7 +156,7 @@ async def run(c: Contract) -> dict[str, Any]:
     cfg = PeerConfig(id=c.id, remote=c.remote,
                      host=(host[0], host[1]), stun=c.stun, turn=c.turn,
                      turn_user=c.turn_user, turn_pass=c.turn_pass,
-                     timing=Timing(done_timeout=max(2.0, c.deadline_s / 2)))
+                     timing=Timing(done_timeout=max(2.0, c.deadline_s / 2)), trace=True)
     session = AppSession(cfg)
     session.controlling = c.controlling  # the contract's role, not the ids' order
     rv = await Rendezvous.join(c)
@@ -162,6 +164,9 @@ async def run(c: Contract) -> dict[str, Any]:
     transport, driver = await loop.create_datagram_endpoint(
         lambda: Driver(session, c, rv, sock), sock=sock)
     session.start(driver.now())
+    # The signaling server opens with a challenge that the register message answers;
+    # the rendezvous checked who we are already (HELLO with this cell's session id).
+    session.handle_signal({"type": "challenge", "nonce": os.urandom(16).hex()}, driver.now())
     driver.flush()
     tasks = [asyncio.create_task(x) for x in (driver.read_rendezvous(), driver.timers(),
                                               driver.app(traffic))]
@@ -172,6 +177,8 @@ async def run(c: Contract) -> dict[str, Any]:
     for t in tasks:
         t.cancel()
     r = session.result()
+    for t, event in r.pop("trace", [])[-40:]:  # the end of the Session's story, for the log
+        print(f"{t:10.3f} ms {c.id}: {event}", file=sys.stderr)
     traffic.received = session.app_received
     transport.close()
     rv.close()
