@@ -12,9 +12,11 @@ peers/adapters/node/node_modules (`npm ci` there, which the same step runs).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,6 +26,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "peers" / "adapters" / "node"
 LIBP2P_RELAY = "libp2p-relay"  # a lab service: a circuit relay v2 node on the internet
+MIN_NODE = 20  # @roamhq/wrtc 0.10 and js-libp2p 3 (with labshim.mjs's polyfill)
+
+
+@functools.cache
+def node_major() -> int | None:
+    """The major version of the node on PATH, or None if there is none."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        out = subprocess.run([node, "-p", "process.versions.node"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        return int(out.split(".")[0])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 class AdapterError(ValueError):
@@ -71,8 +88,12 @@ class Adapter:
 
     def missing(self) -> str | None:
         """Why it cannot run here, or None."""
-        if self.language == "node" and shutil.which("node") is None:
-            return "node is not installed (scripts/install.sh --adapters)"
+        if self.language == "node":
+            major = node_major()
+            if major is None:
+                return "node is not installed (scripts/install.sh --adapters)"
+            if major < MIN_NODE:
+                return f"node {major} is older than {MIN_NODE}"
         if (self.python_dist or self.node_package) and self.version() is None:
             what = self.python_dist or self.node_package
             return f"{what} is not installed (scripts/install.sh --adapters)"
