@@ -1,6 +1,6 @@
 """Benchmark: time to a confirmed direct connection, and to a working relay.
 
-    sudo .venv/bin/python bench/bench_pair.py [--runs 30] [--relay-runs 10] [--json]
+    .venv/bin/python bench/bench_pair.py [--runs 30] [--relay-runs 10] [--json]
 
 Builds one home-pair lab per NAT pairing on the real kernel (STUN, coturn,
 signaling) and runs the two peer programs repeatedly in it. Each run starts

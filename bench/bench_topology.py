@@ -1,6 +1,6 @@
 """Topology engine benchmark: bring up and down generated labs of 100 and 1,000 namespaces.
 
-    sudo .venv/bin/python bench/bench_topology.py [--sizes 100 1000] [--no-baseline]
+    .venv/bin/python bench/bench_topology.py [--sizes 100 1000] [--no-baseline]
 
 Prints milliseconds per namespace for nat-testbed's in-process netlink engine and,
 in the same run, for the same topology built with one `ip` subprocess per step

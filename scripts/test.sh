@@ -6,7 +6,7 @@
 # Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh --dev || exit 1
+scripts/install.sh --dev --adapters || exit 1
 
 status=0
 .venv/bin/ruff check testbed peers tests bench scripts examples || status=1

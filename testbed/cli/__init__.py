@@ -30,6 +30,7 @@ from testbed.cli import (
     matrix,
     model,
     pair,
+    peers,
     report,
     status,
     up,
@@ -38,8 +39,8 @@ from testbed.cli import (
 from testbed.errors import EXIT_INTERRUPTED, TestbedError
 from testbed.version import VERSION
 
-VERBS: tuple[ModuleType, ...] = (matrix, pair, classify, lesson, up, validate, status, exec_,
-                                 down, clean, report, model)
+VERBS: tuple[ModuleType, ...] = (matrix, pair, peers, classify, lesson, up, validate, status,
+                                 exec_, down, clean, report, model)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
