@@ -23,6 +23,7 @@ from testbed.topospec import (
     IFNAME_RE,
     KINDS,
     LINK_KEYS,
+    MAX_BRIDGE_PORTS,
     MAX_IFNAME,
     MAX_NODE_NAME,
     NAME_RE,
@@ -419,6 +420,10 @@ def _parse_networks(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> lis
             at = (spec, "members") if "members" in spec else (nets, name)  # missing: the network
             raise ctx.fail(*at, f"{fld}.members",
                            "must list the endpoints on this network, e.g. [alice:eth0]")
+        if len(members) > MAX_BRIDGE_PORTS:
+            raise ctx.fail(spec, "members", f"{fld}.members",
+                           f"{len(members):,} members; a network is a Linux bridge, which "
+                           f"takes at most {MAX_BRIDGE_PORTS:,} ports: split it with a router")
         eps = [_parse_endpoint(ctx, members, j, f"{fld}.members[{j}]", v, nodes)
                for j, v in enumerate(members)]
         out.append(_RawSegment(name, True, _parse_scope(ctx, spec, f"{fld}.scope"),

@@ -27,6 +27,7 @@ SERVICES = ("stun", "turn", "signaling")
 MAX_NODE_NAME = 20  # namespace names are "<lab>-<node>"; keep them readable
 MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
 RESERVED_IFNAMES = ("lo", "all", "default")  # the kernel refuses a veth by these names
+MAX_BRIDGE_PORTS = 1023  # a network is a bridge: the 1,024th port fails with EXFULL
 
 # Regular expressions written once, in the subset Python and ECMA-262 (JSON Schema's
 # dialect) read alike: anchored here with \Z, in the schema with $.
@@ -102,7 +103,8 @@ LINK_FIELDS = (
           "lan (default), cgn or internet."),
 )
 NETWORK_FIELDS = (
-    Field("members", {"type": "array", "items": _ref("endpoint"), "minItems": 1},
+    Field("members", {"type": "array", "items": _ref("endpoint"), "minItems": 1,
+                      "maxItems": MAX_BRIDGE_PORTS},
           "The endpoints on this network (node:interface), joined by a bridge."),
     Field("subnet", _ref("subnet"), "The network's subnet (default: from the address plan)."),
     Field("scope", _enum(SCOPES, "what part of the world the segment is"),
