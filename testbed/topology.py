@@ -222,7 +222,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     nodes = _parse_nodes(ctx, _want_map(ctx, data, "nodes", "nodes"), defaults)
     segments = _parse_links(ctx, data, nodes) + _parse_networks(ctx, data, nodes)
     _check_text(ctx, data, "description", "description")
-    name = data.get("name") or _name_from_source(source)
+    name = data["name"] if data.get("name") is not None else _name_from_source(source)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.fail(data, "name", "name", "must be lowercase letters, digits and '-'")
     return _resolve(ctx, name, str(data.get("description") or ""), nodes, segments)
