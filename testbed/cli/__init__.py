@@ -3,8 +3,7 @@
 Each verb module has NAME, HELP (one line), DESCRIPTION, `add_arguments(parser)` and
 `run(args) -> exit code`: it reads its flags, makes one call into the engine and
 prints the outcome. VERBS lists them explicitly, in the order `--help` shows them;
-a new verb is a new module added there (the topology schema's `schema` verb goes
-between validate and status).
+a new verb is a new module added there.
 
 Exit codes, the same for every verb: 0 done, 1 the run failed (or disagreed when
 asked to be strict), 2 bad input (a flag or a file), 3 missing privileges, 130
@@ -32,6 +31,7 @@ from testbed.cli import (
     pair,
     peers,
     report,
+    schema,
     status,
     up,
     validate,
@@ -39,8 +39,8 @@ from testbed.cli import (
 from testbed.errors import EXIT_INTERRUPTED, TestbedError
 from testbed.version import VERSION
 
-VERBS: tuple[ModuleType, ...] = (matrix, pair, peers, classify, lesson, up, validate, status,
-                                 exec_, down, clean, report, model)
+VERBS: tuple[ModuleType, ...] = (matrix, pair, peers, classify, lesson, up, validate, schema,
+                                 status, exec_, down, clean, report, model)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 

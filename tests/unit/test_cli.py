@@ -199,3 +199,17 @@ def test_report_names_the_bad_field(tmp_path: Path, capsys: pytest.CaptureFixtur
     src.write_text(json.dumps({"metadata": {}, "nats": ["x"], "cells": [{"a": "x"}]}))
     assert cli.main(["report", str(src)]) == 2
     assert "cells[0].b: missing" in capsys.readouterr().err
+
+
+def test_schema_prints_the_topology_schema_that_the_bundled_files_meet() -> None:
+    import jsonschema
+    import yaml
+
+    r = run("schema")
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert "$schema" in schema
+    for path in sorted((REPO / "topologies").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"nodes": {"a": {"kind": "hots"}}}, schema)
