@@ -16,7 +16,8 @@ fi
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
 # independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
 pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
-(( dev )) && pkgs+=(vagrant)
+# strace (tests only): its fault injection kills a command at an exact system call.
+(( dev )) && pkgs+=(vagrant strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,3 +31,9 @@ class PrivilegeError(TestbedError):
 
 class LabError(TestbedError):
     """A lab that does not exist, is busy, or failed to build."""
+
+
+class LabNameError(TestbedError):
+    """A lab name that cannot be a file and namespace name, or is unsafe to paste."""
+
+    exit_code = 2
