@@ -388,11 +388,26 @@ def owned_lab(box: Sandbox, name: str) -> subprocess.Popen[str]:
     return proc
 
 
-def kill_at(syscall: str, when: int = 1, path: str | None = None) -> list[str]:
+def kill_at(syscall: str, when: int = 1, path: str | None = None,
+            trace: Path | None = None) -> list[str]:
     """strace's fault injection: SIGKILL on entry to the `when`-th call of `syscall`
-    (only calls touching `path`, if given); the call itself never runs."""
-    return ["strace", "-o", "/dev/null", *(["-P", path] if path else []),
+    (only calls touching `path`, if given); the call itself never runs. The trace
+    (those calls only) shows where it happened."""
+    return ["strace", "-o", str(trace or "/dev/null"),
+            *(["-P", path] if path else ["-e", f"trace={syscall}"]),
             "-e", f"inject={syscall}:signal=SIGKILL:when={when}"]
+
+
+STAT_CALLS = ("newfstatat", "fstat", "statx", "stat", "lstat")
+
+
+def assert_killed_at(trace: Path, syscall: str, when: int) -> None:
+    """The process died of SIGKILL on entry to the `when`-th call, never returning."""
+    names = STAT_CALLS if syscall == "%%stat" else (syscall,)
+    lines = trace.read_text().splitlines()
+    assert lines[-1] == "+++ killed by SIGKILL +++", lines[-3:]
+    assert lines[-2].startswith(tuple(f"{n}(" for n in names)) and lines[-2].endswith("= ?")
+    assert sum(1 for ln in lines if ln.startswith(tuple(f"{n}(" for n in names))) == when
 
 
 def test_bare_clean_keeps_detached_and_owned_labs_removes_what_was_left_behind(
@@ -468,12 +483,13 @@ UP_KILLS = {
 
 
 @pytest.mark.parametrize("point", list(UP_KILLS))
-def test_sigkill_during_up_then_bare_clean_removes_everything(sandbox: Sandbox,
-                                                              point: str) -> None:
+def test_sigkill_during_up_then_bare_clean_removes_everything(sandbox: Sandbox, point: str,
+                                                              tmp_path: Path) -> None:
     topology, syscall, when, path, said = UP_KILLS[point]
     up = sandbox.cli("up", str(TOPOLOGIES / f"{topology}.yaml"), "--name", LAB,
-                     wrap=kill_at(syscall, when, path), check=False)
+                     wrap=kill_at(syscall, when, path, tmp_path / "trace"), check=False)
     assert up.returncode == -signal.SIGKILL, up.stdout + up.stderr
+    assert_killed_at(tmp_path / "trace", syscall, when)
     assert sandbox.files(), "killed before it left anything: not the point meant"
     status = json.loads(sandbox.cli("status", "--json").stdout)
     assert [(s["lab"], s["status"]) for s in status] == [(LAB, "left-behind")]
@@ -499,14 +515,16 @@ DOWN_KILLS = {
 
 
 @pytest.mark.parametrize("point", list(DOWN_KILLS))
-def test_sigkill_during_down_then_clean_removes_everything(sandbox: Sandbox,
-                                                           point: str) -> None:
+def test_sigkill_during_down_then_clean_removes_everything(sandbox: Sandbox, point: str,
+                                                           tmp_path: Path) -> None:
     syscall, when, path, said = DOWN_KILLS[point]
     sandbox.cli("up", str(TOPOLOGIES / "home-pair.yaml"), "--name", LAB)
     gone = sandbox.processes(LAB)
     assert len(gone) == 3
-    down = sandbox.cli("down", LAB, wrap=kill_at(syscall, when, path), check=False)
+    down = sandbox.cli("down", LAB, wrap=kill_at(syscall, when, path, tmp_path / "trace"),
+                       check=False)
     assert down.returncode == -signal.SIGKILL, down.stdout + down.stderr
+    assert_killed_at(tmp_path / "trace", syscall, when)
     assert sandbox.cli("clean").stdout.splitlines() == said
     if sandbox.files():  # kept as detached: removed by name
         assert sandbox.cli("status", LAB).stdout.startswith(f"lab {LAB}: detached")
