@@ -13,7 +13,7 @@ from typing import Any
 from testbed import __version__, netns, state
 from testbed.errors import LabError, TestbedError
 from testbed.lab import Lab, require_root
-from testbed.topology import describe, load_topology
+from testbed.topology import describe, json_schema, load_topology
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -39,6 +39,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.topology}: valid topology '{topo.name}' "
           f"({len(topo.nodes)} nodes, {len(topo.segments)} links and networks)")
     print(describe(topo))
+    return 0
+
+
+@command("schema")
+def cmd_schema(args: argparse.Namespace) -> int:
+    _print_json(json_schema())
     return 0
 
 
@@ -212,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("validate", help="check a topology file without touching the kernel")
     s.add_argument("topology")
+    sub.add_parser("schema", help="print the JSON Schema of topology files (for editors)")
     s = sub.add_parser("status", help="running labs: nodes, interfaces, addresses, routes")
     s.add_argument("labs", nargs="*")
     s.add_argument("--json", action="store_true")

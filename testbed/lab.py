@@ -22,14 +22,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import netns, nlbatch, state
+from testbed import hostlimits, netns, nlbatch, state
 from testbed.errors import LabError, LabNameError, PrivilegeError
 from testbed.nat import RouterContext, render_ruleset, sysctls
 from testbed.netns import Netns
 from testbed.topology import Node, Segment, Topology
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-READY_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 5.0  # links up: this, plus READY_PER_VETH_S for each veth of the lab
+READY_PER_VETH_S = 0.005
 NFT_TABLE = "nattestbed"
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
@@ -194,8 +195,13 @@ class Lab:
     # ------------------------------------------------------------ building
 
     def _build(self) -> None:
-        for key in [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]:
-            self.ns[key] = netns.create(self.netns(key), self.name)
+        keys = [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
+        hostlimits.check_lab(self.name, len(keys))
+        for key in keys:
+            try:
+                self.ns[key] = netns.create(self.netns(key), self.name)
+            except OSError as exc:  # a limit of the machine: name it in one line
+                raise hostlimits.explain(self.name, exc, self.netns(key)) from None
         self._assign_ifindexes()
         for node in self.topo.nodes:
             self._sysctls(node)
@@ -273,16 +279,21 @@ class Lab:
             batch.route(r.dest, r.via)
 
     def _wait_ready(self) -> None:
-        """Wait until every veth is operationally up (the kernel activates its queue then)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        """Wait until every veth is operationally up (the kernel activates its queue then).
+        The kernel brings carriers up one by one, so the deadline grows with the veths."""
+        veths = sum(len(s.members) if s.bridged else 1 for s in self.topo.segments)
+        timeout = READY_TIMEOUT_S + READY_PER_VETH_S * veths
+        deadline = time.monotonic() + timeout
         pending = list(self.ns)
         while pending:
             pending = [k for k in pending if not nlbatch.veths_up(self.ns[k].sock)]
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"lab {self.name}: links not up after {READY_TIMEOUT_S}s in "
-                               + ", ".join(self.netns(k) for k in pending))
+                names = ", ".join(self.netns(k) for k in pending[:3])
+                more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
+                raise LabError(f"lab {self.name}: links not up after {timeout:.1f}s "
+                               f"({veths} veths) in {len(pending)} namespaces: {names}{more}")
             time.sleep(0.001)
 
     # ------------------------------------------------------------ NAT
