@@ -384,6 +384,10 @@ class CleanResult:
     kept: list[str] = field(default_factory=list)  # detached labs left alone
     tidied: list[tuple[str, str]] = field(default_factory=list)  # (lab, file) of kept labs
 
+    def __iter__(self) -> Iterator[Any]:
+        """`done, busy = clean(...)`: what clean returned before it kept detached labs."""
+        return iter((self.removed, [lab for lab, _ in self.busy]))
+
     def lines(self) -> list[str]:
         out = [t.text() for t in self.removed]
         out += [f"removed leftover {f} of detached lab {lab}" for lab, f in self.tidied]

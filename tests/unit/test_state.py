@@ -307,3 +307,9 @@ def test_clean_marks_a_lab_removing_before_taking_it_apart(
         state.read_state(lab)) or state.Teardown(lab))
     state.clean(["lab"])
     assert seen[0]["status"] == "removing" and seen[0]["owner"]["pid"] == os.getpid()
+
+
+def test_clean_result_unpacks_as_before() -> None:
+    write("old", status="running", owner=dead_owner())
+    done, busy = state.clean(["old"])
+    assert [t.lab for t in done] == ["old"] and busy == []
