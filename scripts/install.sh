@@ -26,7 +26,8 @@ fi
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
 # independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
 pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
-(( dev )) && pkgs+=(vagrant)
+# strace (tests only): its fault injection kills a command at an exact system call.
+(( dev )) && pkgs+=(vagrant strace)
 # Node.js for the WebRTC and libp2p adapters: the machine's own if it has one (>= 20).
 (( adapters )) && ! command -v node >/dev/null && pkgs+=(nodejs npm)
 missing=()

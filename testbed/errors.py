@@ -74,3 +74,9 @@ class CommandError(LabError, subprocess.CalledProcessError):
 
     def __str__(self) -> str:  # CalledProcessError's own text would win otherwise
         return str(self.args[0])
+
+
+class LabNameError(TestbedError):
+    """A lab name that cannot be a file and namespace name, or is unsafe to paste."""
+
+    exit_code = 2

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from testbed import hostlimits, netns, nlbatch, services, state
-from testbed.errors import CommandError, LabError, PrivilegeError
+from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
 from testbed.netns import Netns
 from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
 from testbed.topology import Node, Segment, Topology
@@ -46,8 +46,24 @@ def new_lab_name() -> str:
     """A short unique prefix: 'nt' + 4 random characters (namespace and state names)."""
     while True:
         name = "nt" + "".join(secrets.choice(LAB_NAME_ALPHABET) for _ in range(4))
-        if state.read_state(name) is None and not (netns.NETNS_DIR / f"{name}-x").exists():
+        if not name_taken(name):
             return name
+
+
+def name_taken(lab: str) -> list[str]:
+    """What stands in the way of a new lab LAB: its state file, or namespaces named
+    "LAB-..." (a lab whose state is gone, or anyone else's)."""
+    taken = [str(state.state_path(lab))] if state.state_path(lab).exists() else []
+    return taken + [n for n in netns.listed() if n.startswith(f"{lab}-")]
+
+
+def check_names(lab: str, keys: Sequence[str]) -> None:
+    """The lab's name, and each namespace name "LAB-KEY" as a file name under /run/netns."""
+    state.check_name(lab)
+    for key in keys:
+        if len(f"{lab}-{key}") > netns.NAME_MAX:
+            raise LabNameError(f"lab {lab}: namespace name {lab}-{key[:20]}... is longer than "
+                               f"{netns.NAME_MAX} characters (a file name under {netns.NETNS_DIR})")
 
 
 def require_root() -> None:
@@ -63,6 +79,7 @@ class Lab:
                  start_services: bool = True) -> None:
         self.topo = topo
         self.name = name or new_lab_name()
+        check_names(self.name, self._keys())
         self.start_services = start_services
         self.ns: dict[str, Netns] = {}  # node or bridged segment -> live namespace
         self.procs: list[subprocess.Popen[Any]] = []
@@ -71,6 +88,11 @@ class Lab:
         self._lock = state.LabLock(self.name)
         self._state: dict[str, Any] = {}
         self._state_lock = threading.Lock()  # popen from several threads rewrites the state
+        self._claimed = False  # the state file is ours: down() removes the lab
+
+    def _keys(self) -> list[str]:
+        """Every namespace's key: a node's name, or a bridged segment's."""
+        return [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
 
     # ------------------------------------------------------------ naming
 
@@ -100,11 +122,16 @@ class Lab:
         netns.raise_fd_limit()
         netns.ensure_netns_dir()
         if not self._lock.acquire():
-            raise LabError(f"lab {self.name} is in use by another process")
+            raise LabError(f"lab {self.name} is in use by another process "
+                           "(nat-testbed status shows it)")
         try:
             self._claim_names()
+        except BaseException:  # refused: the existing lab stays exactly as it was
+            self._lock.release()
+            raise
+        try:
             self._build()
-            self._state["status"] = "up"
+            self._state["status"] = "running"
             state.write_state(self.name, self._state)
         except BaseException:
             self.down()
@@ -112,28 +139,38 @@ class Lab:
         return self
 
     def _claim_names(self) -> None:
-        keys = [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
-        names = [self.netns(k) for k in keys]
-        clash = [n for n in names if (netns.NETNS_DIR / n).exists()]
-        if state.read_state(self.name) is not None or clash:
-            self._lock.release()
-            raise LabError(f"lab {self.name} already exists (see nat-testbed status)")
+        taken = name_taken(self.name)
+        if taken:
+            raise LabError(f"lab {self.name} already exists ({', '.join(taken[:3])}"
+                           f"{', ...' if len(taken) > 3 else ''}; see nat-testbed status)")
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "pid": os.getpid(), "status": "building", "namespaces": names,
+            "pid": os.getpid(), "owner": state.me(), "status": "building",
+            "namespaces": [self.netns(k) for k in self._keys()],
             "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
+        self._claimed = True
 
     def detach(self) -> None:
-        """Leave the lab running for other processes (`nat-testbed up`)."""
+        """Leave the lab running for other processes (`nat-testbed up`, --keep): recorded
+        as "detached" in one atomic write, so bare `clean` keeps it; a kill before that
+        write leaves it "running" with its owner gone, which `clean` removes."""
         self._close_sockets()
+        if self._claimed and self._lock.held:
+            self._state.update(status="detached", owner=None)
+            state.write_state(self.name, self._state)
         self._lock.release()
 
     def down(self) -> state.Teardown:
+        if not self._claimed:  # nothing of ours exists (a refused up): touch nothing
+            self._lock.release()
+            return state.Teardown(self.name)
+        if not self._lock.held and not self._lock.acquire():  # detached, then taken over
+            raise LabError(f"lab {self.name} is in use by another process")
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -147,6 +184,7 @@ class Lab:
                 p.kill()
                 p.wait()
         self.procs.clear()
+        self._claimed = False
         self._lock.release()
         return result
 
@@ -288,7 +326,7 @@ class Lab:
 
     def workdir(self) -> Path:
         """The lab's folder under the state directory: server logs, peer results."""
-        d = state.STATE_DIR / self.name
+        d = state.lab_dir(self.name)
         d.mkdir(parents=True, exist_ok=True)
         return d
 

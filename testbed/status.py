@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from testbed import netns, state
+from testbed.errors import LabError
 
 
 def lab_names() -> list[str]:
@@ -16,13 +17,19 @@ def lab_names() -> list[str]:
     return sorted(set(state.known_labs()) | set(state.labs_from_markers()))
 
 
+def require_labs(labs: list[str]) -> None:
+    """Each named lab exists (its state, or a namespace marked as its)."""
+    for lab in labs:
+        if not state.exists(lab):
+            raise LabError(f"no lab named {lab!r} (nat-testbed status lists the labs)")
+
+
 def lab_summary(lab: str) -> dict[str, Any]:
-    st = state.read_state(lab) or {"lab": lab, "status": "orphaned (state file missing)",
-                                   "nodes": {}}
-    nodes = st.get("nodes") or {n.split("-", 1)[1]: n
-                                for n in state.labs_from_markers().get(lab, [])}
-    live = {node: live_node(ns) for node, ns in nodes.items()}
-    return {"lab": lab, "status": st.get("status"), "topology": st.get("topology"),
+    st = state.read_state(lab) or {"lab": lab, "nodes": {}}
+    nodes = st.get("nodes") or {n.split("-", 1)[1]: n for n in state.marked_namespaces(lab)}
+    # read from a thread of its own: a teardown never takes this process for the lab's
+    live = netns.in_thread(lambda: {node: live_node(ns) for node, ns in nodes.items()})
+    return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": st.get("services", {}), "nodes": live}
 
 
@@ -59,8 +66,8 @@ def service_line(info: dict[str, Any]) -> str:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"lab {s['lab']}: {s['status']} (topology {s.get('topology')}, "
-             f"created {s.get('created')})"]
+    lines = [f"lab {s['lab']}: {state.standing(s['lab']).text()}",
+             f"  topology {s.get('topology')}, created {s.get('created')}"]
     for node, info in s["nodes"].items():
         if info.get("missing"):
             lines.append(f"  {node}: namespace {info['netns']} is gone")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli.common import print_json
-from testbed.status import format_summary, lab_names, lab_summary
+from testbed.status import format_summary, lab_names, lab_summary, require_labs
 
 NAME = "status"
-HELP = "running labs: nodes, interfaces, addresses, routes, servers"
-DESCRIPTION = """Every lab (or the named ones): its state, and each node's interfaces,
-addresses and routes as the kernel has them now."""
+HELP = "labs: who owns each (a running command, or detached by `up`), nodes, addresses"
+DESCRIPTION = """Every lab (or the named ones): whether a running command owns it, it was
+left running on purpose (`up`, --keep: detached) or left behind by a run that died,
+and each node's interfaces, addresses and routes as the kernel has them now. A name
+that is no lab is an error."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_labs(args.labs)
     summaries = [lab_summary(lab) for lab in (args.labs or lab_names())]
     if args.json:
         print_json(summaries)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import resources
+from testbed import resources, state
 from testbed.cli.common import print_json
 from testbed.interrupts import interrupts_as_keyboard
 from testbed.lab import Lab, require_root
@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        state.check_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
     require_root()
     lab = Lab(topo, name=args.name)
