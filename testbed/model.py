@@ -151,7 +151,8 @@ class Prediction:
 
 @dataclass
 class _Entry:
-    """A row of one of the template's maps (@mapping, @owner, @permit) and its age."""
+    """A row of one of the template's maps (@udp_mapping, @udp_owner, @udp_permit; the
+    tcp_ ones alike) and its age."""
 
     value: object
     last: float
@@ -253,7 +254,7 @@ class _Router:
     def outbound(self, inside: Endpoint, dst: Endpoint, now: float) -> _Sent:
         """Translate an inside packet to `dst`: its flow's translation, else a new flow
         from the key's mapping (allocating one if needed). Every outbound packet
-        refreshes the maps, as the template's track_original / track_reply do."""
+        refreshes the maps, as the template's *_track_original / *_track_reply do."""
         self._expire(now)
         flow = self._flow_to(inside, dst)
         if flow is None:

@@ -1,22 +1,26 @@
 """A router's nftables ruleset: rendered from a NatSpec (pure), loaded into a namespace.
 
 render_ruleset turns a NatSpec into one nft table (templates in nft-templates/), with
-stock nftables only:
+stock nftables only. UDP and TCP get the same behaviour from the same template: it
+renders its maps and chains once per protocol (`udp_mapping`, `tcp_mapping`, ...),
+so each protocol has its own external ports. (One set of maps keyed by the protocol
+too would be shorter, but nft 1.0.6 cannot store a five-part APDM key with a value:
+"netlink_gen_expr: Assertion `dreg < ctx->reg_low' failed".)
 
-- UDP mappings live in a dynamic map key -> external port (key: inside endpoint,
-  plus the remote address for ADM, plus the remote port for APDM) and ports in a
-  map external port -> owner. Linux's own masquerade is not used for UDP: it keeps
-  a source port only while the reply tuple is free, so two LAN hosts using the
-  same port get endpoint-dependent mappings and can share one external port.
-- Both maps are filled after srcnat (priority srcnat + 10), where `udp sport` is
+- Mappings live in a dynamic map key -> external port (key: inside endpoint, plus
+  the remote address for ADM, plus the remote port for APDM) and
+  ports in a map external port -> owner. Linux's own masquerade is not
+  used: it keeps a source port only while the reply tuple is free, so two LAN hosts
+  using the same port get endpoint-dependent mappings and can share one external port.
+- Both maps are filled after srcnat (priority srcnat + 10), where the source port is
   already translated and conntrack still has the inside endpoint; every outbound
   packet refreshes them (REQ-6); entries expire after mapping-timeout.
 - Filtering: conntrack alone is APDF; EIF and ADF add a prerouting dnat from the
   owner map (keyed by port, or by port and remote address).
 - Port allocation: reuse the key's mapping, else preserve the port if no mapping
   owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
-  next one (sequential). A new mapping on an owned port is dropped before
-  conntrack confirms it, so the retransmission picks again.
+  next one (sequential, a counter per protocol). A new mapping on an owned port is
+  dropped before conntrack confirms it, so the retransmission picks again.
 
 load_ruleset is the one way a script gets into a namespace: libnftables in-process
 when the library is there (about half the CPU of an `nft -f` process, and threads
@@ -45,6 +49,8 @@ NFT_TABLE = "nattestbed"  # the one table of a router's NAT rules
 
 # Ports the router picks itself (not preserved) come from the IANA dynamic range.
 ALLOC_FIRST, ALLOC_LAST = 49152, 65535
+PROTOS = ("udp", "tcp")  # what the NAT behaviours apply to; ICMP gets the kernel's snat
+RFC = {"udp": "4787", "tcp": "5382"}
 _NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
@@ -82,7 +88,7 @@ class RouterContext:
 
 
 def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
-    """nft expressions (key, inside endpoint) of a UDP mapping, seen from conntrack."""
+    """nft expressions (key, inside endpoint) of a mapping, seen from conntrack."""
     inside = f"ct {direction} ip saddr . ct {direction} proto-src"
     key = inside
     if mapping is not EI:
@@ -129,9 +135,11 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
                     APD: "inside endpoint and remote endpoint"}[spec.mapping],
         "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
-        "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],
-        "seq_vmap": [f"{i * 256}-{i * 256 + 255} : goto alloc_{b:02x}"
-                     for i, b in enumerate(blocks)],
+        "protos": PROTOS, "rfc": RFC,
+        "seq_chains": {p: [(f"alloc_{p}_{b:02x}", f"0x{b:02x}") for b in blocks]
+                       for p in PROTOS},
+        "seq_vmap": {p: [f"{i * 256}-{i * 256 + 255} : goto alloc_{p}_{b:02x}"
+                         for i, b in enumerate(blocks)] for p in PROTOS},
     }
     return _env().get_template("router.nft.j2").render(variables)
 

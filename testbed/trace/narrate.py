@@ -15,6 +15,7 @@ decided, and the rule that translated.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,10 +66,10 @@ class Crossing:
 
 
 def nat_rule_hint(rule: str) -> str:
-    """Why a rule of the testbed's udp_mapping chain chose the port it did."""
-    if "map @mapping" in rule:
+    """Why a rule of the testbed's udp_new / tcp_new chains chose the port it did."""
+    if re.search(r"map @(udp_|tcp_)?mapping", rule):
         return "reuses the outside port this inside endpoint already has"
-    if "!= @owner" in rule:
+    if re.search(r"!= @(udp_|tcp_)?owner", rule):
         return "keeps the inside port: nobody owns it outside yet"
     if "random" in rule:
         return "picks a free outside port at random"

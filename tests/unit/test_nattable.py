@@ -70,22 +70,24 @@ def nft(*maps: dict[str, object]) -> str:
 
 def test_nft_maps_with_concatenated_keys_values_and_timeouts() -> None:
     text = nft(
-        {"name": "mapping", "table": "nattestbed", "map": "inet_service",
+        {"name": "udp_mapping", "table": "nattestbed", "map": "inet_service",
          "elem": [[{"elem": {"val": {"concat": ["192.168.1.5", 5000]}, "expires": 119}}, 5000]]},
-        {"name": "owner", "table": "nattestbed", "map": "ipv4_addr . inet_service",
+        {"name": "udp_owner", "table": "nattestbed", "map": "ipv4_addr . inet_service",
          "elem": [[{"elem": {"val": 5000, "expires": 118}}, {"concat": ["192.168.1.5", 5000]}]]},
-        {"name": "permit", "table": "nattestbed",
+        {"name": "tcp_permit", "table": "nattestbed",
          "elem": [[{"concat": [5000, "203.0.113.10"]}, {"concat": ["192.168.1.5", 5000]}]]},
         {"name": "other", "table": "nattestbed", "elem": [[1, 2]]})
     maps = parse_nft_maps(text)
     assert [(m.map, m.key, m.value, m.expires) for m in maps] == [
-        ("mapping", ("192.168.1.5", 5000), (5000,), 119),
-        ("owner", (5000,), ("192.168.1.5", 5000), 118),
-        ("permit", (5000, "203.0.113.10"), ("192.168.1.5", 5000), None)]
+        ("udp_mapping", ("192.168.1.5", 5000), (5000,), 119),
+        ("udp_owner", (5000,), ("192.168.1.5", 5000), 118),
+        ("tcp_permit", (5000, "203.0.113.10"), ("192.168.1.5", 5000), None)]
     table = NatTable("router", (), maps)
     assert table.public_port("192.168.1.5:5000") == 5000
+    assert table.public_port("192.168.1.5:5000", "tcp") is None  # its own protocol's map
     assert table.public_port("192.168.1.6:5000") is None
     assert table.owner(5000) == "192.168.1.5:5000"
+    assert table.owner(5000, "tcp") is None
     assert maps[0].text() == "192.168.1.5 . 5000 : 5000"
 
 

@@ -80,11 +80,12 @@ def test_classic_alias_renders_as_its_combination(name: str) -> None:
     assert render_ruleset(alias, CTX) == render_ruleset(explicit, CTX)
 
 
-def test_key_grows_with_the_mapping_dependency() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_key_grows_with_the_mapping_dependency(proto: str) -> None:
     keys = {}
     for m in (EI, AD, APD):
         text = render_ruleset(NatSpec(mapping=m), CTX)
-        found = re.search(r"map mapping \{\n\t\ttype (.*) : inet_service", text)
+        found = re.search(rf"map {proto}_mapping \{{\n\t\ttype (.*) : inet_service", text)
         assert found
         keys[m] = found.group(1)
     assert keys == {EI: "ipv4_addr . inet_service",
@@ -92,18 +93,22 @@ def test_key_grows_with_the_mapping_dependency() -> None:
                     APD: "ipv4_addr . inet_service . ipv4_addr . inet_service"}
 
 
-def test_sequential_chains_cover_the_allocation_range_once() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_sequential_chains_cover_the_allocation_range_once(proto: str) -> None:
+    """Each protocol counts through its own ports: a chain per high byte of each."""
     text = render_ruleset(NatSpec(port_allocation=PortAllocation.SEQUENTIAL), CTX)
-    highs = [int(h, 16) for h in re.findall(r"numgen inc mod 256 << 8 \| (0x[0-9a-f]{2})", text)]
+    highs = [int(h, 16) for h in re.findall(
+        rf"meta l4proto {proto} snat ip to \S+ : numgen inc mod 256 << 8 \| (0x[0-9a-f]{{2}})",
+        text)]
     assert highs == list(range(49152 >> 8, 256))
-    ranges = re.findall(r"(\d+)-(\d+) : goto alloc_([0-9a-f]{2})", text)
+    ranges = re.findall(rf"(\d+)-(\d+) : goto alloc_{proto}_([0-9a-f]{{2}})", text)
     assert [(int(a), int(b)) for a, b, _ in ranges] == [(i, i + 255) for i in range(0, 16384, 256)]
     assert [int(c, 16) for _, _, c in ranges] == highs
 
 
 def test_mapping_timeout_reaches_every_map() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, mapping_timeout=30), CTX)
-    assert text.count("timeout 30s") == 3  # mapping, owner, permit
+    assert text.count("timeout 30s") == 6  # mapping, owner, permit; UDP and TCP
 
 
 # ------------------------------------------------------------------ sysctls, context

@@ -69,7 +69,7 @@ def test_translating_rule_comes_from_the_trace() -> None:
     trace = parse_trace(trace_lines("bb02", "lan", LAPTOP, 5000, SERVER, 3478, 7, b"hello",
                                     OUT_STEPS))
     [c] = crossings("router", {"lan": lan, "wan": wan}, trace)
-    assert c.nat_rule == "udp_mapping: udp sport != @owner snat to 203.0.113.50:udp sport"
+    assert c.nat_rule == "udp_new: udp sport != @udp_owner snat to 203.0.113.50:udp sport"
     assert c.rule == 'forward: iifname "lan" accept'
     assert nat_rule_hint(c.nat_rule).startswith("keeps the inside port")
 
