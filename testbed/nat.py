@@ -2,11 +2,13 @@
 
 A router's `nat:` section becomes one NatSpec (nat_from_dict). Mapping and
 filtering are kept separate, as in RFC 4787; the classic RFC 3489 names are
-aliases of four of the nine combinations. A spec has a label that names it
-completely and parses back (nat_from_label): the classic or combination name,
-then a suffix per setting that differs from the default, e.g.
-'port-restricted-cone:random:no-hairpin:30s'. testbed.ruleset turns a spec into
-nftables rules.
+aliases of four of the nine combinations. They apply to UDP and TCP alike (RFC 5382
+asks the same of a NAT's TCP behaviour); TCP adds its own timeouts (established and
+transitory, RFC 5382 REQ-5) and what the NAT does with an unsolicited inbound SYN.
+A spec has a label that names it completely and parses back (nat_from_label): the
+classic or combination name, then a suffix per setting that differs from the
+default, e.g. 'port-restricted-cone:random:no-hairpin:30s:syn-rst'. testbed.ruleset
+turns a spec into nftables rules.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ class PortAllocation(str, Enum):
     RANDOM = "random"
 
 
+class SynReply(str, Enum):
+    """What a router does with an inbound SYN its filtering refuses. RFC 5382 REQ-4 asks
+    for silence for at least 6 s (a simultaneous open may be under way) and REQ-4a for
+    silence when answering would go against the NAT's security policy; routers in the
+    field also answer with a RST at once, which aborts the far side's connect()."""
+
+    DROP = "drop"
+    RST = "rst"
+
+
 EI = Behaviour.ENDPOINT_INDEPENDENT
 AD = Behaviour.ADDRESS_DEPENDENT
 APD = Behaviour.ADDRESS_AND_PORT_DEPENDENT
@@ -55,8 +67,11 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
 }
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
+DEFAULT_TCP_ESTABLISHED_TIMEOUT = 7440  # RFC 5382 REQ-5: not under 2 hours 4 minutes
+DEFAULT_TCP_TRANSITORY_TIMEOUT = 240  # RFC 5382 REQ-5: not under 4 minutes
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
+SYN_VARIANT = "syn-"  # 'syn-rst', 'syn-drop': the unsolicited-SYN treatment in a label
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,10 @@ class NatSpec:
     filtering: Behaviour = APD
     port_allocation: PortAllocation = PortAllocation.PRESERVE
     hairpinning: bool = True
-    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
+    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT  # UDP (RFC 4787)
+    unsolicited_syn: SynReply = SynReply.DROP
+    tcp_established_timeout: int = DEFAULT_TCP_ESTABLISHED_TIMEOUT  # RFC 5382
+    tcp_transitory_timeout: int = DEFAULT_TCP_TRANSITORY_TIMEOUT  # opening or closing
 
     @classmethod
     def from_label(cls, label: str) -> NatSpec:
@@ -109,6 +127,12 @@ class NatSpec:
             parts.append(NO_HAIRPIN)
         if self.mapping_timeout != DEFAULT_MAPPING_TIMEOUT:
             parts.append(f"{self.mapping_timeout}s")
+        if self.unsolicited_syn is not SynReply.DROP:
+            parts.append(SYN_VARIANT + self.unsolicited_syn.value)
+        if self.tcp_established_timeout != DEFAULT_TCP_ESTABLISHED_TIMEOUT:
+            parts.append(f"tcp-established-timeout={self.tcp_established_timeout}")
+        if self.tcp_transitory_timeout != DEFAULT_TCP_TRANSITORY_TIMEOUT:
+            parts.append(f"tcp-transitory-timeout={self.tcp_transitory_timeout}")
         return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
 
@@ -120,8 +144,13 @@ def all_combinations() -> list[NatSpec]:
 # --------------------------------------------------------------------------- parsing
 
 TYPES = (*CLASSIC, Kind.NONE.value, Kind.FIREWALL.value)
-KEYS = ("type", "mapping", "filtering", "port-allocation", "hairpinning", "mapping-timeout")
+KEYS = ("type", "mapping", "filtering", "port-allocation", "hairpinning", "mapping-timeout",
+        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout")
 MAX_MAPPING_TIMEOUT = 86400  # one day; conntrack timeouts are kept in jiffies in an int
+MAX_TCP_TIMEOUT = 432000  # five days: the kernel's own established timeout
+TRANSLATING_ONLY = ("port-allocation", "hairpinning")  # meaningless without translation
+STATEFUL = ("mapping-timeout", "unsolicited-syn", "tcp-established-timeout",
+            "tcp-transitory-timeout")  # need state: a firewall has them, none does not
 
 
 class NatConfigError(ValueError):
@@ -155,14 +184,13 @@ def _check_keys(data: Mapping[str, Any]) -> None:
         raise NatConfigError(str(key), f"unknown key; {hint}allowed keys: {_choices(KEYS)}")
 
 
-def _timeout(data: Mapping[str, Any]) -> int:
-    value = data.get("mapping-timeout", DEFAULT_MAPPING_TIMEOUT)
+def _timeout(data: Mapping[str, Any], key: str = "mapping-timeout",
+             default: int = DEFAULT_MAPPING_TIMEOUT, most: int = MAX_MAPPING_TIMEOUT) -> int:
+    value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NatConfigError("mapping-timeout",
-                             f"must be a whole number of seconds, got {value!r}")
-    if not 1 <= value <= MAX_MAPPING_TIMEOUT:
-        raise NatConfigError("mapping-timeout", f"must be between 1 and {MAX_MAPPING_TIMEOUT} "
-                             f"seconds, got {value}")
+        raise NatConfigError(key, f"must be a whole number of seconds, got {value!r}")
+    if not 1 <= value <= most:
+        raise NatConfigError(key, f"must be between 1 and {most} seconds, got {value}")
     return value
 
 
@@ -195,9 +223,8 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
                              f"got {type(data).__name__}")
     _check_keys(data)
     kind, mapping, filtering = _kind_and_behaviours(data)
-    translating_only = ("port-allocation", "hairpinning")
-    for key in (*translating_only, "mapping-timeout"):
-        if key in data and kind is not Kind.NAT and (kind is Kind.NONE or key in translating_only):
+    for key in (*TRANSLATING_ONLY, *STATEFUL):
+        if key in data and kind is not Kind.NAT and (kind is Kind.NONE or key in TRANSLATING_ONLY):
             raise NatConfigError(key, f"does not apply to type {kind.value!r}, which translates "
                                  "no addresses" + ("" if kind is Kind.FIREWALL else
                                                    " and keeps no state"))
@@ -206,9 +233,21 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
     hairpinning = data.get("hairpinning", True)
     if not isinstance(hairpinning, bool):
         raise NatConfigError("hairpinning", f"must be true or false, got {hairpinning!r}")
+    syn = (_enum(data, "unsolicited-syn", SynReply, "unsolicited-SYN treatment")
+           if "unsolicited-syn" in data else SynReply.DROP)
+    established = _timeout(data, "tcp-established-timeout", DEFAULT_TCP_ESTABLISHED_TIMEOUT,
+                           MAX_TCP_TIMEOUT)
+    transitory = _timeout(data, "tcp-transitory-timeout", DEFAULT_TCP_TRANSITORY_TIMEOUT,
+                          MAX_TCP_TIMEOUT)
+    if transitory > established:
+        key = "tcp-established-timeout" if "tcp-established-timeout" in data \
+            else "tcp-transitory-timeout"
+        raise NatConfigError(key, f"an established connection ({established} s) cannot "
+                             f"time out before a half-open or closing one ({transitory} s)")
     return NatSpec(kind=kind, mapping=mapping, filtering=filtering,
                    port_allocation=allocation, hairpinning=hairpinning,
-                   mapping_timeout=_timeout(data))
+                   mapping_timeout=_timeout(data), unsolicited_syn=syn,
+                   tcp_established_timeout=established, tcp_transitory_timeout=transitory)
 
 
 
@@ -217,21 +256,27 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
     """A NatSpec as a topology file's `nat:` section (nat_from_dict's inverse)."""
     if spec.kind is Kind.NONE:
         return {"type": spec.kind.value}
+    stateful = {"mapping-timeout": spec.mapping_timeout,
+                "unsolicited-syn": spec.unsolicited_syn.value,
+                "tcp-established-timeout": spec.tcp_established_timeout,
+                "tcp-transitory-timeout": spec.tcp_transitory_timeout}
     if spec.kind is Kind.FIREWALL:
-        return {"type": spec.kind.value, "mapping-timeout": spec.mapping_timeout}
+        return {"type": spec.kind.value, **stateful}
     return {"mapping": spec.mapping.value, "filtering": spec.filtering.value,
             "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
-            "mapping-timeout": spec.mapping_timeout}
+            **stateful}
 
 
 # --------------------------------------------------------------------------- labels
 
 _COMBOS = {f"{m.short}m-{f.short}f": (m, f) for m in Behaviour for f in Behaviour}
 _TIMEOUT = re.compile(r"^(\d{1,6})s$")
-_LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout")
+_LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout", "unsolicited-syn",
+              "tcp-established-timeout", "tcp-transitory-timeout")
+_NUMBERS = ("mapping-timeout", "tcp-established-timeout", "tcp-transitory-timeout")
 VARIANTS_HELP = ("random, sequential or preserve (port allocation), no-hairpin or hairpin, "
-                 "a mapping timeout like 30s, or KEY=VALUE for "
-                 + ", ".join(_LONG_KEYS))
+                 "a mapping timeout like 30s, syn-rst or syn-drop (an unsolicited TCP SYN), "
+                 "or KEY=VALUE for " + ", ".join(_LONG_KEYS))
 
 
 def _variant(text: str) -> tuple[str, Any]:
@@ -242,11 +287,13 @@ def _variant(text: str) -> tuple[str, Any]:
         return "hairpinning", text == HAIRPIN
     if m := _TIMEOUT.match(text):
         return "mapping-timeout", int(m.group(1))
+    if text.startswith(SYN_VARIANT) and text[len(SYN_VARIANT):] in {r.value for r in SynReply}:
+        return "unsolicited-syn", text[len(SYN_VARIANT):]
     key, eq, value = text.partition("=")
     if eq and key in _LONG_KEYS:
         if key == "hairpinning" and value in ("true", "false"):
             return key, value == "true"
-        if key == "mapping-timeout" and value.isdigit() and len(value) <= 6:
+        if key in _NUMBERS and value.isdigit() and len(value) <= 7:
             return key, int(value)
         return key, value
     raise NatConfigError("", f"unknown variant {text!r}; expected {VARIANTS_HELP}")

@@ -39,7 +39,7 @@ from testbed import wire
 from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter
 from testbed.errors import LabError
 from testbed.lab import Lab
-from testbed.nat import Kind, NatSpec
+from testbed.nat import Kind, NatSpec, SynReply
 from testbed.pair import pair_lab, pair_topology
 
 RENDEZVOUS_PORT = 7001
@@ -65,13 +65,15 @@ class Placement:
 
 
 def tcp_behaviour(spec: NatSpec) -> str:
-    """What the router does to TCP (nft-templates: NAT behaviours cover UDP only)."""
+    """What the router does to TCP (nft-templates: the NAT's behaviours apply to it)."""
     if spec.kind is Kind.NONE:
         return "routed, no filtering"
+    syn = "an unsolicited SYN is " + ("answered with a RST" if spec.unsolicited_syn is SynReply.RST
+                                      else "dropped")
     if spec.kind is Kind.FIREWALL:
-        return "routed; inbound only as replies of tracked flows (address-and-port-dependent)"
-    return ("snat to the WAN address, port kept while free (kernel's choice); inbound only "
-            "as replies of tracked flows (address-and-port-dependent filtering)")
+        return f"routed; inbound only as replies of tracked connections; {syn}"
+    return (f"{spec.mapping.value} mapping, {spec.filtering.value} filtering, port allocation "
+            f"{spec.port_allocation.value}, as for UDP; {syn}")
 
 
 # ---------------------------------------------------------------- one program

@@ -21,7 +21,15 @@ from typing import Any
 from peers import record as rec
 from peers.result import OUTCOMES, PeerResult
 from testbed.coturn import Counters, RelayUsage
-from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
+from testbed.nat import (
+    DEFAULT_TCP_ESTABLISHED_TIMEOUT,
+    DEFAULT_TCP_TRANSITORY_TIMEOUT,
+    Behaviour,
+    Kind,
+    NatSpec,
+    PortAllocation,
+    SynReply,
+)
 
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
 PREDICTIONS = ("direct", "relay")
@@ -146,7 +154,10 @@ class MatrixResult:
 def spec_to_json(spec: NatSpec) -> dict[str, Any]:
     return {"kind": spec.kind.value, "mapping": spec.mapping.value,
             "filtering": spec.filtering.value, "port_allocation": spec.port_allocation.value,
-            "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout}
+            "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout,
+            "unsolicited_syn": spec.unsolicited_syn.value,
+            "tcp_established_timeout": spec.tcp_established_timeout,
+            "tcp_transitory_timeout": spec.tcp_transitory_timeout}
 
 
 def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
@@ -203,7 +214,14 @@ def spec_from_json(data: Any, where: str) -> NatSpec:
                    filtering=enum("filtering", Behaviour),
                    port_allocation=enum("port_allocation", PortAllocation),
                    hairpinning=rec.get(data, "hairpinning", where, (bool,)),
-                   mapping_timeout=rec.opt(data, "mapping_timeout", where, (int,), 120))
+                   mapping_timeout=rec.opt(data, "mapping_timeout", where, (int,), 120),
+                   unsolicited_syn=(enum("unsolicited_syn", SynReply)
+                                    if rec.opt(data, "unsolicited_syn", where, (str,))
+                                    else SynReply.DROP),
+                   tcp_established_timeout=rec.opt(data, "tcp_established_timeout", where,
+                                                   (int,), DEFAULT_TCP_ESTABLISHED_TIMEOUT),
+                   tcp_transitory_timeout=rec.opt(data, "tcp_transitory_timeout", where,
+                                                  (int,), DEFAULT_TCP_TRANSITORY_TIMEOUT))
 
 
 def _counters(data: Any, where: str) -> Counters:

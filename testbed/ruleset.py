@@ -42,7 +42,7 @@ import jinja2
 
 from testbed import netns, resources
 from testbed.errors import LabError
-from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec
+from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, SynReply
 
 NFT_TABLE = "nattestbed"  # the one table of a router's NAT rules
 # --------------------------------------------------------------------------- rendering
@@ -108,6 +108,23 @@ def _nft_set(items: tuple[str, ...]) -> str:
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
+def _refresh(spec: NatSpec) -> dict[str, list[tuple[str, str]]]:
+    """Per protocol, (condition, per-element timeout) of each map refresh in track chains.
+
+    A TCP packet refreshes its maps' entries for as long as conntrack keeps its
+    connection in the state the packet left it in: conntrack has already moved the
+    connection on (SYN_SENT, ESTABLISHED, FIN_WAIT, TIME_WAIT, ...) when the packet
+    reaches postrouting, and the sysctls give the transitory states the transitory
+    timeout. So an established connection's packets refresh for the established
+    timeout, and the packets that open, close or abort one for the transitory timeout,
+    the last ACK of a close included.
+    """
+    trans = spec.tcp_transitory_timeout
+    return {"udp": [("", "")],
+            "tcp": [(f"ct expiration <= {trans}s ", f" timeout {trans}s"),
+                    (f"ct expiration > {trans}s ", "")]}
+
+
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     # Templates are package data (testbed.resources), read wherever the package is.
@@ -135,6 +152,10 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
                     APD: "inside endpoint and remote endpoint"}[spec.mapping],
         "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
+        "tcp_est": spec.tcp_established_timeout, "tcp_trans": spec.tcp_transitory_timeout,
+        "map_timeout": {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout},
+        "refresh": _refresh(spec),
+        "syn": spec.unsolicited_syn.value, "syn_rst": spec.unsolicited_syn is SynReply.RST,
         "protos": PROTOS, "rfc": RFC,
         "seq_chains": {p: [(f"alloc_{p}_{b:02x}", f"0x{b:02x}") for b in blocks]
                        for p in PROTOS},
@@ -144,18 +165,31 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
     return _env().get_template("router.nft.j2").render(variables)
 
 
+# conntrack's TCP states of a connection being opened or closed: RFC 5382's transitory
+# ones. (CLOSE, after a RST, keeps the kernel's 10 s: the connection is gone.)
+TCP_TRANSITORY_STATES = ("syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack",
+                         "time_wait")
+
+
 def sysctls(spec: NatSpec) -> dict[str, str]:
-    """Per-namespace sysctls besides ip_forward: UDP conntrack timeouts = mapping-timeout.
+    """Per-namespace sysctls besides ip_forward: conntrack timeouts = the spec's.
 
     The conntrack entry is what lets replies in (filtering), so it must live as long
-    as the mapping. Write them after the ruleset is loaded if nf_conntrack may not be
-    loaded yet (the sysctls only exist once it is).
+    as the mapping: UDP's for mapping-timeout, an established TCP connection's for
+    tcp-established-timeout, one being opened or closed for tcp-transitory-timeout.
+    Write them after the ruleset is loaded if nf_conntrack may not be loaded yet (the
+    sysctls only exist once it is).
     """
     if spec.kind is Kind.NONE:
         return {}
     t = str(spec.mapping_timeout)
-    return {"net.netfilter.nf_conntrack_udp_timeout": t,
-            "net.netfilter.nf_conntrack_udp_timeout_stream": t}
+    out = {"net.netfilter.nf_conntrack_udp_timeout": t,
+           "net.netfilter.nf_conntrack_udp_timeout_stream": t,
+           "net.netfilter.nf_conntrack_tcp_timeout_established":
+               str(spec.tcp_established_timeout)}
+    for state in TCP_TRANSITORY_STATES:
+        out[f"net.netfilter.nf_conntrack_tcp_timeout_{state}"] = str(spec.tcp_transitory_timeout)
+    return out
 
 
 # --------------------------------------------------------------------------- loading

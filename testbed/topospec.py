@@ -81,6 +81,20 @@ NAT_FIELDS = (
                               "maximum": nat.MAX_MAPPING_TIMEOUT,
                               "default": nat.DEFAULT_MAPPING_TIMEOUT},
           "Seconds an idle UDP mapping lives (RFC 4787 REQ-5: at least 120)."),
+    Field("unsolicited-syn", {**_enum(nat.SynReply, "what an unsolicited inbound TCP SYN "
+                                                    "gets"), "default": nat.SynReply.DROP.value},
+          "drop (default: silence, RFC 5382 REQ-4a) or rst (a TCP reset at once, as some "
+          "routers do; it aborts a simultaneous open whose far SYN arrives first)."),
+    Field("tcp-established-timeout", {"type": "integer", "minimum": 1,
+                                      "maximum": nat.MAX_TCP_TIMEOUT,
+                                      "default": nat.DEFAULT_TCP_ESTABLISHED_TIMEOUT},
+          "Seconds an idle established TCP connection and its mapping live (RFC 5382 "
+          "REQ-5: at least 7440)."),
+    Field("tcp-transitory-timeout", {"type": "integer", "minimum": 1,
+                                     "maximum": nat.MAX_TCP_TIMEOUT,
+                                     "default": nat.DEFAULT_TCP_TRANSITORY_TIMEOUT},
+          "Seconds a TCP connection being opened or closed lives (RFC 5382 REQ-5: at least "
+          "240); not more than tcp-established-timeout."),
 )
 DEFAULT_FIELDS = (
     Field("kind", _enum(KINDS, "node kind"), "The kind of every node that sets none."),

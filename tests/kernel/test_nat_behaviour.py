@@ -38,6 +38,7 @@ from testbed.nat import (
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_combinations,
     nat_from_dict,
 )
@@ -232,10 +233,12 @@ S1, S2 = f"{STUN1}:{COTURN_PORT}", f"{STUN2}:{COTURN_PORT}"
 
 EVERY_SPEC = [
     *all_combinations(),
-    *(NatSpec(mapping=m, filtering=f, port_allocation=a, hairpinning=h, mapping_timeout=t)
+    *(NatSpec(mapping=m, filtering=f, port_allocation=a, hairpinning=h, mapping_timeout=t,
+              unsolicited_syn=syn, tcp_transitory_timeout=t)
       for m in Behaviour for f in Behaviour for a in PortAllocation
-      for h, t in ((False, 30), (True, 86400))),
+      for h, t, syn in ((False, 30, SynReply.RST), (True, 86400, SynReply.DROP))),
     NatSpec(kind=Kind.NONE), NatSpec(kind=Kind.FIREWALL),
+    NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST),
 ]
 
 

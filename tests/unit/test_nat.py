@@ -14,6 +14,7 @@ from testbed.nat import (
     NatConfigError,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_nats,
     nat_from_dict,
     nat_from_label,
@@ -39,6 +40,12 @@ from testbed.nat import (
       "mapping-timeout": 30},
      NatSpec(mapping=APD, filtering=APD, port_allocation=PortAllocation.SEQUENTIAL,
              hairpinning=False, mapping_timeout=30)),
+    ({"type": "port-restricted-cone", "unsolicited-syn": "rst",
+      "tcp-established-timeout": 600, "tcp-transitory-timeout": 60},
+     NatSpec(unsolicited_syn=SynReply.RST, tcp_established_timeout=600,
+             tcp_transitory_timeout=60)),
+    ({"type": "firewall", "unsolicited-syn": "rst"},
+     NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST)),
 ])
 def test_parse(data: dict[str, Any], expected: NatSpec) -> None:
     assert nat_from_dict(data) == expected
@@ -53,7 +60,8 @@ def test_labels() -> None:
 
 # ------------------------------------------------------------------ parser: bad input
 
-ALLOWED = ("type, mapping, filtering, port-allocation, hairpinning, mapping-timeout")
+ALLOWED = ("type, mapping, filtering, port-allocation, hairpinning, mapping-timeout, "
+           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout")
 BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependent"
 
 
@@ -99,6 +107,20 @@ BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependen
      "does not apply to type 'none', which translates no addresses and keeps no state"),
     ({"type": "firewall", "port-allocation": "random"}, "port-allocation",
      "does not apply to type 'firewall', which translates no addresses"),
+    ({"type": "none", "unsolicited-syn": "rst"}, "unsolicited-syn",
+     "does not apply to type 'none', which translates no addresses and keeps no state"),
+    ({"unsolicited-syn": "reset"}, "unsolicited-syn",
+     "unknown unsolicited-SYN treatment 'reset'; expected one of: drop, rst"),
+    ({"tcp-established-timeout": 0}, "tcp-established-timeout",
+     "must be between 1 and 432000 seconds, got 0"),
+    ({"tcp-transitory-timeout": "4m"}, "tcp-transitory-timeout",
+     "must be a whole number of seconds, got '4m'"),
+    ({"tcp-established-timeout": 100}, "tcp-established-timeout",
+     "an established connection (100 s) cannot time out before a half-open or closing one "
+     "(240 s)"),
+    ({"tcp-transitory-timeout": 8000}, "tcp-transitory-timeout",
+     "an established connection (7440 s) cannot time out before a half-open or closing one "
+     "(8000 s)"),
 ])
 def test_bad_input(data: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(NatConfigError) as info:
@@ -129,6 +151,12 @@ def test_not_a_mapping() -> None:
     ("firewall:300s", NatSpec(kind=Kind.FIREWALL, mapping_timeout=300)),
     ("port-restricted-cone:port-allocation=random:hairpinning=false:mapping-timeout=30",
      NatSpec(port_allocation=PortAllocation.RANDOM, hairpinning=False, mapping_timeout=30)),
+    ("port-restricted-cone:syn-rst", NatSpec(unsolicited_syn=SynReply.RST)),
+    ("symmetric:unsolicited-syn=rst:tcp-transitory-timeout=30",
+     NatSpec(mapping=APD, filtering=APD, unsolicited_syn=SynReply.RST,
+             tcp_transitory_timeout=30)),
+    ("full-cone:syn-drop:tcp-established-timeout=600",
+     NatSpec(mapping=EI, filtering=EI, tcp_established_timeout=600)),
 ])
 def test_labels_name_the_variant_and_parse_back(label: str, expected: NatSpec) -> None:
     spec = nat_from_label(label)
@@ -142,6 +170,8 @@ def test_a_variant_shows_in_the_label() -> None:
     assert variant.label == "port-restricted-cone:random:no-hairpin:30s"
     assert variant.combo_label == "eim-apdf:random:no-hairpin:30s"
     assert NatSpec().label == "port-restricted-cone"  # the defaults add nothing
+    tcp = NatSpec(unsolicited_syn=SynReply.RST, tcp_transitory_timeout=60)
+    assert tcp.label == "port-restricted-cone:syn-rst:tcp-transitory-timeout=60"
 
 
 @pytest.mark.parametrize(("label", "message"), [
@@ -150,6 +180,8 @@ def test_a_variant_shows_in_the_label() -> None:
     ("full-cone:30s:40s", "mapping-timeout: given twice"),
     ("none:random", "does not apply to type 'none'"),
     ("symmetric:0s", "must be between 1 and 86400 seconds"),
+    ("full-cone:syn-reset", "unknown variant 'syn-reset'"),
+    ("full-cone:syn-rst:unsolicited-syn=drop", "unsolicited-syn: given twice"),
 ])
 def test_bad_labels(label: str, message: str) -> None:
     with pytest.raises(NatConfigError, match=message):
@@ -186,5 +218,6 @@ def test_bad_nat_lists(text: str, message: str) -> None:
 
 def test_nat_section_is_the_inverse_of_the_parser() -> None:
     for spec in [*all_nats(), nat_from_label("symmetric:sequential:no-hairpin:45s"),
-                 nat_from_label("firewall:60s")]:
+                 nat_from_label("firewall:60s"), nat_from_label("firewall:syn-rst"),
+                 nat_from_label("full-cone:syn-rst:tcp-established-timeout=300")]:
         assert nat_from_dict(nat_section(spec)) == spec

@@ -22,6 +22,7 @@ from testbed.nat import (
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_combinations,
     nat_from_dict,
 )
@@ -42,6 +43,10 @@ CASES: dict[str, tuple[NatSpec, RouterContext]] = {
     "eim-apdf-two-lans": (NatSpec(), TWO_LANS),
     "none": (NatSpec(kind=Kind.NONE), CTX),
     "firewall": (NatSpec(kind=Kind.FIREWALL), TWO_LANS),
+    "eim-apdf-syn-rst": (NatSpec(unsolicited_syn=SynReply.RST), CTX),
+    "eim-eif-tcp-timeouts": (NatSpec(filtering=EI, tcp_established_timeout=600,
+                                     tcp_transitory_timeout=30), CTX),
+    "firewall-syn-rst": (NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST), CTX),
 }
 
 
@@ -108,16 +113,39 @@ def test_sequential_chains_cover_the_allocation_range_once(proto: str) -> None:
 
 def test_mapping_timeout_reaches_every_map() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, mapping_timeout=30), CTX)
-    assert text.count("timeout 30s") == 6  # mapping, owner, permit; UDP and TCP
+    assert text.count("timeout 30s") == 3  # UDP's mapping, owner, permit
+
+
+def test_tcp_timeouts_reach_every_tcp_map_and_refresh() -> None:
+    text = render_ruleset(NatSpec(mapping=AD, filtering=AD, tcp_established_timeout=600,
+                                  tcp_transitory_timeout=30), CTX)
+    assert text.count("timeout 600s") == 3  # TCP's mapping, owner, permit
+    # refreshed for the transitory timeout while conntrack has the connection in a
+    # transitory state: by each of the two track chains, in each of the three maps
+    assert text.count("ct expiration <= 30s") == 6
+    assert text.count(" timeout 30s : ") == 6
+
+
+def test_an_unsolicited_syn_is_dropped_unless_rst() -> None:
+    reject = "tcp flags & (fin | syn | rst | ack) == syn reject with tcp reset"
+    for kind in (Kind.NAT, Kind.FIREWALL):
+        assert reject not in render_ruleset(NatSpec(kind=kind), CTX)
+        text = render_ruleset(NatSpec(kind=kind, unsolicited_syn=SynReply.RST), CTX)
+        assert text.count(f'iifname "wan" {reject}') == 2  # to the router, through it
 
 
 # ------------------------------------------------------------------ sysctls, context
 
-def test_sysctls_follow_mapping_timeout() -> None:
-    expected = {"net.netfilter.nf_conntrack_udp_timeout": "45",
-                "net.netfilter.nf_conntrack_udp_timeout_stream": "45"}
-    assert sysctls(NatSpec(mapping_timeout=45)) == expected
-    assert sysctls(NatSpec(kind=Kind.FIREWALL, mapping_timeout=45)) == expected
+def test_sysctls_follow_the_timeouts() -> None:
+    ct = "net.netfilter.nf_conntrack_"
+    expected = {f"{ct}udp_timeout": "45", f"{ct}udp_timeout_stream": "45",
+                f"{ct}tcp_timeout_established": "600",
+                **{f"{ct}tcp_timeout_{s}": "30" for s in (
+                    "syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack", "time_wait")}}
+    timeouts = {"mapping_timeout": 45, "tcp_established_timeout": 600,
+                "tcp_transitory_timeout": 30}
+    assert sysctls(NatSpec(**timeouts)) == expected
+    assert sysctls(NatSpec(kind=Kind.FIREWALL, **timeouts)) == expected
     assert sysctls(NatSpec(kind=Kind.NONE)) == {}
 
 
