@@ -44,6 +44,18 @@ class PortAllocation(str, Enum):
     RANDOM = "random"
 
 
+class Egress(str, Enum):
+    """Which new flows the LAN may open to the outside."""
+
+    OPEN = "open"  # any
+    CORPORATE = "corporate"  # web and DNS only: CORPORATE_EGRESS
+
+
+# What a corporate firewall lets out (patchbay's Corporate preset; Cisco ASA, Palo Alto,
+# Fortinet in enterprise deployments): web over TCP and DNS over UDP, and ping.
+CORPORATE_EGRESS: dict[str, tuple[int, ...]] = {"tcp": (80, 443), "udp": (53,)}
+
+
 class SynReply(str, Enum):
     """What a router does with an inbound SYN its filtering refuses. RFC 5382 REQ-4 asks
     for silence for at least 6 s (a simultaneous open may be under way) and REQ-4a for
@@ -65,6 +77,10 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
     "port-restricted-cone": (EI, APD),
     "symmetric": (APD, APD),
 }
+# `type: corporate`: an enterprise gateway, symmetric (its NAT is a hard one) with
+# corporate egress.
+CORPORATE_TYPE = "corporate"
+CORPORATE = (APD, APD)
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
 DEFAULT_TCP_ESTABLISHED_TIMEOUT = 7440  # RFC 5382 REQ-5: not under 2 hours 4 minutes
@@ -87,6 +103,7 @@ class NatSpec:
     unsolicited_syn: SynReply = SynReply.DROP
     tcp_established_timeout: int = DEFAULT_TCP_ESTABLISHED_TIMEOUT  # RFC 5382
     tcp_transitory_timeout: int = DEFAULT_TCP_TRANSITORY_TIMEOUT  # opening or closing
+    egress: Egress = Egress.OPEN
 
     @classmethod
     def from_label(cls, label: str) -> NatSpec:
@@ -104,6 +121,8 @@ class NatSpec:
         'adm-eif', then the variant ('symmetric:random:no-hairpin:30s')."""
         if self.kind is not Kind.NAT:
             return self.kind.value + self.variant
+        if self.egress is Egress.CORPORATE and (self.mapping, self.filtering) == CORPORATE:
+            return CORPORATE_TYPE + self._variant(egress=False)
         for name, pair in CLASSIC.items():
             if pair == (self.mapping, self.filtering):
                 return name + self.variant
@@ -120,6 +139,9 @@ class NatSpec:
     @property
     def variant(self) -> str:
         """':'-separated settings that differ from the defaults ('' when none do)."""
+        return self._variant(egress=True)
+
+    def _variant(self, egress: bool) -> str:
         parts = []
         if self.port_allocation is not PortAllocation.PRESERVE:
             parts.append(self.port_allocation.value)
@@ -133,6 +155,8 @@ class NatSpec:
             parts.append(f"tcp-established-timeout={self.tcp_established_timeout}")
         if self.tcp_transitory_timeout != DEFAULT_TCP_TRANSITORY_TIMEOUT:
             parts.append(f"tcp-transitory-timeout={self.tcp_transitory_timeout}")
+        if egress and self.egress is not Egress.OPEN:
+            parts.append(f"egress={self.egress.value}")
         return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
 
@@ -143,14 +167,14 @@ def all_combinations() -> list[NatSpec]:
 
 # --------------------------------------------------------------------------- parsing
 
-TYPES = (*CLASSIC, Kind.NONE.value, Kind.FIREWALL.value)
+TYPES = (*CLASSIC, CORPORATE_TYPE, Kind.NONE.value, Kind.FIREWALL.value)
 KEYS = ("type", "mapping", "filtering", "port-allocation", "hairpinning", "mapping-timeout",
-        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout")
+        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout", "egress")
 MAX_MAPPING_TIMEOUT = 86400  # one day; conntrack timeouts are kept in jiffies in an int
 MAX_TCP_TIMEOUT = 432000  # five days: the kernel's own established timeout
 TRANSLATING_ONLY = ("port-allocation", "hairpinning")  # meaningless without translation
 STATEFUL = ("mapping-timeout", "unsolicited-syn", "tcp-established-timeout",
-            "tcp-transitory-timeout")  # need state: a firewall has them, none does not
+            "tcp-transitory-timeout", "egress")  # need state: a firewall has them, none not
 
 
 class NatConfigError(ValueError):
@@ -206,6 +230,8 @@ def _kind_and_behaviours(data: Mapping[str, Any]) -> tuple[Kind, Behaviour, Beha
                                      "type or mapping and filtering")
         if t in CLASSIC:
             return (Kind.NAT, *CLASSIC[t])
+        if t == CORPORATE_TYPE:
+            return (Kind.NAT, *CORPORATE)
         return Kind(t), EI, APD
     if "filtering" in data and "mapping" not in data:
         raise NatConfigError("filtering", "needs a mapping too (mapping: endpoint-independent, "
@@ -239,6 +265,12 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
                            MAX_TCP_TIMEOUT)
     transitory = _timeout(data, "tcp-transitory-timeout", DEFAULT_TCP_TRANSITORY_TIMEOUT,
                           MAX_TCP_TIMEOUT)
+    egress = Egress.CORPORATE if data.get("type") == CORPORATE_TYPE else Egress.OPEN
+    if "egress" in data:
+        if data.get("type") == CORPORATE_TYPE:
+            raise NatConfigError("egress", f"cannot be combined with type {CORPORATE_TYPE!r}, "
+                                 "which is corporate egress")
+        egress = _enum(data, "egress", Egress, "egress")
     if transitory > established:
         key = "tcp-established-timeout" if "tcp-established-timeout" in data \
             else "tcp-transitory-timeout"
@@ -247,7 +279,8 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
     return NatSpec(kind=kind, mapping=mapping, filtering=filtering,
                    port_allocation=allocation, hairpinning=hairpinning,
                    mapping_timeout=_timeout(data), unsolicited_syn=syn,
-                   tcp_established_timeout=established, tcp_transitory_timeout=transitory)
+                   tcp_established_timeout=established, tcp_transitory_timeout=transitory,
+                   egress=egress)
 
 
 
@@ -259,7 +292,8 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
     stateful = {"mapping-timeout": spec.mapping_timeout,
                 "unsolicited-syn": spec.unsolicited_syn.value,
                 "tcp-established-timeout": spec.tcp_established_timeout,
-                "tcp-transitory-timeout": spec.tcp_transitory_timeout}
+                "tcp-transitory-timeout": spec.tcp_transitory_timeout,
+                "egress": spec.egress.value}
     if spec.kind is Kind.FIREWALL:
         return {"type": spec.kind.value, **stateful}
     return {"mapping": spec.mapping.value, "filtering": spec.filtering.value,
@@ -272,7 +306,7 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
 _COMBOS = {f"{m.short}m-{f.short}f": (m, f) for m in Behaviour for f in Behaviour}
 _TIMEOUT = re.compile(r"^(\d{1,6})s$")
 _LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout", "unsolicited-syn",
-              "tcp-established-timeout", "tcp-transitory-timeout")
+              "tcp-established-timeout", "tcp-transitory-timeout", "egress")
 _NUMBERS = ("mapping-timeout", "tcp-established-timeout", "tcp-transitory-timeout")
 VARIANTS_HELP = ("random, sequential or preserve (port allocation), no-hairpin or hairpin, "
                  "a mapping timeout like 30s, syn-rst or syn-drop (an unsolicited TCP SYN), "

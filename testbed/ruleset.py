@@ -42,7 +42,7 @@ import jinja2
 
 from testbed import netns, resources
 from testbed.errors import LabError
-from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, SynReply
+from testbed.nat import AD, APD, CORPORATE_EGRESS, EI, Behaviour, Egress, Kind, NatSpec, SynReply
 
 NFT_TABLE = "nattestbed"  # the one table of a router's NAT rules
 # --------------------------------------------------------------------------- rendering
@@ -156,6 +156,11 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "map_timeout": {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout},
         "refresh": _refresh(spec),
         "syn": spec.unsolicited_syn.value, "syn_rst": spec.unsolicited_syn is SynReply.RST,
+        "egress": spec.egress is Egress.CORPORATE,
+        "egress_tcp": _nft_set(tuple(str(p) for p in CORPORATE_EGRESS["tcp"])),
+        "egress_udp": _nft_set(tuple(str(p) for p in CORPORATE_EGRESS["udp"])),
+        "egress_text": " and ".join(f"{proto.upper()} {', '.join(map(str, ports))}"
+                                    for proto, ports in CORPORATE_EGRESS.items()),
         "protos": PROTOS, "rfc": RFC,
         "seq_chains": {p: [(f"alloc_{p}_{b:02x}", f"0x{b:02x}") for b in blocks]
                        for p in PROTOS},

@@ -66,9 +66,10 @@ def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 NAT_FIELDS = (
-    Field("type", _enum(nat.TYPES, "a classic name (RFC 3489) or a router that does not "
-                        "translate"),
-          "A classic NAT type, or none/firewall; not together with mapping/filtering."),
+    Field("type", _enum(nat.TYPES, "a classic name (RFC 3489), corporate, or a router that "
+                        "does not translate"),
+          "A classic NAT type, corporate, or none/firewall; not together with "
+          "mapping/filtering."),
     Field("mapping", _enum(nat.Behaviour, "RFC 4787 mapping behaviour"),
           "Which outbound flows share one external port (default endpoint-independent)."),
     Field("filtering", _enum(nat.Behaviour, "RFC 4787 filtering behaviour"),
@@ -95,6 +96,10 @@ NAT_FIELDS = (
                                      "default": nat.DEFAULT_TCP_TRANSITORY_TIMEOUT},
           "Seconds a TCP connection being opened or closed lives (RFC 5382 REQ-5: at least "
           "240); not more than tcp-established-timeout."),
+    Field("egress", {**_enum(nat.Egress, "which new flows the LAN may open outside"),
+                     "default": nat.Egress.OPEN.value},
+          "open (default) or corporate: only TCP 80, 443 and UDP 53 (and ping) may leave, as "
+          "in a corporate network; type corporate is symmetric with corporate egress."),
 )
 DEFAULT_FIELDS = (
     Field("kind", _enum(KINDS, "node kind"), "The kind of every node that sets none."),

@@ -22,8 +22,8 @@ KEYS = ("nat", "mapping", "filtering", "port_allocation", "hairpinning", "mappin
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nat", metavar="TYPE",
-                   help="full-cone, restricted-cone, port-restricted-cone, symmetric, none, "
-                        "firewall")
+                   help="full-cone, restricted-cone, port-restricted-cone, symmetric, "
+                        "corporate, none, firewall")
     p.add_argument("--mapping", metavar="BEHAVIOUR",
                    help="endpoint-independent, address-dependent, address-and-port-dependent")
     p.add_argument("--filtering", metavar="BEHAVIOUR", help="the same three values")

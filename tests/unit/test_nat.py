@@ -10,6 +10,7 @@ from testbed.nat import (
     AD,
     APD,
     EI,
+    Egress,
     Kind,
     NatConfigError,
     NatSpec,
@@ -46,6 +47,11 @@ from testbed.nat import (
              tcp_transitory_timeout=60)),
     ({"type": "firewall", "unsolicited-syn": "rst"},
      NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST)),
+    ({"type": "corporate"}, NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)),
+    ({"type": "firewall", "egress": "corporate"},
+     NatSpec(kind=Kind.FIREWALL, egress=Egress.CORPORATE)),
+    ({"mapping": "endpoint-independent", "egress": "corporate"},
+     NatSpec(egress=Egress.CORPORATE)),
 ])
 def test_parse(data: dict[str, Any], expected: NatSpec) -> None:
     assert nat_from_dict(data) == expected
@@ -61,17 +67,17 @@ def test_labels() -> None:
 # ------------------------------------------------------------------ parser: bad input
 
 ALLOWED = ("type, mapping, filtering, port-allocation, hairpinning, mapping-timeout, "
-           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout")
+           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout, egress")
 BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependent"
 
 
 @pytest.mark.parametrize(("data", "field", "message"), [
     ({"type": "cone"}, "type",
      "unknown NAT type 'cone'; expected one of: full-cone, restricted-cone, "
-     "port-restricted-cone, symmetric, none, firewall"),
+     "port-restricted-cone, symmetric, corporate, none, firewall"),
     ({"type": 3}, "type",
      "unknown NAT type 3; expected one of: full-cone, restricted-cone, "
-     "port-restricted-cone, symmetric, none, firewall"),
+     "port-restricted-cone, symmetric, corporate, none, firewall"),
     ({"mapping": "independent"}, "mapping",
      f"unknown mapping behaviour 'independent'; expected one of: {BEHAVIOURS}"),
     ({"mapping": "endpoint-independent", "filtering": "port-dependent"}, "filtering",
@@ -111,6 +117,11 @@ BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependen
      "does not apply to type 'none', which translates no addresses and keeps no state"),
     ({"unsolicited-syn": "reset"}, "unsolicited-syn",
      "unknown unsolicited-SYN treatment 'reset'; expected one of: drop, rst"),
+    ({"type": "corporate", "egress": "open"}, "egress",
+     "cannot be combined with type 'corporate', which is corporate egress"),
+    ({"egress": "closed"}, "egress", "unknown egress 'closed'; expected one of: open, corporate"),
+    ({"type": "none", "egress": "corporate"}, "egress",
+     "does not apply to type 'none', which translates no addresses and keeps no state"),
     ({"tcp-established-timeout": 0}, "tcp-established-timeout",
      "must be between 1 and 432000 seconds, got 0"),
     ({"tcp-transitory-timeout": "4m"}, "tcp-transitory-timeout",
@@ -157,6 +168,11 @@ def test_not_a_mapping() -> None:
              tcp_transitory_timeout=30)),
     ("full-cone:syn-drop:tcp-established-timeout=600",
      NatSpec(mapping=EI, filtering=EI, tcp_established_timeout=600)),
+    ("corporate", NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)),
+    ("corporate:random", NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE,
+                                 port_allocation=PortAllocation.RANDOM)),
+    ("full-cone:egress=corporate", NatSpec(mapping=EI, filtering=EI, egress=Egress.CORPORATE)),
+    ("firewall:egress=corporate", NatSpec(kind=Kind.FIREWALL, egress=Egress.CORPORATE)),
 ])
 def test_labels_name_the_variant_and_parse_back(label: str, expected: NatSpec) -> None:
     spec = nat_from_label(label)
@@ -172,6 +188,8 @@ def test_a_variant_shows_in_the_label() -> None:
     assert NatSpec().label == "port-restricted-cone"  # the defaults add nothing
     tcp = NatSpec(unsolicited_syn=SynReply.RST, tcp_transitory_timeout=60)
     assert tcp.label == "port-restricted-cone:syn-rst:tcp-transitory-timeout=60"
+    corporate = NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)
+    assert (corporate.label, corporate.combo_label) == ("corporate", "apdm-apdf:egress=corporate")
 
 
 @pytest.mark.parametrize(("label", "message"), [
@@ -219,5 +237,6 @@ def test_bad_nat_lists(text: str, message: str) -> None:
 def test_nat_section_is_the_inverse_of_the_parser() -> None:
     for spec in [*all_nats(), nat_from_label("symmetric:sequential:no-hairpin:45s"),
                  nat_from_label("firewall:60s"), nat_from_label("firewall:syn-rst"),
-                 nat_from_label("full-cone:syn-rst:tcp-established-timeout=300")]:
+                 nat_from_label("full-cone:syn-rst:tcp-established-timeout=300"),
+                 nat_from_label("corporate"), nat_from_label("firewall:egress=corporate")]:
         assert nat_from_dict(nat_section(spec)) == spec

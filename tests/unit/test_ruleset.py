@@ -47,6 +47,9 @@ CASES: dict[str, tuple[NatSpec, RouterContext]] = {
     "eim-eif-tcp-timeouts": (NatSpec(filtering=EI, tcp_established_timeout=600,
                                      tcp_transitory_timeout=30), CTX),
     "firewall-syn-rst": (NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST), CTX),
+    "corporate": (nat_from_dict({"type": "corporate"}), CTX),
+    "firewall-corporate": (nat_from_dict({"type": "firewall", "egress": "corporate"}),
+                           TWO_LANS),
 }
 
 
