@@ -1,7 +1,10 @@
 """RFC 5780 NAT behaviour discovery client.
 
     python -m peers.natcheck --server 203.0.113.3 [--port 3478] [--json]
-                             [--lifetime --lifetime-max 10]
+                             [--lifetime --lifetime-max 10] [--transport tcp]
+
+Over UDP by default; --transport tcp runs the same tests over TCP connections
+(peers.natcheck_tcp).
 
 Runs, against a server with two addresses and two ports (peers.stun_server, coturn):
   mapping     Test I / II / III from one socket (RFC 5780 4.3)
@@ -243,6 +246,7 @@ class Settings:
     lifetime: bool = False
     lifetime_max: float = 10.0
     lifetime_resolution: float = 0.5
+    transport: str = "udp"  # or "tcp" (peers.natcheck_tcp)
 
     def waits(self) -> tuple[float, ...]:
         return retransmit_waits(self.rto, self.tries, self.max_rto)
@@ -314,6 +318,7 @@ def _discover(
             "hairpinning": hp.answer is not None,
         }
     result: dict[str, Any] = {
+        "transport": "udp",
         "server": list(primary),
         "mapping": verdict_inputs.get("mapping", UNKNOWN),
         "filtering": verdict_inputs.get("filtering", UNKNOWN),
@@ -388,8 +393,9 @@ def render_text(r: dict[str, Any]) -> str:
     if r["lifetime_s"] is not None:
         at_least = r["tests"]["lifetime"]["at_least"]
         lifetime = f"{'>= ' if at_least else ''}{r['lifetime_s']} s"
+    over = f" over {r['transport'].upper()}" if r.get("transport", "udp") != "udp" else ""
     lines = [
-        f"NAT check against {addr(r['server'])} from {addr(r['local_address'])}",
+        f"NAT check against {addr(r['server'])}{over} from {addr(r['local_address'])}",
         f"mapped address:    {addr(r['mapped_address'])}"
         + (" (no NAT: mapped == local)" if r["nat_present"] is False else ""),
         f"mapping:           {r['mapping']}",
@@ -415,11 +421,15 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--lifetime-max", type=float, default=10.0, help="upper bound, s")
     p.add_argument("--lifetime-resolution", type=float, default=0.5, help="precision, s")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="run the tests over UDP (default) or TCP connections")
     args = p.parse_args(None if argv is None else list(argv))
     if args.tries < 1 or args.rto <= 0 or args.max_rto < args.rto:
         p.error("need --tries >= 1 and 0 < --rto <= --max-rto")
     if args.lifetime_max <= 0 or args.lifetime_resolution <= 0:
         p.error("--lifetime-max and --lifetime-resolution must be positive")
+    if args.lifetime and args.transport == "tcp":
+        p.error("--lifetime: over UDP only (a TCP connection's mapping lives for hours)")
     settings = Settings(
         args.server,
         args.port,
@@ -430,6 +440,7 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
         args.lifetime,
         args.lifetime_max,
         args.lifetime_resolution,
+        args.transport,
     )
     return settings, bool(args.json)
 
@@ -437,7 +448,11 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
 def main(argv: Iterable[str] | None = None) -> int:
     settings, as_json = parse_args(argv)
     try:
-        result = discover(settings)
+        if settings.transport == "tcp":
+            from peers.natcheck_tcp import discover_tcp  # it imports this module
+            result = discover_tcp(settings)
+        else:
+            result = discover(settings)
     except OSError as exc:
         print(f"natcheck: {exc}", file=sys.stderr)
         return 1

@@ -2,9 +2,10 @@
 
 A throwaway lab: one LAN host behind a router with the requested behaviour
 (optionally behind a carrier-grade NAT too), and the project's STUN server on
-the internet with two addresses and two ports. The discovery client
-(peers.natcheck) runs in the host's namespace; its verdict is compared with
-what was configured. The lab is removed afterwards unless --keep.
+the internet with two addresses and two ports, over UDP and TCP. The discovery
+client (peers.natcheck; over TCP, peers.natcheck_tcp) runs in the host's
+namespace; its verdict is compared with what was configured. The lab is removed
+afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import yaml
 
 from testbed.errors import TestbedError
 from testbed.lab import Lab
-from testbed.nat import Behaviour, Kind, NatSpec
+from testbed.nat import Behaviour, Egress, Kind, NatSpec
 from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
 NATCHECK_TIMEOUT_S = 60.0
+TRANSPORTS = ("udp", "tcp")
+BLOCKED = "unknown"  # what a classifier reports when it cannot reach the server at all
 
 def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) -> str:
     """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN."""
@@ -41,15 +44,20 @@ def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) ->
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def run_natcheck(lab: Lab, lifetime: float | None = None) -> dict[str, Any]:
-    argv = ["--server", STUN_PRIMARY, "--json"]
+def run_natcheck(lab: Lab, lifetime: float | None = None,
+                 transport: str = "udp") -> dict[str, Any]:
+    argv = ["--server", STUN_PRIMARY, "--json", "--transport", transport]
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
     proc = lab.python("client", "peers.natcheck", *argv, stdout=-1, stderr=-1, text=True)
     out, err = proc.communicate(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 2):  # 2: it ran, but the server never answered
         raise TestbedError(f"natcheck failed ({proc.returncode}): {err.strip() or out.strip()}")
-    result: dict[str, Any] = json.loads(out)
+    try:
+        result: dict[str, Any] = json.loads(out)
+    except ValueError:
+        raise TestbedError(f"natcheck failed ({proc.returncode}): "
+                           f"{err.strip() or out.strip()}") from None
     return result
 
 
@@ -70,13 +78,17 @@ def compose(inner: NatSpec, outer: NatSpec) -> tuple[Behaviour, Behaviour]:
 
 
 def expected(spec: NatSpec, cgn: NatSpec | None = None) -> dict[str, str]:
-    """What a correct classifier must report for this configuration."""
+    """What a correct classifier must report for this configuration (the same over UDP
+    and TCP). Behind corporate egress the STUN ports are closed: no verdict at all."""
+    if any(s is not None and s.egress is Egress.CORPORATE for s in (spec, cgn)):
+        return {"mapping": BLOCKED, "filtering": BLOCKED}
     mapping, filtering = compose(spec, cgn) if cgn is not None else (spec.mapping, spec.filtering)
     return {"mapping": mapping.value, "filtering": filtering.value}
 
 
 def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None = None,
-             keep: bool = False, lifetime: float | None = None) -> dict[str, Any]:
+             keep: bool = False, lifetime: float | None = None,
+             transport: str = "udp") -> dict[str, Any]:
     topo = parse_topology(classify_topology(spec_section, cgn_section), "<classify>")
     spec = topo.node("router").nat
     assert spec is not None
@@ -84,7 +96,7 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
     lab = Lab(topo)
     lab.up()
     try:
-        found = run_natcheck(lab, lifetime)
+        found = run_natcheck(lab, lifetime, transport)
     finally:
         lab.detach() if keep else lab.down()
     want = expected(spec, cgn)
@@ -93,7 +105,9 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
                        "filtering": spec.filtering.value,
                        "port_allocation": spec.port_allocation.value,
                        "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout,
-                       "behind_cgn": cgn.label if cgn else None},
+                       "unsolicited_syn": spec.unsolicited_syn.value,
+                       "egress": spec.egress.value, "behind_cgn": cgn.label if cgn else None},
+        "transport": transport,
         "expected": want,
         "measured": found,
         "agrees": all(found.get(k) == v for k, v in want.items()),
@@ -119,9 +133,12 @@ def format_result(r: dict[str, Any]) -> str:
     if m.get("lifetime_s") is not None:
         lines.append(f"mapping lifetime:  {m['lifetime_s']:.2f} s")
     verdict = "agrees with" if r["agrees"] else "DISAGREES with"
-    lines.append(f"RFC 5780 discovery {verdict} the configuration "
+    over = r.get("transport", "udp").upper()
+    lines.append(f"RFC 5780 discovery over {over} {verdict} the configuration "
                  f"(expected {r['expected']['mapping']} / {r['expected']['filtering']})")
+    lines += [f"note: {n}" for n in m.get("notes", [])]
     if r["lab"]:
         lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- python3 -m peers.natcheck "
-                     f"--server {STUN_PRIMARY}; nat-testbed down {r['lab']}")
+                     f"--server {STUN_PRIMARY} --transport {over.lower()}; "
+                     f"nat-testbed down {r['lab']}")
     return "\n".join(lines)

@@ -15,9 +15,10 @@ NAME = "classify"
 HELP = "build a NAT and classify it with RFC 5780 from behind"
 DESCRIPTION = """A throwaway lab: one host behind a router with the requested behaviour
 (optionally behind a carrier-grade NAT too) and a STUN server with two addresses.
-The project's RFC 5780 client runs in the host; its verdict is compared with what
-was configured. Exit 1 if they disagree."""
-KEYS = ("nat", "mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
+The project's RFC 5780 client runs in the host, over UDP or TCP (--transport); its
+verdict is compared with what was configured. Exit 1 if they disagree."""
+KEYS = ("nat", "mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout",
+        "unsolicited_syn", "tcp_established_timeout", "tcp_transitory_timeout", "egress")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,10 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="whether the NAT hairpins (default: it does)")
     p.add_argument("--mapping-timeout", type=int, metavar="SECONDS",
                    help="UDP mapping timeout (default 120)")
+    p.add_argument("--unsolicited-syn", metavar="HOW",
+                   help="drop (default) or rst: what an unsolicited inbound TCP SYN gets")
+    p.add_argument("--tcp-established-timeout", type=int, metavar="SECONDS",
+                   help="idle established TCP connection timeout (default 7440)")
+    p.add_argument("--tcp-transitory-timeout", type=int, metavar="SECONDS",
+                   help="TCP connection being opened or closed timeout (default 240)")
+    p.add_argument("--egress", metavar="WHAT",
+                   help="open (default) or corporate (only TCP 80, 443 and UDP 53 leave)")
     p.add_argument("--behind-cgn", metavar="TYPE",
                    help="put the router behind a carrier-grade NAT of this type")
     p.add_argument("--lifetime", type=float, metavar="MAX_SECONDS",
                    help="also measure the mapping lifetime, up to this many seconds")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="classify the NAT's UDP behaviour (default) or its TCP behaviour")
     p.add_argument("--keep", action="store_true", help="keep the lab and print how to use it")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -64,8 +75,12 @@ def run(args: argparse.Namespace) -> int:
     _check(section, None)  # bad options are reported before anything is built
     if cgn is not None:
         _check(cgn, "--behind-cgn")
+    if args.lifetime and args.transport == "tcp":
+        raise UsageError("--lifetime: over UDP only (a TCP connection's mapping lives for "
+                         "hours); leave out --transport tcp")
     require_root()
-    result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime)
+    result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime,
+                      transport=args.transport)
     if args.json:
         print_json(result)
     else:

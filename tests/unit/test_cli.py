@@ -70,6 +70,11 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     (["classify", "--nat", "cone"], "--nat"),
     (["classify", "--mapping", "independent"], "--mapping"),
     (["classify", "--nat", "symmetric", "--behind-cgn", "big"], "--behind-cgn"),
+    (["classify", "--nat", "symmetric", "--transport", "sctp"], "--transport"),
+    (["classify", "--nat", "symmetric", "--transport", "tcp", "--lifetime", "5"], "--lifetime"),
+    (["classify", "--nat", "symmetric", "--unsolicited-syn", "reset"], "--unsolicited-syn"),
+    (["classify", "--nat", "symmetric", "--tcp-established-timeout", "60"],
+     "--tcp-established-timeout"),
     (["lesson", "nine"], "no lesson 'nine'"),
     (["exec", "lab", "node"], "exec needs a command"),
 ])
