@@ -1,8 +1,13 @@
 """The peer program: one UDP socket, one signaling connection, one JSON result.
 
-    python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:7000 \\
+    python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:443 \\
         --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
-        --result out.json [--punch-timeout 1.0] [--hold 0]
+        --result out.json [--punch-timeout 1.0] [--hold 0] \\
+        [--transport tcp] [--turn-tls 203.0.113.5:443 --turn-ca cert.pem]
+
+With --transport tcp the direct path is a TCP simultaneous open from a listening
+port (its host candidate), STUN and TURN go over TCP; --turn-tls adds TURN over TLS
+as the fallback when the TURN server cannot be reached otherwise.
 
 All the logic is in peers.session.Session (sans-IO), driven by peers.driver (the
 same driver the traversal matrix uses for hundreds of peers at once); this file is
@@ -49,10 +54,20 @@ def source_ip_towards(dst: Address) -> str:
         return str(s.getsockname()[0])
 
 
+def listening_socket(ip: str, port: int) -> socket.socket:
+    """The TCP session's host candidate: a port that listens and connects out at once."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    lst.bind((ip, port))
+    lst.listen(16)
+    return lst
+
+
 def timing_from(args: argparse.Namespace) -> Timing:
     names = ("punch_timeout", "punch_interval", "punch_interval_max", "relay_timeout",
              "relay_interval", "stun_rto", "gather_timeout", "signaling_timeout",
-             "keepalive_interval", "hold", "done_timeout")
+             "keepalive_interval", "hold", "done_timeout", "turn_fallback")
     return Timing(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
@@ -70,12 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--turn-pass", default="")
     ap.add_argument("--result", type=Path, help="write the JSON result here (else stdout)")
     ap.add_argument("--bind", metavar="IP", help="local address (default: the route's source)")
-    ap.add_argument("--port", type=int, default=0, help="local UDP port (default: any)")
+    ap.add_argument("--port", type=int, default=0,
+                    help="local UDP port, or TCP port with --transport tcp (default: any)")
+    ap.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                    help="the direct path: UDP hole punching (default) or TCP simultaneous open")
+    ap.add_argument("--turn-tls", type=parse_addr, metavar="IP:PORT",
+                    help="the TURN server over TLS: the fallback (a network that lets out "
+                         "only web traffic)")
+    ap.add_argument("--turn-ca", type=Path, metavar="FILE",
+                    help="PEM certificate the TLS TURN server must present")
     ap.add_argument("--trace", action="store_true", help="add the event trace to the result")
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",
-                 "keepalive-interval", "hold", "done-timeout"):
+                 "keepalive-interval", "hold", "done-timeout", "turn-fallback"):
         default = getattr(Timing(), flag.replace("-", "_"))
         t.add_argument(f"--{flag}", type=float, metavar="S", help=f"default {default}")
     return ap
@@ -101,23 +124,34 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as e:
         print(f"peer: bad timing: {e}", file=sys.stderr)
         return 2
+    if args.turn_tls is not None and args.turn_ca is None:
+        print("peer: --turn-tls needs --turn-ca (the certificate to trust)", file=sys.stderr)
+        return 2
+    try:
+        turn_ca = args.turn_ca.read_text() if args.turn_ca is not None else ""
+    except OSError as e:
+        print(f"peer: --turn-ca: {e}", file=sys.stderr)
+        return 2
     toward = args.stun or args.turn or args.signaling
     bind_ip = args.bind or source_ip_towards(toward)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = listening_socket(bind_ip, args.port) if args.transport == "tcp" else None
     try:
-        udp.bind((bind_ip, args.port))
-        host = udp.getsockname()
+        udp.bind((bind_ip, 0 if listener else args.port))
+        host = (listener or udp).getsockname()
         cfg = PeerConfig(id=args.id, remote=args.remote, host=(host[0], host[1]),
                          stun=args.stun, turn=args.turn, turn_user=args.turn_user,
                          turn_pass=args.turn_pass, token=args.token, timing=timing,
-                         trace=args.trace)
-        ep = Endpoint(Session(cfg), udp, tcp)
+                         trace=args.trace, transport=args.transport,
+                         turn_tcp=args.turn if args.transport == "tcp" else None,
+                         turn_tls=args.turn_tls, turn_ca=turn_ca)
+        ep = Endpoint(Session(cfg), udp, tcp, listener=listener)
         Driver([ep], args.signaling).run()
     finally:
-        for s in (udp, tcp):
-            with contextlib.suppress(OSError):
-                s.close()
+        for s in (udp, tcp, listener):
+            with contextlib.suppress(OSError, AttributeError):
+                s.close()  # type: ignore[union-attr]
     assert ep.result is not None  # the driver finishes every session it starts
     result = ep.result
     write_result(args.result, result)

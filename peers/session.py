@@ -26,6 +26,16 @@ Stages, in order:
   relay      if no direct path within punch_timeout, probes go through our
              TURN allocation to the remote's relayed address until both
              directions are confirmed the same way, or relay_timeout.
+
+With `transport: tcp` the direct path is TCP: the host candidate is the session's
+listening port, the srflx one comes from a STUN binding over a TCP connection from
+that same port, and punching is a simultaneous open from it to the remote's
+candidates (peers.tcppath: a small state machine of its own, fed the driver's
+stream events), judged by the same authenticated probes, now on the connections.
+The TURN server is reached over TCP then (peers.turnlink). Either way, if nothing at
+all (not even its 401 challenge) has come back from the TURN server by
+Timing.turn_fallback, or the way fails, the session tries TURN over TLS on the
+server's TLS port: a network that lets out only web traffic (type corporate).
 Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
@@ -51,8 +61,12 @@ from peers import probe as pr
 from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
+from peers.framing import FramingError, StunStreamReader
 from peers.result import GatherTimings, Packets, PeerResult, StageTimings
 from peers.signaling import register_proof
+from peers.streams import CidCounter, Close, Open, Write
+from peers.tcppath import TcpPath
+from peers.turnlink import TurnLink, tls_context
 
 Rng = Callable[[int], bytes]
 
@@ -73,6 +87,7 @@ class Timing:
     stun_rto: float = 0.1  # RFC 8489 says 0.5 s on the internet; the lab is sub-ms
     stun_transmits: int = 4
     turn_rto: float = 0.1
+    turn_fallback: float = 0.5  # nothing heard from the TURN server by then: try TLS
     gather_timeout: float = 2.0
     signaling_timeout: float = 10.0  # waiting for the remote's offer/answer/start
     keepalive_interval: float = 1.0
@@ -101,6 +116,21 @@ class PeerConfig:
     timing: Timing = field(default_factory=Timing)
     trace: bool = False  # include the event trace in the result
     token: str = ""  # signaling credential for our id, issued by the testbed
+    transport: str = "udp"  # of the direct path; tcp: `host` is the listening port
+    turn_tcp: Address | None = None  # the TURN server over TCP (the way with transport tcp)
+    turn_tls: Address | None = None  # and over TLS: the fallback
+    turn_ca: str = ""  # PEM: the only certificate the TLS server may present
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"PeerConfig.transport: {self.transport!r}, expected one of "
+                             f"{', '.join(TRANSPORTS)}")
+        if self.turn_tls is not None and not self.turn_ca:
+            raise ValueError("PeerConfig.turn_ca: TURN over TLS needs the server's certificate")
+
+
+TRANSPORTS = ("udp", "tcp")
+STREAM_RTO = 0.5  # a request over TCP is sent once; its answer is awaited 16 x this
 
 
 @dataclass(frozen=True)
@@ -114,7 +144,7 @@ class Signal:
     msg: dict[str, Any]
 
 
-Output = Transmit | Signal
+Output = Transmit | Signal | Open | Write | Close
 
 
 class Phase(StrEnum):
@@ -188,14 +218,26 @@ class Session:
         self._stun_next: float | None = None
         self._stun_done = cfg.stun is None
 
-        # TURN
+        # TURN, over the first of its ways that works (_turn_ways)
+        self._turn_rng = random.Random(int.from_bytes(rng(8)))
+        self._turn_ways = self._ways()
         self.turn: turnmod.TurnClient | None = None
-        if cfg.turn is not None:
-            self.turn = turnmod.TurnClient(
-                cfg.turn, cfg.turn_user, cfg.turn_pass,
-                rng=random.Random(int.from_bytes(rng(8))), rto=self.t.turn_rto,
-            )
-        self._turn_done = cfg.turn is None
+        self.turn_link: TurnLink | None = None  # when the way is a stream
+        self.turn_transport: str | None = None
+        self._turn_fallback_at: float | None = None
+        if self._turn_ways and self._turn_ways[0][0] == "udp":
+            self._use_turn_way(self._turn_ways.pop(0))
+        self._turn_done = self.turn is None and not self._turn_ways
+
+        # TCP: connections (peers.streams), the direct path, the STUN binding over TCP
+        self.cids = CidCounter()
+        self.tcp: TcpPath | None = None
+        if cfg.transport == "tcp":
+            self.tcp = TcpPath(cfg.id, cfg.remote, self.cids, self.counters, self._next_seq,
+                               self._window_accept, random.Random(int.from_bytes(rng(8))))
+        self._stun_cid: int | None = None
+        self._stun_reader = StunStreamReader(channel_data=False)
+        self._tcp_cid: int | None = None  # the direct connection chosen
         self._permitted: set[str] = set()
         self._permission_asked: set[str] = set()
 
@@ -225,9 +267,11 @@ class Session:
 
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
-                 self._next_ping]
+                 self._next_ping, self._turn_fallback_at]
         if self.turn is not None and self.phase is not Phase.FINISHED:
             times.append(self.turn.next_deadline())
+        if self.tcp is not None and self.phase is not Phase.FINISHED:
+            times.append(self.tcp.next_deadline())
         real = [t for t in times if t is not None]
         return min(real) if real else None
 
@@ -288,6 +332,13 @@ class Session:
         if self.turn is not None:
             self.turn.tick(now)
             self._pump_turn(now)
+        if self._turn_fallback_at is not None and now >= self._turn_fallback_at:
+            self._turn_fallback_at = None
+            if self.turn is None or self.turn.realm is None:  # not even its 401: blocked
+                self._next_turn_way(now, f"no answer within {self.t.turn_fallback} s")
+        if self.tcp is not None:
+            self.tcp.tick(now)
+            self._pump_tcp(now)
         if self._stun_next is not None and now >= self._stun_next:
             self._stun_retransmit(now)
         if self._next_round is not None and now >= self._next_round:
@@ -298,6 +349,80 @@ class Session:
             self._signal({"type": "ping"})
         if self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
+
+    # ------------------------------------------------------------------ TCP connections
+
+    def handle_stream_open(self, cid: int, now: float) -> None:
+        """The connection `cid` we asked for (Open) is up."""
+        self._now = now
+        if cid == self._stun_cid:
+            assert self._stun_tid is not None
+            msg = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST,
+                                   transaction_id=self._stun_tid)
+            self.out.append(Write(cid, stun.pack(msg, fingerprint=True)))
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.out.extend(self.turn_link.on_open(now))
+            self._pump_turn(now)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_open(cid, now)
+            self._pump_tcp(now)
+
+    def handle_stream_failed(self, cid: int, why: str, now: float) -> None:
+        """The connection `cid` could not be made; `why` starts with the errno's name."""
+        self._now = now
+        if cid == self._stun_cid:
+            self._stun_cid = None
+            self._stun_failed(now, f"stun over tcp: {why}")
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.turn_link.on_failed(why)
+            self._next_turn_way(now, self.turn_link.failed or why)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_failed(cid, why, now)
+            self._pump_tcp(now)
+
+    def handle_accepted(self, cid: int, remote: Address, now: float) -> bool:
+        """A connection to our listening port; False: refused (the driver closes it)."""
+        self._now = now
+        if self.tcp is None or self.phase is Phase.FINISHED:
+            return False
+        ok = self.tcp.on_accepted(cid, remote, now)
+        self._pump_tcp(now)
+        return ok
+
+    def handle_stream_data(self, cid: int, data: bytes, now: float) -> None:
+        self._now = now
+        if self.phase is Phase.FINISHED:
+            return
+        if cid == self._stun_cid:
+            try:
+                messages = self._stun_reader.feed(data)
+            except FramingError as exc:
+                self._stun_failed(now, f"stun over tcp: {exc}")
+                return
+            for msg in messages:
+                self._on_stun(msg, now)
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.out.extend(self.turn_link.on_data(data, now))
+            self._pump_turn(now)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_data(cid, data, now)
+            self._pump_tcp(now)
+
+    def handle_stream_closed(self, cid: int, why: str, now: float) -> None:
+        self._now = now
+        if cid == self._stun_cid:
+            self._stun_cid = None
+            if not self._stun_done:
+                self._stun_failed(now, f"stun over tcp: closed: {why}")
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.turn_link.on_failed(f"closed: {why}")
+            if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
+                self._next_turn_way(now, self.turn_link.failed or why)
+            else:
+                self.errors.append(f"turn: {self.turn_link.failed}")
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_closed(cid, why, now)
+            self._pump_tcp(now)
 
     # ------------------------------------------------------------------ outputs
 
@@ -318,12 +443,85 @@ class Session:
 
     def _pump_turn(self, now: float) -> None:
         assert self.turn is not None
-        for data, addr in self.turn.take_datagrams():
-            self._send(data, addr)
+        self._turn_out()
         for ev in self.turn.take_events():
             self._on_turn_event(ev, now)
-        for data, addr in self.turn.take_datagrams():  # sent in reaction to an event
+        self._turn_out()  # sent in reaction to an event
+
+    def _turn_out(self) -> None:
+        """What the TURN client has to send: datagrams, or its link's stream outputs."""
+        assert self.turn is not None
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.flush())
+            return
+        for data, addr in self.turn.take_datagrams():
             self._send(data, addr)
+
+    def _pump_tcp(self, now: float) -> None:
+        assert self.tcp is not None
+        self.out.extend(self.tcp.take_outputs())
+        for note in self.tcp.take_notes():
+            self._note(note)
+        # A connection the remote opened before our `start` came may already have proved
+        # itself: it waits in the path until we punch too.
+        if self.phase is Phase.PUNCH:
+            for ev in self.tcp.take_connected()[:1]:
+                self._tcp_cid = ev.cid
+                self._decide_direct(ev.remote, ev.observed, now)
+        self.out.extend(self.tcp.take_outputs())
+
+    def _window_accept(self, seq: int) -> bool:
+        return self._window.accept(seq)
+
+    # ------------------------------------------------------------------ the TURN server's ways
+
+    def _ways(self) -> list[tuple[str, Address]]:
+        """How to reach the TURN server, in the order to try: the transport's own way,
+        then TLS (a network that lets out only web traffic)."""
+        cfg = self.cfg
+        first = (("udp", cfg.turn) if cfg.transport == "udp" else ("tcp", cfg.turn_tcp))
+        ways = [first] if first[1] is not None else []
+        if cfg.turn_tls is not None:
+            ways.append(("tls", cfg.turn_tls))
+        return [(t, a) for t, a in ways if a is not None]
+
+    def _use_turn_way(self, way: tuple[str, Address]) -> None:
+        transport, server = way
+        stream = transport != "udp"
+        self.turn = turnmod.TurnClient(
+            server, self.cfg.turn_user, self.cfg.turn_pass, rng=self._turn_rng,
+            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7)
+        self.turn_transport = transport
+        self.turn_link = None
+        if stream:
+            tls = tls_context(self.cfg.turn_ca) if transport == "tls" else None
+            self.turn_link = TurnLink(self.turn, transport, self.cids.next(), tls)
+            self.out.extend(self.turn_link.start())
+
+    def _start_turn(self, now: float) -> None:
+        """Allocate over the current way; past turn_fallback, the next way takes over."""
+        if self.turn is None and self._turn_ways:
+            self._use_turn_way(self._turn_ways.pop(0))
+        if self.turn is None:
+            return
+        self._turn_fallback_at = now + self.t.turn_fallback if self._turn_ways else None
+        self.turn.allocate(now)
+        self._pump_turn(now)
+
+    def _next_turn_way(self, now: float, why: str) -> None:
+        self._turn_fallback_at = None
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            return
+        self.errors.append(f"turn over {self.turn_transport}: {why}")
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.close())
+        self.turn, self.turn_link = None, None
+        if self._turn_ways and self.phase is not Phase.FINISHED:
+            self._note(f"turn: over {self._turn_ways[0][0]} instead")
+            self._start_turn(now)
+        else:
+            self._turn_done = True
+            self._check_gathered(now)
 
     # ------------------------------------------------------------------ signaling
 
@@ -340,10 +538,16 @@ class Session:
         self._deadline = now + self.t.gather_timeout
         if self.cfg.stun is not None:
             self._stun_tid = self._rng(12)
-            self._stun_retransmit(now)
-        if self.turn is not None:
-            self.turn.allocate(now)
-            self._pump_turn(now)
+            if self.tcp is not None:  # a binding over a connection from the listening port
+                self._stun_cid = self.cids.next()
+                self.out.append(Open(self._stun_cid, self.cfg.stun, shared_port=True))
+                # as long as the UDP binding's retransmissions would take
+                wait = sum(self.t.stun_rto * 2**i for i in range(self.t.stun_transmits))
+                self._stun_next = now + wait
+            else:
+                self._stun_retransmit(now)
+        if self.turn is not None or self._turn_ways:
+            self._start_turn(now)
         self._check_gathered(now)
 
     def _on_offer(self, msg: dict[str, Any], now: float) -> None:
@@ -352,7 +556,7 @@ class Session:
             return
         self._offer = msg
         self.secret = msg["secret"]
-        self._key = bytes.fromhex(msg["secret"])
+        self._set_key(bytes.fromhex(msg["secret"]))
         self._learn_remote(msg["candidates"], now)
         if self.phase is Phase.EXCHANGE:
             self._answer()
@@ -374,6 +578,11 @@ class Session:
         self._learn_remote(msg["candidates"], now)
         self._signal({"type": "start", "to": self.cfg.remote})
 
+    def _set_key(self, key: bytes) -> None:
+        self._key = key
+        if self.tcp is not None:
+            self.tcp.set_key(key)  # probes wait for it on early connections
+
     def _learn_remote(self, cands: list[dict[str, Any]], now: float) -> None:
         self.remote = dedupe([Candidate.from_json(c) for c in cands])
         self._permit_remote_relays(now)
@@ -386,12 +595,23 @@ class Session:
         self.phase = Phase.PUNCH
         self._deadline = now + self.t.punch_timeout
         self._interval = self.t.punch_interval
+        if self.tcp is not None:
+            self.tcp.start([c.addr for c in punch_targets(self.remote)], now)
+            self._pump_tcp(now)
+            return
         self._round(now)
 
     # ------------------------------------------------------------------ gathering
 
     def _stun_retransmit(self, now: float) -> None:
         assert self.cfg.stun is not None and self._stun_tid is not None
+        if self._stun_cid is not None:  # over TCP: nothing is sent again, it timed out
+            self._stun_next = None
+            self.out.append(Close(self._stun_cid))
+            self._stun_cid = None
+            self._stun_failed(now, f"stun over tcp: no answer from "
+                                   f"{self.cfg.stun[0]}:{self.cfg.stun[1]}")
+            return
         if self._stun_transmits >= self.t.stun_transmits:
             self._stun_next = None
             self._stun_done = True
@@ -404,6 +624,14 @@ class Session:
         self._stun_next = now + self.t.stun_rto * 2**self._stun_transmits
         self._stun_transmits += 1
 
+    def _stun_failed(self, now: float, why: str) -> None:
+        self._stun_next = None
+        if self._stun_done:
+            return
+        self.errors.append(why)
+        self._stun_done = True
+        self._check_gathered(now)
+
     def _on_stun(self, data: bytes, now: float) -> None:
         try:
             msg = stun.unpack(data)
@@ -411,6 +639,7 @@ class Session:
             return
         if self._stun_done or msg.transaction_id != self._stun_tid:
             return
+        self._stun_next = None
         if msg.msg_class is not stun.Class.SUCCESS:
             self.errors.append(f"stun: error response {msg.get('ERROR-CODE')}")
         else:
@@ -427,6 +656,7 @@ class Session:
         if isinstance(ev, turnmod.DataReceived):
             self._on_relayed(ev.peer, ev.data, now)
         elif isinstance(ev, turnmod.Allocated):
+            self._turn_fallback_at = None
             self._add_local(Candidate("relay", *ev.relayed))
             self.t_relayed = now
             self._note(f"turn: relay {ev.relayed[0]}:{ev.relayed[1]}")
@@ -438,6 +668,9 @@ class Session:
             if self.phase is Phase.RELAY and self._next_round is None:
                 self._round(now)
         elif isinstance(ev, turnmod.RequestFailed):
+            if ev.method is stun.Method.ALLOCATE and self._turn_ways:
+                self._next_turn_way(now, f"Allocate failed: {ev.code} {ev.reason}")
+                return
             self.errors.append(f"turn: {ev.method.name} failed: {ev.code} {ev.reason}")
             if ev.method is stun.Method.ALLOCATE:
                 self._turn_done = True
@@ -454,7 +687,7 @@ class Session:
         self._deadline = now + self.t.signaling_timeout
         if self.controlling:
             self.secret = self._rng(32).hex()
-            self._key = bytes.fromhex(self.secret)
+            self._set_key(bytes.fromhex(self.secret))
             self._signal({"type": "offer", "to": self.cfg.remote,
                           "candidates": [c.to_json() for c in self.local],
                           "secret": self.secret})
@@ -529,7 +762,11 @@ class Session:
 
     def _keepalive(self, now: float) -> None:
         if self.pair is not None and self.phase is Phase.DECIDED:
-            if self.outcome == "direct":
+            if self.outcome == "direct" and self.tcp is not None:
+                if self._tcp_cid is not None:
+                    self.tcp.keepalive(self._tcp_cid)
+                    self._pump_tcp(now)
+            elif self.outcome == "direct":
                 self._probe_direct(self.pair[1].addr)
             elif self.outcome == "relay" and self.turn is not None:
                 self._probe_relay(self.pair[1].addr)
@@ -616,7 +853,8 @@ class Session:
             self.errors.append("gather timeout: going on with the candidates gathered")
             self._check_gathered(now, force=True)
         elif self.phase is Phase.PUNCH:
-            half = any(p.got_probe or p.ack_observed for p in self.direct.values())
+            half = any(p.got_probe or p.ack_observed for p in self.direct.values()) or (
+                self.tcp is not None and self.tcp.half_seen)
             if half and not self._grace_used:
                 self._grace_used = True
                 self._deadline = now + self.t.punch_grace
@@ -634,6 +872,9 @@ class Session:
         self.t_punch_end = self.t_relay_start = now
         self.phase = Phase.RELAY
         self._next_round = None
+        if self.tcp is not None:
+            self.tcp.stop()
+            self._pump_tcp(now)
         if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
             self._fail(now, "relay", "no direct path, and no local relay candidate")
             return
@@ -653,6 +894,8 @@ class Session:
 
     def _decide_direct(self, remote: Address, observed: Address, now: float) -> None:
         self.t_punch_end = now
+        if self.tcp is not None:
+            self.tcp.stop(keep=self._tcp_cid)  # the other connections are not needed
         rc = Candidate(type_of(remote, self.remote), *remote)
         self.pair = (self._local_for(observed), rc)
         self._decide(now, "direct", "punch", None)
@@ -701,10 +944,18 @@ class Session:
         self._note("finish")
         self._deadline = self._next_round = self._next_keepalive = self._stun_next = None
         self._next_ping = None
+        self._turn_fallback_at = None
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
-            for data, addr in self.turn.take_datagrams():
-                self._send(data, addr)
+            self._turn_out()
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.close())
+        if self.tcp is not None:
+            self.tcp.stop()
+            self.out.extend(self.tcp.take_outputs())
+        if self._stun_cid is not None:
+            self.out.append(Close(self._stun_cid))
+            self._stun_cid = None
         self.phase = Phase.FINISHED
 
     # ------------------------------------------------------------------ result
@@ -745,6 +996,8 @@ class Session:
             gather_ms=GatherTimings(stun=ms(self.t_registered, self.t_srflx),
                                     turn=ms(self.t_registered, self.t_relayed)),
             turn_client=turn_client,
+            transport=self.cfg.transport,
+            turn_transport=self.turn_transport if turn_client is not None else None,
             trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
                    if self.cfg.trace else None),
         )

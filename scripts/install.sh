@@ -24,8 +24,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
-# independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
-pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
+# independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces;
+# openssl: each lab's certificate for TURN over TLS.
+pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv
+      openssl)
 # strace (tests only): its fault injection kills a command at an exact system call.
 (( dev )) && pkgs+=(vagrant strace)
 # Node.js for the WebRTC and libp2p adapters: the machine's own if it has one (>= 20).

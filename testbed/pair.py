@@ -146,12 +146,15 @@ def _addr(a: tuple[str, int]) -> str:
 
 
 def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
-              timing: Timing) -> list[str]:
+              timing: Timing, transport: str = "udp") -> list[str]:
+    tls: list[str] = []
+    if servers.turn_tls is not None and servers.turn_cert is not None:
+        tls = ["--turn-tls", _addr(servers.turn_tls), "--turn-ca", servers.turn_cert]
     return ["--id", me, "--remote", remote, "--result", str(result),
             "--signaling", _addr(servers.signaling), "--token", servers.token(me),
             "--stun", _addr(servers.stun), "--turn", _addr(servers.turn),
             "--turn-user", servers.turn_user, "--turn-pass", servers.turn_pass,
-            *timing_args(timing)]
+            "--transport", transport, *tls, *timing_args(timing)]
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ class PeersRun:
 
 
 def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES,
-              tag: str = "") -> PeersRun:
+              tag: str = "", transport: str = "udp") -> PeersRun:
     """The peer program in both roles' nodes at once; their results by role."""
     d = lab.workdir()
     servers = PeerServers.of(lab.services)
@@ -171,8 +174,8 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
         me, remote = nodes[role], nodes[ROLES[1 - ROLES.index(role)]]
         result, log = d / f"peer-{me}{tag}.json", d / f"peer-{me}{tag}.log"
         with log.open("w") as out:
-            proc = lab.python(me, "peers.peer", *peer_argv(servers, me, remote, result, timing),
-                              stdout=out, stderr=out)
+            argv = peer_argv(servers, me, remote, result, timing, transport)
+            proc = lab.python(me, "peers.peer", *argv, stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
     deadline = time.monotonic() + wait_budget(timing)
     peers = {}
@@ -208,9 +211,10 @@ def relay_usage(lab: Lab, peers: Mapping[str, PeerResult]) -> dict[str, coturn.R
 def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = None,
              a_node: str = "alice", b_node: str = "bob", keep: bool = False,
              timing: Timing | None = None, lab_name: str | None = None,
-             trace_dir: str | Path | None = None) -> PairResult:
+             trace_dir: str | Path | None = None, transport: str = "udp") -> PairResult:
     """Alice in `a_node` behind NAT a, Bob in `b_node` behind NAT b, in `topology`
-    (a file, or the bundled home-pair); one call attempt, with its evidence."""
+    (a file, or the bundled home-pair); one call attempt, with its evidence. With
+    transport "tcp" the peers punch by TCP simultaneous open and reach TURN over TCP."""
     timing = timing or Timing()
     path = Path(topology) if topology is not None else None
     topo, where = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
@@ -218,22 +222,25 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
     summary = None
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
         if trace_dir is None:
-            run = run_peers(lab, timing, where.nodes)
+            run = run_peers(lab, timing, where.nodes, transport=transport)
             usage = relay_usage(lab, run.peers)
         else:
             run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
-                                          f"{nat_a.label} (alice) x {nat_b.label} (bob)")
+                                          f"{nat_a.label} (alice) x {nat_b.label} (bob), "
+                                          f"{transport.upper()}", transport)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
-                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary)
+                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary,
+                   transport=transport)
 
 
-def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str
+def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
+            transport: str = "udp"
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes)
+        run = run_peers(lab, timing, where.nodes, transport=transport)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]
@@ -280,7 +287,8 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
 
 
 def format_pair(result: PairResult) -> str:
-    lines = [f"pair: {result.a} (alice) x {result.b} (bob)",
+    over = "" if result.transport == "udp" else f", over {result.transport.upper()}"
+    lines = [f"pair: {result.a} (alice) x {result.b} (bob){over}",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
     if result.reason:
         lines.append(f"reason: {result.reason}")
@@ -290,11 +298,16 @@ def format_pair(result: PairResult) -> str:
         lines.append("relay: coturn did not report its counters in time")
     else:
         per = ", ".join(f"{n} {u.peer.sp} packets/{u.peer.sb} bytes"
-                        for n, u in result.relay.items() if u)
+                        + _turn_way(result.peers.get(n)) for n, u in result.relay.items() if u)
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
     return "\n".join(lines)
+
+
+def _turn_way(peer: PeerResult | None) -> str:
+    way = peer.turn_transport if peer is not None else None
+    return f", reached over {way.upper()}" if way else ""
 
 
 def format_trace(result: PairResult) -> str:

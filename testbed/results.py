@@ -82,6 +82,7 @@ class PairResult:
     kept: bool = False  # the lab was left running (pair --keep)
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
+    transport: str = "udp"  # the direct path the peers tried: udp or tcp
 
     @property
     def connected(self) -> bool:
@@ -177,7 +178,7 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "timings_ms": {"connect": r.timings_ms.connect, "total": r.timings_ms.total},
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
-        "elapsed_ms": r.elapsed_ms,
+        "elapsed_ms": r.elapsed_ms, "transport": r.transport,
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
@@ -275,7 +276,17 @@ def _pair(data: Any, where: str) -> PairResult:
         wan=None if wan is None else {str(k): str(v) for k, v in wan.items()},
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
-        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")))
+        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
+        transport=_transport(data, where))
+
+
+TRANSPORTS = ("udp", "tcp")
+
+
+def _transport(data: Any, where: str) -> str:
+    if rec.opt(data, "transport", where, (str,)) is None:
+        return "udp"  # written before transports existed
+    return rec.choice(data, "transport", where, TRANSPORTS)
 
 
 def pair_from_json(data: Any, where: str = "pair") -> PairResult:

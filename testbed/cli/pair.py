@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", required=True, metavar="NAT", help=f"Alice's NAT: {NAT_HELP}")
     p.add_argument("--b", required=True, metavar="NAT", help="Bob's NAT, as --a")
     add_topology_flags(p, "run the pair", "home-pair")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="the direct path: UDP hole punching (default) or TCP simultaneous "
+                        "open; TURN is then reached over TCP (TLS on port 443 as fallback)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
     p.add_argument("--trace", metavar="DIR",
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
-                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace)
+                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
+                          transport=args.transport)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -77,6 +81,9 @@ def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.
 
 def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
     a, b = resolve_peers(args)
+    if args.transport != "udp":
+        raise UsageError("--transport: not with --peer-a/--peer-b/--peer-command (each "
+                         "program chooses its own transport: `nat-testbed peers`)")
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
     if args.topology is not None:

@@ -53,7 +53,8 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
     servers = PeerServers.of(lab.services)
     cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
-                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
+                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
+                     turn_tls=servers.turn_tls, turn_ca=servers.turn_ca())
     return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
 
 
