@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -488,21 +489,27 @@ class Session:
     def _use_turn_way(self, way: tuple[str, Address]) -> None:
         transport, server = way
         stream = transport != "udp"
+        try:
+            tls = tls_context(self.cfg.turn_ca) if transport == "tls" else None
+        except ssl.SSLError as exc:  # a certificate that is not one: this way is closed
+            self.errors.append(f"turn over tls: the certificate given: {exc.reason or exc}")
+            self.turn, self.turn_link = None, None
+            return
         self.turn = turnmod.TurnClient(
             server, self.cfg.turn_user, self.cfg.turn_pass, rng=self._turn_rng,
             rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7)
         self.turn_transport = transport
         self.turn_link = None
         if stream:
-            tls = tls_context(self.cfg.turn_ca) if transport == "tls" else None
             self.turn_link = TurnLink(self.turn, transport, self.cids.next(), tls)
             self.out.extend(self.turn_link.start())
 
     def _start_turn(self, now: float) -> None:
         """Allocate over the current way; past turn_fallback, the next way takes over."""
-        if self.turn is None and self._turn_ways:
+        while self.turn is None and self._turn_ways:
             self._use_turn_way(self._turn_ways.pop(0))
         if self.turn is None:
+            self._turn_done = True
             return
         self._turn_fallback_at = now + self.t.turn_fallback if self._turn_ways else None
         self.turn.allocate(now)

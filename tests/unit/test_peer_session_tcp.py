@@ -1,0 +1,123 @@
+"""peers.session with transport tcp, and its way to the TURN server over TLS (no sockets).
+
+The session is fed by hand what a driver would feed it (signaling messages, stream
+events); what it asks for is checked. The TCP path itself is tests/unit/
+test_peer_tcppath.py; the kernels are tests/kernel/test_pair_tcp.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peers import stun
+from peers.session import Open, PeerConfig, Phase, Session, Transmit, Write
+
+STUN = ("203.0.113.3", 3478)
+TURN = ("203.0.113.5", 3478)
+TLS = ("203.0.113.5", 443)
+HOST = ("10.0.1.10", 40000)
+NOT_A_PEM = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl (scripts/install.sh installs it)")
+    d: Path = tmp_path_factory.mktemp("cert")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=203.0.113.5", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem")],
+                   check=True, capture_output=True)
+    return (d / "c.pem").read_text()
+
+
+def session(**kw: Any) -> Session:
+    base: dict[str, Any] = dict(id="alice", remote="bob", host=HOST, stun=STUN, turn=TURN,
+                                turn_user="u", turn_pass="p")
+    base.update(kw)
+    s = Session(PeerConfig(**base), rng=lambda n: bytes(range(n)))
+    s.start(0.0)
+    s.handle_signal({"type": "challenge", "nonce": "c" * 32}, 0.0)
+    s.handle_signal({"type": "registered", "id": "alice"}, 0.001)
+    return s
+
+
+def test_a_tcp_session_gathers_over_connections_from_its_listening_port() -> None:
+    s = session(transport="tcp", turn=None, turn_tcp=TURN)
+    outs = s.take_outputs()
+    assert not any(isinstance(o, Transmit) for o in outs)  # no datagram at all
+    opens = [o for o in outs if isinstance(o, Open)]
+    assert [(o.remote, o.shared_port) for o in opens] == [(STUN, True), (TURN, False)]
+    stun_cid = opens[0].cid
+    s.handle_stream_open(stun_cid, 0.002)
+    [binding] = [o for o in s.take_outputs() if isinstance(o, Write)]
+    request = stun.unpack(binding.data)
+    answer = stun.pack(stun.Message.new(stun.Method.BINDING, stun.Class.SUCCESS,
+                                        [("XOR-MAPPED-ADDRESS", ("203.0.113.50", 40000))],
+                                        request.transaction_id))
+    s.handle_stream_data(stun_cid, answer[:7], 0.003)  # a stream: any cut
+    s.handle_stream_data(stun_cid, answer[7:], 0.003)
+    assert [(c.type, c.port) for c in s.local] == [("host", 40000), ("srflx", 40000)]
+
+
+def test_a_tcp_binding_nobody_answers_ends_as_the_udp_one_would() -> None:
+    s = session(transport="tcp", turn=None)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    deadline = s.next_deadline()
+    assert deadline == pytest.approx(0.001 + 0.1 * (1 + 2 + 4 + 8))
+    s.handle_timeout(deadline)
+    assert "stun over tcp: no answer from 203.0.113.3:3478" in s.errors
+    assert s.phase is Phase.EXCHANGE  # gathering went on without a srflx candidate
+
+
+def test_a_refused_stun_connection_is_an_error_not_a_hang() -> None:
+    s = session(transport="tcp", turn=None)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    s.handle_stream_failed(opened.cid, "ECONNREFUSED: Connection refused", 0.002)
+    assert s.errors == ["stun over tcp: ECONNREFUSED: Connection refused"]
+    assert s.phase is Phase.EXCHANGE
+
+
+def test_turn_over_tls_when_nothing_comes_back_over_udp(pem: str) -> None:
+    s = session(turn_tls=TLS, turn_ca=pem)
+    assert s.turn_transport == "udp"
+    s.take_outputs()
+    fallback = s.next_deadline()
+    assert fallback is not None and fallback <= 0.001 + 0.5
+    s.handle_timeout(0.001 + 0.5)
+    opens = [o for o in s.take_outputs() if isinstance(o, Open)]
+    assert [o.remote for o in opens] == [TLS]
+    assert s.turn_transport == "tls"
+    assert "turn over udp: no answer within 0.5 s" in s.errors
+
+
+def test_no_fallback_once_the_server_answered_at_all(pem: str) -> None:
+    s = session(turn_tls=TLS, turn_ca=pem)
+    [allocate] = [o for o in s.take_outputs() if isinstance(o, Transmit) and o.addr == TURN]
+    req = stun.unpack(allocate.data)
+    challenge = stun.Message.new(stun.Method.ALLOCATE, stun.Class.ERROR,
+                                 [("ERROR-CODE", (401, "Unauthorized")), ("REALM", "r"),
+                                  ("NONCE", b"n" * 16)], req.transaction_id)
+    s.handle_datagram(stun.pack(challenge), TURN, 0.01)
+    s.handle_timeout(0.6)
+    assert not [o for o in s.take_outputs() if isinstance(o, Open)]
+    assert s.turn_transport == "udp"
+
+
+def test_config_refuses_tls_without_a_certificate_and_unknown_transports() -> None:
+    with pytest.raises(ValueError, match="turn_ca: TURN over TLS needs"):
+        PeerConfig(id="a", remote="b", host=HOST, turn_tls=TLS)
+    with pytest.raises(ValueError, match="transport: 'sctp'"):
+        PeerConfig(id="a", remote="b", host=HOST, transport="sctp")
+
+
+def test_a_certificate_that_is_not_one_closes_the_tls_way_without_a_crash() -> None:
+    s = session(turn=None, transport="tcp", turn_tls=TLS, turn_ca=NOT_A_PEM)
+    assert s.turn is None and s.turn_transport is None
+    assert any(e.startswith("turn over tls: the certificate given:") for e in s.errors)
+    assert not [o for o in s.take_outputs() if isinstance(o, Open) and o.remote == TLS]
