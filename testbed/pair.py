@@ -231,7 +231,7 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
                    elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary,
-                   transport=transport)
+                   point={} if transport == "udp" else {"transport": transport})
 
 
 def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
@@ -287,7 +287,8 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
 
 
 def format_pair(result: PairResult) -> str:
-    over = "" if result.transport == "udp" else f", over {result.transport.upper()}"
+    transport = result.point.get("transport", "udp")
+    over = "" if transport == "udp" else f", over {transport.upper()}"
     lines = [f"pair: {result.a} (alice) x {result.b} (bob){over}",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
     if result.reason:

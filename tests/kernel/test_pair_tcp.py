@@ -42,7 +42,7 @@ def pair(a: str, b: str, transport: str = "tcp", **kw: Any) -> tuple[PairResult,
 def test_port_restricted_cones_connect_by_simultaneous_open() -> None:
     result, res = pair("port-restricted-cone", "port-restricted-cone")
     assert res["outcome"] == "direct", format_pair(result)
-    assert res["transport"] == "tcp" and res["relay_bytes"] == 0
+    assert res["transport"] == "tcp" and res["relay_bytes"] == 0  # the PAIR's point
     for me, r in res["peers"].items():
         assert r["transport"] == "tcp" and r["turn_transport"] == "tcp"
         local, remote = r["candidate_pair"]["local"], r["candidate_pair"]["remote"]
