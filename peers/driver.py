@@ -50,6 +50,17 @@ def why(code: int) -> str:
     return f"{errno.errorcode.get(code, str(code))}: {os.strerror(code)}"
 
 
+def listening_socket(ip: str, port: int) -> socket.socket:
+    """A TCP session's host candidate: a port that listens and connects out at once
+    (SO_REUSEADDR and SO_REUSEPORT on it and on every connection from it)."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    lst.bind((ip, port))
+    lst.listen(16)
+    return lst
+
+
 def plain_tcp_socket() -> socket.socket:
     """A TCP socket in the caller's own namespace (the peer program runs inside it)."""
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM)

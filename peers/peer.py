@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from peers.candidates import Address
-from peers.driver import Driver, Endpoint
+from peers.driver import Driver, Endpoint, listening_socket
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 
@@ -52,16 +52,6 @@ def source_ip_towards(dst: Address) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(dst)
         return str(s.getsockname()[0])
-
-
-def listening_socket(ip: str, port: int) -> socket.socket:
-    """The TCP session's host candidate: a port that listens and connects out at once."""
-    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    lst.bind((ip, port))
-    lst.listen(16)
-    return lst
 
 
 def timing_from(args: argparse.Namespace) -> Timing:

@@ -43,6 +43,7 @@ class SlotSetup:
     nat_a: NatSpec = field(default_factory=NatSpec)  # the router in front of Alice
     nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
     timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
+    transport: str = "udp"  # the peers' direct path: UDP punching or TCP simultaneous open
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ModelInput:
     nat_b: NatSpec = field(default_factory=NatSpec)
     strategy: Strategy = field(default_factory=Strategy)
     port_reuse: PortReuse = PortReuse.EXCLUSIVE
+    transport: str = "udp"
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,45 @@ PUNCH = register(Dimension(
     None, flag="--punch-timeout", metavar="SECONDS,...",
     help="punch for this long before falling back to the relay; a list makes it a "
          f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
+
+
+# ------------------------------------------------------------------ the transport
+
+
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """The peers' direct path as a dimension value: 'udp' (hole punching, TURN over UDP)
+    or 'tcp' (simultaneous open, TURN over TCP); TURN over TLS is the fallback of both."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> Transport:
+        if text.strip() not in TRANSPORTS:
+            raise ValueError(f"expected udp or tcp, got {text!r}")
+        return cls(text.strip())
+
+
+def _set_transport(setup: SlotSetup, value: Transport) -> SlotSetup:
+    return replace(setup, transport=value.name)
+
+
+def _model_transport(inp: ModelInput, value: Transport) -> ModelInput:
+    return replace(inp, transport=value.name)
+
+
+TRANSPORT = register(Dimension(
+    "transport", "transport", (), Transport.parse, _set_transport, Transport("udp"),
+    _model_transport, flag="--transport", metavar="udp,tcp",
+    help="the peers' direct path: udp (hole punching, the default), tcp (simultaneous open, "
+         "TURN over TCP), or both: udp,tcp makes it a dimension of the matrix"))
 
 
 def labels_of(point: Iterable[tuple[str, Any]]) -> Mapping[str, str]:

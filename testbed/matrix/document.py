@@ -38,7 +38,8 @@ class Predictor:
         if isinstance(inp, NotModelled):
             return None, inp.reason
         if inp not in self._seen:
-            p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse)
+            p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse,
+                        transport=inp.transport)
             self._seen[inp] = (p.outcome, p.reason)
         return self._seen[inp]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
+from peers.driver import Driver, DriveTimes, Endpoint, listening_socket, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
@@ -47,21 +47,33 @@ class LabJob:
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
-              timing: Timing) -> Endpoint:
-    """A peer's session with its UDP and TCP sockets, opened inside its namespace."""
+              timing: Timing, transport: str = "udp", turn_ca: str = "") -> Endpoint:
+    """A peer's session with its sockets, opened inside its namespace: UDP, the TCP one
+    for signaling and, with transport tcp, the listening socket of its host candidate
+    and a way to open more there (peers.driver.Endpoint.new_socket)."""
     me = nodes[role]
     remote = nodes[ROLES[1 - ROLES.index(role)]]
     ip = lab.addr(me)
-    with entered(lab.namespace(me).fd):
+    fd = lab.namespace(me).fd
+    with entered(fd):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = listening_socket(ip, 0) if transport == "tcp" else None
     udp.bind((ip, 0))
+    host = (listener or udp).getsockname()
     servers = PeerServers.of(lab.services)
-    cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
+    cfg = PeerConfig(id=me, remote=remote, host=(ip, host[1]),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
-                     turn_tls=servers.turn_tls, turn_ca=servers.turn_ca())
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+                     transport=transport, turn_tcp=servers.turn if transport == "tcp" else None,
+                     turn_tls=servers.turn_tls, turn_ca=turn_ca)
+
+    def new_socket() -> socket.socket:
+        with entered(fd):
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), listener=listener,
+                    new_socket=new_socket)
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -90,7 +102,8 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
         send(("built", job.index, phases["build"]))
-        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing)
+        ca = PeerServers.of(lab.services).turn_ca()  # read once for every peer
+        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing, setup.transport, ca)
                for k, setup in enumerate(job.setups) for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
 
