@@ -376,7 +376,8 @@ NAT_SETS = {"default": default_nats, "all": all_nats}
 
 
 def nats_from_list(text: str) -> list[NatSpec]:
-    """`default`, `all`, or a comma-separated list of labels, each once."""
+    """`default`, `all`, or a comma-separated list of labels and set names, each NAT
+    once: 'full-cone,symmetric', 'default,corporate'."""
     if text in NAT_SETS:
         return NAT_SETS[text]()
     labels = [s.strip() for s in text.split(",")]
@@ -385,8 +386,8 @@ def nats_from_list(text: str) -> list[NatSpec]:
                              "full-cone,symmetric, or default, or all)")
     specs: list[NatSpec] = []
     for label in labels:
-        spec = nat_from_label(label)
-        if spec in specs:
-            raise NatConfigError("", f"{label!r} is listed twice (as {spec.label})")
-        specs.append(spec)
+        for spec in NAT_SETS[label]() if label in NAT_SETS else [nat_from_label(label)]:
+            if spec in specs:
+                raise NatConfigError("", f"{label!r} is listed twice (as {spec.label})")
+            specs.append(spec)
     return specs

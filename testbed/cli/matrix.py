@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", default="default", metavar="LIST|all|default",
                    help="NATs to pair: default (none + the 4 classic types: 25 pairings), all "
                         "(none, firewall, the 9 mapping x filtering combinations: 121), or a "
-                        f"comma-separated list, each {NAT_HELP}")
+                        "comma-separated list of those sets and labels (default,corporate "
+                        f"adds the corporate row), each label {NAT_HELP}")
     p.add_argument("--only", action="append", metavar="A,B|KEY",
                    help="run only the cell with Alice behind A and Bob behind B (NAT labels "
                         "as in --nats), or the cells or slot a key names (a=A,b=B[,DIM=V]"

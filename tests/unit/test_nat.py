@@ -222,11 +222,15 @@ def test_nat_list_accepts_classic_names_combinations_and_variants() -> None:
     assert [s.label for s in specs] == ["full-cone", "symmetric", "adm-eif", "none",
                                         "symmetric:random"]
     assert specs[2] == NatSpec(mapping=AD, filtering=EI)
+    mixed = nats_from_list("default,corporate")
+    assert [s.label for s in mixed] == ["none", "full-cone", "restricted-cone",
+                                        "port-restricted-cone", "symmetric", "corporate"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("full-cone,,symmetric", "empty name"),
     ("full-cone,eim-eif", "listed twice"),
+    ("default,symmetric", "'symmetric' is listed twice"),
     ("fullcone", "fullcone"),
 ])
 def test_bad_nat_lists(text: str, message: str) -> None:
