@@ -78,12 +78,12 @@ TCP (`transport="tcp"`, the peers' simultaneous open, peers.tcppath):
   connecting socket: the SYNs cross (simultaneous open) and the connection is made;
   else if the filter admits it (EIF: the port has an owner; ADF: the owner sent to
   that address), it reaches the listening port and is accepted; else it is refused:
-  dropped, or, with `unsolicited-syn: rst`, answered with a RST, which also closes
-  the sender's half-open connection in the sender's own router (conntrack's CLOSE).
-  A SYN that then arrives there as its reply does not cross with anything: conntrack
-  forgets the closed connection and takes the SYN for a new one, which the filter
-  judges as any unsolicited SYN (it may let it in to the listening port). A refused
-  attempt is made again in the next round.
+  dropped, or, with `unsolicited-syn: rst`, answered with a RST, which also ends the
+  sender's half-open connection in the sender's own router (conntrack deletes a
+  connection whose only reply is a RST). A SYN that then arrives there as its reply
+  does not cross with anything: it is a new connection, which the filter judges as
+  any unsolicited SYN (it may let it in to the listening port). A refused attempt is
+  made again in the next round.
 - Timing: the lab's links have no delay, so a SYN arrives before the other peer's SYN
   of the same round has left: within a round Bob's SYNs go first, then Alice's (the
   signaling server writes Bob's `start` first; `Strategy.syn_crossing`: both leave
@@ -222,7 +222,7 @@ class _Flow:
     remote: Endpoint
     inbound: bool
     last: float
-    closed: bool = False  # TCP: reset by a RST (conntrack CLOSE), until a new SYN reopens it
+    closed: bool = False  # TCP: ended by a RST (conntrack deletes it), until a new SYN
 
 
 @dataclass
@@ -791,7 +791,7 @@ class _TcpWorld(_World):
             flow.last = now
             via = "listen" if flow.inbound else "half-open"
             return _Connection(att.side, att.kind, via, flow.seen, rnd)
-        if flow is not None:  # reset by a RST: conntrack forgets it, the SYN is new
+        if flow is not None:  # ended by a RST: conntrack deleted it, the SYN is new
             owner.flows.remove(flow)
         got = owner.inbound(sent.src, sent.dst, now)
         if isinstance(got, _Drop):
@@ -844,7 +844,7 @@ _SYN_WHY = {
     "no-mapping": "no mapping there",
     "not-sent-address": "nothing went from that port to the sender's address",
     "not-sent-port": "nothing went from that port to the sender's port",
-    "closed": "the half-open connection it would have crossed with there was reset by a "
+    "closed": "the half-open connection it would have crossed with there was ended by a "
               "RST, and the filter refuses it as any unsolicited SYN",
 }
 
@@ -897,10 +897,11 @@ def _tcp_refused_text(world: _TcpWorld, atts: Sequence[_Attempt]) -> str:
                      f"({_SYN_WHY.get(code, code)})")
     rst = [a for a in atts if a.refusals and a.refusals[-1].code.endswith("+rst")]
     if len({a.side for a in rst}) == 2:
-        parts.append("each RST also resets the sender's half-open connection in its own "
-                     "router, so the other side's SYN finds nothing to cross with: the SYNs "
-                     "of a round would have to cross in flight (a one-way delay longer than "
-                     "the peers' start skew)")
+        parts.append("each RST also ends the sender's half-open connection in its own "
+                     "router (conntrack deletes a connection whose only reply is a RST), so "
+                     "the other side's SYN finds nothing to cross with: the SYNs of a round "
+                     "would have to cross in flight (a one-way delay longer than the peers' "
+                     "start skew)")
     for side in "AB":
         peer = world.peers[side]
         if peer.router is not None and peer.router.translates and \
