@@ -308,6 +308,8 @@ def _cell_env(lab: Lab, place: Placement, adapter_a: Adapter, adapter_b: Adapter
         t = svc["turn"]
         env |= {"NT_TURN": f"{t['address']}:{t['port']}", "NT_TURN_USER": t["username"],
                 "NT_TURN_PASS": t["password"], "NT_TURN_REALM": t["realm"]}
+        if t.get("tls_port") and t.get("cert"):
+            env |= {"NT_TURN_TLS": f"{t['address']}:{t['tls_port']}", "NT_TURN_CA": t["cert"]}
     return env
 
 
