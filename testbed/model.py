@@ -88,8 +88,10 @@ TCP (`transport="tcp"`, the peers' simultaneous open, peers.tcppath):
   of the same round has left: within a round Bob's SYNs go first, then Alice's (the
   signaling server writes Bob's `start` first; `Strategy.syn_crossing`: both leave
   before either arrives, as with a one-way delay longer than the peers' start skew).
-  For the default and `all` NAT sets the order does not matter; where it does (a RST
-  on both sides and an endpoint-independent filter on one), the reason says so.
+  For the default and `all` NAT sets the order does not matter; where it does, the
+  reason says so. Two address-and-port-dependent filters that both answer with a RST
+  are a race in the lab: the model says relay, but when both peers send within the few
+  tens of microseconds the routers take, the SYNs do cross (docs/facts-measured.md).
 - "direct": a connection was made; anything else falls back to TURN (over TCP).
 """
 
@@ -901,7 +903,8 @@ def _tcp_refused_text(world: _TcpWorld, atts: Sequence[_Attempt]) -> str:
                      "router (conntrack deletes a connection whose only reply is a RST), so "
                      "the other side's SYN finds nothing to cross with: the SYNs of a round "
                      "would have to cross in flight (a one-way delay longer than the peers' "
-                     "start skew)")
+                     "start skew; in the lab, without link delay, they sometimes do, when "
+                     "both peers send within some tens of microseconds)")
     for side in "AB":
         peer = world.peers[side]
         if peer.router is not None and peer.router.translates and \
