@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         ep = Endpoint(Session(cfg), udp, tcp, listener=listener)
         Driver([ep], args.signaling).run()
     finally:
-        for s in (udp, tcp, listener):
-            with contextlib.suppress(OSError, AttributeError):
-                s.close()  # type: ignore[union-attr]
+        for s in (udp, tcp, *([listener] if listener is not None else [])):
+            with contextlib.suppress(OSError):
+                s.close()
     assert ep.result is not None  # the driver finishes every session it starts
     result = ep.result
     write_result(args.result, result)

@@ -111,3 +111,24 @@ def test_format_table() -> None:
     assert format_table(NatTable("r", (), ())) == "  (empty)"
     text = format_table(NatTable("r", (E1,), ()))
     assert "192.168.1.5:5000 -> 203.0.113.10:3478  seen outside as 203.0.113.50:5000" in text
+
+
+TCP_FLOW = (  # as conntrack-tools 1.4.7 prints a TCP connection (`conntrack -L -o xml`)
+    '<flow><meta direction="original"><layer3 protonum="2" protoname="ipv4"><src>192.168.1.5'
+    '</src><dst>203.0.113.3</dst></layer3><layer4 protonum="6" protoname="tcp"><sport>6101'
+    '</sport><dport>8443</dport></layer4></meta><meta direction="reply"><layer3 protonum="2" '
+    'protoname="ipv4"><src>203.0.113.3</src><dst>203.0.113.50</dst></layer3><layer4 '
+    'protonum="6" protoname="tcp"><sport>8443</sport><dport>6101</dport></layer4></meta>'
+    '<meta direction="independent"><state>CLOSE_WAIT</state><timeout>239</timeout><mark>0'
+    '</mark><use>1</use><id>2960432134</id><assured/></meta></flow>')
+
+
+def test_tcp_connections_carry_their_state() -> None:
+    [e] = parse_conntrack_xml(xml(TCP_FLOW, flow("192.168.1.5", 5000, "203.0.113.10", 3478,
+                                                 "203.0.113.10", 3478, "203.0.113.50", 5000))
+                              )[:1]
+    assert (e.proto, e.tcp_state, e.state) == ("tcp", "CLOSE_WAIT", "CLOSE_WAIT assured")
+    assert (e.inside, e.public) == ("192.168.1.5:6101", "203.0.113.50:6101")
+    assert format_table(NatTable("r", (e,), ())).strip() == (
+        "conntrack  tcp 192.168.1.5:6101 -> 203.0.113.3:8443  seen outside as "
+        "203.0.113.50:6101  (CLOSE_WAIT assured, 239 s)")
