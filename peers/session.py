@@ -384,8 +384,8 @@ class Session:
     def handle_accepted(self, cid: int, remote: Address, now: float) -> bool:
         """A connection to our listening port; False: refused (the driver closes it)."""
         self._now = now
-        if self.tcp is None or self.phase is Phase.FINISHED:
-            return False
+        if self.tcp is None or self.phase in (Phase.RELAY, Phase.DECIDED, Phase.FINISHED):
+            return False  # punching is over: nothing to accept any more
         ok = self.tcp.on_accepted(cid, remote, now)
         self._pump_tcp(now)
         return ok

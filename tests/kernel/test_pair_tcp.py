@@ -139,3 +139,68 @@ def test_rst_on_both_sides_connects_only_if_the_syns_were_in_flight_at_once(
     b_in = [p for p in wan("home-a", "S") if p.direction == "in"]
     assert a_out and b_in and a_out[0].time <= b_in[0].time
     assert not [p for p in resets if p.direction == "out"]
+
+
+def test_a_hostile_host_at_the_listening_port_changes_nothing(tmp_path: Path) -> None:
+    """Alice sits behind a full cone, so anyone may connect to her listening port. While
+    she and Bob punch, Mallory opens connection after connection to it, sending forged
+    probes (a key of her own) and garbage: Alice and Bob still connect directly, and
+    Mallory's connections never become a path or a candidate (once punching is over the
+    session accepts nothing more; before, her frames fail authentication)."""
+    import json as _json
+    import socket
+    import threading
+    import time
+
+    from peers import probe as pr
+    from peers.framing import frame_4571
+    from peers.session import Timing
+    from testbed.lab import Lab
+    from testbed.netns import entered
+    from testbed.pair import peer_argv
+    from testbed.services import PeerServers
+
+    topo = load_topology(Path(__file__).parent / "hostile-lab.yaml")
+    port, stop = 40000, threading.Event()
+    sent: list[int] = []
+
+    def mallory(lab: Lab) -> None:
+        target = (str(topo.node("home-a").iface("wan").address.ip), port)
+        forged = frame_4571(pr.probe(b"m" * 32, "bob", "alice", b"n" * 12, seq=1))
+        deadline = time.monotonic() + 4
+        while not stop.is_set() and time.monotonic() < deadline and len(sent) < 60:
+            with entered(lab.namespace("mallory").fd):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.2)
+            try:
+                s.connect(target)
+                s.sendall(forged * 3 + b"\xff" * 64)
+                sent.append(1)
+            except OSError:
+                time.sleep(0.02)
+            finally:
+                s.close()
+
+    with Lab(topo) as lab:
+        servers = PeerServers.of(lab.services)
+        procs = {}
+        for me, other in (("alice", "bob"), ("bob", "alice")):
+            extra = ["--port", str(port)] if me == "alice" else []
+            held = Timing(hold=2.0)  # Alice keeps listening for Mallory a while
+            argv = peer_argv(servers, me, other, tmp_path / f"{me}.json", held, "tcp")
+            procs[me] = lab.python(me, "peers.peer", *argv, *extra)
+        attacker = threading.Thread(target=mallory, args=(lab,))
+        attacker.start()
+        try:
+            for p in procs.values():
+                p.wait(timeout=60)
+        finally:
+            stop.set()
+            attacker.join()
+        res = {me: _json.loads((tmp_path / f"{me}.json").read_text()) for me in procs}
+    assert sent, "Mallory never got a connection in"  # the full cone let her in
+    assert res["alice"]["outcome"] == res["bob"]["outcome"] == "direct", res
+    remote = res["alice"]["candidate_pair"]["remote"]
+    assert remote["ip"] == str(topo.node("home-b").iface("wan").address.ip)
+    mallory_wan = str(topo.node("home-m").iface("wan").address.ip)
+    assert mallory_wan not in {c["ip"] for c in res["alice"]["candidates"]["remote"]}
