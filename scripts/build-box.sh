@@ -52,7 +52,7 @@ release_dates() {
     [[ -e $f ]] && grep -m1 '^Date:' "$f"
   done
 }
-key=$( { cat scripts/build-box.sh scripts/vm-lib.sh; printf '%s\n' "${targets[@]}";
+key=$( { cat scripts/build-box.sh; printf '%s\n' "${targets[@]}";
          cat "$INSECURE_PUB"; release_dates; } | sha256sum | cut -c1-16)
 out="$VM_CACHE/box-$key"
 
@@ -146,11 +146,9 @@ rmdir "$out/mnt"
 cat > "$out/metadata.json" <<EOF
 {"provider": "libvirt", "format": "qcow2", "virtual_size": $DISK_GIB}
 EOF
+# The project's Vagrantfile says how to run it (driver, CPUs, memory).
 cat > "$out/Vagrantfile" <<'EOF'
 Vagrant.configure("2") do |config|
-  config.vm.provider :libvirt do |lv|
-    lv.driver = "kvm"
-  end
 end
 EOF
 tar -C "$out" -cf "$out/nat-testbed-bookworm.box" metadata.json Vagrantfile box.img

@@ -3,7 +3,7 @@
 # test command), runs `nat-testbed matrix` inside and copies the results out, runs the
 # same matrix on this machine for a ratio, then destroys the VM. Run as root.
 #   scripts/vagrant-check.sh [--out DIR]     (default results/vagrant-check/)
-#   scripts/vagrant-check.sh --probe         exit 0 if KVM is usable here, else say why
+#   scripts/vagrant-check.sh --probe         exit 0 if hardware KVM is usable here, else say why
 #
 # The root network namespace stays identical: libvirtd, its network (bridge, NAT rules,
 # dnsmasq) and the VM run inside a network namespace this script creates, with a private
@@ -25,8 +25,8 @@ LIBVIRT_DIRS=(/etc/libvirt /run/libvirt /var/lib/libvirt /var/log/libvirt /var/c
 # vagrant-libvirt's management network (its default) and the relay's port on it.
 GATEWAY=192.168.121.1
 RELAY_PORT=3142
-UP_TIMEOUT=1200
-MATRIX_TIMEOUT=900
+UP_TIMEOUT=3600
+MATRIX_TIMEOUT=1800
 
 log() { printf '%s vagrant-check: %s\n' "$(date +%T)" "$*"; }
 
@@ -49,6 +49,49 @@ if version != 12:
 EOF
 }
 
+# kvm, or tcg with the reason on stderr. KVM on PVM (a paravirtual hypervisor for
+# machines without VT-x, as on this project's cloud VMs) creates VMs but boots only
+# PVM-enabled guest kernels: Debian's kernel stops in its decompressor there. QEMU's
+# software emulation (TCG) boots it, several times slower. NAT_TESTBED_ACCEL overrides.
+choose_accel() {
+  local problem
+  if [[ -n "${NAT_TESTBED_ACCEL:-}" ]]; then
+    echo "$NAT_TESTBED_ACCEL"; return
+  fi
+  problem=$(kvm_problem)
+  if [[ -z "$problem" && ! -d /sys/module/kvm_intel && ! -d /sys/module/kvm_amd \
+        && -d /sys/module/kvm_pvm ]]; then
+    problem="KVM here is PVM (kvm_pvm, no VT-x/AMD-V), which boots only PVM guest kernels"
+  fi
+  if [[ -n "$problem" ]]; then
+    echo "vagrant-check: $problem: using QEMU's software emulation (TCG), slow" >&2
+    echo tcg
+  else
+    echo kvm
+  fi
+}
+
+# Runs a long step in the background and waits, so that a signal reaches the trap at
+# once (bash runs traps only between foreground commands); the step's PID is recorded.
+step_pid=""
+run_step() {
+  "$@" &
+  step_pid=$!
+  local rc=0
+  wait "$step_pid" || rc=$?
+  step_pid=""
+  return "$rc"
+}
+
+stop_step() {
+  [[ -n "$step_pid" ]] || return 0
+  kill -TERM "$step_pid" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$step_pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$step_pid" 2>/dev/null
+  wait "$step_pid" 2>/dev/null
+  step_pid=""
+}
+
 # ---------------------------------------------------------------------------------------
 # Inner part: runs inside the run's network namespace and private mount namespace.
 # ---------------------------------------------------------------------------------------
@@ -57,6 +100,7 @@ inner_pids=()
 inner_cleanup() {
   set +e
   local dom net vol pid
+  stop_step
   if [[ -d "$WORK/dotvagrant/machines" ]]; then
     timeout 180 vagrant destroy -f >> "$WORK/destroy.log" 2>&1
   fi
@@ -91,6 +135,19 @@ start_libvirtd() {
     mount --bind "$lv$d" "$d"
   done
   mkdir -p /var/lib/libvirt/images
+  # libvirtd resolves its compiled-in users (libvirt-qemu, libvirt-dnsmasq) even when
+  # qemu.conf says root; they exist only in this mount namespace, not on the machine.
+  cp /etc/passwd "$WORK/passwd"; cp /etc/group "$WORK/group"
+  local user uid=64055
+  for user in libvirt-qemu libvirt-dnsmasq; do
+    if ! getent passwd "$user" >/dev/null; then
+      echo "$user:x:$uid:$uid::/var/lib/libvirt:/usr/sbin/nologin" >> "$WORK/passwd"
+      echo "$user:x:$uid:" >> "$WORK/group"
+    fi
+    uid=$((uid + 1))
+  done
+  mount --bind "$WORK/passwd" /etc/passwd
+  mount --bind "$WORK/group" /etc/group
   # No polkit, no cgroups, no security driver, no virtlogd: a root-only private daemon.
   cat > /etc/libvirt/libvirtd.conf <<'EOF'
 auth_unix_ro = "none"
@@ -133,12 +190,13 @@ inner() {
   inner_pids+=($!)
 
   export VAGRANT_CWD=$REPO VAGRANT_DOTFILE_PATH=$WORK/dotvagrant VAGRANT_CHECKPOINT_DISABLE=1
+  [[ $ACCEL == tcg ]] && export NAT_TESTBED_LIBVIRT_DRIVER=qemu
   export NAT_TESTBED_BOX=$BOX_NAME NAT_TESTBED_WHEELS=$WHEELS
   export NAT_TESTBED_APT_PROXY=http://$GATEWAY:$RELAY_PORT
   log "vagrant up --provider libvirt (provisioning runs scripts/test.sh -q; log $OUT/up.log)"
   local t0 t1 rc=0
   t0=$(date +%s.%N)
-  timeout "$UP_TIMEOUT" vagrant up --provider libvirt > "$OUT/up.log" 2>&1 || rc=$?
+  run_step timeout "$UP_TIMEOUT" vagrant up --provider libvirt > "$OUT/up.log" 2>&1 || rc=$?
   t1=$(date +%s.%N)
   echo "up_seconds $(echo "$t1 - $t0" | bc)" >> "$WORK/figures"
   if (( rc != 0 )); then
@@ -154,11 +212,12 @@ inner() {
   log "provisioning passed: ${summary#*: }"
 
   log "nat-testbed matrix inside the VM"
-  local wall
-  wall=$(timeout "$MATRIX_TIMEOUT" vagrant ssh -c 'cd /nat-testbed && s=$(date +%s.%N) &&
+  local s e rc
+  run_step timeout "$MATRIX_TIMEOUT" vagrant ssh -c 'cd /nat-testbed && s=$(date +%s.%N) &&
     sudo .venv/bin/nat-testbed matrix --no-color --out /tmp/vm-results > /tmp/vm-matrix.txt 2>&1;
-    rc=$?; e=$(date +%s.%N); echo "wall $s $e $rc"' -- -q | tr -d '\r' | grep '^wall ')
-  read -r _ s e rc <<< "$wall"
+    rc=$?; e=$(date +%s.%N); echo "wall $s $e $rc"' -- -q > "$WORK/vm-matrix-wall" 2>&1 || true
+  read -r _ s e rc < <(tr -d '\r' < "$WORK/vm-matrix-wall" | grep '^wall ')
+  [[ -n "${rc:-}" ]] || { cat "$WORK/vm-matrix-wall" >&2; die "the matrix did not run in the VM"; }
   vm_ssh 'sudo tar -C /tmp -cf - vm-results vm-matrix.txt' > "$WORK/vm-results.tar"
   tar -C "$OUT" -xf "$WORK/vm-results.tar"
   (( rc == 0 )) || { cat "$OUT/vm-matrix.txt" >&2; die "matrix inside the VM exited $rc"; }
@@ -174,7 +233,7 @@ inner() {
     "/proc/$qpid/status") / 1024 ))" >> "$WORK/figures"
 
   log "vagrant destroy -f"
-  timeout 300 vagrant destroy -f > "$WORK/destroy.log" 2>&1 || die "vagrant destroy failed"
+  run_step timeout 300 vagrant destroy -f > "$WORK/destroy.log" 2>&1 || die "vagrant destroy failed"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -205,7 +264,11 @@ outer_cleanup() {
     ip netns del "$NS"
   fi
   for d in "${created_dirs[@]}"; do rmdir "$d" 2>/dev/null; done
-  [[ -n "${WORK:-}" ]] && { cp "$WORK"/*.log "$WORK"/libvirtd.out "$OUT/" 2>/dev/null; rm -rf "$WORK"; }
+  if [[ -n "${WORK:-}" ]]; then
+    cp "$WORK"/*.log "$WORK"/libvirtd.out "$OUT/" 2>/dev/null
+    cp -r "$WORK/libvirt/var/log/libvirt" "$OUT/libvirt-logs" 2>/dev/null
+    rm -rf "$WORK"
+  fi
   if [[ -n "${BEFORE:-}" ]]; then
     root_netns_snapshot > "$OUT/root-netns-after.txt"
     if ! diff -u "$OUT/root-netns-before.txt" "$OUT/root-netns-after.txt" > "$OUT/root-netns.diff"; then
@@ -224,16 +287,14 @@ main() {
   OUT=$REPO/results/vagrant-check
   case "${1:-}" in
     --probe)
-      problem=$(kvm_problem)
-      [[ -z "$problem" ]] && { echo "vagrant-check: KVM usable"; exit 0; }
-      echo "vagrant-check: KVM not usable: $problem"; exit 1 ;;
+      [[ $(choose_accel) == kvm ]] && { echo "vagrant-check: KVM usable"; exit 0; }
+      exit 1 ;;
     --out) OUT=$(realpath -m "$2") ;;
     "") ;;
     *) echo "usage: scripts/vagrant-check.sh [--out DIR] | --probe" >&2; exit 2 ;;
   esac
   need_root
-  problem=$(kvm_problem)
-  [[ -z "$problem" ]] || die "KVM not usable: $problem"
+  ACCEL=$(choose_accel)
   local t_start; t_start=$(date +%s)
   ensure_packages vagrant vagrant-libvirt libvirt-daemon libvirt-clients qemu-system-x86 \
     qemu-utils dnsmasq-base iptables socat rsync bc python3-venv
@@ -265,7 +326,8 @@ main() {
   socat "UNIX-LISTEN:$WORK/apt.sock,fork,mode=600" "TCP:$apt_host:80" &
   outer_pids+=($!)
 
-  export WORK OUT WHEELS
+  echo "accel $ACCEL" >> "$OUT/figures.txt"
+  export WORK OUT WHEELS ACCEL
   ip netns exec "$NS" unshare --mount --propagation private -- "$0" --inner &
   inner_pid=$!
   wait "$inner_pid" || die "the VM part failed"
@@ -303,7 +365,7 @@ wheel_cache() {
 report() {
   local f=$OUT/figures.txt
   get() { awk -v k="$1" '$1 == k {print $2}' "$f"; }
-  printf '\n== vagrant-check: passed\n'
+  printf '\n== vagrant-check: passed (%s)\n' "$(get accel)"
   printf 'box build or reuse        %6.0f s\n' "$(get box_seconds)"
   printf 'vagrant up to tests passed %5.0f s\n' "$(get up_seconds)"
   printf 'matrix inside the VM      %6.1f s\n' "$(get vm_matrix_seconds)"

@@ -6,6 +6,9 @@ BOX_NAME="nat-testbed/bookworm"
 VM_CACHE="${NAT_TESTBED_VM_CACHE:-/var/cache/nat-testbed-vm}"
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+# set -e stops a script silently; this says where.
+trap '[[ $BASH_COMMAND == exit* ]] || echo "$(basename "$0"): failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+set -o errtrace
 
 need_root() {
   [[ $(id -u) -eq 0 ]] || die "run as root: it installs apt packages and builds disk images"
@@ -43,8 +46,9 @@ root_netns_snapshot() {
   echo "## ip rule"; ip rule show; ip -6 rule show
   echo "## nft list ruleset"; nft list ruleset
   if command -v iptables-save >/dev/null; then
-    echo "## iptables-save"; iptables-save 2>&1 | grep -v '^#'
-    echo "## ip6tables-save"; ip6tables-save 2>&1 | grep -v '^#'
+    # Comment lines carry the time of the listing.
+    echo "## iptables-save"; iptables-save 2>&1 | grep -v '^#' || true
+    echo "## ip6tables-save"; ip6tables-save 2>&1 | grep -v '^#' || true
   fi
   echo "## sysctl net.ipv4.ip_forward"; cat /proc/sys/net/ipv4/ip_forward
   echo "## sysctl net.ipv6.conf.all.forwarding"; cat /proc/sys/net/ipv6/conf/all/forwarding
