@@ -23,10 +23,16 @@ need_root
 ensure_packages vagrant debootstrap qemu-utils extlinux syslinux-common e2fsprogs fdisk \
   util-linux
 
-# Packages in the image. linux-image-amd64 rather than the cloud flavour: the testbed
-# needs the full netfilter, tc and veth module set.
-PACKAGES=systemd-sysv,udev,dbus,systemd-resolved,linux-image-amd64,initramfs-tools,\
+# Packages in the image. Networking as in Vagrant's debian/bookworm64 (ifupdown and
+# dhclient, whose addresses carry no lifetime that would tick in `ip addr`).
+PACKAGES=systemd-sysv,udev,dbus,ifupdown,isc-dhcp-client,initramfs-tools,\
 openssh-server,sudo,rsync,iproute2,ca-certificates
+# The kernel: bookworm-backports (6.12) by default, because the testbed's nftables NAT
+# rules are rejected by Debian 12's own 6.1 kernel (EINVAL); stock gives that 6.1.
+# linux-image-amd64 rather than the cloud flavour: the full netfilter and tc modules.
+KERNEL=${NAT_TESTBED_BOX_KERNEL:-backports}
+[[ $KERNEL == backports || $KERNEL == stock ]] \
+  || die "NAT_TESTBED_BOX_KERNEL is backports or stock, not '$KERNEL'"
 DISK_GIB=16
 # Fixed identifiers, so the same inputs give the same filesystem identity.
 ROOT_UUID=6f1d3a52-2c1e-4d47-9a55-5b0e3c0b7a01
@@ -53,7 +59,7 @@ release_dates() {
   done
 }
 key=$( { cat scripts/build-box.sh; printf '%s\n' "${targets[@]}";
-         cat "$INSECURE_PUB"; release_dates; } | sha256sum | cut -c1-16)
+         cat "$INSECURE_PUB"; release_dates; echo "$KERNEL"; } | sha256sum | cut -c1-16)
 out="$VM_CACHE/box-$key"
 
 box_listed() { vagrant box list 2>/dev/null | grep -q "^$BOX_NAME .*libvirt"; }
@@ -73,7 +79,7 @@ printf 'label: dos\nstart=2048, type=83, bootable\n' | sfdisk -q "$raw"
 
 # Everything that mounts runs in a private mount namespace: if the build dies, the
 # mounts and the loop device go with it and nothing stays mounted on the machine.
-export mirror PACKAGES ROOT_UUID HASH_SEED INSECURE_PUB raw out VM_CACHE
+export mirror KERNEL PACKAGES ROOT_UUID HASH_SEED INSECURE_PUB raw out VM_CACHE
 export targets_text; targets_text=$(printf '%s\n' "${targets[@]}")
 unshare --mount --propagation private bash -euo pipefail -c '
   mnt="$out/mnt"; mkdir -p "$mnt"
@@ -99,18 +105,38 @@ unshare --mount --propagation private bash -euo pipefail -c '
   echo "UUID=$ROOT_UUID / ext4 errors=remount-ro 0 1" > "$mnt/etc/fstab"
   : > "$mnt/etc/machine-id"   # a new one at first boot, per VM
   rm -f "$mnt/var/lib/dbus/machine-id"
-  printf "[Match]\nName=e*\n\n[Network]\nDHCP=yes\n" > "$mnt/etc/systemd/network/50-dhcp.network"
-  ln -sf /run/systemd/resolve/stub-resolv.conf "$mnt/etc/resolv.conf"
+  printf "auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n" \
+    > "$mnt/etc/network/interfaces"
+
+  # The kernel, installed with apt in the image (its cache shared with debootstrap).
+  if [[ $KERNEL == backports ]]; then
+    echo "deb $mirror bookworm-backports main" >> "$mnt/etc/apt/sources.list"
+  fi
+  mount -t proc proc "$mnt/proc"
+  mount --rbind /dev "$mnt/dev"
+  mount -t sysfs sysfs "$mnt/sys"
+  mount --bind "$VM_CACHE/debs" "$mnt/var/cache/apt/archives"
+  cp /etc/resolv.conf "$mnt/etc/resolv.conf"
+  release=bookworm
+  [[ $KERNEL == backports ]] && release=bookworm-backports
+  chroot "$mnt" /bin/bash -euo pipefail -c "
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends -t $release linux-image-amd64 >/dev/null
+  " > "$out/kernel.log" 2>&1 || { tail -20 "$out/kernel.log" >&2; exit 1; }
+  umount "$mnt/var/cache/apt/archives"
+  : > "$mnt/etc/resolv.conf"   # dhclient writes it at boot
 
   # Host keys are made at first boot, so no two VMs share them.
   rm -f "$mnt"/etc/ssh/ssh_host_*
   mkdir -p "$mnt/etc/systemd/system/ssh.service.d"
-  printf "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n" \
+  # (The empty ExecStartPre= clears the stock "sshd -t", which would fail before them.)
+  printf "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n" \
     > "$mnt/etc/systemd/system/ssh.service.d/host-keys.conf"
   echo "UseDNS no" > "$mnt/etc/ssh/sshd_config.d/vagrant.conf"
 
   chroot "$mnt" /bin/bash -euo pipefail -c "
-    systemctl enable systemd-networkd systemd-resolved ssh >/dev/null 2>&1
+    systemctl enable ssh >/dev/null 2>&1
     useradd --create-home --shell /bin/bash --user-group vagrant
     echo vagrant:vagrant | chpasswd
     echo \"vagrant ALL=(ALL) NOPASSWD: ALL\" > /etc/sudoers.d/vagrant
@@ -134,7 +160,6 @@ EOF
   extlinux --install "$mnt/boot/extlinux" >/dev/null 2>&1
 
   chroot "$mnt" dpkg-query -W -f="\${Package} \${Version}\n" > "$out/manifest.txt"
-  chroot "$mnt" apt-get clean
   rm -rf "$mnt"/var/lib/apt/lists/* "$mnt"/var/log/*.log "$mnt"/tmp/*
   fstrim "$mnt" 2>/dev/null || true
 '

@@ -7,7 +7,7 @@ VM_CACHE="${NAT_TESTBED_VM_CACHE:-/var/cache/nat-testbed-vm}"
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 # set -e stops a script silently; this says where.
-trap '[[ $BASH_COMMAND == exit* ]] || echo "$(basename "$0"): failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+trap '[[ $BASH_COMMAND == exit* || $BASH_COMMAND == wait* ]] || echo "$(basename "$0"): failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 set -o errtrace
 
 need_root() {
@@ -39,7 +39,8 @@ apt_debian_targets() {
 
 # Everything the project must leave alone in the root network namespace, as text.
 root_netns_snapshot() {
-  echo "## ip -o addr"; ip -o addr show
+  # Lifetimes of DHCP/SLAAC addresses count down by themselves: not a change.
+  echo "## ip -o addr"; ip -o addr show | sed -E 's/ (valid|preferred)_lft [^ ]+//g'
   echo "## ip -o link"; ip -o link show
   echo "## ip route show table all"; ip route show table all
   echo "## ip -6 route show table all"; ip -6 route show table all
