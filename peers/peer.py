@@ -1,7 +1,7 @@
 """The peer program: one UDP socket, one signaling connection, one JSON result.
 
     python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:7000 \\
-        --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
+        --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
         --result out.json [--punch-timeout 1.0] [--hold 0]
 
 All the logic is in peers.session.Session (sans-IO); this file is the thin
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--id", required=True)
     ap.add_argument("--remote", required=True)
     ap.add_argument("--signaling", required=True, type=parse_addr, metavar="IP:PORT")
+    ap.add_argument("--token", default="", help="signaling credential for --id (the lab's "
+                    "signaling server prints it: --secret-file F --token-for ID)")
     ap.add_argument("--stun", type=parse_addr, metavar="IP:PORT")
     ap.add_argument("--turn", type=parse_addr, metavar="IP:PORT")
     ap.add_argument("--turn-user", default="")
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         host = sock.getsockname()
         cfg = PeerConfig(id=args.id, remote=args.remote, host=(host[0], host[1]),
                          stun=args.stun, turn=args.turn, turn_user=args.turn_user,
-                         turn_pass=args.turn_pass, timing=timing, trace=args.trace)
+                         turn_pass=args.turn_pass, token=args.token, timing=timing,
+                         trace=args.trace)
         result = Driver(Session(cfg), sock).run(args.signaling)
     finally:
         with contextlib.suppress(OSError):

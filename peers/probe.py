@@ -7,10 +7,16 @@ HMAC-SHA256 keyed by the session secret exchanged through signaling, over
 every byte before it, so a stray or spoofed datagram, or a probe reflected
 back at its sender, cannot count as connectivity.
 
+Authentic is not fresh: a captured probe replayed from elsewhere still
+verifies. So every probe and ack also carries the sender's sequence number
+(1, 2, 3 ... per session), and the receiver accepts each number once, within
+a sliding window (ReplayWindow: the anti-replay window of IPsec, RFC 4303
+section 3.4.3). A replay is then refused whatever address it comes from.
+
 Layout (network byte order):
   magic (4) "\\xe5NTB" | kind (1) | sender len (1) + sender | receiver len (1)
-  + receiver | nonce (12) | [ack only: family (1: 4 or 6) | port (2) | ip
-  (4/16)] | HMAC-SHA256 (32)
+  + receiver | seq (4) | nonce (12) | [ack only: family (1: 4 or 6) | port (2)
+  | ip (4/16)] | HMAC-SHA256 (32)
 
 The first byte 0xe5 keeps probes apart from STUN (0-3), ChannelData (64-79),
 DTLS (20-63) and RTP (128-191) in the RFC 7983 demultiplexing ranges.
@@ -29,6 +35,9 @@ PROBE = 1
 ACK = 2
 NONCE_LEN = 12
 MAC_LEN = 32
+SEQ = struct.Struct("!I")
+MAX_SEQ = 2**32 - 1
+WINDOW = 1024  # sequence numbers a receiver remembers: far more than one round in flight
 
 Address = tuple[str, int]
 
@@ -42,6 +51,7 @@ class Probe:
     kind: int  # PROBE or ACK
     sender: str
     receiver: str
+    seq: int  # the sender's counter, 1 .. MAX_SEQ: each is accepted once
     nonce: bytes
     observed: Address | None = None  # ACK only: where the acked probe came from
 
@@ -69,7 +79,10 @@ def _addr(addr: Address) -> bytes:
 def encode(key: bytes, p: Probe) -> bytes:
     if len(p.nonce) != NONCE_LEN:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
-    body = MAGIC + bytes([p.kind]) + _name(p.sender) + _name(p.receiver) + p.nonce
+    if not 1 <= p.seq <= MAX_SEQ:
+        raise ValueError(f"seq must be 1..{MAX_SEQ}, got {p.seq}")
+    body = (MAGIC + bytes([p.kind]) + _name(p.sender) + _name(p.receiver) + SEQ.pack(p.seq)
+            + p.nonce)
     if p.kind == ACK:
         if p.observed is None:
             raise ValueError("an ack carries the observed address")
@@ -79,12 +92,13 @@ def encode(key: bytes, p: Probe) -> bytes:
     return body + _mac(key, body)
 
 
-def probe(key: bytes, sender: str, receiver: str, nonce: bytes) -> bytes:
-    return encode(key, Probe(PROBE, sender, receiver, nonce))
+def probe(key: bytes, sender: str, receiver: str, nonce: bytes, *, seq: int) -> bytes:
+    return encode(key, Probe(PROBE, sender, receiver, seq, nonce))
 
 
-def ack(key: bytes, sender: str, receiver: str, nonce: bytes, observed: Address) -> bytes:
-    return encode(key, Probe(ACK, sender, receiver, nonce, observed))
+def ack(key: bytes, sender: str, receiver: str, nonce: bytes, observed: Address, *,
+        seq: int) -> bytes:
+    return encode(key, Probe(ACK, sender, receiver, seq, nonce, observed))
 
 
 def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
@@ -110,6 +124,7 @@ def decode(key: bytes, data: bytes, *, sender: str, receiver: str) -> Probe:
         size, pos = _take(body, pos, 1, what)
         raw, pos = _take(body, pos, size[0], what)
         names.append(raw.decode(errors="replace"))
+    seq_raw, pos = _take(body, pos, SEQ.size, "seq")
     nonce, pos = _take(body, pos, NONCE_LEN, "nonce")
     observed = None
     if kind == ACK:
@@ -126,4 +141,32 @@ def decode(key: bytes, data: bytes, *, sender: str, receiver: str) -> Probe:
         raise ProbeError("trailing bytes")
     if names != [sender, receiver]:
         raise ProbeError(f"addressed {names[0]}->{names[1]}, expected {sender}->{receiver}")
-    return Probe(kind, names[0], names[1], nonce, observed)
+    return Probe(kind, names[0], names[1], SEQ.unpack(seq_raw)[0], nonce, observed)
+
+
+class ReplayWindow:
+    """Which sequence numbers of one sender were accepted: the highest so far and a
+    bitmap of the `size` numbers below it. A number is accepted once; one older than
+    the window is refused (it can no longer be told apart from a replay). Memory is
+    fixed however many numbers arrive, in whatever order."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        if size < 1:
+            raise ValueError("window size must be at least 1")
+        self.size = size
+        self.top = 0  # highest accepted; 0: none yet
+        self._seen = 0  # bit k set: top - k was accepted
+        self._mask = (1 << size) - 1
+
+    def accept(self, seq: int) -> bool:
+        if not 1 <= seq <= MAX_SEQ:
+            return False
+        if seq > self.top:
+            self._seen = ((self._seen << (seq - self.top)) | 1) & self._mask
+            self.top = seq
+            return True
+        offset = self.top - seq
+        if offset >= self.size or self._seen >> offset & 1:
+            return False
+        self._seen |= 1 << offset
+        return True

@@ -7,7 +7,9 @@ relay all share it, so the relayed path leaves through the same NAT mapping)
 and signaling messages to send.
 
 Stages, in order:
-  signaling  register under our id
+  signaling  register under our id, proving it: the server's first message is a
+             challenge (a fresh nonce), answered with an HMAC keyed by the token
+             the testbed issued for our id (peers.signaling.register_proof)
   gather     host candidate (given), srflx (STUN Binding), relay (TURN Allocate)
   signaling  offer/answer (candidates + session secret; the peer with the
              smaller id offers and makes the secret), then the offerer asks
@@ -17,13 +19,22 @@ Stages, in order:
              a probe from a new address adds a peer-reflexive candidate and
              is answered at once (a triggered probe). A path is direct when
              a valid probe from the remote AND a valid ack of one of ours
-             have crossed on the same remote address.
+             have crossed on the same remote address. Valid means
+             authenticated (HMAC) and fresh: the remote's sequence number
+             not seen before (probe.ReplayWindow), and for an ack, the nonce
+             of a probe we sent there and that no ack has used yet.
   relay      if no direct path within punch_timeout, probes go through our
              TURN allocation to the remote's relayed address until both
              directions are confirmed the same way, or relay_timeout.
 Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
+
+What a packet that is not fresh and authentic can make a peer do is bounded:
+nothing but a counter (rejected, replayed). A fresh authentic probe from a new
+address (the remote behind a NAT we have not seen yet, or a captured probe
+replayed before the original arrived) earns one ack and, up to MAX_PRFLX
+addresses, a peer-reflexive candidate.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from peers import probe as pr
 from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
+from peers.signaling import register_proof
 
 Rng = Callable[[int], bytes]
 
@@ -87,6 +99,7 @@ class PeerConfig:
     turn_pass: str = ""
     timing: Timing = field(default_factory=Timing)
     trace: bool = False  # include the event trace in the result
+    token: str = ""  # signaling credential for our id, issued by the testbed
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,8 @@ class Counters:
     relay_sent: int = 0  # probes and acks through the TURN relay
     relay_received: int = 0
     rejected: int = 0  # probe-looking datagrams that failed authentication
+    replayed: int = 0  # authentic probes and acks that were not fresh
+    prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -138,6 +153,8 @@ class _Path:
 class Session:
     MAX_NONCES = 1024
     MAX_TRACE = 400
+    MAX_PRFLX = 8  # peer-reflexive candidates learned at most
+    SIGNAL_KEEPALIVE = 15.0  # a ping on signaling after this long without a message
 
     def __init__(self, cfg: PeerConfig, *, rng: Rng = os.urandom) -> None:
         self.cfg = cfg
@@ -198,6 +215,11 @@ class Session:
         self._permission_asked: set[str] = set()
 
         self._nonces: OrderedDict[bytes, tuple[str, Address]] = OrderedDict()
+        self._seq = 0  # of our probes and acks
+        self._window = pr.ReplayWindow()  # the remote's sequence numbers seen
+        self._next_ping: float | None = None
+        self._signaling_open = True
+        self._register_sent = False
         self.direct: dict[Address, _Path] = {}
         self.relayed: dict[Address, _Path] = {}
 
@@ -206,8 +228,7 @@ class Session:
     def start(self, now: float) -> None:
         self.t0 = self._now = now
         self._note(f"start as {self.cfg.id}, {'offerer' if self.controlling else 'answerer'}")
-        self._deadline = now + self.t.signaling_timeout
-        self._signal({"type": "register", "id": self.cfg.id})
+        self._deadline = now + self.t.signaling_timeout  # the server's challenge first
 
     def take_outputs(self) -> list[Output]:
         out, self.out = self.out, []
@@ -218,7 +239,8 @@ class Session:
         return self.phase is Phase.FINISHED
 
     def next_deadline(self) -> float | None:
-        times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive]
+        times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
+                 self._next_ping]
         if self.turn is not None and self.phase is not Phase.FINISHED:
             times.append(self.turn.next_deadline())
         real = [t for t in times if t is not None]
@@ -230,6 +252,11 @@ class Session:
         self._note(f"signaling: got {mtype}")
         if mtype == "error":
             self._on_signal_error(msg, now)
+        elif mtype == "challenge":
+            if self.phase is Phase.REGISTER and not self._register_sent:
+                self._register_sent = True
+                self._signal({"type": "register", "id": self.cfg.id, "proof": register_proof(
+                    self.cfg.token, msg["nonce"], self.cfg.id)})
         elif mtype == "registered":
             if self.phase is Phase.REGISTER:
                 self._on_registered(now)
@@ -248,6 +275,8 @@ class Session:
     def handle_signal_closed(self, now: float, why: str) -> None:
         self._now = now
         self._note(f"signaling closed: {why}")
+        self._signaling_open = False
+        self._next_ping = None
         if self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE):
             self._fail(now, "signaling", f"signaling connection lost: {why}")
         else:
@@ -280,6 +309,8 @@ class Session:
             self._round(now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive(now)
+        if self._next_ping is not None and now >= self._next_ping:
+            self._signal({"type": "ping"})
         if self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
 
@@ -290,9 +321,11 @@ class Session:
             self.trace.append((self._now - self.t0, text))
 
     def _signal(self, msg: dict[str, Any]) -> None:
-        if msg["type"] != "register":
+        if msg["type"] not in ("register", "ping"):
             self._note(f"signaling: send {msg['type']}")
         self.out.append(Signal(msg))
+        if self._signaling_open and (self.t_registered is not None or msg["type"] == "register"):
+            self._next_ping = self._now + self.SIGNAL_KEEPALIVE  # the server drops idlers
 
     def _send(self, data: bytes, addr: Address) -> None:
         self.counters.sent += 1
@@ -457,6 +490,10 @@ class Session:
 
     # ------------------------------------------------------------------ probing
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def _nonce(self, path: str, addr: Address) -> bytes:
         n = self._rng(pr.NONCE_LEN)
         self._nonces[n] = (path, addr)
@@ -466,14 +503,16 @@ class Session:
 
     def _probe_direct(self, addr: Address) -> None:
         assert self._key is not None
-        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("direct", addr))
+        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("direct", addr),
+                        seq=self._next_seq())
         self.counters.probes_sent += 1
         self._note(f"probe -> {addr[0]}:{addr[1]}")
         self._send(data, addr)
 
     def _probe_relay(self, peer: Address) -> None:
         assert self._key is not None and self.turn is not None
-        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("relay", peer))
+        data = pr.probe(self._key, self.cfg.id, self.cfg.remote, self._nonce("relay", peer),
+                        seq=self._next_seq())
         self.counters.relay_sent += 1
         self._note(f"relay probe -> {peer[0]}:{peer[1]}")
         self.turn.send(peer, data)
@@ -517,10 +556,14 @@ class Session:
             self.counters.rejected += 1
             return None
         try:
-            return pr.decode(self._key, data, sender=self.cfg.remote, receiver=self.cfg.id)
+            p = pr.decode(self._key, data, sender=self.cfg.remote, receiver=self.cfg.id)
         except pr.ProbeError:
             self.counters.rejected += 1
             return None
+        if not self._window.accept(p.seq):  # after the HMAC: forgeries cannot move it
+            self.counters.replayed += 1
+            return None
+        return p
 
     def _on_direct_probe(self, data: bytes, src: Address, now: float) -> None:
         p = self._decode(data)
@@ -532,19 +575,28 @@ class Session:
         if p.kind == pr.PROBE:
             assert self._key is not None
             self.counters.probes_sent += 1
-            self._send(pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, src), src)
+            self._send(pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, src,
+                              seq=self._next_seq()), src)
             fresh = not path.got_probe
             path.got_probe = True
-            if all(c.addr != src for c in self.remote):
-                self.remote.append(Candidate("prflx", *src))  # peer-reflexive
+            self._learn_prflx(src)
             if fresh and self.phase is Phase.PUNCH and path.ack_observed is None:
                 self._probe_direct(src)  # triggered check on the path it came by
         elif self._nonces.get(p.nonce) == ("direct", src):
+            del self._nonces[p.nonce]  # one ack per probe
             path.ack_observed = p.observed
         else:
             return  # an ack for a probe we never sent there: does not count
         if self.phase is Phase.PUNCH and path.got_probe and path.ack_observed is not None:
             self._decide_direct(src, path.ack_observed, now)
+
+    def _learn_prflx(self, src: Address) -> None:
+        if any(c.addr == src for c in self.remote):
+            return
+        if sum(c.type == "prflx" for c in self.remote) >= self.MAX_PRFLX:
+            self.counters.prflx_refused += 1
+            return
+        self.remote.append(Candidate("prflx", *src))  # peer-reflexive
 
     def _on_relayed(self, peer: Address, data: bytes, now: float) -> None:
         if not pr.is_probe(data):
@@ -558,9 +610,11 @@ class Session:
         if p.kind == pr.PROBE:
             assert self._key is not None and self.turn is not None
             self.counters.relay_sent += 1
-            self.turn.send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer))
+            self.turn.send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer,
+                                        seq=self._next_seq()))
             path.got_probe = True
         elif self._nonces.get(p.nonce) == ("relay", peer):
+            del self._nonces[p.nonce]
             path.ack_observed = p.observed
         else:
             return
@@ -661,6 +715,7 @@ class Session:
     def _finish(self, now: float) -> None:
         self._note("finish")
         self._deadline = self._next_round = self._next_keepalive = self._stun_next = None
+        self._next_ping = None
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
             for data, addr in self.turn.take_datagrams():

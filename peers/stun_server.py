@@ -10,6 +10,8 @@ port of the client it goes to.
 
 Prints "ready" on stdout once every socket is bound.  Malformed datagrams are dropped and
 counted; the counters are written as JSON to --stats-file (and logged) on SIGUSR1 and SIGTERM.
+Warnings a client can cause at will (a reply that cannot be sent, e.g. to RESPONSE-PORT 0)
+are rate-limited: a few per minute per kind, the rest counted and summarised in one line.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 
 from peers import stun
@@ -105,6 +109,66 @@ def respond(
     return [(stun.pack(reply, fingerprint=with_fp), origin, dest)]
 
 
+# --- logging a client cannot flood ---------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    start: float
+    logged: int = 0
+    suppressed: int = 0
+
+
+@dataclass
+class LogLimiter:
+    """At most `burst` lines per `interval` seconds for each kind of event; beyond that,
+    events are counted, and one line per kind says how many were left out once the
+    interval is over (tick, or the next event of that kind) or on flush."""
+
+    logger: logging.Logger
+    interval: float = 60.0
+    burst: int = 5
+    clock: Callable[[], float] = time.monotonic
+    _windows: dict[str, _Window] = field(default_factory=dict)
+
+    def warning(self, kind: str, msg: str, *args: object) -> None:
+        now = self.clock()
+        w = self._windows.get(kind)
+        if w is None or now - w.start >= self.interval:
+            if w is not None:
+                self._summarise(kind, w)
+            w = self._windows[kind] = _Window(now)
+        if w.logged < self.burst:
+            w.logged += 1
+            self.logger.warning(msg, *args)
+        else:
+            w.suppressed += 1
+
+    def tick(self) -> None:
+        """Summarise the windows that are over."""
+        now = self.clock()
+        for kind, w in list(self._windows.items()):
+            if now - w.start >= self.interval:
+                self._summarise(kind, w)
+                del self._windows[kind]
+
+    def flush(self) -> None:
+        for kind, w in self._windows.items():
+            self._summarise(kind, w)
+        self._windows.clear()
+
+    def next_due(self) -> float | None:
+        """Seconds until a window with something to summarise is over, if any."""
+        due = [w.start + self.interval for w in self._windows.values() if w.suppressed]
+        return max(0.0, min(due) - self.clock()) if due else None
+
+    def _summarise(self, kind: str, w: _Window) -> None:
+        if w.suppressed:
+            self.logger.warning("%s: %d more in %.0f s not logged", kind, w.suppressed,
+                                self.clock() - w.start)
+            w.suppressed = 0
+
+
 # --- the socket loop ---------------------------------------------------------------------
 
 
@@ -113,9 +177,11 @@ class _Stop(Exception):
 
 
 class Server:
-    def __init__(self, config: ServerConfig, stats_file: str | None) -> None:
+    def __init__(self, config: ServerConfig, stats_file: str | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.stats_file = stats_file
+        self.limiter = LogLimiter(log, clock=clock)
         self.counters: Counter[str] = Counter(
             requests=0, responses=0, malformed=0, ignored=0, send_errors=0, internal_errors=0
         )
@@ -130,6 +196,7 @@ class Server:
             self.sockets[addr] = sock
 
     def write_stats(self) -> None:
+        self.limiter.flush()
         text = json.dumps(dict(self.counters), sort_keys=True)
         log.info("stats %s", text)
         if self.stats_file:
@@ -145,18 +212,20 @@ class Server:
             self.counters["malformed"] += 1
             log.debug("malformed datagram from %s:%d: %s", src[0], src[1], exc)
             return
-        except Exception:  # a bug must not take the server down; count and log it
+        except Exception as exc:  # a bug must not take the server down; count and log it
             self.counters["internal_errors"] += 1
-            log.exception("internal error on a datagram from %s:%d", *src)
+            self.limiter.warning("internal error", "internal error on a datagram from %s:%d: "
+                                 "%r", src[0], src[1], exc)
             return
         self.counters["requests" if replies else "ignored"] += 1
         for reply, origin, dest in replies:
             try:
                 self.sockets[origin].sendto(reply, dest)
                 self.counters["responses"] += 1
-            except OSError as exc:
+            except OSError as exc:  # e.g. RESPONSE-PORT 0: the client chose the port
                 self.counters["send_errors"] += 1
-                log.warning("send from %s to %s failed: %s", origin, dest, exc)
+                self.limiter.warning("send failed", "send from %s:%d to %s:%d failed: %s",
+                                     *origin, *dest, exc)
 
     def serve(self) -> None:
         sel = selectors.DefaultSelector()
@@ -164,8 +233,9 @@ class Server:
             sel.register(sock, selectors.EVENT_READ, addr)
         try:
             while True:
-                for key, _ in sel.select():
+                for key, _ in sel.select(self.limiter.next_due()):
                     self._drain(key.fileobj, key.data)  # type: ignore[arg-type]
+                self.limiter.tick()
         except _Stop:
             pass
         finally:

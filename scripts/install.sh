@@ -3,11 +3,21 @@
 # Safe to run again: it only installs what is missing.
 #   scripts/install.sh          apt packages + the Python venv in .venv
 #   scripts/install.sh --dev    also the test tools (pytest, ruff, mypy) and vagrant
+#   scripts/install.sh --adapters   also the third-party peers (docs/peers.md): aioice
+#                               from PyPI, and Node.js with the npm packages pinned in
+#                               peers/adapters/node/package-lock.json (npm ci)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
-[[ "${1:-}" == "--dev" ]] && dev=1
+adapters=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --adapters) adapters=1 ;;
+    *) echo "install.sh: unknown option $arg (--dev, --adapters)" >&2; exit 2 ;;
+  esac
+done
 if [[ $(id -u) -ne 0 ]]; then
   echo "install.sh: run as root (sudo scripts/install.sh): it installs apt packages" >&2
   exit 1
@@ -16,7 +26,10 @@ fi
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
 # independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
 pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
-(( dev )) && pkgs+=(vagrant)
+# strace (tests only): its fault injection kills a command at an exact system call.
+(( dev )) && pkgs+=(vagrant strace)
+# Node.js for the WebRTC and libp2p adapters: the machine's own if it has one (>= 20).
+(( adapters )) && ! command -v node >/dev/null && pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,8 +46,20 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
+extras=()
+(( dev )) && extras+=(test)
+(( adapters )) && extras+=(adapters)
 extra=""
-(( dev )) && extra="[test]"
+(( ${#extras[@]} )) && extra="[$(IFS=,; echo "${extras[*]}")]"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".${extra}"
+if (( adapters )); then
+  # Exactly the locked versions, again only when the lock changed since the last install.
+  if [[ ! -f peers/adapters/node/node_modules/.package-lock.json || \
+        peers/adapters/node/package-lock.json -nt peers/adapters/node/node_modules/.package-lock.json ]]; then
+    (cd peers/adapters/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  (( major >= 20 )) || echo "install.sh: node $(node --version) is older than 20: the webrtc and libp2p adapters need 20 or newer" >&2
+fi
 echo "install.sh: ready: $(.venv/bin/nat-testbed --version)"

@@ -3,10 +3,10 @@
 # linters and the Vagrantfile check. Extra arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/install.sh --dev || exit 1
+scripts/install.sh --dev --adapters || exit 1
 
 status=0
-.venv/bin/ruff check testbed peers tests bench || status=1
+.venv/bin/ruff check testbed peers tests bench examples || status=1
 .venv/bin/mypy testbed peers || status=1
 # Provider blocks are skipped: a CI machine has vagrant but no hypervisor plugin, and
 # without --ignore-provider validate fails there for want of a usable provider.

@@ -13,7 +13,7 @@ from typing import Any
 from testbed import __version__, netns, state
 from testbed.errors import LabError, TestbedError
 from testbed.lab import Lab, require_root
-from testbed.topology import describe, load_topology
+from testbed.topology import describe, json_schema, load_topology
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -42,8 +42,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("schema")
+def cmd_schema(args: argparse.Namespace) -> int:
+    _print_json(json_schema())
+    return 0
+
+
 @command("up")
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.name is not None:
+        state.check_name(args.name)
     topo = load_topology(args.topology)  # every error is found before the kernel is touched
     require_root()
     lab = Lab(topo, name=args.name)
@@ -70,35 +78,23 @@ def _service_line(info: dict[str, Any]) -> str:
 def cmd_down(args: argparse.Namespace) -> int:
     require_root()
     for lab in args.labs:
-        st = state.read_state(lab)
-        markers = state.labs_from_markers().get(lab, [])
-        if st is None and not markers:
-            raise LabError(f"no lab named {lab!r} (nat-testbed status lists the labs)")
-        done, busy = state.clean([lab])
-        if busy:
-            raise LabError(f"lab {lab} is in use by a running process (pid "
-                           f"{(st or {}).get('pid', '?')}); stop that process first")
-        for t in done:
-            print(f"lab {t.lab} removed: {t.namespaces} namespaces, {t.processes} processes")
+        t = state.down(lab)
+        print(f"lab {t.lab} removed: {t.namespaces} namespaces, {t.processes} processes")
     return 0
 
 
 @command("clean")
 def cmd_clean(args: argparse.Namespace) -> int:
     require_root()
-    done, busy = state.clean(args.labs or None)
-    for t in done:
-        print(f"removed lab {t.lab}: {t.namespaces} namespaces, {t.processes} processes")
-    for lab in busy:
-        print(f"skipped lab {lab}: its owner process is still running (nat-testbed down {lab} "
-              "after it ends)")
-    if not done and not busy:
-        print("nothing to clean")
+    print("\n".join(state.clean(args.labs or None, everything=args.all).lines()))
     return 0
 
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
+    for lab in args.labs:
+        if not state.exists(lab):
+            raise LabError(f"no lab named {lab!r} (nat-testbed status lists the labs)")
     labs = args.labs or sorted(set(state.known_labs()) | set(state.labs_from_markers()))
     summaries = [_lab_summary(lab) for lab in labs]
     if args.json:
@@ -112,12 +108,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _lab_summary(lab: str) -> dict[str, Any]:
-    st = state.read_state(lab) or {"lab": lab, "status": "orphaned (state file missing)",
-                                   "nodes": {}}
-    nodes = st.get("nodes") or {n.split("-", 1)[1]: n
-                                for n in state.labs_from_markers().get(lab, [])}
-    live = {node: _live_node(ns) for node, ns in nodes.items()}
-    return {"lab": lab, "status": st.get("status"), "topology": st.get("topology"),
+    st = state.read_state(lab) or {"lab": lab, "nodes": {}}
+    nodes = st.get("nodes") or {n.split("-", 1)[1]: n for n in state.marked_namespaces(lab)}
+    live = netns.in_thread(lambda: {node: _live_node(ns) for node, ns in nodes.items()})
+    return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": st.get("services", {}), "nodes": live}
 
 
@@ -150,8 +144,8 @@ def _route_text(r: Any) -> str:
 
 
 def _format_summary(s: dict[str, Any]) -> str:
-    lines = [f"lab {s['lab']}: {s['status']} (topology {s.get('topology')}, "
-             f"created {s.get('created')})"]
+    lines = [f"lab {s['lab']}: {state.standing(s['lab']).text()}",
+             f"  topology {s.get('topology')}, created {s.get('created')}"]
     for node, info in s["nodes"].items():
         if info.get("missing"):
             lines.append(f"  {node}: namespace {info['netns']} is gone")
@@ -224,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("validate", help="check a topology file without touching the kernel")
     s.add_argument("topology")
+    sub.add_parser("schema", help="print the JSON Schema of topology files (for editors)")
     s = sub.add_parser("status", help="running labs: nodes, interfaces, addresses, routes")
     s.add_argument("labs", nargs="*")
     s.add_argument("--json", action="store_true")
@@ -233,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("argv", nargs=argparse.REMAINDER)
     s = sub.add_parser("down", help="remove everything a lab created")
     s.add_argument("labs", nargs="+", metavar="LAB")
-    s = sub.add_parser("clean", help="remove whatever any nat-testbed run left behind")
-    s.add_argument("labs", nargs="*", metavar="LAB", help="only these labs (default: all)")
+    s = sub.add_parser("clean", help="remove what nat-testbed runs left behind (killed, "
+                       "crashed); labs brought up with `up` stay unless named or --all")
+    s.add_argument("labs", nargs="*", metavar="LAB",
+                   help="only these labs, detached (`up`) ones included")
+    s.add_argument("--all", action="store_true",
+                   help="also every detached lab: everything not in use by a running command")
     for extra in _extra_commands():
         extra(sub)
     return p

@@ -2,4 +2,4 @@
 parser and sets `handler` (args -> exit code) with set_defaults."""
 
 MODULES: list[str] = ["testbed.classify", "testbed.pair_cli", "testbed.lesson_cmd",
-                      "testbed.matrix"]
+                      "testbed.matrix", "testbed.peers_cli"]

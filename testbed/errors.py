@@ -19,8 +19,17 @@ class TopologyError(TestbedError):
         self.line = line
         self.field = field
         self.message = message
+        # One line, whatever the file held: a key may be empty or hold a newline.
+        shown = field + '""' if field == "" or field.endswith(".") else field
         where = f"{source}:{line}" if line else source
-        super().__init__(f"{where}: {field}: {message}")
+        super().__init__(_printable(f"{where}: {shown}: {message}"))
+
+
+def _printable(text: str) -> str:
+    """One line whatever the input held: control characters written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class PrivilegeError(TestbedError):
@@ -31,3 +40,9 @@ class PrivilegeError(TestbedError):
 
 class LabError(TestbedError):
     """A lab that does not exist, is busy, or failed to build."""
+
+
+class LabNameError(TestbedError):
+    """A lab name that cannot be a file and namespace name, or is unsafe to paste."""
+
+    exit_code = 2

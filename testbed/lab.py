@@ -22,14 +22,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import netns, nlbatch, state
-from testbed.errors import LabError, PrivilegeError
+from testbed import hostlimits, netns, nlbatch, state
+from testbed.errors import LabError, LabNameError, PrivilegeError
 from testbed.nat import RouterContext, render_ruleset, sysctls
 from testbed.netns import Netns
 from testbed.topology import Node, Segment, Topology
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-READY_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 5.0  # links up: this, plus READY_PER_VETH_S for each veth of the lab
+READY_PER_VETH_S = 0.005
 NFT_TABLE = "nattestbed"
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
@@ -45,8 +46,24 @@ def new_lab_name() -> str:
     """A short unique prefix: 'nt' + 4 random characters (namespace and state names)."""
     while True:
         name = "nt" + "".join(secrets.choice(LAB_NAME_ALPHABET) for _ in range(4))
-        if state.read_state(name) is None and not (netns.NETNS_DIR / f"{name}-x").exists():
+        if not name_taken(name):
             return name
+
+
+def name_taken(lab: str) -> list[str]:
+    """What stands in the way of a new lab LAB: its state file, or namespaces named
+    "LAB-..." (a lab whose state is gone, or anyone else's)."""
+    taken = [str(state.state_path(lab))] if state.state_path(lab).exists() else []
+    return taken + [n for n in netns.listed() if n.startswith(f"{lab}-")]
+
+
+def check_names(lab: str, keys: Sequence[str]) -> None:
+    """The lab's name, and each namespace name "LAB-KEY" as a file name under /run/netns."""
+    state.check_name(lab)
+    for key in keys:
+        if len(f"{lab}-{key}") > netns.NAME_MAX:
+            raise LabNameError(f"lab {lab}: namespace name {lab}-{key[:20]}... is longer than "
+                               f"{netns.NAME_MAX} characters (a file name under {netns.NETNS_DIR})")
 
 
 def require_root() -> None:
@@ -62,6 +79,7 @@ class Lab:
                  start_services: bool = True) -> None:
         self.topo = topo
         self.name = name or new_lab_name()
+        check_names(self.name, self._keys())
         self.start_services = start_services
         self.ns: dict[str, Netns] = {}  # node or bridged segment -> live namespace
         self.procs: list[subprocess.Popen[Any]] = []
@@ -69,6 +87,11 @@ class Lab:
         self.services: dict[str, Any] = {}
         self._lock = state.LabLock(self.name)
         self._state: dict[str, Any] = {}
+        self._claimed = False  # the state file is ours: down() removes the lab
+
+    def _keys(self) -> list[str]:
+        """Every namespace's key: a node's name, or a bridged segment's."""
+        return [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
 
     # ------------------------------------------------------------ naming
 
@@ -98,11 +121,16 @@ class Lab:
         netns.raise_fd_limit()
         netns.ensure_netns_dir()
         if not self._lock.acquire():
-            raise LabError(f"lab {self.name} is in use by another process")
+            raise LabError(f"lab {self.name} is in use by another process "
+                           "(nat-testbed status shows it)")
         try:
             self._claim_names()
+        except BaseException:  # refused: the existing lab stays exactly as it was
+            self._lock.release()
+            raise
+        try:
             self._build()
-            self._state["status"] = "up"
+            self._state["status"] = "running"
             state.write_state(self.name, self._state)
         except BaseException:
             self.down()
@@ -110,28 +138,38 @@ class Lab:
         return self
 
     def _claim_names(self) -> None:
-        keys = [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
-        names = [self.netns(k) for k in keys]
-        clash = [n for n in names if (netns.NETNS_DIR / n).exists()]
-        if state.read_state(self.name) is not None or clash:
-            self._lock.release()
-            raise LabError(f"lab {self.name} already exists (see nat-testbed status)")
+        taken = name_taken(self.name)
+        if taken:
+            raise LabError(f"lab {self.name} already exists ({', '.join(taken[:3])}"
+                           f"{', ...' if len(taken) > 3 else ''}; see nat-testbed status)")
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "pid": os.getpid(), "status": "building", "namespaces": names,
+            "pid": os.getpid(), "owner": state.me(), "status": "building",
+            "namespaces": [self.netns(k) for k in self._keys()],
             "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
+        self._claimed = True
 
     def detach(self) -> None:
-        """Leave the lab running for other processes (`nat-testbed up`)."""
+        """Leave the lab running for other processes (`nat-testbed up`, --keep): recorded
+        as "detached" in one atomic write, so bare `clean` keeps it; a kill before that
+        write leaves it "running" with its owner gone, which `clean` removes."""
         self._close_sockets()
+        if self._claimed and self._lock.held:
+            self._state.update(status="detached", owner=None)
+            state.write_state(self.name, self._state)
         self._lock.release()
 
     def down(self) -> state.Teardown:
+        if not self._claimed:  # nothing of ours exists (a refused up): touch nothing
+            self._lock.release()
+            return state.Teardown(self.name)
+        if not self._lock.held and not self._lock.acquire():  # detached, then taken over
+            raise LabError(f"lab {self.name} is in use by another process")
         for p in self.procs:
             if p.poll() is None:
                 p.terminate()
@@ -145,6 +183,7 @@ class Lab:
                 p.kill()
                 p.wait()
         self.procs.clear()
+        self._claimed = False
         self._lock.release()
         return result
 
@@ -156,8 +195,13 @@ class Lab:
     # ------------------------------------------------------------ building
 
     def _build(self) -> None:
-        for key in [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]:
-            self.ns[key] = netns.create(self.netns(key), self.name)
+        keys = [n.name for n in self.topo.nodes] + [s.name for s in self.topo.bridges]
+        hostlimits.check_lab(self.name, len(keys))
+        for key in keys:
+            try:
+                self.ns[key] = netns.create(self.netns(key), self.name)
+            except OSError as exc:  # a limit of the machine: name it in one line
+                raise hostlimits.explain(self.name, exc, self.netns(key)) from None
         self._assign_ifindexes()
         for node in self.topo.nodes:
             self._sysctls(node)
@@ -235,16 +279,21 @@ class Lab:
             batch.route(r.dest, r.via)
 
     def _wait_ready(self) -> None:
-        """Wait until every veth is operationally up (the kernel activates its queue then)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        """Wait until every veth is operationally up (the kernel activates its queue then).
+        The kernel brings carriers up one by one, so the deadline grows with the veths."""
+        veths = sum(len(s.members) if s.bridged else 1 for s in self.topo.segments)
+        timeout = READY_TIMEOUT_S + READY_PER_VETH_S * veths
+        deadline = time.monotonic() + timeout
         pending = list(self.ns)
         while pending:
             pending = [k for k in pending if not nlbatch.veths_up(self.ns[k].sock)]
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"lab {self.name}: links not up after {READY_TIMEOUT_S}s in "
-                               + ", ".join(self.netns(k) for k in pending))
+                names = ", ".join(self.netns(k) for k in pending[:3])
+                more = f" and {len(pending) - 3} more" if len(pending) > 3 else ""
+                raise LabError(f"lab {self.name}: links not up after {timeout:.1f}s "
+                               f"({veths} veths) in {len(pending)} namespaces: {names}{more}")
             time.sleep(0.001)
 
     # ------------------------------------------------------------ NAT

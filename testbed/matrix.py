@@ -72,7 +72,7 @@ from typing import Any
 
 from peers.peer import transmit
 from peers.session import PeerConfig, Session, Signal, Timing, Transmit
-from peers.signaling import ProtocolError, SignalingClient
+from peers.signaling import ProtocolError, SignalingClient, peer_token
 from testbed import __version__, netns, nlbatch, state
 from testbed import report as rep
 from testbed import turn as tb
@@ -663,6 +663,7 @@ def open_peer(lab: Lab, slot: int, who: str, timing: Timing) -> PeerRun:
                      stun=(svc["stun"]["address"], svc["stun"]["port"]),
                      turn=(svc["turn"]["address"], svc["turn"]["port"]),
                      turn_user=svc["turn"]["username"], turn_pass=svc["turn"]["password"],
+                     token=peer_token(bytes.fromhex(svc["signaling"]["secret"]), me),
                      timing=timing)
     return PeerRun(slot, who, Session(cfg), udp, tcp)
 

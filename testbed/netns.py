@@ -16,9 +16,11 @@ import errno
 import os
 import resource
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -29,6 +31,7 @@ NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
+NAME_MAX = 255  # a namespace's name is a file name under NETNS_DIR
 MARKER_PREFIX = "nat-testbed lab="  # set as the ifalias of lo in every namespace we create
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -159,15 +162,51 @@ def _mark(sock: socket.socket, lab: str) -> None:
     batch.send()
 
 
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) in a short-lived thread of its own. /proc/PID/ns/net shows a process's
+    main thread's namespace, and that is how a teardown finds a lab's processes: a visit
+    made from another thread (a `status` or `clean` reading a lab) is never mistaken
+    for one of the lab's processes, and killed."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="netns-visit")
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _socket_in(fd: int) -> socket.socket:
+    _setns(fd)  # this thread ends here, in the namespace: no way back needed
+    return nlbatch.open_socket()
+
+
 def open_existing(name: str) -> Netns:
     fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    with entered(fd):
-        sock = nlbatch.open_socket()
+    try:
+        sock = in_thread(_socket_in, fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return Netns(name, fd, sock)
 
 
 def marker_of(name: str) -> str | None:
     """The lab that created namespace NAME, from its marker; None if not ours."""
+    return in_thread(_marker_of, name)
+
+
+def _marker_of(name: str) -> str | None:
     try:
         ns = open_existing(name)
     except OSError:

@@ -3,9 +3,18 @@
 pyroute2's synchronous API costs about a millisecond per request (message
 encoding plus an asyncio loop turn), which dominates building a
 1,000-namespace lab. Building only needs five request shapes, so this module
-packs them with struct, sends a namespace's whole batch in one write and
-then checks one acknowledgement per request. Everything else (queries,
-status, markers) stays on pyroute2.
+packs them with struct, sends a namespace's batch in as few writes as its
+socket's buffers allow, and checks one acknowledgement per request.
+Everything else (queries, status, markers) stays on pyroute2.
+
+A batch is split to fit the socket: the kernel refuses a write larger than the
+send buffer (EMSGSIZE), and it drops acknowledgements that do not fit the
+receive buffer, failing the next read with ENOBUFS. Each queued acknowledgement
+takes about 770 bytes of receive buffer (its skb's truesize, measured on 6.x),
+so a 2 MB buffer holds about 2,700 of them: a router of a 5,000-namespace lab
+gets 2,500 routes. So buffers are sized up as far as the kernel allows, each
+write carries no more requests than the receive buffer can acknowledge, and
+its acknowledgements are read before the next write.
 """
 
 from __future__ import annotations
@@ -31,6 +40,10 @@ IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_GATEWAY = 1, 5
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
 IF_OPER_UP = 6
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # as root, past net.core.{w,r}mem_max
+SOCKET_BUFFER = 4 << 20  # asked for; the kernel doubles it for its bookkeeping
+ACK_TRUESIZE = 1024  # receive buffer one queued acknowledgement may take (770 measured)
+SEND_OVERHEAD = 32  # netlink_sendmsg refuses len > sk_sndbuf - 32
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
@@ -66,12 +79,14 @@ def ifinfo(index: int = 0, up: bool = False) -> bytes:
 
 @dataclass
 class Batch:
-    """Requests for one namespace's socket, sent together, acknowledged one by one."""
+    """Requests for one namespace's socket, sent in writes that fit its buffers and
+    acknowledged one by one."""
 
     sock: socket.socket
     parts: list[bytes] = field(default_factory=list)
     what: dict[int, str] = field(default_factory=dict)
     seq: int = 0
+    writes: int = 0  # writes so far: more than one per send() when a batch was split
 
     def _add(self, msg_type: int, flags: int, payload: bytes, what: str) -> None:
         self.seq += 1
@@ -117,18 +132,39 @@ class Batch:
                   f"route {dest or 'default'} via {via}")
 
     def send(self) -> None:
-        """Send everything, then raise on the first request the kernel refused."""
-        if not self.parts:
-            return
-        self.sock.sendto(b"".join(self.parts), (0, 0))
-        pending = set(self.what)
+        """Send everything, write by write; raise on the first request the kernel refused."""
+        max_bytes, max_msgs = chunk_limits(self.sock)
+        first_seq = self.seq - len(self.parts) + 1
+        start = 0
+        while start < len(self.parts):
+            end, size = start + 1, len(self.parts[start])  # a lone oversized one still goes
+            while (end < len(self.parts) and end - start < max_msgs
+                   and size + len(self.parts[end]) <= max_bytes):
+                size += len(self.parts[end])
+                end += 1
+            self.sock.sendto(b"".join(self.parts[start:end]), (0, 0))
+            self.writes += 1
+            self._read_acks(range(first_seq + start, first_seq + end))
+            start = end
+        self.parts.clear()
+        self.what.clear()
+
+    def _read_acks(self, seqs: range) -> None:
+        pending = set(seqs)
+        buf = bytearray(1 << 16)
         while pending:
-            for seq, err in _acks(self.sock.recv(1 << 20)):
+            n = self.sock.recv_into(buf)
+            for seq, err in _acks(bytes(buf[:n])):
                 pending.discard(seq)
                 if err:
                     raise NetlinkError(err, f"{self.what.get(seq, seq)}: {os.strerror(err)}")
-        self.parts.clear()
-        self.what.clear()
+
+
+def chunk_limits(sock: socket.socket) -> tuple[int, int]:
+    """(bytes, requests) one write may carry on this socket, from its actual buffers."""
+    sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return max(1, sndbuf - SEND_OVERHEAD), max(1, rcvbuf // ACK_TRUESIZE)
 
 
 def _acks(buf: bytes) -> list[tuple[int, int]]:
@@ -146,7 +182,12 @@ def open_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                          NETLINK_ROUTE)
     sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request echoed
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for forced, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                          (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, SOCKET_BUFFER)
+        except PermissionError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     sock.bind((0, 0))
     return sock
 
@@ -156,8 +197,9 @@ def veths_up(sock: socket.socket) -> bool:
     sock.sendto(_HDR.pack(_HDR.size + _IFINFO.size, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
                           0, 0) + ifinfo(), (0, 0))
     ok = True
+    chunk = bytearray(1 << 16)
     while True:
-        buf = sock.recv(1 << 20)
+        buf = bytes(chunk[:sock.recv_into(chunk)])
         off = 0
         while off + _HDR.size <= len(buf):
             length, kind = _HDR.unpack_from(buf, off)[:2]

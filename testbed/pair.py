@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from peers.session import Timing
+from peers.signaling import peer_token
 from testbed import services
 from testbed import turn as tb
 from testbed.lab import Lab
@@ -83,6 +84,7 @@ def peer_argv(svc: dict[str, Any], me: str, remote: str, result: Path,
     sig, stun, turn = svc["signaling"], svc["stun"], svc["turn"]
     return ["--id", me, "--remote", remote, "--result", str(result),
             "--signaling", f"{sig['address']}:{sig['port']}",
+            "--token", peer_token(bytes.fromhex(sig["secret"]), me),
             "--stun", f"{stun['address']}:{stun['port']}",
             "--turn", f"{turn['address']}:{turn['port']}",
             "--turn-user", turn["username"], "--turn-pass", turn["password"],

@@ -26,6 +26,10 @@ def nat_from_label(label: str, flag: str) -> NatSpec:
 
 def cmd_pair(args: argparse.Namespace) -> int:
     nat_a, nat_b = nat_from_label(args.a, "--a"), nat_from_label(args.b, "--b")
+    if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
+        from testbed.peers_cli import run_pair_programs
+
+        return run_pair_programs(args, nat_a, nat_b)
     require_root()
     if args.trace:
         from testbed.capture import trace_pair
@@ -57,4 +61,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
     p.add_argument("--trace", metavar="DIR",
                    help="capture both sides of both routers: pcaps and a sequence diagram")
+    from testbed.peers_cli import add_pair_flags
+
+    add_pair_flags(p)
     p.set_defaults(handler=cmd_pair)

@@ -7,7 +7,9 @@ each to be ready (a "ready" line, or coturn's socket) rather than sleeping.
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -73,12 +75,15 @@ def _start_stun(lab: Lab, node: Node) -> dict[str, Any]:
 def _start_signaling(lab: Lab, node: Node) -> dict[str, Any]:
     addr = str(node.interfaces[0].address.ip)
     log = lab_dir(lab) / f"signaling-{node.name}.log"
+    secret, secret_file = secrets.token_hex(32), lab_dir(lab) / f"signaling-{node.name}.secret"
+    secret_file.write_text(secret)  # peers get tokens derived from it (peers.signaling)
+    os.chmod(secret_file, 0o600)
     with log.open("w") as out:
         proc = lab.python(node.name, "peers.signaling", "--listen", addr,
-                          "--port", str(SIGNALING_PORT), stdout=out, stderr=out,
-                          start_new_session=True)
+                          "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
+                          stdout=out, stderr=out, start_new_session=True)
     _wait_for_line(lab, proc, log, f"signaling server on {node.name}")
-    return {"address": addr, "port": SIGNALING_PORT, "log": str(log)}
+    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret}
 
 
 def _start_turn(lab: Lab, node: Node) -> dict[str, Any]:

@@ -7,30 +7,36 @@ testbed.lab deploys it. The format is documented in docs/topology.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from testbed.addrplan import Blocks, HostPool, PlanCursor, span
 from testbed.errors import TopologyError
 from testbed.nat import Kind, NatConfigError, NatSpec, nat_from_dict
-from testbed.yamlsrc import LocDict, LocList, load_yaml
-
-KINDS = ("host", "router", "server")
-SCOPES = ("lan", "cgn", "internet")
-SERVICES = ("stun", "turn", "signaling")
-NODE_KEYS = ("kind", "nat", "interfaces", "service", "description")
-DEFAULT_KEYS = ("kind", "nat")
-TOP_KEYS = ("name", "description", "defaults", "nodes", "links", "networks")
-LINK_KEYS = ("endpoints", "subnet", "scope")
-NETWORK_KEYS = ("members", "subnet", "scope")
-
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]*\Z")  # \Z: "$" would allow a final newline
-IFNAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*\Z")
-RESERVED_IFNAMES = ("lo", "all", "default")  # the kernel refuses a veth by these names
-MAX_NODE_NAME = 20  # namespace names are "<lab>-<node>"; keep them readable
-MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
+from testbed.topospec import (
+    DEFAULT_KEYS,
+    IFNAME_RE,
+    KINDS,
+    LINK_KEYS,
+    MAX_BRIDGE_PORTS,
+    MAX_IFNAME,
+    MAX_NODE_NAME,
+    NAME_RE,
+    NETWORK_KEYS,
+    NODE_KEYS,
+    PREFIXED_RE,
+    RESERVED_IFNAMES,
+    SCOPES,
+    SERVICES,
+    TOP_KEYS,
+)
+from testbed.topospec import json_schema as json_schema  # the schema builder, re-exported
+from testbed.yamlsrc import MAX_BYTES, LocDict, LocList, load_yaml
 
 # The address plan (DEVELOPERS.md): documentation ranges for the internet,
 # 100.64.0.0/10 for carrier-grade NAT, 192.168.x.0/24 for home LANs.
@@ -42,16 +48,13 @@ PLAN: dict[str, tuple[str, ...]] = {
 SKIP_FIRST = {"192.168.0.0/24"}  # home LANs start at 192.168.1.0/24, as routers ship
 
 
-def plan_networks(scope: str) -> Iterator[IPv4Network]:
-    """The scope's /24s in order, made lazily (the lan plan has 65,791 of them)."""
-    for block in PLAN[scope]:
-        for net in IPv4Network(block).subnets(new_prefix=24):
-            if str(net) not in SKIP_FIRST:
-                yield net
-
-
 FIRST_ROUTER_HOST = 1  # routers take .1, .2 ... on LANs: the usual gateway address
 FIRST_OTHER_HOST = 10
+# Routes grow with the square of a lab of plain routers (each router routes to every
+# segment behind the others): 5,000 namespaces of the benchmark's shape derive 250,000
+# routes in 1.2 million search steps. The caps keep a refusal well under a second.
+MAX_ROUTES = 400_000
+MAX_ROUTE_STEPS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,11 @@ class Topology:
     description: str = ""
 
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
 
     @property
     def bridges(self) -> tuple[Segment, ...]:
@@ -150,6 +154,12 @@ def _check_keys(ctx: _Ctx, data: LocDict, allowed: tuple[str, ...], prefix: str)
         if key not in allowed:
             raise ctx.fail(data, key, f"{prefix}{key}",
                            f"unknown key (allowed: {', '.join(allowed)})")
+
+
+def _check_text(ctx: _Ctx, data: LocDict, key: str, field: str) -> None:
+    """Free text: a string, or nothing."""
+    if data.get(key) is not None and not isinstance(data[key], str):
+        raise ctx.fail(data, key, field, "must be text (quote it if it looks like a number)")
 
 
 def _want_map(ctx: _Ctx, parent: LocDict, key: str, field: str) -> LocDict:
@@ -211,7 +221,8 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     _check_defaults(ctx, defaults)
     nodes = _parse_nodes(ctx, _want_map(ctx, data, "nodes", "nodes"), defaults)
     segments = _parse_links(ctx, data, nodes) + _parse_networks(ctx, data, nodes)
-    name = data.get("name") or _name_from_source(source)
+    _check_text(ctx, data, "description", "description")
+    name = data["name"] if data.get("name") is not None else _name_from_source(source)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.fail(data, "name", "name", "must be lowercase letters, digits and '-'")
     return _resolve(ctx, name, str(data.get("description") or ""), nodes, segments)
@@ -220,9 +231,15 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 def load_topology(path: str | Path) -> Topology:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # a device or a FIFO may never end
     except OSError as exc:
         raise TopologyError(str(path), None, "(file)", f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise TopologyError(str(path), None, "(file)", f"too large (more than {MAX_BYTES:,} "
+                            "bytes, the most a topology file may have)")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TopologyError(str(path), None, "(file)",
                             f"not UTF-8 text (byte {exc.start})") from None
@@ -270,6 +287,7 @@ def _parse_nodes(ctx: _Ctx, raw: LocDict, defaults: LocDict) -> dict[str, _RawNo
 
 def _parse_node(ctx: _Ctx, name: str, spec: LocDict, defaults: LocDict, line: int) -> _RawNode:
     _check_keys(ctx, spec, NODE_KEYS, f"nodes.{name}.")
+    _check_text(ctx, spec, "description", f"nodes.{name}.description")
     kind = spec.get("kind", defaults.get("kind", "host"))  # defaults.kind is checked
     if kind not in KINDS:
         raise ctx.fail(spec, "kind", f"nodes.{name}.kind",
@@ -328,7 +346,7 @@ def _check_ifname(ctx: _Ctx, where: LocDict | LocList, key: Any, fld: str,
 def _parse_iface_addr(ctx: _Ctx, where: LocDict, key: str, fld: str, value: Any
                       ) -> IPv4Interface:
     try:
-        if not isinstance(value, str) or "/" not in value:
+        if not isinstance(value, str) or not PREFIXED_RE.match(value):
             raise ValueError
         return IPv4Interface(value)
     except ValueError:
@@ -342,8 +360,8 @@ def _parse_subnet(ctx: _Ctx, spec: LocDict, fld: str) -> IPv4Network | None:
         return None
     value = spec["subnet"]
     try:
-        if not isinstance(value, str) or "/" not in value:
-            raise ValueError("no prefix length")
+        if not isinstance(value, str) or not PREFIXED_RE.match(value):
+            raise ValueError("not an address, '/' and a prefix length")
         return IPv4Network(value)
     except ValueError as exc:
         raise ctx.fail(spec, "subnet", fld, f"{value!r} is not an IPv4 network like "
@@ -408,6 +426,10 @@ def _parse_networks(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> lis
             at = (spec, "members") if "members" in spec else (nets, name)  # missing: the network
             raise ctx.fail(*at, f"{fld}.members",
                            "must list the endpoints on this network, e.g. [alice:eth0]")
+        if len(members) > MAX_BRIDGE_PORTS:
+            raise ctx.fail(spec, "members", f"{fld}.members",
+                           f"{len(members):,} members; a network is a Linux bridge, which "
+                           f"takes at most {MAX_BRIDGE_PORTS:,} ports: split it with a router")
         eps = [_parse_endpoint(ctx, members, j, f"{fld}.members[{j}]", v, nodes)
                for j, v in enumerate(members)]
         out.append(_RawSegment(name, True, _parse_scope(ctx, spec, f"{fld}.scope"),
@@ -425,34 +447,45 @@ def _subnet_at(spec: LocDict, fld: str) -> tuple[int, str] | None:
 
 def _resolve(ctx: _Ctx, name: str, description: str, nodes: dict[str, _RawNode],
              raw_segs: list[_RawSegment]) -> Topology:
+    """Every check runs before the routes are derived: bad input is refused cheaply."""
     _check_services(ctx, nodes)
     seg_of = _check_endpoints(ctx, nodes, raw_segs)
     _assign_subnets(ctx, nodes, raw_segs)
     addrs = _assign_addresses(ctx, nodes, raw_segs)
     segments = tuple(_RawToSegment(s) for s in raw_segs)
     graph = _Graph(nodes, segments, addrs)
-    resolved = []
+    ifaces_of: dict[str, list[str]] = {n: [] for n in nodes}
+    for s in raw_segs:  # a node's interfaces in the order its segments appear
+        for n, ifn in s.members:
+            ifaces_of[n].append(ifn)
+    placed = []
     for rn in nodes.values():
         ifaces = tuple(Interface(ifn, seg_of[(rn.name, ifn)], tuple(addrs[(rn.name, ifn)]))
-                       for ifn in _ifaces_in_order(rn.name, raw_segs))
-        if not ifaces:
-            raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
-                                "is not connected to anything: add it to a link or a network")
+                       for ifn in ifaces_of[rn.name])
+        _check_placed(ctx, rn, ifaces, graph)
         upstream = graph.upstream(rn.name) if rn.kind == "router" else None
-        _check_nat_sides(ctx, rn, upstream, len(ifaces))
-        routes = graph.routes(rn.name)
-        if rn.kind != "router" and graph.has_internet and not graph.reaches_internet(rn.name):
-            raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
-                                "has no route anywhere: no router on its networks leads to "
-                                "the internet")
-        if rn.service == "stun" and len(ifaces[0].addresses) < 2:
-            raise TopologyError(ctx.source, rn.service_line, f"nodes.{rn.name}.service",
-                                "a stun service needs two addresses on its first interface "
-                                "(RFC 5780), e.g. eth0: [203.0.113.3/24, 203.0.113.4/24]")
-        upstream_if = graph.iface_on(rn.name, upstream) if upstream else None
-        resolved.append(Node(rn.name, rn.kind, rn.line, ifaces, routes, rn.nat, upstream_if,
-                             rn.service))
-    return Topology(name, ctx.source, tuple(resolved), segments, description)
+        placed.append((rn, ifaces, graph.iface_on(rn.name, upstream) if upstream else None))
+    routes = _Routes(ctx, graph).derive(nodes)
+    resolved = tuple(Node(rn.name, rn.kind, rn.line, ifaces, routes[rn.name], rn.nat,
+                          upstream_if, rn.service) for rn, ifaces, upstream_if in placed)
+    return Topology(name, ctx.source, resolved, segments, description)
+
+
+def _check_placed(ctx: _Ctx, rn: _RawNode, ifaces: tuple[Interface, ...],
+                  graph: _Graph) -> None:
+    if not ifaces:
+        raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
+                            "is not connected to anything: add it to a link or a network")
+    upstream = graph.upstream(rn.name) if rn.kind == "router" else None
+    _check_nat_sides(ctx, rn, upstream, len(ifaces))
+    if rn.kind != "router" and graph.has_internet and not graph.reaches_internet(rn.name):
+        raise TopologyError(ctx.source, rn.line, f"nodes.{rn.name}",
+                            "has no route anywhere: no router on its networks leads to "
+                            "the internet")
+    if rn.service == "stun" and len(ifaces[0].addresses) < 2:
+        raise TopologyError(ctx.source, rn.service_line, f"nodes.{rn.name}.service",
+                            "a stun service needs two addresses on its first interface "
+                            "(RFC 5780), e.g. eth0: [203.0.113.3/24, 203.0.113.4/24]")
 
 
 def _check_nat_sides(ctx: _Ctx, rn: _RawNode, upstream: str | None, n_ifaces: int) -> None:
@@ -487,22 +520,18 @@ def _RawToSegment(s: _RawSegment) -> Segment:  # noqa: N802 - reads like a const
     return Segment(s.name, s.bridged, s.scope, s.subnet, tuple(s.members), s.line)
 
 
-def _ifaces_in_order(node: str, segs: list[_RawSegment]) -> list[str]:
-    return [ifn for s in segs for (n, ifn) in s.members if n == node]
-
-
 def _check_endpoints(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]
                      ) -> dict[tuple[str, str], str]:
     seen: dict[tuple[str, str], _RawSegment] = {}
     for s in segs:
-        nodes_here = [n for n, _ in s.members]
+        twice = {n for n, c in Counter(n for n, _ in s.members).items() if c > 1}
         for i, ep in enumerate(s.members):
             fld = f"{s.members_field}[{i}]"
             if ep in seen:
                 raise TopologyError(ctx.source, _member_line(s, i), fld,
                                     f"endpoint {ep[0]}:{ep[1]} is already used by "
                                     f"{seen[ep].label}")
-            if nodes_here.count(ep[0]) > 1:
+            if ep[0] in twice:
                 raise TopologyError(ctx.source, _member_line(s, i), fld,
                                     f"node {ep[0]!r} appears twice on the same segment")
             seen[ep] = s
@@ -529,30 +558,26 @@ def _assign_subnets(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegmen
                     break
                 if s.subnet is not None:
                     break
-    taken: list[tuple[IPv4Network, _RawSegment]] = []
-    for s in segs:
+    taken: Blocks[tuple[int, _RawSegment]] = Blocks()
+    for order, s in enumerate(segs):
         if s.subnet is not None:
-            line, fld = s.subnet_at or (s.line, s.label)
-            for other_net, other in taken:
-                if s.subnet.overlaps(other_net):
-                    raise TopologyError(ctx.source, line, fld,
-                                        f"subnet {s.subnet} of {s.label} overlaps "
-                                        f"{other_net} of {other.label}")
-            taken.append((s.subnet, s))
-    explicit = [t for t, _ in taken]
-    cursor = {scope: plan_networks(scope) for scope in PLAN}  # disjoint: never look back
+            lo, hi = span(s.subnet)
+            clash = taken.overlapping(lo, hi)
+            if clash:  # the earliest in file order, as a reader scanning down would find it
+                other = min(clash, key=lambda c: c[0])[1]
+                line, fld = s.subnet_at or (s.line, s.label)
+                raise TopologyError(ctx.source, line, fld, f"subnet {s.subnet} of {s.label} "
+                                    f"overlaps {other.subnet} of {other.label}")
+            taken.add(lo, hi, (order, s))
+    cursor = {scope: PlanCursor([IPv4Network(b) for b in PLAN[scope]],
+                                [IPv4Network(n) for n in SKIP_FIRST]) for scope in PLAN}
     for s in segs:
         if s.subnet is None:
-            s.subnet = _next_free(cursor[s.scope], explicit)
+            s.subnet = cursor[s.scope].next_free(taken)  # type: ignore[arg-type]
             if s.subnet is None:
                 raise TopologyError(ctx.source, s.line, s.label,
                                     f"the address plan for scope {s.scope} is exhausted: "
                                     "give this one a subnet")
-
-
-def _next_free(plan: Iterator[IPv4Network], explicit: list[IPv4Network]) -> IPv4Network | None:
-    """The next plan network that no explicit subnet overlaps (linear, not quadratic)."""
-    return next((net for net in plan if not any(net.overlaps(t) for t in explicit)), None)
 
 
 def _assign_addresses(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]
@@ -572,21 +597,17 @@ def _assign_addresses(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegm
             out[(n, ifn)] = explicit
     for s in segs:
         assert s.subnet is not None
-        pool = _host_pool(s.subnet, owner)
+        pool = HostPool(s.subnet, (int(a.ip) for m in s.members for a in out.get(m, ())))
         order = sorted(s.members, key=lambda m: 0 if nodes[m[0]].kind == "router" else 1)
         for n, ifn in order:
             if (n, ifn) in out:
                 continue
             first = FIRST_ROUTER_HOST if (nodes[n].kind == "router" and s.scope != "internet") \
                 else FIRST_OTHER_HOST
-            # In a subnet too small for the usual numbering, any free address will do.
-            addr = next((a for a in pool if int(a) - int(s.subnet.network_address) >= first),
-                        pool[0] if pool else None)
+            addr = pool.take(first)
             if addr is None:
                 raise TopologyError(ctx.source, s.line, s.label, f"subnet {s.subnet} is full")
-            pool.remove(addr)
-            owner[addr] = f"{n}:{ifn}"
-            out[(n, ifn)] = [IPv4Interface(f"{addr}/{s.subnet.prefixlen}")]
+            out[(n, ifn)] = [IPv4Interface((int(addr), s.subnet.prefixlen))]
     return out
 
 
@@ -603,28 +624,26 @@ def _claim(ctx: _Ctx, owner: dict[IPv4Address, str], a: IPv4Interface, who: str,
     owner[a.ip] = who
 
 
-def _host_pool(subnet: IPv4Network, owner: Mapping[IPv4Address, str]) -> list[IPv4Address]:
-    if subnet.prefixlen >= 31:
-        hosts: Iterator[IPv4Address] = iter(subnet)
-    else:
-        hosts = subnet.hosts()
-    return [h for h in hosts if h not in owner]
-
-
 class _Graph:
-    """Who can forward to whom: derives upstreams, default routes and specific routes."""
+    """Who can forward to whom: segments, their routers, distances to the internet."""
 
     def __init__(self, nodes: dict[str, _RawNode], segs: tuple[Segment, ...],
                  addrs: dict[tuple[str, str], list[IPv4Interface]]) -> None:
         self.nodes = nodes
         self.segs = {s.name: s for s in segs}
         self.addrs = addrs
+        self._primary: dict[tuple[str, str], IPv4Address] = {}
         self.segs_of: dict[str, list[str]] = {n: [] for n in nodes}
+        self.ifname: dict[tuple[str, str], str] = {}  # (node, segment) -> its interface
+        self.routers_on: dict[str, list[str]] = {}  # in member order
         for s in segs:
-            for n, _ in s.members:
+            self.routers_on[s.name] = [n for n, _ in s.members if nodes[n].kind == "router"]
+            for n, ifn in s.members:
                 self.segs_of[n].append(s.name)
+                self.ifname[(n, s.name)] = ifn
         self.has_internet = any(s.scope == "internet" for s in segs)
         self.dist = self._distances()
+        self._upstream = {r: self._closest(r) for rs in self.routers_on.values() for r in rs}
 
     def _distances(self) -> dict[str, int]:
         """Hops from each segment to the internet, through routers only."""
@@ -633,9 +652,7 @@ class _Graph:
         while frontier:
             nxt = []
             for s in frontier:
-                for n, _ in self.segs[s].members:
-                    if self.nodes[n].kind != "router":
-                        continue
+                for n in self.routers_on[s]:
                     for t in self.segs_of[n]:
                         if t not in dist:
                             dist[t] = dist[s] + 1
@@ -643,63 +660,128 @@ class _Graph:
             frontier = nxt
         return dist
 
-    def iface_on(self, node: str, seg: str) -> str:
-        return next(ifn for n, ifn in self.segs[seg].members if n == node)
-
-    def addr_on(self, node: str, seg: str) -> IPv4Address:
-        return self.addrs[(node, self.iface_on(node, seg))][0].ip
-
-    def upstream(self, node: str) -> str | None:
+    def _closest(self, node: str) -> str | None:
         reachable = [s for s in self.segs_of[node] if s in self.dist]
         return min(reachable, key=lambda s: self.dist[s]) if reachable else None
+
+    def iface_on(self, node: str, seg: str) -> str:
+        return self.ifname[(node, seg)]
+
+    def addr_on(self, node: str, seg: str) -> IPv4Address:
+        """The node's primary address on seg: one object per interface, so route
+        derivation compares first hops by identity."""
+        key = (node, self.ifname[(node, seg)])
+        if key not in self._primary:
+            self._primary[key] = self.addrs[key][0].ip
+        return self._primary[key]
+
+    def upstream(self, node: str) -> str | None:
+        if node in self._upstream:
+            return self._upstream[node]
+        return self._closest(node)
 
     def reaches_internet(self, node: str) -> bool:
         return any(s in self.dist for s in self.segs_of[node])
 
-    def _gateway_on(self, seg: str, exclude: str) -> IPv4Address | None:
-        """A router on `seg` that is closer to the internet than `seg` itself."""
-        for n, _ in self.segs[seg].members:
-            if n != exclude and self.nodes[n].kind == "router":
-                up = self.upstream(n)
-                if up is not None and self.dist[up] < self.dist[seg]:
-                    return self.addr_on(n, seg)
-        return None
+
+class _Routes:
+    """Default and specific routes of every node, derived from a checked graph.
+
+    Each node's routes come from a breadth-first search over routers, so a lab's route
+    count can grow with the square of its size. The search stops once everything left
+    to visit would go via the default gateway (it would add no route), and a budget
+    bounds the whole.
+    """
+
+    def __init__(self, ctx: _Ctx, graph: _Graph) -> None:
+        self.ctx = ctx
+        self.g = graph
+        self.steps = 0
+        self.count = 0
+        self.gateways = {s: self._gateways_on(s) for s in graph.segs}
+        self.adjacent = {s: self._crossings(s) for s in graph.segs}
+        self.fanout = {s: sum(len(t) for _, _, t in adj) for s, adj in self.adjacent.items()}
+        self.subnet = {s: seg.subnet for s, seg in graph.segs.items()}
+
+    def _gateways_on(self, seg: str) -> list[tuple[str, IPv4Address]]:
+        """The first two routers on `seg` that lead closer to the internet than `seg`
+        (two: a router's own default gateway is the first one that is not itself)."""
+        g, out = self.g, []
+        for r in g.routers_on[seg]:
+            up = g.upstream(r)
+            if seg in g.dist and up is not None and g.dist[up] < g.dist[seg]:
+                out.append((r, g.addr_on(r, seg)))
+                if len(out) == 2:
+                    break
+        return out
+
+    def _crossings(self, seg: str) -> list[tuple[str, IPv4Address, list[str]]]:
+        """(router, its address on seg, its segments) for each router a search may cross
+        from seg; a translating NAT hides its inside from its outside."""
+        g, out = self.g, []
+        for r in g.routers_on[seg]:
+            nat = g.nodes[r].nat
+            if nat is not None and nat.kind is Kind.NAT and g.upstream(r) == seg:
+                continue
+            out.append((r, g.addr_on(r, seg), g.segs_of[r]))
+        return out
 
     def default_gateway(self, node: str) -> IPv4Address | None:
-        up = self.upstream(node)
-        if up is None or self.dist[up] == 0:
+        up = self.g.upstream(node)
+        if up is None or self.g.dist[up] == 0:
             return None  # on the internet itself: connected routes and specific routes do
-        return self._gateway_on(up, node)
+        return next((addr for r, addr in self.gateways[up] if r != node), None)
 
-    def routes(self, node: str) -> tuple[Route, ...]:
-        default = self.default_gateway(node)
+    def derive(self, nodes: Iterable[str]) -> dict[str, tuple[Route, ...]]:
+        """Every node's routes. All first hops are counted before any route is made, so a
+        topology over the cap is refused at the cost of the search alone."""
+        hops = {}
+        for node in nodes:
+            default = self.default_gateway(node)
+            first = self._next_hops(node, default)
+            self.count += (default is not None) + sum(
+                1 for v in first.values() if v is not None and v is not default)
+            if self.count > MAX_ROUTES:
+                raise TopologyError(self.ctx.source, self.g.nodes[node].line, f"nodes.{node}",
+                                    f"the topology derives more than {MAX_ROUTES:,} routes; "
+                                    "give it fewer plain routers between its segments, or NAT")
+            hops[node] = (default, first)
+        return {node: self._routes(default, first) for node, (default, first) in hops.items()}
+
+    def _routes(self, default: IPv4Address | None, first: dict[str, IPv4Address | None]
+                ) -> tuple[Route, ...]:
+        subnet = self.subnet
         out = [Route(None, default)] if default else []
-        for seg, via in self._next_hops(node).items():
-            if via != default:
-                out.append(Route(self.segs[seg].subnet, via))
+        out += [Route(subnet[seg], via) for seg, via in first.items()
+                if via is not None and via is not default]  # one object per address: addr_on
         return tuple(out)
 
-    def _next_hops(self, node: str) -> dict[str, IPv4Address]:
-        """BFS over routers; a translating NAT hides its inside from its outside."""
-        first: dict[str, IPv4Address | None] = {s: None for s in self.segs_of[node]}
+    def _next_hops(self, node: str, default: IPv4Address | None
+                   ) -> dict[str, IPv4Address | None]:
+        """BFS over routers: each segment's first hop, None for the node's own segments."""
+        first: dict[str, IPv4Address | None] = {s: None for s in self.g.segs_of[node]}
         frontier = list(first)
         while frontier:
+            if default is not None and all(first[s] is default for s in frontier):
+                break  # all that is left goes via the default gateway: no route to add
             nxt = []
             for s in frontier:
-                for r, _ in self.segs[s].members:
-                    rn = self.nodes[r]
-                    if r == node or rn.kind != "router":
+                via_s = first[s]
+                self.steps += self.fanout[s]
+                for r, addr, targets in self.adjacent[s]:
+                    if r == node:
                         continue
-                    hides = rn.nat is not None and rn.nat.kind is Kind.NAT
-                    if hides and self.upstream(r) == s:
-                        continue
-                    via = first[s] or self.addr_on(r, s)
-                    for t in self.segs_of[r]:
+                    via = via_s or addr
+                    for t in targets:
                         if t not in first:
                             first[t] = via
                             nxt.append(t)
             frontier = nxt
-        return {s: v for s, v in first.items() if v is not None}
+            if self.steps > MAX_ROUTE_STEPS:
+                raise TopologyError(self.ctx.source, self.g.nodes[node].line, f"nodes.{node}",
+                                    f"deriving the routes takes more than {MAX_ROUTE_STEPS:,} "
+                                    "steps: the topology is too large to route")
+        return first
 
 
 def address_of(topo: Topology, node: str, iface: str | None = None) -> str:

@@ -220,7 +220,7 @@ def test_describe_stun_answer_shows_the_reflected_address() -> None:
 
 
 def test_describe_turn_send_indication_names_the_peer_and_the_probe_inside() -> None:
-    inner = pr.probe(b"k" * 32, "alice", "bob", b"n" * 12)
+    inner = pr.probe(b"k" * 32, "alice", "bob", b"n" * 12, seq=1)
     msg = stun.Message.new(stun.Method.SEND, stun.Class.INDICATION,
                            [("XOR-PEER-ADDRESS", ("203.0.113.5", 49999)), ("DATA", inner)])
     p = pkt("home-a:lan", 0, 1.0, "in", LAPTOP, 5000, "203.0.113.5", 3478, stun.pack(msg))
@@ -232,10 +232,10 @@ def test_describe_turn_send_indication_names_the_peer_and_the_probe_inside() -> 
 
 
 def test_describe_probes_channel_data_signaling_and_text() -> None:
-    ack = pr.ack(b"k" * 32, "bob", "alice", b"n" * 12, (WAN, 5000))
+    ack = pr.ack(b"k" * 32, "bob", "alice", b"n" * 12, (WAN, 5000), seq=1)
     assert describe(pkt("a:wan", 0, 1.0, "in", "203.0.113.60", 5000, WAN, 5000, ack)) == \
         "ack bob->alice"
-    chan = stun.pack_channel_data(0x4001, pr.probe(b"k" * 32, "alice", "bob", b"n" * 12))
+    chan = stun.pack_channel_data(0x4001, pr.probe(b"k" * 32, "alice", "bob", b"n" * 12, seq=2))
     assert describe(pkt("a:lan", 0, 1.0, "in", LAPTOP, 5000, "203.0.113.5", 3478, chan)) == \
         "TURN ChannelData 0x4001 [probe alice->bob]"
     body = json.dumps({"type": "offer"}).encode()

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from peers.peer import main, parse_addr
-from peers.signaling import SignalingServer
+from peers.signaling import SignalingServer, peer_token
+
+SECRET = b"lab secret for the driver test!!"
 
 
 class ServerThread:
@@ -22,7 +24,7 @@ class ServerThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.server = SignalingServer()
+        self.server = SignalingServer(secret=SECRET)
         self.addr = ("", 0)
         ready = threading.Event()
 
@@ -58,7 +60,8 @@ def run_both(server: ServerThread, tmp_path: Path, *extra: str) -> dict[str, Any
 
     def one(me: str, other: str) -> None:
         codes[me] = main(["--id", me, "--remote", other, "--signaling", sig, "--bind",
-                          "127.0.0.1", "--result", str(tmp_path / f"{me}.json"), *extra])
+                          "127.0.0.1", "--result", str(tmp_path / f"{me}.json"),
+                          "--token", peer_token(SECRET, me), *extra])
 
     threads = [threading.Thread(target=one, args=p) for p in (("alice", "bob"), ("bob", "alice"))]
     for t in threads:
@@ -82,6 +85,18 @@ def test_two_peers_on_loopback_connect_directly_on_host_candidates(
     assert a["candidate_pair"]["local"]["ip"] == "127.0.0.1"
     assert a["timings_ms"]["punch"] < 1000  # well before the punch timeout
     assert any(e[1].startswith("decided: direct") for e in a["trace"])
+
+
+def test_a_wrong_token_fails_at_the_signaling_stage(server: ServerThread,
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "alice.json"
+    code = main(["--id", "alice", "--remote", "bob", "--signaling",
+                 f"{server.addr[0]}:{server.addr[1]}", "--bind", "127.0.0.1", "--result",
+                 str(out), "--token", peer_token(SECRET, "bob")])  # bob's token, not alice's
+    r = json.loads(out.read_text())
+    assert code == 1
+    assert (r["outcome"], r["stage"]) == ("failed", "signaling")
+    assert "auth-failed" in r["reason"]
 
 
 def test_unreachable_signaling_fails_at_the_signaling_stage(tmp_path: Path) -> None:

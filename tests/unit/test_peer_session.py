@@ -22,12 +22,13 @@ import pytest
 from peers import probe as pr
 from peers import stun
 from peers.session import PeerConfig, Phase, Session, Signal, Timing, Transmit
-from peers.signaling import validate_client, validate_server
+from peers.signaling import check_proof, peer_token, validate_client, validate_server
 
 Addr = tuple[str, int]
 HOP = 0.0005  # one-way latency of every hop (s)
 STUN = ("203.0.113.3", 3478)
 TURN = ("203.0.113.5", 3478)
+LAB_SECRET = b"s" * 32
 
 
 class Sim:
@@ -179,17 +180,25 @@ class Scene:
 
         self.s = {
             name: Session(PeerConfig(name, other, self.private[name], STUN if stun_on else None,
-                                     TURN if turn else None, "u", "p", timing),
+                                     TURN if turn else None, "u", "p", timing,
+                                     token=peer_token(LAB_SECRET, name)),
                           rng=rng_for(name))
             for name, other in (("alice", "bob"), ("bob", "alice"))
         }
         self.signals: list[tuple[str, dict[str, Any]]] = []
+        self.nonces = {"alice": "a" * 32, "bob": "b" * 32}  # the server's challenges
         self.injected: list[Callable[[], None]] = []
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
 
     def _start(self, name: str) -> None:
         self.s[name].start(self.sim.now)
+        self.pump(name)
+        challenge = {"type": "challenge", "nonce": self.nonces[name]}
+        self.sim.at(self.sim.now + HOP, lambda: self._deliver_signal(name, challenge))
+
+    def _deliver_signal(self, name: str, msg: dict[str, Any]) -> None:
+        self.s[name].handle_signal(validate_server(msg), self.sim.now)
         self.pump(name)
 
     def _deliver_inside(self, inside: Addr, data: bytes, src: Addr) -> None:
@@ -222,12 +231,12 @@ class Scene:
         t = self.sim.now + HOP
 
         def to(who: str, m: dict[str, Any]) -> None:
-            def go() -> None:
-                self.s[who].handle_signal(validate_server(m), self.sim.now)
-                self.pump(who)
-            self.sim.at(t, go)
+            self.sim.at(t, lambda: self._deliver_signal(who, m))
 
+        if msg["type"] == "ping":
+            return
         if msg["type"] == "register":
+            assert check_proof(LAB_SECRET, self.nonces[name], name, msg["proof"])
             to(name, {"type": "registered", "id": name})
         elif msg["type"] == "start":
             go_msg = {"type": "start", "from": name, "to": msg["to"]}
@@ -336,10 +345,11 @@ def test_forged_and_reflected_probes_do_not_confirm_a_path() -> None:
         target_nat = sc.nats["alice"]
         for port in list(target_nat.inside):
             nonce = b"\x01" * 12
-            for data in (pr.probe(fake_key, "bob", "alice", nonce),
-                         pr.ack(fake_key, "bob", "alice", nonce, ("203.0.113.1", port)),
+            for data in (pr.probe(fake_key, "bob", "alice", nonce, seq=1000),
+                         pr.ack(fake_key, "bob", "alice", nonce, ("203.0.113.1", port),
+                                seq=1001),
                          # a genuine probe of alice's, replayed back at her
-                         pr.probe(b.__dict__["_key"], "alice", "bob", nonce)):
+                         pr.probe(b.__dict__["_key"], "alice", "bob", nonce, seq=1002)):
                 # deliver straight to alice as if it slipped through her NAT
                 a.handle_datagram(data, mallory, sim.now)
                 sc.pump("alice")
@@ -360,9 +370,9 @@ def test_unanswered_ack_does_not_count() -> None:
     sc.sim.run(10, lambda: a.phase is Phase.PUNCH)
     key = a.__dict__["_key"]
     src = ("203.0.113.2", 40000)
-    a.handle_datagram(pr.probe(key, "bob", "alice", b"\x07" * 12), src, sc.sim.now)
-    a.handle_datagram(pr.ack(key, "bob", "alice", b"\x09" * 12, ("203.0.113.1", 40000)), src,
-                      sc.sim.now)
+    a.handle_datagram(pr.probe(key, "bob", "alice", b"\x07" * 12, seq=5000), src, sc.sim.now)
+    a.handle_datagram(pr.ack(key, "bob", "alice", b"\x09" * 12, ("203.0.113.1", 40000),
+                             seq=5001), src, sc.sim.now)
     assert a.phase is Phase.PUNCH  # one direction proven, the other not
 
 
@@ -457,3 +467,113 @@ def test_refused_permission_is_named_in_the_relay_failure() -> None:
 def test_timing_rejects_nonsense_naming_the_field(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=f"Timing.{field}"):
         Timing(**kw)
+
+
+# -- replayed and surplus authentic packets (issue 9 item 12) ----------------------------------
+
+
+def bob_probes_to_alice(sc: Scene) -> list[tuple[Addr, bytes]]:
+    """Bob's probes that reached Alice's public address (and so Alice: full cone), as a
+    sniffer on the internet saw them: (where they went, the bytes)."""
+    return [(dst, data) for t, src, dst, data in sc.sim.log
+            if src[0] == "203.0.113.2" and dst[0] == "203.0.113.1" and pr.is_probe(data)
+            and data[4] == pr.PROBE and t + 2 * HOP < sc.sim.now]
+
+
+def test_replayed_probes_from_many_ports_earn_nothing() -> None:
+    """The issue's attack: captured probes replayed from 500 source ports. Alice had
+    already accepted each once (from bob): every replay is refused, whatever its source,
+    and she sends nothing back and learns no address."""
+    sc = Scene("full-cone", "full-cone", timing=Timing(hold=8.0))
+    a = sc.s["alice"]
+    sc.sim.run(10, lambda: a.phase is Phase.DECIDED)
+    sc.sim.run(sc.sim.now + 5.5, lambda: False)  # bob's keepalive probes, one a second
+    captured = bob_probes_to_alice(sc)[:7]
+    assert len(captured) == 7 and a.outcome == "direct" and a.phase is Phase.DECIDED
+    before = (a.counters.sent, len(a.remote), a.counters.probes_received)
+    replies: list[bytes] = []
+    for port in range(20000, 20500):
+        for _dst, data in captured:
+            a.handle_datagram(data, ("198.51.100.66", port), sc.sim.now)
+            replies += [o.data for o in a.take_outputs() if isinstance(o, Transmit)]
+    assert replies == []
+    assert a.counters.replayed == 500 * len(captured)
+    assert (a.counters.sent, len(a.remote), a.counters.probes_received) == before
+
+
+def test_a_probe_replayed_before_the_original_arrives_earns_one_ack_and_one_candidate() -> None:
+    """The race a sniffer can win: a fresh probe reaches Alice first from elsewhere. It is
+    accepted once (as RFC 8445's checks would be), and that is all it gets."""
+    sc = Scene("full-cone", "full-cone")
+    a, b = sc.s["alice"], sc.s["bob"]
+    sc.sim.run(10, lambda: a.phase is Phase.PUNCH)
+    key = a.__dict__["_key"]
+    fresh = pr.probe(key, "bob", "alice", b"\x33" * 12, seq=b.__dict__["_seq"] + 100)
+    out = []
+    for port in range(30000, 30050):
+        a.handle_datagram(fresh, ("198.51.100.66", port), sc.sim.now)
+        out += [o for o in a.take_outputs() if isinstance(o, Transmit)]
+    acks = [o for o in out if o.data[4] == pr.ACK]
+    assert [o.addr for o in acks] == [("198.51.100.66", 30000)]
+    assert a.counters.replayed == 49
+    assert [c.addr for c in a.remote if c.ip == "198.51.100.66"] == [("198.51.100.66", 30000)]
+
+
+def test_peer_reflexive_candidates_are_bounded() -> None:
+    """Even fresh authentic probes (a remote behind a NAT that gives every packet a new
+    port, or a sniffer) teach at most MAX_PRFLX addresses."""
+    sc = Scene("full-cone", "full-cone")
+    a, b = sc.s["alice"], sc.s["bob"]
+    sc.sim.run(10, lambda: a.phase is Phase.PUNCH)
+    key = a.__dict__["_key"]
+    for i in range(40):
+        data = pr.probe(key, "bob", "alice", bytes([i]) * 12, seq=b.__dict__["_seq"] + 1 + i)
+        a.handle_datagram(data, ("198.51.100.66", 40000 + i), sc.sim.now)
+    learned = [c for c in a.remote if c.ip == "198.51.100.66"]
+    assert len(learned) == Session.MAX_PRFLX
+    assert a.counters.prflx_refused == 40 - Session.MAX_PRFLX
+
+
+def test_an_ack_counts_once() -> None:
+    """An ack replayed from the address the probe went to does not re-confirm a path."""
+    sc = Scene("port-restricted-cone", "port-restricted-cone")
+    a = sc.s["alice"]
+    acks: list[tuple[Addr, Addr, bytes]] = []
+    sc.sim.run(10, lambda: a.phase is Phase.DECIDED)
+    acks = [(src, dst, data) for _, src, dst, data in sc.sim.log
+            if src[0] == "203.0.113.2" and dst[0] == "203.0.113.1" and pr.is_probe(data)
+            and data[4] == pr.ACK]
+    assert acks
+    src, _dst, data = acks[0]
+    path = a.direct[src]
+    path.ack_observed = None
+    a.handle_datagram(data, src, sc.sim.now)
+    assert path.ack_observed is None and a.counters.replayed == 1
+
+
+def test_register_waits_for_the_challenge_and_proves_the_id() -> None:
+    s = Session(PeerConfig("alice", "bob", ("192.168.1.10", 5000), token="t" * 64))
+    s.start(0.0)
+    assert s.take_outputs() == []  # nothing before the server's challenge
+    s.handle_signal({"type": "challenge", "nonce": "c" * 32}, 0.001)
+    [out] = s.take_outputs()
+    assert isinstance(out, Signal) and out.msg["type"] == "register"
+    assert out.msg["proof"] == pr_hmac("t" * 64, "c" * 32, "alice")
+    s.handle_signal({"type": "challenge", "nonce": "d" * 32}, 0.002)
+    assert s.take_outputs() == []  # one register per connection
+
+
+def pr_hmac(token: str, nonce: str, pid: str) -> str:
+    """register_proof written out from its definition (peers.signaling's docstring)."""
+    import hashlib
+    import hmac
+    body = b"nat-testbed signaling register\0" + nonce.encode() + b"\0" + pid.encode()
+    return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_signaling_keepalive_pings_after_silence() -> None:
+    t = Timing(hold=60.0, done_timeout=60.0)
+    sc = Scene("full-cone", "full-cone", timing=t)
+    sc.run(until=40.0)
+    pings = [who for who, m in sc.signals if m["type"] == "ping"]
+    assert pings.count("alice") >= 2 and pings.count("bob") >= 2

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+
 import pytest
 
 from peers import stun
 from peers.stun import Class, Message, Method, StunError
-from peers.stun_server import ServerConfig, respond
+from peers.stun_server import Server, ServerConfig, respond
 
 CONFIG = ServerConfig("203.0.113.3", "203.0.113.4", 3478, 3479)
 P, A = "203.0.113.3", "203.0.113.4"
@@ -120,3 +123,66 @@ def test_received_on_must_be_a_server_socket() -> None:
 
 def test_socket_addresses() -> None:
     assert set(CONFIG.socket_addresses()) == {(P, 3478), (P, 3479), (A, 3478), (A, 3479)}
+
+
+# --- logging a client cannot flood (issue 9 item 13) ----------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RefusingSocket:
+    """The kernel's answer to a reply aimed at port 0."""
+
+    def sendto(self, data: bytes, dest: tuple[str, int]) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+
+def port_zero_server(clock: FakeClock) -> Server:
+    server = Server(CONFIG, None, clock=clock)
+    server.sockets = {addr: RefusingSocket() for addr in CONFIG.socket_addresses()}  # type: ignore[misc]
+    return server
+
+
+def test_reply_to_port_zero_warnings_are_rate_limited_and_summarised(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    server = port_zero_server(clock)
+    data = request([("RESPONSE-PORT", 0)])
+    caplog.set_level(logging.WARNING, logger="stun_server")
+    for i in range(50_000):  # the issue's flood, spread over 100 s
+        clock.now = i * 0.002
+        server.handle(data, CLIENT, (P, 3478))
+    server.limiter.flush()
+    lines = [r.getMessage() for r in caplog.records]
+    assert server.counters["send_errors"] == 50_000
+    failed = [x for x in lines if "failed" in x and x.startswith("send from")]
+    summaries = [x for x in lines if x.startswith("send failed:")]
+    assert len(failed) == 2 * server.limiter.burst  # two windows of 60 s began
+    assert "to 198.51.100.7:0 failed" in failed[0]
+    left_out = sum(int(x.split()[2]) for x in summaries)
+    assert left_out + len(failed) == 50_000 and len(summaries) == 2
+    assert sum(len(x) for x in lines) < 2000  # not 3.8 MB
+
+
+def test_a_summary_comes_when_the_window_is_over_without_new_events(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    server = port_zero_server(clock)
+    caplog.set_level(logging.WARNING, logger="stun_server")
+    for _ in range(8):
+        server.handle(request([("RESPONSE-PORT", 0)]), CLIENT, (P, 3478))
+    assert server.limiter.next_due() == 60.0
+    clock.now = 30.0
+    server.limiter.tick()
+    assert len(caplog.records) == 5  # nothing summarised yet
+    clock.now = 61.0
+    assert server.limiter.next_due() == 0.0
+    server.limiter.tick()
+    assert caplog.records[-1].getMessage() == "send failed: 3 more in 61 s not logged"
+    assert server.limiter.next_due() is None

@@ -1312,3 +1312,119 @@ def test_cli_validate_good_file() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "valid topology 'home'" in proc.stdout
     assert "default via 192.168.1.1" in proc.stdout
+
+
+# ------------------------------------------------------------------ large and hostile input
+# (the bad-file corpus is tests/data/bad-topologies, run by test_bad_topologies)
+
+
+def test_a_slash_8_is_planned_without_listing_it() -> None:
+    """10.0.0.0/8 is allowed (docs); 127.0.0.2/8 implies a /8. Both once cost 14-23 s."""
+    topo = parse("""
+        nodes:
+          home: {kind: router, interfaces: {lan: 127.0.0.2/8}}
+          laptop: {}
+          phone: {}
+          server: {kind: server}
+        networks:
+          lan: {members: [home:lan, laptop:eth0, phone:eth0]}
+          big: {members: [server:eth0], subnet: 10.0.0.0/8}
+    """)
+    assert addrs(topo, "laptop") == {"eth0": ["127.0.0.10/8"]}  # .10 on, past the router
+    assert addrs(topo, "phone") == {"eth0": ["127.0.0.11/8"]}
+    assert addrs(topo, "server") == {"eth0": ["10.0.0.10/8"]}
+
+
+def test_a_slash_1_subnet_is_fine() -> None:
+    topo = parse("""
+        nodes: {a: {}, b: {}}
+        networks:
+          huge: {members: [a:eth0, b:eth0], subnet: 128.0.0.0/1}
+    """)
+    assert addrs(topo, "b") == {"eth0": ["128.0.0.11/1"]}
+
+
+def test_plan_skips_an_explicit_slash_8_at_once() -> None:
+    """The lan plan is 192.168.1-255.0/24 then 10.x: with both taken, it is exhausted."""
+    e = error("""
+        nodes: {a: {}, b: {}, c: {}}
+        networks:
+          one: {members: [a:eth0], subnet: 192.168.0.0/16}
+          two: {members: [b:eth0], subnet: 10.0.0.0/8}
+          three: {members: [c:eth0]}
+    """)
+    assert (e.line, e.field) == (5, "networks.three")
+    assert "exhausted" in e.message
+
+
+def test_route_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOME derives 1 route (the laptop's default): a cap of 0 is crossed at the laptop."""
+    import testbed.topology as topology
+
+    monkeypatch.setattr(topology, "MAX_ROUTES", 0)
+    e = error(HOME)
+    assert (e.line, e.field) == (2, "nodes.laptop")
+    assert "more than 0 routes" in e.message
+
+
+def test_route_search_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import testbed.topology as topology
+
+    monkeypatch.setattr(topology, "MAX_ROUTE_STEPS", 0)
+    e = error(HOME)
+    assert e.field == "nodes.laptop" and "too large to route" in e.message
+
+
+def test_a_network_larger_than_a_bridge() -> None:
+    members = ", ".join(f"h{i}:eth0" for i in range(1024))
+    nodes = "".join(f"  h{i}: {{}}\n" for i in range(1024))
+    with pytest.raises(TopologyError) as info:
+        parse_topology(f"nodes:\n{nodes}networks:\n  big:\n    subnet: 10.0.0.0/16\n"
+                       f"    members: [{members}]\n", "t.yaml")
+    assert (info.value.line, info.value.field) == (1024 + 5, "networks.big.members")
+    assert "1,023 ports" in info.value.message
+
+
+def test_a_network_as_large_as_a_bridge_is_fine() -> None:
+    members = ", ".join(f"h{i}:eth0" for i in range(1023))
+    nodes = "".join(f"  h{i}: {{}}\n" for i in range(1023))
+    topo = parse_topology(f"nodes:\n{nodes}networks:\n  big:\n    subnet: 10.0.0.0/16\n"
+                          f"    members: [{members}]\n", "t.yaml")
+    assert addrs(topo, "h1022") == {"eth0": ["10.0.4.8/16"]}  # .10 + 1022 = 4 * 256 + 8
+
+
+@pytest.mark.parametrize("text,line,field", [
+    ("description: [a]\nnodes: {a: {}}\n", 1, "description"),
+    ("nodes:\n  a: {description: 5}\n", 2, "nodes.a.description"),
+    ("name: false\nnodes: {a: {}}\n", 1, "name"),
+    ("name: ''\nnodes: {a: {}}\n", 1, "name"),
+])
+def test_text_fields_must_be_text(text: str, line: int, field: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text, "t.yaml")
+    assert (info.value.line, info.value.field) == (line, field)
+
+
+def test_an_address_with_a_netmask_is_refused() -> None:
+    e = error("""
+        nodes:
+          a: {interfaces: {eth0: 10.0.0.1/255.0.0.0}}
+        networks:
+          lan: {members: [a:eth0]}
+    """)
+    assert (e.line, e.field) == (2, "nodes.a.interfaces.eth0")
+
+
+@pytest.mark.parametrize("key,shown", [('"a\\nb"', "nodes.a\\nb"), ("''", 'nodes.""')])
+def test_odd_keys_stay_on_one_line(key: str, shown: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(f"nodes:\n  {key}: {{}}\n", "t.yaml")
+    assert str(info.value).startswith(f"t.yaml:2: {shown}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_node_lookup_is_by_name() -> None:
+    topo = parse(HOME)
+    assert topo.node("server").kind == "server"
+    with pytest.raises(KeyError):
+        topo.node("nobody")

@@ -1,0 +1,1 @@
+"""Contract programs (docs/peers.md) for the testbed's own peer and third-party stacks."""
