@@ -316,6 +316,12 @@ main() {
   t1=$(date +%s.%N)
   echo "box_seconds $(echo "$t1 - $t0" | bc)" >> "$OUT/figures.txt"
   WHEELS=$(wheel_cache)
+  # The README's install on this machine: the venv for the host's matrix, and the
+  # adapters' node_modules, which the synced folder carries into the VM (its npm has no
+  # registry to reach; install.sh there sees them current and skips `npm ci`).
+  log "scripts/install.sh --dev --adapters on this machine"
+  scripts/install.sh --dev --adapters > "$OUT/host-install.log" 2>&1 \
+    || { tail -20 "$OUT/host-install.log" >&2; die "scripts/install.sh failed on this machine"; }
 
   WORK=$(mktemp -d /var/tmp/nat-testbed-vagrant.XXXXXX)
   local d
@@ -349,6 +355,7 @@ main() {
   echo "total_seconds $(( $(date +%s) - t_start ))" >> "$OUT/figures.txt"
   echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/figures.txt"
   report
+  history
   if grep -q '^tests_failed' "$OUT/figures.txt"; then
     die "FAILED: the tests inside the VM: $(sed -n 's/^tests_failed //p' "$OUT/figures.txt")"
   fi
@@ -362,12 +369,27 @@ wheel_cache() {
   if [[ ! -f "$dir/.complete" ]]; then
     tmp=$(mktemp -d)
     /usr/bin/python3 -m venv "$tmp/venv"
-    "$tmp/venv/bin/pip" download -q -d "$dir" pip setuptools wheel ".[test]" >/dev/null 2>&1 \
+    # Every extra of pyproject.toml, whichever of them install.sh asks for.
+    local extras
+    extras=$(/usr/bin/python3 -c 'import tomllib; print(",".join(tomllib.load(open(
+      "pyproject.toml", "rb"))["project"].get("optional-dependencies", {})))')
+    "$tmp/venv/bin/pip" download -q -d "$dir" pip setuptools wheel ".[$extras]" >/dev/null 2>&1 \
       || { rm -rf "$tmp"; die "pip download of the VM's wheels failed"; }
     rm -rf "$tmp"
     touch "$dir/.complete"
   fi
   echo "$dir"
+}
+
+# One line per run in the cache, for a pass record across runs.
+history() {
+  local f=$OUT/figures.txt verdict=passed
+  grep -q '^tests_failed' "$f" && verdict=tests-failed
+  get() { awk -v k="$1" '$1 == k {print $2}' "$f"; }
+  printf '%s\t%s\t%s\tup=%.0fs\tvm_matrix=%.1fs\thost_matrix=%.1fs\ttotal=%ss\t%s\n' \
+    "$(date -u +%FT%TZ)" "$(get accel)" "$verdict" "$(get up_seconds)" \
+    "$(get vm_matrix_seconds)" "$(get host_matrix_seconds)" "$(get total_seconds)" \
+    "$(grep '^load average at start' "$f" | cut -d: -f2 | xargs)" >> "$VM_CACHE/history.tsv"
 }
 
 report() {
