@@ -361,10 +361,11 @@ main() {
   fi
 }
 
-# Wheels for the VM's pip, made here with Debian's python3 (the VM's), keyed by pyproject.
+# Wheels for the VM's pip, made here with Debian's python3 (the VM's), keyed by
+# pyproject.toml and this script.
 wheel_cache() {
   local key dir tmp
-  key=$(sha256sum pyproject.toml | cut -c1-16)
+  key=$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)
   dir=$VM_CACHE/wheels-$key
   if [[ ! -f "$dir/.complete" ]]; then
     tmp=$(mktemp -d)
