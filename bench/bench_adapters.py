@@ -1,6 +1,6 @@
 """Each adapter against itself over the classic pairings, judged from the wire.
 
-    sudo .venv/bin/python bench/bench_adapters.py [own,aioice,webrtc,libp2p] [--json OUT]
+    .venv/bin/python bench/bench_adapters.py [own,aioice,webrtc,libp2p] [--json OUT]
 
 Prints, per adapter, the 5 x 5 table of wire outcomes (d direct, r relay, - failed; a
 '!' where a program's claim disagreed with the wire) and the time per cell (median,

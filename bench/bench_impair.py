@@ -1,6 +1,6 @@
 """Benchmark: what the impairment mechanism costs, against a plain veth in the same run.
 
-    sudo .venv/bin/python bench/bench_impair.py [--probes 2000] [--rounds 3] [--json]
+    .venv/bin/python bench/bench_impair.py [--probes 2000] [--rounds 3] [--json]
 
 One lab of two hosts on a veth. Conditions go on a -> b only; the figures come from
 paced ICMP round trips timed by the kernel (testbed.impair.probe):

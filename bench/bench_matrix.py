@@ -1,6 +1,6 @@
 """Benchmark: wall time of `nat-testbed matrix`, default and --nats all, by phase.
 
-    sudo .venv/bin/python bench/bench_matrix.py [--runs 3] [--nats default,all] [--json]
+    .venv/bin/python bench/bench_matrix.py [--runs 3] [--nats default,all] [--json]
 
 Each run is the real command (`python -m testbed matrix --nats X --out TMP`) started as a
 user starts it; its wall time is measured from outside and so includes Python start-up,

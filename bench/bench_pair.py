@@ -1,6 +1,6 @@
 """Benchmark: time to a confirmed direct connection, and to a working relay.
 
-    sudo .venv/bin/python bench/bench_pair.py [--runs 30] [--relay-runs 10] [--json]
+    .venv/bin/python bench/bench_pair.py [--runs 30] [--relay-runs 10] [--json]
 
 Builds one home-pair lab per NAT pairing on the real kernel (STUN, coturn,
 signaling) and runs the two peer programs repeatedly in it. Each run starts
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peers.session import Timing  # noqa: E402
 from testbed.nat import nat_from_dict  # noqa: E402
-from testbed.pair import pair_lab, run_peers  # noqa: E402
+from testbed.pair import pair_lab, pair_topology, run_peers  # noqa: E402
 
 GOAL_DIRECT_MS = 10.0
 GOAL_RELAY_MS = 100.0
@@ -53,15 +53,15 @@ def measure(nat_a: str, nat_b: str, runs: int, key: str, want: str,
             timing: Timing) -> tuple[list[float], list[str]]:
     values: list[float] = []
     problems: list[str] = []
-    with pair_lab(nat_from_dict({"type": nat_a}), nat_from_dict({"type": nat_b})) as lab:
+    topo, where = pair_topology(nat_from_dict({"type": nat_a}), nat_from_dict({"type": nat_b}))
+    with pair_lab(topo) as lab:
         for i in range(runs):
-            peers = run_peers(lab, timing, tag=f"-{i}")
-            outcomes = {n: r["outcome"] for n, r in peers.items()}
+            peers = run_peers(lab, timing, where.nodes, tag=f"-{i}").peers
+            outcomes = {n: r.outcome for n, r in peers.items()}
             if set(outcomes.values()) != {want}:
-                problems.append(f"run {i}: {outcomes} "
-                                f"{[r.get('reason') for r in peers.values()]}")
+                problems.append(f"run {i}: {outcomes} {[r.reason for r in peers.values()]}")
                 continue
-            values.append(max(r["timings_ms"][key] for r in peers.values()))
+            values.append(max(getattr(r.timings_ms, key) or 0.0 for r in peers.values()))
     return values, problems
 
 

@@ -1,6 +1,6 @@
 """Topology engine benchmark: bring up and down generated labs of 100 to 5,000 namespaces.
 
-    sudo .venv/bin/python bench/bench_topology.py [--sizes 100 1000 5000] [--baseline-max 1000]
+    .venv/bin/python bench/bench_topology.py [--sizes 100 1000 5000] [--baseline-max 1000]
 
 Prints milliseconds per namespace, up and down, for nat-testbed's in-process netlink
 engine and, in the same run, for the same topology built with one `ip` subprocess per

@@ -4,31 +4,26 @@
         --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
         --result out.json [--punch-timeout 1.0] [--hold 0]
 
-All the logic is in peers.session.Session (sans-IO); this file is the thin
-driver: a selectors loop over the UDP socket and the signaling TCP socket that
-feeds the session datagrams, messages and the monotonic clock, and sends
-what it asks for. Exit status: 0 connected (direct or relay), 1 failed,
-2 bad arguments.
+All the logic is in peers.session.Session (sans-IO), driven by peers.driver (the
+same driver the traversal matrix uses for hundreds of peers at once); this file is
+the command line around them. The result is peers.result.PeerResult as JSON.
+Exit status: 0 connected (direct or relay), 1 failed, 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
-import selectors
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from peers.candidates import Address
-from peers.session import PeerConfig, Session, Signal, Timing, Transmit
-from peers.signaling import ProtocolError, SignalingClient
+from peers.driver import Driver, Endpoint
+from peers.result import PeerResult
+from peers.session import PeerConfig, Session, Timing
 
 
 def parse_addr(text: str, default_port: int | None = None) -> Address:
@@ -52,102 +47,6 @@ def source_ip_towards(dst: Address) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(dst)
         return str(s.getsockname()[0])
-
-
-
-# A punching packet the network refuses (no route to a private candidate, an ICMP error
-# from an earlier probe, a full queue) is a result to count, not a failure of the peer.
-TOLERATED_SEND_ERRORS = (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                         errno.ECONNREFUSED, errno.EPERM)
-
-
-def transmit(sock: socket.socket, out: Transmit) -> bool:
-    """Send one datagram; False if the network refused it."""
-    try:
-        sock.sendto(out.data, out.addr)
-    except OSError as e:
-        if e.errno not in TOLERATED_SEND_ERRORS:
-            raise
-        return False
-    return True
-
-
-class Driver:
-    def __init__(self, session: Session, sock: socket.socket,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.s = session
-        self.sock = sock
-        self.clock = clock
-        self.sig: SignalingClient | None = None
-        self.sel = selectors.DefaultSelector()
-        self.send_errors = 0
-
-    def run(self, signaling: Address, connect_timeout: float = 5.0) -> dict[str, Any]:
-        self.sock.setblocking(False)
-        self.sel.register(self.sock, selectors.EVENT_READ, "udp")
-        self.s.start(self.clock())
-        try:
-            self.sig = SignalingClient.connect(signaling, timeout=connect_timeout)
-            self.sel.register(self.sig.sock, selectors.EVENT_READ, "sig")
-        except OSError as e:
-            self.s.handle_signal_closed(self.clock(), f"cannot connect to {signaling}: {e}")
-        self._flush()
-        while not self.s.finished:
-            deadline = self.s.next_deadline()
-            wait = 1.0 if deadline is None else max(0.0, deadline - self.clock())
-            for key, _ in self.sel.select(wait):
-                if key.data == "udp":
-                    self._read_udp()
-                else:
-                    self._read_signaling()
-                self._flush()
-            self.s.handle_timeout(self.clock())
-            self._flush()
-        self._close()
-        return self.s.result()
-
-    def _read_udp(self) -> None:
-        for _ in range(256):  # bounded: timers must still get their turn
-            try:
-                data, src = self.sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. ECONNREFUSED from an ICMP error
-                continue
-            self.s.handle_datagram(data, (src[0], src[1]), self.clock())
-
-    def _read_signaling(self) -> None:
-        assert self.sig is not None
-        try:
-            msgs = self.sig.read_available()
-        except (OSError, ProtocolError) as e:
-            self._drop_signaling(str(e))
-            return
-        for m in msgs:
-            self.s.handle_signal(m, self.clock())
-
-    def _drop_signaling(self, why: str) -> None:
-        if self.sig is not None:
-            self.sel.unregister(self.sig.sock)
-            self.sig.close()
-            self.sig = None
-        self.s.handle_signal_closed(self.clock(), why)
-
-    def _flush(self) -> None:
-        for out in self.s.take_outputs():
-            if isinstance(out, Transmit):
-                if not transmit(self.sock, out):
-                    self.send_errors += 1
-            elif isinstance(out, Signal) and self.sig is not None:
-                try:
-                    self.sig.send(out.msg)
-                except OSError as e:
-                    self._drop_signaling(str(e))
-
-    def _close(self) -> None:
-        if self.sig is not None:
-            self.sig.close()
-        self.sel.close()
 
 
 def timing_from(args: argparse.Namespace) -> Timing:
@@ -182,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def write_result(path: Path | None, result: dict[str, Any]) -> None:
-    text = json.dumps(result, indent=2) + "\n"
+def write_result(path: Path | None, result: PeerResult) -> None:
+    text = json.dumps(result.to_json(), indent=2) + "\n"
     if path is None:
         sys.stdout.write(text)
         return
@@ -204,24 +103,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     toward = args.stun or args.turn or args.signaling
     bind_ip = args.bind or source_ip_towards(toward)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.bind((bind_ip, args.port))
-        host = sock.getsockname()
+        udp.bind((bind_ip, args.port))
+        host = udp.getsockname()
         cfg = PeerConfig(id=args.id, remote=args.remote, host=(host[0], host[1]),
                          stun=args.stun, turn=args.turn, turn_user=args.turn_user,
                          turn_pass=args.turn_pass, token=args.token, timing=timing,
                          trace=args.trace)
-        result = Driver(Session(cfg), sock).run(args.signaling)
+        ep = Endpoint(Session(cfg), udp, tcp)
+        Driver([ep], args.signaling).run()
     finally:
-        with contextlib.suppress(OSError):
-            sock.close()
+        for s in (udp, tcp):
+            with contextlib.suppress(OSError):
+                s.close()
+    assert ep.result is not None  # the driver finishes every session it starts
+    result = ep.result
     write_result(args.result, result)
-    pair = result["candidate_pair"]
-    via = f" via {pair['local']['type']}->{pair['remote']['type']}" if pair else ""
-    print(f"{args.id}: {result['outcome']}{via} ({result['stage']}) in "
-          f"{result['timings_ms']['connect']} ms", file=sys.stderr)
-    return 0 if result["outcome"] != "failed" else 1
+    pair = result.candidate_pair
+    via = f" via {pair[0].type}->{pair[1].type}" if pair else ""
+    print(f"{args.id}: {result.outcome}{via} ({result.stage}) in "
+          f"{result.timings_ms.connect} ms", file=sys.stderr)
+    return 0 if result.connected else 1
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import os
 import random
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +51,7 @@ from peers import probe as pr
 from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
+from peers.result import GatherTimings, Packets, PeerResult, StageTimings
 from peers.signaling import register_proof
 
 Rng = Callable[[int], bytes]
@@ -127,22 +128,6 @@ class Phase(StrEnum):
 
 
 @dataclass
-class Counters:
-    sent: int = 0
-    received: int = 0
-    probes_sent: int = 0  # direct probes and acks
-    probes_received: int = 0  # authenticated direct probes and acks
-    relay_sent: int = 0  # probes and acks through the TURN relay
-    relay_received: int = 0
-    rejected: int = 0  # probe-looking datagrams that failed authentication
-    replayed: int = 0  # authentic probes and acks that were not fresh
-    prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
-
-    def to_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class _Path:
     """What crossed on one remote address (direct) or relay peer address."""
 
@@ -167,7 +152,7 @@ class Session:
         self._now = 0.0
         self.t_srflx: float | None = None
         self.t_relayed: float | None = None
-        self.counters = Counters()
+        self.counters = Packets()  # counted as they happen; a copy goes in the result
         self.errors: list[str] = []
         self.outcome: str | None = None
         self.stage: str | None = None
@@ -724,7 +709,7 @@ class Session:
 
     # ------------------------------------------------------------------ result
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> PeerResult:
         def ms(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round((b - a) * 1000, 3)
 
@@ -736,29 +721,30 @@ class Session:
             gathered = end
         started = end if self.t_start is None else self.t_start
         sig = (registered - self.t0) + (started - gathered)
-        pair = None
-        if self.pair is not None:
-            pair = {"local": self.pair[0].to_json(), "remote": self.pair[1].to_json()}
-        return {
-            "id": self.cfg.id,
-            "remote": self.cfg.remote,
-            "outcome": self.outcome or "failed",
-            "stage": self.stage or self.phase.value,
-            "reason": self.reason,
-            "candidate_pair": pair,
-            "candidates": {"local": [c.to_json() for c in self.local],
-                           "remote": [c.to_json() for c in self.remote]},
-            "timings_ms": {
-                "signaling": round(sig * 1000, 3),
-                "gather": round((gathered - registered) * 1000, 3),
-                "punch": ms(self.t_start, self.t_punch_end),
-                "relay": ms(self.t_relay_start, self.t_relay_end),
-                "connect": ms(self.t0, end),
-            },
-            "packets": self.counters.to_json(),
-            "errors": self.errors,
-            "gather_ms": {"stun": ms(self.t_registered, self.t_srflx),
-                          "turn": ms(self.t_registered, self.t_relayed)},
-            **({"trace": [[round(t * 1000, 3), e] for t, e in self.trace]}
-               if self.cfg.trace else {}),
-        }
+        turn_client = None
+        if self.turn is not None and self.turn.mapped is not None:
+            turn_client = f"{self.turn.mapped[0]}:{self.turn.mapped[1]}"
+        return PeerResult(
+            id=self.cfg.id,
+            remote=self.cfg.remote,
+            outcome=self.outcome or "failed",
+            stage=self.stage or self.phase.value,
+            reason=self.reason,
+            candidate_pair=self.pair,
+            local_candidates=tuple(self.local),
+            remote_candidates=tuple(self.remote),
+            timings_ms=StageTimings(
+                signaling=round(sig * 1000, 3),
+                gather=round((gathered - registered) * 1000, 3),
+                punch=ms(self.t_start, self.t_punch_end),
+                relay=ms(self.t_relay_start, self.t_relay_end),
+                connect=ms(self.t0, end),
+            ),
+            packets=replace(self.counters),
+            errors=tuple(self.errors),
+            gather_ms=GatherTimings(stun=ms(self.t_registered, self.t_srflx),
+                                    turn=ms(self.t_registered, self.t_relayed)),
+            turn_client=turn_client,
+            trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
+                   if self.cfg.trace else None),
+        )

@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from testbed.version import VERSION
+
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "peers" / "adapters" / "node"
 LIBP2P_RELAY = "libp2p-relay"  # a lab service: a circuit relay v2 node on the internet
@@ -82,9 +84,7 @@ class Adapter:
                 return None
         if self.language == "command":
             return None
-        from testbed import __version__
-
-        return __version__
+        return VERSION
 
     def missing(self) -> str | None:
         """Why it cannot run here, or None."""

@@ -1,4 +1,4 @@
-"""`nat-testbed classify`: build a NAT, classify it from behind with RFC 5780.
+"""Classify a NAT on a real kernel: build it, run RFC 5780 discovery from behind it.
 
 A throwaway lab: one LAN host behind a router with the requested behaviour
 (optionally behind a carrier-grade NAT too), and the project's STUN server on
@@ -9,43 +9,18 @@ what was configured. The lab is removed afterwards unless --keep.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import yaml
 
 from testbed.errors import TestbedError
-from testbed.lab import Lab, require_root
-from testbed.nat import Behaviour, Kind, NatConfigError, NatSpec, nat_from_dict
+from testbed.lab import Lab
+from testbed.nat import Behaviour, Kind, NatSpec
 from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
-
-
-class UsageError(TestbedError):
-    exit_code = 2
-
-
-def nat_section(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    """The command-line options as a topology `nat:` section (validated by nat_from_dict)."""
-    section: dict[str, Any] = {}
-    for key in ("nat", "mapping", "filtering", "port_allocation", "hairpinning",
-                "mapping_timeout"):
-        value = getattr(args, prefix + key, None)
-        if value is not None:
-            section["type" if key == "nat" else key.replace("_", "-")] = value
-    return section
-
-
-def spec_from_args(args: argparse.Namespace) -> NatSpec:
-    section = nat_section(args)
-    try:
-        return nat_from_dict(section)
-    except NatConfigError as exc:
-        flag = "--nat" if exc.field == "type" else f"--{exc.field}"
-        raise UsageError(f"{flag}: {exc.message}") from None
-
+NATCHECK_TIMEOUT_S = 60.0
 
 def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) -> str:
     """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN."""
@@ -71,7 +46,7 @@ def run_natcheck(lab: Lab, lifetime: float | None = None) -> dict[str, Any]:
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
     proc = lab.python("client", "peers.natcheck", *argv, stdout=-1, stderr=-1, text=True)
-    out, err = proc.communicate(timeout=60 + (lifetime or 0) * 4)
+    out, err = proc.communicate(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
     if proc.returncode != 0:
         raise TestbedError(f"natcheck failed ({proc.returncode}): {err.strip() or out.strip()}")
     result: dict[str, Any] = json.loads(out)
@@ -150,46 +125,3 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- python3 -m peers.natcheck "
                      f"--server {STUN_PRIMARY}; nat-testbed down {r['lab']}")
     return "\n".join(lines)
-
-
-def add_nat_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    dest = prefix.replace("-", "_")
-    p.add_argument(f"--{prefix}nat", dest=f"{dest}nat", metavar="TYPE",
-                   help="full-cone, restricted-cone, port-restricted-cone, symmetric, none, "
-                        "firewall")
-    p.add_argument(f"--{prefix}mapping", dest=f"{dest}mapping",
-                   help="endpoint-independent, address-dependent, address-and-port-dependent")
-    p.add_argument(f"--{prefix}filtering", dest=f"{dest}filtering", help="same three values")
-    p.add_argument(f"--{prefix}port-allocation", dest=f"{dest}port_allocation",
-                   help="preserve, sequential, random")
-    p.add_argument(f"--{prefix}hairpinning", dest=f"{dest}hairpinning",
-                   action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument(f"--{prefix}mapping-timeout", dest=f"{dest}mapping_timeout", type=int,
-                   metavar="SECONDS")
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    spec_from_args(args)  # bad options are reported before anything is built
-    cgn = {"type": args.behind_cgn} if args.behind_cgn else None
-    if cgn is not None:
-        try:
-            nat_from_dict(cgn)
-        except NatConfigError as exc:
-            raise UsageError(f"--behind-cgn: {exc.message}") from None
-    require_root()
-    result = classify(nat_section(args), cgn_section=cgn, keep=args.keep,
-                      lifetime=args.lifetime)
-    print(json.dumps(result, indent=2) if args.json else format_result(result))
-    return 0 if result["agrees"] else 1
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("classify", help="build a NAT and classify it with RFC 5780 from behind")
-    add_nat_options(p)
-    p.add_argument("--behind-cgn", metavar="TYPE",
-                   help="put the router behind a carrier-grade NAT of this type")
-    p.add_argument("--lifetime", type=float, metavar="MAX_SECONDS",
-                   help="also measure the mapping lifetime, up to this many seconds")
-    p.add_argument("--keep", action="store_true", help="keep the lab and print how to use it")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_classify)

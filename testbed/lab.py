@@ -1,7 +1,7 @@
 """A live lab: one owner of everything a deployed topology created.
 
     with Lab(load_topology("topologies/home-pair.yaml")) as lab:
-        lab.run("alice", ["ping", "-c1", "203.0.113.3"])
+        lab.run("alice", ["ping", "-c1", "203.0.113.3"]).returncode
 
 Every namespace is named "<lab>-<node>" (or "<lab>-<network>" for the bridge
 of a LAN segment) and marked as the lab's; the list of what will be created is
@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,16 +23,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, netns, nlbatch, state
-from testbed.errors import LabError, LabNameError, PrivilegeError
-from testbed.nat import RouterContext, render_ruleset, sysctls
+from testbed import hostlimits, netns, nlbatch, services, state
+from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
 from testbed.netns import Netns
+from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
 from testbed.topology import Node, Segment, Topology
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 READY_TIMEOUT_S = 5.0  # links up: this, plus READY_PER_VETH_S for each veth of the lab
 READY_PER_VETH_S = 0.005
-NFT_TABLE = "nattestbed"
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
 CREATED_BASE, FAR_END_BASE = 1000, 2000  # a node's k-th interface: 1000+k, or 2000+k
@@ -87,6 +87,7 @@ class Lab:
         self.services: dict[str, Any] = {}
         self._lock = state.LabLock(self.name)
         self._state: dict[str, Any] = {}
+        self._state_lock = threading.Lock()  # popen from several threads rewrites the state
         self._claimed = False  # the state file is ours: down() removes the lab
 
     def _keys(self) -> list[str]:
@@ -228,9 +229,7 @@ class Lab:
             if node.nat is not None:
                 self.apply_nat(node)
         if self.start_services:
-            from testbed.services import start_services
-
-            start_services(self)
+            self.start_servers()
 
     def _send(self, batches: dict[str, nlbatch.Batch]) -> None:
         for key, batch in batches.items():
@@ -309,47 +308,65 @@ class Lab:
 
     def apply_nat(self, node: Node) -> None:
         assert node.nat is not None
-        ruleset = render_ruleset(node.nat, self.router_context(node))
-        self.run(node.name, ["nft", "-f", "-"], input=ruleset)
-        # After the ruleset: its conntrack use loads nf_conntrack, whose sysctls these are.
-        for key, value in sysctls(node.nat).items():
-            netns.write_sysctl(self.ns[node.name].fd, key, value)
+        apply_nat(self.namespace(node.name).fd, node.nat, self.router_context(node),
+                  self.netns(node.name))
+
+    # ------------------------------------------------------------ services
+
+    def start_servers(self, *, parallel: bool = False) -> None:
+        """The STUN, TURN and signaling servers of nodes with `service:`, recorded in the
+        state so `status` and other processes find them."""
+        started = services.start_services(self, [n for n in self.topo.nodes if n.service],
+                                          parallel=parallel)
+        self.services.update(started)
+        if self.services:
+            with self._state_lock:
+                self._state["services"] = self.services
+                state.write_state(self.name, self._state)
+
+    def workdir(self) -> Path:
+        """The lab's folder under the state directory: server logs, peer results."""
+        d = state.lab_dir(self.name)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
     # ------------------------------------------------------------ processes
 
-    def _fd(self, node: str) -> int:
-        if node in self.ns:
-            return self.ns[node].fd
-        ns = netns.open_existing(self.netns(node))
-        self.ns[node] = ns
-        return ns.fd
+    def namespace(self, key: str) -> Netns:
+        """The live namespace of a node (or bridge); opened if another process built it."""
+        if key not in self.ns:
+            self.ns[key] = netns.open_existing(self.netns(key))
+        return self.ns[key]
 
-    def run(self, node: str, argv: Sequence[str], *, check: bool = True,
-            timeout: float | None = 30, input: str | None = None,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
-        """Run a command in a node's namespace and wait for it (text output captured)."""
-        fd = self._fd(node)
-        kw.setdefault("capture_output", True)
-        try:
-            return subprocess.run(list(argv), check=check, timeout=timeout, input=input,
-                                  text=True, preexec_fn=lambda: netns.preexec(fd), **kw)
-        except subprocess.CalledProcessError as exc:
-            raise LabError(f"{self.netns(node)}: {' '.join(argv)} failed "
-                           f"({exc.returncode}): {(exc.stderr or '').strip()}") from None
+    def run(self, node: str, argv: Sequence[str], *, check: bool = False,
+            input: str | None = None, timeout: float | None = None,
+            capture_output: bool = True, text: bool = True,
+            **kw: Any) -> subprocess.CompletedProcess[Any]:
+        """subprocess.run(argv) inside a node's namespace: waits, returns the completed
+        process; with check=True a non-zero exit raises CommandError (a
+        CalledProcessError). Output is captured as text unless asked otherwise."""
+        fd = self.namespace(node).fd
+        proc = subprocess.run(list(argv), input=input, timeout=timeout,
+                              capture_output=capture_output, text=text,
+                              preexec_fn=lambda: netns.preexec(fd), **kw)
+        if check and proc.returncode != 0:
+            raise CommandError(self.netns(node), argv, proc.returncode, proc.stdout,
+                               proc.stderr)
+        return proc
 
     def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start a program in a node's namespace; it is stopped when the lab goes down."""
-        fd = self._fd(node)
+        fd = self.namespace(node).fd
         proc = subprocess.Popen(list(argv), preexec_fn=lambda: netns.preexec(fd), **kw)
-        self.procs.append(proc)
-        self._state.setdefault("processes", []).append(
-            {"pid": proc.pid, "start": state.proc_start(proc.pid), "node": node,
-             "argv": list(argv)[:6]})
-        state.write_state(self.name, self._state)
+        with self._state_lock:
+            self.procs.append(proc)
+            self._state.setdefault("processes", []).append(
+                {"pid": proc.pid, "start": state.proc_start(proc.pid), "node": node,
+                 "argv": list(argv)[:6]})
+            state.write_state(self.name, self._state)
         return proc
 
     def python(self, node: str, module: str, *args: str, **kw: Any) -> subprocess.Popen[Any]:
-        """Start `python -m MODULE ARGS` (this interpreter, this checkout) in a node."""
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
-                   PYTHONUNBUFFERED="1")
-        return self.popen(node, [sys.executable, "-m", module, *args], env=env, **kw)
+        """Start `python -m MODULE ARGS` in a node with this interpreter, isolated (-I) so
+        that it imports the installed package (peers.*), whatever the current directory."""
+        return self.popen(node, [sys.executable, "-I", "-u", "-m", module, *args], **kw)

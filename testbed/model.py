@@ -68,21 +68,11 @@ NAT semantics (RFC 4787 names):
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from testbed.nat import (
-    AD,
-    APD,
-    CLASSIC,
-    EI,
-    Kind,
-    NatSpec,
-    PortAllocation,
-    all_combinations,
-)
+from testbed.nat import AD, APD, EI, Kind, NatSpec, PortAllocation
 
 Endpoint = tuple[str, int]
 
@@ -658,18 +648,7 @@ def predict(
     return Prediction(outcome, reason, kinds)
 
 
-# --- NAT sets and the matrix ---------------------------------------------------------
-
-
-def default_nats() -> list[NatSpec]:
-    """none plus the four classic RFC 3489 types (25 ordered pairings)."""
-    classic = [NatSpec(mapping=m, filtering=f) for m, f in CLASSIC.values()]
-    return [NatSpec(kind=Kind.NONE), *classic]
-
-
-def all_nats() -> list[NatSpec]:
-    """none, firewall and the nine mapping x filtering combinations (121 pairings)."""
-    return [NatSpec(kind=Kind.NONE), NatSpec(kind=Kind.FIREWALL), *all_combinations()]
+# --- the matrix -----------------------------------------------------------------------
 
 
 def matrix(
@@ -690,23 +669,3 @@ def format_matrix(nats: Sequence[NatSpec], grid: Sequence[Sequence[Prediction]])
         for label, row in zip(labels, grid, strict=True)
     ]
     return "\n".join([head.rstrip(), *(r.rstrip() for r in rows)])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the reference model's matrix.")
-    parser.add_argument("--nats", choices=["default", "all"], default="default")
-    parser.add_argument("--port-prediction", action="store_true")
-    parser.add_argument("--reasons", action="store_true", help="print every cell's reason")
-    args = parser.parse_args(argv)
-    nats = default_nats() if args.nats == "default" else all_nats()
-    grid = matrix(nats, Strategy(port_prediction=args.port_prediction))
-    print(format_matrix(nats, grid))
-    if args.reasons:
-        for a, row in zip(nats, grid, strict=True):
-            for b, p in zip(nats, row, strict=True):
-                print(f"{a.label} -> {b.label}: {p.outcome}: {p.reason}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

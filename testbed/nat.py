@@ -1,38 +1,21 @@
-"""NAT behaviours (RFC 4787 names) as plain data, and as nftables rulesets.
+"""NAT behaviours (RFC 4787 names) as plain data: specs, their labels and NAT sets.
 
 A router's `nat:` section becomes one NatSpec (nat_from_dict). Mapping and
 filtering are kept separate, as in RFC 4787; the classic RFC 3489 names are
-aliases of four of the nine combinations. render_ruleset turns a NatSpec into
-one nft table (templates in nft-templates/), with stock nftables only:
-
-- UDP mappings live in a dynamic map key -> external port (key: inside endpoint,
-  plus the remote address for ADM, plus the remote port for APDM) and ports in a
-  map external port -> owner. Linux's own masquerade is not used for UDP: it keeps
-  a source port only while the reply tuple is free, so two LAN hosts using the
-  same port get endpoint-dependent mappings and can share one external port.
-- Both maps are filled after srcnat (priority srcnat + 10), where `udp sport` is
-  already translated and conntrack still has the inside endpoint; every outbound
-  packet refreshes them (REQ-6); entries expire after mapping-timeout.
-- Filtering: conntrack alone is APDF; EIF and ADF add a prerouting dnat from the
-  owner map (keyed by port, or by port and remote address).
-- Port allocation: reuse the key's mapping, else preserve the port if no mapping
-  owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
-  next one (sequential). A new mapping on an owned port is dropped before
-  conntrack confirms it, so the retransmission picks again.
+aliases of four of the nine combinations. A spec has a label that names it
+completely and parses back (nat_from_label): the classic or combination name,
+then a suffix per setting that differs from the default, e.g.
+'port-restricted-cone:random:no-hairpin:30s'. testbed.ruleset turns a spec into
+nftables rules.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
-
-import jinja2
 
 
 class Behaviour(str, Enum):
@@ -72,6 +55,8 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
 }
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
+VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
+NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
 
 
 @dataclass(frozen=True)
@@ -85,22 +70,46 @@ class NatSpec:
     hairpinning: bool = True
     mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
 
+    @classmethod
+    def from_label(cls, label: str) -> NatSpec:
+        """'symmetric', 'adm-eif', 'port-restricted-cone:random:no-hairpin:30s', ..."""
+        return nat_from_label(label)
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any]) -> NatSpec:
+        """A topology file's `nat:` section: {"type": "symmetric"}, {"mapping": ...}."""
+        return nat_from_dict(section)
+
     @property
     def label(self) -> str:
-        """Short stable name: a classic name where one fits, else e.g. 'adm-eif'."""
+        """Short stable name that parses back: a classic name where one fits, else e.g.
+        'adm-eif', then the variant ('symmetric:random:no-hairpin:30s')."""
         if self.kind is not Kind.NAT:
-            return self.kind.value
+            return self.kind.value + self.variant
         for name, pair in CLASSIC.items():
             if pair == (self.mapping, self.filtering):
-                return name
-        return f"{self.mapping.short}m-{self.filtering.short}f"
+                return name + self.variant
+        return self.combo_label
 
     @property
     def combo_label(self) -> str:
-        """Always the mapping x filtering name ('eim-apdf'), or 'none'/'firewall'."""
+        """Always the mapping x filtering name ('eim-apdf'), or 'none'/'firewall', then
+        the variant."""
         if self.kind is not Kind.NAT:
-            return self.kind.value
-        return f"{self.mapping.short}m-{self.filtering.short}f"
+            return self.kind.value + self.variant
+        return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
+
+    @property
+    def variant(self) -> str:
+        """':'-separated settings that differ from the defaults ('' when none do)."""
+        parts = []
+        if self.port_allocation is not PortAllocation.PRESERVE:
+            parts.append(self.port_allocation.value)
+        if not self.hairpinning:
+            parts.append(NO_HAIRPIN)
+        if self.mapping_timeout != DEFAULT_MAPPING_TIMEOUT:
+            parts.append(f"{self.mapping_timeout}s")
+        return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
 
 def all_combinations() -> list[NatSpec]:
@@ -202,110 +211,101 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
                    mapping_timeout=_timeout(data))
 
 
-# --------------------------------------------------------------------------- rendering
-
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "nft-templates"
-# Ports the router picks itself (not preserved) come from the IANA dynamic range.
-ALLOC_FIRST, ALLOC_LAST = 49152, 65535
-_NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
 
-@dataclass(frozen=True)
-class RouterContext:
-    """Where a router's ruleset goes: its table name, WAN side and LAN side."""
-
-    table: str
-    wan_if: str
-    wan_addr: str
-    lan_ifs: tuple[str, ...]
-    lan_subnets: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        # These strings end up inside an nft script: refuse anything that is not plain.
-        if not _NFT_NAME.match(self.table):
-            raise ValueError(f"table: bad nft table name {self.table!r}")
-        for field, name in (("wan_if", self.wan_if), *(("lan_ifs", i) for i in self.lan_ifs)):
-            if not _IFNAME.match(name):
-                raise ValueError(f"{field}: bad interface name {name!r}")
-        if not self.lan_ifs:
-            raise ValueError("lan_ifs: a router needs at least one LAN interface")
-        if self.wan_if in self.lan_ifs:
-            raise ValueError(f"wan_if: {self.wan_if!r} is also a LAN interface")
-        try:
-            ipaddress.IPv4Address(self.wan_addr)
-        except ValueError:
-            raise ValueError(f"wan_addr: not an IPv4 address: {self.wan_addr!r}") from None
-        for net in self.lan_subnets:
-            try:
-                ipaddress.IPv4Network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"lan_subnets: not an IPv4 network: {net!r}") from None
-
-
-def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
-    """nft expressions (key, inside endpoint) of a UDP mapping, seen from conntrack."""
-    inside = f"ct {direction} ip saddr . ct {direction} proto-src"
-    key = inside
-    if mapping is not EI:
-        key += f" . ct {direction} ip daddr"
-    if mapping is APD:
-        key += f" . ct {direction} proto-dst"
-    return key, inside
-
-
-def _key_type(mapping: Behaviour) -> str:
-    return {EI: "ipv4_addr . inet_service",
-            AD: "ipv4_addr . inet_service . ipv4_addr",
-            APD: "ipv4_addr . inet_service . ipv4_addr . inet_service"}[mapping]
-
-
-def _nft_set(items: tuple[str, ...]) -> str:
-    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
-
-
-@lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-
-
-def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
-    """The router's complete `nft -f` script: one table, replaced atomically if present."""
-    subnets = tuple(str(ipaddress.IPv4Network(n, strict=False)) for n in ctx.lan_subnets)
-    key, inside = _key_parts(spec.mapping, "original")
-    rkey, rinside = _key_parts(spec.mapping, "reply")
-    blocks = range(ALLOC_FIRST >> 8, (ALLOC_LAST >> 8) + 1)
-    variables = {
-        "spec": spec, "ctx": ctx, "kind": spec.kind.value,
-        "mapping": spec.mapping.value, "filtering": spec.filtering.value,
-        "eif": spec.filtering is EI, "adf": spec.filtering is AD,
-        "allocation": spec.port_allocation.value, "timeout": spec.mapping_timeout,
-        "wan": f'"{ctx.wan_if}"', "lans": _nft_set(tuple(f'"{i}"' for i in ctx.lan_ifs)),
-        "subnets": _nft_set(subnets) if subnets else "",
-        "key": key, "inside": inside, "remote_addr": "ct original ip daddr",
-        "rkey": rkey, "rinside": rinside, "rremote_addr": "ct reply ip daddr",
-        "key_type": _key_type(spec.mapping),
-        "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
-                    APD: "inside endpoint and remote endpoint"}[spec.mapping],
-        "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
-        "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],
-        "seq_vmap": [f"{i * 256}-{i * 256 + 255} : goto alloc_{b:02x}"
-                     for i, b in enumerate(blocks)],
-    }
-    return _env().get_template("router.nft.j2").render(variables)
-
-
-def sysctls(spec: NatSpec) -> dict[str, str]:
-    """Per-namespace sysctls besides ip_forward: UDP conntrack timeouts = mapping-timeout.
-
-    The conntrack entry is what lets replies in (filtering), so it must live as long
-    as the mapping. Write them after the ruleset is loaded if nf_conntrack may not be
-    loaded yet (the sysctls only exist once it is).
-    """
+def nat_section(spec: NatSpec) -> dict[str, Any]:
+    """A NatSpec as a topology file's `nat:` section (nat_from_dict's inverse)."""
     if spec.kind is Kind.NONE:
-        return {}
-    t = str(spec.mapping_timeout)
-    return {"net.netfilter.nf_conntrack_udp_timeout": t,
-            "net.netfilter.nf_conntrack_udp_timeout_stream": t}
+        return {"type": spec.kind.value}
+    if spec.kind is Kind.FIREWALL:
+        return {"type": spec.kind.value, "mapping-timeout": spec.mapping_timeout}
+    return {"mapping": spec.mapping.value, "filtering": spec.filtering.value,
+            "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
+            "mapping-timeout": spec.mapping_timeout}
+
+
+# --------------------------------------------------------------------------- labels
+
+_COMBOS = {f"{m.short}m-{f.short}f": (m, f) for m in Behaviour for f in Behaviour}
+_TIMEOUT = re.compile(r"^(\d{1,6})s$")
+_LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout")
+VARIANTS_HELP = ("random, sequential or preserve (port allocation), no-hairpin or hairpin, "
+                 "a mapping timeout like 30s, or KEY=VALUE for "
+                 + ", ".join(_LONG_KEYS))
+
+
+def _variant(text: str) -> tuple[str, Any]:
+    """One suffix of a label as a `nat:` key and value."""
+    if text in {a.value for a in PortAllocation}:
+        return "port-allocation", text
+    if text in (NO_HAIRPIN, HAIRPIN):
+        return "hairpinning", text == HAIRPIN
+    if m := _TIMEOUT.match(text):
+        return "mapping-timeout", int(m.group(1))
+    key, eq, value = text.partition("=")
+    if eq and key in _LONG_KEYS:
+        if key == "hairpinning" and value in ("true", "false"):
+            return key, value == "true"
+        if key == "mapping-timeout" and value.isdigit() and len(value) <= 6:
+            return key, int(value)
+        return key, value
+    raise NatConfigError("", f"unknown variant {text!r}; expected {VARIANTS_HELP}")
+
+
+def nat_from_label(label: str) -> NatSpec:
+    """A spec from its label: a classic type, none, firewall or a combination like
+    'adm-eif', then optional variants: 'symmetric:random:no-hairpin:30s'."""
+    base, *variants = label.strip().split(VARIANT_SEP)
+    section: dict[str, Any] = {}
+    if base in _COMBOS:
+        mapping, filtering = _COMBOS[base]
+        section.update(mapping=mapping.value, filtering=filtering.value)
+    else:
+        section["type"] = base
+    for text in variants:
+        key, value = _variant(text)
+        if key in section:
+            raise NatConfigError(key, f"given twice in {label!r}")
+        section[key] = value
+    try:
+        return nat_from_dict(section)
+    except NatConfigError as exc:
+        if exc.field == "type":
+            combos = ", ".join(_COMBOS)
+            raise NatConfigError("", f"{exc.message}; or one of the combinations: {combos}"
+                                 ) from None
+        raise
+
+
+# --------------------------------------------------------------------------- NAT sets
+
+
+def default_nats() -> list[NatSpec]:
+    """none plus the four classic RFC 3489 types (25 ordered pairings)."""
+    classic = [NatSpec(mapping=m, filtering=f) for m, f in CLASSIC.values()]
+    return [NatSpec(kind=Kind.NONE), *classic]
+
+
+def all_nats() -> list[NatSpec]:
+    """none, firewall and the nine mapping x filtering combinations (121 pairings)."""
+    return [NatSpec(kind=Kind.NONE), NatSpec(kind=Kind.FIREWALL), *all_combinations()]
+
+
+NAT_SETS = {"default": default_nats, "all": all_nats}
+
+
+def nats_from_list(text: str) -> list[NatSpec]:
+    """`default`, `all`, or a comma-separated list of labels, each once."""
+    if text in NAT_SETS:
+        return NAT_SETS[text]()
+    labels = [s.strip() for s in text.split(",")]
+    if not all(labels):
+        raise NatConfigError("", f"empty name in {text!r} (a comma-separated list like "
+                             "full-cone,symmetric, or default, or all)")
+    specs: list[NatSpec] = []
+    for label in labels:
+        spec = nat_from_label(label)
+        if spec in specs:
+            raise NatConfigError("", f"{label!r} is listed twice (as {spec.label})")
+        specs.append(spec)
+    return specs

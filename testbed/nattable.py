@@ -20,12 +20,11 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from testbed.lab import Lab
+from testbed.lab import Lab
+from testbed.ruleset import NFT_TABLE
 
-NFT_TABLE = "nattestbed"
 MAPS = ("mapping", "owner", "permit")
 
 Value = tuple[str | int, ...]
@@ -181,8 +180,9 @@ def parse_nft_maps(text: str, names: Sequence[str] = MAPS) -> tuple[MapElement, 
 
 def snapshot(lab: Lab, router: str) -> NatTable:
     """The router's NAT state now (conntrack and nft, run in its namespace)."""
-    ct = lab.run(router, ["conntrack", "-L", "-p", "udp", "-o", "xml"]).stdout
-    nft = lab.run(router, ["nft", "-j", "list", "table", "ip", NFT_TABLE], check=False)
+    ct = lab.run(router, ["conntrack", "-L", "-p", "udp", "-o", "xml"], check=True,
+                 timeout=30).stdout
+    nft = lab.run(router, ["nft", "-j", "list", "table", "ip", NFT_TABLE], timeout=30)
     maps = parse_nft_maps(nft.stdout) if nft.returncode == 0 else ()
     return NatTable(router, parse_conntrack_xml(ct), maps)
 

@@ -276,15 +276,6 @@ def write_sysctl(fd: int, key: str, value: str) -> None:
         os.close(handle)
 
 
-def read_sysctl(fd: int, key: str) -> str:
-    with entered(fd):
-        handle = os.open("/proc/sys/" + key.replace(".", "/"), os.O_RDONLY)
-    try:
-        return os.read(handle, 4096).decode().strip()
-    finally:
-        os.close(handle)
-
-
 def preexec(fd: int) -> None:
     """For subprocess: enter the namespace in the child before exec."""
     _setns(fd)

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed import services, wire
-from testbed.adapters import LIBP2P_RELAY, REPO, Adapter
+from testbed import wire
+from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
+from testbed.pair import pair_lab, pair_topology
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
@@ -189,7 +190,7 @@ def _wait_line(proc: subprocess.Popen[Any], log: Path, word: str, what: str) -> 
 def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[subprocess.Popen[Any],
                                                                       tuple[str, int]]:
     addr = lab.addr(place.rendezvous)
-    log = services.lab_dir(lab) / f"rendezvous-{session[:8]}.log"
+    log = lab.workdir() / f"rendezvous-{session[:8]}.log"
     with log.open("w") as f:
         proc = lab.python(place.rendezvous, "peers.rendezvous", "--listen", addr, "--port",
                           str(RENDEZVOUS_PORT), "--session", session,
@@ -206,8 +207,7 @@ def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[subproce
 def start_libp2p_relay(lab: Lab, place: Placement) -> tuple[subprocess.Popen[Any], str]:
     """A js-libp2p circuit relay v2 node; its multiaddr (with its peer id)."""
     addr = lab.addr(place.relay)
-    log = services.lab_dir(lab) / "libp2p-relay.log"
-    from testbed.adapters import NODE_DIR
+    log = lab.workdir() / "libp2p-relay.log"
 
     node = Adapter("libp2p-relay", "node", ("{node}", "--import", str(NODE_DIR / "labshim.mjs"),
                                             str(NODE_DIR / "relay.mjs")), "")
@@ -252,7 +252,7 @@ def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
     progs: list[Program] = []
     try:
         env = _cell_env(lab, place, adapter_a, adapter_b, deadline_s, send_bytes, helpers)
-        workdir = services.lab_dir(lab)
+        workdir = lab.workdir()
         for who, remote, adapter, role in ((place.alice, place.bob, adapter_a, "controlling"),
                                            (place.bob, place.alice, adapter_b, "controlled")):
             penv = contract_env({**env, "NT_ROLE": role, "NT_ID": who, "NT_REMOTE": remote})
@@ -343,10 +343,9 @@ def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
                       adapter_b: Adapter, *, keep: bool = False,
                       deadline_s: float = DEFAULT_DEADLINE_S,
                       send_bytes: int = DEFAULT_SEND_BYTES) -> dict[str, Any]:
-    from testbed.pair import pair_lab
-
     t0 = time.monotonic()
-    with pair_lab(nat_a, nat_b, keep=keep) as lab:
+    topo, _ = pair_topology(nat_a, nat_b)
+    with pair_lab(topo, keep=keep) as lab:
         cell = run_cell(lab, adapter_a, adapter_b, deadline_s=deadline_s,
                         send_bytes=send_bytes)
     return {"a": nat_a.label, "b": nat_b.label, **cell,

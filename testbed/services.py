@@ -1,8 +1,12 @@
 """Servers on the emulated internet, started in their nodes when a lab comes up.
 
 A node with `service: stun | turn | signaling` runs that server. Each one's
-output goes to a log under the lab's state directory, and the lab waits for
-each to be ready (a "ready" line, or coturn's socket) rather than sleeping.
+output goes to a log in the lab's folder, and each is waited for until it is
+ready (a "ready" line, or coturn's socket) rather than slept for.
+
+The servers are started through a Host (what a live lab offers: start a process in
+a node, run a command there, its folder), so this module needs nothing of the lab
+itself: testbed.lab calls it, never the other way round.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import random
 import secrets
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from testbed import state
+from peers.candidates import Address
+from peers.signaling import peer_token
+from testbed.coturn import TurnConfig, coturn_argv, make_credentials, wait_ready
 from testbed.errors import LabError
 from testbed.topology import Node
-from testbed.turn import TurnConfig, coturn_argv, make_credentials, wait_ready
-
-if TYPE_CHECKING:
-    from testbed.lab import Lab
 
 STUN_PORT, STUN_ALT_PORT = 3478, 3479
 TURN_PORT = 3478
@@ -29,23 +34,65 @@ SIGNALING_PORT = 7000
 READY_TIMEOUT_S = 5.0
 
 
-def lab_dir(lab: Lab) -> Path:
-    d = state.STATE_DIR / lab.name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+@dataclass(frozen=True)
+class PeerServers:
+    """What a peer of a lab needs to know about its servers, and its credentials."""
+
+    signaling: Address
+    stun: Address
+    turn: Address
+    turn_user: str
+    turn_pass: str
+    secret: bytes  # the signaling server's; a peer gets a token derived from it
+
+    @classmethod
+    def of(cls, services: Mapping[str, Any]) -> PeerServers:
+        """From a lab's `services` (what start_services returned)."""
+        sig, stun, turn = services["signaling"], services["stun"], services["turn"]
+        return cls((sig["address"], sig["port"]), (stun["address"], stun["port"]),
+                   (turn["address"], turn["port"]), turn["username"], turn["password"],
+                   bytes.fromhex(sig["secret"]))
+
+    def token(self, peer_id: str) -> str:
+        """The signaling credential of the peer `peer_id` (peers.signaling)."""
+        return peer_token(self.secret, peer_id)
 
 
-def start_services(lab: Lab) -> None:
-    for node in lab.topo.nodes:
-        if node.service:
-            info = STARTERS[node.service](lab, node)
-            lab.services[node.service] = {"node": node.name, **info}
-    if lab.services:
-        lab._state["services"] = lab.services
-        state.write_state(lab.name, lab._state)
+class Host(Protocol):
+    """The part of a live lab that starts servers (testbed.lab.Lab is one)."""
+
+    name: str
+
+    def workdir(self) -> Path: ...
+
+    def popen(self, node: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]: ...
+
+    def python(self, node: str, module: str, *args: str,
+               **kw: Any) -> subprocess.Popen[Any]: ...
+
+    def run(self, node: str, argv: Sequence[str], *, check: bool = False,
+            **kw: Any) -> subprocess.CompletedProcess[Any]: ...
 
 
-def _wait_for_line(lab: Lab, proc: Any, log: Path, what: str) -> None:
+def start_services(host: Host, nodes: Sequence[Node], *,
+                   parallel: bool = False) -> dict[str, dict[str, Any]]:
+    """Start each node's server; service name -> where it listens (and its log).
+    `parallel` starts them all at once (a matrix lab's build overlaps its rulesets)."""
+    wanted = [n for n in nodes if n.service]
+
+    def start(node: Node) -> dict[str, Any]:
+        assert node.service is not None
+        return {"node": node.name, **STARTERS[node.service](host, node)}
+
+    if parallel and len(wanted) > 1:
+        with ThreadPoolExecutor(len(wanted)) as pool:
+            infos = list(pool.map(start, wanted))
+    else:
+        infos = [start(n) for n in wanted]
+    return {n.service: info for n, info in zip(wanted, infos, strict=True) if n.service}
+
+
+def _wait_for_line(host: Host, proc: Any, log: Path, what: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if log.exists() and "ready" in log.read_text().split():
@@ -54,54 +101,56 @@ def _wait_for_line(lab: Lab, proc: Any, log: Path, what: str) -> None:
             break
         time.sleep(0.005)
     tail = log.read_text()[-400:] if log.exists() else ""
-    raise LabError(f"lab {lab.name}: {what} did not become ready: {tail.strip()}")
+    raise LabError(f"lab {host.name}: {what} did not become ready: {tail.strip()}")
 
 
-def _start_stun(lab: Lab, node: Node) -> dict[str, Any]:
+def _start_stun(host: Host, node: Node) -> dict[str, Any]:
     addrs = [str(a.ip) for a in node.interfaces[0].addresses]
-    d = lab_dir(lab)
+    d = host.workdir()
     log = d / f"stun-{node.name}.log"
     stats = d / f"stun-{node.name}.stats.json"
     with log.open("w") as out:
-        proc = lab.python(node.name, "peers.stun_server", "--primary", addrs[0],
-                          "--alternate", addrs[1], "--port", str(STUN_PORT),
-                          "--alt-port", str(STUN_ALT_PORT), "--stats-file", str(stats),
-                          stdout=out, stderr=out, start_new_session=True)
-    _wait_for_line(lab, proc, log, f"STUN server on {node.name}")
+        proc = host.python(node.name, "peers.stun_server", "--primary", addrs[0],
+                           "--alternate", addrs[1], "--port", str(STUN_PORT),
+                           "--alt-port", str(STUN_ALT_PORT), "--stats-file", str(stats),
+                           stdout=out, stderr=out, start_new_session=True)
+    _wait_for_line(host, proc, log, f"STUN server on {node.name}")
     return {"address": addrs[0], "alternate": addrs[1], "port": STUN_PORT,
             "alt_port": STUN_ALT_PORT, "stats": str(stats), "log": str(log)}
 
 
-def _start_signaling(lab: Lab, node: Node) -> dict[str, Any]:
+def _start_signaling(host: Host, node: Node) -> dict[str, Any]:
     addr = str(node.interfaces[0].address.ip)
-    log = lab_dir(lab) / f"signaling-{node.name}.log"
-    secret, secret_file = secrets.token_hex(32), lab_dir(lab) / f"signaling-{node.name}.secret"
-    secret_file.write_text(secret)  # peers get tokens derived from it (peers.signaling)
+    log = host.workdir() / f"signaling-{node.name}.log"
+    secret = secrets.token_hex(32)  # peers get tokens derived from it (peers.signaling)
+    secret_file = host.workdir() / f"signaling-{node.name}.secret"
+    secret_file.write_text(secret)
     os.chmod(secret_file, 0o600)
     with log.open("w") as out:
-        proc = lab.python(node.name, "peers.signaling", "--listen", addr,
-                          "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
-                          stdout=out, stderr=out, start_new_session=True)
-    _wait_for_line(lab, proc, log, f"signaling server on {node.name}")
+        proc = host.python(node.name, "peers.signaling", "--listen", addr,
+                           "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
+                           stdout=out, stderr=out, start_new_session=True)
+    _wait_for_line(host, proc, log, f"signaling server on {node.name}")
     return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret}
 
 
-def _start_turn(lab: Lab, node: Node) -> dict[str, Any]:
+def _start_turn(host: Host, node: Node) -> dict[str, Any]:
     addr = str(node.interfaces[0].address.ip)
     user, password = make_credentials(random.Random())  # fresh per lab
     cfg = TurnConfig(listen_ip=addr, relay_ip=addr, username=user, password=password,
                      port=TURN_PORT)
-    d = lab_dir(lab) / f"turn-{node.name}"
+    d = host.workdir() / f"turn-{node.name}"
     d.mkdir(exist_ok=True)
-    proc = lab.popen(node.name, coturn_argv(cfg, d), stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = host.popen(node.name, coturn_argv(cfg, d), stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_ready(cfg, lambda argv: lab.run(node.name, argv).stdout,
+        wait_ready(cfg, lambda argv: host.run(node.name, argv, check=True, timeout=5).stdout,
                    lambda: proc.poll() is None, timeout=READY_TIMEOUT_S)
     except RuntimeError as exc:
-        raise LabError(f"lab {lab.name}: {exc}") from None
+        raise LabError(f"lab {host.name}: {exc}") from None
     return {"address": addr, "port": TURN_PORT, "realm": cfg.realm, "username": user,
             "password": password, "log": str(d / "turnserver.log")}
 
 
-STARTERS = {"stun": _start_stun, "signaling": _start_signaling, "turn": _start_turn}
+STARTERS: dict[str, Callable[[Host, Node], dict[str, Any]]] = {
+    "stun": _start_stun, "signaling": _start_signaling, "turn": _start_turn}

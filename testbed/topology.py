@@ -784,12 +784,6 @@ class _Routes:
         return first
 
 
-def address_of(topo: Topology, node: str, iface: str | None = None) -> str:
-    n = topo.node(node)
-    i = n.iface(iface) if iface else n.interfaces[0]
-    return str(i.address.ip)
-
-
 def describe(topo: Topology) -> str:
     """Human summary: nodes, interfaces, addresses, routes."""
     lines = []

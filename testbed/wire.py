@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from testbed.lab import Lab
+from testbed.lab import Lab
 
 TABLE = "ntwire"
 PROTOS = ("udp", "tcp")
@@ -197,9 +196,10 @@ def install(lab: Lab, router: str, peer_router: str, relays: list[str],
     assert node.upstream is not None
     peer_wan = lab.addr(peer_router, lab.node(peer_router).upstream)
     script = render_table(node.upstream, [peer_wan, peer_host], relays)
-    lab.run(router, ["nft", "-f", "-"], input=script)
+    lab.run(router, ["nft", "-f", "-"], input=script, check=True)
 
 
 def read(lab: Lab, router: str) -> dict[str, int]:
-    out = lab.run(router, ["nft", "-j", "list", "counters", "table", "ip", TABLE]).stdout
+    out = lab.run(router, ["nft", "-j", "list", "counters", "table", "ip", TABLE],
+                  check=True).stdout
     return parse_counters(out)

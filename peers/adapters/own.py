@@ -28,8 +28,9 @@ from peers.adapters.contract import (
     result,
     run_main,
 )
-from peers.candidates import Address
-from peers.peer import source_ip_towards, transmit
+from peers.candidates import Address, Candidate
+from peers.driver import transmit
+from peers.peer import source_ip_towards
 from peers.session import PeerConfig, Phase, Session, Signal, Timing, Transmit
 
 APP_MAGIC = b"NTAPP1"
@@ -177,21 +178,20 @@ async def run(c: Contract) -> dict[str, Any]:
     for t in tasks:
         t.cancel()
     r = session.result()
-    for t, event in r.pop("trace", [])[-40:]:  # the end of the Session's story, for the log
-        print(f"{t:10.3f} ms {c.id}: {event}", file=sys.stderr)
+    for ms, event in (r.trace or ())[-40:]:  # the end of the Session's story, for the log
+        print(f"{ms:10.3f} ms {c.id}: {event}", file=sys.stderr)
     traffic.received = session.app_received
     transport.close()
     rv.close()
     pair = None
-    if r["candidate_pair"]:
-        pair = (_cand(r["candidate_pair"]["local"]), _cand(r["candidate_pair"]["remote"]))
-    outcome = r["outcome"]
-    return result(c, IMPL, _version(), outcome, pair, r["timings_ms"]["connect"], traffic,
-                  [*errors, *r["errors"], *([r["reason"]] if r["reason"] else [])])
+    if r.candidate_pair:
+        pair = (_cand(r.candidate_pair[0]), _cand(r.candidate_pair[1]))
+    return result(c, IMPL, _version(), r.outcome, pair, r.timings_ms.connect, traffic,
+                  [*errors, *r.errors, *([r.reason] if r.reason else [])])
 
 
-def _cand(x: dict[str, Any]) -> dict[str, Any]:
-    return {"type": x["type"], "ip": x["ip"], "port": x["port"], "protocol": "udp"}
+def _cand(x: Candidate) -> dict[str, Any]:
+    return {**x.to_json(), "protocol": "udp"}
 
 
 def _version() -> str:

@@ -22,16 +22,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from testbed import netns, state
 from testbed.conditions import Conditions, from_dict
 from testbed.errors import LabError
 from testbed.impair import plan
 from testbed.impair.forwarder import MARK
-
-if TYPE_CHECKING:
-    from testbed.lab import Lab
+from testbed.lab import Lab
 
 READY_TIMEOUT_S = 5.0
 HUB_PORT_PREFIX = "p"  # a bridge namespace's port to member k is "p<k>" (testbed.lab)
@@ -147,7 +145,7 @@ def apply_many(lab: Lab, items: Mapping[Endpoint, Conditions], *,
         node, iface = ep
         mtu_before = _set_mtu(lab, ep, far, cond.mtu) if p.mtu else None
         for argv in plan.qdisc_commands(iface, cond, p):
-            lab.run(node, argv)
+            lab.run(node, argv, check=True)
         if p.far_drop:
             _nft(lab, far[0], plan.far_drop_chain(far[1], cond, p))
         tap = plan.tap_name(iface) if ep in fwd_eps else None
@@ -174,9 +172,10 @@ def clear(lab: Lab, node: str, iface: str) -> bool:
     if "nft-ingress-drop" in imp.parts:
         _nft(lab, imp.far[0], plan.delete_chain("in", imp.far[1]), check=False)
     if imp.mtu_before:
-        lab.run(node, ["ip", "link", "set", "dev", iface, "mtu", str(imp.mtu_before[0])])
+        lab.run(node, ["ip", "link", "set", "dev", iface, "mtu", str(imp.mtu_before[0])],
+                check=True)
         lab.run(imp.far[0], ["ip", "link", "set", "dev", imp.far[1], "mtu",
-                             str(imp.mtu_before[1])])
+                             str(imp.mtu_before[1])], check=True)
     if imp.forwarder_pid is not None and not any(
             r.get("forwarder_pid") == imp.forwarder_pid for r in _records(lab).values()):
         _stop_forwarder(lab, imp.forwarder_pid)
@@ -207,7 +206,7 @@ def _nft(lab: Lab, node: str, text: str, check: bool = True) -> None:
 
 
 def _mtu_of(lab: Lab, node: str, iface: str) -> int:
-    out = lab.run(node, ["ip", "-o", "link", "show", "dev", iface]).stdout.split()
+    out = lab.run(node, ["ip", "-o", "link", "show", "dev", iface], check=True).stdout.split()
     return int(out[out.index("mtu") + 1])
 
 
@@ -215,7 +214,7 @@ def _set_mtu(lab: Lab, ep: Endpoint, far: Endpoint, mtu: int | None) -> tuple[in
     assert mtu is not None
     before = (_mtu_of(lab, *ep), _mtu_of(lab, *far))
     for node, iface in (ep, far):
-        lab.run(node, ["ip", "link", "set", "dev", iface, "mtu", str(mtu)])
+        lab.run(node, ["ip", "link", "set", "dev", iface, "mtu", str(mtu)], check=True)
     return before
 
 

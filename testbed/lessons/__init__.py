@@ -6,28 +6,33 @@
 
 from __future__ import annotations
 
-import importlib
-
+from testbed.lessons import (
+    l1_rewriting,
+    l2_table,
+    l3_unsolicited,
+    l4_stun,
+    l5_hole_punching,
+    l6_nat_types,
+    l7_symmetric_relay,
+    l8_double_nat,
+)
 from testbed.lessons.base import Lesson, LessonResult, run_lesson
 
-MODULES = ("l1_rewriting", "l2_table", "l3_unsolicited", "l4_stun", "l5_hole_punching",
-           "l6_nat_types", "l7_symmetric_relay", "l8_double_nat")
+LESSONS: tuple[Lesson, ...] = tuple(m.LESSON for m in (
+    l1_rewriting, l2_table, l3_unsolicited, l4_stun, l5_hole_punching, l6_nat_types,
+    l7_symmetric_relay, l8_double_nat))
 
 
 def all_lessons() -> list[Lesson]:
-    return [importlib.import_module(f"testbed.lessons.{m}").LESSON for m in MODULES]
+    return list(LESSONS)
 
 
 def find(key: str) -> Lesson:
     """A lesson by number ('4') or name ('stun')."""
-    if key.isdigit() and 1 <= int(key) <= len(MODULES):
-        lesson: Lesson = importlib.import_module(f"testbed.lessons.{MODULES[int(key) - 1]}").LESSON
-        return lesson
-    lessons = all_lessons()
-    for ls in lessons:
+    for ls in LESSONS:
         if key == str(ls.number) or key == ls.slug:
             return ls
-    names = ", ".join(f"{ls.number} ({ls.slug})" for ls in lessons)
+    names = ", ".join(f"{ls.number} ({ls.slug})" for ls in LESSONS)
     raise KeyError(f"no lesson {key!r}; lessons: {names}")
 
 

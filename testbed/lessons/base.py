@@ -21,6 +21,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from peers import stun
-from testbed import narrate, nattable, seqdiag
-from testbed.capture import Capture, Captured, Packet
+from testbed import nattable
 from testbed.lab import Lab
-from testbed.narrate import Crossing, Trace
 from testbed.nattable import NatTable
 from testbed.netns import entered
 from testbed.topology import Topology, parse_topology
+from testbed.trace import narrate
+from testbed.trace.capture import Capture
+from testbed.trace.captured import Captured
+from testbed.trace.folder import tell, write_folder
+from testbed.trace.narrate import Crossing
+from testbed.trace.nfttrace import Trace
+from testbed.trace.packets import Packet
 
 RECV_TIMEOUT_S = 1.0
 DROP_TIMEOUT_S = 1.0
@@ -115,7 +121,7 @@ class Endpoint:
         self.node = node
         self.ip = ip or run.lab.addr(node)
         self.port = port
-        with entered(run.lab.ns[node].fd):
+        with entered(run.lab.namespace(node).fd):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((self.ip, port))
         run.closers.append(self.sock.close)
@@ -392,17 +398,12 @@ def _header(run: Run, topo: Topology, out: Path | None) -> None:
 def _footer(run: Run, captured: Captured, out: Path | None, keep: bool) -> None:
     ls = run.lesson
     if ls.lanes:
-        names = narrate.address_book(run.lab.topo)
-        wans = {r: run.lab.node(r).upstream or "" for r in ls.routers}
-        cs = narrate.all_crossings(captured, wans)
-        arrows = seqdiag.arrows(captured, cs, names)
+        story = tell(captured, run.lab.topo, ls.routers, ls.lanes,
+                     f"Lesson {ls.number}: {ls.title}")
         run.say("\nThe whole lesson as a sequence diagram (one arrow per packet per link):")
-        run.say(seqdiag.render_text(ls.lanes, arrows))
+        run.say(story.diagram(titled=False))
         if out is not None:
-            (out / "sequence.txt").write_text(seqdiag.render_text(ls.lanes, arrows) + "\n")
-            (out / "sequence.html").write_text(seqdiag.render_html(
-                ls.lanes, arrows, title=f"Lesson {ls.number}: {ls.title}"))
-            (out / "crossings.txt").write_text(narrate.format_crossings(cs, names) + "\n")
+            write_folder(out, story)
     ok = sum(f.ok for f in run.facts)
     run.say(f"\nChecked against the captures: {ok} of {len(run.facts)} facts hold"
             + ("" if captured.complete else " (warning: a capture did not catch up with "
@@ -421,7 +422,5 @@ def _footer(run: Run, captured: Captured, out: Path | None, keep: bool) -> None:
 
 
 def _wrap(text: str, indent: str, width: int = 96) -> str:
-    import textwrap
-
     return textwrap.fill(text, width=width, initial_indent=indent,
                          subsequent_indent=indent + "  ")

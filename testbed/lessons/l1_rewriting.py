@@ -84,7 +84,7 @@ LESSON = Lesson(
              "every packet going out, and puts the inside address back on the answers.",
     explore=(
         "nat-testbed exec {lab} router -- tcpdump -lni any udp        # both sides at once",
-        "nat-testbed exec {lab} laptop -- {py} -m testbed.lessons.udp send "
+        "nat-testbed exec {lab} laptop -- {py} -m peers.udp send "
         "203.0.113.10:3478 hi --port 5000",
     ),
     lanes=("laptop", "phone", "router", "server"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from testbed.lessons.base import Lesson, Run
 from testbed.lessons.l1_rewriting import TOPOLOGY
-from testbed.nat import ALLOC_FIRST, ALLOC_LAST
+from testbed.ruleset import ALLOC_FIRST, ALLOC_LAST
 
 
 def experiment(run: Run) -> None:
@@ -70,7 +70,7 @@ LESSON = Lesson(
     explore=(
         "nat-testbed exec {lab} router -- conntrack -L -p udp          # the kernel's table",
         "nat-testbed exec {lab} router -- nft list map ip nattestbed owner",
-        "nat-testbed exec {lab} phone -- {py} -m testbed.lessons.udp send "
+        "nat-testbed exec {lab} phone -- {py} -m peers.udp send "
         "203.0.113.10:3478 hi --port 7000",
     ),
 )

@@ -81,9 +81,9 @@ LESSON = Lesson(
              "for it first; with no mapping, the router drops it (here: nft's input chain).",
     explore=(
         "nat-testbed exec {lab} router -- tcpdump -lni wan udp &",
-        "nat-testbed exec {lab} server -- {py} -m testbed.lessons.udp send "
+        "nat-testbed exec {lab} server -- {py} -m peers.udp send "
         "203.0.113.50:5000 knock --port 3478",
-        "nat-testbed exec {lab} laptop -- {py} -m testbed.lessons.udp listen 5000 "
+        "nat-testbed exec {lab} laptop -- {py} -m peers.udp listen 5000 "
         "--hello 203.0.113.10:3478",
     ),
     lanes=("laptop", "router", "server", "stranger"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from testbed import narrate
 from testbed.lessons.base import Lesson, Run
+from testbed.trace import narrate
 
 TOPOLOGY = """
 name: lesson-stun
@@ -70,7 +70,7 @@ LESSON = Lesson(
     takeaway="STUN is a mirror: the server copies the source address it saw into its answer "
              "(XOR-MAPPED-ADDRESS), so a device behind NAT learns its public address and port.",
     explore=(
-        "nat-testbed exec {lab} laptop -- {py} -m testbed.lessons.udp stun 203.0.113.3:3478 "
+        "nat-testbed exec {lab} laptop -- {py} -m peers.udp stun 203.0.113.3:3478 "
         "--port 6000",
         "nat-testbed exec {lab} router -- tcpdump -lvni wan udp port 3478",
     ),

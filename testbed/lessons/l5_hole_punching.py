@@ -109,9 +109,9 @@ LESSON = Lesson(
              "first packet may be dropped at the far NAT, the later ones get through.",
     explore=(
         "nat-testbed exec {lab} home-b -- tcpdump -lni wan udp &",
-        "nat-testbed exec {lab} alice -- {py} -m testbed.lessons.udp listen 5000 "
+        "nat-testbed exec {lab} alice -- {py} -m peers.udp listen 5000 "
         "--hello 203.0.113.60:5000",
-        "nat-testbed exec {lab} bob -- {py} -m testbed.lessons.udp send "
+        "nat-testbed exec {lab} bob -- {py} -m peers.udp send "
         "203.0.113.50:5000 hi --port 5000",
         "nat-testbed pair --a port-restricted-cone --b port-restricted-cone --trace out/",
     ),

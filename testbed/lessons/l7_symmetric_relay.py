@@ -8,6 +8,8 @@ import random
 from peers.turn import DataReceived, TurnClient, TurnError, TurnSocket
 from testbed.lessons.base import Lesson, Run
 from testbed.lessons.l5_hole_punching import TWO_HOMES, ep_of
+from testbed.trace import narrate
+from testbed.trace.narrate import Crossing
 
 TOPOLOGY = TWO_HOMES.format(
     name="symmetric", servers="STUN and TURN servers", nat_a="symmetric",
@@ -110,11 +112,7 @@ def experiment(run: Run) -> None:
             r.release(timeout=2.0)
 
 
-def narrate_line(c: object) -> str:
-    from testbed import narrate
-    from testbed.narrate import Crossing
-
-    assert isinstance(c, Crossing)
+def narrate_line(c: Crossing) -> str:
     return f"{narrate.describe(c.arrived)}: {c.sentence()}"
 
 

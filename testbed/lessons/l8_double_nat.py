@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from testbed import narrate
+from testbed import resources
 from testbed.lessons.base import Lesson, Run
+from testbed.trace import narrate
 
-TOPOLOGY_FILE = Path(__file__).resolve().parents[2] / "topologies" / "double-nat.yaml"
+TOPOLOGY_FILE = resources.topology_file("double-nat")
 
 
 def experiment(run: Run) -> None:
@@ -63,7 +62,7 @@ LESSON = Lesson(
              "symmetric), whatever the home router does.",
     explore=(
         "nat-testbed up topologies/double-nat.yaml",
-        "nat-testbed exec LAB laptop -- {py} -m testbed.lessons.udp stun 203.0.113.3:3478",
+        "nat-testbed exec LAB laptop -- {py} -m peers.udp stun 203.0.113.3:3478",
         "nat-testbed exec LAB cgn -- conntrack -L -p udp",
     ),
     lanes=("laptop", "home", "cgn", "stun"),

@@ -92,7 +92,8 @@ def test_coturn_agrees_on_a_composition(tmp_path: Path) -> None:
             "--db", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "turn.pid")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while f"{STUN_ALTERNATE}:3479" not in lab.run("stun", ["ss", "-Hnlu"]).stdout:
+        while f"{STUN_ALTERNATE}:3479" not in lab.run("stun", ["ss", "-Hnlu"],
+                                                             check=True).stdout:
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         out = lab.run("client", ["turnutils_natdiscovery", "-m", "-f", STUN_PRIMARY],

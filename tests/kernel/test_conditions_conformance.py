@@ -349,14 +349,15 @@ def test_forwarder_is_recorded_and_removed(lab: Lab) -> None:
     assert "a:eth0" not in st["impairments"]
     assert imp.forwarder_pid not in [p["pid"] for p in st["processes"]]
     assert not _alive(imp.forwarder_pid)
-    assert "fwd" not in lab.run("a", ["nft", "list", "ruleset"]).stdout
+    assert "fwd" not in lab.run("a", ["nft", "list", "ruleset"], check=True).stdout
     assert lab.run("a", ["ping", "-c1", "-W1", B_ADDR], check=False).returncode == 0
 
 
 def test_zero_conditions_install_nothing(lab: Lab) -> None:
     imp = apply(lab, "a", "eth0", Conditions())
     assert imp.parts == () and imp.forwarder_pid is None
-    assert "qdisc tbf" not in lab.run("a", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    assert "qdisc tbf" not in lab.run("a", ["tc", "qdisc", "show", "dev", "eth0"],
+                                    check=True).stdout
     clear(lab, "a", "eth0")
 
 

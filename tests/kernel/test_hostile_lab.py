@@ -29,11 +29,11 @@ import pytest
 from peers import probe as pr
 from peers.session import Timing
 from peers.signaling import peer_token
-from testbed import services
-from testbed.capture import Capture, Packet
 from testbed.lab import Lab
 from testbed.pair import run_peers
 from testbed.topology import load_topology
+from testbed.trace.capture import Capture
+from testbed.trace.packets import Packet
 
 pytestmark = [
     pytest.mark.kernel,
@@ -59,11 +59,16 @@ def lab() -> Iterator[Lab]:
 
 def mallory(lab: Lab, *args: str, timeout: float = 60) -> dict[str, Any]:
     """Run hostile.py in Mallory's namespace to the end; what she saw."""
-    out = services.lab_dir(lab) / f"mallory-{args[0]}-{time.monotonic_ns()}.json"
+    out = lab.workdir() / f"mallory-{args[0]}-{time.monotonic_ns()}.json"
     res = lab.run("mallory", [sys.executable, str(HOSTILE), *args, "--result", str(out)],
                   check=False, timeout=timeout, env=_env())
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(json.loads(out.read_text()))
+
+
+def peer_results(lab: Lab, timing: Timing, tag: str) -> dict[str, Any]:
+    """Both peer programs, as `nat-testbed pair` runs them; their results as JSON."""
+    return {role: r.to_json() for role, r in run_peers(lab, timing, tag=tag).peers.items()}
 
 
 def _env() -> dict[str, str]:
@@ -86,7 +91,7 @@ def peers_in_background(lab: Lab, timing: Timing, tag: str) -> tuple[threading.T
 
     def run() -> None:
         out["t0"] = time.monotonic()
-        out.update(run_peers(lab, timing, tag=tag))
+        out.update(peer_results(lab, timing, tag=tag))
         out["t1"] = time.monotonic()
 
     t = threading.Thread(target=run)
@@ -146,7 +151,7 @@ def test_a_third_host_cannot_take_an_identity(lab: Lab, tmp_path: Path) -> None:
         "forged": ("error", "auth-failed", True), "own-token": ("error", "auth-failed", True)}
     with Capture(lab, tmp_path, taps=[("home-a", "wan"), ("home-m", "wan")],
                  trace=False) as cap:
-        results = run_peers(lab, Timing(), tag="-identity")
+        results = peer_results(lab, Timing(), tag="-identity")
         assert_direct_with_bob(results)
         sig_ip = lab.services["signaling"]["address"]
         registers = wait_for(cap, "home-a:wan", 1, lambda p: p.proto == "tcp" and p.dst == sig_ip
@@ -217,11 +222,11 @@ def test_the_pair_connects_through_a_flood(lab: Lab) -> None:
     quiet, quiet_wall = [], []
     for i in range(3):
         t = time.monotonic()
-        quiet.append(run_peers(lab, Timing(), tag=f"-quiet{i}"))
+        quiet.append(peer_results(lab, Timing(), tag=f"-quiet{i}"))
         quiet_wall.append(time.monotonic() - t)
     for r in quiet:
         assert_direct_with_bob(r)
-    out = services.lab_dir(lab) / "mallory-flood.json"
+    out = lab.workdir() / "mallory-flood.json"
     proc = lab.popen("mallory", [sys.executable, str(HOSTILE), "flood", "--server",
                                  signaling(lab), "--id", "mallory", "--token",
                                  mallory_token(lab), "--connections", "1000", "--offers",
@@ -231,7 +236,7 @@ def test_the_pair_connects_through_a_flood(lab: Lab) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "flooding", proc.stderr
         t0 = time.monotonic()
-        flooded = run_peers(lab, Timing(), tag="-flood")
+        flooded = peer_results(lab, Timing(), tag="-flood")
         t1 = time.monotonic()
         _, err = proc.communicate(timeout=90)
         assert proc.returncode == 0, err[-2000:]

@@ -1,7 +1,7 @@
 """Issue 6 on real kernels: every lesson run, its narrated facts checked against its pcaps.
 
 Each lesson builds its lab, runs, narrates and tears down; these tests then re-read
-the pcaps it wrote (testbed.capture.load_capture) and re-derive the facts the
+the pcaps it wrote (testbed.trace.captured.load_capture) and re-derive the facts the
 lesson told, with expected values taken from the lesson's topology and from the
 NAT behaviours (testbed.nat.CLASSIC), never from the narration.
 
@@ -14,15 +14,16 @@ import ipaddress
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from testbed import narrate, netns
-from testbed.capture import Captured, Packet, load_capture, trace_pair
+from testbed import netns
 from testbed.lessons import all_lessons, find, run_lesson
 from testbed.lessons.base import LessonResult
-from testbed.nat import APD, CLASSIC, EI, nat_from_dict
+from testbed.nat import APD, CLASSIC, EI
+from testbed.trace import narrate
+from testbed.trace.captured import Captured, load_capture
+from testbed.trace.packets import Packet
 
 pytestmark = [
     pytest.mark.kernel,
@@ -216,36 +217,3 @@ def test_8_double_nat_rewrites_twice_and_stun_sees_the_carrier(runs: dict[int, L
     home_out = {p.src_ep for p in udp(cap, "home:wan") if p.direction == "out"}
     assert len(home_out) == 1 and home_out.pop().startswith(home_wan + ":")
     assert not [p for p in cap.packets["cgn:wan"] if home_wan in (p.src, p.dst)]
-
-
-# ------------------------------------------------------------------ pair --trace
-
-
-def test_trace_pair_writes_pcaps_and_a_diagram_that_show_the_punch(tmp_path: Path) -> None:
-    if shutil.which("turnserver") is None:
-        pytest.skip("coturn is not installed")
-    res = trace_pair(nat_from_dict({"type": "full-cone"}), nat_from_dict({"type": "symmetric"}),
-                     tmp_path)
-    assert res["outcome"] == "direct" and res["trace"]["complete"]
-    for name in ("home-a.lan.pcap", "home-a.wan.pcap", "home-b.lan.pcap", "home-b.wan.pcap",
-                 "sequence.txt", "sequence.html", "crossings.txt", "home-b.nft-trace.txt"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    cap = load_capture(tmp_path)
-    crossings = narrate.all_crossings(cap, {"home-a": "wan", "home-b": "wan"})
-    # Bob's symmetric NAT opened its STUN port to the STUN server only: alice's probe to
-    # that srflx address is dropped at home-b, never reaching bob's LAN.
-    bob_srflx = {(c["ip"], c["port"]) for c in res["peers"]["alice"]["candidates"]["remote"]
-                 if c["type"] == "srflx"}
-    dropped = [c for c in crossings if c.router == "home-b" and c.verdict == "dropped"
-               and (c.arrived.dst, c.arrived.dport) in bob_srflx
-               and narrate.describe(c.arrived) == "probe alice->bob"]
-    assert dropped and all(c.rule == 'input: iifname "wan" drop' for c in dropped)
-    # and the path that worked: a probe from bob's NAT delivered into alice's LAN
-    pair = res["peers"]["alice"]["candidate_pair"]
-    came_in = [c for c in crossings if c.router == "home-a" and c.left is not None
-               and c.left.iface == "lan" and narrate.describe(c.arrived).endswith("bob->alice")]
-    assert any(c.arrived.src_ep == f"{pair['remote']['ip']}:{pair['remote']['port']}"
-               for c in came_in)
-    html = (tmp_path / "sequence.html").read_text()
-    assert "<svg" in html and "probe alice-&gt;bob" in html
-    assert leftovers(res["lab"]) == []

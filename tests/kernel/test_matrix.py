@@ -24,8 +24,11 @@ from typing import Any
 import pytest
 
 from testbed import cli, netns, report, state
-from testbed import matrix as mx
+from testbed.errors import LabError
+from testbed.matrix import document
+from testbed.matrix import lab as mx
 from testbed.model import Prediction
+from testbed.results import matrix_from_json
 
 pytestmark = [
     pytest.mark.kernel,
@@ -74,18 +77,26 @@ def leftovers(lab: str) -> list[str]:
     return left
 
 
+def load(path: Path) -> dict[str, Any]:
+    """results.json as written, once it has passed the reader's checks."""
+    report.load(path)
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
 def labs_of(doc: dict[str, Any]) -> set[str]:
     return {r["lab"] for c in doc["cells"] for r in c["repeats"]}
 
 
 def observed(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
-    return {(c["a"], c["b"]): report.summarize_cell(c).observed for c in doc["cells"]}
+    return {(c.a, c.b): report.summarize_cell(c).observed
+            for c in matrix_from_json(doc).cells}
 
 
 def test_the_readme_main_command_runs_the_default_matrix(tmp_path: Path) -> None:
     res = matrix_cmd(cwd=tmp_path)  # `nat-testbed matrix`, nothing else
     assert res.returncode == 0, res.stderr
-    doc = report.load(tmp_path / "results" / "results.json")
+    doc = load(tmp_path / "results" / "results.json")
     labels = ["none", *ORDER]
     assert doc["nats"] == labels
     assert observed(doc) == {(a, b): expected(a, b) for a in labels for b in labels}
@@ -108,7 +119,7 @@ def test_repeats_evidence_and_outputs(tmp_path: Path) -> None:
     res = matrix_cmd("--nats", "port-restricted-cone,symmetric", "--repeat", "2", "--json",
                      "--strict", "--out", str(out))
     assert res.returncode == 0, res.stderr
-    doc = report.load(out / "results.json")
+    doc = load(out / "results.json")
     assert json.loads(res.stdout) == doc  # --json prints exactly results.json
 
     # the matrix: the facts file's cells, the same in both repeats
@@ -175,7 +186,7 @@ def test_repeats_evidence_and_outputs(tmp_path: Path) -> None:
 
 def flipped(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model that is wrong about symmetric x symmetric."""
-    real = mx.predict
+    real = document.predict
 
     def predict(a: Any, b: Any, *args: Any, **kw: Any) -> Prediction:
         p = real(a, b, *args, **kw)
@@ -183,7 +194,7 @@ def flipped(monkeypatch: pytest.MonkeyPatch) -> None:
             return Prediction("direct", "forced for the test", None)
         return p
 
-    monkeypatch.setattr(mx, "predict", predict)
+    monkeypatch.setattr(document, "predict", predict)
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -197,8 +208,8 @@ def test_strict_turns_a_disagreement_into_a_failing_exit(
     text = capsys.readouterr().out
     assert "relay!" in text
     assert "! symmetric -> symmetric: predicted direct, observed relay" in text
-    doc = report.load(tmp_path / "results.json")
-    assert [s.a for s in report.disagreements(doc)] == ["symmetric"]
+    doc = load(tmp_path / "results.json")
+    assert [s.a for s in report.disagreements(matrix_from_json(doc))] == ["symmetric"]
     for lab in labs_of(doc):
         assert leftovers(lab) == []
 
@@ -247,7 +258,7 @@ def test_a_lab_that_fails_to_build_stops_the_run_cleanly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     def broken(self: mx.MatrixLab) -> dict[str, float]:
-        raise mx.LabError("rulesets refused (forced for the test)")
+        raise LabError("rulesets refused (forced for the test)")
 
     monkeypatch.setattr(mx.MatrixLab, "finish_build", broken)
     rc = cli.main(["matrix", "--nats", "full-cone,symmetric", "--out", str(tmp_path)])
@@ -259,3 +270,39 @@ def test_a_lab_that_fails_to_build_stops_the_run_cleanly(
     for lab in labs:
         assert leftovers(lab) == [], lab
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_second_dimension_reaches_the_peers_and_gets_a_table_of_its_own(
+        tmp_path: Path) -> None:
+    """--punch-timeout as a dimension: each slot's peers punch for their own cell's time
+    (symmetric both sides: punching cannot work, so it lasts the full timeout), and the
+    outputs have one table per value, a column and a key part of its own."""
+    out = tmp_path / "out"
+    res = matrix_cmd("--nats", "symmetric", "--punch-timeout", "0.1s,1s", "--strict",
+                     "--out", str(out), "--no-color")
+    assert res.returncode == 0, res.stderr  # not modelled is no disagreement
+    doc = load(out / "results.json")
+    assert doc["dimensions"] == [{"name": "punch", "title": "punch timeout",
+                                  "values": ["0.1s", "1s"]}]
+    cells = {c["punch"]: c for c in doc["cells"]}
+    for punch, c in cells.items():
+        (r,) = c["repeats"]
+        assert r["outcome"] == "relay" and r["punch"] == punch
+        assert r["key"] == f"a=symmetric,b=symmetric,punch={punch},repeat=1"
+        punched = [r["peers"][p]["timings_ms"]["punch"] for p in ("alice", "bob")]
+        if punch == "0.1s":
+            assert all(100 <= t < 600 for t in punched), punched
+        else:
+            assert all(t >= 1000 for t in punched), punched
+    assert cells["0.1s"]["predicted"] is None and "punch timeout" in cells["0.1s"]["reason"]
+    assert cells["1s"]["predicted"] == "relay"  # the default: modelled as ever
+    assert "punch=0.1s:" in res.stdout and "punch=1s:" in res.stdout
+    assert "relay?" in res.stdout and "1 cell not modelled" in res.stdout
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["punch"], r["predicted"], r["agrees"]) for r in rows] == [
+        ("0.1s", "", ""), ("1s", "relay", "True")]
+    page = (out / "results.html").read_text()
+    assert "<select id='facet'>" in page and page.count("data-cell=") == 2
+    for lab in labs_of(doc):
+        assert leftovers(lab) == []

@@ -40,9 +40,8 @@ from testbed.nat import (
     PortAllocation,
     all_combinations,
     nat_from_dict,
-    render_ruleset,
-    sysctls,
 )
+from testbed.ruleset import render_ruleset, sysctls
 from testbed.topology import parse_topology
 
 pytestmark = [
@@ -142,7 +141,7 @@ def _wait_listening(lab: Lab, node: str, endpoints: list[str], proc: subprocess.
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}")
-        out = lab.run(node, ["ss", "-Hnlu"]).stdout
+        out = lab.run(node, ["ss", "-Hnlu"], check=True, timeout=30).stdout
         if all(e in out for e in endpoints):
             return
         time.sleep(0.02)
@@ -171,17 +170,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         # Only `none` and `firewall` let these routes matter: a NAT must not forward
         # unsolicited packets to LAN addresses even when the outside knows the way.
         for node in ("stun", "peer"):
-            lab.run(node, ["ip", "route", "add", "192.168.1.0/24", "via", WAN])
+            lab.run(node, ["ip", "route", "add", "192.168.1.0/24", "via", WAN], check=True)
         yield lab
 
 
 def apply(lab: Lab, spec: NatSpec) -> None:
     """Replace the router's ruleset, forget old flows, set the conntrack timeouts."""
     ruleset = render_ruleset(spec, lab.router_context(lab.topo.node("r")))
-    lab.run("r", ["nft", "-f", "-"], input=ruleset)
+    lab.run("r", ["nft", "-f", "-"], input=ruleset, check=True, timeout=30)
     lab.run("r", ["conntrack", "-F"], check=False)  # exits 1 when there was nothing
     for key, value in sysctls(spec).items():
-        lab.run("r", ["sysctl", "-qw", f"{key}={value}"])
+        lab.run("r", ["sysctl", "-qw", f"{key}={value}"], check=True)
 
 
 def coturn(lab: Lab, host: str, flag: str, *extra: str) -> str:
@@ -197,19 +196,21 @@ def coturn_verdict(out: str, what: str) -> Behaviour:
 
 def natcheck(lab: Lab, host: str, port: int) -> dict[str, Any]:
     r = lab.run(host, [PY, "-m", "peers.natcheck", "--server", STUN1, "--port", str(port),
-                       "--json"], env=ENV, timeout=60)
+                       "--json"], env=ENV, timeout=60, check=True)
     result: dict[str, Any] = json.loads(r.stdout)
     return result
 
 
 def stun(lab: Lab, host: str, local_port: int, *servers: str) -> list[str]:
     """Mapped endpoints ("ip:port") of one local port, one per server, in order."""
-    r = lab.run(host, [PY, "-c", UDP_TOOL, "stun", str(local_port), *servers])
+    r = lab.run(host, [PY, "-c", UDP_TOOL, "stun", str(local_port), *servers], check=True,
+                timeout=30)
     return r.stdout.split()
 
 
 def send(lab: Lab, node: str, local_port: int, dest: str, text: str) -> None:
-    lab.run(node, [PY, "-c", UDP_TOOL, "send", str(local_port), dest, text])
+    lab.run(node, [PY, "-c", UDP_TOOL, "send", str(local_port), dest, text], check=True,
+            timeout=30)
 
 
 def exchange(lab: Lab, sender: str, sport: int, dest: str, receiver: str, rport: int,
@@ -349,7 +350,7 @@ def test_allocation_skips_ports_another_mapping_owns(lab: Lab) -> None:
     dropped before conntrack confirms them, and the retransmission gets the next port."""
     apply(lab, NatSpec(port_allocation=PortAllocation.SEQUENTIAL))
     lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owner",
-                  "{ 49152 : 192.168.1.99 . 1, 49153 : 192.168.1.99 . 2 }"])
+                  "{ 49152 : 192.168.1.99 . 1, 49153 : 192.168.1.99 . 2 }"], check=True)
     assert stun(lab, "h1", 5000, S1, S2) == [f"{WAN}:49154"] * 2
 
 
@@ -405,6 +406,6 @@ def test_tcp_and_icmp_cross_the_nat(lab: Lab) -> None:
     r = lab.run("h1", [PY, "-c", (
         "import socket\n"
         f"c = socket.create_connection(('{PEER}', 8080), timeout=5)\n"
-        "print(c.recv(64).decode())\n")])
+        "print(c.recv(64).decode())\n")], check=True, timeout=30)
     assert r.stdout.strip() == WAN
     server.wait(timeout=5)

@@ -139,7 +139,7 @@ def test_a_lab_built_from_split_batches_works(monkeypatch: pytest.MonkeyPatch) -
         assert max(writes) >= -(-(HOSTS + 1) // 8)  # the bridge's ports took 6 writes
         assert lab.run("h39", ["ping", "-c1", "-W2", lab.addr("srv")],
                        check=False).returncode == 0
-        routes = lab.run("srv", ["ip", "-4", "route", "show"]).stdout
+        routes = lab.run("srv", ["ip", "-4", "route", "show"], check=True).stdout
         assert "10.9.0.0/24 via" in routes
 
 

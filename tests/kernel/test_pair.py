@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
+from testbed import netns, resources
 from testbed.nat import NatSpec, nat_from_dict
-from testbed.pair import TOPOLOGY, format_pair, run_pair
+from testbed.pair import format_pair, run_pair
+from testbed.results import pair_to_json
 from testbed.topology import load_topology
+from testbed.trace import narrate
+from testbed.trace.captured import load_capture
 
 pytestmark = [
     pytest.mark.kernel,
@@ -23,7 +28,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
 ]
 
-TOPO = load_topology(TOPOLOGY)
+TOPO = load_topology(resources.topology_file("home-pair"))
 WAN = {"alice": str(TOPO.node("home-a").iface("wan").address.ip),
        "bob": str(TOPO.node("home-b").iface("wan").address.ip)}
 TURN_IP = str(TOPO.node("turn").interfaces[0].address.ip)
@@ -35,8 +40,9 @@ def nat(name: str) -> NatSpec:
 
 
 def test_port_restricted_pair_connects_directly() -> None:
-    res = run_pair(nat("port-restricted-cone"), nat("port-restricted-cone"))
-    assert res["outcome"] == "direct", format_pair(res)
+    result = run_pair(nat("port-restricted-cone"), nat("port-restricted-cone"))
+    res = pair_to_json(result)
+    assert res["outcome"] == "direct", format_pair(result)
     assert res["stage"] == "punch"
     for me, r in res["peers"].items():
         assert r["outcome"] == "direct"
@@ -53,8 +59,9 @@ def test_port_restricted_pair_connects_directly() -> None:
 
 
 def test_full_cone_with_symmetric_connects_directly() -> None:
-    res = run_pair(nat("full-cone"), nat("symmetric"))
-    assert res["outcome"] == "direct", format_pair(res)
+    result = run_pair(nat("full-cone"), nat("symmetric"))
+    res = pair_to_json(result)
+    assert res["outcome"] == "direct", format_pair(result)
     alice, bob = res["peers"]["alice"], res["peers"]["bob"]
     # Bob's symmetric NAT maps the path to alice to a port STUN never saw: alice
     # learns it from bob's authenticated probe (peer-reflexive).
@@ -68,8 +75,9 @@ def test_full_cone_with_symmetric_connects_directly() -> None:
 @pytest.mark.parametrize(("a", "b"), [("port-restricted-cone", "symmetric"),
                                       ("symmetric", "symmetric")])
 def test_untraversable_pairs_use_the_relay_and_coturn_carried_the_data(a: str, b: str) -> None:
-    res = run_pair(nat(a), nat(b))
-    assert res["outcome"] == "relay", format_pair(res)
+    result = run_pair(nat(a), nat(b))
+    res = pair_to_json(result)
+    assert res["outcome"] == "relay", format_pair(result)
     assert res["stage"] == "relay"
     peers, usage = res["peers"], res["relay"]
     for r in peers.values():
@@ -81,16 +89,49 @@ def test_untraversable_pairs_use_the_relay_and_coturn_carried_the_data(a: str, b
     assert peers["alice"]["candidate_pair"]["remote"] == peers["bob"]["candidate_pair"]["local"]
     # coturn's own counters, independent of the peers: every relayed message a
     # peer sent left its relayed address, and arrived at the other's.
-    assert usage["alice"] is not None and usage["bob"] is not None, format_pair(res)
+    assert usage["alice"] is not None and usage["bob"] is not None, format_pair(result)
     for me in ("alice", "bob"):
         sent = peers[me]["packets"]["relay_sent"]
         assert usage[me]["peer"]["sp"] == sent
         assert usage[OTHER[me]]["peer"]["rp"] == sent
     assert res["relay_bytes"] > 0
-    assert "coturn relayed" in format_pair(res)
+    assert "coturn relayed" in format_pair(result)
 
 
 def test_none_with_firewall_connects_directly() -> None:
     """No translation on either side: the peers' host candidates are public and routed."""
-    res = run_pair(nat("none"), nat("firewall"))
+    res = pair_to_json(run_pair(nat("none"), nat("firewall")))
     assert res["outcome"] == "direct", res["reason"]
+
+
+# ------------------------------------------------------------------ pair --trace
+
+
+def test_trace_pair_writes_pcaps_and_a_diagram_that_show_the_punch(tmp_path: Path) -> None:
+    if not (shutil.which("tcpdump") and shutil.which("conntrack")):
+        pytest.skip("needs tcpdump and conntrack")
+    res = pair_to_json(run_pair(nat_from_dict({"type": "full-cone"}),
+                                nat_from_dict({"type": "symmetric"}), trace_dir=tmp_path))
+    assert res["outcome"] == "direct" and res["trace"]["complete"]
+    for name in ("home-a.lan.pcap", "home-a.wan.pcap", "home-b.lan.pcap", "home-b.wan.pcap",
+                 "sequence.txt", "sequence.html", "crossings.txt", "home-b.nft-trace.txt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    cap = load_capture(tmp_path)
+    crossings = narrate.all_crossings(cap, {"home-a": "wan", "home-b": "wan"})
+    # Bob's symmetric NAT opened its STUN port to the STUN server only: alice's probe to
+    # that srflx address is dropped at home-b, never reaching bob's LAN.
+    bob_srflx = {(c["ip"], c["port"]) for c in res["peers"]["alice"]["candidates"]["remote"]
+                 if c["type"] == "srflx"}
+    dropped = [c for c in crossings if c.router == "home-b" and c.verdict == "dropped"
+               and (c.arrived.dst, c.arrived.dport) in bob_srflx
+               and narrate.describe(c.arrived) == "probe alice->bob"]
+    assert dropped and all(c.rule == 'input: iifname "wan" drop' for c in dropped)
+    # and the path that worked: a probe from bob's NAT delivered into alice's LAN
+    pair = res["peers"]["alice"]["candidate_pair"]
+    came_in = [c for c in crossings if c.router == "home-a" and c.left is not None
+               and c.left.iface == "lan" and narrate.describe(c.arrived).endswith("bob->alice")]
+    assert any(c.arrived.src_ep == f"{pair['remote']['ip']}:{pair['remote']['port']}"
+               for c in came_in)
+    html = (tmp_path / "sequence.html").read_text()
+    assert "<svg" in html and "probe alice-&gt;bob" in html
+    assert [n for n in netns.listed() if n.startswith(f"{res['lab']}-")] == []

@@ -17,7 +17,7 @@ import pytest
 
 from testbed import adapters, netns
 from testbed.nat import NatSpec, nat_from_dict
-from testbed.pair import pair_lab
+from testbed.pair import pair_lab, pair_topology
 from testbed.peerprog import KILL_GRACE_S, format_cell, run_cell, run_contract_pair
 
 pytestmark = [
@@ -167,7 +167,7 @@ def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
 
 def test_a_bad_program_does_not_stop_the_next_cell_on_the_same_lab() -> None:
     own = adapter("own")
-    with pair_lab(nat(PRC), nat(PRC)) as lab:
+    with pair_lab(pair_topology(nat(PRC), nat(PRC))[0]) as lab:
         bad = run_cell(lab, prog("hang.sh"), prog("hang.sh"), deadline_s=2)
         good = run_cell(lab, own, own, deadline_s=8)
     assert bad["outcome"] == "failed" and all(r["killed"] for r in bad["programs"].values())

@@ -4,7 +4,7 @@ Three namespaces on one bridge (itself in a fourth namespace): client 203.0.113.
 turn 203.0.113.5, peer 203.0.113.30. The namespaces are anonymous (held by file
 descriptors of this test process, never mounted under /run/netns), so parallel runs
 cannot collide and closing the descriptors frees them. coturn is started inside the
-turn namespace with testbed.turn.coturn_argv and stopped by the PID recorded at start.
+turn namespace with testbed.coturn.coturn_argv and stopped by the PID recorded at start.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pyroute2 import IPRoute
 
 from peers import stun
 from peers.turn import DataReceived, Refreshed, State, TurnClient, TurnError, TurnSocket
+from testbed import coturn as tb
 from testbed import netns
-from testbed import turn as tb
 
 pytestmark = [
     pytest.mark.kernel,

@@ -38,5 +38,5 @@ def test_numbers_and_names_are_unique_and_found() -> None:
 
 def test_cli_registers_lesson() -> None:
     args = build_parser().parse_args(["lesson", "4", "--out", "x", "--keep"])
-    assert args.lesson == "4" and args.out == "x" and args.keep and args.handler
+    assert args.lesson == "4" and args.out == "x" and args.keep and args.run
     assert build_parser().parse_args(["lesson"]).lesson is None

@@ -12,12 +12,20 @@ from testbed.model import (
     RELAY,
     PortReuse,
     Strategy,
-    all_nats,
-    default_nats,
     matrix,
     predict,
 )
-from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, PortAllocation
+from testbed.nat import (
+    AD,
+    APD,
+    EI,
+    Behaviour,
+    Kind,
+    NatSpec,
+    PortAllocation,
+    all_nats,
+    default_nats,
+)
 
 FULL = NatSpec(mapping=EI, filtering=EI)
 RESTRICTED = NatSpec(mapping=EI, filtering=AD)

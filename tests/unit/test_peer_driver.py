@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from peers.driver import Driver, Endpoint
 from peers.peer import main, parse_addr
+from peers.session import PeerConfig, Session
 from peers.signaling import SignalingServer, peer_token
 
 SECRET = b"lab secret for the driver test!!"
@@ -119,3 +121,46 @@ def test_parse_addr() -> None:
     for bad in ("203.0.113.6", "x:1", "1.2.3.4:0", "1.2.3.4:99999"):
         with pytest.raises(Exception, match="expected|out of range"):
             parse_addr(bad)
+
+
+def endpoint(me: str, remote: str, tag: int) -> Endpoint:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    cfg = PeerConfig(id=me, remote=remote, host=("127.0.0.1", udp.getsockname()[1]),
+                     token=peer_token(SECRET, me))
+    return Endpoint(Session(cfg), udp, tcp, tag=tag)
+
+
+def test_one_driver_runs_many_sessions_in_one_loop(server: ServerThread) -> None:
+    """What the matrix does: three pairs of sessions, one selector loop, one thread."""
+    eps = [ep for k in range(3) for ep in (endpoint(f"a{k}", f"b{k}", k),
+                                           endpoint(f"b{k}", f"a{k}", k))]
+    finished: list[int] = []
+    times = Driver(eps, server.addr, on_finish=lambda ep: finished.append(ep.tag)).run()
+    assert sorted(finished) == [0, 0, 1, 1, 2, 2]  # every session reported once
+    for ep in eps:
+        r = ep.result
+        assert r is not None and r.outcome == "direct", r
+        assert r.candidate_pair is not None and r.candidate_pair[1].ip == "127.0.0.1"
+        assert r.send_errors == 0 and ep.finished_at is not None
+        assert times.start <= ep.finished_at <= times.finished
+        assert ep.udp.fileno() == -1 and ep.tcp.fileno() == -1  # closed when finished
+    # each pair found its own partner, never another pair's
+    ports = {ep.session.cfg.id: ep.session.cfg.host[1] for ep in eps}
+    for ep in eps:
+        assert ep.result is not None and ep.result.candidate_pair is not None
+        assert ep.result.candidate_pair[1].port == ports[ep.session.cfg.remote]
+
+
+def test_a_session_whose_signaling_refuses_fails_at_signaling_without_waiting() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    ep = endpoint("alice", "bob", 0)
+    times = Driver([ep], ("127.0.0.1", port), connect_timeout_s=5.0).run()
+    assert ep.result is not None and (ep.result.outcome, ep.result.stage) == ("failed",
+                                                                              "signaling")
+    assert "cannot connect to 127.0.0.1" in (ep.result.reason or "")
+    assert times.finished - times.start < 1.0  # refused at once, not after the timeout

@@ -247,7 +247,7 @@ class Scene:
 
     def run(self, until: float = 10.0) -> dict[str, dict[str, Any]]:
         self.sim.run(until, lambda: all(s.finished for s in self.s.values()))
-        return {n: s.result() for n, s in self.s.items()}
+        return {n: s.result().to_json() for n, s in self.s.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def test_signaling_timeout_when_the_remote_never_comes() -> None:
     t = Timing(signaling_timeout=0.3)
     sc = Scene("full-cone", "full-cone", timing=t, start_b=100.0)
     sc.sim.run(5.0, lambda: sc.s["alice"].finished)
-    r = sc.s["alice"].result()
+    r = sc.s["alice"].result().to_json()
     assert r["outcome"] == "failed" and r["stage"] == "signaling"
     assert "signaling timeout" in r["reason"]
     assert r["timings_ms"]["punch"] is None

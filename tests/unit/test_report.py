@@ -1,20 +1,24 @@
-"""Reports from small hand-built results documents."""
+"""Reports from small hand-built results documents.
+
+The documents are written as results.json holds them and read through the one reader
+(testbed.results.matrix_from_json), as `nat-testbed report` reads a file."""
 
 from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed import report
-from testbed.model import predict
-from testbed.nat import APD, EI, Kind, NatSpec
+from testbed.results import Cell, MatrixResult, matrix_from_json
 
 ANSI = re.compile(r"\033\[[0-9;]*m")
 
@@ -78,6 +82,15 @@ def cell(a: str, b: str, predicted: str, outcomes: list[str]) -> dict[str, Any]:
 NATS = ["full-cone", "port-restricted-cone", "symmetric"]
 
 
+def typed(doc: dict[str, Any]) -> MatrixResult:
+    return matrix_from_json(doc)
+
+
+def typed_cell(c: dict[str, Any]) -> Cell:
+    return typed({"metadata": {}, "nats": list(dict.fromkeys([c["a"], c["b"]])),
+                  "cells": [c]}).cells[0]
+
+
 @pytest.fixture
 def doc() -> dict[str, Any]:
     """3x3 with one varying cell (fc->sym), one plain disagreement (prc->prc), one not run."""
@@ -111,42 +124,43 @@ def doc() -> dict[str, Any]:
 
 
 def test_uniform_cell(doc: dict[str, Any]) -> None:
-    s = report.summarize_cell(doc["cells"][0])
+    s = report.summarize_cell(typed_cell(doc["cells"][0]))
     assert (s.observed, s.varies, s.agrees, s.n, s.status) == ("direct", False, True, 3, "direct")
 
 
 def test_varying_cell_is_never_rounded(doc: dict[str, Any]) -> None:
-    s = report.summarize_cell(doc["cells"][2])
+    s = report.summarize_cell(typed_cell(doc["cells"][2]))
     assert s.observed == "3/5 direct, 2/5 relay"
     assert s.varies and s.status == "varies" and s.short == "3d 2r"
     assert s.agrees is False  # the model said direct for every repeat
 
 
 def test_three_way_varying_cell_lists_every_outcome() -> None:
-    s = report.summarize_cell(cell("x", "y", "relay", ["failed", "relay", "direct"]))
+    s = report.summarize_cell(typed_cell(cell("x", "y", "relay", ["failed", "relay", "direct"])))
     assert s.observed == "1/3 direct, 1/3 relay, 1/3 failed"
 
 
 def test_not_run_cell(doc: dict[str, Any]) -> None:
-    s = report.summarize_cell(doc["cells"][8])
+    s = report.summarize_cell(typed_cell(doc["cells"][8]))
     assert (s.observed, s.agrees, s.status, s.n) == ("not run", None, "not run", 0)
 
 
 def test_disagreements(doc: dict[str, Any]) -> None:
-    found = [(s.a, s.b) for s in report.disagreements(doc)]
+    found = [(s.a, s.b) for s in report.disagreements(typed(doc))]
     assert found == [
         ("full-cone", "symmetric"),
         ("port-restricted-cone", "port-restricted-cone"),
         ("symmetric", "port-restricted-cone"),  # a failed repeat
     ]
-    assert report.exit_code(doc, strict=True) == 1
-    assert report.exit_code(doc, strict=False) == 0
+    assert report.exit_code(typed(doc), strict=True) == 1
+    assert report.exit_code(typed(doc), strict=False) == 0
 
 
 def test_no_disagreement_means_strict_passes(doc: dict[str, Any]) -> None:
-    doc["cells"] = [c for c in doc["cells"] if report.summarize_cell(c).agrees is not False]
-    assert report.disagreements(doc) == []
-    assert report.exit_code(doc, strict=True) == 0
+    doc["cells"] = [c for c in doc["cells"]
+                    if report.summarize_cell(typed_cell(c)).agrees is not False]
+    assert report.disagreements(typed(doc)) == []
+    assert report.exit_code(typed(doc), strict=True) == 0
 
 
 # --- terminal table ----------------------------------------------------------------
@@ -154,7 +168,7 @@ def test_no_disagreement_means_strict_passes(doc: dict[str, Any]) -> None:
 
 def test_table_layout_and_marks(doc: dict[str, Any]) -> None:
     del doc["cells"][3]  # prc -> full-cone missing from the run
-    text = report.format_table(doc, color=False)
+    text = report.format_table(typed(doc), color=False)
     assert "\033" not in text
     lines = text.splitlines()
     assert lines[0].split() == ["Alice", "\\", "Bob", *NATS]
@@ -166,8 +180,8 @@ def test_table_layout_and_marks(doc: dict[str, Any]) -> None:
 
 
 def test_color_only_when_asked_and_alignment_unchanged(doc: dict[str, Any]) -> None:
-    plain = report.format_table(doc, color=False)
-    colored = report.format_table(doc, color=True)
+    plain = report.format_table(typed(doc), color=False)
+    colored = report.format_table(typed(doc), color=True)
     assert "\033[32m" in colored and "\033[35;" in colored  # direct green, varies magenta
     assert ANSI.sub("", colored) == plain
 
@@ -177,8 +191,8 @@ def test_color_only_when_asked_and_alignment_unchanged(doc: dict[str, Any]) -> N
 
 def test_json_round_trip(doc: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "results.json"
-    report.write_json(doc, path)
-    assert report.load(path) == doc
+    report.write_json(typed(doc), path)
+    assert report.load(path) == typed(doc)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +230,7 @@ def test_malformed_json_names_the_line(tmp_path: Path) -> None:
 
 def test_csv_one_row_per_repeat(doc: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
-    written = report.write_csv(doc, path)
+    written = report.write_csv(typed(doc), path)
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -242,7 +256,7 @@ def test_html_is_self_contained_and_complete(doc: dict[str, Any], tmp_path: Path
     doc["metadata"]["note"] = "see https://example.org/x"
     doc["cells"][4]["reason"] = "<script>alert(1)</script>"
     path = tmp_path / "results.html"
-    report.write_html(doc, path)
+    report.write_html(typed(doc), path)
     page = path.read_text()
     assert "://" not in page  # nothing to fetch, not even from metadata
     assert not re.search(r"<(link|img|iframe)\b|\bsrc=", page)
@@ -279,7 +293,7 @@ def _pixels(path: Path, hex_colour: str) -> int:
 
 def test_heatmap_png(doc: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "results.png"
-    report.write_heatmap(doc, path)
+    report.write_heatmap(typed(doc), path)
     width, height = _png_size(path.read_bytes())
     assert width > 100 and height > 100
     varies = _pixels(path, report.COLOURS["varies"])
@@ -287,51 +301,109 @@ def test_heatmap_png(doc: dict[str, Any], tmp_path: Path) -> None:
     # Without the two varying cells only the legend's swatch keeps the "varies" colour.
     doc["cells"][2]["repeats"] = [repeat("direct")]
     doc["cells"][7]["repeats"] = [repeat("relay")]
-    report.write_heatmap(doc, path)
+    report.write_heatmap(typed(doc), path)
     swatch = _pixels(path, report.COLOURS["varies"])
     assert varies > 5 * swatch > 0
     assert _pixels(path, report.COLOURS["direct"]) > direct
 
 
-# --- building cells and the command line -----------------------------------------------
-
-
-def test_make_cell_from_the_model_validates() -> None:
-    a = NatSpec(mapping=EI, filtering=APD)
-    b = NatSpec(kind=Kind.NONE)
-    p = predict(a, b)
-    c = report.make_cell(a, b, p.outcome, p.reason, [repeat("direct")])
-    assert c["nat_a"]["mapping"] == "endpoint-independent" and c["nat_b"]["kind"] == "none"
-    json.dumps(c)  # plain JSON types only
-    report.validate({"metadata": {}, "nats": [a.label, b.label], "cells": [c]})
-
-
-def test_main_writes_everything_and_strict_fails(doc: dict[str, Any], tmp_path: Path) -> None:
-    src = tmp_path / "in.json"
-    src.write_text(json.dumps(doc))
-    out = tmp_path / "out"
-    assert report.main([str(src), "--out", str(out), "--color", "never"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "results.csv",
-        "results.html",
-        "results.json",
-        "results.png",
-    ]
-    assert report.main([str(src), "--strict"]) == 1
-
-
-def test_main_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = tmp_path / "in.json"
-    src.write_text(json.dumps({"metadata": {}, "nats": ["x"], "cells": [{"a": "x"}]}))
-    assert report.main([str(src)]) == 2
-    assert "cells[0].b: missing" in capsys.readouterr().err
+# --- wide tables --------------------------------------------------------------------
 
 
 def test_wide_table_numbers_its_columns() -> None:
     nats = [f"nat-with-a-long-name-{i}" for i in range(8)]
     cells = [cell(a, b, "direct", ["direct"]) for a in nats for b in nats]
-    text = report.format_table({"metadata": {}, "nats": nats, "cells": cells})
+    text = report.format_table(typed({"metadata": {}, "nats": nats, "cells": cells}))
     lines = text.splitlines()
     assert lines[0].split()[3:] == [str(i) for i in range(1, 9)]
     assert lines[1].split() == ["1", nats[0], *["direct"] * 8]
     assert max(len(line) for line in lines[:9]) <= 140
+
+
+# --- more dimensions: facets, not modelled, streamed documents ----------------------
+
+
+def faceted_doc() -> dict[str, Any]:
+    """The 3x3 fixture's first two rows twice: at punch=0.2s (not modelled) and 1s."""
+    cells = []
+    for punch in ("0.2s", "1s"):
+        for a in NATS[:2]:
+            for b in NATS:
+                outcome = "relay" if punch == "0.2s" else "direct"
+                c = cell(a, b, "direct", [outcome, outcome])
+                c["punch"] = punch
+                for r in c["repeats"]:
+                    r["punch"] = punch
+                if punch == "0.2s":
+                    c["predicted"], c["reason"] = None, "not covered"
+                cells.append(c)
+    return {"metadata": {}, "nats": list(NATS), "cells": cells,
+            "dimensions": [{"name": "punch", "title": "punch timeout",
+                            "values": ["0.2s", "1s"]}]}
+
+
+def test_one_table_per_facet_and_not_modelled_is_marked() -> None:
+    doc = typed(faceted_doc())
+    assert [f for f, _ in report.facets(doc)] == [(("punch", "0.2s"),), (("punch", "1s"),)]
+    text = report.format_table(doc)
+    first, second = text.split("\n\n")[:2]
+    assert first.splitlines()[0] == "punch=0.2s:" and second.splitlines()[0] == "punch=1s:"
+    assert first.splitlines()[2].split() == ["full-cone", "relay?", "relay?", "relay?"]
+    assert first.splitlines()[4].split() == ["symmetric", "-", "-", "-"]
+    assert second.splitlines()[2].split() == ["full-cone", "direct", "direct", "direct"]
+    assert "'?' = not modelled" in text
+    assert report.disagreements(doc) == [] and len(report.not_modelled(doc)) == 6
+    assert report.exit_code(doc, strict=True) == 0  # not modelled never disagrees
+
+
+def test_csv_html_and_png_per_facet(tmp_path: Path) -> None:
+    doc = typed(faceted_doc())
+    report.write_csv(doc, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == report.csv_columns(["punch"])
+    assert {(r["punch"], r["predicted"], r["agrees"]) for r in rows} == {
+        ("0.2s", "", ""), ("1s", "direct", "True")}
+    report.write_html(doc, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<option value='0'>punch=0.2s</option><option value='1'>punch=1s</option>" in page
+    assert "id='facet-0'" in page and "class='facet hide' id='facet-1'" in page
+    assert page.count("data-cell=") == 12 and page.count("class='nm'") == 6
+    assert "id='cell-1-0-2'" in page and "Not modelled: 6 cells" in page
+    report.write_heatmap(doc, tmp_path / "r.png")
+    width, height = _png_size((tmp_path / "r.png").read_bytes())
+    assert width > 1.5 * height  # two heatmaps side by side
+
+
+def streamed(doc: MatrixResult) -> report.Streamed:
+    heads = [dataclasses.replace(c, repeats=()) for c in doc.cells]
+    counts = [dict(Counter(r.outcome for r in c.repeats)) for c in doc.cells]
+    return report.Streamed(doc.metadata, doc.nats, heads, counts,
+                           lambda i: iter(doc.cells[i].repeats), doc.dimensions)
+
+
+@pytest.mark.parametrize("which", ["plain", "faceted"])
+def test_a_streamed_document_renders_exactly_as_the_same_one_in_memory(
+        which: str, doc: dict[str, Any], tmp_path: Path) -> None:
+    whole = typed(doc if which == "plain" else faceted_doc())
+    for name, d in (("mem", whole), ("streamed", streamed(whole))):
+        (tmp_path / name).mkdir()
+        report.write_json(d, tmp_path / name / "results.json")
+        report.write_csv(d, tmp_path / name / "results.csv")
+        report.write_html(d, tmp_path / name / "results.html")
+    for f in ("results.json", "results.csv", "results.html"):
+        assert (tmp_path / "mem" / f).read_bytes() == (tmp_path / "streamed" / f).read_bytes()
+    # the streamed JSON writer writes what json.dumps(indent=2) writes
+    assert (tmp_path / "mem" / "results.json").read_text() == \
+        json.dumps(report.matrix_to_json(whole), indent=2) + "\n"
+    assert report.format_table(whole) == report.format_table(streamed(whole))
+
+
+def test_html_shows_the_first_repeats_of_a_long_cell_in_full(tmp_path: Path) -> None:
+    many = typed({"metadata": {}, "nats": ["full-cone"],
+                  "cells": [cell("full-cone", "full-cone", "direct", ["direct"] * 13)]})
+    report.write_html(many, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<h4>Repeat ") == report.HTML_REPEATS
+    assert "3 more repeats: every one is in results.json and results.csv" in page

@@ -1,0 +1,1 @@
+"""nft templates of the routers' rulesets, shipped as package data (testbed.templates)."""

@@ -1,0 +1,187 @@
+"""What one peer reports about one call attempt: a typed record and its JSON form.
+
+The session (peers.session) makes it, the driver (peers.driver) adds what only the
+I/O side knows, the peer program writes it as JSON, and the testbed reads it back
+(from_json) into its pair results. to_json/from_json are this record's only
+serialisation; docs/results.md describes every field with its unit.
+
+Timings are milliseconds since the session started; None means the stage was never
+reached, or, for a peer that crashed, that nothing is known: never a made-up 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from peers import record as rec
+from peers.candidates import Candidate, CandidateError
+
+OUTCOMES = ("direct", "relay", "failed")
+STAGE_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
+PACKET_COUNTS = ("sent", "received", "probes_sent", "probes_received", "relay_sent",
+                 "relay_received")
+OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused")  # absent from older files
+GATHER_TIMINGS = ("stun", "turn")
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Milliseconds spent per stage (signaling, gather, punch, relay) and until the
+    peer decided (connect); None where unknown or not reached."""
+
+    signaling: float | None = None
+    gather: float | None = None
+    punch: float | None = None
+    relay: float | None = None
+    connect: float | None = None
+
+
+@dataclass(frozen=True)
+class GatherTimings:
+    """Milliseconds from registration to the srflx (STUN) and relay (TURN) candidate."""
+
+    stun: float | None = None
+    turn: float | None = None
+
+
+@dataclass
+class Packets:
+    """Datagrams the session sent and received on its one UDP socket (the session counts
+    into its own instance; a result holds a copy)."""
+
+    sent: int = 0
+    received: int = 0
+    probes_sent: int = 0  # direct probes and acks
+    probes_received: int = 0  # authenticated direct probes and acks
+    relay_sent: int = 0  # probes and acks through the TURN relay
+    relay_received: int = 0
+    rejected: int = 0  # probe-looking datagrams that failed authentication
+    replayed: int = 0  # authentic probes and acks that were not fresh
+    prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    id: str
+    remote: str
+    outcome: str  # direct | relay | failed
+    stage: str  # the stage that decided: signaling, gather, punch, relay
+    reason: str | None  # why it failed (or a remark); None when there is nothing to say
+    candidate_pair: tuple[Candidate, Candidate] | None  # (local, remote) of the chosen path
+    timings_ms: StageTimings
+    packets: Packets | None  # None: unknown (the peer program crashed)
+    local_candidates: tuple[Candidate, ...] = ()
+    remote_candidates: tuple[Candidate, ...] = ()
+    errors: tuple[str, ...] = ()
+    gather_ms: GatherTimings = field(default_factory=GatherTimings)
+    turn_client: str | None = None  # "ip:port" the TURN server saw us from, if allocated
+    send_errors: int | None = None  # datagrams the network refused (counted by the driver)
+    trace: tuple[tuple[float, str], ...] | None = None  # (ms, event), when asked for
+
+    @property
+    def connected(self) -> bool:
+        return self.outcome != "failed"
+
+    @classmethod
+    def crashed(cls, me: str, remote: str, why: str) -> PeerResult:
+        """Stand-in for a peer program that wrote no result: failed, nothing known."""
+        return cls(id=me, remote=remote, outcome="failed", stage="signaling", reason=why,
+                   candidate_pair=None, timings_ms=StageTimings(), packets=None)
+
+    def with_send_errors(self, n: int) -> PeerResult:
+        return replace(self, send_errors=n)
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_json(self) -> dict[str, Any]:
+        pair = None
+        if self.candidate_pair is not None:
+            pair = {"local": self.candidate_pair[0].to_json(),
+                    "remote": self.candidate_pair[1].to_json()}
+        return {
+            "id": self.id,
+            "remote": self.remote,
+            "outcome": self.outcome,
+            "stage": self.stage,
+            "reason": self.reason,
+            "candidate_pair": pair,
+            "candidates": {"local": [c.to_json() for c in self.local_candidates],
+                           "remote": [c.to_json() for c in self.remote_candidates]},
+            "timings_ms": {k: getattr(self.timings_ms, k) for k in STAGE_TIMINGS},
+            "packets": None if self.packets is None else dict(self.packets.__dict__),
+            "errors": list(self.errors),
+            "gather_ms": {k: getattr(self.gather_ms, k) for k in GATHER_TIMINGS},
+            "turn_client": self.turn_client,
+            "send_errors": self.send_errors,
+            "trace": None if self.trace is None else [[t, e] for t, e in self.trace],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "peer") -> PeerResult:
+        """Read (and check) what to_json wrote; fields that older files lack default."""
+        for key in ("id", "remote", "stage"):
+            rec.get(data, key, where, (str,))
+        outcome = rec.choice(data, "outcome", where, OUTCOMES)
+        reason = rec.get(data, "reason", where, (str, type(None)))
+        timings = rec.get(data, "timings_ms", where, (dict,))
+        at_t = rec.at(where, "timings_ms")
+        packets = rec.get(data, "packets", where, (dict, type(None)))
+        cands = rec.opt(data, "candidates", where, (dict,), {})
+        at_c = rec.at(where, "candidates")
+        gather = rec.opt(data, "gather_ms", where, (dict,), {})
+        return cls(
+            id=data["id"], remote=data["remote"], outcome=outcome, stage=data["stage"],
+            reason=reason or None,  # older results.json files wrote "" for "nothing"
+            candidate_pair=_pair(rec.get(data, "candidate_pair", where, (dict, type(None))),
+                                 rec.at(where, "candidate_pair")),
+            timings_ms=StageTimings(**{k: rec.get(timings, k, at_t, rec.OPTIONAL_NUMBER)
+                                       for k in STAGE_TIMINGS}),
+            packets=None if packets is None else _packets(packets, rec.at(where, "packets")),
+            local_candidates=rec.items(cands, "local", at_c, _candidate, required=False),
+            remote_candidates=rec.items(cands, "remote", at_c, _candidate, required=False),
+            errors=rec.items(data, "errors", where, _text, required=False),
+            gather_ms=GatherTimings(**{k: rec.opt(gather, k, rec.at(where, "gather_ms"),
+                                                  rec.NUMBER) for k in GATHER_TIMINGS}),
+            turn_client=rec.opt(data, "turn_client", where, (str,)),
+            send_errors=rec.opt(data, "send_errors", where, (int,)),
+            trace=_trace(rec.opt(data, "trace", where, (list,)), rec.at(where, "trace")),
+        )
+
+
+def _candidate(value: Any, where: str) -> Candidate:
+    try:
+        return Candidate.from_json(value, where)
+    except CandidateError as exc:
+        raise rec.RecordError(str(exc)) from None
+
+
+def _pair(value: Mapping[str, Any] | None, where: str) -> tuple[Candidate, Candidate] | None:
+    if value is None:
+        return None
+    return (_candidate(rec.get(value, "local", where, (dict,)), rec.at(where, "local")),
+            _candidate(rec.get(value, "remote", where, (dict,)), rec.at(where, "remote")))
+
+
+def _packets(value: Mapping[str, Any], where: str) -> Packets:
+    counts = {k: rec.get(value, k, where, (int,)) for k in PACKET_COUNTS}
+    extra = {k: rec.opt(value, k, where, (int,), 0) for k in OPTIONAL_COUNTS}
+    return Packets(**counts, **extra)
+
+
+def _text(value: Any, where: str) -> str:
+    return str(rec.check(value, where, (str,)))
+
+
+def _trace(value: list[Any] | None, where: str) -> tuple[tuple[float, str], ...] | None:
+    if value is None:
+        return None
+    out = []
+    for i, entry in enumerate(value):
+        rec.check(entry, rec.at(where, i), (list,))
+        if len(entry) != 2:
+            raise rec.RecordError(f"{rec.at(where, i)}: expected [ms, event]")
+        out.append((float(rec.check(entry[0], rec.at(where, i), rec.NUMBER)),
+                    _text(entry[1], rec.at(where, i))))
+    return tuple(out)

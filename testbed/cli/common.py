@@ -1,0 +1,100 @@
+"""What several verbs share: NAT and topology flags, and printing JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from testbed import resources
+from testbed.errors import UsageError
+from testbed.nat import (
+    VARIANTS_HELP,
+    NatConfigError,
+    NatSpec,
+    nat_from_label,
+    nats_from_list,
+)
+
+T = TypeVar("T")
+NAT_HELP = ("a NAT label: full-cone, restricted-cone, port-restricted-cone, symmetric, none, "
+            "firewall or a combination like adm-eif, then optional ':'-separated variants: "
+            f"{VARIANTS_HELP} (e.g. symmetric:random:no-hairpin:30s)")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def color_wanted(no_color: bool) -> bool:
+    return not no_color and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+@contextmanager
+def flag(name: str) -> Iterator[None]:
+    """A value error from the engine, reported as a bad value of this flag (exit 2)."""
+    try:
+        yield
+    except (NatConfigError, ValueError) as exc:
+        raise UsageError(f"{name}: {exc}") from None
+
+
+def parsed(name: str, parse: Callable[[str], T], text: str) -> T:
+    with flag(name):
+        return parse(text)
+
+
+def nat(text: str, name: str) -> NatSpec:
+    return parsed(name, nat_from_label, text)
+
+
+def nats(text: str, name: str = "--nats") -> list[NatSpec]:
+    return parsed(name, nats_from_list, text)
+
+
+def cell(text: str, name: str = "--only") -> tuple[NatSpec, NatSpec]:
+    """'A,B': Alice's NAT and Bob's."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise UsageError(f"{name}: expected ALICE_NAT,BOB_NAT (two labels), got {text!r}")
+    return nat(parts[0], name), nat(parts[1], name)
+
+
+def add_topology_flags(p: argparse.ArgumentParser, what: str, default: str) -> None:
+    p.add_argument("--topology", metavar="FILE",
+                   help=f"{what} in this topology (a YAML file, or a bundled one: "
+                        f"{', '.join(resources.bundled_topologies())}); it needs STUN, TURN "
+                        f"and signaling servers. Default: {default}")
+    p.add_argument("--a-node", default="alice", metavar="NODE",
+                   help="the node Alice's peer runs in; the router in front of it gets "
+                        "Alice's NAT (default: alice)")
+    p.add_argument("--b-node", default="bob", metavar="NODE",
+                   help="the node Bob's peer runs in; the router in front of it gets Bob's "
+                        "NAT (default: bob)")
+
+
+def topology_path(args: argparse.Namespace) -> Path | None:
+    if args.topology is None:
+        return None
+    path = resources.topology_argument(args.topology)
+    if not path.is_file():
+        raise UsageError(f"--topology: no such file: {args.topology}")
+    return path
+
+
+def positive(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from low to high (argparse reports it, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+    return parse

@@ -1,0 +1,93 @@
+"""`nat-testbed pair`: Alice behind one NAT, Bob behind another, one real call attempt."""
+
+from __future__ import annotations
+
+import argparse
+
+from testbed import adapters
+from testbed.cli.common import NAT_HELP, add_topology_flags, flag, nat, print_json, topology_path
+from testbed.errors import UsageError
+from testbed.lab import require_root
+from testbed.nat import NatSpec
+from testbed.pair import format_pair, format_trace, run_pair
+from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
+from testbed.results import pair_to_json
+
+NAME = "pair"
+HELP = "two peers behind two NATs: direct, relay or failed?"
+DESCRIPTION = """Build the pair topology with Alice's router set to NAT A and Bob's to
+NAT B, run the peer program in both (STUN, candidate exchange, hole punching, TURN
+fallback) and report what happened, with coturn's own counters as evidence.
+With --peer-a/--peer-b/--peer-command, other peer programs run through the peer
+contract (docs/peers.md) and the cell is judged from the wire.
+Exit 0 when the peers connected (direct or relayed), 1 when they failed."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", required=True, metavar="NAT", help=f"Alice's NAT: {NAT_HELP}")
+    p.add_argument("--b", required=True, metavar="NAT", help="Bob's NAT, as --a")
+    add_topology_flags(p, "run the pair", "home-pair")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
+    p.add_argument("--trace", metavar="DIR",
+                   help="capture both sides of both routers: pcaps and a sequence diagram")
+    p.add_argument("--peer-a", metavar="PEER", help="Alice's program: an adapter from "
+                   "`nat-testbed peers` (then the cell is judged from the wire)")
+    p.add_argument("--peer-b", metavar="PEER", help="Bob's program (default: own)")
+    p.add_argument("--peer-command", metavar="PATH", help="a program of yours implementing "
+                   "docs/peers.md, for both sides unless --peer-a/--peer-b name another")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help=f"seconds each program has (default {DEFAULT_DEADLINE_S:g})")
+
+
+def run(args: argparse.Namespace) -> int:
+    nat_a, nat_b = nat(args.a, "--a"), nat(args.b, "--b")
+    if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
+        return run_programs(args, nat_a, nat_b)
+    topology = topology_path(args)
+    require_root()
+    with flag("--topology/--a-node/--b-node"):
+        result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
+                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace)
+    if args.json:
+        print_json(pair_to_json(result))
+    else:
+        print(format_pair(result))
+        if args.trace:
+            print(format_trace(result))
+    return 0 if result.connected else 1
+
+
+# ---------------------------------------------------------------- --peer-a/--peer-b
+
+
+def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.Adapter]:
+    """The two adapters the flags name; a usage error if unknown or not installed."""
+    try:
+        own = adapters.command_adapter(args.peer_command) if args.peer_command else None
+        a = adapters.get(args.peer_a, "--peer-a") if args.peer_a else own or adapters.get("own")
+        b = adapters.get(args.peer_b, "--peer-b") if args.peer_b else own or adapters.get("own")
+        for name, ad in (("--peer-a", a), ("--peer-b", b)):
+            if why := ad.missing():
+                raise adapters.AdapterError(f"{name} {ad.name}: {why}")
+    except adapters.AdapterError as e:
+        raise UsageError(str(e)) from None
+    return a, b
+
+
+def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
+    a, b = resolve_peers(args)
+    if args.trace:
+        raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
+    if args.topology is not None:
+        raise UsageError("--topology: not yet with --peer-a/--peer-b/--peer-command")
+    deadline = args.deadline or DEFAULT_DEADLINE_S
+    if not 1.0 <= deadline <= 600.0:
+        raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
+    require_root()
+    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    if args.json:
+        print_json(cell)
+    else:
+        print(format_cell(cell))
+    return 0 if cell["outcome"] in ("direct", "relay") else 1

@@ -1,0 +1,133 @@
+"""One matrix lab, in a worker process: build it, run all its slots at once, report.
+
+The lab is built by MatrixLab from the slots' SlotSetups (what their dimensions set:
+the routers' NATs, the peers' timing, ...); then every peer of every slot gets a session
+(peers.session.Session) whose UDP socket and signaling connection are opened while
+the thread is inside that peer's namespace, so they stay there and every datagram
+crosses the real nftables NAT of its slot. One peers.driver.Driver runs them all from
+one selector loop. Per slot the evidence is what the two sessions report plus
+coturn's own counters of relayed bytes: a PairResult (testbed.results), keyed by the
+slot's key.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
+from peers.result import PeerResult
+from peers.session import PeerConfig, Session, Timing
+from testbed import coturn
+from testbed.lab import Lab
+from testbed.matrix.dimensions import SlotSetup
+from testbed.matrix.lab import Layout, MatrixLab
+from testbed.matrix.spec import Slot
+from testbed.netns import entered
+from testbed.results import ROLES, PairResult, PairTimings, combine
+from testbed.ruleset import loader_name
+from testbed.services import PeerServers
+
+Send = Callable[[tuple[Any, ...]], None]
+
+
+@dataclass(frozen=True)
+class LabJob:
+    """One lab's work: its slots and what each runs with (plain data: it may travel to
+    another process or machine)."""
+
+    index: int
+    name: str
+    slots: tuple[Slot, ...]
+    setups: tuple[SlotSetup, ...]
+
+
+def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
+              timing: Timing) -> Endpoint:
+    """A peer's session with its UDP and TCP sockets, opened inside its namespace."""
+    me = nodes[role]
+    remote = nodes[ROLES[1 - ROLES.index(role)]]
+    ip = lab.addr(me)
+    with entered(lab.namespace(me).fd):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp.bind((ip, 0))
+    servers = PeerServers.of(lab.services)
+    cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
+                     stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
+                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+
+
+def punch_end(ep: Endpoint) -> float:
+    """When punching ended: decided direct or gave up (or the session failed before)."""
+    s = ep.session
+    return next(t for t in (s.t_punch_end, s.t_decided, s.t0) if t is not None)
+
+
+def slot_outcome(results: Sequence[PeerResult | None]) -> str:
+    outcomes = {r.outcome for r in results if r is not None}
+    return outcomes.pop() if len(outcomes) == 1 else "failed"
+
+
+def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
+    """Build one matrix lab, run all its slots at once, report, take it down.
+
+    Messages: ("built", i, s), ("slot", i, k, outcome) as the k-th slot decides (without
+    coturn's counters, which take up to a second more), ("results", i, results, phases),
+    ("down", i, s)."""
+    phases: dict[str, float] = {}
+    t0 = time.monotonic()
+    topo = layout.topology(job.setups, job.name)
+    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
+    with lab:
+        phases["namespaces"] = time.monotonic() - t0
+        phases.update(lab.finish_build())
+        phases["build"] = time.monotonic() - t0
+        send(("built", job.index, phases["build"]))
+        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing)
+               for k, setup in enumerate(job.setups) for role in ROLES]
+        by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
+
+        def finished(ep: Endpoint) -> None:
+            k = ep.tag[0]
+            if all(p.result is not None for p in by_slot[k]):
+                outcome = slot_outcome([p.result for p in by_slot[k]])
+                send(("slot", job.index, k, outcome))
+
+        sig = PeerServers.of(lab.services).signaling
+        budget = max(wait_budget(s.timing) for s in job.setups)
+        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
+        clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
+        usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
+        ended = max([punch_end(ep) for ep in eps] or [times.start])
+        phases["punch"] = ended - times.start
+        phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
+        send(("results", job.index, results(job, lab, layout, eps, usage, times),
+              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
+        t_down = time.monotonic()
+    send(("down", job.index, time.monotonic() - t_down))
+
+
+def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
+            usage: Mapping[Any, coturn.RelayUsage | None],
+            times: DriveTimes) -> list[PairResult]:
+    """Each slot's PairResult, with where it ran."""
+    out = []
+    for k, slot in enumerate(job.slots):
+        mine = {ep.tag[1]: ep for ep in eps if ep.tag[0] == k}
+        ends = [mine[role].finished_at or times.finished for role in ROLES]
+        peers = {role: mine[role].result for role in ROLES}
+        assert all(peers.values()), "the driver finishes every session"
+        out.append(combine(
+            {r: p for r, p in peers.items() if p is not None},
+            {role: usage.get((k, role)) for role in ROLES},
+            a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
+            repeat=slot.repeat,
+            lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
+            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3))))
+    return out

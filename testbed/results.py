@@ -1,0 +1,383 @@
+"""Typed results, from one pairing to a whole matrix, and their one JSON form.
+
+    PeerResult (peers.result)   what one peer reports
+    PairResult                  one call attempt: Alice and Bob, coturn's counters
+    Cell                        one ordered pairing of NATs: the model's prediction and
+                                every repeat (a PairResult each)
+    MatrixResult                the NATs, the cells and the run's metadata: results.json
+
+`pair` prints a PairResult, `matrix` writes a MatrixResult; testbed.report renders a
+MatrixResult. to_json / *_from_json here are the only serialisation of these records
+(a PeerResult's own is in peers.result); reading checks every field and names the path
+of the first bad one (ResultsError). docs/results.md documents every field and unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from peers import record as rec
+from peers.result import OUTCOMES, PeerResult
+from testbed.coturn import Counters, RelayUsage
+from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
+
+ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
+PREDICTIONS = ("direct", "relay")
+COUNTER_FIELDS = ("rp", "rb", "sp", "sb")
+NOT_MODELLED = "not modelled"  # a cell's prediction when the model does not cover it
+# Names a dimension cannot take: fields of PAIR and CELL records and of results.csv (a
+# dimension's label is a field of its own in each of them).
+RESERVED_NAMES = frozenset({
+    "a", "b", "outcome", "stage", "reason", "peers", "relay_bytes", "relay", "timings_ms",
+    "key", "repeat", "lab", "slot", "wan", "kept", "elapsed_ms", "trace", "nat_a", "nat_b",
+    "predicted", "repeats", "agrees", "point", "cells", "nats", "metadata", "dimensions",
+    "connect_ms", "total_ms", "alice", "bob"})
+RESERVED_PREFIXES = ("alice_", "bob_", "nat_")
+
+
+class ResultsError(rec.RecordError):
+    """A results document does not follow the schema; the message names the field."""
+
+
+@dataclass(frozen=True)
+class PairTimings:
+    """Milliseconds: until both peers decided (connect), and the whole run of the
+    pairing's sessions, from their start until both finished (total)."""
+
+    connect: float | None = None
+    total: float | None = None
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """What `pair --trace` wrote, and the packets the routers dropped."""
+
+    dir: str
+    complete: bool  # every pcap caught up with its interface's counters
+    pcaps: Mapping[str, str]  # tap "node:iface" -> file name
+    packets: Mapping[str, int]  # tap -> packets captured
+    dropped: tuple[Mapping[str, Any], ...]  # testbed.trace.narrate.crossing_json
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One call attempt between Alice (behind NAT a) and Bob (behind NAT b)."""
+
+    outcome: str  # direct | relay | failed: both peers agree, else failed
+    stage: str  # the deciding stage ("punch/relay" when the peers disagree)
+    reason: str | None
+    peers: Mapping[str, PeerResult]  # by role: alice, bob
+    relay: Mapping[str, RelayUsage | None] = field(default_factory=dict)  # by role
+    relay_bytes: int | None = None  # bytes coturn relayed to peers for both; None: unknown
+    timings_ms: PairTimings = field(default_factory=PairTimings)
+    a: str | None = None  # Alice's NAT label
+    b: str | None = None  # Bob's NAT label
+    key: str | None = None  # the matrix slot's stable key
+    repeat: int | None = None  # 1-based, in a matrix
+    lab: str | None = None  # the lab it ran in
+    slot: str | None = None  # its place in that lab (e.g. s003)
+    wan: Mapping[str, str] | None = None  # role -> the address its router shows outside
+    kept: bool = False  # the lab was left running (pair --keep)
+    elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
+    trace: TraceSummary | None = None
+    point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
+
+    @property
+    def connected(self) -> bool:
+        return self.outcome in PREDICTIONS
+
+    def to_json(self) -> dict[str, Any]:
+        return pair_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> PairResult:
+        return pair_from_json(data)
+
+
+def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | None], *,
+            timings_ms: PairTimings | None = None, **where: Any) -> PairResult:
+    """The pairing's outcome from its two peers' reports and coturn's counters; `where`
+    fills the fields that say where and how it ran (a, b, lab, slot, repeat, ...)."""
+    a, b = (peers[r] for r in ROLES)
+    if a.outcome == b.outcome:
+        outcome, stage, reason = a.outcome, a.stage, a.reason or b.reason
+    else:
+        outcome, stage = "failed", f"{a.stage}/{b.stage}"
+        reason = f"peers disagree: alice {a.outcome}, bob {b.outcome}"
+    usage = [relay.get(r) for r in ROLES]
+    relay_bytes = sum(u.peer.sb for u in usage if u) if all(usage) else None
+    connects = [p.timings_ms.connect for p in (a, b)]
+    timings = timings_ms or PairTimings()
+    if timings.connect is None and None not in connects:
+        timings = PairTimings(max(c for c in connects if c is not None), timings.total)
+    return PairResult(outcome, stage, reason, dict(peers), {r: relay.get(r) for r in ROLES},
+                      relay_bytes, timings, **where)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid (an ordered pairing of NATs, and a value of every other
+    dimension): what the model predicts, what every repeat saw."""
+
+    a: str
+    b: str
+    nat_a: NatSpec
+    nat_b: NatSpec
+    predicted: str | None  # direct | relay (testbed.model.predict); None: not modelled
+    reason: str  # the model's reason, or why the model does not cover the cell
+    repeats: tuple[PairResult, ...] = ()
+    point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
+
+    @property
+    def key(self) -> str:
+        """'a=full-cone,b=symmetric' (and every other dimension): a slot key less its repeat."""
+        return ",".join(f"{n}={v}" for n, v in (("a", self.a), ("b", self.b),
+                                                 *self.point.items()))
+
+
+@dataclass(frozen=True)
+class DimensionInfo:
+    """A dimension of a run beyond Alice's and Bob's NAT, as results.json lists it."""
+
+    name: str
+    title: str
+    values: tuple[str, ...]  # labels, in the run's order
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """results.json: rows are Alice's NAT, columns Bob's, in the order of `nats`; one
+    such table per combination of the other `dimensions` (a facet)."""
+
+    metadata: Mapping[str, Any]
+    nats: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    dimensions: tuple[DimensionInfo, ...] = ()
+
+    def cell(self, a: str, b: str, **point: str) -> Cell | None:
+        """The cell of Alice's NAT `a` and Bob's `b` (and the other dimensions' labels), by
+        label (None if not in this run)."""
+        return next((c for c in self.cells if (c.a, c.b) == (a, b) and dict(c.point) == point),
+                    None)
+
+    def to_json(self) -> dict[str, Any]:
+        return matrix_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> MatrixResult:
+        return matrix_from_json(data)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def spec_to_json(spec: NatSpec) -> dict[str, Any]:
+    return {"kind": spec.kind.value, "mapping": spec.mapping.value,
+            "filtering": spec.filtering.value, "port_allocation": spec.port_allocation.value,
+            "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout}
+
+
+def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
+    if u is None:
+        return None
+    return {"session": u.session, "client_address": u.client_address,
+            "client": dict(u.client.__dict__), "peer": dict(u.peer.__dict__)}
+
+
+def pair_to_json(r: PairResult) -> dict[str, Any]:
+    t = r.trace
+    return {
+        "a": r.a, "b": r.b, **r.point, "outcome": r.outcome, "stage": r.stage, "reason": r.reason,
+        "peers": {role: p.to_json() for role, p in r.peers.items()},
+        "relay_bytes": r.relay_bytes,
+        "relay": {role: _usage_json(u) for role, u in r.relay.items()},
+        "timings_ms": {"connect": r.timings_ms.connect, "total": r.timings_ms.total},
+        "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
+        "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
+        "elapsed_ms": r.elapsed_ms,
+        "trace": None if t is None else {
+            "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
+            "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
+            "files": list(t.files)},
+    }
+
+
+def cell_to_json(c: Cell, repeats: bool = True) -> dict[str, Any]:
+    """A CELL; without `repeats` its list is left out (a streaming writer adds it)."""
+    out: dict[str, Any] = {"a": c.a, "b": c.b, **c.point, "nat_a": spec_to_json(c.nat_a),
+                           "nat_b": spec_to_json(c.nat_b), "predicted": c.predicted,
+                           "reason": c.reason}
+    if repeats:
+        out["repeats"] = [pair_to_json(r) for r in c.repeats]
+    return out
+
+
+def dimensions_to_json(dims: Sequence[DimensionInfo]) -> list[dict[str, Any]]:
+    return [{"name": d.name, "title": d.title, "values": list(d.values)} for d in dims]
+
+
+def matrix_head_json(doc: MatrixResult) -> dict[str, Any]:
+    """The document without its cells: metadata, nats and (if any) the other dimensions."""
+    head: dict[str, Any] = {"metadata": dict(doc.metadata), "nats": list(doc.nats)}
+    if doc.dimensions:
+        head["dimensions"] = dimensions_to_json(doc.dimensions)
+    return head
+
+
+def matrix_to_json(doc: MatrixResult) -> dict[str, Any]:
+    return {**matrix_head_json(doc), "cells": [cell_to_json(c) for c in doc.cells]}
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _guard(read: Any, data: Any, where: str) -> Any:
+    try:
+        return read(data, where)
+    except rec.RecordError as exc:
+        raise ResultsError(str(exc)) from None
+
+
+def spec_from_json(data: Any, where: str) -> NatSpec:
+    def enum(key: str, kind: type[Any]) -> Any:
+        return kind(rec.choice(data, key, where, [m.value for m in kind]))
+
+    return NatSpec(kind=enum("kind", Kind), mapping=enum("mapping", Behaviour),
+                   filtering=enum("filtering", Behaviour),
+                   port_allocation=enum("port_allocation", PortAllocation),
+                   hairpinning=rec.get(data, "hairpinning", where, (bool,)),
+                   mapping_timeout=rec.opt(data, "mapping_timeout", where, (int,), 120))
+
+
+def _counters(data: Any, where: str) -> Counters:
+    return Counters(**{k: rec.get(data, k, where, (int,)) for k in COUNTER_FIELDS})
+
+
+def _usage(data: Any, where: str) -> RelayUsage | None:
+    if data is None:
+        return None
+    return RelayUsage(rec.get(data, "session", where, (str,)),
+                      rec.get(data, "client_address", where, (str,)),
+                      _counters(rec.get(data, "client", where, (dict,)), rec.at(where, "client")),
+                      _counters(rec.get(data, "peer", where, (dict,)), rec.at(where, "peer")))
+
+
+def _trace(data: Any, where: str) -> TraceSummary | None:
+    if data is None:
+        return None
+    return TraceSummary(
+        dir=rec.get(data, "dir", where, (str,)),
+        complete=rec.get(data, "complete", where, (bool,)),
+        pcaps=dict(rec.get(data, "pcaps", where, (dict,))),
+        packets=dict(rec.get(data, "packets", where, (dict,))),
+        dropped=tuple(rec.items(data, "dropped", where, lambda v, w: rec.obj(v, w))),
+        files=tuple(rec.items(data, "files", where, lambda v, w: rec.check(v, w, (str,)))))
+
+
+def _point(data: Any, where: str, dims: Sequence[str]) -> dict[str, str]:
+    return {d: rec.get(data, d, where, (str,)) for d in dims}
+
+
+def _pair(data: Any, where: str, dims: Sequence[str] = ()) -> PairResult:
+    outcome = rec.choice(data, "outcome", where, OUTCOMES)
+    stage = rec.get(data, "stage", where, (str,))
+    timings = rec.get(data, "timings_ms", where, (dict,))
+    at_t = rec.at(where, "timings_ms")
+    peers_data = rec.get(data, "peers", where, (dict,))
+    at_p = rec.at(where, "peers")
+    peers = {role: PeerResult.from_json(rec.get(peers_data, role, at_p, (dict,)),
+                                        rec.at(at_p, role)) for role in ROLES}
+    relay_data = rec.opt(data, "relay", where, (dict,), {})
+    relay = {role: _usage(rec.opt(relay_data, role, rec.at(where, "relay"), (dict,)),
+                          rec.at(rec.at(where, "relay"), role)) for role in ROLES}
+    wan = rec.opt(data, "wan", where, (dict,))
+    return PairResult(
+        outcome=outcome, stage=stage,
+        reason=rec.opt(data, "reason", where, (str,)) or None,
+        peers=peers, relay=relay,
+        relay_bytes=rec.get(data, "relay_bytes", where, (int, type(None))),
+        timings_ms=PairTimings(*(rec.get(timings, k, at_t, rec.OPTIONAL_NUMBER)
+                                 for k in ("connect", "total"))),
+        a=rec.opt(data, "a", where, (str,)), b=rec.opt(data, "b", where, (str,)),
+        key=rec.opt(data, "key", where, (str,)), repeat=rec.opt(data, "repeat", where, (int,)),
+        lab=rec.opt(data, "lab", where, (str,)), slot=rec.opt(data, "slot", where, (str,)),
+        wan=None if wan is None else {str(k): str(v) for k, v in wan.items()},
+        kept=rec.opt(data, "kept", where, (bool,), False),
+        elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
+        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
+        point=_point(data, where, dims))
+
+
+def pair_from_json(data: Any, where: str = "pair", dims: Sequence[str] = ()) -> PairResult:
+    """A PAIR; `dims` names the fields of the run's other dimensions (a matrix's records)."""
+    return _guard(lambda d, w: _pair(d, w, dims), data, where)
+
+
+def _predicted(data: Any, where: str) -> str | None:
+    value = rec.get(data, "predicted", where, (str, type(None)))
+    if value is not None and value not in PREDICTIONS:
+        raise rec.RecordError(f"{rec.at(where, 'predicted')}: expected one of "
+                              f"{', '.join(PREDICTIONS)} or null, got {value!r}")
+    return value
+
+
+def _cell(data: Any, where: str, nats: Sequence[str],
+          dims: Sequence[DimensionInfo] = ()) -> Cell:
+    point = {d.name: rec.choice(data, d.name, where, d.values) for d in dims}
+    names = [d.name for d in dims]
+    return Cell(a=rec.choice(data, "a", where, nats), b=rec.choice(data, "b", where, nats),
+                nat_a=spec_from_json(rec.get(data, "nat_a", where, (dict,)),
+                                     rec.at(where, "nat_a")),
+                nat_b=spec_from_json(rec.get(data, "nat_b", where, (dict,)),
+                                     rec.at(where, "nat_b")),
+                predicted=_predicted(data, where),
+                reason=rec.get(data, "reason", where, (str,)),
+                repeats=rec.items(data, "repeats", where, lambda v, w: _pair(v, w, names)),
+                point=point)
+
+
+def _dimension(data: Any, where: str) -> DimensionInfo:
+    name = rec.get(data, "name", where, (str,))
+    if name in RESERVED_NAMES:
+        raise rec.RecordError(f"{rec.at(where, 'name')}: {name!r} is a field of the results")
+    values = rec.items(data, "values", where, lambda v, w: rec.check(v, w, (str,)))
+    if not values or len(set(values)) != len(values):
+        raise rec.RecordError(f"{rec.at(where, 'values')}: expected a list of distinct labels")
+    return DimensionInfo(name, rec.get(data, "title", where, (str,)), values)
+
+
+def dimensions_from_json(data: Any, where: str) -> tuple[DimensionInfo, ...]:
+    dims = rec.items(data, "dimensions", where, _dimension, required=False)
+    names = [d.name for d in dims]
+    if len(set(names)) != len(names):
+        raise rec.RecordError(f"{rec.at(where, 'dimensions')}: a dimension named twice")
+    return dims
+
+
+def _matrix(data: Any, where: str) -> MatrixResult:
+    if not isinstance(data, Mapping):
+        raise rec.RecordError(f"expected a JSON object at the top, got {type(data).__name__}")
+    meta = rec.get(data, "metadata", "", (dict,))
+    nats = rec.get(data, "nats", "", (list,))
+    if not all(isinstance(n, str) for n in nats) or len(set(nats)) != len(nats):
+        raise rec.RecordError("nats: expected a list of distinct labels")
+    dims = dimensions_from_json(data, "")
+    cells = rec.items(data, "cells", "", lambda v, w: _cell(v, w, nats, dims))
+    seen: set[str] = set()
+    for i, c in enumerate(cells):
+        if c.key in seen:
+            where = "".join(f", {n}={v}" for n, v in c.point.items())
+            raise rec.RecordError(f"cells[{i}]: second cell for pairing {c.a} -> {c.b}{where}")
+        seen.add(c.key)
+    return MatrixResult(dict(meta), tuple(nats), cells, dims)
+
+
+def matrix_from_json(data: Any, source: str = "results") -> MatrixResult:
+    """Read a results.json document; ResultsError('<source>: <field>: ...') if it is bad."""
+    try:
+        return _matrix(data, "")
+    except rec.RecordError as exc:
+        raise ResultsError(f"{source}: {exc}") from None

@@ -1,0 +1,227 @@
+"""A router's nftables ruleset: rendered from a NatSpec (pure), loaded into a namespace.
+
+render_ruleset turns a NatSpec into one nft table (templates in nft-templates/), with
+stock nftables only:
+
+- UDP mappings live in a dynamic map key -> external port (key: inside endpoint,
+  plus the remote address for ADM, plus the remote port for APDM) and ports in a
+  map external port -> owner. Linux's own masquerade is not used for UDP: it keeps
+  a source port only while the reply tuple is free, so two LAN hosts using the
+  same port get endpoint-dependent mappings and can share one external port.
+- Both maps are filled after srcnat (priority srcnat + 10), where `udp sport` is
+  already translated and conntrack still has the inside endpoint; every outbound
+  packet refreshes them (REQ-6); entries expire after mapping-timeout.
+- Filtering: conntrack alone is APDF; EIF and ADF add a prerouting dnat from the
+  owner map (keyed by port, or by port and remote address).
+- Port allocation: reuse the key's mapping, else preserve the port if no mapping
+  owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
+  next one (sequential). A new mapping on an owned port is dropped before
+  conntrack confirms it, so the retransmission picks again.
+
+load_ruleset is the one way a script gets into a namespace: libnftables in-process
+when the library is there (about half the CPU of an `nft -f` process, and threads
+overlap the kernel's waiting), else `nft -f -` run inside the namespace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import ipaddress
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jinja2
+
+from testbed import netns, resources
+from testbed.errors import LabError
+from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec
+
+NFT_TABLE = "nattestbed"  # the one table of a router's NAT rules
+# --------------------------------------------------------------------------- rendering
+
+# Ports the router picks itself (not preserved) come from the IANA dynamic range.
+ALLOC_FIRST, ALLOC_LAST = 49152, 65535
+_NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """Where a router's ruleset goes: its table name, WAN side and LAN side."""
+
+    table: str
+    wan_if: str
+    wan_addr: str
+    lan_ifs: tuple[str, ...]
+    lan_subnets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # These strings end up inside an nft script: refuse anything that is not plain.
+        if not _NFT_NAME.match(self.table):
+            raise ValueError(f"table: bad nft table name {self.table!r}")
+        for field, name in (("wan_if", self.wan_if), *(("lan_ifs", i) for i in self.lan_ifs)):
+            if not _IFNAME.match(name):
+                raise ValueError(f"{field}: bad interface name {name!r}")
+        if not self.lan_ifs:
+            raise ValueError("lan_ifs: a router needs at least one LAN interface")
+        if self.wan_if in self.lan_ifs:
+            raise ValueError(f"wan_if: {self.wan_if!r} is also a LAN interface")
+        try:
+            ipaddress.IPv4Address(self.wan_addr)
+        except ValueError:
+            raise ValueError(f"wan_addr: not an IPv4 address: {self.wan_addr!r}") from None
+        for net in self.lan_subnets:
+            try:
+                ipaddress.IPv4Network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"lan_subnets: not an IPv4 network: {net!r}") from None
+
+
+def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
+    """nft expressions (key, inside endpoint) of a UDP mapping, seen from conntrack."""
+    inside = f"ct {direction} ip saddr . ct {direction} proto-src"
+    key = inside
+    if mapping is not EI:
+        key += f" . ct {direction} ip daddr"
+    if mapping is APD:
+        key += f" . ct {direction} proto-dst"
+    return key, inside
+
+
+def _key_type(mapping: Behaviour) -> str:
+    return {EI: "ipv4_addr . inet_service",
+            AD: "ipv4_addr . inet_service . ipv4_addr",
+            APD: "ipv4_addr . inet_service . ipv4_addr . inet_service"}[mapping]
+
+
+def _nft_set(items: tuple[str, ...]) -> str:
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    # Templates are package data (testbed.resources), read wherever the package is.
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(resources.template_text), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+
+
+def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
+    """The router's complete `nft -f` script: one table, replaced atomically if present."""
+    subnets = tuple(str(ipaddress.IPv4Network(n, strict=False)) for n in ctx.lan_subnets)
+    key, inside = _key_parts(spec.mapping, "original")
+    rkey, rinside = _key_parts(spec.mapping, "reply")
+    blocks = range(ALLOC_FIRST >> 8, (ALLOC_LAST >> 8) + 1)
+    variables = {
+        "spec": spec, "ctx": ctx, "kind": spec.kind.value,
+        "mapping": spec.mapping.value, "filtering": spec.filtering.value,
+        "eif": spec.filtering is EI, "adf": spec.filtering is AD,
+        "allocation": spec.port_allocation.value, "timeout": spec.mapping_timeout,
+        "wan": f'"{ctx.wan_if}"', "lans": _nft_set(tuple(f'"{i}"' for i in ctx.lan_ifs)),
+        "subnets": _nft_set(subnets) if subnets else "",
+        "key": key, "inside": inside, "remote_addr": "ct original ip daddr",
+        "rkey": rkey, "rinside": rinside, "rremote_addr": "ct reply ip daddr",
+        "key_type": _key_type(spec.mapping),
+        "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
+                    APD: "inside endpoint and remote endpoint"}[spec.mapping],
+        "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
+        "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],
+        "seq_vmap": [f"{i * 256}-{i * 256 + 255} : goto alloc_{b:02x}"
+                     for i, b in enumerate(blocks)],
+    }
+    return _env().get_template("router.nft.j2").render(variables)
+
+
+def sysctls(spec: NatSpec) -> dict[str, str]:
+    """Per-namespace sysctls besides ip_forward: UDP conntrack timeouts = mapping-timeout.
+
+    The conntrack entry is what lets replies in (filtering), so it must live as long
+    as the mapping. Write them after the ruleset is loaded if nf_conntrack may not be
+    loaded yet (the sysctls only exist once it is).
+    """
+    if spec.kind is Kind.NONE:
+        return {}
+    t = str(spec.mapping_timeout)
+    return {"net.netfilter.nf_conntrack_udp_timeout": t,
+            "net.netfilter.nf_conntrack_udp_timeout_stream": t}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _LibNft:
+    """libnftables through ctypes; a context per call, opened inside the namespace (the
+    context's netlink socket stays in the namespace it was opened in)."""
+
+    def __init__(self) -> None:
+        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        lib = ctypes.CDLL(path)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.lib = lib
+        # The library's one-time global set-up happens here, not racing between threads.
+        lib.nft_ctx_free(lib.nft_ctx_new(0))
+
+    def run(self, fd: int, script: str) -> str | None:
+        """None on success, else nft's error text."""
+        lib = self.lib
+        with netns.entered(fd):
+            ctx = lib.nft_ctx_new(0)
+            try:
+                lib.nft_ctx_buffer_output(ctx)
+                lib.nft_ctx_buffer_error(ctx)
+                rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+                err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            finally:
+                lib.nft_ctx_free(ctx)
+        return None if rc == 0 else err.strip()
+
+
+_lib_lock = threading.Lock()
+_lib: list[_LibNft | None] = []
+
+
+def _libnft() -> _LibNft | None:
+    with _lib_lock:
+        if not _lib:
+            try:
+                _lib.append(_LibNft())
+            except (OSError, AttributeError):  # no libnftables: `nft -f` it is
+                _lib.append(None)
+        return _lib[0]
+
+
+def loader_name() -> str:
+    """How scripts are loaded here: 'libnftables' or 'nft'."""
+    return "libnftables" if _libnft() is not None else "nft"
+
+
+def load_ruleset(fd: int, script: str, where: str) -> None:
+    """Load an nft script into the namespace `fd`; LabError naming `where` if refused."""
+    lib = _libnft()
+    if lib is not None:
+        err = lib.run(fd, script)
+    else:
+        proc = subprocess.run(["nft", "-f", "-"], input=script, text=True,
+                              capture_output=True, preexec_fn=lambda: netns.preexec(fd))
+        err = None if proc.returncode == 0 else proc.stderr.strip()
+    if err is not None:
+        raise LabError(f"{where}: nft: {err}")
+
+
+def apply_nat(fd: int, spec: NatSpec, ctx: RouterContext, where: str) -> None:
+    """A router's NAT: its ruleset, then its sysctls (they exist once the ruleset's use of
+    conntrack has loaded nf_conntrack)."""
+    load_ruleset(fd, render_ruleset(spec, ctx), where)
+    for key, value in sysctls(spec).items():
+        netns.write_sysctl(fd, key, value)

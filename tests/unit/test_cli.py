@@ -1,0 +1,238 @@
+"""The command line (testbed.cli) without a kernel: registration, help, flags, exit codes,
+and the verbs that need no root (validate, report, model)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import cli
+from testbed.cli import matrix as matrix_verb
+from testbed.cli.common import nats
+from testbed.errors import UsageError
+from testbed.matrix.spec import Shard
+from testbed.nat import NatSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "testbed", *argv], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+
+
+# ------------------------------------------------------------------ registration and help
+
+
+def test_every_verb_is_registered_with_a_description_and_help_on_every_argument() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [v.NAME for v in cli.VERBS]
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    for name, p in sub.choices.items():
+        assert helps[name] and p.description, name
+        for action in p._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_command_line_defaults_are_the_readme_main_command() -> None:
+    args = parse("matrix")
+    assert (args.nats, args.repeat, str(args.out), args.strict, args.json, args.only) == \
+        ("default", 1, "results", False, False, None)
+    assert args.jobs >= 1 and args.run is matrix_verb.run
+    assert (args.topology, args.a_node, args.b_node) == (None, "alice", "bob")
+
+
+# ------------------------------------------------------------------ bad input: exit 2
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["matrix", "--repeat", "0"], "--repeat"),
+    (["matrix", "--jobs", "0"], "--jobs"),
+    (["matrix", "--nats", "cone"], "--nats"),
+    (["matrix", "--only", "full-cone"], "--only"),
+    (["matrix", "--only", "full-cone,symmetric", "--nats", "none"], "--only"),
+    (["matrix", "--only", "a=full-cone,punch=fast"], "--only"),
+    (["matrix", "--only", "a=full-cone,colour=red"], "--only: unknown dimension 'colour'"),
+    (["matrix", "--shard", "0/4"], "--shard"),
+    (["matrix", "--shard", "3"], "--shard"),
+    (["matrix", "--seed", "-1"], "--seed"),
+    (["matrix", "--punch-timeout", "fast"], "--punch-timeout"),
+    (["matrix", "--punch-timeout", "1s,1000ms"], "--punch-timeout"),
+    (["matrix", "--repeat", "1001"], "--repeat"),
+    (["merge", "/nonexistent-part"], "not a directory"),
+    (["matrix", "--topology", "/nonexistent.yaml"], "--topology"),
+    (["pair", "--a", "symetric", "--b", "none"], "--a"),
+    (["pair", "--a", "none", "--b", "full-cone:fast"], "--b"),
+    (["classify", "--nat", "cone"], "--nat"),
+    (["classify", "--mapping", "independent"], "--mapping"),
+    (["classify", "--nat", "symmetric", "--behind-cgn", "big"], "--behind-cgn"),
+    (["lesson", "nine"], "no lesson 'nine'"),
+    (["exec", "lab", "node"], "exec needs a command"),
+])
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # argparse's own checks exit 2 themselves
+        code = cli.main(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_nat_list_errors_name_the_flag() -> None:
+    with pytest.raises(UsageError, match="^--nats: .*listed twice") as exc:
+        nats("full-cone,eim-eif")
+    assert exc.value.exit_code == 2
+    assert nats("default")[0] == NatSpec(kind=nats("default")[0].kind)
+
+
+def test_matrix_only_builds_a_spec_of_those_cells() -> None:
+    spec = matrix_verb.spec_from(parse("matrix", "--only", "symmetric,full-cone:30s",
+                                       "--only", "none,symmetric", "--repeat", "2"))
+    assert [n.label for n in spec.nats] == ["symmetric", "full-cone:30s", "none"]
+    assert [(s["a"].label, s["b"].label, s.repeat) for s in spec.slots()] == [
+        ("symmetric", "full-cone:30s", 1), ("none", "symmetric", 1),
+        ("symmetric", "full-cone:30s", 2), ("none", "symmetric", 2)]
+
+
+def test_matrix_dimension_flags_and_keys_build_the_spec() -> None:
+    spec = matrix_verb.spec_from(parse("matrix", "--nats", "full-cone,symmetric",
+                                       "--punch-timeout", "0.05s,1s", "--repeat", "3", "--only",
+                                       "a=symmetric,punch=0.05s,repeat=3"))
+    assert [s.key for s in spec.slots()] == ["a=symmetric,b=full-cone,punch=0.05s,repeat=3",
+                                             "a=symmetric,b=symmetric,punch=0.05s,repeat=3"]
+    # a dimension named only by --only takes the values --only names
+    one = matrix_verb.spec_from(parse("matrix", "--only", "a=none,b=none,punch=0.5s"))
+    assert [s.key for s in one.slots()] == ["a=none,b=none,punch=0.5s,repeat=1"]
+    assert matrix_verb.shard_from(parse("matrix", "--shard", "3/16", "--seed", "7")) == \
+        Shard(3, 16, 7)
+
+
+# ------------------------------------------------------------------ verbs without root
+
+
+def test_validate_prints_what_it_would_build() -> None:
+    r = run("validate", str(REPO / "topologies" / "home-pair.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "valid topology 'home-pair'" in r.stdout and "home-a (router nat=" in r.stdout
+
+
+def test_validate_reads_a_bundled_topology_by_name(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "testbed", "validate", "double-nat"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "valid topology 'double-nat'" in r.stdout
+
+
+def test_bad_topology_is_one_line_with_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  a:\n    kind: hots\n")
+    r = run("validate", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and f"{bad}:3: nodes.a.kind" in r.stderr
+
+
+def closed_pipe_run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run with stdout on a pipe whose reader is already gone, as `| head` leaves it
+    once head has exited: every write fails with EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", "testbed", *argv], stdout=w,
+                              stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize(("argv", "code"), [
+    (["validate", "topologies/home-pair.yaml"], cli.EXIT_BROKEN_PIPE),
+    (["lesson"], cli.EXIT_BROKEN_PIPE),
+    (["model"], cli.EXIT_BROKEN_PIPE),
+    (["--help"], 0),  # argparse drops what it cannot print, and exits 0 itself
+])
+def test_a_closed_pipe_is_no_traceback(argv: list[str], code: int) -> None:
+    """`validate FILE | head`: the reader left; one quiet exit, no BrokenPipeError."""
+    r = closed_pipe_run(*argv)
+    assert r.stderr == ""
+    assert r.returncode == code
+
+
+def test_model_prints_the_predicted_matrix() -> None:
+    r = run("model", "--reasons")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[3:] == ["none", "full-cone", "restricted-cone",
+                                    "port-restricted-cone", "symmetric"]
+    assert any(line.startswith("symmetric -> symmetric: relay: ") for line in lines)
+
+
+# ------------------------------------------------------------------ report
+
+
+def results_doc() -> dict[str, Any]:
+    peer = {"id": "alice", "remote": "bob", "outcome": "relay", "stage": "relay",
+            "reason": None, "candidate_pair": None,
+            "timings_ms": {"signaling": 1, "gather": 2, "punch": 1000, "relay": 5,
+                           "connect": 1008},
+            "packets": {k: 1 for k in ("sent", "received", "probes_sent", "probes_received",
+                                       "relay_sent", "relay_received")}}
+    spec = {"kind": "nat", "mapping": "address-and-port-dependent",
+            "filtering": "address-and-port-dependent", "port_allocation": "preserve",
+            "hairpinning": True, "mapping_timeout": 120}
+    repeat = {"outcome": "relay", "stage": "relay", "relay_bytes": 100,
+              "timings_ms": {"connect": 1008, "total": 1100},
+              "peers": {"alice": peer, "bob": dict(peer, id="bob", remote="alice")}}
+    return {"metadata": {}, "nats": ["symmetric"],
+            "cells": [{"a": "symmetric", "b": "symmetric", "nat_a": spec, "nat_b": spec,
+                       "predicted": "relay", "reason": "both symmetric",
+                       "repeats": [repeat]}]}
+
+
+def test_report_writes_everything_and_strict_fails(tmp_path: Path) -> None:
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(results_doc()))
+    out = tmp_path / "out"
+    assert cli.main(["report", str(src), "--out", str(out), "--color", "never"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.csv", "results.html", "results.json", "results.png"]
+    wrong = copy.deepcopy(results_doc())
+    wrong["cells"][0]["predicted"] = "direct"
+    src.write_text(json.dumps(wrong))
+    assert cli.main(["report", str(src), "--strict"]) == 1
+    assert cli.main(["report", str(src)]) == 0
+
+
+def test_report_names_the_bad_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps({"metadata": {}, "nats": ["x"], "cells": [{"a": "x"}]}))
+    assert cli.main(["report", str(src)]) == 2
+    assert "cells[0].b: missing" in capsys.readouterr().err
+
+
+def test_schema_prints_the_topology_schema_that_the_bundled_files_meet() -> None:
+    import jsonschema
+    import yaml
+
+    r = run("schema")
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert "$schema" in schema
+    for path in sorted((REPO / "topologies").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"nodes": {"a": {"kind": "hots"}}}, schema)

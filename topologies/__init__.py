@@ -1,0 +1,1 @@
+"""Example topologies, shipped as package data (testbed.topologies)."""
