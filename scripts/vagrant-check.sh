@@ -206,8 +206,9 @@ inner() {
     || { tail -40 "$OUT/up.log" >&2; die "vagrant up failed (exit $rc) before scripts/install.sh was done"; }
   local summary
   summary=$(grep -E '^ *default: .*[0-9]+ (passed|failed).* in [0-9.]+s' "$OUT/up.log" \
-    | tail -1 | sed 's/^ *default: //')
-  [[ -n "$summary" ]] || { tail -40 "$OUT/up.log" >&2; die "no pytest summary in $OUT/up.log"; }
+    | tail -1 | sed 's/^ *default: //' || true)
+  [[ -n "$summary" ]] || { tail -20 "$OUT/up.log" >&2
+    die "no pytest summary in $OUT/up.log (vagrant up exit $rc; 124: its ${UP_TIMEOUT}s limit)"; }
   if (( rc != 0 )) || grep -qE '[0-9]+ (failed|error)' <<< "$summary" \
      || ! grep -qE '[0-9]+ passed' <<< "$summary"; then
     echo "tests_failed $summary (vagrant up exit $rc)" >> "$WORK/figures"
