@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed import wire
-from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter
+from testbed.adapters import DEFAULT_DEADLINE_S, LIBP2P_RELAY, NODE_DIR, REPO, Adapter
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
@@ -44,7 +44,6 @@ from testbed.pair import pair_lab, pair_topology
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
-DEFAULT_DEADLINE_S = 20.0
 DEFAULT_SEND_BYTES = 65536
 CHUNK = 1000  # bytes per message: a datagram under the lab's MTU with TURN and DTLS
 KILL_GRACE_S = 2.0  # past the deadline: SIGTERM, then SIGKILL after this much more

@@ -2,8 +2,11 @@
 
 Each verb module has NAME, HELP (one line), DESCRIPTION, `add_arguments(parser)` and
 `run(args) -> exit code`: it reads its flags, makes one call into the engine and
-prints the outcome. VERBS lists them explicitly, in the order `--help` shows them;
-a new verb is a new module added there.
+prints the outcome. A verb module imports only what building the parser needs; its
+engine is imported in `run`, once the flags and files are good, so `--help`, `validate`
+and every refusal start without pyroute2, jinja2 or asyncio (tests/unit/test_cli.py).
+VERBS lists them explicitly, in the order `--help` shows them; a new verb is a new
+module added there.
 
 Exit codes, the same for every verb: 0 done, 1 the run failed (or disagreed when
 asked to be strict), 2 bad input (a flag or a file), 3 missing privileges, 130

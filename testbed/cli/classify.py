@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from testbed.classify import classify, format_result
 from testbed.cli.common import print_json
 from testbed.errors import UsageError
-from testbed.lab import require_root
 from testbed.nat import NatConfigError, nat_from_dict
 
 NAME = "classify"
@@ -64,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     _check(section, None)  # bad options are reported before anything is built
     if cgn is not None:
         _check(cgn, "--behind-cgn")
+    from testbed.classify import classify, format_result  # the flags are good: load the engine
+    from testbed.lab import require_root
+
     require_root()
     result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime)
     if args.json:

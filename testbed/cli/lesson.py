@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.errors import UsageError
-from testbed.lab import require_root
-from testbed.lessons import all_lessons, find, run_lesson
-from testbed.lessons.base import LessonResult
-from testbed.trace.narrate import crossing_json
+
+if TYPE_CHECKING:
+    from testbed.lessons.base import LessonResult
 
 NAME = "lesson"
 HELP = "step-by-step lessons with real packets (list them, or run one: lesson 4)"
@@ -32,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list() -> int:
+    from testbed.lessons import all_lessons
+
     print("Lessons (run one, as root, with: nat-testbed lesson N):")
     for ls in all_lessons():
         print(f"  {ls.number}  {ls.slug:<16} {ls.title}")
@@ -41,6 +42,8 @@ def _list() -> int:
 
 
 def summary(res: LessonResult) -> dict[str, Any]:
+    from testbed.trace.narrate import crossing_json
+
     return {"lesson": res.lesson.number, "slug": res.lesson.slug, "title": res.lesson.title,
             "lab": res.lab, "ok": res.ok, "elapsed_s": round(res.elapsed_s, 3),
             "complete_capture": res.captured.complete,
@@ -53,6 +56,9 @@ def summary(res: LessonResult) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.lab import require_root
+    from testbed.lessons import all_lessons, find, run_lesson
+
     if not args.lesson:
         return _list()
     try:

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from testbed import report
 from testbed.cli.common import (
     NAT_HELP,
     add_topology_flags,
@@ -28,11 +28,11 @@ from testbed.cli.common import (
 )
 from testbed.errors import UsageError
 from testbed.interrupts import interrupts_as_keyboard
-from testbed.matrix.document import phase_summary
 from testbed.matrix.progress import Progress
-from testbed.matrix.run import MatrixRun
-from testbed.matrix.spec import MatrixSpec
-from testbed.results import MatrixResult, matrix_to_json
+
+if TYPE_CHECKING:
+    from testbed.matrix.spec import MatrixSpec
+    from testbed.results import MatrixResult
 
 NAME = "matrix"
 HELP = ("the traversal matrix: every pairing of NAT behaviours, on real kernels, against "
@@ -76,6 +76,8 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     axis = (list(dict.fromkeys(n for c in cells for n in c)) if cells is not None
             else nats(args.nats))
     nodes = (("alice", args.a_node), ("bob", args.b_node))
+    from testbed.matrix.spec import MatrixSpec  # the flags are good: now load the engine
+
     return MatrixSpec(tuple(axis), args.repeat, cells, topology=topology_path(args),
                       nodes=nodes)
 
@@ -89,6 +91,10 @@ def _preload_plotting() -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
+    from testbed import report  # the flags are good: now load the engine
+    from testbed.matrix.run import MatrixRun
+    from testbed.results import matrix_to_json
+
     out: Path = args.out
     early_png = out / EARLY_PNG
     progress = Progress()
@@ -120,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, Path]) -> str:
+    from testbed import report
+    from testbed.matrix.document import phase_summary
+
     labs = list(doc.metadata.get("timings_s", {}).get("labs", []))
     n_pairs, repeats = len(doc.cells), spec.repeats
     dis = report.disagreements(doc)

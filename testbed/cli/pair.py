@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 
 from testbed import adapters
+from testbed.adapters import DEFAULT_DEADLINE_S
 from testbed.cli.common import NAT_HELP, add_topology_flags, flag, nat, print_json, topology_path
 from testbed.errors import UsageError
-from testbed.lab import require_root
 from testbed.nat import NatSpec
-from testbed.pair import format_pair, format_trace, run_pair
-from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
-from testbed.results import pair_to_json
 
 NAME = "pair"
 HELP = "two peers behind two NATs: direct, relay or failed?"
@@ -45,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    from testbed.lab import require_root  # the flags are good: now load the engine
+    from testbed.pair import format_pair, format_trace, run_pair
+    from testbed.results import pair_to_json
+
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
@@ -76,6 +77,9 @@ def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.
 
 
 def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
+    from testbed.lab import require_root
+    from testbed.peerprog import format_cell, run_contract_pair
+
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli.common import print_json
-from testbed.status import format_summary, lab_names, lab_summary, require_labs
 
 NAME = "status"
 HELP = "labs: who owns each (a running command, or detached by `up`), nodes, addresses"
@@ -21,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.status import format_summary, lab_names, lab_summary, require_labs
+
     require_labs(args.labs)
     summaries = [lab_summary(lab) for lab in (args.labs or lab_names())]
     if args.json:

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import resources, state
+from testbed import resources
 from testbed.cli.common import print_json
-from testbed.interrupts import interrupts_as_keyboard
-from testbed.lab import Lab, require_root
-from testbed.status import lab_summary, service_line
-from testbed.topology import describe, load_topology
 
 NAME = "up"
 HELP = "build a topology (YAML) as a lab and leave it running"
@@ -27,9 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.topology import describe, load_topology
+
     if args.name is not None:
-        state.check_name(args.name)  # a bad name is refused before anything else
+        from testbed.state import check_name
+
+        check_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
+    from testbed.interrupts import interrupts_as_keyboard  # the input is good: load the engine
+    from testbed.lab import Lab, require_root
+    from testbed.status import lab_summary, service_line
+
     require_root()
     lab = Lab(topo, name=args.name)
     with interrupts_as_keyboard():

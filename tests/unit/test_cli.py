@@ -124,6 +124,37 @@ def test_bad_topology_is_one_line_with_file_line_and_field(tmp_path: Path) -> No
     assert r.stderr.count("\n") == 1 and f"{bad}:3: nodes.a.kind" in r.stderr
 
 
+# What a verb that only reads a file must not load: the lab engine (pyroute2), the ruleset
+# renderer (jinja2), the plotting library, the peers' event loop. Each verb imports its
+# engine in run(), so a refusal costs about what `--version` does (bench_bad_topologies).
+HEAVY = ("pyroute2", "jinja2", "matplotlib", "asyncio", "testbed.lab", "testbed.netns",
+         "testbed.state", "testbed.matrix.run", "testbed.pair")
+LOADED = """
+import sys
+from testbed.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] if m.split(".")[0] != "testbed" else m for m in sys.modules
+                if m.startswith(%r)})
+print("LOADED", code, " ".join(heavy), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["--version"], ["--help"], ["validate", "topologies/home-pair.yaml"],
+    ["validate", "tests/data/bad-topologies/syntax-tab.yaml"], ["model"],
+    ["pair", "--a", "cone", "--b", "none"], ["matrix", "--nats", "cone"],
+    ["classify", "--nat", "cone"], ["up", "tests/data/bad-topologies/syntax-tab.yaml"],
+])
+def test_a_verb_loads_only_what_it_uses(argv: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-c", LOADED % (HEAVY,), *argv], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    line = next(x for x in r.stderr.splitlines() if x.startswith("LOADED"))
+    assert line.split()[2:] == [], f"{argv}: {r.stderr}"
+
+
 def closed_pipe_run(*argv: str) -> subprocess.CompletedProcess[str]:
     """Run with stdout on a pipe whose reader is already gone, as `| head` leaves it
     once head has exited: every write fails with EPIPE."""
