@@ -321,7 +321,8 @@ class Lab:
         self.services.update(started)
         if self.services:
             with self._state_lock:
-                self._state["services"] = self.services
+                self._state["services"] = {k: services.public(v)
+                                           for k, v in self.services.items()}
                 state.write_state(self.name, self._state)
 
     def workdir(self) -> Path:

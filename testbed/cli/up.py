@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
+    from testbed import services
     from testbed.interrupts import interrupts_as_keyboard  # the input is good: load the engine
     from testbed.lab import Lab, require_root
     from testbed.status import lab_summary, service_line
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     print(describe(topo))
     for svc, info in lab.services.items():
         print(f"  service {svc}: {service_line(info)}")
+    if any(services.SECRET_FILES.keys() & info.keys() for info in lab.services.values()):
+        print(f"  (secrets: in the files named; nat-testbed status {lab.name} --show-secrets)")
     print(f"\n  nat-testbed exec {lab.name} NODE -- COMMAND   run a command in a node")
     print(f"  nat-testbed down {lab.name}                   remove everything it created")
     return 0

@@ -105,6 +105,40 @@ def test_cli_up_status_exec_down() -> None:
     assert lab_leftovers(name) == []
 
 
+def coturn_user(lab: str) -> str:
+    """USER:PASSWORD from the command line coturn runs with: an independent source."""
+    st = json.loads(state.state_path(lab).read_text())
+    pid = next(p["pid"] for p in st["processes"] if p["argv"][0] == "turnserver")
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return argv[argv.index("--user") + 1]
+
+
+def test_secrets_are_in_root_only_files_and_printed_only_when_asked() -> None:
+    name = new_lab_name()
+    try:
+        up = cli("up", str(TOPOLOGIES / "home-pair.yaml"), "--name", name)
+        user, password = coturn_user(name).split(":", 1)
+        secret_file = state.lab_dir(name) / "signaling-signal.secret"
+        secret = secret_file.read_text()
+        shown = cli("status", name).stdout + cli("status", name, "--json").stdout
+        stored = state.state_path(name).read_text()
+        for text in (up.stdout, shown, stored):
+            assert password not in text and secret not in text
+        assert user in up.stdout and str(secret_file) in up.stdout
+        assert f"status {name} --show-secrets" in up.stdout
+        assert state.state_path(name).stat().st_mode & 0o777 == 0o600
+        turn = json.loads(cli("status", name, "--json").stdout)[0]["services"]["turn"]
+        for path in (secret_file, Path(turn["password_file"])):
+            assert path.stat().st_mode & 0o777 == 0o600, path
+        asked = json.loads(cli("status", name, "--json", "--show-secrets").stdout)[0]
+        assert asked["services"]["turn"]["password"] == password
+        assert asked["services"]["signaling"]["secret"] == secret
+        assert f"password={password}" in cli("status", name, "--show-secrets").stdout
+    finally:
+        cli("down", name, check=False)
+    assert lab_leftovers(name) == []
+
+
 def test_sigkill_halfway_through_up_then_clean_removes_everything() -> None:
     name = new_lab_name()
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--name", name,
