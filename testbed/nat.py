@@ -55,6 +55,7 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
 }
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
+SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
 
@@ -98,6 +99,17 @@ class NatSpec:
         if self.kind is not Kind.NAT:
             return self.kind.value + self.variant
         return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
+
+    @property
+    def not_applicable(self) -> frozenset[str]:
+        """Settings that mean nothing for this kind (results show them as n/a): `none`
+        translates and filters nothing; a firewall filters (address-and-port-dependent,
+        its state timing out after mapping_timeout) but translates no address or port."""
+        if self.kind is Kind.NONE:
+            return frozenset(SETTINGS)
+        if self.kind is Kind.FIREWALL:
+            return frozenset(("mapping", "port_allocation", "hairpinning"))
+        return frozenset()
 
     @property
     def variant(self) -> str:

@@ -40,6 +40,7 @@ PACKETS = PACKET_COUNTS
 PAIR_TIMINGS = ("connect", "total")
 SPEC_FIELDS = ("kind", "mapping", "filtering", "port_allocation", "hairpinning",
                "mapping_timeout")
+NOT_APPLICABLE = "n/a"  # a setting a NAT kind does not have (NatSpec.not_applicable)
 
 # Categorical colours, also used for the legend (colour-blind-safe Okabe-Ito hues).
 COLOURS = {
@@ -223,7 +224,10 @@ def csv_columns() -> list[str]:
     return cols
 
 
-def _spec_value(value: Any) -> Any:
+def _spec_value(spec: NatSpec, name: str) -> Any:
+    if name in spec.not_applicable:
+        return NOT_APPLICABLE
+    value = getattr(spec, name)
     return getattr(value, "value", value)
 
 
@@ -242,7 +246,7 @@ def _csv_rows(doc: MatrixResult) -> list[dict[str, Any]]:
     for cell in doc.cells:
         base: dict[str, Any] = {"a": cell.a, "b": cell.b}
         for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
-            base.update({f"nat_{side}_{f}": _spec_value(getattr(spec, f)) for f in SPEC_FIELDS})
+            base.update({f"nat_{side}_{f}": _spec_value(spec, f) for f in SPEC_FIELDS})
         for i, rep in enumerate(cell.repeats, start=1):
             row = dict(base, repeat=i, predicted=cell.predicted, outcome=rep.outcome,
                        agrees=rep.outcome == cell.predicted, stage=rep.stage,
@@ -345,8 +349,11 @@ def _repeat_html(i: int, rep: PairResult, predicted: str) -> str:
 
 
 def _spec_text(spec: NatSpec) -> str:
-    if spec.kind is not Kind.NAT:
-        return spec.kind.value
+    if spec.kind is Kind.NONE:
+        return "none: routed, no translation, no filtering (every NAT setting n/a)"
+    if spec.kind is Kind.FIREWALL:
+        return (f"firewall: filtering {spec.filtering.value}, state timeout "
+                f"{spec.mapping_timeout} s; no translation (mapping, ports, hairpinning n/a)")
     return (
         f"mapping {spec.mapping.value}, filtering {spec.filtering.value}, ports "
         f"{spec.port_allocation.value}, hairpinning {'on' if spec.hairpinning else 'off'}, "
@@ -374,6 +381,16 @@ def _cell_details(ident: str, cell: Cell, s: CellSummary) -> str:
     parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(cell.repeats, start=1)]
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _shown_configuration(meta: Any) -> Any:
+    """The configuration with each NAT's settings that do not apply as "n/a", not null."""
+    config = dict(meta.get("configuration") or {})
+    if isinstance(config.get("nats"), list):
+        config["nats"] = [{k: NOT_APPLICABLE if v is None and k != "kind" else v
+                           for k, v in n.items()} if isinstance(n, dict) else n
+                          for n in config["nats"]]
+    return config
 
 
 def _no_urls(text: str) -> str:
@@ -434,7 +451,7 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
 <ul>{dis_html}</ul>
 {"".join(details)}
 <h2>Configuration</h2>
-<pre>{_e(json.dumps(meta.get("configuration", {}), indent=2))}</pre>
+<pre>{_e(json.dumps(_shown_configuration(meta), indent=2))}</pre>
 <script>{_JS}</script>
 </body></html>
 """
