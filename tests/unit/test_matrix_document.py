@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
+from testbed.matrix import document
 from testbed.matrix.document import build_document, command_line, make_cell
 from testbed.matrix.spec import MatrixSpec
 from testbed.model import predict
@@ -71,3 +77,41 @@ def test_the_command_line_runs_the_same_spec_again() -> None:
                                      "--repeat 3 --jobs 2")
     only = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),))
     assert "--only symmetric,full-cone" in command_line(only, 1)
+
+
+# ------------------------------------------------------------------ the tool's tree
+
+
+def git(repo: Path, *argv: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *argv], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_metadata_says_whether_the_tree_had_uncommitted_changes(tmp_path: Path) -> None:
+    """Dirty as `git describe --dirty` counts it (any tracked change, staged or not), plus a
+    new file in the sources (a new module changes what runs); results/ and notes do not."""
+    repo = tmp_path / "checkout"
+    (repo / "testbed").mkdir(parents=True)
+    (repo / "testbed" / "pair.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("hi\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    assert document.git_changes(repo) == []
+    (repo / "results").mkdir()
+    (repo / "results" / "results.json").write_text("{}")
+    (repo / "notes.txt").write_text("mine")
+    assert document.git_changes(repo) == []
+    (repo / "testbed" / "new.py").write_text("")
+    assert document.git_changes(repo) == ["?? testbed/new.py"]
+    (repo / "README.md").write_text("changed\n")
+    git(repo, "add", "README.md")
+    (repo / "testbed" / "pair.py").write_text("x = 2\n")
+    assert document.git_changes(repo) == ["M  README.md", "?? testbed/new.py",
+                                          " M testbed/pair.py"]
+    assert document.git_changes(tmp_path / "installed") is None  # no checkout: unknown
+    env = document.environment()
+    assert env["tool_dirty"] in (True, False, None)
+    assert env["tool_dirty"] == (None if env["tool_changes"] is None
+                                 else bool(env["tool_changes"]))
