@@ -147,6 +147,17 @@ def disagreements(doc: MatrixResult) -> list[CellSummary]:
     ]
 
 
+def incomplete(doc: MatrixResult) -> str | None:
+    """A sentence when the run stopped before its end (metadata.complete false), else None.
+    Files from before `complete` existed are complete."""
+    if doc.metadata.get("complete", True) is not False:
+        return None
+    n = doc.metadata.get("pairings") or {}
+    done = f" after {n['decided']} of {n['planned']} pairings" if "planned" in n else ""
+    return (f"INCOMPLETE: the run was interrupted{done}; cells not run were never decided, "
+            "and the relay bytes of a lab cut short were never counted")
+
+
 def exit_code(doc: MatrixResult, strict: bool) -> int:
     """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
     return 1 if strict and disagreements(doc) else 0
@@ -200,6 +211,8 @@ def format_table(doc: MatrixResult, color: bool = False) -> str:
         lines.append(
             f"! {s.a} -> {s.b}: predicted {s.predicted}, observed {s.observed} (model: {s.reason})"
         )
+    if stopped := incomplete(doc):
+        lines.append(stopped)
     return "\n".join(lines)
 
 
@@ -441,6 +454,7 @@ def write_html(doc: MatrixResult, path: str | Path) -> None:
 <noscript><style>.details{{display:block}}</style></noscript></head>
 <body>
 <h1>NAT traversal matrix</h1>
+{f"<p class='bad'>{_e(incomplete(doc))}</p>" if incomplete(doc) else ""}
 {_kv_table([(k, v) for k, v in meta.items() if not isinstance(v, dict | list)])}
 <div class="legend">Legend:{legend}
 <span class="swatch" style="outline:3px solid #000;outline-offset:-3px"></span>
@@ -490,7 +504,8 @@ def write_heatmap(doc: MatrixResult, path: str | Path) -> None:
     ax.set_yticks(range(n), labels=nats)
     ax.set_xlabel("Bob's NAT")
     ax.set_ylabel("Alice's NAT")
-    ax.set_title("NAT traversal matrix (observed)")
+    ax.set_title("NAT traversal matrix (observed)" if incomplete(doc) is None else
+                 "NAT traversal matrix (INCOMPLETE: interrupted)")
     for i, a in enumerate(nats):
         for j, b in enumerate(nats):
             s = summaries.get((a, b))

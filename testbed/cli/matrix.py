@@ -27,7 +27,7 @@ from testbed.cli.common import (
     topology_path,
 )
 from testbed.errors import UsageError
-from testbed.interrupts import interrupts_as_keyboard
+from testbed.interrupts import ignore_interrupts, interrupts_as_keyboard, restore
 from testbed.matrix.progress import Progress
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ DESCRIPTION = """Every ordered pairing of the NATs (and every repeat) runs as it
 slot: Alice and Bob behind fresh routers, real peers, real packets. The table shows
 what happened per cell against the reference model's prediction; results.json, .csv,
 .html and .png hold the evidence (docs/results.md). Exit 1 with --strict if a cell
-disagrees with the model."""
+disagrees with the model. Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes
+the pairings decided so far to the same files, marked incomplete, and exits 130."""
 EARLY_PNG = ".results.png.partial"
 
 
@@ -92,7 +93,7 @@ def _preload_plotting() -> None:
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     from testbed import report  # the flags are good: now load the engine
-    from testbed.matrix.run import MatrixRun
+    from testbed.matrix.run import MatrixRun, RunInterrupted
     from testbed.results import matrix_to_json
 
     out: Path = args.out
@@ -110,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         with interrupts_as_keyboard():
             try:
                 doc = run.run()
+            except RunInterrupted as stop:
+                progress.close()
+                _write_partial(stop.partial, out)
+                raise
             finally:
                 progress.close()
         paths = report.write_all(doc, out, heatmap=early_png)
@@ -123,6 +128,26 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_table(doc, color=color_wanted(args.no_color)))
         print(summary)
     return report.exit_code(doc, args.strict)
+
+
+def _write_partial(doc: MatrixResult, out: Path) -> None:
+    """An interrupted run's decided pairings, marked incomplete (metadata.complete false),
+    written whole: a second Ctrl-C waits the second this takes."""
+    from testbed import report
+
+    n = doc.metadata["pairings"]
+    if not n["decided"]:
+        print("nat-testbed: no pairing was decided before the interruption: no results "
+              "written", file=sys.stderr)
+        return
+    old = ignore_interrupts()
+    try:
+        paths = report.write_all(doc, out)
+    finally:
+        restore(old)
+    print(f"nat-testbed: {n['decided']} of {n['planned']} pairings were decided before the "
+          f"interruption: written, marked incomplete, to {', '.join(map(str, paths.values()))}",
+          file=sys.stderr)
 
 
 def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, Path]) -> str:

@@ -43,6 +43,24 @@ def _collect(by_lab: dict[int, list[PairResult]]) -> list[PairResult]:
     return [r for lab in sorted(by_lab) for r in by_lab[lab]]
 
 
+def _decided(workers: Workers) -> list[PairResult]:
+    """What an interrupted run has: every lab's final results, and for a lab cut short
+    the slots it had decided (their coturn counters never read: relay bytes unknown)."""
+    final = _collect(workers.final)
+    done = {r.key for r in final}
+    return final + [r for key, r in workers.decided.items() if key not in done]
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; every lab is removed. `partial` holds what was
+    decided before, its metadata `complete: false`. A KeyboardInterrupt still, so a
+    caller that does not look at it exits as interrupted."""
+
+    def __init__(self, partial: MatrixResult) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
+
+
 @dataclass
 class MatrixRun:
     """One run of a spec; `progress`, `on_idle` and `on_outcomes` are for the command line
@@ -68,14 +86,27 @@ class MatrixRun:
             early = self.on_outcomes
             workers.on_outcomes = lambda: early(
                 build_document(self.spec, _collect(workers.early), {}))
-        workers.run(lab_list)
+        try:
+            workers.run(lab_list)
+        except KeyboardInterrupt:
+            decided = _decided(workers)
+            raise RunInterrupted(self._document(layout, lab_list, workers, decided, t_start, t0,
+                                                complete=False)) from None
+        return self._document(layout, lab_list, workers, _collect(workers.final), t_start, t0,
+                              complete=True)
+
+    def _document(self, layout: Layout, lab_list: Sequence[LabJob], workers: Workers,
+                  results: list[PairResult], t_start: float, t0: float, *,
+                  complete: bool) -> MatrixResult:
         meta = environment()
-        meta.update(started=iso(t_start), finished=iso(time.time()),
+        meta.update(started=iso(t_start), finished=iso(time.time()), complete=complete,
+                    pairings={"planned": sum(len(j.slots) for j in lab_list),
+                              "decided": len(results)},
                     configuration=configuration(self.spec, layout, self.jobs, len(lab_list)),
                     timings_s={"run": round(time.monotonic() - t0, 3),
                                "phases_max_over_labs": phase_summary(workers.labs),
                                "labs": workers.labs})
-        return build_document(self.spec, _collect(workers.final), meta)
+        return build_document(self.spec, results, meta)
 
 
 def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,

@@ -64,7 +64,8 @@ class _Worker:
 
 @dataclass
 class Workers:
-    """Runs the labs of one matrix; `final` and `early` hold results by lab index."""
+    """Runs the labs of one matrix; `final` and `early` hold results by lab index,
+    `decided` each slot's as it decided (by slot key; no coturn counters yet)."""
 
     layout: Layout
     timing: Timing
@@ -75,6 +76,7 @@ class Workers:
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
     final: dict[int, list[PairResult]] = field(default_factory=dict)
     early: dict[int, list[PairResult]] = field(default_factory=dict)
+    decided: dict[str, PairResult] = field(default_factory=dict)
     n_labs: int = 0
 
     def run(self, jobs: Sequence[LabJob]) -> None:
@@ -150,6 +152,7 @@ class Workers:
                 p.built += 1
                 p.event(f"lab {w.job.name}: built in {msg[2]:.2f} s, running")
         elif kind == "slot":
+            self.decided[msg[2]] = msg[4]
             if p:
                 p.done += 1
                 p.draw()

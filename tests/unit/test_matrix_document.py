@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,33 @@ def test_the_metadata_says_whether_the_tree_had_uncommitted_changes(tmp_path: Pa
     assert env["tool_dirty"] in (True, False, None)
     assert env["tool_dirty"] == (None if env["tool_changes"] is None
                                  else bool(env["tool_changes"]))
+
+
+# ------------------------------------------------------------------ an interrupted run
+
+
+def test_an_interrupted_run_keeps_final_results_and_the_slots_decided_since() -> None:
+    """Lab 0 finished (its results carry coturn's counters); lab 1 was cut short after
+    deciding one slot: that slot is kept, without counters; nothing else is made up."""
+    from testbed.matrix.run import _decided
+    from testbed.matrix.workers import Workers
+
+    final = replace(repeat(FULL, SYM, "relay", 1), key="k0", relay_bytes=900)
+    early_copy = replace(final, relay_bytes=None)
+    cut_short = replace(repeat(SYM, SYM, "relay", 1), key="k1")
+    w = Workers(layout=None, timing=None, jobs=1)  # type: ignore[arg-type]
+    w.final = {0: [final]}
+    w.decided = {"k0": early_copy, "k1": cut_short}
+    got = _decided(w)
+    assert got == [final, cut_short]
+    doc = build_document(MatrixSpec((FULL, SYM)), got, {"complete": False,
+                                                        "pairings": {"planned": 4,
+                                                                     "decided": 2}})
+    ran = {(c.a, c.b): len(c.repeats) for c in doc.cells}
+    assert ran == {("full-cone", "full-cone"): 0, ("full-cone", "symmetric"): 1,
+                   ("symmetric", "full-cone"): 0, ("symmetric", "symmetric"): 1}
+    assert report.incomplete(doc) == (
+        "INCOMPLETE: the run was interrupted after 2 of 4 pairings; cells not run were "
+        "never decided, and the relay bytes of a lab cut short were never counted")
+    assert report.format_table(doc).splitlines()[-1] == report.incomplete(doc)
+    assert report.incomplete(build_document(MatrixSpec((FULL,)), [], {})) is None

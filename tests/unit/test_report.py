@@ -345,3 +345,15 @@ def test_none_and_firewall_settings_read_n_a_in_csv_and_html(tmp_path: Path) -> 
     assert "null" not in config and config.count("&quot;n/a&quot;") == 5 + 3
     assert "firewall: filtering address-and-port-dependent, state timeout 120 s" in page
     assert "mapping endpoint-independent" not in page.split("<h2>Configuration</h2>")[0]
+
+
+def test_an_incomplete_run_says_so_on_the_page_and_the_picture(
+        doc: dict[str, Any], tmp_path: Path) -> None:
+    doc["metadata"].update(complete=False, pairings={"planned": 9, "decided": 8})
+    report.write_html(typed(doc), tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "INCOMPLETE: the run was interrupted after 8 of 9 pairings" in \
+        page.split("<table", 1)[0]
+    doc["metadata"]["complete"] = True
+    report.write_html(typed(doc), tmp_path / "r.html")
+    assert "INCOMPLETE" not in (tmp_path / "r.html").read_text()
