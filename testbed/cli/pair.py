@@ -6,7 +6,15 @@ import argparse
 
 from testbed import adapters
 from testbed.adapters import DEFAULT_DEADLINE_S
-from testbed.cli.common import NAT_HELP, add_topology_flags, flag, nat, print_json, topology_path
+from testbed.cli.common import (
+    NAT_HELP,
+    add_topology_flags,
+    check_lab_name,
+    flag,
+    nat,
+    print_json,
+    topology_path,
+)
 from testbed.errors import UsageError
 from testbed.nat import NatSpec
 
@@ -26,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topology_flags(p, "run the pair", "home-pair")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
+    p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
     p.add_argument("--trace", metavar="DIR",
                    help="capture both sides of both routers: pcaps and a sequence diagram")
     p.add_argument("--peer-a", metavar="PEER", help="Alice's program: an adapter from "
@@ -42,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    check_lab_name(args.name)
     from testbed.lab import require_root  # the flags are good: now load the engine
     from testbed.pair import format_pair, format_trace, run_pair
     from testbed.results import pair_to_json
@@ -49,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
-                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace)
+                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
+                          lab_name=args.name)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -88,8 +99,10 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
+    check_lab_name(args.name)
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                             lab_name=args.name)
     if args.json:
         print_json(cell)
     else:

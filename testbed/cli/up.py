@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from testbed import resources
-from testbed.cli.common import print_json
+from testbed.cli.common import check_lab_name, print_json
 
 NAME = "up"
 HELP = "build a topology (YAML) as a lab and leave it running"
@@ -25,10 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from testbed.topology import describe, load_topology
 
-    if args.name is not None:
-        from testbed.state import check_name
-
-        check_name(args.name)  # a bad name is refused before anything else
+    check_lab_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
     from testbed import services
     from testbed.interrupts import interrupts_as_keyboard  # the input is good: load the engine
