@@ -72,6 +72,10 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     (["classify", "--nat", "symmetric", "--behind-cgn", "big"], "--behind-cgn"),
     (["lesson", "nine"], "no lesson 'nine'"),
     (["exec", "lab", "node"], "exec needs a command"),
+    (["lesson", "all", "--name", "mylab"], "--name: one lab name is for one lesson"),
+    (["lesson", "1", "--name", "My-Lab"], "invalid lab name 'My-Lab'"),
+    (["pair", "--a", "none", "--b", "none", "--name", "a-b"], "invalid lab name 'a-b'"),
+    (["classify", "--nat", "none", "--name", "9"], "invalid lab name '9'"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -244,3 +248,21 @@ def test_schema_prints_the_topology_schema_that_the_bundled_files_meet() -> None
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"nodes": {"a": {"kind": "hots"}}}, schema)
+
+
+def test_lesson_all_ends_with_a_summary_naming_what_failed() -> None:
+    from testbed.cli.lesson import all_summary
+
+    def result(n: int, slug: str, facts: list[bool], s: float) -> dict[str, Any]:
+        return {"lesson": n, "slug": slug, "ok": all(facts), "elapsed_s": s,
+                "facts": [{"claim": f"claim {i}", "ok": ok, "evidence": ""}
+                          for i, ok in enumerate(facts)]}
+
+    text = all_summary([result(1, "rewriting", [True] * 6, 1.25),
+                        result(2, "nat-table", [True, False, True], 0.5)])
+    assert text.splitlines() == [
+        "Summary:",
+        "  1  rewriting         6 of  6 facts hold    1.2 s  ok",
+        "  2  nat-table         2 of  3 facts hold    0.5 s  FAILED",
+        "       failed: claim 1",
+        "2 lessons in 1.8 s: 8 of 9 facts checked against the captures hold (1 failed)"]
