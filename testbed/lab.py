@@ -149,6 +149,7 @@ class Lab:
             "pid": os.getpid(), "owner": state.me(), "status": "building",
             "namespaces": [self.netns(k) for k in self._keys()],
             "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
+            "nat": {n.name: n.nat.label for n in self.topo.nodes if n.nat},  # for `status`
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }

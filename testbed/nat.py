@@ -101,6 +101,23 @@ class NatSpec:
         return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
 
     @property
+    def behaviour(self) -> str:
+        """Every setting in words, for people: the label 'restricted-cone' alone does not
+        say that this one also picks random ports, never hairpins and forgets in 30 s."""
+        if self.kind is Kind.NONE:
+            return "no translation, no filtering: the LAN is routed as it is"
+        timeout = f"{self.mapping_timeout} s"
+        if self.kind is Kind.FIREWALL:
+            return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
+                    "idle")
+        ports = {PortAllocation.PRESERVE: "port preservation",
+                 PortAllocation.SEQUENTIAL: "sequential ports",
+                 PortAllocation.RANDOM: "random ports"}[self.port_allocation]
+        return (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
+                f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
+                f"{timeout} idle")
+
+    @property
     def not_applicable(self) -> frozenset[str]:
         """Settings that mean nothing for this kind (results show them as n/a): `none`
         translates and filters nothing; a firewall filters (address-and-port-dependent,

@@ -10,6 +10,8 @@ from typing import Any
 
 from testbed import netns, services, state
 from testbed.errors import LabError
+from testbed.nat import NatConfigError, nat_from_label
+from testbed.results import spec_to_json
 
 
 def lab_names() -> list[str]:
@@ -33,8 +35,21 @@ def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
     nodes = st.get("nodes") or {n.split("-", 1)[1]: n for n in state.marked_namespaces(lab)}
     # read from a thread of its own: a teardown never takes this process for the lab's
     live = netns.in_thread(lambda: {node: live_node(ns) for node, ns in nodes.items()})
+    for node, label in (st.get("nat") or {}).items():
+        if node in live:
+            live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": svcs, "nodes": live}
+
+
+def nat_json(label: str) -> dict[str, Any]:
+    """A router's NAT as its state recorded it (its label): the label, every setting,
+    and the words for it; a label this version cannot read is shown as it is."""
+    try:
+        spec = nat_from_label(label)
+    except NatConfigError:
+        return {"label": label}
+    return {"label": label, **spec_to_json(spec), "behaviour": spec.behaviour}
 
 
 def live_node(ns_name: str) -> dict[str, Any]:
@@ -78,6 +93,8 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"  {node}: namespace {info['netns']} is gone")
             continue
         lines.append(f"  {node}  [netns {info['netns']}]")
+        if nat := info.get("nat"):
+            lines.append(f"    NAT {nat['label']}: {nat.get('behaviour', '?')}")
         for i in info["interfaces"]:
             lines.append(f"    {i['name']:<8} {i['state']:<5} {', '.join(i['addresses'])}")
         for r in info["routes"]:

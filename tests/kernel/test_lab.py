@@ -92,6 +92,16 @@ def test_cli_up_status_exec_down() -> None:
         st = json.loads(cli("status", name, "--json").stdout)[0]
         assert "default via 192.168.1.1" in st["nodes"]["alice"]["routes"]
         assert set(st["services"]) == {"stun", "turn", "signaling"}
+        # each router's NAT with every setting (home-pair.yaml: port-restricted cone,
+        # RFC 4787's EIM + APDF, defaults otherwise); hosts and servers have none
+        nat = st["nodes"]["home-a"]["nat"]
+        assert (nat["label"], nat["mapping"], nat["filtering"], nat["port_allocation"],
+                nat["hairpinning"], nat["mapping_timeout"]) == (
+            "port-restricted-cone", "endpoint-independent", "address-and-port-dependent",
+            "preserve", True, 120)
+        assert "nat" not in st["nodes"]["alice"] and "nat" not in st["nodes"]["turn"]
+        assert (f"    NAT port-restricted-cone: {nat['behaviour']}"
+                in cli("status", name).stdout.splitlines())
         done = cli("exec", name, "alice", "--", "ping", "-c1", "-W1", "203.0.113.5")
         assert "1 received" in done.stdout
         failed = cli("exec", name, "alice", "--", "false", check=False)

@@ -113,6 +113,21 @@ def test_validate_prints_what_it_would_build() -> None:
     assert "valid topology 'home-pair'" in r.stdout and "home-a (router nat=" in r.stdout
 
 
+def test_validate_says_each_router_s_nat_in_words(tmp_path: Path) -> None:
+    topo = tmp_path / "carrier.yaml"
+    topo.write_text(
+        "nodes:\n  laptop: {kind: host}\n  server: {kind: server}\n  cgn:\n    kind: router\n"
+        "    nat: {type: restricted-cone, port-allocation: random, hairpinning: false, "
+        "mapping-timeout: 30}\nlinks:\n  - endpoints: [laptop:eth0, cgn:lan]\nnetworks:\n"
+        "  internet: {scope: internet, members: [cgn:wan, server:eth0]}\n")
+    r = run("validate", str(topo))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    at = lines.index("  cgn (router nat=restricted-cone:random:no-hairpin:30s)")
+    assert lines[at + 1] == ("    NAT: endpoint-independent mapping, address-dependent "
+                             "filtering, random ports, no hairpinning, mappings kept 30 s idle")
+
+
 def test_validate_reads_a_bundled_topology_by_name(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "testbed", "validate", "double-nat"],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
