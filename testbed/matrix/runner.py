@@ -1,6 +1,7 @@
 """One matrix lab, in a worker process: build it, run all its slots at once, report.
 
-The lab is built by MatrixLab; then every peer of every slot gets a session
+The lab is built by MatrixLab from the slots' SlotSetups (what their dimensions set:
+the routers' NATs, the peers' timing, ...); then every peer of every slot gets a session
 (peers.session.Session) whose UDP socket and signaling connection are opened while
 the thread is inside that peer's namespace, so they stay there and every datagram
 crosses the real nftables NAT of its slot. One peers.driver.Driver runs them all from
@@ -22,6 +23,7 @@ from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
 from testbed.lab import Lab
+from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.lab import Layout, MatrixLab
 from testbed.matrix.spec import Slot
 from testbed.netns import entered
@@ -34,9 +36,13 @@ Send = Callable[[tuple[Any, ...]], None]
 
 @dataclass(frozen=True)
 class LabJob:
+    """One lab's work: its slots and what each runs with (plain data: it may travel to
+    another process or machine)."""
+
     index: int
     name: str
     slots: tuple[Slot, ...]
+    setups: tuple[SlotSetup, ...]
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
@@ -62,36 +68,35 @@ def punch_end(ep: Endpoint) -> float:
     return next(t for t in (s.t_punch_end, s.t_decided, s.t0) if t is not None)
 
 
-def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
+def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     """Build one matrix lab, run all its slots at once, report, take it down.
 
-    Messages: ("built", i, s), ("slot", i, key, outcome, result) as each slot decides
-    (its PairResult without coturn's counters: what an interrupted run still has),
-    ("outcomes", i, results) as soon as every slot has decided (without coturn's
-    counters, which take up to a second more), ("results", i, results, phases),
+    Messages: ("built", i, s), ("slot", i, k, outcome, result) as the k-th slot decides
+    (its PairResult without coturn's counters, which take up to a second more: what an
+    interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
     phases: dict[str, float] = {}
     t0 = time.monotonic()
-    topo = layout.topology(job.slots, job.name)
+    topo = layout.topology(job.setups, job.name)
     lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
         send(("built", job.index, phases["build"]))
-        eps = [open_peer(lab, k, role, layout.nodes(k), timing)
-               for k in range(len(job.slots)) for role in ROLES]
+        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing)
+               for k, setup in enumerate(job.setups) for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
 
         def finished(ep: Endpoint) -> None:
             k = ep.tag[0]
             if all(p.result is not None for p in by_slot[k]):
                 decided = slot_result(job, lab, layout, k, by_slot[k], {}, None)
-                send(("slot", job.index, job.slots[k].key, decided.outcome, decided))
+                send(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
-        times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished).run()
-        send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
+        budget = max(wait_budget(s.timing) for s in job.setups)
+        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
         ended = max([punch_end(ep) for ep in eps] or [times.start])
@@ -126,6 +131,6 @@ def slot_result(job: LabJob, lab: Lab, layout: Layout, k: int, mine: Sequence[En
     return combine(
         {r: p for r, p in peers.items() if p is not None},
         {role: usage.get((k, role)) for role in ROLES},
-        a=slot["a"].label, b=slot["b"].label, key=slot.key, repeat=slot.repeat,
-        lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
+        a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
+        repeat=slot.repeat, lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
         timings_ms=PairTimings(total=total_ms))

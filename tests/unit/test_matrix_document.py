@@ -13,9 +13,10 @@ import pytest
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
+from testbed.matrix import dimensions as dims
 from testbed.matrix import document
-from testbed.matrix.document import build_document, command_line, make_cell
-from testbed.matrix.spec import MatrixSpec
+from testbed.matrix.document import Predictor, build_document, cell_head, command_line, make_cell
+from testbed.matrix.spec import MatrixSpec, Selector
 from testbed.model import predict
 from testbed.nat import APD, EI, Kind, NatSpec
 from testbed.results import PairResult, cell_to_json, matrix_to_json, pair_from_json
@@ -30,12 +31,12 @@ def peer(name: str, outcome: str) -> dict[str, Any]:
             "packets": {k: 1 for k in PACKET_COUNTS}}
 
 
-def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int) -> PairResult:
+def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int, **point: str) -> PairResult:
     return pair_from_json({"outcome": outcome, "stage": "punch", "relay_bytes": None,
-                           "repeat": n, "a": a.label, "b": b.label,
+                           "repeat": n, "a": a.label, "b": b.label, **point,
                            "timings_ms": {"connect": 1.0, "total": 2.0},
                            "peers": {"alice": peer("alice", outcome),
-                                     "bob": peer("bob", outcome)}})
+                                     "bob": peer("bob", outcome)}}, dims=list(point))
 
 
 def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
@@ -55,7 +56,7 @@ def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
 
 
 def test_only_the_selected_cells_are_in_the_document() -> None:
-    spec = MatrixSpec((FULL, SYM), cells=((SYM, FULL),))
+    spec = MatrixSpec((FULL, SYM), only=(Selector.cell(SYM, FULL),))
     doc = build_document(spec, [repeat(SYM, FULL, "direct", 1)], {})
     assert doc.nats == ("full-cone", "symmetric")
     assert [(c.a, c.b, len(c.repeats)) for c in doc.cells] == [("symmetric", "full-cone", 1)]
@@ -65,7 +66,10 @@ def test_only_the_selected_cells_are_in_the_document() -> None:
 def test_make_cell_from_the_model_validates() -> None:
     a = NatSpec(mapping=EI, filtering=APD)
     b = NatSpec(kind=Kind.NONE)
-    c = cell_to_json(make_cell(a, b, [repeat(a, b, "direct", 1)]))
+    spec = MatrixSpec((a, b))
+    point = next(p for p in spec.points() if dict(p) == {"a": a, "b": b})
+    c = cell_to_json(make_cell(cell_head(point, Predictor(spec)(point)),
+                               [repeat(a, b, "direct", 1)]))
     assert c["predicted"] == predict(a, b).outcome
     assert c["nat_a"]["mapping"] == "endpoint-independent" and c["nat_b"]["kind"] == "none"
     json.dumps(c)  # plain JSON types only
@@ -76,8 +80,36 @@ def test_the_command_line_runs_the_same_spec_again() -> None:
     spec = MatrixSpec((FULL, SYM), 3)
     assert command_line(spec, 2) == ("nat-testbed matrix --nats full-cone,symmetric "
                                      "--repeat 3 --jobs 2")
-    only = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),))
+    only = MatrixSpec((SYM, FULL), 1, only=(Selector.cell(SYM, FULL),))
     assert "--only symmetric,full-cone" in command_line(only, 1)
+    assert "--nats" not in command_line(only, 1)  # --only names the NATs, in this order
+    keyed = MatrixSpec((FULL, SYM), 2, only=(Selector.parse("a=symmetric,repeat=2"),),
+                       extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    assert command_line(keyed, 1) == (
+        "nat-testbed matrix --nats full-cone,symmetric --only a=symmetric,repeat=2 "
+        "--punch-timeout 0.05s,1s --repeat 2 --jobs 1")
+
+
+def test_cells_are_keyed_by_their_full_point_and_not_modelled_is_never_agreement() -> None:
+    spec = MatrixSpec((FULL, SYM), extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    results = [repeat(SYM, SYM, "relay", 1, punch="0.05s"), repeat(SYM, SYM, "relay", 1,
+                                                               punch="1s"),
+               repeat(FULL, FULL, "relay", 1, punch="0.05s")]
+    doc = build_document(spec, results, {})
+    assert len(doc.cells) == 8 and [d.name for d in doc.dimensions] == ["punch"]
+    fast = doc.cell("symmetric", "symmetric", punch="0.05s")
+    assert fast is not None and fast.predicted is None and "punch timeout 0.05s" in fast.reason
+    assert fast.key == "a=symmetric,b=symmetric,punch=0.05s"
+    default = doc.cell("symmetric", "symmetric", punch="1s")
+    assert default is not None and default.predicted == "relay"  # as without the dimension
+    summary = report.summarize_cell(fast)
+    assert summary.agrees is None and summary.mark == "?"
+    # full-cone both sides relayed at 0 s: not modelled, so no disagreement either
+    assert report.disagreements(doc) == []
+    assert [s.where for s in report.not_modelled(doc)] == [
+        "full-cone -> full-cone (punch=0.05s)", "symmetric -> symmetric (punch=0.05s)"]
+    report.validate(matrix_to_json(doc))
+
 
 
 # ------------------------------------------------------------------ the tool's tree
@@ -121,26 +153,37 @@ def test_the_metadata_says_whether_the_tree_had_uncommitted_changes(tmp_path: Pa
 # ------------------------------------------------------------------ an interrupted run
 
 
-def test_an_interrupted_run_keeps_final_results_and_the_slots_decided_since() -> None:
-    """Lab 0 finished (its results carry coturn's counters); lab 1 was cut short after
-    deciding one slot: that slot is kept, without counters; nothing else is made up."""
-    from testbed.matrix.run import _decided
-    from testbed.matrix.workers import Workers
+def test_an_interrupted_run_keeps_what_was_decided_marked_incomplete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lab 0 reported (its results carry coturn's counters); lab 1 was cut short after
+    deciding one of its slots: records.jsonl keeps both labs' decided slots, that one
+    without counters, and nothing is made up; the document says it is incomplete."""
+    from testbed.matrix import merge, records
+    from testbed.matrix.run import MatrixRun, Plan
 
-    final = replace(repeat(FULL, SYM, "relay", 1), key="k0", relay_bytes=900)
-    early_copy = replace(final, relay_bytes=None)
-    cut_short = replace(repeat(SYM, SYM, "relay", 1), key="k1")
-    w = Workers(layout=None, timing=None, jobs=1)  # type: ignore[arg-type]
-    w.final = {0: [final]}
-    w.decided = {"k0": early_copy, "k1": cut_short}
-    got = _decided(w)
-    assert got == [final, cut_short]
-    doc = build_document(MatrixSpec((FULL, SYM)), got, {"complete": False,
-                                                        "pairings": {"planned": 4,
-                                                                     "decided": 2}})
-    ran = {(c.a, c.b): len(c.repeats) for c in doc.cells}
-    assert ran == {("full-cone", "full-cone"): 0, ("full-cone", "symmetric"): 1,
-                   ("symmetric", "full-cone"): 0, ("symmetric", "symmetric"): 1}
+    spec = MatrixSpec((FULL, SYM))
+    run = MatrixRun(spec, jobs=1)
+    slots = list(run.plan().index)
+    first = [replace(repeat(FULL, FULL, "direct", 1), key=slots[0].key, relay_bytes=0)]
+    cut = replace(repeat(SYM, SYM, "relay", 1), key=slots[3].key)
+
+    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any) -> None:
+        jobs = list(plan.jobs())
+        on_decided(jobs[0], 0, replace(first[0], relay_bytes=None))
+        on_results(jobs[0], first)
+        on_decided(jobs[-1], 1, cut)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MatrixRun, "execute", execute)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_to(tmp_path)
+    manifest = records.read_manifest(tmp_path)
+    assert (manifest.complete, manifest.records, manifest.slots) == (False, 2, 4)
+    kept = [line.pair for line in records.read_records(tmp_path / records.RECORDS, [])]
+    assert [(r.key, r.relay_bytes) for r in kept] == [(slots[0].key, 0), (slots[3].key, None)]
+    doc = merge.collect([tmp_path]).document()
+    assert (doc.metadata["complete"], doc.metadata["pairings"]) == (
+        False, {"planned": 4, "decided": 2})
     assert report.incomplete(doc) == (
         "INCOMPLETE: the run was interrupted after 2 of 4 pairings; cells not run were "
         "never decided, and the relay bytes of a lab cut short were never counted")
