@@ -203,6 +203,8 @@ def _write_partial(out: Path) -> None:
 
 
 def _shard_done(args: argparse.Namespace, m: records.Manifest, out: Path, wall: float) -> int:
+    from testbed.matrix import records
+
     if args.json:
         print(json.dumps(m.to_json(), indent=2))
     print(f"shard {m.shard.label}: {m.records} of its {m.slots} slots ({m.slots_total} in the "
