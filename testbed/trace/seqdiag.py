@@ -149,7 +149,7 @@ def render_text(lanes: Sequence[str], arrows_: Sequence[Arrow], *, title: str = 
 COLORS = {"stun": "#1f6feb", "turn": "#8250df", "probe": "#1a7f37", "signaling": "#8c959f",
           "data": "#bf8700", "icmp": "#cf222e", "tcp": "#8c959f"}
 DROPPED_COLOR = "#cf222e"
-LANE_MIN_PX, LANE_MAX_PX = 56, 100  # a lane's width: the diagram column grows between
+LANE_MIN_PX, LANE_MAX_PX = 48, 100  # a lane's width: the diagram column grows between
 ARROW_Y = 11  # px: the middle of a row's first line of words, where its time is too
 
 # One grid per row, the same columns in each: the time, the lanes (an SVG drawn in
@@ -161,7 +161,7 @@ h2{{margin:0 0 .4em}} p{{max-width:60em}} .legend span{{margin-right:12px;white-
 .diagram{{font:12px/1.35 monospace}}
 .row{{display:grid;column-gap:12px;min-height:22px;grid-template-columns:5.5em
   minmax(calc(var(--lanes) * {LANE_MIN_PX}px), calc(var(--lanes) * {LANE_MAX_PX}px))
-  minmax(30em, 1fr)}}
+  minmax(26em, 1fr)}}
 .row:hover{{background:#f6f8fa}}
 .head{{position:sticky;top:0;z-index:1;background:#fff;border-bottom:1px solid #d0d7de;
   font-weight:bold;align-items:end;padding:6px 0 4px}}
