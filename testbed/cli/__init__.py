@@ -48,7 +48,11 @@ VERBS: tuple[ModuleType, ...] = (matrix, merge, pair, peers, classify, lesson, u
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given a command line, only its verb's arguments are built (all
+    it needs: building every verb's would load what the matrix's dimension flags are
+    made of for a `validate` too)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     p = argparse.ArgumentParser(
         prog="nat-testbed",
         description="NAT traversal on real Linux kernels: namespaces, nftables NAT, "
@@ -58,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in VERBS:
         s = sub.add_parser(verb.NAME, help=verb.HELP, description=verb.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        verb.add_arguments(s)
+        if chosen is None or chosen == verb.NAME:
+            verb.add_arguments(s)
         s.set_defaults(run=verb.run)
     return p
 
@@ -73,7 +78,8 @@ def _stdout_gone() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.run(args))
     except TestbedError as exc:
         print(f"nat-testbed: {exc}", file=sys.stderr)

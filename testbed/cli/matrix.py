@@ -31,13 +31,12 @@ from testbed.cli.common import (
 )
 from testbed.errors import UsageError
 from testbed.interrupts import ignore_interrupts, interrupts_as_keyboard, restore
-from testbed.matrix import dimensions
 from testbed.matrix.progress import Progress
-from testbed.matrix.spec import MAX_REPEATS, MatrixSpec, Selector, Shard
 
 if TYPE_CHECKING:
     from testbed import report
-    from testbed.matrix import records
+    from testbed.matrix import dimensions, records
+    from testbed.matrix.spec import MatrixSpec, Shard
 
 NAME = "matrix"
 HELP = ("the traversal matrix: every pairing of NAT behaviours, on real kernels, against "
@@ -55,6 +54,9 @@ EARLY_PNG = ".results.png.partial"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from testbed.matrix import dimensions  # the dimensions' flags: only when matrix is asked
+    from testbed.matrix.spec import MAX_REPEATS
+
     p.add_argument("--nats", default="default", metavar="LIST|all|default",
                    help="NATs to pair: default (none + the 4 classic types: 25 pairings), all "
                         "(none, firewall, the 9 mapping x filtering combinations: 121), or a "
@@ -94,6 +96,9 @@ def _dimension(d: dimensions.Dimension, text: str) -> dimensions.Dimension:
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
+    from testbed.matrix import dimensions
+    from testbed.matrix.spec import MatrixSpec, Selector
+
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} exists and is not a directory")
     only = None
@@ -122,6 +127,8 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
 
 
 def shard_from(args: argparse.Namespace) -> Shard:
+    from testbed.matrix.spec import Shard
+
     if args.shard is None:
         return Shard(1, 1, args.seed)
     with flag("--shard"):
