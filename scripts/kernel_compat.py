@@ -3,7 +3,8 @@
 
     scripts/kernel-compat.sh                          # every golden ruleset x every kernel
     scripts/kernel-compat.sh --kernels debian-6.1     # one kernel (comma-separated list)
-    scripts/kernel-compat.sh --files a.nft b.nft      # other nft scripts (reproductions)
+    scripts/kernel-compat.sh --files a.nft b.nft      # other nft scripts
+    scripts/kernel-compat.sh --probes --netlink       # the minimal reproductions, bytecode
     scripts/kernel-compat.sh --kernels debian-6.1 --classify   # + natcheck in the guest
     scripts/kernel-compat.sh --list                   # the kernels and their packages
 
@@ -48,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("NAT_TESTBED_VM_CACHE", "/var/cache/nat-testbed-vm")) / "kernel-compat"
 # Debian packages downloaded by apt are shared with scripts/build-box.sh.
 DEB_CACHE = CACHE.parent / "debs"
+PROBES = REPO / "tests" / "data" / "nft-probes"
 MARK = "KC|"  # the guest's result lines on the serial console start with this
 
 # The guest's userland: what scripts/install.sh installs on a fresh machine, plus kmod
@@ -616,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, of {', '.join(KERNELS)} (default: all)")
     ap.add_argument("--files", nargs="+", type=Path, help="nft scripts to load instead of "
                     "the golden rulesets")
+    ap.add_argument("--probes", action="store_true", help="load the minimal reproductions "
+                    "in tests/data/nft-probes/ instead (docs/facts-measured.md)")
     ap.add_argument("--classify", action="store_true", help="also classify the four classic "
                     "NAT types with nat-testbed classify inside the guest (slow under TCG)")
     ap.add_argument("--guest-command", action="append", default=[], metavar="SH",
@@ -638,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel-compat: --kernels: unknown {', '.join(unknown) or '(none)'} "
               f"(known: {', '.join(KERNELS)})", file=sys.stderr)
         return 2
+    if args.probes:
+        args.files = sorted(PROBES.glob("*.nft"))
     if args.files:
         missing = [str(p) for p in args.files if not p.is_file()]
         if missing:
