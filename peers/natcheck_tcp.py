@@ -45,6 +45,7 @@ from peers.natcheck import (
     classify_mapping,
     local_ip_towards,
     port_preserved,
+    say_progress,
 )
 from peers.stun import Address, Class, Message
 
@@ -243,6 +244,7 @@ def discover_tcp(settings: Settings, clock: Clock = time.monotonic) -> dict[str,
     ip = settings.bind or local_ip_towards(primary)
     wait = sum(settings.waits()) + 0.5  # room for the server's own CONNECT_BACK_S
     loop = Loop(clock)
+    say_progress(settings, "RFC 5780 tests over TCP: mapping, filtering, hairpinning")
     try:
         la, lf = tcp_socket(ip), tcp_socket(ip)
         loop.listen(la)

@@ -11,10 +11,16 @@ afterwards unless --keep.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from peers import natcheck
 from testbed.errors import TestbedError
 from testbed.lab import Lab
 from testbed.nat import Behaviour, Egress, Kind, NatSpec
@@ -24,6 +30,13 @@ STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
 NATCHECK_TIMEOUT_S = 60.0
 TRANSPORTS = ("udp", "tcp")
 BLOCKED = "unknown"  # what a classifier reports when it cannot reach the server at all
+MAX_ERROR_LINES = 50  # of natcheck's stderr, for the error message
+Say = Callable[[str], None]
+
+
+def _quiet(_text: str) -> None:
+    """The default listener: the Python API says nothing."""
+
 
 def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) -> str:
     """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN."""
@@ -44,20 +57,46 @@ def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) ->
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def run_natcheck(lab: Lab, lifetime: float | None = None,
+def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet,
                  transport: str = "udp") -> dict[str, Any]:
-    argv = ["--server", STUN_PRIMARY, "--json", "--transport", transport]
+    """peers.natcheck in the client's namespace; its progress lines go to `say` as they
+    come (a lifetime search idles for minutes), everything else on stderr is its error."""
+    argv = ["--server", STUN_PRIMARY, "--json", "--progress", "--transport", transport]
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
-    proc = lab.python("client", "peers.natcheck", *argv, stdout=-1, stderr=-1, text=True)
-    out, err = proc.communicate(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
-    if proc.returncode not in (0, 2):  # 2: it ran, but the server never answered
-        raise TestbedError(f"natcheck failed ({proc.returncode}): {err.strip() or out.strip()}")
+    proc = lab.python("client", "peers.natcheck", *argv, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+
+    def follow() -> None:  # a thread of its own: a hung natcheck still meets the timeout
+        for line in stderr:
+            if line.startswith(natcheck.PROGRESS):
+                say(line[len(natcheck.PROGRESS):].rstrip("\n"))
+            elif len(err) < MAX_ERROR_LINES:
+                err.append(line)
+
+    readers = [threading.Thread(target=lambda: out.append(stdout.read()), daemon=True),
+               threading.Thread(target=follow, daemon=True)]
+    for r in readers:
+        r.start()
     try:
-        result: dict[str, Any] = json.loads(out)
+        proc.wait(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for r in readers:
+        r.join()
+    text = "".join(out)
+    why = "".join(err).strip() or text.strip()
+    if proc.returncode not in (0, 2):  # 2: it ran, but the server never answered
+        raise TestbedError(f"natcheck failed ({proc.returncode}): {why}")
+    try:
+        result: dict[str, Any] = json.loads(text)
     except ValueError:
-        raise TestbedError(f"natcheck failed ({proc.returncode}): "
-                           f"{err.strip() or out.strip()}") from None
+        raise TestbedError(f"natcheck failed ({proc.returncode}): {why}") from None
     return result
 
 
@@ -87,17 +126,29 @@ def expected(spec: NatSpec, cgn: NatSpec | None = None) -> dict[str, str]:
 
 
 def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None = None,
-             keep: bool = False, lifetime: float | None = None,
-             transport: str = "udp") -> dict[str, Any]:
+             keep: bool = False, lifetime: float | None = None, lab_name: str | None = None,
+             say: Say = _quiet, transport: str = "udp") -> dict[str, Any]:
+    """Build the NAT, run RFC 5780 discovery from behind it (over UDP or TCP), compare.
+    `say` hears what is being done as it starts (a line each; the lifetime search's
+    trials included)."""
     topo = parse_topology(classify_topology(spec_section, cgn_section), "<classify>")
     spec = topo.node("router").nat
     assert spec is not None
     cgn = topo.node("cgn").nat if cgn_section is not None else None
-    lab = Lab(topo)
+    t0 = time.monotonic()
+    lab = Lab(topo, name=lab_name)
+    say(f"building lab {lab.name}: a client behind {spec.label}"
+        + (f" behind a {cgn.label} CGN" if cgn else "") + ", a STUN server")
     lab.up()
     try:
-        found = run_natcheck(lab, lifetime, transport)
+        say(f"lab up in {time.monotonic() - t0:.1f} s; the client runs RFC 5780 discovery"
+            + (" over TCP" if transport == "tcp" else "")
+            + (f", then measures the mapping lifetime (up to {lifetime:g} s idle per trial)"
+               if lifetime else ""))
+        found = run_natcheck(lab, lifetime, say, transport)
     finally:
+        if not keep:
+            say(f"removing lab {lab.name}")
         lab.detach() if keep else lab.down()
     want = expected(spec, cgn)
     return {
@@ -138,7 +189,7 @@ def format_result(r: dict[str, Any]) -> str:
                  f"(expected {r['expected']['mapping']} / {r['expected']['filtering']})")
     lines += [f"note: {n}" for n in m.get("notes", [])]
     if r["lab"]:
-        lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- python3 -m peers.natcheck "
-                     f"--server {STUN_PRIMARY} --transport {over.lower()}; "
+        lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- {sys.executable} -m "
+                     f"peers.natcheck --server {STUN_PRIMARY} --transport {over.lower()}; "
                      f"nat-testbed down {r['lab']}")
     return "\n".join(lines)

@@ -85,6 +85,8 @@ CORPORATE = (APD, APD)
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
 DEFAULT_TCP_ESTABLISHED_TIMEOUT = 7440  # RFC 5382 REQ-5: not under 2 hours 4 minutes
 DEFAULT_TCP_TRANSITORY_TIMEOUT = 240  # RFC 5382 REQ-5: not under 4 minutes
+SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout",
+            "unsolicited_syn", "tcp_established_timeout", "tcp_transitory_timeout", "egress")
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
 SYN_VARIANT = "syn-"  # 'syn-rst', 'syn-drop': the unsolicited-SYN treatment in a label
@@ -135,6 +137,34 @@ class NatSpec:
         if self.kind is not Kind.NAT:
             return self.kind.value + self.variant
         return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
+
+    @property
+    def behaviour(self) -> str:
+        """Every setting in words, for people: the label 'restricted-cone' alone does not
+        say that this one also picks random ports, never hairpins and forgets in 30 s."""
+        if self.kind is Kind.NONE:
+            return "no translation, no filtering: the LAN is routed as it is"
+        timeout = f"{self.mapping_timeout} s"
+        if self.kind is Kind.FIREWALL:
+            return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
+                    "idle")
+        ports = {PortAllocation.PRESERVE: "port preservation",
+                 PortAllocation.SEQUENTIAL: "sequential ports",
+                 PortAllocation.RANDOM: "random ports"}[self.port_allocation]
+        return (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
+                f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
+                f"{timeout} idle")
+
+    @property
+    def not_applicable(self) -> frozenset[str]:
+        """Settings that mean nothing for this kind (results show them as n/a): `none`
+        translates and filters nothing; a firewall filters (address-and-port-dependent,
+        its state timing out after mapping_timeout) but translates no address or port."""
+        if self.kind is Kind.NONE:
+            return frozenset(SETTINGS)
+        if self.kind is Kind.FIREWALL:
+            return frozenset(("mapping", "port_allocation", "hairpinning"))
+        return frozenset()
 
     @property
     def variant(self) -> str:

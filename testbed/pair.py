@@ -286,6 +286,10 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
     return lines
 
 
+CANDIDATE_LEGEND = ("host = own address, srflx = its NAT's mapping (from STUN), prflx = one "
+                    "seen on a probe, relay = on the TURN server; docs/glossary.md")
+
+
 def format_pair(result: PairResult) -> str:
     transport = result.point.get("transport", "udp")
     over = "" if transport == "udp" else f", over {transport.upper()}"
@@ -303,6 +307,7 @@ def format_pair(result: PairResult) -> str:
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
+    lines.append(CANDIDATE_LEGEND)
     return "\n".join(lines)
 
 

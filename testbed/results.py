@@ -22,9 +22,12 @@ from peers import record as rec
 from peers.result import OUTCOMES, PeerResult
 from testbed.coturn import Counters, RelayUsage
 from testbed.nat import (
+    DEFAULT_MAPPING_TIMEOUT,
     DEFAULT_TCP_ESTABLISHED_TIMEOUT,
     DEFAULT_TCP_TRANSITORY_TIMEOUT,
+    SETTINGS,
     Behaviour,
+    Egress,
     Kind,
     NatSpec,
     PortAllocation,
@@ -183,12 +186,12 @@ class MatrixResult:
 
 
 def spec_to_json(spec: NatSpec) -> dict[str, Any]:
-    return {"kind": spec.kind.value, "mapping": spec.mapping.value,
-            "filtering": spec.filtering.value, "port_allocation": spec.port_allocation.value,
-            "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout,
-            "unsolicited_syn": spec.unsolicited_syn.value,
-            "tcp_established_timeout": spec.tcp_established_timeout,
-            "tcp_transitory_timeout": spec.tcp_transitory_timeout}
+    """A SPEC; a setting that does not apply to the kind (spec.not_applicable) is null."""
+    out: dict[str, Any] = {"kind": spec.kind.value}
+    for name in SETTINGS:
+        value = getattr(spec, name)
+        out[name] = None if name in spec.not_applicable else getattr(value, "value", value)
+    return out
 
 
 def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
@@ -253,21 +256,40 @@ def _guard(read: Any, data: Any, where: str) -> Any:
 
 
 def spec_from_json(data: Any, where: str) -> NatSpec:
-    def enum(key: str, kind: type[Any]) -> Any:
-        return kind(rec.choice(data, key, where, [m.value for m in kind]))
+    """A SPEC; null (not applicable) is accepted exactly where spec_to_json writes it,
+    and reads as the default. Files written before n/a existed hold values there."""
+    kind = Kind(rec.choice(data, "kind", where, [m.value for m in Kind]))
+    na = NatSpec(kind=kind).not_applicable
+    default = NatSpec()
 
-    return NatSpec(kind=enum("kind", Kind), mapping=enum("mapping", Behaviour),
-                   filtering=enum("filtering", Behaviour),
-                   port_allocation=enum("port_allocation", PortAllocation),
-                   hairpinning=rec.get(data, "hairpinning", where, (bool,)),
-                   mapping_timeout=rec.opt(data, "mapping_timeout", where, (int,), 120),
-                   unsolicited_syn=(enum("unsolicited_syn", SynReply)
-                                    if rec.opt(data, "unsolicited_syn", where, (str,))
-                                    else SynReply.DROP),
-                   tcp_established_timeout=rec.opt(data, "tcp_established_timeout", where,
-                                                   (int,), DEFAULT_TCP_ESTABLISHED_TIMEOUT),
-                   tcp_transitory_timeout=rec.opt(data, "tcp_transitory_timeout", where,
-                                                  (int,), DEFAULT_TCP_TRANSITORY_TIMEOUT))
+    def setting(key: str, read: Any) -> Any:
+        if key in na and rec.obj(data, where).get(key) is None:
+            return getattr(default, key)
+        return read(key)
+
+    def enum(kind_: type[Any]) -> Any:
+        return lambda key: kind_(rec.choice(data, key, where, [m.value for m in kind_]))
+
+    def optional(kind_: type[Any], absent: Any) -> Any:
+        # Settings added with TCP: files from before they existed read as the defaults.
+        return lambda key: (enum(kind_)(key) if rec.opt(data, key, where, (str,))
+                            else absent)
+
+    def seconds(absent: int) -> Any:
+        return lambda key: rec.opt(data, key, where, (int,), absent)
+
+    return NatSpec(kind=kind, mapping=setting("mapping", enum(Behaviour)),
+                   filtering=setting("filtering", enum(Behaviour)),
+                   port_allocation=setting("port_allocation", enum(PortAllocation)),
+                   hairpinning=setting("hairpinning",
+                                       lambda k: rec.get(data, k, where, (bool,))),
+                   mapping_timeout=setting("mapping_timeout", seconds(DEFAULT_MAPPING_TIMEOUT)),
+                   unsolicited_syn=setting("unsolicited_syn", optional(SynReply, SynReply.DROP)),
+                   tcp_established_timeout=setting("tcp_established_timeout", seconds(
+                       DEFAULT_TCP_ESTABLISHED_TIMEOUT)),
+                   tcp_transitory_timeout=setting("tcp_transitory_timeout", seconds(
+                       DEFAULT_TCP_TRANSITORY_TIMEOUT)),
+                   egress=setting("egress", optional(Egress, Egress.OPEN)))
 
 
 def _counters(data: Any, where: str) -> Counters:

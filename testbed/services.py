@@ -4,6 +4,11 @@ A node with `service: stun | turn | signaling` runs that server. Each one's
 output goes to a log in the lab's folder, and each is waited for until it is
 ready (a "ready" line, or coturn's socket) rather than slept for.
 
+Secrets (the signaling server's key, coturn's password) live in files only root can
+read (0600), next to the logs; what a server's description carries beyond this
+process is `public(info)`: the paths of those files, never their contents (the state
+file, `up` and `status` without --show-secrets).
+
 The servers are started through a Host (what a live lab offers: start a process in
 a node, run a command there, its folder), so this module needs nothing of the lab
 itself: testbed.lab calls it, never the other way round.
@@ -42,6 +47,32 @@ TURN_PORT = 3478
 # (type corporate) as it lets out TURN over TLS on the TURN server's 443.
 SIGNALING_PORT = 443
 READY_TIMEOUT_S = 5.0
+SECRET_FILES = {"secret": "secret_file", "password": "password_file"}  # key -> its file's key
+
+
+def public(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A server's description without its secrets (their files' paths stay)."""
+    return {k: v for k, v in info.items() if k not in SECRET_FILES}
+
+
+def with_secrets(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A public description with its secrets read back from their files (root only)."""
+    out = dict(info)
+    for key, file_key in SECRET_FILES.items():
+        if file_key in info:
+            try:
+                out[key] = Path(info[file_key]).read_text().strip()
+            except OSError as exc:
+                out[key] = f"<unreadable: {exc.strerror}>"
+    return out
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Created 0600 from the start: never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.chmod(path, 0o600)  # an older file of that name keeps its mode through O_CREAT
 
 
 @dataclass(frozen=True)
@@ -141,14 +172,14 @@ def _start_signaling(host: Host, node: Node) -> dict[str, Any]:
     log = host.workdir() / f"signaling-{node.name}.log"
     secret = secrets.token_hex(32)  # peers get tokens derived from it (peers.signaling)
     secret_file = host.workdir() / f"signaling-{node.name}.secret"
-    secret_file.write_text(secret)
-    os.chmod(secret_file, 0o600)
+    write_secret(secret_file, secret)
     with log.open("w") as out:
         proc = host.python(node.name, "peers.signaling", "--listen", addr,
                            "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
                            stdout=out, stderr=out, start_new_session=True)
     _wait_for_line(host, proc, log, f"signaling server on {node.name}")
-    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret}
+    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret,
+            "secret_file": str(secret_file)}
 
 
 def make_certificate(host: Host, d: Path, ip: str) -> tuple[Path, Path]:
@@ -173,6 +204,8 @@ def _start_turn(host: Host, node: Node) -> dict[str, Any]:
     cert, key = make_certificate(host, d, addr)
     cfg = TurnConfig(listen_ip=addr, relay_ip=addr, username=user, password=password,
                      port=TURN_PORT, cert=cert, key=key)
+    password_file = d / "password"
+    write_secret(password_file, password)
     proc = host.popen(node.name, coturn_argv(cfg, d), stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -182,6 +215,7 @@ def _start_turn(host: Host, node: Node) -> dict[str, Any]:
         raise LabError(f"lab {host.name}: {exc}") from None
     return {"address": addr, "port": TURN_PORT, "tls_port": cfg.tls_port, "cert": str(cert),
             "realm": cfg.realm, "username": user, "password": password,
+            "password_file": str(password_file),
             "log": str(d / "turnserver.log")}
 
 

@@ -69,7 +69,8 @@ def nat_rule_hint(rule: str) -> str:
     """Why a rule of the testbed's udp_new / tcp_new chains chose the port it did."""
     if re.search(r"map @(udp_|tcp_)?mapping", rule):
         return "reuses the outside port this inside endpoint already has"
-    if re.search(r"!= @(udp_|tcp_)?owner", rule):
+    # @owner: traces of rulesets from before the owned sets (Linux 6.1 compatibility)
+    if re.search(r"!= @(udp_|tcp_)?own(ed|er)", rule):
         return "keeps the inside port: nobody owns it outside yet"
     if "random" in rule:
         return "picks a free outside port at random"

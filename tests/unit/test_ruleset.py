@@ -116,17 +116,18 @@ def test_sequential_chains_cover_the_allocation_range_once(proto: str) -> None:
 
 def test_mapping_timeout_reaches_every_map() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, mapping_timeout=30), CTX)
-    assert text.count("timeout 30s") == 3  # UDP's mapping, owner, permit
+    assert text.count("timeout 30s") == 5  # UDP's mapping, owner, mapped, owned, permit
 
 
 def test_tcp_timeouts_reach_every_tcp_map_and_refresh() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, tcp_established_timeout=600,
                                   tcp_transitory_timeout=30), CTX)
-    assert text.count("timeout 600s") == 3  # TCP's mapping, owner, permit
+    assert text.count("timeout 600s") == 5  # TCP's mapping, owner, mapped, owned, permit
     # refreshed for the transitory timeout while conntrack has the connection in a
-    # transitory state: by each of the two track chains, in each of the three maps
-    assert text.count("ct expiration <= 30s") == 6
-    assert text.count(" timeout 30s : ") == 6
+    # transitory state: by each of the two track chains, in each of the five maps and sets
+    assert text.count("ct expiration <= 30s") == 10
+    assert text.count(" timeout 30s : ") == 6  # the maps
+    assert text.count(" timeout 30s }") == 4  # the sets
 
 
 def test_an_unsolicited_syn_is_dropped_unless_rst() -> None:
@@ -135,6 +136,48 @@ def test_an_unsolicited_syn_is_dropped_unless_rst() -> None:
         assert reject not in render_ruleset(NatSpec(kind=kind), CTX)
         text = render_ruleset(NatSpec(kind=kind, unsolicited_syn=SynReply.RST), CTX)
         assert text.count(f'iifname "wan" {reject}') == 2  # to the router, through it
+
+
+# Linux before 6.5 refuses a lookup in a map that reads no value (`expr @map`,
+# `expr != @map`: EINVAL), so the rules test the sets that mirror the maps' keys
+# (docs/facts-measured.md; scripts/kernel-compat.sh boots 6.1 and loads every case).
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_no_membership_test_on_a_map(name: str) -> None:
+    spec, ctx = CASES[name]
+    text = render_ruleset(spec, ctx)
+    maps = re.findall(r"^\tmap (\w+) \{", text, re.M)
+    for m in maps:
+        for use in re.finditer(rf"(\S+) @{m}\b", text):
+            assert use.group(1) in ("map", "update"), f"{name}: {use.group(0)!r} tests map {m}"
+
+
+def _updates(chain: str, name: str, value: str = "") -> list[tuple[str, str]]:
+    """(condition, element) of each `update @name { element[ : value] }` in a chain."""
+    tail = rf" : {value} \}}" if value else r" \}"
+    return re.findall(rf"^\s*(.*)update @{name} \{{ (.*?){tail}$", chain, re.M)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_key_sets_are_refreshed_with_their_maps(name: str) -> None:
+    """Each protocol's mapped and owned sets get the same keys, under the same
+    conditions and with the same per-element timeouts, as its mapping and owner maps."""
+    spec, ctx = CASES[name]
+    text = render_ruleset(spec, ctx)
+    timeouts = {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout}
+    protos = [p for p in timeouts if f"map {p}_owner" in text]
+    assert protos == ([] if spec.kind is not Kind.NAT else ["udp", "tcp"])
+    for p in protos:
+        chains = re.findall(rf"chain {p}_track_\w+ \{{\n(.*?)\n\t\}}", text, re.S)
+        assert len(chains) == 2
+        for chain in chains:
+            mapping = _updates(chain, f"{p}_mapping", f"{p} sport")
+            owner = [(w, e) for w, e in _updates(chain, f"{p}_owner", ".*")]
+            assert mapping and owner
+            assert _updates(chain, f"{p}_mapped") == mapping
+            assert _updates(chain, f"{p}_owned") == owner
+        for s in ("mapped", "owned"):
+            block = re.search(rf"set {p}_{s} \{{(.*?)\}}", text, re.S)
+            assert block is not None and f"timeout {timeouts[p]}s" in block.group(1)
 
 
 # ------------------------------------------------------------------ sysctls, context

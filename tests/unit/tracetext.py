@@ -24,6 +24,6 @@ DROP_STEPS = ["prerouting policy accept ", 'input rule iifname "wan" drop (verdi
 OUT_STEPS = ['forward rule iifname "lan" accept (verdict accept)',
              'postrouting rule oifname "wan" ip saddr 192.168.1.0/24 meta l4proto udp goto '
              "udp_new (verdict goto udp_new)",
-             "udp_new rule udp sport != @udp_owner snat to 203.0.113.50:udp sport "
+             "udp_new rule udp sport != @udp_owned snat to 203.0.113.50:udp sport "
              "(verdict accept)",
              "track policy accept "]
