@@ -15,12 +15,17 @@ from typing import Any
 
 import pytest
 
+from peers.session import Timing
 from testbed import resources
+from testbed.conditions import parse_spec
+from testbed.impair import apply_many
 from testbed.nat import nat_from_label
-from testbed.pair import format_pair, run_pair
+from testbed.pair import format_pair, pair_lab, pair_topology, run_pair, run_peers
 from testbed.results import PairResult, pair_to_json
 from testbed.topology import load_topology
-from testbed.trace.captured import load_capture
+from testbed.trace.capture import Capture
+from testbed.trace.captured import Captured, load_capture
+from testbed.trace.packets import Packet
 
 pytestmark = [
     pytest.mark.kernel,
@@ -32,6 +37,12 @@ TOPO = load_topology(resources.topology_file("home-pair"))
 WAN = {"alice": str(TOPO.node("home-a").iface("wan").address.ip),
        "bob": str(TOPO.node("home-b").iface("wan").address.ip)}
 OTHER = {"alice": "bob", "bob": "alice"}
+
+
+def host_ports(res: dict[str, Any]) -> dict[str, int]:
+    """Each peer's host port: where it listens and connects from."""
+    return {me: [c for c in r["candidates"]["local"] if c["type"] == "host"][0]["port"]
+            for me, r in res["peers"].items()}
 
 
 def pair(a: str, b: str, transport: str = "tcp", **kw: Any) -> tuple[PairResult, dict[str, Any]]:
@@ -109,36 +120,78 @@ def test_the_trace_of_a_simultaneous_open_shows_both_syns(tmp_path: Path) -> Non
     assert (WAN["bob"], WAN["alice"]) in directions  # Bob's arrived there
 
 
+RST_BOTH = "port-restricted-cone:syn-rst"
+ROUTERS = {"home-a": "alice", "home-b": "bob"}  # each router and the peer behind it
+
+
+def assert_rst_mechanism(cap: Captured, outcome: str, ports: set[int]) -> None:
+    """Why a pairing of two routers that answer a refused SYN with a RST went the way it
+    did, from the capture. A RST ends its sender's half-open connection, so a SYN gets
+    in only if the other side's SYN had already left and no RST had come back for it:
+    both SYNs in flight at once, on the first attempt or a retry."""
+
+    def tcp(tap: str, flags: str, direction: str) -> list[Packet]:
+        return [p for p in cap.packets[tap] if p.proto == "tcp" and flags in p.tcp_flags
+                and p.direction == direction and {p.sport, p.dport} == ports]
+
+    def syns(tap: str, direction: str) -> list[Packet]:
+        return [p for p in tcp(tap, "S", direction) if "A" not in p.tcp_flags]
+
+    if outcome == "relay":
+        # each side's SYNs were refused with a RST by the other side's router
+        sent = {p.src for r in ROUTERS for p in tcp(f"{r}:wan", "R", "out")}
+        assert sent >= {WAN["alice"], WAN["bob"]}
+        return
+    assert outcome == "direct"
+    for router, me in ROUTERS.items():
+        # the far side's SYNs the router let in: in on its WAN, out on its LAN (a NAT
+        # leaves the sequence number as it is)
+        inside = {p.seq for p in syns(f"{router}:lan", "out")}
+        crossed = [p for p in syns(f"{router}:wan", "in") if p.seq in inside]
+        assert crossed, f"{router} let no SYN of {OTHER[me]} in"
+        # when the router took its own peer's SYN in from the LAN (and made the half-open
+        # connection): on its WAN the SYN shows only once a link delay has let it go
+        own = [p for p in syns(f"{router}:lan", "in") if p.time <= crossed[0].time]
+        assert own, f"{OTHER[me]}'s SYN reached {router} before any SYN of {me} crossed it"
+        refused = [p for p in tcp(f"{router}:wan", "R", "in")
+                   if own[-1].time <= p.time <= crossed[0].time]
+        assert not refused, f"{me}'s half-open connection was reset before the SYNs crossed"
+
+
 def test_rst_on_both_sides_connects_only_if_the_syns_were_in_flight_at_once(
         tmp_path: Path) -> None:
-    """Both routers answer a refused SYN with a RST, which ends its sender's half-open
-    connection: a SYN gets in only if the other side's was already out when it arrived,
-    i.e. both were in flight at once. In the lab (no link delay) that is a race the
-    peers usually lose; whichever way it went, the capture must show why."""
-    rst = "port-restricted-cone:syn-rst"
+    """With no link delay the SYNs are rarely in flight at once (the peers start about
+    0.5 ms apart, the routers answer within tens of microseconds): usually relay, now
+    and then direct; whichever way it went, the capture must show why."""
     out = tmp_path / "trace"
-    result, res = pair(rst, rst, trace_dir=out)
+    result, res = pair(RST_BOTH, RST_BOTH, trace_dir=out)
     assert res["outcome"] in ("direct", "relay"), format_pair(result)
-    cap = load_capture(out)
-    ports = {me: [c for c in r["candidates"]["local"] if c["type"] == "host"][0]["port"]
-             for me, r in res["peers"].items()}
-
-    def wan(router: str, flags: str) -> list[Any]:
-        return [p for p in cap.packets[f"{router}:wan"] if p.proto == "tcp"
-                and p.tcp_flags == flags and {p.sport, p.dport} == set(ports.values())]
-
-    resets = wan("home-a", "RA") + wan("home-b", "RA")
     if res["outcome"] == "relay":
         assert res["relay_bytes"] and res["relay_bytes"] > 0
-        # each side's SYNs were refused with a RST by the other side's router
-        assert {p.src for p in resets if p.direction == "out"} >= {WAN["alice"], WAN["bob"]}
-        return
-    # direct: the first SYNs of both sides crossed: at home-a, Alice's left before Bob's
-    # arrived (her half-open connection was there to let his in), and no RST was sent
-    a_out = [p for p in wan("home-a", "S") if p.direction == "out"]
-    b_in = [p for p in wan("home-a", "S") if p.direction == "in"]
-    assert a_out and b_in and a_out[0].time <= b_in[0].time
-    assert not [p for p in resets if p.direction == "out"]
+    assert_rst_mechanism(load_capture(out), res["outcome"], set(host_ports(res).values()))
+
+
+def test_rst_on_both_sides_connects_when_a_link_delay_keeps_both_syns_in_flight(
+        tmp_path: Path) -> None:
+    """40 ms one way on each router's WAN link, far longer than the peers' start skew:
+    each SYN leaves before the other's arrives, both routers see the far SYN as a reply
+    of their own peer's half-open connection, and no RST is sent."""
+    topo, where = pair_topology(nat_from_label(RST_BOTH), nat_from_label(RST_BOTH), None,
+                                {"alice": "alice", "bob": "bob"})
+    out = tmp_path / "trace"
+    with pair_lab(topo) as lab:
+        delay = parse_spec("delay=40ms")
+        apply_many(lab, {("home-a", "wan"): delay, ("home-b", "wan"): delay})
+        with Capture(lab, out, routers=list(ROUTERS)) as cap:
+            run = run_peers(lab, Timing(), where.nodes, transport="tcp")
+    outcomes = {role: r.outcome for role, r in run.peers.items()}
+    assert outcomes == {"alice": "direct", "bob": "direct"}, run.peers
+    ports = {[c for c in r.local_candidates if c.type == "host"][0].port
+             for r in run.peers.values()}
+    captured = cap.result()
+    assert_rst_mechanism(captured, "direct", ports)
+    assert not [p for r in ROUTERS for p in captured.packets[f"{r}:wan"]
+                if p.proto == "tcp" and "R" in p.tcp_flags and {p.sport, p.dport} == ports]
 
 
 def test_a_hostile_host_at_the_listening_port_changes_nothing(tmp_path: Path) -> None:
@@ -154,7 +207,6 @@ def test_a_hostile_host_at_the_listening_port_changes_nothing(tmp_path: Path) ->
 
     from peers import probe as pr
     from peers.framing import frame_4571
-    from peers.session import Timing
     from testbed.lab import Lab
     from testbed.netns import entered
     from testbed.pair import peer_argv
