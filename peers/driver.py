@@ -79,8 +79,8 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 
 def wait_budget(t: Timing) -> float:
     """How long a peer can legitimately run, plus a margin for process start-up."""
-    return (t.signaling_timeout + t.gather_timeout + t.punch_timeout + t.punch_grace
-            + t.relay_timeout + max(t.done_timeout, t.hold) + 10.0)
+    return (t.signaling_timeout + t.turn_fallback + t.gather_timeout + t.punch_timeout
+            + t.punch_grace + t.relay_timeout + max(t.done_timeout, t.hold) + 10.0)
 
 
 @dataclass(eq=False)

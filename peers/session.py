@@ -35,7 +35,9 @@ stream events), judged by the same authenticated probes, now on the connections.
 The TURN server is reached over TCP then (peers.turnlink). Either way, if nothing at
 all (not even its 401 challenge) has come back from the TURN server by
 Timing.turn_fallback, or the way fails, the session tries TURN over TLS on the
-server's TLS port: a network that lets out only web traffic (type corporate).
+server's TLS port: a network that lets out only web traffic (type corporate). The
+fallback way gets a full gather_timeout of its own: there, the relay candidate is
+the only way out, and going on without it would fail for certain.
 Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
@@ -525,6 +527,8 @@ class Session:
         self.turn, self.turn_link = None, None
         if self._turn_ways and self.phase is not Phase.FINISHED:
             self._note(f"turn: over {self._turn_ways[0][0]} instead")
+            if self.phase is Phase.GATHER and self._deadline is not None:
+                self._deadline = max(self._deadline, now + self.t.gather_timeout)
             self._start_turn(now)
         else:
             self._turn_done = True

@@ -96,6 +96,21 @@ def test_turn_over_tls_when_nothing_comes_back_over_udp(pem: str) -> None:
     assert "turn over udp: no answer within 0.5 s" in s.errors
 
 
+def test_the_fallback_way_gets_a_full_gather_timeout(pem: str) -> None:
+    """Behind a corporate firewall STUN never answers and the relay candidate is the only
+    way out: gathering waits for the allocation over TLS as long as it would have waited
+    for the first way, not only what the first way left of it."""
+    s = session(turn_tls=TLS, turn_ca=pem)
+    gather = s.t.gather_timeout
+    s.handle_timeout(0.001 + s.t.turn_fallback)
+    assert s.turn_transport == "tls" and s.phase is Phase.GATHER
+    s.handle_timeout(0.001 + gather)  # the first way's gathering would have ended here
+    assert s.phase is Phase.GATHER
+    s.handle_timeout(0.001 + s.t.turn_fallback + gather)
+    assert s.phase is Phase.EXCHANGE
+    assert "gather timeout: going on with the candidates gathered" in s.errors
+
+
 def test_no_fallback_once_the_server_answered_at_all(pem: str) -> None:
     s = session(turn_tls=TLS, turn_ca=pem)
     [allocate] = [o for o in s.take_outputs() if isinstance(o, Transmit) and o.addr == TURN]
