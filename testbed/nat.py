@@ -147,13 +147,29 @@ class NatSpec:
         timeout = f"{self.mapping_timeout} s"
         if self.kind is Kind.FIREWALL:
             return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
-                    "idle")
+                    "idle" + self._tcp_words())
         ports = {PortAllocation.PRESERVE: "port preservation",
                  PortAllocation.SEQUENTIAL: "sequential ports",
                  PortAllocation.RANDOM: "random ports"}[self.port_allocation]
         return (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
                 f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
-                f"{timeout} idle")
+                f"{timeout} idle" + self._tcp_words())
+
+    def _tcp_words(self) -> str:
+        """The TCP settings and the egress, where they differ from the defaults."""
+        words = []
+        if self.unsolicited_syn is SynReply.RST:
+            words.append("an unsolicited SYN is answered with a RST")
+        if self.tcp_established_timeout != DEFAULT_TCP_ESTABLISHED_TIMEOUT:
+            words.append(f"established connections kept {self.tcp_established_timeout} s idle")
+        if self.tcp_transitory_timeout != DEFAULT_TCP_TRANSITORY_TIMEOUT:
+            words.append(f"opening or closing ones {self.tcp_transitory_timeout} s")
+        tcp = f"; TCP: {', '.join(words)}" if words else ""
+        if self.egress is Egress.CORPORATE:
+            out = " and ".join(f"{proto.upper()} {', '.join(map(str, ports))}"
+                               for proto, ports in CORPORATE_EGRESS.items())
+            tcp += f"; only {out} (and ping) may go out"
+        return tcp
 
     @property
     def not_applicable(self) -> frozenset[str]:

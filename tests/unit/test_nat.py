@@ -257,6 +257,15 @@ def test_nat_section_is_the_inverse_of_the_parser() -> None:
     ("firewall:45s", "no translation; address-and-port-dependent filtering, state kept 45 s "
                      "idle"),
     ("none", "no translation, no filtering: the LAN is routed as it is"),
+    ("full-cone:syn-rst:tcp-established-timeout=300:tcp-transitory-timeout=60",
+     "endpoint-independent mapping, endpoint-independent filtering, port preservation, "
+     "hairpinning, mappings kept 120 s idle; TCP: an unsolicited SYN is answered with a RST, "
+     "established connections kept 300 s idle, opening or closing ones 60 s"),
+    ("corporate", "address-and-port-dependent mapping, address-and-port-dependent "
+                  "filtering, port preservation, hairpinning, mappings kept 120 s idle; only "
+                  "TCP 80, 443 and UDP 53 (and ping) may go out"),
+    ("firewall:syn-rst", "no translation; address-and-port-dependent filtering, state kept "
+                         "120 s idle; TCP: an unsolicited SYN is answered with a RST"),
 ])
 def test_every_setting_is_said_in_words(label: str, words: str) -> None:
     """What `validate`, `up` and `status` print under a router: a carrier NAT that picks
