@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import shutil
 import stat
 import subprocess
@@ -240,3 +241,18 @@ def test_summary_names_each_refusal_with_nfts_error() -> None:
     assert lines[6] == ('  eim-eif: Error: Could not process rule: Invalid argument '
                         '[iifname "wan" udp dport @owner dnat ip to udp dport map @owner]')
     assert lines[-1].endswith("0/2 load; 0 s")
+
+
+def test_the_docs_name_real_flags_and_true_counts() -> None:
+    doc = (REPO / "docs" / "kernel-compat.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    known = {o for a in kc.parser()._actions for o in a.option_strings}
+    for text in (doc, readme):
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                if line.startswith("scripts/kernel-compat.sh"):
+                    used = set(re.findall(r"(?<!\S)--[a-z-]+", line.split("#")[0]))
+                    assert used <= known, line
+    golden, every = len(kc.golden_rulesets()), len(kc.every_ruleset())
+    assert f"the {golden} files of `tests/unit/golden/nat/`" in doc
+    assert f"({every} rulesets" in doc and f"({every} rulesets)" in readme
