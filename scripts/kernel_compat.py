@@ -27,6 +27,7 @@ per-kernel boot files are cached in $NAT_TESTBED_VM_CACHE/kernel-compat (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -540,10 +541,36 @@ def repo_image() -> Path:
 GUEST_VENV = "/opt/kc-venv"
 
 
+def wheel_cache() -> Path:
+    """Wheels for the guest's pip, downloaded here by Debian's python3 (the guest's own
+    version) with this machine's pip settings, keyed by pyproject.toml: the chroot then
+    installs with --no-index, needing neither the network nor this machine's CA bundle."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    out = CACHE / f"wheels-{key}"
+    if (out / ".complete").exists():
+        return out
+    log(f"pip download of the guest's wheels into {out.name} - once")
+    shutil.rmtree(out, ignore_errors=True)
+    venv = CACHE / "wheels-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    run(["/usr/bin/python3", "-m", "venv", str(venv)])
+    try:
+        run([str(venv / "bin/pip"), "download", "-q", "-d", str(out), "pip", "setuptools",
+             "wheel", f"{REPO}[test]"])
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+    (out / ".complete").touch()
+    for old in CACHE.glob("wheels-*"):
+        if old != out:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
 def venv_image(tree: Path) -> Path:
     """A venv made by the guest's own Python (Debian 12's) with the project installed
     editable from the repository's path and its test tools, as scripts/install.sh --dev
-    makes it on a fresh machine: built in the root tree with chroot, pip from PyPI."""
+    makes it on a fresh machine: built in the root tree with chroot, from wheel_cache()."""
+    wheels = wheel_cache()
     key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + tree.name.encode()
                          ).hexdigest()[:12]
     img = CACHE / f"venv-{key}.img"
@@ -551,16 +578,16 @@ def venv_image(tree: Path) -> Path:
         return img
     stage = CACHE / "repo-stage"
     log(f"building the guest's venv ({GUEST_VENV}, pip install -e .[test]) - once")
+    pip = f"{GUEST_VENV}/bin/python -m pip install -q --no-index --find-links /kc-wheels"
     script = f"""set -e
-mkdir -p "{tree}{REPO}" "{tree}/root/.cache/pip" "{CACHE}/pip"
+mkdir -p "{tree}{REPO}" "{tree}/kc-wheels"
 mount --bind "{stage}" "{tree}{REPO}"
-mount --bind "{CACHE}/pip" "{tree}/root/.cache/pip"
+mount --bind "{wheels}" "{tree}/kc-wheels"
 mount -t proc proc "{tree}/proc"
-cp /etc/resolv.conf "{tree}/etc/resolv.conf"
 rm -rf "{tree}{GUEST_VENV}"
-chroot "{tree}" /bin/sh -c 'python3 -m venv {GUEST_VENV} &&
-  {GUEST_VENV}/bin/python -m pip install -q --upgrade pip &&
-  cd {REPO} && {GUEST_VENV}/bin/python -m pip install -q -e ".[test]"'
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root chroot "{tree}" /bin/sh -c '
+  python3 -m venv {GUEST_VENV} && {pip} --upgrade pip setuptools wheel &&
+  cd {REPO} && {pip} -e ".[test]"'
 """
     try:
         # The mounts live in a private mount namespace and end with it.
@@ -568,7 +595,9 @@ chroot "{tree}" /bin/sh -c 'python3 -m venv {GUEST_VENV} &&
         ext4_image(tree / GUEST_VENV.lstrip("/"), img, "kcvenv")
     finally:
         shutil.rmtree(tree / GUEST_VENV.lstrip("/"), ignore_errors=True)
-        (tree / "etc/resolv.conf").write_text("")
+        for d in ("kc-wheels", REPO.as_posix().lstrip("/")):
+            with contextlib.suppress(OSError):
+                (tree / d).rmdir()
     for old in CACHE.glob("venv-*.img"):
         if old != img:
             old.unlink()
@@ -678,12 +707,26 @@ mount -t ext4 /dev/vde {venv} || echo "no venv disk"
 mount --bind {venv} {repo}/.venv
 mount -t tmpfs tmpfs /var/tmp
 export PATH={venv}/bin:$PATH HOME=/root
+# Byte-compile the repository once (the host's caches are not copied: another Python):
+# under emulation a first import compiles for seconds, past the lab's readiness waits.
+(cd {repo} && python -m compileall -q testbed peers >/dev/null 2>&1)
 """
 
+# Under emulation a Python process takes about 6 s to start (measured in the guest on a
+# loaded 2-core machine), past the lab's 5 s readiness waits: the guest's classify runs
+# with those waits stretched, in the guest only (the NAT verdicts are not timed by them).
 CLASSIFY = """cd {repo}
+cat > /tmp/kc_classify.py <<'PY'
+import sys
+import testbed.lab, testbed.services, testbed.trace.capture
+for m in (testbed.lab, testbed.services, testbed.trace.capture):
+    m.READY_TIMEOUT_S = 120.0
+from testbed.cli import main
+sys.exit(main(sys.argv[1:]))
+PY
 for nat in full-cone restricted-cone port-restricted-cone symmetric; do
   start=$(date +%s)
-  res=$(.venv/bin/nat-testbed classify --nat $nat 2>&1 | tr '\\n' ' ')
+  res=$(.venv/bin/python /tmp/kc_classify.py classify --nat $nat 2>&1 | tr '\\n' ' ')
   echo "classify $nat ($(( $(date +%s) - start )) s): $res"
 done
 """
