@@ -26,6 +26,7 @@ from peers.session import Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
 
 CONNECT_TIMEOUT_S = 5.0
+RECONNECT_S = 0.25  # between tries to reconnect signaling during a call
 CONNECT_WINDOW = 32  # signaling connections being set up at once (the server's backlog
 #                      is about 100: a SYN beyond it is dropped and retried a second later)
 READ_BURST = 256  # datagrams read per wake-up, so timers still get their turn
@@ -49,7 +50,11 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 def wait_budget(t: Timing) -> float:
     """How long a peer can legitimately run, plus a margin for process start-up."""
     return (t.signaling_timeout + t.gather_timeout + t.punch_timeout + t.punch_grace
-            + t.relay_timeout + max(t.done_timeout, t.hold) + 10.0)
+            + t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
+
+
+def new_tcp() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
 @dataclass(eq=False)
@@ -61,7 +66,10 @@ class Endpoint:
     udp: socket.socket
     tcp: socket.socket
     tag: Any = None  # the caller's name for it, e.g. (slot, role)
+    new_tcp: Callable[[], socket.socket] = new_tcp  # a socket in the peer's namespace
     sig: SignalingClient | None = None
+    reconnect_at: float = 0.0
+    reconnecting: bool = False  # a connect is in progress
     connect_error: str = ""
     send_errors: int = 0
     finished_at: float | None = None
@@ -162,11 +170,16 @@ class Driver:
                     self._finish(i, due, now)
                 break
             wait = min(1.0, max(0.0, min(due.values()) - now))
+            if any(ep.session.wants_signaling for ep in self.endpoints):
+                wait = min(wait, RECONNECT_S)
+                self._reconnect(now)
             touched: set[int] = set()
             for key, _ in self.sel.select(wait):
                 ep, kind = key.data
                 if kind == "udp":
                     self._read_udp(ep)
+                elif kind == "connect":
+                    self._connected(ep)
                 else:
                     self._read_signaling(ep)
                 self._flush(ep)
@@ -220,6 +233,34 @@ class Driver:
             return
         for m in msgs:
             ep.session.handle_signal(m, self.clock())
+
+    def _reconnect(self, now: float) -> None:
+        """Peers whose signaling dropped during a call connect again (non-blocking)."""
+        for ep in self.endpoints:
+            if (not ep.session.wants_signaling or ep.sig is not None or ep.reconnecting
+                    or now < ep.reconnect_at or ep.session.finished):
+                continue
+            ep.reconnect_at = now + RECONNECT_S
+            with contextlib.suppress(OSError):
+                ep.tcp.close()
+            ep.tcp = ep.new_tcp()
+            ep.tcp.setblocking(False)
+            rc = ep.tcp.connect_ex(self.signaling)
+            if rc in (0, errno.EINPROGRESS):
+                ep.reconnecting = True
+                self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "connect"))
+
+    def _connected(self, ep: Endpoint) -> None:
+        self.sel.unregister(ep.tcp)
+        ep.reconnecting = False
+        if ep.tcp.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            ep.tcp.close()
+            return
+        ep.tcp.settimeout(self.connect_timeout_s)
+        ep.tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ep.sig = SignalingClient(ep.tcp)
+        self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
+        ep.session.handle_signal_reconnected(self.clock())
 
     def _drop_signaling(self, ep: Endpoint, why: str) -> None:
         if ep.sig is not None:
