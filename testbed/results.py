@@ -20,6 +20,7 @@ from typing import Any
 
 from peers import record as rec
 from peers.result import OUTCOMES, PeerResult
+from testbed.callflow import Flow, Recovery
 from testbed.coturn import Counters, RelayUsage
 from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
 
@@ -54,6 +55,17 @@ class TraceSummary:
 
 
 @dataclass(frozen=True)
+class EventResult:
+    """An event during the call, as carried out, and how the data flow came back."""
+
+    event: str  # its text, e.g. "home-a: reboot at 2s"
+    at_ms: float  # when it was carried out, after the peers started
+    detail: str  # what it did, e.g. "wan 203.0.113.50 -> 203.0.113.254"
+    error: str | None
+    recovery: tuple[Recovery, ...]  # per direction, from the wire
+
+
+@dataclass(frozen=True)
 class PairResult:
     """One call attempt between Alice (behind NAT a) and Bob (behind NAT b)."""
 
@@ -74,6 +86,9 @@ class PairResult:
     kept: bool = False  # the lab was left running (pair --keep)
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
+    conditions: Mapping[str, Any] | None = None  # testbed.impair.summary: links, mechanism
+    events: tuple[EventResult, ...] = ()
+    flows: tuple[Flow, ...] = ()  # a call's data, per direction, from the wire
 
     @property
     def connected(self) -> bool:
@@ -171,6 +186,10 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
             "files": list(t.files)},
+        "conditions": None if r.conditions is None else dict(r.conditions),
+        "events": [{"event": e.event, "at_ms": e.at_ms, "detail": e.detail, "error": e.error,
+                    "recovery": [x.to_json() for x in e.recovery]} for e in r.events],
+        "flows": [f.to_json() for f in r.flows],
     }
 
 
@@ -231,6 +250,26 @@ def _trace(data: Any, where: str) -> TraceSummary | None:
         files=tuple(rec.items(data, "files", where, lambda v, w: rec.check(v, w, (str,)))))
 
 
+def _recovery(data: Any, where: str) -> Recovery:
+    return Recovery(rec.get(data, "direction", where, (str,)),
+                    rec.get(data, "restored_ms", where, rec.OPTIONAL_NUMBER),
+                    rec.get(data, "gap_ms", where, rec.OPTIONAL_NUMBER),
+                    rec.get(data, "lost", where, (int,)))
+
+
+def _event(data: Any, where: str) -> EventResult:
+    return EventResult(rec.get(data, "event", where, (str,)),
+                       float(rec.get(data, "at_ms", where, rec.NUMBER)),
+                       rec.get(data, "detail", where, (str,)),
+                       rec.opt(data, "error", where, (str,)),
+                       rec.items(data, "recovery", where, _recovery))
+
+
+def _flow(data: Any, where: str) -> Flow:
+    return Flow(rec.get(data, "direction", where, (str,)), rec.get(data, "sent", where, (int,)),
+                rec.get(data, "arrived", where, (int,)), None)
+
+
 def _pair(data: Any, where: str) -> PairResult:
     outcome = rec.choice(data, "outcome", where, OUTCOMES)
     stage = rec.get(data, "stage", where, (str,))
@@ -257,7 +296,10 @@ def _pair(data: Any, where: str) -> PairResult:
         wan=None if wan is None else {str(k): str(v) for k, v in wan.items()},
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
-        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")))
+        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
+        conditions=rec.opt(data, "conditions", where, (dict,)),
+        events=rec.items(data, "events", where, _event, required=False),
+        flows=rec.items(data, "flows", where, _flow, required=False))
 
 
 def pair_from_json(data: Any, where: str = "pair") -> PairResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from testbed import netns, state
+from testbed import impair, netns, state
 from testbed.errors import LabError
 
 
@@ -30,7 +30,8 @@ def lab_summary(lab: str) -> dict[str, Any]:
     # read from a thread of its own: a teardown never takes this process for the lab's
     live = netns.in_thread(lambda: {node: live_node(ns) for node, ns in nodes.items()})
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
-            "created": st.get("created"), "services": st.get("services", {}), "nodes": live}
+            "created": st.get("created"), "services": st.get("services", {}),
+            "conditions": impair.summary(st.get("impairments")), "nodes": live}
 
 
 def live_node(ns_name: str) -> dict[str, Any]:
@@ -79,4 +80,9 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"    route {r}")
     for svc, info in s.get("services", {}).items():
         lines.append(f"  service {svc}: {service_line(info)}")
+    cond = s.get("conditions")
+    if cond:
+        lines.append(f"  conditions (mechanism: {cond['mechanism']}):")
+        lines += [f"    {d['from']} -> {d['to']}: {d['conditions']} ({', '.join(d['parts'])})"
+                  for d in cond["directions"]]
     return "\n".join(lines)

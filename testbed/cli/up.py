@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import resources, state
+from testbed import impair, resources, state
 from testbed.cli.common import print_json
 from testbed.interrupts import interrupts_as_keyboard
 from testbed.lab import Lab, require_root
@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     print(describe(topo))
     for svc, info in lab.services.items():
         print(f"  service {svc}: {service_line(info)}")
+    records = lab._state.get("impairments")
+    if records:
+        print(f"  conditions (mechanism: {impair.summary(records)['mechanism']}):")  # type: ignore[index]
+        for line in impair.describe(records):
+            print(f"    {line}")
     print(f"\n  nat-testbed exec {lab.name} NODE -- COMMAND   run a command in a node")
     print(f"  nat-testbed down {lab.name}                   remove everything it created")
     return 0

@@ -19,21 +19,40 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from testbed import netns, state
 from testbed.conditions import Conditions, from_dict
 from testbed.errors import LabError
 from testbed.impair import plan
 from testbed.impair.forwarder import MARK
-from testbed.lab import Lab
+from testbed.topology import Topology
+from testbed.topospec import HUB_PORT_PREFIX
 
 READY_TIMEOUT_S = 5.0
-HUB_PORT_PREFIX = "p"  # a bridge namespace's port to member k is "p<k>" (testbed.lab)
 Endpoint = tuple[str, str]  # (node or bridged segment, interface)
+
+
+class Lab(Protocol):
+    """What this module needs of a live lab (testbed.lab.Lab, one layer up, is one)."""
+
+    name: str
+    topo: Topology
+    procs: list[subprocess.Popen[Any]]
+    _state: dict[str, Any]
+
+    def netns(self, key: str) -> str: ...
+
+    def run(self, node: str, argv: Sequence[str], *, check: bool = False,
+            input: str | None = None, timeout: float | None = None,
+            capture_output: bool = True, text: bool = True,
+            **kw: Any) -> subprocess.CompletedProcess[Any]: ...
+
+    def python(self, node: str, module: str, *args: str,
+               **kw: Any) -> subprocess.Popen[Any]: ...
 
 _netem: bool | None = None
 
@@ -191,6 +210,27 @@ def clear_all(lab: Lab) -> None:
 
 def impairments(lab: Lab) -> list[Impairment]:
     return [Impairment.from_dict(r) for r in _records(lab).values()]
+
+
+def summary(records: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a lab's conditions are and which mechanism applies them, from its state's
+    "impairments" records: for `status` and results metadata. None: perfect links."""
+    if not records:
+        return None
+    imps = [Impairment.from_dict(r) for r in records.values()]
+    return {"mechanism": "+".join(sorted({i.mechanism for i in imps})),
+            "directions": [{"from": i.key, "to": f"{i.far[0]}:{i.far[1]}",
+                            "conditions": str(i.conditions), "parts": list(i.parts)}
+                           for i in imps]}
+
+
+def describe(records: Mapping[str, Any] | None) -> list[str]:
+    """One line per conditioned direction, for a terminal."""
+    s = summary(records)
+    if s is None:
+        return []
+    return [f"{d['from']} -> {d['to']}: {d['conditions']} ({', '.join(d['parts'])})"
+            for d in s["directions"]]
 
 
 # ---------------------------------------------------------------- pieces
