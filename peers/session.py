@@ -93,12 +93,13 @@ class Timing:
     hold: float = 0.0  # stay connected (keepalives) this long after deciding
     done_timeout: float = 2.0  # after deciding, wait this long for the remote's done
     call: float = 0.0  # a call: keep the path this long after deciding, sending data
-    data_interval: float = 0.02  # one data datagram per interval during a call (50/s)
+    data_interval: float = 0.02  # one data datagram per interval during a call (50/s);
+    #                              0: no data, the path kept alive by keepalives alone
     consent_timeout: float = 3.0  # no ack of a consent check for this long: path dead
     max_restarts: int = 5  # restarts (re-gather, punch again) during one call
     restart_backoff: float = 1.0  # after a failed restart, wait this long to try again
 
-    ZERO_ALLOWED = ("hold", "call", "max_restarts")
+    ZERO_ALLOWED = ("hold", "call", "max_restarts", "data_interval")
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -839,7 +840,7 @@ class Session:
             if self.t.call > 0:
                 self._call_end = now + self.t.call
                 self._consent_at = now
-                self._next_data = now
+                self._next_data = now if self.t.data_interval else None
         if self.t_registered is not None:
             self._signal({"type": "done", "to": self.cfg.remote, "outcome": outcome})
         self._maybe_finish(now)
@@ -960,7 +961,7 @@ class Session:
         self.path, self.path_kind = pair, outcome
         self._consent_at = now
         self._next_keepalive = now + self.t.keepalive_interval
-        self._next_data = now if self.in_call else None
+        self._next_data = now if self.in_call and self.t.data_interval else None
 
     def _current(self, msg: dict[str, Any], now: float) -> bool:
         """Whether a message belongs to the current generation of the exchange. One from a

@@ -36,6 +36,7 @@ class Sighting:
     sender: str
     receiver: str
     seq: int
+    kind: int = pr.DATA  # peers.probe: PROBE, ACK or DATA
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ class Flow:
         return {"direction": self.direction, "sent": self.sent, "arrived": self.arrived}
 
 
-def parse_frame(frame: bytes) -> tuple[str, str, int] | None:
-    """(sender, receiver, seq) of a data datagram in an Ethernet frame, else None."""
+def parse_frame(frame: bytes) -> tuple[int, str, str, int] | None:
+    """(kind, sender, receiver, seq) of a probe, ack or data datagram of the peers in an
+    Ethernet frame (directly in UDP or inside a TURN message), else None."""
     if len(frame) < 14 + 20 + 8 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV4:
         return None
     ihl = (frame[14] & 0x0F) * 4
@@ -78,15 +80,17 @@ def parse_frame(frame: bytes) -> tuple[str, str, int] | None:
     if at < 0:
         return None
     seen = pr.peek(payload[at:])
-    if seen is None or seen[0] != pr.DATA:
+    if seen is None or seen[0] not in pr.KINDS:
         return None
-    return seen[1], seen[2], seen[3]
+    return seen
 
 
-def _times(sightings: Iterable[Sighting], sender: str, outgoing: bool) -> dict[int, float]:
+def _times(sightings: Iterable[Sighting], sender: str, outgoing: bool,
+           kinds: tuple[int, ...] = (pr.DATA,)) -> dict[int, float]:
     out: dict[int, float] = {}
     for s in sightings:
-        if s.sender == sender and s.outgoing == outgoing and s.seq not in out:
+        if s.sender == sender and s.outgoing == outgoing and s.kind in kinds \
+                and s.seq not in out:
             out[s.seq] = s.t
     return out
 
@@ -132,3 +136,33 @@ def recovery(sightings: Sequence[Sighting], event: float, sender: str,
 
     return Recovery(f"{sender}->{receiver}", ms(None if restored is None else restored - event),
                     ms(gap), lost)
+
+
+@dataclass(frozen=True)
+class Idle:
+    """A path kept alive by keepalives alone (no data): did it die, and when?"""
+
+    direction: str
+    probes: int  # keepalive probes and acks that left the sender's host
+    lost: int  # ... and never reached the other host
+    first_lost_idle_ms: float | None  # the path's idle time when the first one was lost:
+    #   from the last datagram of the pair that crossed (either way) to its departure
+
+    def to_json(self) -> dict[str, object]:
+        return {"direction": self.direction, "probes": self.probes, "lost": self.lost,
+                "first_lost_idle_ms": self.first_lost_idle_ms}
+
+
+def idle(sightings: Sequence[Sighting], sender: str, receiver: str, after: float = 0.0) -> Idle:
+    """Keepalive probes (and acks) from `sender` sent after `after`: how many were lost,
+    and how long the path had been idle when the first one was."""
+    kinds = (pr.PROBE, pr.ACK)
+    sent = {q: t for q, t in _times(sightings, sender, True, kinds).items() if t >= after}
+    arrived = _times(sightings, sender, False, kinds)
+    crossed = sorted([*arrived.values(), *_times(sightings, receiver, False, kinds).values()])
+    lost = sorted(t for q, t in sent.items() if q not in arrived)
+    first = None
+    if lost:
+        before = [t for t in crossed if t < lost[0]]
+        first = round((lost[0] - before[-1]) * 1000, 1) if before else None
+    return Idle(f"{sender}->{receiver}", len(sent), len(lost), first)

@@ -15,10 +15,10 @@ An event (testbed.events) is carried out as a real router or link would suffer i
 - expire: the UDP mappings and UDP conntrack entries gone at once, TCP kept;
 - down IFACE [for D] / up IFACE: the interface's administrative state, routes restored.
 
-FlowTap records, on each peer's host interface, every data datagram of the call
-(peers.probe's DATA kind, direct or inside TURN messages) going out and coming in,
-with the kernel's receive timestamps; testbed.callflow turns that into restoration
-times per event.
+FlowTap records, on each peer's host interface, every probe, ack and data datagram of
+the peers (peers.probe, direct or inside TURN messages) going out and coming in, with
+the kernel's timestamps; testbed.callflow turns that into restoration times per event
+and keepalive losses.
 """
 
 from __future__ import annotations
@@ -324,9 +324,9 @@ class FlowTap:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", data[:16])
                     t = sec + nsec / 1e9
-            sender, receiver, seq = seen
+            kind, sender, receiver, seq = seen
             self.sightings.append(Sighting(t, node, addr[2] == PACKET_OUTGOING, sender,
-                                           receiver, seq))
+                                           receiver, seq, kind))
         with contextlib.suppress(BlockingIOError):  # over the cap: keep the socket drained
             while sock.recv(2048):
                 pass

@@ -10,7 +10,7 @@ import pytest
 
 from peers import probe as pr
 from peers import stun
-from testbed.callflow import STEADY_FOR_S, Sighting, flow, parse_frame, recovery
+from testbed.callflow import STEADY_FOR_S, Sighting, flow, idle, parse_frame, recovery
 
 KEY = b"k" * 32
 
@@ -27,19 +27,21 @@ def data(seq: int, sender: str = "alice", receiver: str = "bob") -> bytes:
 
 
 def test_a_direct_data_datagram() -> None:
-    assert parse_frame(frame(data(7))) == ("alice", "bob", 7)
+    assert parse_frame(frame(data(7))) == (pr.DATA, "alice", "bob", 7)
+    probe = pr.probe(KEY, "alice", "bob", b"n" * pr.NONCE_LEN, seq=3)
+    assert parse_frame(frame(probe)) == (pr.PROBE, "alice", "bob", 3)
 
 
 def test_data_inside_a_turn_send_indication_and_channel_data() -> None:
     send = stun.Message.new(stun.Method.SEND, stun.Class.INDICATION,
                             [("XOR-PEER-ADDRESS", ("203.0.113.5", 50000)), ("DATA", data(9))])
-    assert parse_frame(frame(stun.pack(send, fingerprint=True))) == ("alice", "bob", 9)
+    assert parse_frame(frame(stun.pack(send, fingerprint=True))) == (pr.DATA, "alice", "bob", 9)
     chan = struct.pack("!HH", 0x4000, len(data(10))) + data(10)
-    assert parse_frame(frame(chan)) == ("alice", "bob", 10)
+    assert parse_frame(frame(chan)) == (pr.DATA, "alice", "bob", 10)
 
 
 @pytest.mark.parametrize("payload", [
-    pr.probe(KEY, "alice", "bob", b"n" * pr.NONCE_LEN, seq=1),  # a probe is not data
+    pr.MAGIC + b"\x09\x05alice\x03bob\x00\x00\x00\x01",  # no such kind
     b"hello",
     pr.MAGIC + b"\x03\x05ali",  # truncated
 ])
@@ -123,3 +125,28 @@ def test_flows_count_each_direction() -> None:
     a, b = flow(seen, "alice", "bob"), flow(seen, "bob", "alice")
     assert (a.sent, a.arrived) == (200, 150)
     assert (b.sent, b.arrived) == (200, 200)
+
+
+def keepalives(interval: float, dies_at: float | None, until: float = 10.0) -> list[Sighting]:
+    """Alice probes every `interval` and bob acks; from `dies_at` nothing crosses."""
+    out, seq, t = [], 0, 0.0
+    while t < until:
+        seq += 2
+        crosses = dies_at is None or t < dies_at
+        out.append(Sighting(t, "alice", True, "alice", "bob", seq, pr.PROBE))
+        if crosses:
+            out.append(Sighting(t + 0.001, "bob", False, "alice", "bob", seq, pr.PROBE))
+            out.append(Sighting(t + 0.001, "bob", True, "bob", "alice", seq + 1, pr.ACK))
+            out.append(Sighting(t + 0.002, "alice", False, "bob", "alice", seq + 1, pr.ACK))
+        t = round(t + interval, 6)
+    return out
+
+
+def test_idle_paths_kept_alive_or_dying() -> None:
+    alive = idle(keepalives(1.0, None), "alice", "bob")
+    assert (alive.probes, alive.lost, alive.first_lost_idle_ms) == (10, 0, None)
+    dead = idle(keepalives(1.5, 4.0), "alice", "bob")
+    assert (dead.probes, dead.lost) == (7, 4)
+    # the last crossing was bob's ack at 3.002; the first lost probe left at 4.5
+    assert dead.first_lost_idle_ms == pytest.approx(1498, abs=0.1)
+    assert idle(keepalives(1.5, 4.0), "alice", "bob", after=9.5).probes == 0

@@ -81,6 +81,11 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
      "--call: 'home-a: reboot at 2s' ends at 2s, not before the end of the call"),
     (["pair", "--a", "none", "--b", "none", "--event", "home-a: reboot at 2"], "has no unit"),
     (["pair", "--a", "none", "--b", "none", "--call", "700s"], "--call: 700s is over the limit"),
+    (["study", "keepalive", "--timeout", "0"], "--timeout"),
+    (["study", "keepalive", "--intervals", "2"], "--intervals: '2' has no unit"),
+    (["study", "keepalive", "--intervals", "10ms"], "--intervals: 0.01s is outside"),
+    (["study", "keepalive", "--nat", "symmetric:30s"], "--nat: 'symmetric:30s' sets its own"),
+    (["study", "keepalive", "--nat", "cone"], "--nat"),
     (["lesson", "nine"], "no lesson 'nine'"),
     (["exec", "lab", "node"], "exec needs a command"),
 ])
