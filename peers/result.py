@@ -65,6 +65,39 @@ class Packets:
     data_received: int = 0  # authentic, fresh data datagrams from the remote
 
 
+LATENESS_FIELDS = ("timer_max", "timer_p95", "read_max", "read_p95")
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """How late the driver served this session until it decided, in milliseconds: its
+    timers (handled after they were due) and its datagrams (read after the kernel
+    received them). Large values mean the peer was not scheduled on time, so its
+    timings measure the machine's load as much as the network (None: no sample)."""
+
+    timer_max: float | None = None
+    timer_p95: float | None = None
+    read_max: float | None = None
+    read_p95: float | None = None
+    timers: int = 0  # samples
+    reads: int = 0
+
+    @property
+    def worst(self) -> float | None:
+        values = [v for v in (self.timer_max, self.read_max) if v is not None]
+        return max(values) if values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in LATENESS_FIELDS}, "timers": self.timers,
+                "reads": self.reads}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Lateness:
+        return cls(**{k: rec.get(data, k, where, rec.OPTIONAL_NUMBER) for k in LATENESS_FIELDS},
+                   timers=rec.get(data, "timers", where, (int,)),
+                   reads=rec.get(data, "reads", where, (int,)))
+
+
 @dataclass(frozen=True)
 class RestartResult:
     """The path died during a call and the peer restarted (milliseconds since the
@@ -117,6 +150,7 @@ class PeerResult:
     send_errors: int | None = None  # datagrams the network refused (counted by the driver)
     trace: tuple[tuple[float, str], ...] | None = None  # (ms, event), when asked for
     restarts: tuple[RestartResult, ...] = ()  # during a call: each loss of the path
+    lateness: Lateness | None = None  # measured by the driver (None: not measured)
 
     @property
     def connected(self) -> bool:
@@ -130,6 +164,9 @@ class PeerResult:
 
     def with_send_errors(self, n: int) -> PeerResult:
         return replace(self, send_errors=n)
+
+    def with_lateness(self, lateness: Lateness) -> PeerResult:
+        return replace(self, lateness=lateness)
 
     # ------------------------------------------------------------------ JSON
 
@@ -152,6 +189,7 @@ class PeerResult:
             "send_errors": self.send_errors,
             "trace": None if self.trace is None else [[t, e] for t, e in self.trace],
             "restarts": [r.to_json() for r in self.restarts],
+            "lateness_ms": None if self.lateness is None else self.lateness.to_json(),
         }
 
     @classmethod
@@ -185,6 +223,8 @@ class PeerResult:
             trace=_trace(rec.opt(data, "trace", where, (list,)), rec.at(where, "trace")),
             restarts=rec.items(data, "restarts", where, RestartResult.from_json,
                                required=False),
+            lateness=_lateness(rec.opt(data, "lateness_ms", where, (dict,)),
+                               rec.at(where, "lateness_ms")),
         )
 
 
@@ -193,6 +233,10 @@ def _candidate(value: Any, where: str) -> Candidate:
         return Candidate.from_json(value, where)
     except CandidateError as exc:
         raise rec.RecordError(str(exc)) from None
+
+
+def _lateness(value: Any, where: str) -> Lateness | None:
+    return None if value is None else Lateness.from_json(value, where)
 
 
 def _pair_json(pair: tuple[Candidate, Candidate] | None) -> dict[str, Any] | None:

@@ -25,6 +25,11 @@ from testbed.coturn import Counters, RelayUsage
 from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
 
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
+# A pairing's timings are disturbed when a peer was served later than this, or than
+# DISTURBED_SHARE of its time to connect, whichever is more (peers.result.Lateness):
+# the same budget as the goal that a cell's timings in a large run match it alone.
+DISTURBED_MS = 5.0
+DISTURBED_SHARE = 0.10
 PREDICTIONS = ("direct", "relay")
 COUNTER_FIELDS = ("rp", "rb", "sp", "sb")
 
@@ -86,6 +91,7 @@ class PairResult:
     kept: bool = False  # the lab was left running (pair --keep)
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
+    disturbed: bool | None = None  # a peer was served late (DISTURBED_MS); None: unknown
     conditions: Mapping[str, Any] | None = None  # testbed.impair.summary: links, mechanism
     events: tuple[EventResult, ...] = ()
     flows: tuple[Flow, ...] = ()  # a call's data, per direction, from the wire
@@ -118,8 +124,18 @@ def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | No
     timings = timings_ms or PairTimings()
     if timings.connect is None and None not in connects:
         timings = PairTimings(max(c for c in connects if c is not None), timings.total)
+    where.setdefault("disturbed", disturbed([a, b], timings.connect))
     return PairResult(outcome, stage, reason, dict(peers), {r: relay.get(r) for r in ROLES},
                       relay_bytes, timings, **where)
+
+
+def disturbed(peers: Sequence[PeerResult], connect_ms: float | None) -> bool | None:
+    """Whether a peer was served later than the pairing's timing budget allows."""
+    worst = [p.lateness.worst for p in peers if p.lateness is not None]
+    if not worst:
+        return None
+    budget = max(DISTURBED_MS, DISTURBED_SHARE * (connect_ms or 0.0))
+    return max((w for w in worst if w is not None), default=0.0) > budget
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "timings_ms": {"connect": r.timings_ms.connect, "total": r.timings_ms.total},
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
-        "elapsed_ms": r.elapsed_ms,
+        "elapsed_ms": r.elapsed_ms, "disturbed": r.disturbed,
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
@@ -296,6 +312,7 @@ def _pair(data: Any, where: str) -> PairResult:
         wan=None if wan is None else {str(k): str(v) for k, v in wan.items()},
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
+        disturbed=rec.opt(data, "disturbed", where, (bool,)),
         trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
         conditions=rec.opt(data, "conditions", where, (dict,)),
         events=rec.items(data, "events", where, _event, required=False),

@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
                    help="labs built at once, one worker process each (default: CPUs)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
+    p.add_argument("--no-admission", action="store_true",
+                   help="start every slot of a lab at once, even while other labs are "
+                        "built (faster; the times to connect then measure the load too)")
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
@@ -81,7 +84,7 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
 
 
 def _preload_plotting() -> None:
-    """Import matplotlib (over half a second) while the labs run, not after."""
+    """Import matplotlib (over half a second) while the first labs build, not after."""
     with contextlib.suppress(ImportError):
         import matplotlib.backends.backend_agg  # noqa: F401
         import matplotlib.figure  # noqa: F401
@@ -98,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         report.write_heatmap(early, early_png)
 
     t0 = time.monotonic()
-    run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting,
+    run = MatrixRun(spec, args.jobs, progress, background=_preload_plotting,
+                    admission=not args.no_admission,
                     on_outcomes=draw_heatmap)
     try:
         with interrupts_as_keyboard():
@@ -124,6 +128,8 @@ def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, 
     n_pairs, repeats = len(doc.cells), spec.repeats
     dis = report.disagreements(doc)
     varies = [c for c in (report.summarize_cell(c) for c in doc.cells) if c.varies]
+    slots = [r for c in doc.cells for r in c.repeats]
+    disturbed = sum(1 for r in slots if r.disturbed)
     ph = phase_summary(labs)
     lines = [
         f"{n_pairs} pairings x {repeats} repeat{'s' if repeats > 1 else ''} in {wall:.1f} s "
@@ -135,4 +141,8 @@ def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, 
            if varies else ""),
         "results: " + ", ".join(str(p) for p in paths.values()),
     ]
+    if disturbed:
+        lines.insert(2, f"timings: {disturbed} of {len(slots)} slots disturbed (a peer served "
+                        "over 5 ms or 10% of its time to connect late: 'disturbed' in "
+                        "results.json)")
     return "\n".join(lines)

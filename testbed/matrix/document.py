@@ -94,8 +94,10 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
     return " ".join(parts)
 
 
-def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int) -> dict[str, Any]:
+def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int,
+                  admission: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        "admission": admission,
         "command": command_line(spec, jobs),
         "nats": [spec_to_json(n) for n in spec.nats],
         "cells": None if spec.cells is None else [[a.label, b.label] for a, b in spec.cells],

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peers.session import Timing
+from testbed.admission import settings as admission_settings
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix.document import build_document, configuration, environment, iso, phase_summary
@@ -45,14 +46,15 @@ def _collect(by_lab: dict[int, list[PairResult]]) -> list[PairResult]:
 
 @dataclass
 class MatrixRun:
-    """One run of a spec; `progress`, `on_idle` and `on_outcomes` are for the command line
-    (a progress bar, loading plotting code while labs run, drawing the heatmap before
-    coturn's counters are in)."""
+    """One run of a spec; `progress`, `background` and `on_outcomes` are for the command
+    line (a progress bar, loading plotting code while the first labs build, drawing the
+    heatmap before coturn's counters are in)."""
 
     spec: MatrixSpec
     jobs: int
     progress: Progress | None = None
-    on_idle: Callable[[], None] | None = None
+    background: Callable[[], None] | None = None
+    admission: bool = True  # testbed.admission: slots start as the CPUs have room
     on_outcomes: Callable[[MatrixResult], None] | None = None
 
     def run(self) -> MatrixResult:
@@ -63,7 +65,8 @@ class MatrixRun:
         if self.progress is not None:
             self.progress.start(sum(len(j.slots) for j in lab_list), len(lab_list))
         t_start, t0 = time.time(), time.monotonic()
-        workers = Workers(layout, self.spec.timing, self.jobs, self.progress, self.on_idle)
+        workers = Workers(layout, self.spec.timing, self.jobs, self.progress, self.background,
+                          admission=self.admission)
         if self.on_outcomes is not None:
             early = self.on_outcomes
             workers.on_outcomes = lambda: early(
@@ -71,7 +74,9 @@ class MatrixRun:
         workers.run(lab_list)
         meta = environment()
         meta.update(started=iso(t_start), finished=iso(time.time()),
-                    configuration=configuration(self.spec, layout, self.jobs, len(lab_list)),
+                    configuration=configuration(self.spec, layout, self.jobs, len(lab_list),
+                                                admission_settings() if self.admission
+                                                else None),
                     timings_s={"run": round(time.monotonic() - t0, 3),
                                "phases_max_over_labs": phase_summary(workers.labs),
                                "labs": workers.labs})

@@ -22,6 +22,16 @@ from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
+from testbed.admission import (
+    BUILD_NICE,
+    CRITICAL_NICE,
+    Admission,
+    Headroom,
+    Noise,
+    Places,
+    renice_process,
+    renice_thread,
+)
 from testbed.lab import Lab
 from testbed.matrix.lab import Layout, MatrixLab
 from testbed.matrix.spec import Slot
@@ -29,6 +39,7 @@ from testbed.netns import entered
 from testbed.results import ROLES, PairResult, PairTimings, combine
 from testbed.ruleset import loader_name
 from testbed.services import PeerServers
+from testbed.topology import Topology
 
 Send = Callable[[tuple[Any, ...]], None]
 
@@ -54,7 +65,7 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
     cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), group=index)
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -68,8 +79,11 @@ def slot_outcome(results: Sequence[PeerResult | None]) -> str:
     return outcomes.pop() if len(outcomes) == 1 else "failed"
 
 
-def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
-    """Build one matrix lab, run all its slots at once, report, take it down.
+def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send,
+            places: Places | None = None) -> None:
+    """Build one matrix lab, run its slots, report, take it down. With `places` (shared by
+    the run's workers), slots start as testbed.admission admits them; else all at once.
+    The lab is built and taken down at a lower priority than the slots run at.
 
     Messages: ("built", i, s), ("slot", i, key, outcome) per slot, ("outcomes", i,
     results) as soon as every slot has decided (without coturn's counters, which take
@@ -77,11 +91,27 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.slots, job.name)
+    renice_thread(BUILD_NICE)
+    noise = Noise(places)
+    try:
+        noise.begin()
+        _build_and_run(job, layout, timing, send, places, noise, topo, phases, t0)
+    finally:
+        noise.end()
+
+
+def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
+                   places: Places | None, noise: Noise, topo: Topology,
+                   phases: dict[str, float], t0: float) -> None:
     lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
+        noise.end()
+        for proc in lab.procs:  # the servers answer the slots: full priority
+            renice_process(proc.pid, CRITICAL_NICE)
+        renice_thread(CRITICAL_NICE)
         send(("built", job.index, phases["build"]))
         eps = [open_peer(lab, k, role, layout.nodes(k), timing)
                for k in range(len(job.slots)) for role in ROLES]
@@ -94,7 +124,9 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
                 send(("slot", job.index, job.slots[k].key, outcome))
 
         sig = PeerServers.of(lab.services).signaling
-        times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished).run()
+        gate = None if places is None else Admission(places, Headroom())
+        times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished,
+                       gate=gate).run()
         send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
@@ -102,8 +134,12 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
         phases["punch"] = ended - times.start
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
-              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
+              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
+                   admission_waits=gate.waited if gate is not None else None)))
+        renice_thread(BUILD_NICE)
+        noise.begin()
         t_down = time.monotonic()
+    noise.end()
     send(("down", job.index, time.monotonic() - t_down))
 
 
