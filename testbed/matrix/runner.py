@@ -11,6 +11,7 @@ slot's key.
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,12 +25,11 @@ from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
 from testbed.admission import (
     BUILD_NICE,
-    CRITICAL_NICE,
     Admission,
     Headroom,
     Noise,
     Places,
-    renice_process,
+    realtime,
     renice_thread,
 )
 from testbed.lab import Lab
@@ -109,9 +109,12 @@ def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
         noise.end()
-        for proc in lab.procs:  # the servers answer the slots: full priority
-            renice_process(proc.pid, CRITICAL_NICE)
-        renice_thread(CRITICAL_NICE)
+        renice_thread(0)
+        critical = [p.pid for p in lab.procs] + [0]  # the servers and this driver
+        # past its CPU-time limit the driver goes back to ordinary scheduling, alive
+        signal.signal(signal.SIGXCPU, lambda *_: realtime(0, False))
+        for pid in critical:
+            realtime(pid, True)
         send(("built", job.index, phases["build"]))
         eps = [open_peer(lab, k, role, layout.nodes(k), timing)
                for k in range(len(job.slots)) for role in ROLES]
@@ -136,6 +139,8 @@ def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
               dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
                    admission_waits=gate.waited if gate is not None else None)))
+        for pid in critical:
+            realtime(pid, False)
         renice_thread(BUILD_NICE)
         noise.begin()
         t_down = time.monotonic()
