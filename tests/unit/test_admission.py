@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from testbed.admission import (
     ADMIT_SPACING_S,
+    PLACES_PER_CPU,
     Admission,
     Headroom,
     Noise,
@@ -95,4 +96,4 @@ def test_places_are_shared_by_processes() -> None:
         proc.start()
     for proc in procs:
         proc.join(10)
-    assert taken.value == 4  # PLACES_PER_CPU for one CPU, whoever asked
+    assert taken.value == PLACES_PER_CPU  # for one CPU, whoever asked
