@@ -18,9 +18,11 @@ decided (peers.driver.Gate):
   value keeps it off the CPUs (a lab's first slots, started while the next lab was
   being built, took 90 ms where later ones took 10);
 - headroom: a driver that already has a slot in that phase admits another only if
-  the CPUs were at least MIN_IDLE_CPUS idle over the last HEADROOM_WINDOW_S
-  (/proc/stat), so slots start when there is room for them, whatever else runs;
-  one with none admits its first regardless, so every lab makes progress.
+  the lab's timing-critical processes (driver, servers, forwarder) used at most
+  MAX_BUSY_CPUS over the last HEADROOM_WINDOW_S (/proc/PID/stat); one with none
+  admits its first regardless, so every lab makes progress. Those processes run at
+  real-time priority meanwhile (CRITICAL_PRIORITY): other users' ordinary load does
+  not delay them, so only their own load counts.
 
 What is left is measured, not hidden: each session's lateness (peers.driver) goes into
 its result, and a slot whose peers were served late by more than its timing budget is
@@ -33,64 +35,66 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 PLACES_PER_CPU = 8
 ADMIT_SPACING_S = 0.02
-MIN_IDLE_CPUS = 0.5
-HEADROOM_WINDOW_S = 0.1
-PROC_STAT = "/proc/stat"
+MAX_BUSY_CPUS = 0.5
+HEADROOM_WINDOW_S = 0.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def parse_proc_stat(text: str) -> tuple[int, int]:
-    """(idle, total) jiffies of all CPUs from /proc/stat's first line; idle counts
-    iowait too (a CPU waiting for I/O is free to run a peer)."""
-    for line in text.splitlines():
-        if line.startswith("cpu "):
-            values = [int(v) for v in line.split()[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            total = sum(values[:8])  # guest time is already inside user time
-            return idle, total
-    raise ValueError("no 'cpu' line in /proc/stat")
+def parse_pid_stat(text: str) -> float:
+    """CPU seconds (user + system, every thread) from a /proc/PID/stat line."""
+    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and ')'
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def read_proc_stat() -> tuple[int, int]:
-    with open(PROC_STAT) as f:
-        return parse_proc_stat(f.read())
+def read_cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                total += parse_pid_stat(f.read())
+        except (OSError, ValueError, IndexError):  # it ended: it uses no CPU
+            pass
+    return total
 
 
 class Headroom:
-    """Idle CPUs over the last `window` seconds, from samples of /proc/stat."""
+    """How busy the run's own timing-critical processes kept the CPUs over the last
+    `window` seconds: the CPU time of `pids` (a lab's driver, servers and forwarder),
+    from /proc/PID/stat. They run at real-time priority, so other users' ordinary load
+    does not delay them; only their own load can."""
 
-    def __init__(self, min_idle_cpus: float = MIN_IDLE_CPUS,
-                 window: float = HEADROOM_WINDOW_S, cpus: int | None = None,
-                 read: Callable[[], tuple[int, int]] = read_proc_stat,
+    def __init__(self, pids: Callable[[], Sequence[int]],
+                 max_busy_cpus: float = MAX_BUSY_CPUS, window: float = HEADROOM_WINDOW_S,
+                 read: Callable[[Sequence[int]], float] = read_cpu_seconds,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.min_idle = min_idle_cpus
+        self.pids = pids
+        self.max_busy = max_busy_cpus
         self.window = window
-        self.cpus = cpus or os.cpu_count() or 1
         self.read = read
         self.clock = clock
-        self.samples: deque[tuple[float, int, int]] = deque()
+        self.samples: deque[tuple[float, float]] = deque()
 
-    def idle_cpus(self) -> float | None:
-        """Idle CPUs (0 .. cpus) between the newest sample and the one `window` before;
-        None until two samples that far apart exist."""
+    def busy_cpus(self) -> float | None:
+        """CPUs' worth of time used between the newest sample and the one `window`
+        before; None until two samples that far apart exist."""
         now = self.clock()
-        idle, total = self.read()
-        self.samples.append((now, idle, total))
+        self.samples.append((now, self.read(self.pids())))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
             self.samples.popleft()
-        t0, idle0, total0 = self.samples[0]
-        if now - t0 < self.window or total == total0:
+        t0, used0 = self.samples[0]
+        if now - t0 < self.window:
             return None
-        return self.cpus * (idle - idle0) / (total - total0)
+        return (self.samples[-1][1] - used0) / (now - t0)
 
     def ok(self) -> bool:
-        idle = self.idle_cpus()
-        return idle is None or idle >= self.min_idle
+        busy = self.busy_cpus()
+        return busy is None or busy <= self.max_busy
 
 
 class Semaphore(Protocol):
@@ -239,7 +243,7 @@ def realtime(pid: int, on: bool) -> bool:
 def settings() -> dict[str, Any]:
     """What a run's results record about its admission control."""
     return {"places_per_cpu": PLACES_PER_CPU, "spacing_s": ADMIT_SPACING_S,
-            "min_idle_cpus": MIN_IDLE_CPUS, "headroom_window_s": HEADROOM_WINDOW_S,
+            "max_busy_cpus": MAX_BUSY_CPUS, "headroom_window_s": HEADROOM_WINDOW_S,
             "quiet_while_building": True, "build_nice": BUILD_NICE,
             "critical": f"SCHED_FIFO {CRITICAL_PRIORITY}, RLIMIT_RTTIME "
                         f"{RTTIME_SOFT_US // 1000}/{RTTIME_HARD_US // 1000} ms"}

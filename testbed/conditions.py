@@ -409,6 +409,17 @@ def parse_spec(text: str) -> Conditions:
     return parse_conditions(data)
 
 
+def spec_text(c: Conditions) -> str:
+    """The one-line form of `c` (parse_spec reads it back): for command lines in results."""
+    d = c.to_dict()
+    if not d:
+        return "delay=0"
+    loss = d.get("loss")
+    if isinstance(loss, dict):
+        d["loss"] = "ge:" + ":".join(f"{k}={loss[k]}" for k in GE_FIELDS[1:])
+    return ",".join(f"{k}={v}" for k, v in d.items())
+
+
 def _parse_ge_spec(value: str) -> dict[str, str]:
     out = {"model": "gilbert-elliott"}
     for part in value.split(":")[1:]:

@@ -29,6 +29,7 @@ from testbed.events import (
 from testbed.nat import Kind, NatConfigError, NatSpec, nat_from_dict
 from testbed.topospec import (
     DEFAULT_KEYS,
+    HUB_PORT_PREFIX,
     IFNAME_RE,
     KINDS,
     LINK_KEYS,
@@ -948,6 +949,22 @@ class _Routes:
                                     f"deriving the routes takes more than {MAX_ROUTE_STEPS:,} "
                                     "steps: the topology is too large to route")
         return first
+
+
+def far_end(topo: Topology, node: str, iface: str) -> tuple[str, str] | None:
+    """The other end of the veth that (node, iface) is one end of: the peer's endpoint
+    on a link, the bridge port hub_port(k) on a network (and back); None if no such
+    interface."""
+    for seg in topo.segments:
+        for pos, member in enumerate(seg.members):
+            if member == (node, iface):
+                return (seg.name, hub_port(pos)) if seg.bridged else seg.members[1 - pos]
+        if seg.bridged and seg.name == node and iface.startswith(HUB_PORT_PREFIX):
+            digits = iface[len(HUB_PORT_PREFIX):]
+            pos = int(digits) if digits.isdigit() else -1
+            if 0 <= pos < len(seg.members):
+                return seg.members[pos]
+    return None
 
 
 def describe(topo: Topology) -> str:

@@ -19,9 +19,11 @@ from pathlib import Path
 from testbed import report
 from testbed.cli.common import (
     NAT_HELP,
+    add_condition_flags,
     add_topology_flags,
     cell,
     color_wanted,
+    conditions_of,
     nats,
     positive,
     topology_path,
@@ -65,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
                    help="labs built at once, one worker process each (default: CPUs)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
+    add_condition_flags(p, "every slot's access links (each router's WAN link, both ways)")
     p.add_argument("--no-admission", action="store_true",
                    help="start every slot of a lab at once, even while other labs are "
                         "built (faster; the times to connect then measure the load too)")
@@ -80,7 +83,7 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
             else nats(args.nats))
     nodes = (("alice", args.a_node), ("bob", args.b_node))
     return MatrixSpec(tuple(axis), args.repeat, cells, topology=topology_path(args),
-                      nodes=nodes)
+                      nodes=nodes, conditions=conditions_of(args))
 
 
 def _preload_plotting() -> None:

@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ CLONE_NEWNET = 0x40000000
 TAP_QUEUE = 10000  # frames the TAP holds before the forwarder reads them
 MAX_FRAME = 65536
 RTTIME_LIMIT_US = 200_000  # CPU time without blocking before the kernel stops us
+SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes no descriptor at or above it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -148,20 +150,33 @@ class Forwarder:
             return
 
     def _loop(self) -> None:
-        fds = list(self.by_fd)
+        wait = self._waiter()
         while True:
             due = self.timeline.next_due()
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = wait(None if due is None else max(0.0, due - time.monotonic()))
             now = time.monotonic()
             for fd in ready:
                 self.read(fd, now)
             for i, frame in self.timeline.pop_due(time.monotonic()):
                 self.send(i, frame)
 
+    def _waiter(self) -> Callable[[float | None], list[int]]:
+        """select() while every descriptor fits in it: its timeout is in microseconds,
+        and a rate needs frames released on time to the sub-millisecond. epoll beyond
+        (a matrix lab's forwarder serves hundreds of ports): its timeout is in whole
+        milliseconds (CPython rounds up)."""
+        fds = list(self.by_fd)
+        if max(fds, default=0) < SELECT_LIMIT:
+            return lambda timeout: select.select(fds, [], [], timeout)[0]
+        poll = select.epoll()
+        for fd in fds:
+            poll.register(fd, select.EPOLLIN)
+        return lambda timeout: [fd for fd, _ in poll.poll(-1.0 if timeout is None
+                                                           else timeout)]
+
     @staticmethod
     def stop(*_: Any) -> None:
-        raise _Stop  # out of select(): Python would otherwise resume the wait
+        raise _Stop  # out of the wait: Python would otherwise resume it
 
 
 def realtime() -> str:

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from testbed import netns, state
+from testbed import netns, ruleset, state
 from testbed.conditions import Conditions, from_dict
 from testbed.errors import LabError
 from testbed.impair import plan
 from testbed.impair.forwarder import MARK
+from testbed.netns import Netns
 from testbed.topology import Topology
-from testbed.topospec import HUB_PORT_PREFIX
+from testbed.topology import far_end as topology_far_end
 
 READY_TIMEOUT_S = 5.0
 Endpoint = tuple[str, str]  # (node or bridged segment, interface)
@@ -45,6 +46,8 @@ class Lab(Protocol):
     _state: dict[str, Any]
 
     def netns(self, key: str) -> str: ...
+
+    def namespace(self, key: str) -> Netns: ...
 
     def run(self, node: str, argv: Sequence[str], *, check: bool = False,
             input: str | None = None, timeout: float | None = None,
@@ -121,17 +124,10 @@ def choose(lab: Lab, node: str, mechanism: str = "auto") -> str:
 
 def far_end(lab: Lab, node: str, iface: str) -> Endpoint:
     """The other end of the veth that (node, iface) is one end of."""
-    for seg in lab.topo.segments:
-        for pos, member in enumerate(seg.members):
-            if member == (node, iface):
-                if seg.bridged:
-                    return seg.name, f"{HUB_PORT_PREFIX}{pos}"
-                return seg.members[1 - pos]
-        if seg.bridged and seg.name == node and iface.startswith(HUB_PORT_PREFIX):
-            pos = int(iface[len(HUB_PORT_PREFIX):] or -1)
-            if 0 <= pos < len(seg.members):
-                return seg.members[pos]
-    raise LabError(f"lab {lab.name}: {node} has no interface {iface}")
+    end = topology_far_end(lab.topo, node, iface)
+    if end is None:
+        raise LabError(f"lab {lab.name}: {node} has no interface {iface}")
+    return end
 
 
 # ---------------------------------------------------------------- applying
@@ -242,7 +238,12 @@ def _records(lab: Lab) -> dict[str, Any]:
 
 
 def _nft(lab: Lab, node: str, text: str, check: bool = True) -> None:
-    lab.run(node, ["nft", "-f", "-"], input=text, check=check)
+    """In-process (libnftables) where it can: a matrix lab loads hundreds of chains."""
+    try:
+        ruleset.load_ruleset(lab.namespace(node).fd, text, lab.netns(node))
+    except LabError:
+        if check:
+            raise
 
 
 def _mtu_of(lab: Lab, node: str, iface: str) -> int:

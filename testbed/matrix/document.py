@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from testbed.conditions import spec_text
 from testbed.matrix.lab import Layout
 from testbed.matrix.spec import MatrixSpec
 from testbed.model import PortReuse, Strategy, predict
@@ -88,6 +89,8 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
     else:
         parts += [f"--only {a.label},{b.label}" for a, b in spec.cells]
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
+    if spec.conditions is not None:
+        parts.append(f"--conditions {spec_text(spec.conditions)}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")
         parts += [f"--{role[0]}-node {node}" for role, node in spec.nodes]
@@ -98,6 +101,9 @@ def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int,
                   admission: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "admission": admission,
+        "conditions": None if spec.conditions is None else {
+            "where": "every slot's access links (each router's WAN link), each direction",
+            "conditions": spec.conditions.to_dict(), "text": str(spec.conditions)},
         "command": command_line(spec, jobs),
         "nats": [spec_to_json(n) for n in spec.nats],
         "cells": None if spec.cells is None else [[a.label, b.label] for a, b in spec.cells],

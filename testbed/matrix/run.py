@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peers.session import Timing
 from testbed.admission import settings as admission_settings
+from testbed.conditions import Conditions
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix.document import build_document, configuration, environment, iso, phase_summary
@@ -66,7 +68,7 @@ class MatrixRun:
             self.progress.start(sum(len(j.slots) for j in lab_list), len(lab_list))
         t_start, t0 = time.time(), time.monotonic()
         workers = Workers(layout, self.spec.timing, self.jobs, self.progress, self.background,
-                          admission=self.admission)
+                          admission=self.admission, conditions=self.spec.conditions)
         if self.on_outcomes is not None:
             early = self.on_outcomes
             workers.on_outcomes = lambda: early(
@@ -77,17 +79,29 @@ class MatrixRun:
                     configuration=configuration(self.spec, layout, self.jobs, len(lab_list),
                                                 admission_settings() if self.admission
                                                 else None),
+                    conditions_mechanism=_mechanisms(workers.labs),
                     timings_s={"run": round(time.monotonic() - t0, 3),
                                "phases_max_over_labs": phase_summary(workers.labs),
                                "labs": workers.labs})
         return build_document(self.spec, _collect(workers.final), meta)
 
 
+def _mechanisms(labs: Sequence[dict[str, Any]]) -> dict[str, list[str]] | None:
+    """Which impairment mechanism the labs used for the conditions, with its parts
+    (testbed.impair: netem or the forwarder; tbf, nft drops), or None: perfect links."""
+    out: dict[str, set[str]] = {}
+    for info in labs:
+        for mech, parts in (info.get("conditions_mechanism") or {}).items():
+            out.setdefault(mech, set()).update(parts)
+    return {m: sorted(p) for m, p in out.items()} or None
+
+
 def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                jobs: int | None = None, only: Iterable[tuple[NatSpec, NatSpec]] | None = None,
                topology: str | Path | None = None, a_node: str = "alice",
                b_node: str = "bob", timing: Timing | None = None,
-               progress: Progress | None = None) -> MatrixResult:
+               progress: Progress | None = None,
+               conditions: Conditions | None = None) -> MatrixResult:
     """Every ordered pairing of `nats` (default: none and the four classic types), each
     `repeats` times in fresh namespaces, or only the `only` (Alice's, Bob's) cells; in
     the packed matrix lab, or one lab of `topology` per pairing with Alice and Bob in
@@ -97,5 +111,5 @@ def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
         nats = list(dict.fromkeys(n for cell in cells for n in cell))
     spec = MatrixSpec(tuple(nats or default_nats()), repeats, cells, timing or Timing(),
                       Path(topology) if topology is not None else None,
-                      (("alice", a_node), ("bob", b_node)))
+                      (("alice", a_node), ("bob", b_node)), conditions)
     return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()

@@ -11,6 +11,7 @@ slot's key.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -22,7 +23,7 @@ from typing import Any
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
-from testbed import coturn
+from testbed import coturn, impair
 from testbed.admission import (
     BUILD_NICE,
     Admission,
@@ -32,6 +33,7 @@ from testbed.admission import (
     realtime,
     renice_thread,
 )
+from testbed.conditions import Conditions
 from testbed.lab import Lab
 from testbed.matrix.lab import Layout, MatrixLab
 from testbed.matrix.spec import Slot
@@ -80,7 +82,7 @@ def slot_outcome(results: Sequence[PeerResult | None]) -> str:
 
 
 def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send,
-            places: Places | None = None) -> None:
+            places: Places | None = None, conditions: Conditions | None = None) -> None:
     """Build one matrix lab, run its slots, report, take it down. With `places` (shared by
     the run's workers), slots start as testbed.admission admits them; else all at once.
     The lab is built and taken down at a lower priority than the slots run at.
@@ -95,18 +97,26 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send,
     noise = Noise(places)
     try:
         noise.begin()
-        _build_and_run(job, layout, timing, send, places, noise, topo, phases, t0)
+        _build_and_run(job, layout, timing, send, places, noise, topo, phases, t0, conditions)
     finally:
         noise.end()
 
 
 def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
                    places: Places | None, noise: Noise, topo: Topology,
-                   phases: dict[str, float], t0: float) -> None:
+                   phases: dict[str, float], t0: float,
+                   conditions: Conditions | None) -> None:
     lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
+        mechanism: dict[str, list[str]] | None = None
+        if conditions is not None and not conditions.is_zero:
+            t1 = time.monotonic()
+            links = [e for k in range(len(job.slots)) for e in layout.access_links(topo, k)]
+            imps = impair.apply_many(lab, dict.fromkeys(links, conditions))  # one forwarder
+            phases["conditions"] = time.monotonic() - t1
+            mechanism = {i.mechanism: sorted({p for j in imps for p in j.parts}) for i in imps}
         phases["build"] = time.monotonic() - t0
         noise.end()
         renice_thread(0)
@@ -127,7 +137,8 @@ def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
                 send(("slot", job.index, job.slots[k].key, outcome))
 
         sig = PeerServers.of(lab.services).signaling
-        gate = None if places is None else Admission(places, Headroom())
+        pids = [os.getpid(), *(p.pid for p in lab.procs)]  # driver, servers, forwarder
+        gate = None if places is None else Admission(places, Headroom(lambda: pids))
         times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished,
                        gate=gate).run()
         send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
@@ -138,7 +149,8 @@ def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
               dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
-                   admission_waits=gate.waited if gate is not None else None)))
+                   admission_waits=gate.waited if gate is not None else None,
+                   conditions_mechanism=mechanism)))
         for pid in critical:
             realtime(pid, False)
         renice_thread(BUILD_NICE)

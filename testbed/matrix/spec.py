@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from peers.session import Timing
+from testbed.conditions import Conditions
 from testbed.nat import NatSpec
 
 
@@ -65,6 +66,7 @@ class MatrixSpec:
     timing: Timing = field(default_factory=Timing)
     topology: Path | None = None  # None: the packed matrix lab; else one lab per slot
     nodes: tuple[tuple[str, str], ...] = (("alice", "alice"), ("bob", "bob"))  # role, node
+    conditions: Conditions | None = None  # on every slot's access links, each direction
 
     def __post_init__(self) -> None:
         labels = [n.label for n in self.nats]

@@ -25,6 +25,7 @@ from typing import Any
 from peers.session import Timing
 from testbed import state
 from testbed.admission import Noise, Places
+from testbed.conditions import Conditions
 from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
 from testbed.matrix.lab import Layout
@@ -36,7 +37,7 @@ CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
 
 
 def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout,
-            timing: Timing, places: Any) -> None:
+            timing: Timing, places: Any, conditions: Conditions | None) -> None:
     worker_signals()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -44,7 +45,7 @@ def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: La
             conn.send(msg)
 
     try:
-        run_lab(job, layout, timing, send, places)
+        run_lab(job, layout, timing, send, places, conditions)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
@@ -81,6 +82,7 @@ class Workers:
     early: dict[int, list[PairResult]] = field(default_factory=dict)
     n_labs: int = 0
     admission: bool = True  # slots start as testbed.admission admits them
+    conditions: Conditions | None = None  # on every slot's access links
 
     def run(self, jobs: Sequence[LabJob]) -> None:
         self.n_labs = len(jobs)
@@ -149,7 +151,7 @@ class Workers:
     def _start(self, ctx: Any, job: LabJob) -> _Worker:
         parent_end, child_end = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker, args=(child_end, job, self.layout, self.timing,
-                                                 self._places),
+                                                 self._places, self.conditions),
                            name=f"matrix-{job.name}", daemon=False)
         proc.start()
         child_end.close()

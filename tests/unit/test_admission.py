@@ -1,43 +1,45 @@
-"""Admission control (testbed.admission) without a kernel: /proc/stat parsing, the
+"""Admission control (testbed.admission) without a kernel: /proc/PID/stat parsing, the
 headroom over a window, places, pacing, quiet while labs are built."""
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+import os
+
+import pytest
 
 from testbed.admission import (
     ADMIT_SPACING_S,
+    CLOCK_TICKS,
     PLACES_PER_CPU,
     Admission,
     Headroom,
     Noise,
     Places,
-    parse_proc_stat,
+    parse_pid_stat,
+    read_cpu_seconds,
 )
 
-STAT = """cpu  100 5 50 800 20 3 2 0 0 0
-cpu0 50 2 25 400 10 1 1 0 0 0
-intr 12345
-"""
+STAT = "4242 (turn server) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 4 0 100"
 
 
-def test_proc_stat_counts_idle_and_iowait() -> None:
-    assert parse_proc_stat(STAT) == (800 + 20, 100 + 5 + 50 + 800 + 20 + 3 + 2 + 0)
+def test_pid_stat_counts_user_and_system_time() -> None:
+    # fields after the name: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+    # cmajflt utime stime: utime 250 and stime 50 ticks
+    assert parse_pid_stat(STAT) == 300 / CLOCK_TICKS
+    assert read_cpu_seconds([os.getpid()]) > 0  # this very test has used some
+    assert read_cpu_seconds([2**22 + 12345]) == 0.0  # no such process: none
 
 
-def samples(*points: tuple[float, int, int]) -> tuple[Iterator[float], Iterator[tuple[int, int]]]:
-    return iter(p[0] for p in points), iter((p[1], p[2]) for p in points)
-
-
-def test_headroom_is_idle_cpus_over_the_window() -> None:
-    clock, reads = samples((0.0, 0, 0), (0.05, 50, 100), (0.1, 60, 200), (0.2, 60, 300))
-    h = Headroom(min_idle_cpus=0.5, window=0.1, cpus=2, read=lambda: next(reads),
+def test_headroom_is_the_critical_processes_cpu_over_the_window() -> None:
+    clock = iter([0.0, 0.1, 0.2, 0.4])
+    used = iter([1.0, 1.05, 1.1, 1.3])
+    h = Headroom(lambda: [1], max_busy_cpus=0.5, window=0.2, read=lambda pids: next(used),
                  clock=lambda: next(clock))
-    assert h.idle_cpus() is None  # one sample: nothing to compare yet
-    assert h.idle_cpus() is None  # 50 ms: less than the window
-    assert h.idle_cpus() == 2 * 60 / 200  # 0 -> 0.1 s: 60 of 200 jiffies idle, 2 CPUs
-    assert h.idle_cpus() == 0.0  # the last 0.1 s: busy
+    assert h.busy_cpus() is None  # one sample: nothing to compare yet
+    assert h.busy_cpus() is None  # 0.1 s: less than the window
+    assert h.busy_cpus() == pytest.approx(0.1 / 0.2)  # 0 -> 0.2 s: half a CPU
+    assert h.busy_cpus() == pytest.approx(0.2 / 0.2)  # 0.2 -> 0.4 s: a whole one
 
 
 def places(n: int = 2) -> Places:
@@ -71,7 +73,7 @@ def test_no_headroom_keeps_a_second_group_waiting_but_never_the_first() -> None:
         def ok(self) -> bool:
             return False
 
-    gate = Admission(places(4), Busy(), clock=iter(x * 1.0 for x in range(10)).__next__)
+    gate = Admission(places(4), Busy(lambda: []), clock=iter(x * 1.0 for x in range(10)).__next__)
     assert not gate.enter(1)
     assert gate.enter(0)
 
