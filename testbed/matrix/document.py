@@ -14,33 +14,68 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from testbed.conditions import spec_text
+from testbed.matrix.dimensions import NotModelled
 from testbed.matrix.lab import Layout
-from testbed.matrix.spec import MatrixSpec
+from testbed.matrix.spec import MatrixSpec, Point
 from testbed.model import PortReuse, Strategy, predict
-from testbed.nat import NatSpec
-from testbed.results import Cell, MatrixResult, PairResult, spec_to_json
+from testbed.results import Cell, DimensionInfo, MatrixResult, PairResult, spec_to_json
 from testbed.version import VERSION
 
+Prediction = tuple[str | None, str]  # (direct | relay | None: not modelled, reason)
 
-def make_cell(a: NatSpec, b: NatSpec, repeats: Iterable[PairResult]) -> Cell:
-    """One cell: the model's prediction for (a, b) and its repeats in order."""
-    p = predict(a, b)
+
+class Predictor:
+    """The reference model's prediction per point of a spec: its NATs, changed by what the
+    other dimensions declare (testbed.matrix.dimensions), or 'not modelled' with why.
+    Equal model inputs are asked once."""
+
+    def __init__(self, spec: MatrixSpec) -> None:
+        self.spec = spec
+        self._seen: dict[object, Prediction] = {}
+
+    def __call__(self, point: Point) -> Prediction:
+        inp = self.spec.model_input(point)
+        if isinstance(inp, NotModelled):
+            return None, inp.reason
+        if inp not in self._seen:
+            p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse)
+            self._seen[inp] = (p.outcome, p.reason)
+        return self._seen[inp]
+
+
+def cell_head(point: Point, prediction: Prediction) -> Cell:
+    """A cell without its repeats: its point and the model's prediction."""
+    by_name = dict(point)
+    a, b = by_name["a"], by_name["b"]
+    extra = {n: v.label for n, v in point if n not in ("a", "b")}
+    return Cell(a.label, b.label, a, b, prediction[0], prediction[1], (), extra)
+
+
+def make_cell(head: Cell, repeats: Iterable[PairResult]) -> Cell:
+    """The cell with its repeats in order."""
     ordered = sorted(repeats, key=lambda r: r.repeat or 0)
-    return Cell(a.label, b.label, a, b, p.outcome, p.reason, tuple(ordered))
+    return dataclasses.replace(head, repeats=tuple(ordered))
+
+
+def dimension_infos(spec: MatrixSpec) -> tuple[DimensionInfo, ...]:
+    return tuple(DimensionInfo(d.name, d.title, d.labels) for d in spec.facet_dimensions())
 
 
 def build_document(spec: MatrixSpec, results: Iterable[PairResult],
                    meta: dict[str, Any]) -> MatrixResult:
-    """Every cell of the spec, in row-major order; a cell with no result is 'not run'."""
-    by_cell: dict[tuple[str | None, str | None], list[PairResult]] = {}
+    """Every cell of the spec, facet by facet and row-major; a cell without results is
+    'not run'."""
+    by_cell: dict[str, list[PairResult]] = {}
     for r in results:
-        by_cell.setdefault((r.a, r.b), []).append(r)
+        key = ",".join(f"{n}={v}" for n, v in (("a", r.a), ("b", r.b), *r.point.items()))
+        by_cell.setdefault(key, []).append(r)
+    model = Predictor(spec)
     cells = []
     for point in spec.points():
-        a, b = (v for _, v in point)
-        cells.append(make_cell(a, b, by_cell.get((a.label, b.label), [])))
-    return MatrixResult(meta, tuple(n.label for n in spec.nats), tuple(cells))
+        head = cell_head(point, model(point))
+        cells.append(make_cell(head, by_cell.get(head.key, [])))
+    return MatrixResult(meta, tuple(n.label for n in spec.nats), tuple(cells),
+                        dimension_infos(spec))
 
 
 def _version(argv: Sequence[str]) -> str | None:
@@ -67,12 +102,26 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _git_dirty() -> bool | None:
+    """Whether the checkout had uncommitted changes (None when installed or unknown)."""
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                              "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def environment() -> dict[str, Any]:
     """Versions of everything that decides the outcome: kernel, nftables, coturn, us."""
     nft = _version(["nft", "--version"]) or ""
     return {
         "tool_version": VERSION,
         "tool_commit": _git_commit(),
+        "tool_dirty": _git_dirty(),
         "kernel": platform.release(),
         "nftables": nft.split()[1].lstrip("v") if len(nft.split()) > 1 else nft or None,
         "coturn": _version(["turnserver", "--version"]),
@@ -81,16 +130,34 @@ def environment() -> dict[str, Any]:
     }
 
 
+def legacy_cells(spec: MatrixSpec) -> list[list[str]] | None:
+    """--only as (Alice's NAT, Bob's NAT) pairs, when every selector is exactly one."""
+    if spec.only is None or any(s.repeat is not None or [n for n, _ in s.point] != ["a", "b"]
+                                for s in spec.only):
+        return None
+    return [[label for _, label in s.point] for s in spec.only]
+
+
+def _nats_implied(spec: MatrixSpec) -> bool:
+    """Whether --only alone names the run's NATs (then --nats is left out)."""
+    cells = legacy_cells(spec)
+    named = list(dict.fromkeys(label for c in cells or [] for label in c))
+    return cells is not None and named == [n.label for n in spec.nats]
+
+
 def command_line(spec: MatrixSpec, jobs: int) -> str:
     """The command that runs this spec again."""
     parts = ["nat-testbed matrix"]
-    if spec.cells is None:
+    if not _nats_implied(spec):
         parts.append(f"--nats {','.join(n.label for n in spec.nats)}")
-    else:
-        parts += [f"--only {a.label},{b.label}" for a, b in spec.cells]
+    cells = legacy_cells(spec)
+    if cells is not None:
+        parts += [f"--only {a},{b}" for a, b in cells]
+    elif spec.only is not None:
+        parts += [f"--only {s.key}" for s in spec.only]
+    for d in spec.facet_dimensions():
+        parts.append(f"{d.flag} {','.join(d.labels)}")
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
-    if spec.conditions is not None:
-        parts.append(f"--conditions {spec_text(spec.conditions)}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")
         parts += [f"--{role[0]}-node {node}" for role, node in spec.nodes]
@@ -99,14 +166,11 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
 
 def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int,
                   admission: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
+    conf: dict[str, Any] = {
+        "command": command_line(spec, jobs) + ("" if admission else " --no-admission"),
         "admission": admission,
-        "conditions": None if spec.conditions is None else {
-            "where": "every slot's access links (each router's WAN link), each direction",
-            "conditions": spec.conditions.to_dict(), "text": str(spec.conditions)},
-        "command": command_line(spec, jobs),
         "nats": [spec_to_json(n) for n in spec.nats],
-        "cells": None if spec.cells is None else [[a.label, b.label] for a, b in spec.cells],
+        "cells": legacy_cells(spec),
         "repeat": spec.repeats,
         "jobs": jobs,
         "labs": n_labs,
@@ -116,6 +180,9 @@ def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int,
                   "port_reuse": PortReuse.EXCLUSIVE.value},
         "topology": layout.describe(),
     }
+    if spec.only is not None and conf["cells"] is None:
+        conf["only"] = [s.key for s in spec.only]
+    return conf
 
 
 def iso(t: float) -> str:

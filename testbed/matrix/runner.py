@@ -1,6 +1,7 @@
 """One matrix lab, in a worker process: build it, run all its slots at once, report.
 
-The lab is built by MatrixLab; then every peer of every slot gets a session
+The lab is built by MatrixLab from the slots' SlotSetups (what their dimensions set:
+the routers' NATs, the peers' timing, ...); then every peer of every slot gets a session
 (peers.session.Session) whose UDP socket and signaling connection are opened while
 the thread is inside that peer's namespace, so they stay there and every datagram
 crosses the real nftables NAT of its slot. One peers.driver.Driver runs them all from
@@ -35,22 +36,26 @@ from testbed.admission import (
 )
 from testbed.conditions import Conditions
 from testbed.lab import Lab
+from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.lab import Layout, MatrixLab
 from testbed.matrix.spec import Slot
 from testbed.netns import entered
 from testbed.results import ROLES, PairResult, PairTimings, combine
 from testbed.ruleset import loader_name
 from testbed.services import PeerServers
-from testbed.topology import Topology
 
 Send = Callable[[tuple[Any, ...]], None]
 
 
 @dataclass(frozen=True)
 class LabJob:
+    """One lab's work: its slots and what each runs with (plain data: it may travel to
+    another process or machine)."""
+
     index: int
     name: str
     slots: tuple[Slot, ...]
+    setups: tuple[SlotSetup, ...]
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
@@ -81,67 +86,73 @@ def slot_outcome(results: Sequence[PeerResult | None]) -> str:
     return outcomes.pop() if len(outcomes) == 1 else "failed"
 
 
-def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send,
-            places: Places | None = None, conditions: Conditions | None = None) -> None:
+def run_lab(job: LabJob, layout: Layout, send: Send, places: Places | None = None) -> None:
     """Build one matrix lab, run its slots, report, take it down. With `places` (shared by
     the run's workers), slots start as testbed.admission admits them; else all at once.
     The lab is built and taken down at a lower priority than the slots run at.
 
-    Messages: ("built", i, s), ("slot", i, key, outcome) per slot, ("outcomes", i,
-    results) as soon as every slot has decided (without coturn's counters, which take
-    up to a second more), ("results", i, results, phases), ("down", i, s)."""
-    phases: dict[str, float] = {}
-    t0 = time.monotonic()
-    topo = layout.topology(job.slots, job.name)
+    Messages: ("built", i, s), ("slot", i, k, outcome) as the k-th slot decides (without
+    coturn's counters, which take up to a second more), ("results", i, results, phases),
+    ("down", i, s)."""
     renice_thread(BUILD_NICE)
     noise = Noise(places)
     try:
         noise.begin()
-        _build_and_run(job, layout, timing, send, places, noise, topo, phases, t0, conditions)
+        _build_and_run(job, layout, send, places, noise)
     finally:
         noise.end()
 
 
-def _build_and_run(job: LabJob, layout: Layout, timing: Timing, send: Send,
-                   places: Places | None, noise: Noise, topo: Topology,
-                   phases: dict[str, float], t0: float,
-                   conditions: Conditions | None) -> None:
+def apply_conditions(lab: Lab, job: LabJob, layout: Layout) -> dict[str, list[str]] | None:
+    """Each slot's conditions (SlotSetup.conditions) on its access links, all of the
+    lab's at once (one forwarder); the mechanism used and its parts, or None."""
+    items: dict[tuple[str, str], Conditions] = {}
+    for k, setup in enumerate(job.setups):
+        if not setup.conditions.is_zero:
+            items.update(dict.fromkeys(layout.access_links(lab.topo, k), setup.conditions))
+    if not items:
+        return None
+    imps = impair.apply_many(lab, items)
+    return {i.mechanism: sorted({p for j in imps for p in j.parts}) for i in imps}
+
+
+def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | None,
+                   noise: Noise) -> None:
+    phases: dict[str, float] = {}
+    t0 = time.monotonic()
+    topo = layout.topology(job.setups, job.name)
     lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
-        mechanism: dict[str, list[str]] | None = None
-        if conditions is not None and not conditions.is_zero:
-            t1 = time.monotonic()
-            links = [e for k in range(len(job.slots)) for e in layout.access_links(topo, k)]
-            imps = impair.apply_many(lab, dict.fromkeys(links, conditions))  # one forwarder
+        t1 = time.monotonic()
+        mechanism = apply_conditions(lab, job, layout)
+        if mechanism is not None:
             phases["conditions"] = time.monotonic() - t1
-            mechanism = {i.mechanism: sorted({p for j in imps for p in j.parts}) for i in imps}
         phases["build"] = time.monotonic() - t0
         noise.end()
         renice_thread(0)
-        critical = [p.pid for p in lab.procs] + [0]  # the servers and this driver
+        critical = [p.pid for p in lab.procs] + [0]  # the servers, the forwarder, this driver
         # past its CPU-time limit the driver goes back to ordinary scheduling, alive
         signal.signal(signal.SIGXCPU, lambda *_: realtime(0, False))
         for pid in critical:
             realtime(pid, True)
         send(("built", job.index, phases["build"]))
-        eps = [open_peer(lab, k, role, layout.nodes(k), timing)
-               for k in range(len(job.slots)) for role in ROLES]
+        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing)
+               for k, setup in enumerate(job.setups) for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
 
         def finished(ep: Endpoint) -> None:
             k = ep.tag[0]
             if all(p.result is not None for p in by_slot[k]):
                 outcome = slot_outcome([p.result for p in by_slot[k]])
-                send(("slot", job.index, job.slots[k].key, outcome))
+                send(("slot", job.index, k, outcome))
 
         sig = PeerServers.of(lab.services).signaling
+        budget = max(wait_budget(s.timing) for s in job.setups)
         pids = [os.getpid(), *(p.pid for p in lab.procs)]  # driver, servers, forwarder
         gate = None if places is None else Admission(places, Headroom(lambda: pids))
-        times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished,
-                       gate=gate).run()
-        send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
+        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished, gate=gate).run()
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
         ended = max([punch_end(ep) for ep in eps] or [times.start])
@@ -173,7 +184,8 @@ def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
         out.append(combine(
             {r: p for r, p in peers.items() if p is not None},
             {role: usage.get((k, role)) for role in ROLES},
-            a=slot["a"].label, b=slot["b"].label, key=slot.key, repeat=slot.repeat,
+            a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
+            repeat=slot.repeat,
             lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
             timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3))))
     return out

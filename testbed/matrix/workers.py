@@ -2,7 +2,9 @@
 
 Each lab is built and run by one worker process (forked; `jobs` of them build at
 once, twice as many may be running their sessions). A worker reports over a pipe
-(testbed.matrix.runner.run_lab's messages); the parent gathers the results.
+(testbed.matrix.runner.run_lab's messages); the parent hands each lab's results on as
+they arrive (on_results) and keeps nothing of them: labs are started from an iterator,
+so a run of any size holds only the labs that are running.
 
 Ctrl-C / SIGTERM: workers unwind through Lab.down (then ignore further signals until
 it is done); the parent waits for them and, for a worker that died anyway, removes
@@ -18,14 +20,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from peers.session import Timing
 from testbed import state
 from testbed.admission import Noise, Places
-from testbed.conditions import Conditions
 from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
 from testbed.matrix.lab import Layout
@@ -37,7 +37,7 @@ CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
 
 
 def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout,
-            timing: Timing, places: Any, conditions: Conditions | None) -> None:
+            places: Any) -> None:
     worker_signals()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -45,7 +45,7 @@ def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: La
             conn.send(msg)
 
     try:
-        run_lab(job, layout, timing, send, places, conditions)
+        run_lab(job, layout, send, places)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
@@ -67,37 +67,36 @@ class _Worker:
 
 @dataclass
 class Workers:
-    """Runs the labs of one matrix; `final` and `early` hold results by lab index."""
+    """Runs the labs of one matrix, handing on each slot's outcome and each lab's results."""
 
     layout: Layout
-    timing: Timing
     jobs: int
     progress: Progress | None = None
     # work for the parent while the first labs build (e.g. importing the plotting code):
     # counted as noise, so no slot starts while it runs (testbed.admission)
     background: Callable[[], None] | None = None
-    on_outcomes: Callable[[], None] | None = None  # every slot decided, counters pending
+    on_slot: Callable[[LabJob, int, str], None] | None = None  # a slot decided (k, outcome)
+    on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
-    final: dict[int, list[PairResult]] = field(default_factory=dict)
-    early: dict[int, list[PairResult]] = field(default_factory=dict)
-    n_labs: int = 0
     admission: bool = True  # slots start as testbed.admission admits them
-    conditions: Conditions | None = None  # on every slot's access links
 
-    def run(self, jobs: Sequence[LabJob]) -> None:
-        self.n_labs = len(jobs)
+    def run(self, jobs: Iterable[LabJob]) -> None:
         ctx = multiprocessing.get_context("fork")
         self._places = Places.for_run(ctx) if self.admission else None
         helper = self._background()
-        pending = list(jobs)
+        pending: Iterator[LabJob] = iter(jobs)
+        upcoming = next(pending, None)
+        started: list[str] = []
         alive: list[_Worker] = []
         failed: str | None = None
         try:
-            while pending or alive:
+            while upcoming is not None or alive:
                 building = sum(1 for w in alive if not w.built)
-                while (pending and failed is None and building < self.jobs
+                while (upcoming is not None and failed is None and building < self.jobs
                        and len(alive) < 2 * self.jobs):
-                    alive.append(self._start(ctx, pending.pop(0)))
+                    alive.append(self._start(ctx, upcoming))
+                    started.append(upcoming.name)
+                    upcoming = next(pending, None)
                     building += 1
                 ready = multiprocessing.connection.wait([w.conn for w in alive], timeout=0.1)
                 for w in alive:
@@ -107,8 +106,8 @@ class Workers:
                     w.proc.join()
                     self._fallback_clean(w)
                     alive.remove(w)
-                if failed is not None and pending:
-                    pending.clear()
+                if failed is not None and upcoming is not None:
+                    upcoming = None
                     for w in alive:
                         _signal_worker(w, signal.SIGTERM)
                 if self.progress:
@@ -126,7 +125,7 @@ class Workers:
         if failed is not None:
             raise LabError(f"matrix run stopped: {failed}")
         reported = {info.get("lab") for info in self.labs}
-        lost = [j.name for j in jobs if j.name not in reported]
+        lost = [name for name in started if name not in reported]
         if lost:  # a worker was killed from outside: no results, its lab removed
             raise LabError(f"lab {', '.join(lost)} ended without results (its worker was "
                            "stopped or killed); nothing of it is left")
@@ -150,8 +149,7 @@ class Workers:
 
     def _start(self, ctx: Any, job: LabJob) -> _Worker:
         parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout, self.timing,
-                                                 self._places, self.conditions),
+        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout, self._places),
                            name=f"matrix-{job.name}", daemon=False)
         proc.start()
         child_end.close()
@@ -177,15 +175,14 @@ class Workers:
                 p.built += 1
                 p.event(f"lab {w.job.name}: built in {msg[2]:.2f} s, running")
         elif kind == "slot":
+            if self.on_slot is not None:
+                self.on_slot(w.job, msg[2], msg[3])
             if p:
                 p.done += 1
                 p.draw()
-        elif kind == "outcomes":
-            self.early[msg[1]] = msg[2]
-            if len(self.early) == self.n_labs and self.on_outcomes is not None:
-                self.on_outcomes()  # while the workers wait for coturn's counters
         elif kind == "results":
-            self.final[msg[1]] = msg[2]
+            if self.on_results is not None:
+                self.on_results(w.job, msg[2])
             self.labs.append(msg[3])
         elif kind == "down":
             w.down = True

@@ -14,7 +14,6 @@ import shutil
 
 import pytest
 
-from testbed.conditions import parse_spec
 from testbed.matrix.run import run_matrix
 from testbed.nat import NatSpec
 from testbed.results import ROLES
@@ -31,12 +30,13 @@ DELAY_MS = 40.0
 def test_a_delay_on_every_access_link_shows_in_every_stage() -> None:
     prc, sym = NatSpec.from_label("port-restricted-cone"), NatSpec.from_label("symmetric")
     doc = run_matrix(only=[(prc, prc), (prc, sym)], repeats=2, jobs=1,
-                     conditions=parse_spec(f"delay={DELAY_MS:g}ms"))
+                     dimensions={"delay": [f"{DELAY_MS:g}ms"]})
     meta = doc.metadata
-    assert meta["configuration"]["conditions"]["conditions"] == {"delay": "40ms"}
+    assert "--delay 40ms" in meta["configuration"]["command"]
     assert meta["conditions_mechanism"] in ({"forwarder": ["forwarder"]},
                                             {"netem": ["netem"]})
     for cell in doc.cells:
+        assert cell.point == {"delay": "40ms"}  # a dimension: in every key and record
         assert [r.outcome for r in cell.repeats] == [cell.predicted] * 2
         for r in cell.repeats:
             for role in ROLES:

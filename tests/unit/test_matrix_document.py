@@ -7,8 +7,9 @@ from typing import Any
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
-from testbed.matrix.document import build_document, command_line, make_cell
-from testbed.matrix.spec import MatrixSpec
+from testbed.matrix import dimensions as dims
+from testbed.matrix.document import Predictor, build_document, cell_head, command_line, make_cell
+from testbed.matrix.spec import MatrixSpec, Selector
 from testbed.model import predict
 from testbed.nat import APD, EI, Kind, NatSpec
 from testbed.results import PairResult, cell_to_json, matrix_to_json, pair_from_json
@@ -23,12 +24,12 @@ def peer(name: str, outcome: str) -> dict[str, Any]:
             "packets": {k: 1 for k in PACKET_COUNTS}}
 
 
-def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int) -> PairResult:
+def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int, **point: str) -> PairResult:
     return pair_from_json({"outcome": outcome, "stage": "punch", "relay_bytes": None,
-                           "repeat": n, "a": a.label, "b": b.label,
+                           "repeat": n, "a": a.label, "b": b.label, **point,
                            "timings_ms": {"connect": 1.0, "total": 2.0},
                            "peers": {"alice": peer("alice", outcome),
-                                     "bob": peer("bob", outcome)}})
+                                     "bob": peer("bob", outcome)}}, dims=list(point))
 
 
 def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
@@ -48,7 +49,7 @@ def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
 
 
 def test_only_the_selected_cells_are_in_the_document() -> None:
-    spec = MatrixSpec((FULL, SYM), cells=((SYM, FULL),))
+    spec = MatrixSpec((FULL, SYM), only=(Selector.cell(SYM, FULL),))
     doc = build_document(spec, [repeat(SYM, FULL, "direct", 1)], {})
     assert doc.nats == ("full-cone", "symmetric")
     assert [(c.a, c.b, len(c.repeats)) for c in doc.cells] == [("symmetric", "full-cone", 1)]
@@ -58,7 +59,10 @@ def test_only_the_selected_cells_are_in_the_document() -> None:
 def test_make_cell_from_the_model_validates() -> None:
     a = NatSpec(mapping=EI, filtering=APD)
     b = NatSpec(kind=Kind.NONE)
-    c = cell_to_json(make_cell(a, b, [repeat(a, b, "direct", 1)]))
+    spec = MatrixSpec((a, b))
+    point = next(p for p in spec.points() if dict(p) == {"a": a, "b": b})
+    c = cell_to_json(make_cell(cell_head(point, Predictor(spec)(point)),
+                               [repeat(a, b, "direct", 1)]))
     assert c["predicted"] == predict(a, b).outcome
     assert c["nat_a"]["mapping"] == "endpoint-independent" and c["nat_b"]["kind"] == "none"
     json.dumps(c)  # plain JSON types only
@@ -69,5 +73,32 @@ def test_the_command_line_runs_the_same_spec_again() -> None:
     spec = MatrixSpec((FULL, SYM), 3)
     assert command_line(spec, 2) == ("nat-testbed matrix --nats full-cone,symmetric "
                                      "--repeat 3 --jobs 2")
-    only = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),))
+    only = MatrixSpec((SYM, FULL), 1, only=(Selector.cell(SYM, FULL),))
     assert "--only symmetric,full-cone" in command_line(only, 1)
+    assert "--nats" not in command_line(only, 1)  # --only names the NATs, in this order
+    keyed = MatrixSpec((FULL, SYM), 2, only=(Selector.parse("a=symmetric,repeat=2"),),
+                       extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    assert command_line(keyed, 1) == (
+        "nat-testbed matrix --nats full-cone,symmetric --only a=symmetric,repeat=2 "
+        "--punch-timeout 0.05s,1s --repeat 2 --jobs 1")
+
+
+def test_cells_are_keyed_by_their_full_point_and_not_modelled_is_never_agreement() -> None:
+    spec = MatrixSpec((FULL, SYM), extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    results = [repeat(SYM, SYM, "relay", 1, punch="0.05s"), repeat(SYM, SYM, "relay", 1,
+                                                               punch="1s"),
+               repeat(FULL, FULL, "relay", 1, punch="0.05s")]
+    doc = build_document(spec, results, {})
+    assert len(doc.cells) == 8 and [d.name for d in doc.dimensions] == ["punch"]
+    fast = doc.cell("symmetric", "symmetric", punch="0.05s")
+    assert fast is not None and fast.predicted is None and "punch timeout 0.05s" in fast.reason
+    assert fast.key == "a=symmetric,b=symmetric,punch=0.05s"
+    default = doc.cell("symmetric", "symmetric", punch="1s")
+    assert default is not None and default.predicted == "relay"  # as without the dimension
+    summary = report.summarize_cell(fast)
+    assert summary.agrees is None and summary.mark == "?"
+    # full-cone both sides relayed at 0 s: not modelled, so no disagreement either
+    assert report.disagreements(doc) == []
+    assert [s.where for s in report.not_modelled(doc)] == [
+        "full-cone -> full-cone (punch=0.05s)", "symmetric -> symmetric (punch=0.05s)"]
+    report.validate(matrix_to_json(doc))
