@@ -123,7 +123,7 @@ def format_rows(rows: Sequence[Row], names: Sequence[str]) -> str:
     for p, h in zip(points, heads, strict=True):
         xs = [t for r in rows if r.point == p for t in r.ttc_ms]
         med, p95 = median(xs), quantile(xs, 0.95)
-        ttc.append(f"{h}: median {med:.0f} ms, p95 {p95:.0f} ms (n={len(xs)})"
+        ttc.append(f"{h}: median {med:.1f} ms, p95 {p95:.1f} ms (n={len(xs)})"
                    if med is not None and p95 is not None else f"{h}: none connected")
     return "\n".join([*lines, "time to connect, all pairings: " + "; ".join(ttc)])
 
@@ -217,7 +217,9 @@ def plot_rates(path: Path, rows: Sequence[Row], dims: Sequence[str],
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel(xdim + (" (ms)" if labels and labels[-1].endswith("ms") else ""))
+        unit = next((u for suffix, u in (("ms", "ms"), ("%", "%"), ("bit", "bit/s"))
+                     if labels and labels[-1].endswith(suffix)), None)
+        ax.set_xlabel(xdim + (f" ({unit})" if unit and numeric else ""))
         ax.set_ylabel("direct rate (95% CI)")
         title = ", ".join(f"{n}={v}" for n, v in panel)
         if title:

@@ -338,6 +338,12 @@ def _unchanged(inp: ModelInput, value: Any) -> ModelInput:
     return inp
 
 
+def _model_loss(inp: ModelInput, value: Param) -> ModelInput | NotModelled:
+    if value.text in (UNSET, "0%"):
+        return inp
+    return NotModelled(f"the reference model does not cover loss ({value.text})")
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str  # a preset of testbed.conditions, or "none": perfect links
@@ -381,6 +387,7 @@ _PARAM_HELP = {"delay": ("D,...", "one-way delay on each access link, e.g. 50ms 
                "rate": ("R,...", "bottleneck rate, e.g. 10mbit")}
 PARAMS = {name: register(Dimension(
     name, f"{name} (access links)", (), _param_parser(name), _set_param, Param(name, UNSET),
-    None if name == "loss" else _unchanged, flag=f"--{name}", metavar=_PARAM_HELP[name][0],
+    _model_loss if name == "loss" else _unchanged, flag=f"--{name}",
+    metavar=_PARAM_HELP[name][0],
     help=_PARAM_HELP[name][1], split=split_units)) for name in CONDITION_PARAMS}
 CONDITION_DIMENSIONS = ("cond", *CONDITION_PARAMS)
