@@ -27,6 +27,7 @@ from testbed.matrix.document import (
     dimension_infos,
     environment,
     iso,
+    mechanisms,
     phase_summary,
 )
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
@@ -203,16 +204,6 @@ class MatrixRun:
                 labs=tuple(labs))
             records.write_manifest(out, manifest)
         return manifest
-
-
-def mechanisms(labs: Sequence[dict[str, Any]]) -> dict[str, list[str]] | None:
-    """Which impairment mechanism the labs used for link conditions, with its parts
-    (testbed.impair: netem or the forwarder; tbf, nft drops), or None: perfect links."""
-    out: dict[str, set[str]] = {}
-    for info in labs:
-        for mech, parts in (info.get("conditions_mechanism") or {}).items():
-            out.setdefault(mech, set()).update(parts)
-    return {m: sorted(p) for m, p in out.items()} or None
 
 
 def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,

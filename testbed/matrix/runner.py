@@ -31,6 +31,7 @@ from testbed.admission import (
     Headroom,
     Noise,
     Places,
+    read_cpu_seconds,
     realtime,
     renice_thread,
 )
@@ -158,10 +159,13 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
         ended = max([punch_end(ep) for ep in eps] or [times.start])
         phases["punch"] = ended - times.start
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
+        forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
               dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
                    admission_waits=gate.waited if gate is not None else None,
-                   conditions_mechanism=mechanism)))
+                   conditions_mechanism=mechanism,
+                   forwarder_cpu_s=round(read_cpu_seconds(sorted(forwarders)), 3)
+                   if forwarders else None)))
         for pid in critical:
             realtime(pid, False)
         renice_thread(BUILD_NICE)
