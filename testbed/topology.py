@@ -968,7 +968,7 @@ def far_end(topo: Topology, node: str, iface: str) -> tuple[str, str] | None:
 
 
 def describe(topo: Topology) -> str:
-    """Human summary: nodes, interfaces, addresses, routes."""
+    """Human summary: nodes, interfaces, addresses, routes; link conditions and events."""
     lines = []
     for n in topo.nodes:
         extra = f" nat={n.nat.label}" if n.nat else ""
@@ -980,4 +980,11 @@ def describe(topo: Topology) -> str:
             lines.append(f"    {i.name:<8} {addrs}{wan}")
         for r in n.routes:
             lines.append(f"    route {r}")
+    if topo.conditions:
+        lines.append("  conditions (what leaves each interface):")
+        lines += [f"    {c.node}:{c.iface}: {c.conditions}  [{c.source}]"
+                  for c in topo.conditions]
+    if topo.events:
+        lines.append("  events (during a call: nat-testbed pair):")
+        lines += [f"    {ev}" for ev in topo.events]
     return "\n".join(lines)
