@@ -105,7 +105,10 @@ def far_drop_chain(far_dev: str, cond: Conditions, p: Parts) -> str:
     rules = []
     if p.mechanism == "forwarder" and cond.loss and not p.scheduler:
         threshold = round(cond.loss * LOSS_SCALE)
-        rules.append(f"numgen random mod {LOSS_SCALE} < {threshold} drop")
+        # numgen's values are 0 .. LOSS_SCALE - 1: a threshold of LOSS_SCALE is out of
+        # nft's range (and means every packet)
+        rules.append("drop" if threshold >= LOSS_SCALE
+                     else f"numgen random mod {LOSS_SCALE} < {threshold} drop")
     if cond.mtu is not None and cond.oversize == "drop":
         rules.append(f"ip length > {cond.mtu} drop")
         rules.append(f"ip6 length > {max(cond.mtu - 40, 0)} drop")  # payload length

@@ -82,6 +82,12 @@ def test_nft_chains() -> None:
         "  }\n}\n")
     # Under netem the loss is netem's: the far chain only drops oversize packets.
     assert "numgen" not in plan.far_drop_chain("p0", c, plan.parts(c, "netem"))
+    # 100 % loss: every packet, without a threshold numgen cannot reach
+    c = parse_spec("loss=100%")
+    assert plan.far_drop_chain("p0", c, plan.parts(c, "forwarder")).splitlines()[3] == \
+        "    drop"
+    c = parse_spec("loss=99.9999999%")
+    assert "< 999999999 drop" in plan.far_drop_chain("p0", c, plan.parts(c, "forwarder"))
     assert plan.delete_chain("in", "p0") == "delete chain netdev nattestbed_impair in_p0\n"
     assert plan.chain_name("out", "eth 0") == "out_eth_0"
 
