@@ -46,4 +46,4 @@ def test_a_delay_on_every_access_link_shows_in_every_stage() -> None:
                     assert p.timings_ms.punch is not None
                     assert p.timings_ms.punch >= 4 * DELAY_MS * 0.95
             # and not much more: the mechanism adds little (docs/conditions.md)
-            assert r.peers["alice"].gather_ms.stun < 2 * DELAY_MS + 30
+            assert r.peers["alice"].gather_ms.stun < 2 * DELAY_MS + 150
