@@ -47,6 +47,7 @@ TAP_QUEUE = 10000  # frames the TAP holds before the forwarder reads them
 MAX_FRAME = 65536
 RTTIME_LIMIT_US = 200_000  # CPU time without blocking before the kernel stops us
 SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes no descriptor at or above it
+FORWARDER_PRIORITY = 2  # above testbed.admission.CRITICAL_PRIORITY
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -180,12 +181,13 @@ class Forwarder:
 
 
 def realtime() -> str:
-    """Wake on time even when the CPUs are busy: the lowest real-time priority (it
-    preempts ordinary tasks, nothing else), with a CPU-time limit between blocking calls
+    """Wake on time even when the CPUs are busy: real-time priority FORWARDER_PRIORITY
+    (it preempts ordinary tasks, and the matrix's drivers and servers at priority 1,
+    whose packets it is delaying; nothing else), with a CPU-time limit between blocking calls
     so a bug can never spin a core away from everyone else (SIGXCPU, then SIGKILL)."""
     try:
         resource.setrlimit(resource.RLIMIT_RTTIME, (RTTIME_LIMIT_US, 2 * RTTIME_LIMIT_US))
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FORWARDER_PRIORITY))
     except OSError:
         return "normal"
     return "fifo"

@@ -133,7 +133,9 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
         phases["build"] = time.monotonic() - t0
         noise.end()
         renice_thread(0)
-        critical = [p.pid for p in lab.procs] + [0]  # the servers, the forwarder, this driver
+        # the servers and this driver (the forwarder keeps its own, higher priority)
+        forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
+        critical = [p.pid for p in lab.procs if p.pid not in forwarders] + [0]
         # past its CPU-time limit the driver goes back to ordinary scheduling, alive
         signal.signal(signal.SIGXCPU, lambda *_: realtime(0, False))
         for pid in critical:
@@ -159,7 +161,6 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
         ended = max([punch_end(ep) for ep in eps] or [times.start])
         phases["punch"] = ended - times.start
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
-        forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
               dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
                    admission_waits=gate.waited if gate is not None else None,
