@@ -387,6 +387,10 @@ def _call_lines(result: PairResult) -> list[str]:
     return lines
 
 
+CANDIDATE_LEGEND = ("host = own address, srflx = its NAT's mapping (from STUN), prflx = one "
+                    "seen on a probe, relay = on the TURN server; docs/glossary.md")
+
+
 def format_pair(result: PairResult) -> str:
     lines = [f"pair: {result.a} (alice) x {result.b} (bob)",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
@@ -403,6 +407,7 @@ def format_pair(result: PairResult) -> str:
     lines += _call_lines(result)
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
+    lines.append(CANDIDATE_LEGEND)
     return "\n".join(lines)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from peers.session import Timing
 from testbed import adapters
+from testbed.adapters import DEFAULT_DEADLINE_S
 from testbed.cli.common import (
     NAT_HELP,
     add_condition_flags,
     add_topology_flags,
     call_of,
+    check_lab_name,
     conditions_of,
     events_of,
     flag,
@@ -20,11 +21,7 @@ from testbed.cli.common import (
 )
 from testbed.errors import UsageError
 from testbed.events import EventError
-from testbed.lab import require_root
 from testbed.nat import NatSpec
-from testbed.pair import format_pair, format_trace, pair_topology, plan_call, run_pair
-from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
-from testbed.results import pair_to_json
 
 NAME = "pair"
 HELP = "two peers behind two NATs: direct, relay or failed?"
@@ -45,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topology_flags(p, "run the pair", "home-pair")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
+    p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
     p.add_argument("--trace", metavar="DIR",
                    help="capture both sides of both routers: pcaps and a sequence diagram")
     p.add_argument("--peer-a", metavar="PEER", help="Alice's program: an adapter from "
@@ -75,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
                              "--peer-command")
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    check_lab_name(args.name)
+    from peers.session import Timing  # the flags are good: now load the engine
+    from testbed.lab import require_root
+    from testbed.pair import format_pair, format_trace, pair_topology, plan_call, run_pair
+    from testbed.results import pair_to_json
+
     with flag("--topology/--a-node/--b-node"):
         topo, _ = pair_topology(nat_a, nat_b, topology, {"alice": args.a_node,
                                                           "bob": args.b_node})
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
                           b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
-                          conditions=conditions, events=events, call=call)
+                          conditions=conditions, events=events, call=call,
+                          lab_name=args.name)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -125,6 +130,9 @@ def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.
 
 
 def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
+    from testbed.lab import require_root
+    from testbed.peerprog import format_cell, run_contract_pair
+
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
@@ -133,8 +141,10 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
+    check_lab_name(args.name)
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                             lab_name=args.name)
     if args.json:
         print_json(cell)
     else:

@@ -1563,3 +1563,11 @@ def test_expire_and_renumber_need_a_nat() -> None:
         "nat: {type: port-restricted-cone}", "nat: {type: none}")
     with pytest.raises(TopologyError, match="expire needs a router that translates"):
         parse_topology(text, "t.yaml")
+
+
+def test_a_key_holding_the_message_separator_is_quoted() -> None:
+    # Found by hypothesis: the key ": " read as an empty field in "f.yaml:1: : : ...".
+    with pytest.raises(TopologyError) as exc:
+        parse_topology('": ": 1\n', "f.yaml")
+    assert str(exc.value) == ('f.yaml:1: ": ": unknown key (allowed: name, description, '
+                              "defaults, nodes, links, networks, events)")
