@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.conditions import parse_conditions
+from testbed.impair.plan import MARK
 from testbed.impair.schedule import Fate, Timeline
 
-MARK = 0x6E740001  # 'nt' 1: frames the forwarder sends; the redirect filter skips them
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFTXQLEN = 0x8913, 0x8914, 0x8943

@@ -28,12 +28,15 @@ from testbed import netns, ruleset, state
 from testbed.conditions import Conditions, from_dict
 from testbed.errors import LabError
 from testbed.impair import plan
-from testbed.impair.forwarder import MARK
 from testbed.netns import Netns
 from testbed.topology import Topology
 from testbed.topology import far_end as topology_far_end
 
+# The forwarder creates a TAP and a socket per port, each under the kernel's RTNL lock,
+# which other labs being built hold often: a 100-slot matrix lab (400 ports) took over
+# 5 s at load 18 on 2 cores. A forwarder that dies is seen at once (its pipe closes).
 READY_TIMEOUT_S = 5.0
+READY_PER_PORT_S = 0.25
 Endpoint = tuple[str, str]  # (node or bridged segment, interface)
 
 
@@ -165,7 +168,7 @@ def apply_many(lab: Lab, items: Mapping[Endpoint, Conditions], *,
             _nft(lab, far[0], plan.far_drop_chain(far[1], cond, p))
         tap = plan.tap_name(iface) if ep in fwd_eps else None
         if tap is not None:  # last: traffic flows unimpaired until the forwarder is ready
-            _nft(lab, node, plan.forward_chain(iface, tap, MARK))
+            _nft(lab, node, plan.forward_chain(iface, tap, plan.MARK))
         imp = Impairment(node, iface, cond, mech, p.names(), far, mtu_before,
                          pid if tap else None, tap)
         _records(lab)[imp.key] = imp.to_dict()
@@ -279,14 +282,14 @@ def _start_forwarder(lab: Lab, eps: Mapping[Endpoint, Conditions]) -> int:
         proc = lab.python(home, "testbed.impair.forwarder", "--spec", json.dumps(spec),
                           stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     assert proc.stdout is not None
-    line = _read_line(proc.stdout, READY_TIMEOUT_S)
+    line = _read_line(proc.stdout, READY_TIMEOUT_S + READY_PER_PORT_S * len(spec))
     proc.stdout.close()
     if not line.startswith(b"ready"):
         proc.kill()
         proc.wait()
         tail = log.read_text()[-400:].strip()
         raise LabError(f"lab {lab.name}: impairment forwarder on {home} did not become "
-                       f"ready: {tail}")
+                       f"ready ({len(spec)} ports): {tail or 'no output'}")
     return proc.pid
 
 

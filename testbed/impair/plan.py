@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from testbed.conditions import Conditions, format_percent
 
+MARK = 0x6E740001  # 'nt' 1: frames the forwarder sends; the redirect filter skips them
+
 NFT_TABLE = "nattestbed_impair"
 NETEM_LIMIT = 1000  # packets: netem's default, and the forwarder's (schedule.QUEUE_LIMIT)
 RATE_QUEUE_S = 0.1  # the token bucket's queue holds 100 ms at the rate

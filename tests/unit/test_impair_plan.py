@@ -9,7 +9,6 @@ import pytest
 
 from testbed.conditions import Conditions, GilbertElliott, parse_spec
 from testbed.impair import plan
-from testbed.impair.forwarder import MARK
 from testbed.impair.schedule import Fate, Timeline
 from testbed.impair.stats import (
     binomial_interval,
@@ -65,7 +64,7 @@ def test_tbf_bucket_holds_a_jumbo_frame() -> None:
 
 
 def test_nft_chains() -> None:
-    assert plan.forward_chain("wan", "imp1", MARK) == (
+    assert plan.forward_chain("wan", "imp1", plan.MARK) == (
         "table netdev nattestbed_impair {\n"
         "  chain out_wan {\n"
         "    type filter hook egress device \"wan\" priority 0;\n"
