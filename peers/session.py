@@ -40,9 +40,10 @@ sees it from the same address, else made anew),
 exchanges candidates and punches again, or falls back to the relay, as at the
 start; data flows again once a path is decided. A restart that fails is tried
 again after restart_backoff, at most max_restarts times. If the signaling
-connection drops during a call (a new public address resets it), the driver
+connection drops during a call (a new public address resets it; a peer in a call
+pings the server at every consent check, so the reset comes soon), the driver
 reconnects, the peer registers again (a valid registration takes over its id)
-and sends what it had to say meanwhile.
+and sends what it had to say meanwhile, and a restart's offer that got no answer.
 
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
@@ -395,7 +396,13 @@ class Session:
             return
         self.out.append(Signal(msg))
         if self._signaling_open and (self.t_registered is not None or msg["type"] == "register"):
-            self._next_ping = self._now + self.SIGNAL_KEEPALIVE  # the server drops idlers
+            self._next_ping = self._now + self._ping_interval()
+
+    def _ping_interval(self) -> float:
+        """The server drops idlers: a ping after SIGNAL_KEEPALIVE of silence. During a
+        call, one per consent check: a signaling connection that a renumbered NAT cut is
+        then found (the server resets it) before the remote needs it for a restart."""
+        return self.t.keepalive_interval if self.in_call else self.SIGNAL_KEEPALIVE
 
     def _send(self, data: bytes, addr: Address) -> None:
         self.counters.sent += 1
@@ -589,9 +596,7 @@ class Session:
             if self.secret is None:  # a restart keeps the session's secret
                 self.secret = self._rng(32).hex()
                 self._key = bytes.fromhex(self.secret)
-            self._signal({"type": "offer", "to": self.cfg.remote,
-                          "candidates": [c.to_json() for c in self.local],
-                          "secret": self.secret})
+            self._signal(self._offer_msg())
         elif self._offer is not None:
             self._answer()
 
@@ -982,12 +987,19 @@ class Session:
         gen = int(msg["gen"])
         if gen > self.gen:
             self._begin_restart(now, "the remote lost the path", gen, announce=False)
-        elif gen == self.gen and self._restarting and self.controlling and self.remote == [] \
-                and self.phase is Phase.EXCHANGE:
+        elif gen == self.gen and self._offer_unanswered():
             # the remote (re)joined late: our offer may have gone to its old connection
-            self._signal({"type": "offer", "to": self.cfg.remote,
-                          "candidates": [c.to_json() for c in self.local],
-                          "secret": self.secret})
+            self._signal(self._offer_msg())
+
+    def _offer_unanswered(self) -> bool:
+        """A restart's offer is out and nothing came back: it may be lost with a dead
+        signaling connection (ours or the remote's)."""
+        return (self._restarting and self.controlling and self.remote == []
+                and self.phase is Phase.EXCHANGE)
+
+    def _offer_msg(self) -> dict[str, Any]:
+        return {"type": "offer", "to": self.cfg.remote,
+                "candidates": [c.to_json() for c in self.local], "secret": self.secret}
 
     def _on_reregistered(self, now: float) -> None:
         self._note("signaling: registered again")
@@ -996,9 +1008,12 @@ class Session:
         backlog, self._sig_backlog = self._sig_backlog, []
         if self._restarting and not any(m["type"] == "restart" for m in backlog):
             backlog.insert(0, {"type": "restart", "to": self.cfg.remote, "gen": self.gen})
+        if self._offer_unanswered() and not any(m["type"] == "offer" for m in backlog):
+            # sent on the connection that was already dead (a renumbered NAT): again
+            backlog.insert(1, {**self._offer_msg(), "gen": self.gen})
         for msg in backlog:
             self.out.append(Signal(msg))
-        self._next_ping = now + self.SIGNAL_KEEPALIVE
+        self._next_ping = now + self._ping_interval()
 
     def handle_signal_reconnected(self, now: float) -> None:
         """The driver has a new signaling connection; the server's challenge follows."""

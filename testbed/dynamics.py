@@ -10,8 +10,9 @@ An event (testbed.events) is carried out as a real router or link would suffer i
   maps); with `for D`, its interfaces down for D first, and its routes restored when
   they come up (the kernel drops a route with its interface);
 - renumber IFACE: a new address on the WAN interface (the highest free one of its
-  subnet), the old one removed, the ruleset loaded for the new address and conntrack
-  flushed (Linux's own masquerade forgets flows of a vanished address the same way);
+  subnet), the old one removed and forgotten by the segment's neighbours (it reaches
+  nothing any more), the ruleset loaded for the new address and conntrack flushed
+  (Linux's own masquerade forgets flows of a vanished address the same way);
 - expire: the UDP mappings and UDP conntrack entries gone at once, TCP kept;
 - down IFACE [for D] / up IFACE: the interface's administrative state, routes restored.
 
@@ -86,12 +87,16 @@ def _freeze(lab: Lab, node: str, what: str, on: bool) -> None:
 
 
 def flush_state(lab: Lab, node: str, *, udp_only: bool = False,
-                wan_addr: str | None = None) -> None:
+                wan_addr: str | None = None, first: Callable[[], None] | None = None) -> None:
     """The router's NAT ruleset loaded anew (empty maps) and its conntrack entries gone,
-    as one step: the router drops the traffic concerned for the few ms it takes."""
+    as one step: the router drops the traffic concerned for the few ms it takes. `first`
+    runs inside that step (a renumbering: else the old conntrack entries would go on
+    translating to the old address for as long as the address change takes)."""
     n = _node(lab, node)
     _freeze(lab, node, "meta l4proto udp" if udp_only else "", True)
     try:
+        if first is not None:
+            first()
         # conntrack exits 1 when there was nothing to delete: not an error here
         argv = ["conntrack", "-D", "-p", "udp"] if udp_only else ["conntrack", "-F"]
         lab.run(node, argv, check=False)
@@ -125,6 +130,17 @@ def renumber_address(lab: Lab, node: str, iface: str, taken: set[str]) -> IPv4In
             return IPv4Interface(f"{host}/{current.network.prefixlen}")
     raise LabError(f"lab {lab.name}: no free address left in {current.network} to "
                    f"renumber {node}:{iface}")
+
+
+def forget_address(lab: Lab, node: str, iface: str, ip: str) -> None:
+    """The neighbours on the interface's segment forget `ip`: a renumbered address
+    reaches nothing from then on, as when the carrier routes it elsewhere (a cached
+    neighbour entry would keep delivering it to the router for seconds)."""
+    for seg in lab.topo.segments:
+        if (node, iface) in seg.members:
+            for other, their in seg.members:
+                if other != node:
+                    lab.run(other, ["ip", "neigh", "del", ip, "dev", their])  # none: fine
 
 
 @dataclass
@@ -219,13 +235,17 @@ class EventRunner:
                                           str(_node(lab, node).iface(iface).address))
                 new = renumber_address(lab, node, iface,
                                        {a.split("/")[0] for a in self._addresses.values()})
-                # the old one first: deleting a subnet's primary address deletes its
-                # secondaries too (unless promote_secondaries), the new one among them
-                _run(lab, node, "ip", "addr", "del", old, "dev", iface)
-                _run(lab, node, "ip", "addr", "add", str(new), "dev", iface)
-                restore_routes(lab, node)
+
+                def swap() -> None:
+                    # the old one first: deleting a subnet's primary address deletes its
+                    # secondaries too (unless promote_secondaries), the new one among them
+                    _run(lab, node, "ip", "addr", "del", old, "dev", iface)
+                    _run(lab, node, "ip", "addr", "add", str(new), "dev", iface)
+                    forget_address(lab, node, iface, old.split("/")[0])
+                    restore_routes(lab, node)
+
+                flush_state(lab, node, wan_addr=str(new.ip), first=swap)
                 self._addresses[(node, iface)] = str(new)
-                flush_state(lab, node, wan_addr=str(new.ip))
                 return f"{iface} {old.split('/')[0]} -> {new.ip}"
             return renumber
         if ev.action == "expire":

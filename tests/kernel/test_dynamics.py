@@ -62,3 +62,26 @@ def test_each_kind_of_event_breaks_the_path_and_the_peers_restore_it() -> None:
     assert result.peers["alice"].restarts[2].candidate_pair[0].ip == new_ip
     for f in result.flows:
         assert f.arrived < f.sent, text
+
+
+def test_a_renumbered_address_reaches_nothing_and_both_peers_are_told() -> None:
+    """Full cones keep their ports and let anyone in, so what cuts the path is the
+    address alone: datagrams to the old one must stop (its neighbours forget it, as a
+    carrier routes it elsewhere), the peer that lost its path restarts, and the remote,
+    whose own checks are still answered, hears of it over signaling (its connection,
+    cut by the renumbering, is found at a ping and opened again)."""
+    nat = NatSpec.from_label("full-cone")
+    result = run_pair(nat, nat, timing=TIMING, events=[parse_event("home-b: renumber wan "
+                                                                   "at 2s")], call=6.0)
+    text = format_pair(result)
+    [event] = result.events
+    assert event.error is None, text
+    new_ip = event.detail.split(" -> ")[1]
+    to_bob = next(r for r in event.recovery if r.direction == "alice->bob")
+    assert to_bob.lost > 0, text  # the old address is dead at once
+    budget = TIMING.consent_timeout + TIMING.keepalive_interval + 1.0
+    assert to_bob.restored_ms is not None and to_bob.restored_ms < budget * 1000, text
+    [restart] = result.peers["alice"].restarts
+    assert restart.outcome == "direct" and restart.candidate_pair is not None, text
+    assert restart.candidate_pair[1].ip == new_ip, text
+    assert len(result.peers["bob"].restarts) == 1, text

@@ -195,6 +195,8 @@ class Scene:
         self.signals: list[tuple[str, dict[str, Any]]] = []
         self.nonces = {"alice": "a" * 32, "bob": "b" * 32}  # the server's challenges
         self.dead_signaling: set[str] = set()  # its TCP connection is gone (renumbered)
+        # until then, what it sends on it is lost without a word (no reset seen yet)
+        self.silent_until: dict[str, float] = {}
         self.injected: list[Callable[[], None]] = []
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
@@ -221,6 +223,8 @@ class Scene:
                 self.nats[name].out(o.data, self.private[name], o.addr)
             else:
                 assert isinstance(o, Signal)
+                if self.sim.now < self.silent_until.get(name, 0.0):
+                    continue  # lost on a dead connection that has not been reset yet
                 if name in self.dead_signaling:  # what a driver sees: a reset connection
                     s.handle_signal_closed(self.sim.now, "connection reset")
                     self.sim.at(self.sim.now + 0.25, lambda: self._reconnect(name))
@@ -631,6 +635,18 @@ def test_a_call_sends_data_on_the_path_until_it_ends() -> None:
         assert sent - 2 <= r["packets"]["data_received"] <= sent
 
 
+def test_during_a_call_signaling_is_pinged_at_each_consent_check() -> None:
+    # A NAT renumbered during a call cuts the signaling connection silently; the server
+    # resets it at the next ping, so a peer must ping as often as it checks consent to
+    # be reachable for the remote's restart (the default, 15 s, outlasts this call).
+    sc = Scene("full-cone", "full-cone", timing=CALL)
+    sc.run(until=30.0)
+    pings = [who for who, m in sc.signals if m["type"] == "ping"]
+    for who in ("alice", "bob"):
+        assert CALL.call / CALL.keepalive_interval - 2 <= pings.count(who)
+        assert pings.count(who) <= CALL.call / CALL.keepalive_interval + 1
+
+
 def test_a_rebooted_nat_loses_the_path_and_the_peers_punch_again() -> None:
     sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
     sc.sim.at(2.0, lambda: sc.reboot("alice"))
@@ -682,6 +698,28 @@ def test_a_peer_whose_signaling_died_reconnects_and_the_restart_completes() -> N
     registers = [m for who, m in sc.signals if who == "alice" and m["type"] == "register"]
     assert len(registers) == 2
     assert check_proof(LAB_SECRET, "c" * 32, "alice", registers[1]["proof"])
+
+
+def test_an_offer_lost_on_a_dead_connection_is_sent_again_once_registered() -> None:
+    """The reset of a connection a renumbering cut comes after a retransmission or two:
+    what the controlling peer said meanwhile (its restart, its offer) is lost, and the
+    remote, restarting too, waits for that offer."""
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
+
+    def renumber() -> None:
+        sc.reboot("alice")
+        sc.nats["alice"].public_ip = "203.0.113.101"
+        sc.dead_signaling.add("alice")
+        sc.silent_until["alice"] = 2.0 + CALL.consent_timeout + 1.0  # past her offer
+
+    sc.sim.at(2.0, renumber)
+    res = sc.run(until=30.0)
+    assert sc.s["alice"].controlling
+    for r in res.values():
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "direct", r
+    offers = [m for who, m in sc.signals if who == "alice" and m["type"] == "offer"]
+    assert [m.get("gen", 0) for m in offers] == [0, 1]  # the first restart offer was lost
 
 
 def test_restarts_stop_at_the_limit_and_at_the_end_of_the_call() -> None:
