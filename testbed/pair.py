@@ -359,7 +359,8 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
         got = (f"{x.outcome} after {x.restored_ms - x.lost_ms:.0f} ms"
                if x.restored_ms is not None else f"{x.outcome or 'cut short'}"
                + (f" ({x.reason})" if x.reason else ""))
-        lines.append(f"  restart at {x.lost_ms / 1000:.2f} s ({x.cause}): {got}")
+        # its session's clock: it starts after the events' time 0 by the program's start-up
+        lines.append(f"  restart {x.lost_ms / 1000:.2f} s into its session ({x.cause}): {got}")
     return lines
 
 
