@@ -101,8 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "built (faster; the times to connect then measure the load too)")
 
 
-def _dimension(d: dimensions.Dimension, text: str) -> dimensions.Dimension:
-    with flag(d.flag or d.name):
+def _dimension(d: dimensions.Dimension, text: str, name: str | None = None) -> dimensions.Dimension:
+    with flag(name or d.flag or d.name):
         return d.with_labels(d.labels_of(text))
 
 
@@ -111,6 +111,7 @@ def condition_flags(args: argparse.Namespace) -> None:
     the preset and one value of each parameter it names."""
     from testbed.matrix import dimensions
 
+    args.swept_by = {}
     for text in args.sweep or ():
         name, eq, values = text.partition("=")
         name = name.strip()
@@ -122,6 +123,7 @@ def condition_flags(args: argparse.Namespace) -> None:
         if getattr(args, f"dim_{name}", None) is not None:
             raise UsageError(f"--sweep {text!r}: {name} is given twice")
         setattr(args, f"dim_{name}", values)
+        args.swept_by[name] = f"--sweep {text!r}"  # what a bad value's error names
     text = getattr(args, "dim_cond", None)
     if text is None or "=" not in text:
         return
@@ -161,7 +163,7 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     for d in dimensions.flagged():
         text = getattr(args, f"dim_{d.name}", None)
         if text is not None:
-            extra.append(_dimension(d, text))
+            extra.append(_dimension(d, text, args.swept_by.get(d.name)))
         elif any(n == d.name for s in only or () for n, _ in s.point):
             extra.append(d.with_labels(dict.fromkeys(
                 label for s in only or () for n, label in s.point if n == d.name)))

@@ -94,6 +94,7 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     (["matrix", "--sweep", "speed=1,2"], "--sweep 'speed=1,2': 'speed' is not one of cond"),
     (["matrix", "--sweep", "loss"], "--sweep 'loss': expected PARAM=LIST"),
     (["matrix", "--sweep", "loss=1%", "--loss", "2%"], "loss is given twice"),
+    (["matrix", "--sweep", "delay=-5,0ms"], "--sweep 'delay=-5,0ms': -5ms is negative"),
     (["matrix", "--loss", "0,200%"], "--loss: 200% is over 100%"),
     (["matrix", "--delay", "50"], "--delay: '50' has no unit"),
     (["matrix", "--delay", "0,61s"], "--delay: 61s is over the limit of 60s"),
