@@ -42,6 +42,25 @@ Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
 
+A call (Timing.call > 0) keeps the path for that long after deciding and sends
+authenticated data datagrams on it every data_interval, as a media stream would.
+Its keepalive probes are consent checks in the spirit of RFC 7675: a path whose
+checks get no authenticated ack for consent_timeout is dead. The peer then
+restarts: it tells the remote (signaling `restart` with a new generation),
+gathers again (a new STUN binding; its TURN allocation kept if the server still
+sees it from the same address, else made anew),
+exchanges candidates and punches again, or falls back to the relay, as at the
+start; data flows again once a path is decided. A restart that fails is tried
+again after restart_backoff, at most max_restarts times. If the signaling
+connection drops during a call (a new public address resets it; a peer in a call
+pings the server at every consent check, so the reset comes soon), the driver
+reconnects, the peer registers again (a valid registration takes over its id)
+and sends what it had to say meanwhile, and a restart's offer that got no answer.
+A TCP session's call sends its data and consent checks as frames on the chosen
+connection (or through the relay), and consent expires the same way; but it does not
+restart: new connections from its listening port would reuse the 4-tuples its old
+ones still hold (or TIME_WAIT does). The loss is recorded as a failed restart.
+
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
 address (the remote behind a NAT we have not seen yet, or a captured probe
@@ -66,7 +85,7 @@ from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
 from peers.credentials import register_proof
 from peers.framing import FramingError, StunStreamReader
-from peers.result import GatherTimings, Packets, PeerResult, StageTimings
+from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
 from peers.streams import CidCounter, Close, Open, Write
 from peers.tcppath import TcpPath
 from peers.turnlink import TurnLink, tls_context
@@ -93,14 +112,26 @@ class Timing:
     turn_fallback: float = 0.5  # nothing heard from the TURN server by then: try TLS
     gather_timeout: float = 2.0
     signaling_timeout: float = 10.0  # waiting for the remote's offer/answer/start
-    keepalive_interval: float = 1.0
+    keepalive_interval: float = 1.0  # also the consent check interval during a call
     hold: float = 0.0  # stay connected (keepalives) this long after deciding
     done_timeout: float = 2.0  # after deciding, wait this long for the remote's done
+    call: float = 0.0  # a call: keep the path this long after deciding, sending data
+    data_interval: float = 0.02  # one data datagram per interval during a call (50/s);
+    #                              0: no data, the path kept alive by keepalives alone
+    consent_timeout: float = 3.0  # no ack of a consent check for this long: path dead
+    max_restarts: int = 5  # restarts (re-gather, punch again) during one call
+    restart_backoff: float = 1.0  # after a failed restart, wait this long to try again
+
+    ZERO_ALLOWED = ("hold", "call", "max_restarts", "data_interval")
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
-            if not isinstance(value, int | float) or value < 0 or (value == 0 and name != "hold"):
+            if (not isinstance(value, int | float) or isinstance(value, bool) or value < 0
+                    or (value == 0 and name not in self.ZERO_ALLOWED)):
                 raise ValueError(f"Timing.{name}: must be a positive number, got {value!r}")
+        if self.consent_timeout <= self.keepalive_interval:
+            raise ValueError("Timing.consent_timeout: must be longer than keepalive_interval "
+                             "(else consent expires between two checks)")
         if self.punch_interval_max < self.punch_interval:
             raise ValueError("Timing.punch_interval_max: must be >= punch_interval")
         if self.relay_interval_max < self.relay_interval:
@@ -133,6 +164,8 @@ class PeerConfig:
 
 
 TRANSPORTS = ("udp", "tcp")
+TCP_NO_RESTART = ("a TCP session does not restart: new connections from its port would "
+                  "reuse the 4-tuples its old ones hold")
 STREAM_RTO = 0.5  # a request over TCP is sent once; its answer is awaited 16 x this
 
 
@@ -145,6 +178,19 @@ class Transmit:
 @dataclass(frozen=True)
 class Signal:
     msg: dict[str, Any]
+
+
+@dataclass
+class _Restart:
+    """One loss of the path during a call and what the restart made of it."""
+
+    lost: float  # when the path was found dead (or the remote said so)
+    cause: str
+    gen: int
+    restored: float | None = None  # when a new path was decided
+    outcome: str | None = None  # direct | relay | failed
+    reason: str | None = None
+    pair: tuple[Candidate, Candidate] | None = None
 
 
 Output = Transmit | Signal | Open | Write | Close
@@ -172,6 +218,7 @@ class Session:
     MAX_NONCES = 1024
     MAX_TRACE = 400
     MAX_PRFLX = 8  # peer-reflexive candidates learned at most
+    REFRESH_WAIT = 1.0  # a restart waits this long at most for its TURN refresh
     SIGNAL_KEEPALIVE = 15.0  # a ping on signaling after this long without a message
 
     def __init__(self, cfg: PeerConfig, *, rng: Rng = os.urandom) -> None:
@@ -241,6 +288,7 @@ class Session:
         self._stun_cid: int | None = None
         self._stun_reader = StunStreamReader(channel_data=False)
         self._tcp_cid: int | None = None  # the direct connection chosen
+        self._tcp_acks = 0  # acks seen on it: each one renews consent during a call
         self._permitted: set[str] = set()
         self._permission_asked: set[str] = set()
 
@@ -252,6 +300,23 @@ class Session:
         self._register_sent = False
         self.direct: dict[Address, _Path] = {}
         self.relayed: dict[Address, _Path] = {}
+
+        # the call: the current path (the first decision's pair, or a restart's)
+        self.path: tuple[Candidate, Candidate] | None = None
+        self.path_kind: str | None = None  # direct | relay
+        self.gen = 0  # signaling generation: 0 at first, +1 per restart
+        self.restarts: list[_Restart] = []
+        self._restarting = False
+        self._first: dict[str, Any] | None = None  # the first decision's times, candidates
+        self._call_end: float | None = None
+        self._end_by: float | None = None  # the finishing deadline once decided
+        self._next_data: float | None = None
+        self._consent_at: float | None = None
+        self._restart_at: float | None = None
+        self._turn_refresh: int | None = None  # a restart's refresh of our allocation
+        self._turn_wait_until: float | None = None  # no answer by then: gather without it
+        self._sig_backlog: list[dict[str, Any]] = []  # signals held while reconnecting
+        self._reconnecting = False
 
     # ------------------------------------------------------------------ driver API
 
@@ -268,9 +333,21 @@ class Session:
     def finished(self) -> bool:
         return self.phase is Phase.FINISHED
 
+    @property
+    def wants_signaling(self) -> bool:
+        """The signaling connection dropped during a call: the driver should reconnect."""
+        return self._reconnecting and self.phase is not Phase.FINISHED
+
+    @property
+    def in_call(self) -> bool:
+        return self._call_end is not None and self._now < self._call_end
+
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
-                 self._next_ping, self._turn_fallback_at]
+                 self._next_ping, self._turn_fallback_at, self._next_data, self._restart_at,
+                 self._turn_wait_until, self._call_end if self.in_call else None]
+        if self._consent_at is not None and self.in_call and self.path is not None:
+            times.append(self._consent_at + self.t.consent_timeout)
         if self.turn is not None and self.phase is not Phase.FINISHED:
             times.append(self.turn.next_deadline())
         if self.tcp is not None and self.phase is not Phase.FINISHED:
@@ -285,17 +362,23 @@ class Session:
         if mtype == "error":
             self._on_signal_error(msg, now)
         elif mtype == "challenge":
-            if self.phase is Phase.REGISTER and not self._register_sent:
+            if (self.phase is Phase.REGISTER and not self._register_sent) or self._reconnecting:
                 self._register_sent = True
                 self._signal({"type": "register", "id": self.cfg.id, "proof": register_proof(
                     self.cfg.token, msg["nonce"], self.cfg.id)})
         elif mtype == "registered":
             if self.phase is Phase.REGISTER:
                 self._on_registered(now)
+            elif self._reconnecting:
+                self._on_reregistered(now)
+        elif not self._current(msg, now):
+            return
         elif mtype == "start" and {msg["from"], msg["to"]} == {self.cfg.id, self.cfg.remote}:
             self._on_start(now)  # the offerer gets its own start back, from itself
         elif msg.get("from") != self.cfg.remote:
             self.errors.append(f"ignored signaling {mtype} from {msg.get('from')!r}")
+        elif mtype == "restart":
+            self._on_remote_restart(msg, now)
         elif mtype == "offer":
             self._on_offer(msg, now)
         elif mtype == "answer":
@@ -309,6 +392,9 @@ class Session:
         self._note(f"signaling closed: {why}")
         self._signaling_open = False
         self._next_ping = None
+        if self.in_call and self.phase is not Phase.FINISHED:
+            self._reconnecting = True  # the driver connects again; we register again
+            return
         if self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE):
             self._fail(now, "signaling", f"signaling connection lost: {why}")
         else:
@@ -350,6 +436,7 @@ class Session:
             self._keepalive(now)
         if self._next_ping is not None and now >= self._next_ping:
             self._signal({"type": "ping"})
+        self._call_timers(now)
         if self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
 
@@ -436,9 +523,21 @@ class Session:
     def _signal(self, msg: dict[str, Any]) -> None:
         if msg["type"] not in ("register", "ping"):
             self._note(f"signaling: send {msg['type']}")
+        if self.gen and msg["type"] in ("offer", "answer", "start"):
+            msg = {**msg, "gen": self.gen}
+        if self._reconnecting and msg["type"] != "register":
+            if msg["type"] != "ping":
+                self._sig_backlog.append(msg)  # sent once registered again
+            return
         self.out.append(Signal(msg))
         if self._signaling_open and (self.t_registered is not None or msg["type"] == "register"):
-            self._next_ping = self._now + self.SIGNAL_KEEPALIVE  # the server drops idlers
+            self._next_ping = self._now + self._ping_interval()
+
+    def _ping_interval(self) -> float:
+        """The server drops idlers: a ping after SIGNAL_KEEPALIVE of silence. During a
+        call, one per consent check: a signaling connection that a renumbered NAT cut is
+        then found (the server resets it) before the remote needs it for a restart."""
+        return self.t.keepalive_interval if self.in_call else self.SIGNAL_KEEPALIVE
 
     def _send(self, data: bytes, addr: Address) -> None:
         self.counters.sent += 1
@@ -471,6 +570,12 @@ class Session:
             for ev in self.tcp.take_connected()[:1]:
                 self._tcp_cid = ev.cid
                 self._decide_direct(ev.remote, ev.observed, now)
+        if self._tcp_cid is not None and self.path_kind == "direct":
+            acks = self.tcp.acks(self._tcp_cid)
+            if acks > self._tcp_acks:  # an authenticated answer to a check: consent
+                self._tcp_acks = acks
+                if self._consent_at is not None:
+                    self._consent_at = now
         self.out.extend(self.tcp.take_outputs())
 
     def _window_accept(self, seq: int) -> bool:
@@ -547,8 +652,21 @@ class Session:
         self.t_registered = now
         self.phase = Phase.GATHER
         self._deadline = now + self.t.gather_timeout
+        self._gather(now)
+
+    def _gather(self, now: float) -> None:
+        """A STUN binding and a TURN allocation. On a restart, the allocation we have is
+        refreshed first: if the server still sees us from the same address and port it
+        stays ours (a new one from there would be refused while the old one lives, and
+        for about a second after a release); if the server answers that it has none
+        for us (437: we come from a new address or port), a new one is made from where
+        we are now. No answer within REFRESH_WAIT: we go on without a relay candidate,
+        and the refresh goes on retransmitting (a late answer still counts)."""
+        self._stun_done = self.cfg.stun is None
+        self._turn_done = self.turn is None and not self._turn_ways
         if self.cfg.stun is not None:
             self._stun_tid = self._rng(12)
+            self._stun_transmits = 0
             if self.tcp is not None:  # a binding over a connection from the listening port
                 self._stun_cid = self.cids.next()
                 self.out.append(Open(self._stun_cid, self.cfg.stun, shared_port=True))
@@ -557,9 +675,31 @@ class Session:
                 self._stun_next = now + wait
             else:
                 self._stun_retransmit(now)
-        if self.turn is not None or self._turn_ways:
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            self._turn_refresh = self.turn.refresh(now)
+            self._turn_wait_until = now + self.REFRESH_WAIT
+            self._pump_turn(now)
+        elif self._restarting:
+            self._allocate_again(now)
+        elif self.turn is not None or self._turn_ways:
             self._start_turn(now)
         self._check_gathered(now)
+
+    def _allocate_again(self, now: float) -> None:
+        """A new allocation, from a new client (the old one's state is of no use)."""
+        self._turn_wait_until = self._turn_refresh = None
+        self._turn_done = False
+        if self.turn is not None and self.turn.state is not turnmod.State.IDLE:
+            # over the way that worked (UDP, or TLS behind a corporate firewall)
+            way = (self.turn_transport or "udp", self.turn.server)
+            if self.turn_link is not None:
+                self.out.extend(self.turn_link.close())
+            self._use_turn_way(way)
+        if self.turn is None:
+            self._turn_done = True
+            return
+        self.turn.allocate(now)
+        self._pump_turn(now)
 
     def _on_offer(self, msg: dict[str, Any], now: float) -> None:
         if self.controlling or self._offer is not None:
@@ -678,6 +818,20 @@ class Session:
             self._permitted.update(ev.ips)
             if self.phase is Phase.RELAY and self._next_round is None:
                 self._round(now)
+        elif isinstance(ev, turnmod.Refreshed) and ev.request == self._turn_refresh:
+            self._turn_wait_until = self._turn_refresh = None  # still ours: keep it
+            if self.turn is not None and self.turn.relayed is not None:
+                self._add_local(Candidate("relay", *self.turn.relayed))
+            self._turn_done = True
+            self._check_gathered(now)
+        elif isinstance(ev, turnmod.RequestFailed) and ev.request == self._turn_refresh:
+            if ev.code is None:  # the server stayed silent: not a sign that it is gone
+                self._turn_refresh = None
+                self._turn_done = True
+                self._check_gathered(now)
+                return
+            self._note(f"turn: the allocation is gone ({ev.code}): a new one")
+            self._allocate_again(now)
         elif isinstance(ev, turnmod.RequestFailed):
             if ev.method is stun.Method.ALLOCATE and self._turn_ways:
                 self._next_turn_way(now, f"Allocate failed: {ev.code} {ev.reason}")
@@ -697,11 +851,10 @@ class Session:
         self.phase = Phase.EXCHANGE
         self._deadline = now + self.t.signaling_timeout
         if self.controlling:
-            self.secret = self._rng(32).hex()
-            self._set_key(bytes.fromhex(self.secret))
-            self._signal({"type": "offer", "to": self.cfg.remote,
-                          "candidates": [c.to_json() for c in self.local],
-                          "secret": self.secret})
+            if self.secret is None:  # a restart keeps the session's secret
+                self.secret = self._rng(32).hex()
+                self._set_key(bytes.fromhex(self.secret))
+            self._signal(self._offer_msg())
         elif self._offer is not None:
             self._answer()
 
@@ -772,15 +925,16 @@ class Session:
         self._interval = min(self._interval * 2, cap)
 
     def _keepalive(self, now: float) -> None:
-        if self.pair is not None and self.phase is Phase.DECIDED:
-            if self.outcome == "direct" and self.tcp is not None:
-                if self._tcp_cid is not None:
+        """Keep the NAT mappings of the path open; during a call, also the consent check."""
+        if self.path is not None and self.phase is Phase.DECIDED:
+            if self.path_kind == "direct" and self.tcp is not None:
+                if self._tcp_cid is not None:  # the check's ack comes back on the connection
                     self.tcp.keepalive(self._tcp_cid)
                     self._pump_tcp(now)
-            elif self.outcome == "direct":
-                self._probe_direct(self.pair[1].addr)
-            elif self.outcome == "relay" and self.turn is not None:
-                self._probe_relay(self.pair[1].addr)
+            elif self.path_kind == "direct":
+                self._probe_direct(self.path[1].addr)
+            elif self.path_kind == "relay" and self.turn is not None:
+                self._probe_relay(self.path[1].addr)
                 self._pump_turn(now)
         self._next_keepalive = now + self.t.keepalive_interval
 
@@ -802,6 +956,9 @@ class Session:
         p = self._decode(data)
         if p is None:
             return
+        if p.kind == pr.DATA:
+            self.counters.data_received += 1
+            return
         self.counters.probes_received += 1
         self._note(f"{'probe' if p.kind == pr.PROBE else 'ack'} <- {src[0]}:{src[1]}")
         path = self.direct.setdefault(src, _Path())
@@ -818,6 +975,8 @@ class Session:
         elif self._nonces.get(p.nonce) == ("direct", src):
             del self._nonces[p.nonce]  # one ack per probe
             path.ack_observed = p.observed
+            if self.path_kind == "direct" and self.path and src == self.path[1].addr:
+                self._consent_at = now  # RFC 7675: an authenticated answer to our check
         else:
             return  # an ack for a probe we never sent there: does not count
         if self.phase is Phase.PUNCH and path.got_probe and path.ack_observed is not None:
@@ -837,6 +996,9 @@ class Session:
         p = self._decode(data)
         if p is None:
             return
+        if p.kind == pr.DATA:
+            self.counters.data_received += 1
+            return
         self.counters.relay_received += 1
         self._note(f"relay {'probe' if p.kind == pr.PROBE else 'ack'} <- {peer[0]}:{peer[1]}")
         path = self.relayed.setdefault(peer, _Path())
@@ -849,6 +1011,8 @@ class Session:
         elif self._nonces.get(p.nonce) == ("relay", peer):
             del self._nonces[p.nonce]
             path.ack_observed = p.observed
+            if self.path_kind == "relay" and self.path and peer == self.path[1].addr:
+                self._consent_at = now
         else:
             return
         if self.phase is Phase.RELAY and path.got_probe and path.ack_observed is not None:
@@ -908,15 +1072,14 @@ class Session:
         if self.tcp is not None:
             self.tcp.stop(keep=self._tcp_cid)  # the other connections are not needed
         rc = Candidate(type_of(remote, self.remote), *remote)
-        self.pair = (self._local_for(observed), rc)
-        self._decide(now, "direct", "punch", None)
+        self._decide(now, "direct", "punch", None, (self._local_for(observed), rc))
 
     def _decide_relay(self, peer: Address, now: float) -> None:
         self.t_relay_end = now
         assert self.turn is not None and self.turn.relayed is not None
         local = Candidate("relay", *self.turn.relayed)
-        self.pair = (local, Candidate(type_of(peer, self.remote, "relay"), *peer))
-        self._decide(now, "relay", "relay", None)
+        self._decide(now, "relay", "relay", None,
+                     (local, Candidate(type_of(peer, self.remote, "relay"), *peer)))
 
     def _fail(self, now: float, stage: str, reason: str) -> None:
         if self.phase is Phase.RELAY:
@@ -924,32 +1087,224 @@ class Session:
         elif self.phase is Phase.PUNCH:
             self.t_punch_end = now
         early = self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE)
+        early = early and not self._restarting
         self._decide(now, "failed", stage, reason)
         if early:  # no remote session to wait for
             self._finish(now)
 
-    def _decide(self, now: float, outcome: str, stage: str, reason: str | None) -> None:
+    def _decide(self, now: float, outcome: str, stage: str, reason: str | None,
+                pair: tuple[Candidate, Candidate] | None = None) -> None:
         self._note(f"decided: {outcome} in stage {stage}" + (f" ({reason})" if reason else ""))
-        self.outcome, self.stage, self.reason = outcome, stage, reason
-        self.t_decided = now
         self.phase = Phase.DECIDED
         self._next_round = None
         self._stun_next = None
-        self._deadline = now + max(self.t.done_timeout, self.t.hold)
+        if self._restarting:
+            self._restored(now, outcome, reason, pair)
+            return
+        self.outcome, self.stage, self.reason = outcome, stage, reason
+        self.pair = pair
+        self.t_decided = now
+        self._snapshot()
+        self._end_by = now + max(self.t.done_timeout, self.t.hold, self.t.call)
+        self._deadline = self._end_by
         if outcome != "failed":
             self._next_keepalive = now + self.t.keepalive_interval
+            self.path, self.path_kind = pair, outcome
+            if self.t.call > 0:
+                self._call_end = now + self.t.call
+                self._consent_at = now
+                self._next_data = now if self.t.data_interval else None
         if self.t_registered is not None:
             self._signal({"type": "done", "to": self.cfg.remote, "outcome": outcome})
         self._maybe_finish(now)
 
+    def _hold_until(self) -> float:
+        assert self.t_decided is not None
+        return max(self.t_decided + self.t.hold, self._call_end or 0.0)
+
     def _maybe_finish(self, now: float, timed_out: bool = False) -> None:
         if self.phase is not Phase.DECIDED or self.t_decided is None:
             return
-        held = now >= self.t_decided + self.t.hold
+        held = now >= self._hold_until()
         if (self.remote_done is not None and held) or timed_out:
             self._finish(now)
         elif self.remote_done is not None:
-            self._deadline = self.t_decided + self.t.hold
+            self._deadline = self._hold_until()
+
+    # ------------------------------------------------------------------ the call
+
+    def _call_timers(self, now: float) -> None:
+        if self._call_end is None:
+            return
+        if self._next_data is not None and now >= self._next_data:
+            self._send_data(now)
+        if (self.path is not None and self._consent_at is not None and self.in_call
+                and now >= self._consent_at + self.t.consent_timeout):
+            self._path_lost(now, f"consent expired: no answer to a check for "
+                                 f"{self.t.consent_timeout:g} s")
+        if self._restart_at is not None and now >= self._restart_at:
+            self._restart_at = None
+            self._begin_restart(now, "the previous restart failed", self.gen + 1, True)
+        if self._turn_wait_until is not None and now >= self._turn_wait_until:
+            self._turn_wait_until = None
+            if not self._turn_done:
+                self._note("turn: no answer to the refresh yet: going on without it")
+                self._turn_done = True
+                self._check_gathered(now)
+        if now >= self._call_end and (self._next_data is not None or self._restarting
+                                       or self._consent_at is not None):
+            self._end_call(now)
+
+    def _send_data(self, now: float) -> None:
+        """One datagram of the call's stream on the current path."""
+        if self.path is None or self._key is None or not self.in_call:
+            self._next_data = None
+            return
+        data = pr.data(self._key, self.cfg.id, self.cfg.remote, self._rng(pr.NONCE_LEN),
+                       seq=self._next_seq())
+        self.counters.data_sent += 1
+        if self.path_kind == "direct" and self.tcp is not None:
+            if self._tcp_cid is not None:
+                self.tcp.send_data(self._tcp_cid, data)
+                self._pump_tcp(now)
+        elif self.path_kind == "direct":
+            self._send(data, self.path[1].addr)
+        elif self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            self.turn.send(self.path[1].addr, data)
+            self._pump_turn(now)
+        assert self._next_data is not None
+        # on schedule, but never a burst to catch up after a late wake-up
+        self._next_data = max(self._next_data + self.t.data_interval, now)
+
+    def _end_call(self, now: float) -> None:
+        self._note("call: ended")
+        self._next_data = None
+        self._consent_at = None
+        self._restart_at = None
+        if self._restarting:
+            r = self.restarts[-1]
+            r.reason = "the call ended before a new path was decided"
+            self._restarting = False
+            self.phase = Phase.DECIDED
+            self._next_round = self._stun_next = None
+            self._deadline = self._end_by
+        self._maybe_finish(now)
+
+    def _path_lost(self, now: float, cause: str) -> None:
+        self._note(f"path lost: {cause}")
+        if self.tcp is not None:
+            self._tcp_path_lost(now, cause)
+            return
+        self._begin_restart(now, cause, self.gen + 1, announce=True)
+
+    def _tcp_path_lost(self, now: float, cause: str) -> None:
+        """A TCP session's loss is recorded, not restarted. A restart would open new
+        connections from the same listening port to the same STUN server and remote
+        candidates, 4-tuples that the old connections still hold (or TIME_WAIT does)
+        in our own kernel; consent freshness still tells when the path died."""
+        self.restarts.append(_Restart(now, cause, self.gen, outcome="failed",
+                                      reason=TCP_NO_RESTART))
+        self._note("restart: not over TCP")
+        self.path = self.path_kind = None
+        self._next_data = self._consent_at = None
+
+    def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
+        """Forget the dead path and the old exchange; gather, exchange and punch again."""
+        if not self.in_call or (self._restarting and gen <= self.gen) or self.tcp is not None:
+            return
+        if not self._restarting:
+            if len(self.restarts) >= self.t.max_restarts:
+                self._note("restart: not again (max_restarts reached)")
+                self.path = self.path_kind = None
+                self._next_data = self._consent_at = None
+                return
+            self.restarts.append(_Restart(now, cause, gen))
+        self.restarts[-1].gen = gen
+        self._note(f"restart {gen}: {cause}")
+        self.gen = gen
+        self._restarting = True
+        self.path = self.path_kind = None
+        self._next_data = self._consent_at = self._next_keepalive = None
+        self._restart_at = None
+        if announce:
+            self._signal({"type": "restart", "to": self.cfg.remote, "gen": gen})
+        self.local = [Candidate("host", *self.cfg.host)]
+        self.remote = []
+        self.direct, self.relayed = {}, {}
+        self._offer, self._answered, self._grace_used = None, False, False
+        self._permitted, self._permission_asked = set(), set()
+        self._next_round = None
+        self.phase = Phase.GATHER
+        self._deadline = now + self.t.gather_timeout
+        self._gather(now)
+
+    def _restored(self, now: float, outcome: str, reason: str | None,
+                  pair: tuple[Candidate, Candidate] | None) -> None:
+        r = self.restarts[-1]
+        r.outcome, r.reason, r.pair = outcome, reason, pair
+        self._restarting = False
+        self._deadline = self._end_by
+        if outcome == "failed":
+            if self.in_call:
+                self._restart_at = now + self.t.restart_backoff
+            return
+        r.restored = now
+        self.path, self.path_kind = pair, outcome
+        self._consent_at = now
+        self._next_keepalive = now + self.t.keepalive_interval
+        self._next_data = now if self.in_call and self.t.data_interval else None
+
+    def _current(self, msg: dict[str, Any], now: float) -> bool:
+        """Whether a message belongs to the current generation of the exchange. One from a
+        newer generation (the remote restarted; its `restart` did not reach us) starts our
+        restart first; one from an older generation is stale."""
+        if msg["type"] not in ("offer", "answer", "start", "restart"):
+            return True
+        gen = int(msg.get("gen", 0))
+        if gen < self.gen:
+            self._note(f"signaling: {msg['type']} of generation {gen} ignored (now {self.gen})")
+            return False
+        if gen > self.gen and msg["type"] != "restart":
+            self._begin_restart(now, "the remote restarted", gen, announce=False)
+            return gen == self.gen
+        return True
+
+    def _on_remote_restart(self, msg: dict[str, Any], now: float) -> None:
+        gen = int(msg["gen"])
+        if gen > self.gen:
+            self._begin_restart(now, "the remote lost the path", gen, announce=False)
+        elif gen == self.gen and self._offer_unanswered():
+            # the remote (re)joined late: our offer may have gone to its old connection
+            self._signal(self._offer_msg())
+
+    def _offer_unanswered(self) -> bool:
+        """A restart's offer is out and nothing came back: it may be lost with a dead
+        signaling connection (ours or the remote's)."""
+        return (self._restarting and self.controlling and self.remote == []
+                and self.phase is Phase.EXCHANGE)
+
+    def _offer_msg(self) -> dict[str, Any]:
+        return {"type": "offer", "to": self.cfg.remote,
+                "candidates": [c.to_json() for c in self.local], "secret": self.secret}
+
+    def _on_reregistered(self, now: float) -> None:
+        self._note("signaling: registered again")
+        self._reconnecting = False
+        self._signaling_open = True
+        backlog, self._sig_backlog = self._sig_backlog, []
+        if self._restarting and not any(m["type"] == "restart" for m in backlog):
+            backlog.insert(0, {"type": "restart", "to": self.cfg.remote, "gen": self.gen})
+        if self._offer_unanswered() and not any(m["type"] == "offer" for m in backlog):
+            # sent on the connection that was already dead (a renumbered NAT): again
+            backlog.insert(1, {**self._offer_msg(), "gen": self.gen})
+        for msg in backlog:
+            self.out.append(Signal(msg))
+        self._next_ping = now + self._ping_interval()
+
+    def handle_signal_reconnected(self, now: float) -> None:
+        """The driver has a new signaling connection; the server's challenge follows."""
+        self._now = now
+        self._note("signaling: connected again")
 
     def _finish(self, now: float) -> None:
         self._note("finish")
@@ -971,21 +1326,45 @@ class Session:
 
     # ------------------------------------------------------------------ result
 
+    _TIMES = ("t_registered", "t_gathered", "t_start", "t_punch_end", "t_relay_start",
+              "t_relay_end", "t_decided", "t_srflx", "t_relayed")
+
+    def _snapshot(self) -> None:
+        """The first decision's times and candidates: what the result reports as the
+        connection, whatever restarts change later."""
+        self._first = {k: getattr(self, k) for k in self._TIMES}
+        self._first.update(local=tuple(self.local), remote=tuple(self.remote),
+                           turn_client=self._turn_client())
+
+    def _turn_client(self) -> str | None:
+        if self.turn is not None and self.turn.mapped is not None:
+            return f"{self.turn.mapped[0]}:{self.turn.mapped[1]}"
+        return None
+
+    def _restart_result(self, r: _Restart) -> RestartResult:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - self.t0) * 1000, 3)
+
+        return RestartResult(lost_ms=ms(r.lost) or 0.0, cause=r.cause, gen=r.gen,
+                             restored_ms=ms(r.restored), outcome=r.outcome, reason=r.reason,
+                             candidate_pair=r.pair)
+
     def result(self) -> PeerResult:
         def ms(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round((b - a) * 1000, 3)
 
-        end = self.t_decided if self.t_decided is not None else self.t0
+        first = self._first or {k: getattr(self, k) for k in self._TIMES}
+        t_registered, t_gathered, t_start = (first["t_registered"], first["t_gathered"],
+                                             first["t_start"])
+        end = first["t_decided"] if first["t_decided"] is not None else self.t0
         # Stages run one after another: register, gather, exchange + start.
-        registered = end if self.t_registered is None else self.t_registered
-        gathered = registered if self.t_gathered is None else self.t_gathered
-        if self.t_registered is not None and self.t_gathered is None:
+        registered = end if t_registered is None else t_registered
+        gathered = registered if t_gathered is None else t_gathered
+        if t_registered is not None and t_gathered is None:
             gathered = end
-        started = end if self.t_start is None else self.t_start
+        started = end if t_start is None else t_start
         sig = (registered - self.t0) + (started - gathered)
-        turn_client = None
-        if self.turn is not None and self.turn.mapped is not None:
-            turn_client = f"{self.turn.mapped[0]}:{self.turn.mapped[1]}"
+        turn_client = first.get("turn_client", self._turn_client())
         return PeerResult(
             id=self.cfg.id,
             remote=self.cfg.remote,
@@ -993,22 +1372,23 @@ class Session:
             stage=self.stage or self.phase.value,
             reason=self.reason,
             candidate_pair=self.pair,
-            local_candidates=tuple(self.local),
-            remote_candidates=tuple(self.remote),
+            local_candidates=first.get("local", tuple(self.local)),
+            remote_candidates=first.get("remote", tuple(self.remote)),
             timings_ms=StageTimings(
                 signaling=round(sig * 1000, 3),
                 gather=round((gathered - registered) * 1000, 3),
-                punch=ms(self.t_start, self.t_punch_end),
-                relay=ms(self.t_relay_start, self.t_relay_end),
+                punch=ms(t_start, first["t_punch_end"]),
+                relay=ms(first["t_relay_start"], first["t_relay_end"]),
                 connect=ms(self.t0, end),
             ),
             packets=replace(self.counters),
             errors=tuple(self.errors),
-            gather_ms=GatherTimings(stun=ms(self.t_registered, self.t_srflx),
-                                    turn=ms(self.t_registered, self.t_relayed)),
+            gather_ms=GatherTimings(stun=ms(t_registered, first["t_srflx"]),
+                                    turn=ms(t_registered, first["t_relayed"])),
             turn_client=turn_client,
             transport=self.cfg.transport,
             turn_transport=self.turn_transport if turn_client is not None else None,
+            restarts=tuple(self._restart_result(r) for r in self.restarts),
             trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
                    if self.cfg.trace else None),
         )

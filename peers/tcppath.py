@@ -79,6 +79,7 @@ class _Conn:
     ack_observed: Address | None = None
     rejected: int = 0
     reported: bool = False
+    acks: int = 0
 
 
 class TcpPath:
@@ -164,6 +165,17 @@ class TcpPath:
             if now >= when:
                 del self._retry[target]
                 self._connect(target, now)
+
+    def acks(self, cid: int) -> int:
+        """Valid acks of our probes on `cid` so far (the session's consent checks)."""
+        conn = self.conns.get(cid)
+        return conn.acks if conn is not None else 0
+
+    def send_data(self, cid: int, data: bytes) -> None:
+        """A call's data frame on the chosen connection (dropped if it has closed)."""
+        conn = self.conns.get(cid)
+        if conn is not None and conn.open:
+            self._out.append(Write(cid, frame_4571(data)))
 
     def keepalive(self, cid: int) -> None:
         conn = self.conns.get(cid)
@@ -258,6 +270,9 @@ class TcpPath:
         if not self._fresh(p.seq):
             self.counters.replayed += 1
             return
+        if p.kind == pr.DATA:
+            self.counters.data_received += 1
+            return
         self.counters.probes_received += 1
         if p.kind == pr.PROBE:
             self.counters.probes_sent += 1
@@ -268,6 +283,7 @@ class TcpPath:
         elif p.nonce in conn.nonces:
             conn.nonces.discard(p.nonce)  # one ack per probe
             conn.ack_observed = p.observed
+            conn.acks += 1
         else:
             return  # an ack of a probe not sent on this connection: proves nothing
         if conn.got_probe and conn.ack_observed is not None and not conn.reported:

@@ -1,4 +1,5 @@
-"""peers.session with transport tcp, and its way to the TURN server over TLS (no sockets).
+"""peers.session with transport tcp, its way to the TURN server over TLS, and a call over
+TCP (no sockets).
 
 The session is fed by hand what a driver would feed it (signaling messages, stream
 events); what it asks for is checked. The TCP path itself is tests/unit/
@@ -14,8 +15,20 @@ from typing import Any
 
 import pytest
 
+from peers import probe as pr
 from peers import stun
-from peers.session import Open, PeerConfig, Phase, Session, Transmit, Write
+from peers.framing import frame_4571
+from peers.session import (
+    TCP_NO_RESTART,
+    Open,
+    PeerConfig,
+    Phase,
+    Session,
+    Signal,
+    Timing,
+    Transmit,
+    Write,
+)
 
 STUN = ("203.0.113.3", 3478)
 TURN = ("203.0.113.5", 3478)
@@ -136,3 +149,83 @@ def test_a_certificate_that_is_not_one_closes_the_tls_way_without_a_crash() -> N
     assert s.turn is None and s.turn_transport is None
     assert any(e.startswith("turn over tls: the certificate given:") for e in s.errors)
     assert not [o for o in s.take_outputs() if isinstance(o, Open) and o.remote == TLS]
+
+
+# --- a call over TCP: data and consent checks on the connection, no restart -----------
+
+BOB = ("203.0.113.60", 40001)
+SEEN_AS = ("203.0.113.50", 40000)
+
+
+def _frames(outs: list[Any], cid: int) -> list[bytes]:
+    return [o.data[2:] for o in outs if isinstance(o, Write) and o.cid == cid]
+
+
+def tcp_call(**timing: float) -> tuple[Session, int, bytes]:
+    """Alice (the offerer) over TCP, driven by hand to a direct path on one connection
+    and into a call; returns the session, the connection and the key."""
+    t = Timing(**{"call": 10.0, "data_interval": 0.5, "keepalive_interval": 1.0,
+                  "consent_timeout": 3.0, **timing})
+    s = session(transport="tcp", stun=None, turn=None, timing=t)
+    assert s.phase is Phase.EXCHANGE and s.secret is not None
+    key = bytes.fromhex(s.secret)
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "candidates": [{"type": "host", "ip": BOB[0], "port": BOB[1]}]}, 0.01)
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob"}, 0.02)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open) and o.remote == BOB]
+    s.handle_stream_open(opened.cid, 0.03)
+    [ours] = _frames(s.take_outputs(), opened.cid)
+    nonce = pr.decode(key, ours, sender="alice", receiver="bob").nonce
+    s.handle_stream_data(opened.cid, frame_4571(pr.ack(key, "bob", "alice", nonce, SEEN_AS,
+                                                       seq=1)), 0.04)
+    s.handle_stream_data(opened.cid, frame_4571(pr.probe(key, "bob", "alice", b"b" * pr.NONCE_LEN,
+                                                         seq=2)), 0.04)
+    assert (s.outcome, s.phase) == ("direct", Phase.DECIDED)
+    return s, opened.cid, key
+
+
+def test_a_tcp_call_sends_its_data_on_the_connection_and_counts_the_remotes() -> None:
+    s, cid, key = tcp_call()
+    s.handle_timeout(0.05)
+    s.handle_timeout(0.6)
+    kinds = [pr.decode(key, f, sender="alice", receiver="bob").kind
+             for f in _frames(s.take_outputs(), cid)]
+    assert kinds.count(pr.DATA) == 2 and s.counters.data_sent == 2  # at 0.04 and 0.54
+    theirs = pr.data(key, "bob", "alice", b"d" * pr.NONCE_LEN, seq=3)
+    s.handle_stream_data(cid, frame_4571(theirs), 0.6)
+    assert s.counters.data_received == 1
+    assert not any(isinstance(o, Transmit) for o in s.take_outputs())  # nothing as UDP
+
+
+def test_answered_consent_checks_keep_a_tcp_path() -> None:
+    s, cid, key = tcp_call()
+    seq = 10
+    for t in (1.05, 2.05, 3.05, 4.05):
+        s.handle_timeout(t)
+        for f in _frames(s.take_outputs(), cid):
+            p = pr.decode(key, f, sender="alice", receiver="bob")
+            if p.kind == pr.PROBE:
+                seq += 1
+                s.handle_stream_data(cid, frame_4571(pr.ack(key, "bob", "alice", p.nonce,
+                                                            SEEN_AS, seq=seq)), t + 0.01)
+    assert s.restarts == [] and s.path is not None
+
+
+def test_a_dead_tcp_path_is_recorded_and_not_restarted() -> None:
+    s, cid, key = tcp_call()
+    for t in (1.05, 2.05, 3.05, 3.1):  # checks go out, no ack comes back
+        s.handle_timeout(t)
+    outs = s.take_outputs()
+    assert s.path is None and s.gen == 0
+    [lost] = s.restarts
+    assert (lost.outcome, lost.reason) == ("failed", TCP_NO_RESTART)
+    assert lost.cause.startswith("consent expired")
+    assert not [o for o in outs if isinstance(o, Open)]  # no new connection, no re-gather
+    assert not [o for o in outs if isinstance(o, Signal) and o.msg["type"] == "restart"]
+    s.handle_timeout(4.0)
+    assert not [f for f in _frames(s.take_outputs(), cid)
+                if pr.decode(key, f, sender="alice", receiver="bob").kind == pr.DATA]
+    r = s.result()
+    assert r.outcome == "direct" and [x.outcome for x in r.restarts] == ["failed"]
+    s.handle_signal({"type": "restart", "from": "bob", "to": "alice", "gen": 1}, 4.1)
+    assert s.phase is Phase.DECIDED and s.gen == 0  # a remote's restart starts none either
