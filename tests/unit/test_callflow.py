@@ -10,7 +10,7 @@ import pytest
 
 from peers import probe as pr
 from peers import stun
-from testbed.callflow import STEADY_FOR_S, Sighting, flow, idle, parse_frame, recovery
+from testbed.callflow import STEADY_FOR_S, Sighting, flow, idle, parse_frame, parse_frames, recovery
 
 KEY = b"k" * 32
 
@@ -66,6 +66,10 @@ def test_data_in_a_tcp_segment_framed_as_rfc_4571() -> None:
     assert parse_frame(tcp_frame(framed, options=b"\x01\x01\x08\x0a" + b"\x00" * 8)) == (
         pr.DATA, "alice", "bob", 5)
     assert parse_frame(tcp_frame(b"")) is None  # a bare ACK
+    several = b"".join(struct.pack("!H", len(data(n))) + data(n) for n in (6, 7, 8))
+    assert [seen[3] for seen in parse_frames(tcp_frame(several))] == [6, 7, 8]
+    # a segment that starts inside a frame: the first datagram found in it, as in UDP
+    assert parse_frames(tcp_frame(several[5:])) == [(pr.DATA, "alice", "bob", 7)]
     assert parse_frame(tcp_frame(framed)[:14 + 20 + 10]) is None  # cut inside the header
 
 
