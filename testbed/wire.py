@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testbed.lab import Lab
+from testbed.ruleset import NFT_JSON, load_ruleset, nft_output
 
 TABLE = "ntwire"
 PROTOS = ("udp", "tcp")
@@ -196,10 +197,10 @@ def install(lab: Lab, router: str, peer_router: str, relays: list[str],
     assert node.upstream is not None
     peer_wan = lab.addr(peer_router, lab.node(peer_router).upstream)
     script = render_table(node.upstream, [peer_wan, peer_host], relays)
-    lab.run(router, ["nft", "-f", "-"], input=script, check=True)
+    load_ruleset(lab.namespace(router).fd, script, lab.netns(router))
 
 
 def read(lab: Lab, router: str) -> dict[str, int]:
-    out = lab.run(router, ["nft", "-j", "list", "counters", "table", "ip", TABLE],
-                  check=True).stdout
+    out = nft_output(lab.namespace(router).fd, f"list counters table ip {TABLE}",
+                     lab.netns(router), NFT_JSON)
     return parse_counters(out)
