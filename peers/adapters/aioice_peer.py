@@ -43,16 +43,16 @@ async def run(c: Contract) -> dict[str, Any]:
     connect_ms = None
     outcome = "failed"
     try:
-        await asyncio.wait_for(conn.gather_candidates(), c.remaining())
+        await asyncio.wait_for(conn.gather_candidates(), c.connect_remaining())
         rv = await Rendezvous.join(c)
         await rv.send({"ufrag": conn.local_username, "pwd": conn.local_password,
                        "candidates": [x.to_sdp() for x in conn.local_candidates]})
-        remote = await asyncio.wait_for(rv.recv(), c.remaining())
+        remote = await asyncio.wait_for(rv.recv(), c.connect_remaining())
         conn.remote_username, conn.remote_password = remote["ufrag"], remote["pwd"]
         for line in remote["candidates"]:
             await conn.add_remote_candidate(aioice.Candidate.from_sdp(line))
         await conn.add_remote_candidate(None)
-        await asyncio.wait_for(conn.connect(), c.remaining())
+        await asyncio.wait_for(conn.connect(), c.connect_remaining())
         connect_ms = c.elapsed_ms()
         nominated = conn._nominated[1]  # no public accessor for the selected pair
         local, far = nominated.local_candidate, nominated.remote_candidate

@@ -40,7 +40,8 @@ class Contract:
     turn_user: str
     turn_pass: str
     relay: str  # a relay of another kind (a libp2p circuit relay multiaddr), or ""
-    deadline_s: float
+    deadline_s: float  # print the result by then (NT_DEADLINE_S)
+    connect_s: float  # connect by then, or give up (NT_CONNECT_DEADLINE_S)
     send_bytes: int
     chunk: int
     started: float  # time.monotonic() when the program read its contract
@@ -52,6 +53,7 @@ class Contract:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Contract:
         e = dict(os.environ if env is None else env)
+        deadline = float(e.get("NT_DEADLINE_S", "20"))
         rendezvous = parse_addr(e["NT_RENDEZVOUS"])
         assert rendezvous is not None
         if e["NT_ROLE"] not in ("controlling", "controlled"):
@@ -60,13 +62,23 @@ class Contract:
                    rendezvous=rendezvous, session=e["NT_SESSION"],
                    stun=parse_addr(e.get("NT_STUN", "")), turn=parse_addr(e.get("NT_TURN", "")),
                    turn_user=e.get("NT_TURN_USER", ""), turn_pass=e.get("NT_TURN_PASS", ""),
-                   relay=e.get("NT_RELAY", ""), deadline_s=float(e.get("NT_DEADLINE_S", "20")),
+                   relay=e.get("NT_RELAY", ""), deadline_s=deadline,
+                   connect_s=min(deadline, float(e.get("NT_CONNECT_DEADLINE_S", deadline))),
                    send_bytes=int(e.get("NT_SEND_BYTES", "65536")),
                    chunk=int(e.get("NT_CHUNK", "1000")), started=time.monotonic())
 
     def remaining(self) -> float:
         """Seconds left before the deadline, less a margin to print the result."""
         return self.deadline_s - 0.5 - (time.monotonic() - self.started)
+
+    def connect_remaining(self) -> float:
+        """Seconds left to connect: past NT_CONNECT_DEADLINE_S, give up."""
+        return min(self.connect_s, self.deadline_s - 0.5) - (time.monotonic() - self.started)
+
+    @property
+    def data_s(self) -> float:
+        """The data phase's time if connected at the connect deadline (at least 1 s)."""
+        return max(1.0, self.deadline_s - self.connect_s)
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 1)

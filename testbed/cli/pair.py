@@ -10,7 +10,7 @@ from testbed.errors import UsageError
 from testbed.lab import require_root
 from testbed.nat import NatSpec
 from testbed.pair import format_pair, format_trace, run_pair
-from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
+from testbed.peerprog import DEFAULT_DATA_S, DEFAULT_DEADLINE_S, format_cell, run_contract_pair
 from testbed.results import pair_to_json
 
 NAME = "pair"
@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-command", metavar="PATH", help="a program of yours implementing "
                    "docs/peers.md, for both sides unless --peer-a/--peer-b name another")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
-                   help=f"seconds each program has (default {DEFAULT_DEADLINE_S:g})")
+                   help=f"seconds each program has to connect (default "
+                        f"{DEFAULT_DEADLINE_S:g}), then {DEFAULT_DATA_S:g} s more for its data")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,13 +80,14 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
-    if args.topology is not None:
-        raise UsageError("--topology: not yet with --peer-a/--peer-b/--peer-command")
+    topology = topology_path(args)
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    with flag("--topology/--a-node/--b-node"):
+        cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                                 topology=topology, a_node=args.a_node, b_node=args.b_node)
     if args.json:
         print_json(cell)
     else:

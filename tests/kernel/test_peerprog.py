@@ -143,14 +143,14 @@ def test_a_program_claiming_direct_while_relaying_is_flagged() -> None:
 ])
 def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
         name: str, problem: str | None) -> None:
-    deadline = 3.0
+    deadline, data = 3.0, 1.0
     t0 = time.monotonic()
     cell = run_contract_pair(nat(PRC), nat(PRC), prog(name), adapter("own"),
-                             deadline_s=deadline)
+                             deadline_s=deadline, data_s=data)
     took = time.monotonic() - t0
     text = format_cell(cell)
     assert cell["outcome"] == "failed", text
-    assert took < deadline + KILL_GRACE_S + 5.0, text  # the lab itself: about a second
+    assert took < deadline + data + KILL_GRACE_S + 5.0, text  # the lab itself: about a second
     assert lab_is_gone(cell)
     report = cell["programs"]["alice"]
     if problem is None:  # the flooder printed a lie: the wire saw no data
@@ -168,7 +168,7 @@ def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
 def test_a_bad_program_does_not_stop_the_next_cell_on_the_same_lab() -> None:
     own = adapter("own")
     with pair_lab(pair_topology(nat(PRC), nat(PRC))[0]) as lab:
-        bad = run_cell(lab, prog("hang.sh"), prog("hang.sh"), deadline_s=2)
+        bad = run_cell(lab, prog("hang.sh"), prog("hang.sh"), deadline_s=2, data_s=1)
         good = run_cell(lab, own, own, deadline_s=8)
     assert bad["outcome"] == "failed" and all(r["killed"] for r in bad["programs"].values())
     assert good["outcome"] == "direct", format_cell({**good, "a": PRC, "b": PRC})

@@ -24,6 +24,8 @@ export function contract(env = process.env) {
     turnUser: env.NT_TURN_USER || '', turnPass: env.NT_TURN_PASS || '',
     relay: env.NT_RELAY || '',
     deadlineS: Number(env.NT_DEADLINE_S || 20),
+    // connect by this; what is left of the deadline after it is the data phase's
+    connectS: Number(env.NT_CONNECT_DEADLINE_S || env.NT_DEADLINE_S || 20),
     sendBytes: Number(env.NT_SEND_BYTES || 65536),
     chunk: Number(env.NT_CHUNK || 1000),
   };
@@ -36,6 +38,11 @@ export function elapsedMs() {
 /** Milliseconds left before the deadline, less a margin to print the result. */
 export function remainingMs(c) {
   return c.deadlineS * 1000 - 500 - (performance.now() - started);
+}
+
+/** Milliseconds left to connect (NT_CONNECT_DEADLINE_S): past it, give up. */
+export function connectRemainingMs(c) {
+  return Math.min(c.connectS * 1000, c.deadlineS * 1000 - 500) - (performance.now() - started);
 }
 
 /** Join the rendezvous: resolves to {send(obj), next() -> Promise<obj>, close()}. */

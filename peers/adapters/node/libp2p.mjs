@@ -65,6 +65,8 @@ async function finish(why) {
   k.emitAndExit(res);
 }
 setTimeout(() => finish('deadline reached'), Math.max(100, k.remainingMs(c)));
+setTimeout(() => { if (connectMs === null) finish('not connected by the connect deadline'); },
+  Math.max(100, k.connectRemainingMs(c)));
 
 async function readAll(source) {
   for await (const chunk of source) {
@@ -121,7 +123,7 @@ try {
       const look = () => node.getConnections(peer).find((x) => !isRelayed(x));
       if (look()) return resolve(look());
       node.addEventListener('connection:open', () => { if (look()) resolve(look()); });
-      setTimeout(() => resolve(null), Math.max(1000, k.remainingMs(c) / 2));
+      setTimeout(() => resolve(null), Math.max(1000, k.connectRemainingMs(c) / 2));
     });
     const conn = direct ?? relayed;
     if (!direct) errors.push('no direct connection: DCUtR did not upgrade the relayed one');

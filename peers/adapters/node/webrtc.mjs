@@ -85,6 +85,8 @@ function useChannel(dc) {
 }
 
 setTimeout(() => finish('deadline reached'), Math.max(100, k.remainingMs(c)));
+setTimeout(() => { if (connectMs === null) finish('not connected by the connect deadline'); },
+  Math.max(100, k.connectRemainingMs(c)));
 const log = (m) => console.error(`${k.elapsedMs()} ms ${c.id}: ${m}`);
 pc.onicegatheringstatechange = () => log(`gathering ${pc.iceGatheringState}`);
 pc.onicecandidate = (ev) => log(`candidate ${ev.candidate ? ev.candidate.candidate : 'end'}`);
