@@ -65,7 +65,7 @@ async def run(c: Contract) -> dict[str, Any]:
                 got[0] += len(await conn.recv())
 
         reader = asyncio.create_task(receive())
-        await exchange(c, conn.send, lambda: got[0], traffic)
+        await exchange(c, conn.send, lambda: got[0], traffic, rv=rv)
         reader.cancel()
     except TimeoutError:
         errors.append("deadline reached")

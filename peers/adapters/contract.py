@@ -136,9 +136,10 @@ class Traffic:
 
 async def exchange(c: Contract, send: Callable[[bytes], Awaitable[None]],
                    received: Callable[[], int], traffic: Traffic,
-                   pace_s: float = 0.0005) -> None:
+                   pace_s: float = 0.0005, rv: Rendezvous | None = None) -> None:
     """Send the payload, paced (UDP has no flow control), then wait until the remote's
-    has arrived or the deadline is near. `received()` reads the byte count so far."""
+    has arrived or the deadline is near. `received()` reads the byte count so far.
+    With `rv`, end the data phase as docs/peers.md says (completion)."""
     for chunk in payload(c):
         if c.remaining() <= 0:
             break
@@ -148,6 +149,24 @@ async def exchange(c: Contract, send: Callable[[bytes], Awaitable[None]],
     while received() < c.send_bytes and c.remaining() > 0:
         await asyncio.sleep(0.01)
     traffic.received = received()
+    if rv is not None:
+        await completion(c, rv, traffic.received)
+
+
+async def completion(c: Contract, rv: Rendezvous, got: int) -> bool:
+    """The end of the data phase: tell the other side through the rendezvous that all
+    its data arrived ({"got": N}), then wait, until the deadline nears, for it to say
+    the same of ours, so that neither side closes while its data is still in flight.
+    True when the other side has all of ours."""
+    if got >= c.send_bytes:
+        await rv.send({"got": got})
+    try:
+        while True:
+            m = await asyncio.wait_for(rv.recv(), max(0.01, c.remaining()))
+            if isinstance(m.get("got"), int) and m["got"] >= c.send_bytes:
+                return True
+    except (TimeoutError, ConnectionError, ValueError):
+        return False
 
 
 def cand(kind: str | None, ip: str, port: int, protocol: str = "udp") -> dict[str, Any]:

@@ -85,6 +85,33 @@ export function payload(c) {
   return out;
 }
 
+/**
+ * The end of the data phase (docs/peers.md): a program tells the other side through
+ * the rendezvous that all its data arrived ({got: N}) and stays until the other side
+ * says the same, so neither closes while data is still in flight either way (a data
+ * channel's or a stream's buffers). `heard(m)` takes a rendezvous message (true if it
+ * was this one's); `tell(n)` says how much arrived; `done` resolves once both sides
+ * have all of the other's.
+ */
+export function completion(c) {
+  let rv = null;
+  let told = false;
+  let theirs = false;
+  let resolve;
+  const done = new Promise((r) => { resolve = r; });
+  const check = () => { if (told && theirs) resolve(); };
+  return {
+    done,
+    use(r) { rv = r; },
+    heard(m) {
+      if (!m || !('got' in m)) return false;
+      if (typeof m.got === 'number' && m.got >= c.sendBytes) { theirs = true; check(); }
+      return true;
+    },
+    tell(n) { if (!told && n >= c.sendBytes && rv) { told = true; rv.send({ got: n }); check(); } },
+  };
+}
+
 export function cand(type, ip, port, protocol) {
   return { type: type ?? null, ip: ip ?? null, port: port ?? null, protocol: protocol ?? null };
 }
