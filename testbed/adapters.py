@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +65,19 @@ class Adapter:
     # of one family can connect to each other (own probes, ICE, WebRTC, libp2p).
     family: str | None = "own"  # None: unknown (a user's program)
 
+    @property
+    def label(self) -> str:
+        """Its name: a value of the matrix's peer_a and peer_b dimensions."""
+        return self.name
+
     def command(self) -> list[str]:
         node = shutil.which("node") or "node"
         return [a.format(python=sys.executable, node=node, repo=REPO) for a in self.argv]
 
     def version(self) -> str | None:
         if self.python_dist:
+            from importlib import metadata  # only here: the CLI's start-up stays short
+
             try:
                 return metadata.version(self.python_dist)
             except metadata.PackageNotFoundError:
@@ -122,13 +128,58 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
 )}
 
 
+COMMAND = "command:"  # a user's program's name: command:<file name>
+COMMANDS: dict[str, Adapter] = {}  # by name: the programs command_adapter() was given
+
+
 def command_adapter(path: str) -> Adapter:
     """A user's own contract program, started as it is (it must be executable)."""
     p = Path(path).resolve()
     if not p.is_file() or not os.access(p, os.X_OK):
         raise AdapterError(f"--peer-command {path}: not an executable file")
-    return Adapter(f"command:{p.name}", "command", (str(p),),
-                   f"a program of the user's ({p})", relay="turn", family=None)
+    if any(ch in p.name for ch in ",= "):
+        raise AdapterError(f"--peer-command {path}: a file name without ',', '=' or spaces")
+    adapter = Adapter(f"{COMMAND}{p.name}", "command", (str(p),),
+                      f"a program of the user's ({p})", relay="turn", family=None)
+    COMMANDS[adapter.name] = adapter
+    return adapter
+
+
+def from_label(label: str) -> Adapter:
+    """An adapter by its name (a matrix label): a known one, a program given to
+    command_adapter() in this process, or a stand-in for one given elsewhere (a merge
+    of another machine's records reads labels only)."""
+    if label in ADAPTERS:
+        return ADAPTERS[label]
+    if label.startswith(COMMAND) and len(label) > len(COMMAND):
+        if any(ch in label for ch in ",= "):
+            raise ValueError(f"{label!r}: a file name without ',', '=' or spaces")
+        return COMMANDS.get(label) or Adapter(
+            label, "command", (label[len(COMMAND):],), "a program of the user's (not given "
+            "here: --peer-command PATH)", relay="turn", family=None)
+    raise ValueError(f"unknown peer {label!r} (one of: {', '.join(ADAPTERS)}, or "
+                     f"{COMMAND}NAME for --peer-command)")
+
+
+def common_protocol(a: Adapter, b: Adapter) -> str | None:
+    """Why two programs cannot speak to each other, or None (an unknown family, a
+    user's program, is given the benefit of the doubt)."""
+    if None in (a.family, b.family) or a.family == b.family:
+        return None
+    return (f"no common protocol: {a.name} speaks {a.family}, {b.name} speaks {b.family}")
+
+
+def modelled(a: Adapter) -> str | None:
+    """Why the reference model (STUN, simultaneous UDP punching, a TURN fallback) does
+    not describe this adapter's outcomes, or None."""
+    if a.family is None:
+        return f"{a.name} is a program of the user's: what it implements is unknown"
+    if a.transport != "udp":
+        return f"{a.name} connects over {a.transport}, the model is of UDP"
+    if a.relay != "turn":
+        return f"{a.name} has {'no relay' if a.relay is None else a.relay}, the model " \
+               "falls back to TURN"
+    return None
 
 
 def get(name: str, flag: str = "--peer") -> Adapter:

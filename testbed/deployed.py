@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
 from testbed import netns
 from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, PortAllocation
+from testbed.results import DeployedNat
 from testbed.ruleset import NFT_TERSE, RouterContext, nft_output
 
 UDP_TIMEOUT = "net.netfilter.nf_conntrack_udp_timeout"
@@ -36,18 +36,6 @@ _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 
 class ListingError(ValueError):
     """A listing this module cannot read a NAT behaviour from."""
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """One router's NAT as the kernel has it."""
-
-    router: str
-    nat: str  # the label of the behaviour parsed back from the ruleset
-    sha256: str  # of the normalised listing (testbed.deployed.digest)
-
-    def to_json(self) -> dict[str, str]:
-        return {"router": self.router, "nat": self.nat, "sha256": self.sha256}
 
 
 def _blocks(listing: str) -> dict[str, list[str]]:
@@ -139,7 +127,7 @@ def digest(listing: str, ctx: RouterContext) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def read(fd: int, where: str, router: str, ctx: RouterContext) -> Deployed:
+def read(fd: int, where: str, router: str, ctx: RouterContext) -> DeployedNat:
     """Router `router`'s NAT as its namespace (`fd`) has it now."""
     listing = nft_output(fd, f"list table ip {ctx.table}", where, NFT_TERSE)
     try:
@@ -153,4 +141,4 @@ def read(fd: int, where: str, router: str, ctx: RouterContext) -> Deployed:
         spec, nat = None, f"unreadable: {e}"
     if spec is None or spec.kind is not Kind.NONE:  # the conntrack timeout is part of it
         listing += f"# {UDP_TIMEOUT} = {timeout}\n"
-    return Deployed(router, nat, digest(listing, ctx))
+    return DeployedNat(router, nat, digest(listing, ctx))

@@ -40,13 +40,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peers.candidates import Candidate, CandidateError
+from peers.result import PeerResult, StageTimings
 from testbed import wire
-from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter
+from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter, common_protocol
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
 from testbed.pair import DEFAULT_NODES, Placement, pair_lab, pair_topology
-from testbed.results import ROLES
+from testbed.results import (
+    ROLES,
+    PairResult,
+    PairTimings,
+    ProgramReport,
+    WireEvidence,
+)
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
@@ -213,7 +221,7 @@ def start_rendezvous(lab: Lab, node: str, sessions: dict[str, tuple[str, str]]
     try:
         _wait_line(proc, log, "ready", f"lab {lab.name}: the rendezvous")
     except LabError:
-        _end(proc)
+        end_helper(proc)
         raise
     return proc, (addr, RENDEZVOUS_PORT)
 
@@ -233,12 +241,12 @@ def start_libp2p_relay(lab: Lab, node: str) -> tuple[subprocess.Popen[Any], str]
     try:
         line = _wait_line(proc, log, "ready ", f"lab {lab.name}: the libp2p relay")
     except LabError:
-        _end(proc)
+        end_helper(proc)
         raise
     return proc, line.split()[1]
 
 
-def _end(proc: subprocess.Popen[Any]) -> None:
+def end_helper(proc: subprocess.Popen[Any]) -> None:
     """Stop a helper of one cell (the lab stops whatever is left when it goes down)."""
     if proc.poll() is None:
         proc.terminate()
@@ -302,13 +310,13 @@ def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
         for p in progs:
             p.stop()
         for h in helpers:
-            _end(h)
+            end_helper(h)
         return _broken_cell(adapter_a, adapter_b, f"cell not run: {e}", times,
                             send_bytes, t0)
     for p in progs:
         p.stop()
     for h in helpers:
-        _end(h)
+        end_helper(h)
     routers = [place.routers[r] for r in ROLES]
     counters = {r: wire.read(lab, r) for r in routers}
     verdict = wire.judge(counters[routers[0]], counters[routers[1]], send_bytes)
@@ -369,9 +377,8 @@ def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
         flags += wire.disagreements(claims[p.who], verdict, p.who, sends)
         if reports[p.who]["error"]:
             broken.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
-    if None not in (adapter_a.family, adapter_b.family) and adapter_a.family != adapter_b.family:
-        broken.append(f"no common protocol: {adapter_a.name} speaks {adapter_a.family}, "
-                      f"{adapter_b.name} speaks {adapter_b.family}")
+    if (why := common_protocol(adapter_a, adapter_b)) is not None:
+        broken.append(why)
     reason = verdict.reason
     if verdict.outcome == "failed":
         reason = "; ".join([*broken, reason or ""]).strip("; ") or None
@@ -381,6 +388,12 @@ def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
             "claims": claims, "programs": reports, "deadline_s": times.connect_s,
             "data_s": times.data_s, "send_bytes": send_bytes,
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
+
+
+def broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str) -> dict[str, Any]:
+    """A cell that could not run (its helpers or programs did not start)."""
+    return _broken_cell(adapter_a, adapter_b, why, Deadlines(), DEFAULT_SEND_BYTES,
+                        time.monotonic())
 
 
 def _broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str, times: Deadlines,
@@ -412,6 +425,67 @@ def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
             "lab": lab.name, "kept": keep,
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1),
             "cell_ms": cell["elapsed_ms"]}
+
+
+# ---------------------------------------------------------------- as a typed result
+
+
+def _candidate(c: Any) -> Candidate:
+    return Candidate.from_json({k: c.get(k) for k in ("type", "ip", "port")})
+
+
+def claimed_peer(role: str, place: Placement, claim: dict[str, Any] | None,
+                 error: str | None) -> PeerResult:
+    """A program's claim as a PeerResult (its own word, for the CSV's per-peer columns):
+    outcome, the pair it names (where it names a whole one), its time to connect."""
+    me, remote = place.nodes[role], place.nodes[ROLES[1 - ROLES.index(role)]]
+    if claim is None:
+        return PeerResult.crashed(me, remote, error or "no result line")
+    sp = claim.get("selected_pair")
+    try:
+        pair = (_candidate(sp["local"]), _candidate(sp["remote"])) if sp else None
+    except (AttributeError, CandidateError, KeyError, TypeError):
+        pair = None  # e.g. libwebrtc hides a peer-reflexive address
+    ms = claim.get("connect_ms")
+    errors = claim.get("errors")
+    return PeerResult(
+        id=me, remote=remote, outcome=claim["outcome"], stage="contract",
+        reason=error, candidate_pair=pair,
+        timings_ms=StageTimings(connect=float(ms) if isinstance(ms, int | float) else None),
+        packets=None,
+        errors=tuple(str(e) for e in errors[:10]) if isinstance(errors, list) else ())
+
+
+def wire_evidence(cell: dict[str, Any], place: Placement) -> WireEvidence | None:
+    """The cell's wire verdict with its counters by role (not by router name)."""
+    w = cell.get("wire")
+    if w is None:
+        return None
+    counters = {role: w["counters"][place.routers[role]] for role in ROLES}
+    return WireEvidence(w["outcome"], w["reason"], w["threshold"], w["transport"],
+                        dict(w["paths"]), w["direct"], w["relay"], counters)
+
+
+def cell_result(cell: dict[str, Any], place: Placement, **where: Any) -> PairResult:
+    """A judged cell (run_cell) as a PairResult: the wire's outcome, each program's
+    claim as its peer and its report; `where` as for testbed.results.combine."""
+    programs, peers = {}, {}
+    for role in ROLES:
+        rep = cell["programs"].get(role)
+        claim = cell["claims"].get(role)
+        error = rep["error"] if rep else cell["reason"]
+        peers[role] = claimed_peer(role, place, claim, error)
+        if rep is not None:
+            programs[role] = ProgramReport(
+                rep["adapter"], rep["version"], rep["node"], rep["exit"], rep["killed"],
+                rep["error"], rep["stdout_bytes"], rep["stderr_tail"], claim)
+    connects = [p.timings_ms.connect for p in peers.values()]
+    connect = None if None in connects else max(c for c in connects if c is not None)
+    return PairResult(
+        outcome=cell["outcome"], stage="contract", reason=cell["reason"], peers=peers,
+        relay={role: None for role in ROLES}, relay_bytes=None,
+        timings_ms=PairTimings(connect, cell["elapsed_ms"]), wire=wire_evidence(cell, place),
+        programs=programs, flags=tuple(cell["flags"]), **where)
 
 
 # ---------------------------------------------------------------- text

@@ -359,11 +359,20 @@ def write_json(doc: Document, path: str | Path) -> None:
         write_json_to(doc, f)
 
 
+WIRE_DIMENSIONS = ("peer_a", "peer_b")  # runs with these are judged from the wire
+WIRE_COLUMNS = ("claims_agree", "flags", "wire_transport", "wire_direct_ab", "wire_direct_ba",
+                "wire_relay_ab", "wire_relay_ba", "alice_program", "bob_program")
+
+
 def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
-    """results.csv's columns; the other dimensions' columns come right after a and b."""
+    """results.csv's columns; the other dimensions' columns come right after a and b, and
+    a run of peer implementations (judged from the wire) has WIRE_COLUMNS after stage."""
     cols = ["a", "b", *dimensions]
     cols += [f"nat_{s}_{f}" for s in "ab" for f in SPEC_FIELDS]
-    cols += ["repeat", "predicted", "outcome", "agrees", "stage", "relay_bytes"]
+    cols += ["repeat", "predicted", "outcome", "agrees", "stage"]
+    if set(WIRE_DIMENSIONS) & set(dimensions):
+        cols += WIRE_COLUMNS
+    cols += ["relay_bytes"]
     cols += [f"{t}_ms" for t in PAIR_TIMINGS]
     for peer in ROLES:
         cols += [f"{peer}_{k}" for k in ("id", "outcome", "stage", "reason")]
@@ -389,6 +398,7 @@ def _peer_row(role: str, peer: PeerResult) -> dict[str, Any]:
 
 
 def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
+    wired = bool(set(WIRE_DIMENSIONS) & {d.name for d in doc.dimensions})
     for cell in iter_cells(doc):
         base: dict[str, Any] = {"a": cell.a, "b": cell.b, **cell.point}
         for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
@@ -400,7 +410,26 @@ def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
             row.update({f"{t}_ms": getattr(rep.timings_ms, t) for t in PAIR_TIMINGS})
             for role in ROLES:
                 row.update(_peer_row(role, rep.peers[role]))
+            if wired:
+                row.update(_wire_row(rep))
             yield row
+
+
+def _wire_row(rep: PairResult) -> dict[str, Any]:
+    """The wire's bytes per path and direction, flags, the programs that ran."""
+    w = rep.wire
+    row: dict[str, Any] = {"claims_agree": not any("claims" in f for f in rep.flags),
+                           "flags": "; ".join(rep.flags) or None,
+                           "wire_transport": None if w is None else w.transport}
+    for path in ("direct", "relay"):
+        for d, key in (("a->b", "ab"), ("b->a", "ba")):
+            flow = None if w is None else getattr(w, path).get(d)
+            row[f"wire_{path}_{key}"] = None if flow is None else sum(flow.values())
+    for role in ROLES:
+        p = rep.programs.get(role)
+        row[f"{role}_program"] = (f"{p.adapter} {p.version}" if p and p.version else
+                                  p.adapter if p else None if rep.programs else "own")
+    return row
 
 
 def write_csv(doc: Document, path: str | Path) -> int:

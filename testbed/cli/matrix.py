@@ -7,6 +7,8 @@
     nat-testbed matrix --only a=symmetric,b=full-cone,repeat=3     # one slot, by its key
     nat-testbed matrix --punch-timeout 0s,1s --out results/         # a second dimension
     nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
+    nat-testbed matrix --peers own,aioice,webrtc --out results/     # the interop matrix
+    nat-testbed matrix --peer-command ./my-peer.sh --out results/  # your own program
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import report
+from testbed import adapters, report
 from testbed.cli.common import (
     NAT_HELP,
     add_topology_flags,
@@ -64,6 +66,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run every pairing N times, each in fresh namespaces (default 1)")
     for d in dimensions.flagged():
         p.add_argument(d.flag or "", dest=f"dim_{d.name}", metavar=d.metavar, help=d.help)
+    p.add_argument("--peers", metavar="PEER,...",
+                   help="the implementations to pair (`nat-testbed peers`): every ordered "
+                        "pair of them (peer_a x peer_b) is a dimension of the matrix, every "
+                        "slot judged from the wire (docs/peers.md)")
+    p.add_argument("--peer-command", metavar="PATH",
+                   help="your program implementing docs/peers.md, as one more peer (alone: "
+                        "it against itself)")
+    p.add_argument("--cross-family", action="store_true",
+                   help="also run the implementation pairs that share no protocol (own x "
+                        "aioice, ...): skipped by default, their cells say why")
+    p.add_argument("--peer-jobs", type=positive(1, 64), default=None, metavar="N",
+                   help="contract cells (peer programs) running at once, all labs together "
+                        "(default: CPUs)")
     add_topology_flags(p, "run every pairing in a lab of its own",
                        "the matrix lab, up to 120 pairings around one set of servers")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
@@ -103,8 +118,9 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     else:
         axis = nats(args.nats)
     extra = []
+    peers_given = _peer_flags(args)
     for d in dimensions.flagged():
-        text = getattr(args, f"dim_{d.name}", None)
+        text = peers_given.get(d.name) or getattr(args, f"dim_{d.name}", None)
         if text is not None:
             extra.append(_dimension(d, text))
         elif any(n == d.name for s in only or () for n, _ in s.point):
@@ -114,7 +130,33 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     repeats = args.repeat
     with flag("--only"):
         return MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
-                          nodes=nodes, extra=tuple(extra))
+                          nodes=nodes, extra=tuple(extra), run_skipped=args.cross_family)
+
+
+def _peer_flags(args: argparse.Namespace) -> dict[str, str]:
+    """--peers and --peer-command as the peer_a and peer_b dimensions' labels; every
+    adapter named must be installed here."""
+    out: dict[str, str] = {}
+    command = None
+    if args.peer_command:
+        try:
+            command = adapters.command_adapter(args.peer_command).name
+        except adapters.AdapterError as e:
+            raise UsageError(str(e)) from None
+    for name, own_flag in (("peer_a", "--peer-a"), ("peer_b", "--peer-b")):
+        text = getattr(args, f"dim_{name}", None) or args.peers
+        labels = [t.strip() for t in text.split(",")] if text else []
+        if command is not None and command not in labels:
+            labels.append(command)
+        where = own_flag if getattr(args, f"dim_{name}", None) else "--peers"
+        for label in labels:
+            with flag(where):
+                adapter = adapters.from_label(label)
+            if (why := adapter.missing()) is not None:
+                raise UsageError(f"{where} {label}: {why}")
+        if labels:
+            out[name] = ",".join(labels)
+    return out
 
 
 def shard_from(args: argparse.Namespace) -> Shard:
@@ -145,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     whole = shard.count == 1
     run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting if whole else None,
-                    on_outcomes=draw_heatmap if whole else None, shard=shard)
+                    on_outcomes=draw_heatmap if whole else None, shard=shard,
+                    contract_jobs=args.peer_jobs)
     try:
         with interrupts_as_keyboard():
             try:

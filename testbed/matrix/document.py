@@ -157,6 +157,8 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
         parts += [f"--only {s.key}" for s in spec.only]
     for d in spec.facet_dimensions():
         parts.append(f"{d.flag} {','.join(d.labels)}")
+    if spec.run_skipped:
+        parts.append("--cross-family")
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")

@@ -28,7 +28,7 @@ from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
 from testbed.matrix.lab import Layout
 from testbed.matrix.progress import Progress
-from testbed.matrix.runner import LabJob, run_lab
+from testbed.matrix.runner import LabJob, run_lab, set_contract_gate
 from testbed.results import PairResult
 
 CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
@@ -73,9 +73,11 @@ class Workers:
     on_slot: Callable[[LabJob, int, str], None] | None = None  # a slot decided (k, outcome)
     on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
+    contract_jobs: int | None = None  # contract cells at once, all labs (default: CPUs)
 
     def run(self, jobs: Iterable[LabJob]) -> None:
         ctx = multiprocessing.get_context("fork")
+        set_contract_gate(self.contract_jobs or os.cpu_count() or 1)  # the workers share it
         pending: Iterator[LabJob] = iter(jobs)
         upcoming = next(pending, None)
         started: list[str] = []
