@@ -114,6 +114,11 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     Adapter("aioice", "python", ("{python}", "-m", "peers.adapters.aioice_peer"),
             "aioice, the ICE agent under aiortc (RFC 8445), one UDP component",
             python_dist="aioice", family="ice"),
+    Adapter("aioice-stun", "python", ("{python}", "-m", "peers.adapters.aioice_peer",
+                                      "--stun-only"),
+            "aioice with STUN only, no TURN: its direct / not-direct split (the test suite's "
+            "independent reference over --nats all)", turn=False, relay=None,
+            python_dist="aioice", family="ice"),
     Adapter("webrtc", "node", ("{node}", "{repo}/peers/adapters/node/webrtc.mjs"),
             "Chrome's libwebrtc through @roamhq/wrtc: ICE, DTLS, SCTP data channel",
             node_package="@roamhq/wrtc", family="webrtc"),

@@ -298,7 +298,8 @@ def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
         for role, adapter, kind in ((ROLES[0], adapter_a, "controlling"),
                                     (ROLES[1], adapter_b, "controlled")):
             me, remote = place.nodes[role], place.nodes[ROLES[1 - ROLES.index(role)]]
-            penv = contract_env({**env, "NT_ROLE": kind, "NT_ID": me, "NT_REMOTE": remote})
+            mine = {k: v for k, v in env.items() if adapter.turn or not k.startswith("NT_TURN")}
+            penv = contract_env({**mine, "NT_ROLE": kind, "NT_ID": me, "NT_REMOTE": remote})
             progs.append(start_program(lab, me, role, adapter, penv, workdir))
         end = time.monotonic() + times.total_s
         for p in progs:
