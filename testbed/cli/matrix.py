@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -76,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cross-family", action="store_true",
                    help="also run the implementation pairs that share no protocol (own x "
                         "aioice, ...): skipped by default, their cells say why")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help="seconds a peer program has to connect (default 10), then 5 s more "
+                        "for its data")
     p.add_argument("--peer-jobs", type=positive(1, 64), default=None, metavar="N",
                    help="contract cells (peer programs) running at once, all labs together "
                         "(default: CPUs)")
@@ -129,8 +133,12 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     nodes = (("alice", args.a_node), ("bob", args.b_node))
     repeats = args.repeat
     with flag("--only"):
-        return MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
+        spec = MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
                           nodes=nodes, extra=tuple(extra), run_skipped=args.cross_family)
+    if args.deadline is not None:
+        with flag("--deadline"):
+            spec = dataclasses.replace(spec, deadline=args.deadline)
+    return spec
 
 
 def _peer_flags(args: argparse.Namespace) -> dict[str, str]:

@@ -48,6 +48,7 @@ class SlotSetup:
     peer_a: Adapter = adapters.ADAPTERS["own"]  # Alice's program (own: in-process sessions)
     peer_b: Adapter = adapters.ADAPTERS["own"]
     wire: bool = False  # judge the slot from the wire (testbed.wire), with application data
+    deadline: float = 10.0  # seconds a contract program has to connect (then 5 for data)
 
 
 @dataclass(frozen=True)

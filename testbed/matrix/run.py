@@ -32,6 +32,7 @@ from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
 from testbed.matrix.spec import (
+    DEFAULT_DEADLINE,
     MatrixSpec,
     Selector,
     Shard,
@@ -204,19 +205,22 @@ def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                b_node: str = "bob", timing: Timing | None = None,
                progress: Progress | None = None,
                dimensions: Mapping[str, Iterable[Any]] | None = None,
-               cross_family: bool = False) -> MatrixResult:
+               cross_family: bool = False, deadline: float | None = None,
+               peer_jobs: int | None = None) -> MatrixResult:
     """Every ordered pairing of `nats` (default: none and the four classic types), each
     `repeats` times in fresh namespaces, or only the `only` (Alice's, Bob's) cells; in
     the packed matrix lab, or one lab of `topology` per pairing with Alice and Bob in
     `a_node` and `b_node`. `dimensions` adds other dimensions by name, each a list of
     values or labels ({"punch": ["0.2s", "1s"]}, {"peer_a": ["own", "aioice"], "peer_b":
     [...]}). Cells that cannot work (two peer programs with no common protocol) are
-    skipped unless `cross_family`. The result carries the model's prediction for every
-    cell."""
+    skipped unless `cross_family`; contract programs have `deadline` seconds to connect
+    (default 10), `peer_jobs` cells of them run at once (default: CPUs). The result
+    carries the model's prediction for every cell."""
     spec = matrix_spec(nats, repeats=repeats, only=only, topology=topology, a_node=a_node,
                        b_node=b_node, timing=timing, dimensions=dimensions,
-                       cross_family=cross_family)
-    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()
+                       cross_family=cross_family, deadline=deadline)
+    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress,
+                     contract_jobs=peer_jobs).run()
 
 
 def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
@@ -224,7 +228,7 @@ def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                 topology: str | Path | None = None, a_node: str = "alice",
                 b_node: str = "bob", timing: Timing | None = None,
                 dimensions: Mapping[str, Iterable[Any]] | None = None,
-                cross_family: bool = False) -> MatrixSpec:
+                cross_family: bool = False, deadline: float | None = None) -> MatrixSpec:
     """run_matrix's arguments as a run spec (ValueError naming what is wrong)."""
     cells = tuple(only) if only is not None else None
     if cells is not None:
@@ -236,4 +240,5 @@ def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
     return MatrixSpec(tuple(nats or default_nats()), repeats,
                       None if cells is None else tuple(Selector.cell(a, b) for a, b in cells),
                       timing or Timing(), Path(topology) if topology is not None else None,
-                      (("alice", a_node), ("bob", b_node)), extra, cross_family)
+                      (("alice", a_node), ("bob", b_node)), extra, cross_family,
+                      DEFAULT_DEADLINE if deadline is None else deadline)

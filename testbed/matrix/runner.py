@@ -56,7 +56,7 @@ from testbed.services import PeerServers
 
 Send = Callable[[tuple[Any, ...]], None]
 SEND_BYTES = peerprog.DEFAULT_SEND_BYTES  # application data each way, in wire-judged slots
-CONNECT_S, DATA_S = 10.0, 5.0  # a contract program's deadlines in the matrix
+DATA_S = 5.0  # a contract program's time for its data, after its connect deadline
 
 # At most this many contract cells run at once in all of a run's workers (set by the
 # parent before it forks them: testbed.matrix.workers); a process of its own otherwise.
@@ -280,7 +280,7 @@ class ContractSlots:
         with _contract_gate():
             try:
                 cell = peerprog.run_cell(self.lab, setup.peer_a, setup.peer_b,
-                                         place=self.places[k], deadline_s=CONNECT_S,
+                                         place=self.places[k], deadline_s=setup.deadline,
                                          data_s=DATA_S, send_bytes=SEND_BYTES,
                                          services=services)
             except Exception as e:  # noqa: BLE001 - one bad cell never stops the lab

@@ -45,6 +45,7 @@ from testbed.nat import NatSpec
 __all__ = ["Dimension", "MatrixSpec", "Selector", "Shard", "Slot", "SlotSetup", "plan"]
 
 MAX_REPEATS = 1000
+DEFAULT_DEADLINE = SlotSetup().deadline
 Point = tuple[tuple[str, Any], ...]  # (dimension name, value), in the spec's order
 
 
@@ -133,6 +134,7 @@ class MatrixSpec:
     nodes: tuple[tuple[str, str], ...] = (("alice", "alice"), ("bob", "bob"))  # role, node
     extra: tuple[Dimension, ...] = ()  # the other dimensions (at their default: dropped)
     run_skipped: bool = False  # run the cells a dimension says cannot work (Dimension.check)
+    deadline: float = DEFAULT_DEADLINE  # seconds a contract program has to connect
 
     def __post_init__(self) -> None:
         # the other dimensions in one order (the registry's), those at their default left
@@ -144,6 +146,8 @@ class MatrixSpec:
             raise ValueError("nats: a non-empty list of distinct NATs")
         if not 1 <= self.repeats <= MAX_REPEATS:
             raise ValueError(f"repeats: must be 1 to {MAX_REPEATS}, got {self.repeats}")
+        if not 1.0 <= self.deadline <= 600.0:
+            raise ValueError(f"deadline: must be 1 to 600 s, got {self.deadline:g}")
         names = [d.name for d in self.extra]
         if len(set(names)) != len(names) or {"a", "b"} & set(names):
             raise ValueError(f"dimensions: each named once, besides a and b: {names}")
@@ -205,7 +209,7 @@ class MatrixSpec:
 
     def setup(self, slot: Slot) -> SlotSetup:
         """What the slot runs with: the spec's timing, then every dimension's value."""
-        setup = SlotSetup(timing=self.timing)
+        setup = SlotSetup(timing=self.timing, deadline=self.deadline)
         for d in self.dimensions():
             setup = d.set_up(setup, slot[d.name])
         return setup
@@ -213,7 +217,7 @@ class MatrixSpec:
     def model_input(self, point: Point) -> ModelInput | NotModelled:
         """What the reference model is asked about this cell, or why it cannot be."""
         if (why := self.skip_reason(point)) is not None:
-            how = "run on request" if self.run_skipped else "skipped"
+            how = "run on request" if self.run_skipped else "skipped; --cross-family runs it"
             return NotModelled(f"{why} ({how})")
         inp: ModelInput | NotModelled = ModelInput()
         for d, (_, value) in zip(self.dimensions(), point, strict=True):
@@ -400,6 +404,7 @@ def spec_to_json(spec: MatrixSpec) -> dict[str, Any]:
         "topology": topo,
         "nodes": dict(spec.nodes),
         **({"run_skipped": True} if spec.run_skipped else {}),
+        **({"deadline": spec.deadline} if spec.deadline != DEFAULT_DEADLINE else {}),
     }
 
 
@@ -424,6 +429,7 @@ def spec_from_json(data: Mapping[str, Any]) -> MatrixSpec:
             timing=Timing(**data["timing"]),
             topology=None if topo is None else Path(topo["file"]),
             nodes=tuple((str(r), str(n)) for r, n in data["nodes"].items()),
-            extra=tuple(dims.values()), run_skipped=bool(data.get("run_skipped", False)))
+            extra=tuple(dims.values()), run_skipped=bool(data.get("run_skipped", False)),
+            deadline=float(data.get("deadline", DEFAULT_DEADLINE)))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"spec: missing or malformed field {exc}") from None
