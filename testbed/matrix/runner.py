@@ -183,6 +183,10 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         out = results(job, lab, layout, eps, usage, times, places, nats)
         out += [peerprog.cell_result(cell, places[k], **_where(job, lab, layout, k, nats[k]))
                 for k, cell in cells.items()]
+        for i, r in enumerate(out):
+            k = int((r.slot or "s0")[1:])
+            if wrong := deployment_flags(job.setups[k], nats[k]):
+                out[i] = replace(r, flags=(*wrong, *r.flags))
         say(("results", job.index, sorted(out, key=lambda r: r.slot or ""),
              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
         t_down = time.monotonic()
@@ -196,6 +200,16 @@ def _where(job: LabJob, lab: Lab, layout: Layout, k: int,
     return dict(a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
                 repeat=slot.repeat, lab=lab.name, slot=f"s{k:03d}",
                 wan=layout.wan(lab.topo, k), deployed=dict(nats))
+
+
+def deployment_flags(setup: SlotSetup, nats: Mapping[str, DeployedNat]) -> list[str]:
+    """Where a router's kernel runs another NAT than its side of the slot asked for."""
+    out = []
+    for role, want in zip(ROLES, (setup.nat_a, setup.nat_b), strict=True):
+        if nats[role].nat != want.label:
+            out.append(f"{role}'s router {nats[role].router} runs {nats[role].nat}, not the "
+                       f"slot's {want.label}")
+    return out
 
 
 def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
