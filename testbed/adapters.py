@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "peers" / "adapters" / "node"
 LIBP2P_RELAY = "libp2p-relay"  # a lab service: a circuit relay v2 node on the internet
 MIN_NODE = 20  # @roamhq/wrtc 0.10 and js-libp2p 3 (with labshim.mjs's polyfill)
+DEFAULT_DEADLINE_S = 20.0  # seconds each contract program has to connect (docs/peers.md)
+DEFAULT_DATA_S = 5.0  # after the connect deadline: to send and receive the data
 
 
 @functools.cache
@@ -76,7 +78,7 @@ class Adapter:
 
     def version(self) -> str | None:
         if self.python_dist:
-            from importlib import metadata  # only here: the CLI's start-up stays short
+            from importlib import metadata  # 20 ms: only `peers` and contract runs need it
 
             try:
                 return metadata.version(self.python_dist)

@@ -43,11 +43,19 @@ from typing import Any
 from peers.candidates import Candidate, CandidateError
 from peers.result import PeerResult, StageTimings
 from testbed import wire
-from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter, common_protocol
+from testbed.adapters import (
+    DEFAULT_DATA_S,
+    DEFAULT_DEADLINE_S,
+    LIBP2P_RELAY,
+    NODE_DIR,
+    REPO,
+    Adapter,
+    common_protocol,
+)
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
-from testbed.pair import DEFAULT_NODES, Placement, pair_lab, pair_topology
+from testbed.pair import CANDIDATE_LEGEND, DEFAULT_NODES, Placement, pair_lab, pair_topology
 from testbed.results import (
     ROLES,
     PairResult,
@@ -58,8 +66,6 @@ from testbed.results import (
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
-DEFAULT_DEADLINE_S = 20.0  # to connect
-DEFAULT_DATA_S = 5.0  # then, to send and receive the data
 DEFAULT_SEND_BYTES = 65536
 CHUNK = 1000  # bytes per message: a datagram under the lab's MTU with TURN and DTLS
 KILL_GRACE_S = 2.0  # past the deadline: SIGTERM, then SIGKILL after this much more
@@ -410,13 +416,13 @@ def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
                       deadline_s: float = DEFAULT_DEADLINE_S, data_s: float = DEFAULT_DATA_S,
                       send_bytes: int = DEFAULT_SEND_BYTES,
                       topology: str | Path | None = None, a_node: str = "alice",
-                      b_node: str = "bob") -> dict[str, Any]:
+                      b_node: str = "bob", lab_name: str | None = None) -> dict[str, Any]:
     """One cell in its own pair lab: home-pair, or `topology` with Alice in `a_node` and
     Bob in `b_node` (as testbed.pair.run_pair)."""
     t0 = time.monotonic()
     path = Path(topology) if topology is not None else None
     topo, place = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
-    with pair_lab(topo, keep=keep) as lab:
+    with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
         cell = run_cell(lab, adapter_a, adapter_b, place=place, deadline_s=deadline_s,
                         data_s=data_s, send_bytes=send_bytes)
     routers = place.routers
@@ -531,4 +537,5 @@ def format_cell(cell: dict[str, Any]) -> str:
         lines.append(f"tcp at {router}: {text}")
     if cell.get("kept"):
         lines.append(f"lab {cell['lab']} kept: nat-testbed down {cell['lab']}")
+    lines.append(CANDIDATE_LEGEND)
     return "\n".join(lines)

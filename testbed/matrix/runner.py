@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
-from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn, deployed, peerprog, wire
 from testbed.adapters import LIBP2P_RELAY
@@ -115,11 +114,6 @@ def punch_end(ep: Endpoint) -> float:
     return next(t for t in (s.t_punch_end, s.t_decided, s.t0) if t is not None)
 
 
-def slot_outcome(results: Sequence[PeerResult | None]) -> str:
-    outcomes = {r.outcome for r in results if r is not None}
-    return outcomes.pop() if len(outcomes) == 1 else "failed"
-
-
 def read_deployed(lab: Lab, place: Placement) -> dict[str, DeployedNat]:
     """role -> its router's NAT as the kernel has it (testbed.deployed)."""
     out = {}
@@ -133,8 +127,9 @@ def read_deployed(lab: Lab, place: Placement) -> dict[str, DeployedNat]:
 def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     """Build one matrix lab, run all its slots at once, report, take it down.
 
-    Messages: ("built", i, s), ("slot", i, k, outcome) as the k-th slot decides (without
-    coturn's counters, which take up to a second more), ("results", i, results, phases),
+    Messages: ("built", i, s), ("slot", i, k, outcome, result) as the k-th slot decides
+    (its PairResult without coturn's counters, which take up to a second more: what an
+    interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
     phases: dict[str, float] = {}
     t0 = time.monotonic()
@@ -165,12 +160,19 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         def finished(ep: Endpoint) -> None:
             k = ep.tag[0]
             if all(p.result is not None for p in by_slot[k]):
-                outcome = slot_outcome([p.result for p in by_slot[k]])
-                say(("slot", job.index, k, outcome))
+                decided = slot_result(job, lab, layout, k, by_slot[k], {}, None, nats[k])
+                if job.setups[k].wire:
+                    decided = judged_by_wire(decided, lab, places[k])
+                decided = checked(job.setups[k], decided, nats[k])
+                say(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
         budget = max([wait_budget(job.setups[k].timing) for k in own] or [0.0])
-        with ContractSlots(lab, job, places, say) as contract:
+        def decide(k: int, cell: dict[str, Any]) -> PairResult:
+            r = peerprog.cell_result(cell, places[k], **_where(job, lab, layout, k, nats[k]))
+            return checked(job.setups[k], r, nats[k])
+
+        with ContractSlots(lab, job, places, decide, say) as contract:
             times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
             ended = max([punch_end(ep) for ep in eps] or [times.start])
             cells = contract.wait()
@@ -180,13 +182,7 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
         if contract.slots:
             phases["contract"] = contract.elapsed
-        out = results(job, lab, layout, eps, usage, times, places, nats)
-        out += [peerprog.cell_result(cell, places[k], **_where(job, lab, layout, k, nats[k]))
-                for k, cell in cells.items()]
-        for i, r in enumerate(out):
-            k = int((r.slot or "s0")[1:])
-            if wrong := deployment_flags(job.setups[k], nats[k]):
-                out[i] = replace(r, flags=(*wrong, *r.flags))
+        out = [*results(job, lab, layout, eps, usage, times, places, nats), *cells.values()]
         say(("results", job.index, sorted(out, key=lambda r: r.slot or ""),
              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
         t_down = time.monotonic()
@@ -212,6 +208,12 @@ def deployment_flags(setup: SlotSetup, nats: Mapping[str, DeployedNat]) -> list[
     return out
 
 
+def checked(setup: SlotSetup, r: PairResult, nats: Mapping[str, DeployedNat]) -> PairResult:
+    """The slot's result flagged where the kernel ran another NAT than the slot's."""
+    wrong = deployment_flags(setup, nats)
+    return replace(r, flags=(*wrong, *r.flags)) if wrong else r
+
+
 def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
             usage: Mapping[Any, coturn.RelayUsage | None], times: DriveTimes,
             places: Sequence[Placement],
@@ -220,19 +222,26 @@ def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
     slots, what crossed the routers)."""
     out = []
     for k in sorted({ep.tag[0] for ep in eps}):
-        mine = {ep.tag[1]: ep for ep in eps if ep.tag[0] == k}
-        ends = [mine[role].finished_at or times.finished for role in ROLES]
-        peers = {role: mine[role].result for role in ROLES}
-        assert all(peers.values()), "the driver finishes every session"
-        pair = combine(
-            {r: p for r, p in peers.items() if p is not None},
-            {role: usage.get((k, role)) for role in ROLES},
-            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3)),
-            **_where(job, lab, layout, k, nats[k]))
+        mine = [ep for ep in eps if ep.tag[0] == k]
+        ends = [ep.finished_at or times.finished for ep in mine]
+        pair = slot_result(job, lab, layout, k, mine, usage,
+                           round((max(ends) - times.start) * 1000, 3), nats[k])
         if job.setups[k].wire:
             pair = judged_by_wire(pair, lab, places[k])
-        out.append(pair)
+        out.append(checked(job.setups[k], pair, nats[k]))
     return out
+
+
+def slot_result(job: LabJob, lab: Lab, layout: Layout, k: int, mine: Sequence[Endpoint],
+                usage: Mapping[Any, coturn.RelayUsage | None], total_ms: float | None,
+                nats: Mapping[str, DeployedNat]) -> PairResult:
+    """Slot k's PairResult from its two finished sessions, with where it ran."""
+    peers = {ep.tag[1]: ep.result for ep in mine}
+    assert all(peers.get(role) for role in ROLES), "both sessions of the slot finished"
+    return combine(
+        {r: p for r, p in peers.items() if p is not None},
+        {role: usage.get((k, role)) for role in ROLES},
+        timings_ms=PairTimings(total=total_ms), **_where(job, lab, layout, k, nats))
 
 
 def judged_by_wire(pair: PairResult, lab: Lab, place: Placement) -> PairResult:
@@ -257,8 +266,9 @@ class ContractSlots:
     all of them, each cell in a thread of its own, gated across workers."""
 
     def __init__(self, lab: Lab, job: LabJob, places: Sequence[Placement],
-                 say: Send) -> None:
+                 decide: Callable[[int, dict[str, Any]], PairResult], say: Send) -> None:
         self.lab, self.job, self.places, self.say = lab, job, places, say
+        self.decide = decide  # slot k's cell -> its PairResult
         self.slots = [k for k, s in enumerate(job.setups) if not in_process(s)]
         self.helpers: list[subprocess.Popen[Any]] = []
         self.futures: dict[int, Any] = {}
@@ -289,7 +299,7 @@ class ContractSlots:
             self.futures[k] = self.pool.submit(self._cell, k, services)
         return self
 
-    def _cell(self, k: int, services: peerprog.CellServices) -> dict[str, Any]:
+    def _cell(self, k: int, services: peerprog.CellServices) -> PairResult:
         setup = self.job.setups[k]
         with _contract_gate():
             try:
@@ -300,10 +310,11 @@ class ContractSlots:
             except Exception as e:  # noqa: BLE001 - one bad cell never stops the lab
                 cell = peerprog.broken_cell(setup.peer_a, setup.peer_b,
                                             f"cell not run: {type(e).__name__}: {e}")
-        self.say(("slot", self.job.index, k, cell["outcome"]))
-        return cell
+        result = self.decide(k, cell)
+        self.say(("slot", self.job.index, k, result.outcome, result))
+        return result
 
-    def wait(self) -> dict[int, dict[str, Any]]:
+    def wait(self) -> dict[int, PairResult]:
         cells = {k: f.result() for k, f in self.futures.items()}
         self.elapsed = time.monotonic() - self._t0
         return cells
