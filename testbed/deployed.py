@@ -89,7 +89,8 @@ def _filtering(pre: list[str]) -> Behaviour:
 def _allocation(rules: list[str]) -> PortAllocation:
     if any(r.startswith("numgen inc") for r in rules):
         return PortAllocation.SEQUENTIAL
-    if any("!= @owner" in r and "snat" in r for r in rules):  # keeps the port while free
+    # keeps the port while no mapping owns it (the `owned` set; older tables: the map)
+    if any(("!= @owned" in r or "!= @owner" in r) and "snat" in r for r in rules):
         return PortAllocation.PRESERVE
     return PortAllocation.RANDOM
 
