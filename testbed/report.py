@@ -252,9 +252,25 @@ def incomplete(doc: Document) -> str | None:
             "and the relay bytes of a lab cut short were never counted")
 
 
+def misdeployed(doc: Document) -> list[tuple[str, str]]:
+    """(where, what) for every repeat whose routers' kernels ran another NAT than its cell
+    names (PairResult.deployed, read back by the runner): a harness fault, never a NAT
+    behaviour, and one no outcome can show (most pairings connect alike both ways round)."""
+    out = []
+    for cell in iter_cells(doc):
+        for i, rep in enumerate(cell.repeats, start=1):
+            for role, want in (("alice", cell.a), ("bob", cell.b)):
+                got = (rep.deployed or {}).get(role)
+                if got is not None and got.nat != want:
+                    out.append((f"{summarize_cell(cell).where} repeat {rep.repeat or i}",
+                                f"{role}'s router {got.router} ran {got.nat}, not {want}"))
+    return out
+
+
 def exit_code(doc: Document, strict: bool) -> int:
-    """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
-    return 1 if strict and disagreements(doc) else 0
+    """1 when `strict` and the observation disagrees with the model anywhere, or a
+    router ran another NAT than its cell's; else 0."""
+    return 1 if strict and (disagreements(doc) or misdeployed(doc)) else 0
 
 
 # --- implementation pairs (peer_a x peer_b) -----------------------------------------
@@ -391,6 +407,8 @@ def format_table(doc: Document, color: bool = False) -> str:
     for s in disagreements(doc):
         lines.append(f"! {s.where}: predicted {s.predicted}, observed {s.observed} "
                      f"(model: {s.reason})")
+    for where, what in misdeployed(doc):
+        lines.append(f"! DEPLOYED {where}: {what}")
     if (peers := interop(doc)) is not None:
         lines += ["", format_interop(peers)]
     if stopped := incomplete(doc):
@@ -859,6 +877,10 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
             head = f"<h2>{_e(facet_label(facet))}</h2>" if many else ""
             put(f"<div class='facet{hide}' id='facet-{n}'>{head}"
                 f"{_html_grid(nats, cells, number[facet])}</div>\n")
+        if wrong := misdeployed(doc):
+            put(f"<h2 class='bad'>Routers that ran another NAT than their cell's: "
+                f"{len(wrong)}</h2>\n<ul>"
+                + "".join(f"<li>{_e(w)}: {_e(x)}</li>" for w, x in wrong) + "</ul>\n")
         if (peers := interop(doc)) is not None:
             put(_interop_html(peers))
         put(f"<h2>Disagreements with the model: {len(dis)}</h2>\n<ul>{dis_html}</ul>\n")

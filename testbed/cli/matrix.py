@@ -51,7 +51,8 @@ real packets. The table shows what happened per cell against the reference model
 prediction; --out holds records.jsonl (one line per slot, written as labs finish),
 manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --shard
 K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
-parts together (docs/scale.md). Exit 1 with --strict if a cell disagrees with the model.
+parts together (docs/scale.md). Exit 1 with --strict if a cell disagrees with the
+model, or a router ran another NAT than its cell's (read back from its kernel).
 Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the pairings decided so far
 to the same files, marked incomplete, and exits 130."""
 EARLY_PNG = ".results.png.partial"
@@ -102,7 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the seed that deals slots to shards (default 1; every shard of a "
                         "run needs the same)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 if any cell disagrees with the reference model")
+                   help="exit 1 if any cell disagrees with the reference model, or a "
+                        "router ran another NAT than its cell's")
     p.add_argument("--json", action="store_true",
                    help="print results.json to stdout (with --shard: the manifest)")
     p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",

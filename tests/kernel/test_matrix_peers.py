@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import adapters, cli, netns, run_matrix
+from testbed import adapters, cli, netns, report, run_matrix
 from testbed.matrix import lab as mx
 from testbed.model import predict
 from testbed.nat import NatSpec, all_nats, nat_from_label
@@ -114,6 +114,9 @@ def test_a_runner_that_swapped_the_nats_would_be_caught(monkeypatch: pytest.Monk
                            "not the slot's full-cone",
                            f"bob's router {r.deployed['bob'].router} runs full-cone, not "
                            "the slot's symmetric")
+    table = report.format_table(doc)  # and the user is told, whatever the outcome
+    assert f"! DEPLOYED {FULL} -> {SYM} repeat 1: alice's router" in table
+    assert report.exit_code(doc, strict=True) == 1
 
 
 def test_aioice_over_all_121_pairings_splits_direct_from_not_as_the_model_does() -> None:

@@ -551,3 +551,40 @@ def test_an_incomplete_run_says_so_on_the_page_and_the_picture(
     doc["metadata"]["complete"] = True
     report.write_html(typed(doc), tmp_path / "r.html")
     assert "INCOMPLETE" not in (tmp_path / "r.html").read_text()
+
+
+# --- what the kernels ran ----------------------------------------------------------
+
+
+def test_a_router_that_ran_another_nat_is_said_everywhere(doc: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """The runner reads each router's NAT back (PairResult.deployed); a repeat whose
+    routers ran the other side's NAT is named in the table and the page, and fails
+    --strict, even where its outcome is the one predicted."""
+    def deployed(a: str, b: str) -> dict[str, Any]:
+        return {"alice": {"router": "s000-nat-a", "nat": a, "sha256": "sha256:1"},
+                "bob": {"router": "s000-nat-b", "nat": b, "sha256": "sha256:2"}}
+
+    for c in doc["cells"]:
+        for r in c["repeats"]:
+            r["deployed"] = deployed(c["a"], c["b"])
+    assert report.misdeployed(typed(doc)) == []
+    assert "DEPLOYED" not in report.format_table(typed(doc))
+    swapped = next(c for c in doc["cells"]
+                   if (c["a"], c["b"]) == ("full-cone", "port-restricted-cone"))
+    swapped["repeats"][1]["deployed"] = deployed("port-restricted-cone", "full-cone")
+    d = typed(doc)
+    assert report.misdeployed(d) == [
+        ("full-cone -> port-restricted-cone repeat 2",
+         "alice's router s000-nat-a ran port-restricted-cone, not full-cone"),
+        ("full-cone -> port-restricted-cone repeat 2",
+         "bob's router s000-nat-b ran full-cone, not port-restricted-cone")]
+    assert ("! DEPLOYED full-cone -> port-restricted-cone repeat 2: alice's router "
+            "s000-nat-a ran port-restricted-cone, not full-cone") in report.format_table(d)
+    report.write_html(d, tmp_path / "r.html")
+    assert "Routers that ran another NAT than their cell's: 2" in (
+        tmp_path / "r.html").read_text()
+    doc["cells"] = [c for c in doc["cells"] if (c["a"], c["b"]) in {
+        ("full-cone", "port-restricted-cone"), ("full-cone", "full-cone")}]
+    assert report.exit_code(typed(doc), strict=True) == 1  # only the swap is wrong
+    assert report.exit_code(typed(doc), strict=False) == 0
