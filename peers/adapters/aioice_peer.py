@@ -6,8 +6,8 @@ candidates are all gathered first (no trickle). Once ICE has nominated a pair, t
 application data goes over it with Connection.send.
 
 The checks start in order: the controlled agent starts its checks first, and once
-it has sent a check on every pair it says {"go": 1} through the rendezvous; the
-controlling agent starts on it. aioice nominates aggressively (the first controlling
+it has sent a check on every pair without a relayed candidate it says {"go": 1}
+through the rendezvous; the controlling agent starts on it. aioice nominates aggressively (the first controlling
 check that succeeds wins) and retries a lost check only after 500 ms; started this
 way, each of the controlling agent's checks leaves after the controlled agent's check
 of the same pair has opened the far NAT's filter, so a direct pair that can work is
@@ -16,7 +16,12 @@ one waits for its retry. (Started on the answer alone, whichever side's check co
 first is dropped; when that was the controlling side's, a relayed pair won in about
 half the runs across two port-restricted cones. A "go" sent after the controlled
 agent's first check only was not enough: on a loaded machine its 20 ms pacing
-stretches, and the controlling agent's second check overtook it.)
+stretches, and the controlling agent's second check overtook it. A "go" sent after
+every pair, relayed ones included, let the controlled agent's relayed checks reach a
+controlling agent behind a full cone before its connect(): it answered them all at
+once, and aioice 0.13.0 lets a relayed pair that succeeds a millisecond after the
+direct one replace it: relay in every cell with Alice behind a full cone;
+docs/facts-measured.md.)
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ def describe(c: aioice.Candidate) -> dict[str, Any]:
     return cand(c.type, c.host, c.port, c.transport.lower())
 
 
+def _relayed(pair: Any) -> bool:
+    return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+
+
 async def checks(c: Contract, conn: aioice.Connection, rv: Rendezvous) -> None:
     """ICE's connectivity checks, the controlled agent's first (see above)."""
     if c.controlling:
@@ -61,8 +70,11 @@ async def checks(c: Contract, conn: aioice.Connection, rv: Rendezvous) -> None:
     waiting = (aioice.ice.CandidatePair.State.FROZEN, aioice.ice.CandidatePair.State.WAITING)
     for _ in range(200):  # at most 2 s: then the other side starts anyway
         await asyncio.sleep(0.01)
-        # no public accessor: every pair has had its first check sent
-        if started.done() or not any(p.state in waiting for p in conn._check_list):
+        # no public accessor: every pair without a relayed candidate has had its first
+        # check sent (they come first: pairs are checked by priority, a relayed
+        # candidate's is the lowest)
+        if started.done() or not any(p.state in waiting for p in conn._check_list
+                                     if not _relayed(p)):
             break
     await rv.send({"go": 1})
     await started
