@@ -382,6 +382,7 @@ def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
     for p, sends in zip(progs, ("a->b", "b->a"), strict=False):
         claims[p.who], reports[p.who] = program_report(p)
         flags += wire.disagreements(claims[p.who], verdict, p.who, sends)
+        flags += wire.short_data(claims[p.who], p.who, send_bytes)
         if reports[p.who]["error"]:
             broken.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
     if (why := common_protocol(adapter_a, adapter_b)) is not None:

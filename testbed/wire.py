@@ -188,6 +188,19 @@ def disagreements(claim: dict[str, Any] | None, verdict: Verdict, who: str,
     return [f"{who} claims relay, but its data went direct"]
 
 
+def short_data(claim: dict[str, Any] | None, who: str, send_bytes: int) -> list[str]:
+    """A program that says it connected but did not receive all of the other side's
+    data: its data phase ended early (the deadline, or a side that closed with data in
+    flight). The wire's half-the-payload threshold still judges the path; this says
+    the exchange was cut short."""
+    if claim is None or claim.get("outcome") not in ("direct", "relay"):
+        return []
+    got = claim.get("received_bytes")
+    if not isinstance(got, int) or isinstance(got, bool) or got >= send_bytes:
+        return []
+    return [f"{who} received {got} of the other side's {send_bytes} B"]
+
+
 # ---------------------------------------------------------------- on a live lab
 
 

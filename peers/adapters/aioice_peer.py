@@ -5,23 +5,23 @@ One ICE component, UDP, the lab's STUN and TURN servers. The offer/answer is
 candidates are all gathered first (no trickle). Once ICE has nominated a pair, the
 application data goes over it with Connection.send.
 
-The checks start in order: the controlled agent starts its checks first, and once
-it has sent a check on every pair without a relayed candidate it says {"go": 1}
-through the rendezvous; the controlling agent starts on it. aioice nominates aggressively (the first controlling
-check that succeeds wins) and retries a lost check only after 500 ms; started this
-way, each of the controlling agent's checks leaves after the controlled agent's check
-of the same pair has opened the far NAT's filter, so a direct pair that can work is
-nominated on its first check, never beaten by a relayed pair checked while the direct
-one waits for its retry. (Started on the answer alone, whichever side's check comes
-first is dropped; when that was the controlling side's, a relayed pair won in about
-half the runs across two port-restricted cones. A "go" sent after the controlled
-agent's first check only was not enough: on a loaded machine its 20 ms pacing
-stretches, and the controlling agent's second check overtook it. A "go" sent after
-every pair, relayed ones included, let the controlled agent's relayed checks reach a
-controlling agent behind a full cone before its connect(): it answered them all at
-once, and aioice 0.13.0 lets a relayed pair that succeeds a millisecond after the
-direct one replace it: relay in every cell with Alice behind a full cone;
-docs/facts-measured.md.)
+The checks start in order: the controlled agent starts its checks first, and once it
+has sent a check on every pair without a relayed candidate it says {"go": 1} through
+the rendezvous; the controlling agent starts on it. aioice nominates aggressively
+(the first controlling check that succeeds wins) and retries a lost check only after
+500 ms; started this way, each of the controlling agent's checks leaves after the
+controlled agent's check of the same pair has opened the far NAT's filter, so a
+direct pair that can work is nominated on its first check, never beaten by a relayed
+pair checked while the direct one waits for its retry. (Started on the answer alone,
+whichever side's check comes first is dropped; when that was the controlling side's,
+a relayed pair won in about half the runs across two port-restricted cones. A "go"
+sent after the controlled agent's first check only was not enough: on a loaded
+machine its 20 ms pacing stretches, and the controlling agent's second check
+overtook it. A "go" sent after every pair, relayed ones included, let the controlled
+agent's relayed checks reach a controlling agent behind a full cone before its
+connect(): it answered them all at once, and aioice 0.13.0 lets a relayed pair that
+succeeds a millisecond after the direct one replace it: relay in every cell with
+Alice behind a full cone; docs/facts-measured.md.)
 """
 
 from __future__ import annotations
