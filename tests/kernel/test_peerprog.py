@@ -135,6 +135,23 @@ def test_a_program_claiming_direct_while_relaying_is_flagged() -> None:
     assert cell["flags"] == ["alice claims direct, but its data went through the relay"]
 
 
+def test_a_data_phase_cut_short_is_flagged() -> None:
+    """Alice sends half of her data and stops listening once she has half of Bob's:
+    Bob waits for the rest until his deadline and says what he got; the wire still sees
+    a direct path (half is its threshold), and the cell says both exchanges were cut
+    short. Both end by their own deadline, before the testbed's: their clocks start at
+    their process's start, as the testbed's does."""
+    cell = run_contract_pair(nat(PRC), nat(PRC), prog("quitter.py"), adapter("own"),
+                             deadline_s=4, data_s=2)
+    got = {who: cell["claims"][who]["received_bytes"] for who in ("alice", "bob")}
+    assert cell["outcome"] == "direct", format_cell(cell)
+    for who in ("alice", "bob"):
+        assert cell["send_bytes"] // 4 <= got[who] < cell["send_bytes"], format_cell(cell)
+    assert cell["flags"] == [f"{who} received {got[who]} of the other side's 65536 B"
+                             for who in ("alice", "bob")]
+    assert not any(p["killed"] for p in cell["programs"].values()), format_cell(cell)
+
+
 @pytest.mark.parametrize("name,problem", [
     ("hang.sh", "killed at the deadline (printed no result line)"),
     ("crash.sh", "exited 139; printed no result line"),
