@@ -208,13 +208,14 @@ def available() -> list[dict[str, Any]]:
 
 
 def format_available(rows: list[dict[str, Any]]) -> str:
-    head = f"{'peer':<8} {'language':<8} {'version':<9} {'STUN':<5} {'TURN':<5} " \
+    w = max([4, *(len(r["name"]) for r in rows)])  # aioice-stun, a user's command:...
+    head = f"{'peer':<{w}} {'language':<8} {'version':<9} {'STUN':<5} {'TURN':<5} " \
            f"{'relay':<25} {'transport':<9} status"
     lines = [head]
     for r in rows:
         yes = {True: "yes", False: "no"}
         status = "ok" if r["available"] else f"missing: {r['missing']}"
-        lines.append(f"{r['name']:<8} {r['language']:<8} {r['version'] or '-':<9} "
+        lines.append(f"{r['name']:<{w}} {r['language']:<8} {r['version'] or '-':<9} "
                      f"{yes[r['stun']]:<5} {yes[r['turn']]:<5} {r['relay'] or '-':<25} "
                      f"{r['transport']:<9} {status}")
     return "\n".join(lines)
