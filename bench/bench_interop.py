@@ -10,10 +10,10 @@
    speak no common protocol (own x aioice, ...) are decided without running (the table
    says why); the figure says how many cells ran.
 2. Per adapter, its time to connect alone versus inside the full matrix. Alone: the same
-   command with only that adapter (`--peers X`: X x X over the 25 pairings), one lab,
-   one contract cell at a time (`--jobs 1 --peer-jobs 1`); the project's own peer runs
-   its 25 slots at once in one process, as it always does (`--peers own` alone is the
-   plain matrix: one value is no dimension). Inside: the same cells of
+   command with only that adapter (`--peers X`: X x X over the 25 pairings), one
+   contract cell at a time (`--peer-jobs 1`); the project's own peer runs its slots at
+   once in its labs' processes, as it always does (`--peers own` alone is the plain
+   matrix: one value is no dimension). Inside: the same cells of
    the full run. Time to connect is each cell's `timings_ms.connect`: for a contract
    program the later of the two sides' own `connect_ms` (the implementation's clock,
    from its start to its connected pair), for the own peer the sessions' own. The
@@ -94,8 +94,7 @@ def main(argv: list[str]) -> int:
         for x in peers:
             inside[x].append(connects(doc, x))
         for x in peers:
-            alone[x].append(connects(run(["--peers", x, "--jobs", "1", "--peer-jobs", "1"])[1],
-                                     x))
+            alone[x].append(connects(run(["--peers", x, "--peer-jobs", "1"])[1], x))
     load1 = os.getloadavg()
     wall = statistics.median(walls)
     n = len(peers) ** 2 * 25
