@@ -20,6 +20,11 @@ to connect); one rendezvous on the signaling node serves every slot of the lab, 
 session each. When peer implementations are a dimension, every slot is judged from
 the wire (testbed.wire), the in-process ones too: their sessions then send
 application data once decided, and the outcome is what crossed the routers.
+
+Each slot's link conditions (SlotSetup.conditions) go on its access links once the lab
+is built, whatever its programs. In-process slots start as testbed.admission admits
+them, their driver and the lab's servers at real-time priority; contract programs
+start at ordinary priority (a user's program is not a timing-critical process of ours).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import contextlib
 import multiprocessing
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -40,8 +46,19 @@ from typing import Any
 
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.session import PeerConfig, Session, Timing
-from testbed import coturn, deployed, peerprog, wire
+from testbed import coturn, deployed, impair, peerprog, wire
 from testbed.adapters import LIBP2P_RELAY
+from testbed.admission import (
+    BUILD_NICE,
+    Admission,
+    Headroom,
+    Noise,
+    Places,
+    read_cpu_seconds,
+    realtime,
+    renice_thread,
+)
+from testbed.conditions import Conditions
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.matrix.dimensions import SlotSetup
@@ -105,7 +122,7 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
                      app_bytes=app_bytes, app_chunk=peerprog.CHUNK)
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), group=index)
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -124,13 +141,39 @@ def read_deployed(lab: Lab, place: Placement) -> dict[str, DeployedNat]:
     return out
 
 
-def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
-    """Build one matrix lab, run all its slots at once, report, take it down.
+def run_lab(job: LabJob, layout: Layout, send: Send, places: Places | None = None) -> None:
+    """Build one matrix lab, run its slots, report, take it down. With `places` (shared by
+    the run's workers), in-process slots start as testbed.admission admits them; else all
+    at once. The lab is built and taken down at a lower priority than the slots run at.
 
     Messages: ("built", i, s), ("slot", i, k, outcome, result) as the k-th slot decides
     (its PairResult without coturn's counters, which take up to a second more: what an
     interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
+    renice_thread(BUILD_NICE)
+    noise = Noise(places)
+    try:
+        noise.begin()
+        _build_and_run(job, layout, send, places, noise)
+    finally:
+        noise.end()
+
+
+def apply_conditions(lab: Lab, job: LabJob, layout: Layout) -> dict[str, list[str]] | None:
+    """Each slot's conditions (SlotSetup.conditions) on its access links, all of the
+    lab's at once (one forwarder); the mechanism used and its parts, or None."""
+    items: dict[tuple[str, str], Conditions] = {}
+    for k, setup in enumerate(job.setups):
+        if not setup.conditions.is_zero:
+            items.update(dict.fromkeys(layout.access_links(lab.topo, k), setup.conditions))
+    if not items:
+        return None
+    imps = impair.apply_many(lab, items)
+    return {i.mechanism: sorted({p for j in imps for p in j.parts}) for i in imps}
+
+
+def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | None,
+                   noise: Noise) -> None:
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.setups, job.name)
@@ -144,14 +187,20 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
+        t1 = time.monotonic()
+        mechanism = apply_conditions(lab, job, layout)
+        if mechanism is not None:
+            phases["conditions"] = time.monotonic() - t1
         phases["build"] = time.monotonic() - t0
+        noise.end()
+        renice_thread(0)
         say(("built", job.index, phases["build"]))
-        places = [layout.placement(lab.topo, k) for k in range(len(job.slots))]
-        nats = [read_deployed(lab, p) for p in places]
+        placements = [layout.placement(lab.topo, k) for k in range(len(job.slots))]
+        nats = [read_deployed(lab, p) for p in placements]
         own = [k for k, s in enumerate(job.setups) if in_process(s)]
         for k in own:
             if job.setups[k].wire:
-                peerprog.install_wire(lab, places[k])
+                peerprog.install_wire(lab, placements[k])
         eps = [open_peer(lab, k, role, layout.nodes(k), job.setups[k].timing,
                          SEND_BYTES if job.setups[k].wire else 0)
                for k in own for role in ROLES]
@@ -162,18 +211,31 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
             if all(p.result is not None for p in by_slot[k]):
                 decided = slot_result(job, lab, layout, k, by_slot[k], {}, None, nats[k])
                 if job.setups[k].wire:
-                    decided = judged_by_wire(decided, lab, places[k])
+                    decided = judged_by_wire(decided, lab, placements[k])
                 decided = checked(job.setups[k], decided, nats[k])
                 say(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
         budget = max([wait_budget(job.setups[k].timing) for k in own] or [0.0])
+
         def decide(k: int, cell: dict[str, Any]) -> PairResult:
-            r = peerprog.cell_result(cell, places[k], **_where(job, lab, layout, k, nats[k]))
+            r = peerprog.cell_result(cell, placements[k],
+                                     **_where(job, lab, layout, k, nats[k]))
             return checked(job.setups[k], r, nats[k])
 
-        with ContractSlots(lab, job, places, decide, say) as contract:
-            times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
+        # Contract programs (and their rendezvous) start from threads made here, before
+        # this thread turns real-time: they run at ordinary priority, as a user's would.
+        with ContractSlots(lab, job, placements, decide, say) as contract:
+            # the servers and this driver (the forwarder keeps its own, higher priority)
+            forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
+            critical = [p.pid for p in lab.procs if p.pid not in forwarders] + [0]
+            # past its CPU-time limit the driver goes back to ordinary scheduling, alive
+            signal.signal(signal.SIGXCPU, lambda *_: realtime(0, False))
+            for pid in critical:
+                realtime(pid, True)
+            pids = [os.getpid(), *(p.pid for p in lab.procs)]  # driver, servers, forwarder
+            gate = None if places is None else Admission(places, Headroom(lambda: pids))
+            times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished, gate=gate).run()
             ended = max([punch_end(ep) for ep in eps] or [times.start])
             cells = contract.wait()
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
@@ -182,10 +244,20 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
         if contract.slots:
             phases["contract"] = contract.elapsed
-        out = [*results(job, lab, layout, eps, usage, times, places, nats), *cells.values()]
+        out = [*results(job, lab, layout, eps, usage, times, placements, nats),
+               *cells.values()]
         say(("results", job.index, sorted(out, key=lambda r: r.slot or ""),
-             dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
+             dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
+                  admission_waits=gate.waited if gate is not None else None,
+                  conditions_mechanism=mechanism,
+                  forwarder_cpu_s=round(read_cpu_seconds(sorted(forwarders)), 3)
+                  if forwarders else None)))
+        for pid in critical:
+            realtime(pid, False)
+        renice_thread(BUILD_NICE)
+        noise.begin()
         t_down = time.monotonic()
+    noise.end()
     say(("down", job.index, time.monotonic() - t_down))
 
 

@@ -390,3 +390,73 @@ def test_unknown_peers_are_refused_by_name() -> None:
         dims.PEER_A.with_labels(["own", "quic"])
     sel = Selector.parse("a=full-cone,peer_a=aioice")
     assert sel.point == (("a", "full-cone"), ("peer_a", "aioice"))
+# ------------------------------------------------------------------ link conditions
+
+
+def test_condition_parameters_are_dimensions_with_canonical_labels() -> None:
+    loss = dims.PARAMS["loss"].with_labels(dims.split_units("0,1,5,20%"))
+    delay = dims.PARAMS["delay"].with_labels(dims.split_units("0,0.05s,200ms"))
+    assert loss.labels == ("0%", "1%", "5%", "20%")
+    assert delay.labels == ("0ms", "50ms", "200ms")
+    spec = MatrixSpec((FULL,), 1, extra=(delay, loss))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "delay", "loss"]
+    slots = spec.slots()
+    assert len(slots) == 12
+    assert slots[0].key == "a=full-cone,b=full-cone,delay=0ms,loss=0%,repeat=1"
+    c = spec.setup(next(s for s in slots if s.extra == {"delay": "50ms", "loss": "5%"}))
+    assert (c.conditions.delay, c.conditions.loss) == (0.05, 0.05)
+
+
+def test_a_preset_and_parameters_over_it() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=(dims.COND.with_labels(["lte", "satellite"]),
+                                          dims.PARAMS["loss"].with_labels(["2%"])))
+    first = spec.setup(spec.slots()[0]).conditions
+    assert (first.delay, first.jitter, first.loss) == (0.040, 0.010, 0.02)  # lte, loss over it
+    assert dims.COND.parse("none").label == "none"
+    with pytest.raises(ValueError, match="not a preset"):
+        dims.COND.parse("marsnet")
+
+
+def test_bursty_loss_labels_and_bad_values() -> None:
+    assert dims.PARAMS["loss"].parse("ge:1%:30%").label == "ge:1%:30%:100%:0%"
+    for name, label, message in [("loss", "200%", "over 100%"), ("delay", "-5ms", "negative"),
+                                 ("delay", "50", "no unit"), ("rate", "0", "greater than 0"),
+                                 ("loss", "ge:1%", "bursty loss is ge:P:R")]:
+        with pytest.raises(ValueError, match=message):
+            dims.PARAMS[name].parse(label)
+    assert dims.split_units("1,2") == ["1", "2"]  # no unit: nothing added (then refused)
+
+
+def test_delay_is_modelled_loss_and_lossy_presets_are_not() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=(dims.PARAMS["delay"].with_labels(["50ms"]),
+                                          dims.PARAMS["loss"].with_labels(["0%", "5%"])))
+    clean, lossy = (spec.model_input(p) for p in spec.points())
+    assert clean == dims.ModelInput(FULL, FULL)
+    assert isinstance(lossy, dims.NotModelled) and "loss (5%)" in lossy.reason
+    spec = MatrixSpec((FULL,), 1, extra=(dims.COND.with_labels(["intercontinental", "lte"]),))
+    far, lte = (spec.model_input(p) for p in spec.points())
+    assert far == dims.ModelInput(FULL, FULL) and isinstance(lte, dims.NotModelled)
+
+
+def test_peers_and_link_conditions_together() -> None:
+    """Both kinds of dimension in one grid: every slot carries its programs, the wire
+    judge and its links' conditions; loss is not modelled whatever the programs."""
+    delay = dims.PARAMS["delay"].with_labels(["20ms"])
+    loss = dims.PARAMS["loss"].with_labels(["0%", "5%"])
+    spec = MatrixSpec((FULL,), 1, extra=(*peers("own", "aioice"), delay, loss))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "peer_a", "peer_b", "delay",
+                                                  "loss"]
+    slots = spec.slots()
+    assert len(slots) == 4  # own x own and aioice x aioice, each at 0% and 5% loss
+    assert slots[0].key == ("a=full-cone,b=full-cone,peer_a=own,peer_b=own,"  # as listed
+                            "delay=20ms,loss=0%,repeat=1")
+    for s in slots:
+        setup = spec.setup(s)
+        assert setup.wire and setup.peer_a.name == s["peer_a"].name
+        assert setup.conditions.delay == 0.02
+        assert setup.conditions.loss == (0.05 if s.extra["loss"] == "5%" else 0.0)
+    by = {(dict(p)["peer_a"].name, dict(p)["peer_b"].name, dict(p)["loss"].label):
+          spec.model_input(p) for p in spec.points()}
+    assert by[("aioice", "aioice", "0%")] == dims.ModelInput(FULL, FULL)
+    assert isinstance(by[("aioice", "aioice", "5%")], dims.NotModelled)
+    assert isinstance(by[("own", "aioice", "0%")], dims.NotModelled)
