@@ -80,6 +80,53 @@ def test_own_and_aioice_side_by_side_every_slot_judged_from_the_wire() -> None:
     assert no_lab_left(doc)
 
 
+def test_peers_under_link_conditions_are_judged_from_the_wire_and_kept_apart(
+        tmp_path: Path) -> None:
+    """Both kinds of dimension at once (issues 11 and 13): a 40 ms delay on every access
+    link while own and aioice run side by side. The delay must reach every slot (a STUN
+    round trip is 2 D at least), the wire still judges each one and the kernel still
+    says which NAT ran; the sweep's rows keep the implementations apart."""
+    need("aioice")
+    delay_ms = 40.0
+    doc = run_matrix([nat_from_label(PRC)], jobs=1,
+                     dimensions={"peer_a": ["own", "aioice"], "peer_b": ["own", "aioice"],
+                                 "delay": [f"{delay_ms:g}ms"]})
+    assert doc.metadata["conditions_mechanism"] in ({"forwarder": ["forwarder"]},
+                                                    {"netem": ["netem"]})
+    for peers in (("own", "own"), ("aioice", "aioice")):
+        (r,) = repeats_at(doc, *peers, delay="40ms")
+        assert r.wire is not None and r.wire.outcome == r.outcome and r.flags == (), peers
+        assert r.deployed is not None and {d.nat for d in r.deployed.values()} == {PRC}
+        # each side's data crossed on the path the wire names for its direction
+        for role, sends in (("alice", "a->b"), ("bob", "b->a")):
+            path = r.wire.paths[sends]
+            assert path is not None, (peers, role)
+            assert sum((r.wire.direct if path == "direct" else r.wire.relay)[sends].values()) \
+                >= 65536, (peers, role)
+    (own,) = repeats_at(doc, "own", "own", delay="40ms")
+    # the classic table for the project's peer; aioice 0.13.0 is not held to it here: at
+    # 40 ms per access link its controlled agent selects the relayed pair while the
+    # controlling one selects the direct pair (docs/facts-measured.md), which the wire
+    # judges as relay with neither claim contradicted
+    assert own.outcome == CLASSIC[(PRC, PRC)]
+    for role in ("alice", "bob"):
+        stun = own.peers[role].gather_ms.stun
+        assert stun is not None and stun >= 2 * delay_ms, (role, stun)
+    from testbed import sweep
+    rows = sweep.sweep_rows(doc, ["delay"])
+    ran = {dict(r.other)["peer_a"]: r for r in rows if r.n}
+    assert sorted(ran) == ["aioice", "own"]
+    for name, row in ran.items():
+        (r,) = repeats_at(doc, name, name, delay="40ms")
+        assert row.n == 1 and row.counts[r.outcome] == 1, name
+    assert no_lab_left(doc)
+
+
+def repeats_at(doc: MatrixResult, peer_a: str, peer_b: str, **point: str) -> list[PairResult]:
+    return [r for c in doc.cells for r in c.repeats
+            if dict(c.point) == {"peer_a": peer_a, "peer_b": peer_b, **point}]
+
+
 def test_the_kernel_says_which_nat_each_side_ran() -> None:
     nats = [nat_from_label(FULL), nat_from_label("adm-adf:random")]
     doc = run_matrix(nats, jobs=1)
