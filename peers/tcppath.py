@@ -85,7 +85,8 @@ class _Conn:
 class TcpPath:
     def __init__(self, me: str, remote_id: str, cids: CidCounter, counters: Packets,
                  next_seq: Callable[[], int], fresh: Callable[[int], bool],
-                 rng: random.Random, timing: PunchTiming = PunchTiming()) -> None:  # noqa: B008
+                 rng: random.Random, timing: PunchTiming = PunchTiming(),  # noqa: B008
+                 app_prefix: bytes = b"") -> None:
         self.me, self.remote_id = me, remote_id
         self.cids = cids
         self.counters = counters
@@ -101,6 +102,8 @@ class TcpPath:
         self._connected: list[Connected] = []
         self.notes: list[str] = []  # for the session's trace
         self.attempts = 0  # connect() calls
+        self.app_prefix = app_prefix  # frames that start so are the session's application data
+        self._app: list[bytes] = []
 
     # -- the session's side
 
@@ -110,6 +113,11 @@ class TcpPath:
 
     def take_connected(self) -> list[Connected]:
         out, self._connected = self._connected, []
+        return out
+
+    def take_app(self) -> list[bytes]:
+        """Application-data frames received (app_prefix first), for the session."""
+        out, self._app = self._app, []
         return out
 
     def take_notes(self) -> list[str]:
@@ -262,6 +270,10 @@ class TcpPath:
 
     def _frame(self, conn: _Conn, frame: bytes) -> None:
         assert self.key is not None
+        if self.app_prefix and frame.startswith(self.app_prefix):
+            if conn.reported:  # only on a connection proven both ways
+                self._app.append(frame)
+            return
         try:
             p = pr.decode(self.key, frame, sender=self.remote_id, receiver=self.me)
         except pr.ProbeError:

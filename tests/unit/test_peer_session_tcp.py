@@ -19,6 +19,7 @@ from peers import probe as pr
 from peers import stun
 from peers.framing import frame_4571
 from peers.session import (
+    APP_MAGIC,
     TCP_NO_RESTART,
     Open,
     PeerConfig,
@@ -161,12 +162,13 @@ def _frames(outs: list[Any], cid: int) -> list[bytes]:
     return [o.data[2:] for o in outs if isinstance(o, Write) and o.cid == cid]
 
 
-def tcp_call(**timing: float) -> tuple[Session, int, bytes]:
+def tcp_call(app_bytes: int = 0, **timing: float) -> tuple[Session, int, bytes]:
     """Alice (the offerer) over TCP, driven by hand to a direct path on one connection
     and into a call; returns the session, the connection and the key."""
     t = Timing(**{"call": 10.0, "data_interval": 0.5, "keepalive_interval": 1.0,
                   "consent_timeout": 3.0, **timing})
-    s = session(transport="tcp", stun=None, turn=None, timing=t)
+    s = session(transport="tcp", stun=None, turn=None, timing=t, app_bytes=app_bytes,
+                app_chunk=1000)
     assert s.phase is Phase.EXCHANGE and s.secret is not None
     key = bytes.fromhex(s.secret)
     s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
@@ -229,3 +231,15 @@ def test_a_dead_tcp_path_is_recorded_and_not_restarted() -> None:
     assert r.outcome == "direct" and [x.outcome for x in r.restarts] == ["failed"]
     s.handle_signal({"type": "restart", "from": "bob", "to": "alice", "gen": 1}, 4.1)
     assert s.phase is Phase.DECIDED and s.gen == 0  # a remote's restart starts none either
+
+
+def test_application_data_goes_as_frames_on_the_connection_and_the_remotes_counts() -> None:
+    s, cid, key = tcp_call(app_bytes=2500, call=0.0)
+    outs = s.take_outputs()
+    app = [f for f in _frames(outs, cid) if f.startswith(APP_MAGIC)]
+    assert [len(f) - len(APP_MAGIC) for f in app] == [1000, 1000, 500]
+    assert s.app_sent == 2500 and not any(isinstance(o, Transmit) for o in outs)
+    s.handle_stream_data(cid, b"".join(frame_4571(APP_MAGIC + bytes(n))
+                                       for n in (1000, 1000, 500)), 0.05)
+    assert s.app_received == 2500 and s.app_complete
+    assert s.counters.rejected == 0  # application frames are not probes that failed
