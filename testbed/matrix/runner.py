@@ -126,6 +126,7 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
     servers = PeerServers.of(lab.services)
     cfg = PeerConfig(id=me, remote=remote, host=(ip, host[1]),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
+                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
                      transport=transport, turn_tcp=servers.turn if transport == "tcp" else None,
                      turn_tls=servers.turn_tls, turn_ca=turn_ca,
                      app_bytes=app_bytes, app_chunk=peerprog.CHUNK)
