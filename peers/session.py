@@ -501,6 +501,16 @@ class Session:
         self._pump_turn(now)
 
     def _on_offer(self, msg: dict[str, Any], now: float) -> None:
+        if not self.controlling and self._offer is not None and self._answered \
+                and self.phase is Phase.EXCHANGE and msg["secret"] == self.secret:
+            # The same offer again, and no start yet: the remote never got our answer (it
+            # went down a signaling connection a renumbering cut; the remote resends its
+            # offer when we register again). Staying silent would stall both until the
+            # call ends.
+            self._note("signaling: the offer again: our answer was lost, answering again")
+            self._answered = False
+            self._answer()
+            return
         if self.controlling or self._offer is not None:
             self.errors.append("unexpected offer ignored")
             return
