@@ -52,7 +52,9 @@ again after restart_backoff, at most max_restarts times. If the signaling
 connection drops during a call (a new public address resets it; a peer in a call
 pings the server at every consent check, so the reset comes soon), the driver
 reconnects, the peer registers again (a valid registration takes over its id)
-and sends what it had to say meanwhile, and a restart's offer that got no answer.
+and sends what it had to say meanwhile, and a restart's offer that got no answer;
+the remote answers that offer again if it had answered it already (the answer
+may be what the reset lost).
 
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
