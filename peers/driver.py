@@ -61,6 +61,7 @@ class Endpoint:
     udp: socket.socket
     tcp: socket.socket
     tag: Any = None  # the caller's name for it, e.g. (slot, role)
+    extra: Sequence[socket.socket] = ()  # more UDP sockets (birthday): Transmit.via 1, 2, ...
     sig: SignalingClient | None = None
     connect_error: str = ""
     send_errors: int = 0
@@ -144,8 +145,9 @@ class Driver:
             ep.connect_error = (f"cannot connect to {where}: no answer within "
                                 f"{self.connect_timeout_s} s")
         for ep in self.endpoints:
-            ep.udp.setblocking(False)
-            self.sel.register(ep.udp, selectors.EVENT_READ, (ep, "udp"))
+            for via, sock in enumerate((ep.udp, *ep.extra)):
+                sock.setblocking(False)
+                self.sel.register(sock, selectors.EVENT_READ, (ep, via))
             if ep.sig is not None:
                 self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
 
@@ -165,10 +167,10 @@ class Driver:
             touched: set[int] = set()
             for key, _ in self.sel.select(wait):
                 ep, kind = key.data
-                if kind == "udp":
-                    self._read_udp(ep)
-                else:
+                if kind == "sig":
                     self._read_signaling(ep)
+                else:
+                    self._read_udp(ep, kind)
                 self._flush(ep)
                 touched.add(index[id(ep)])
             now = self.clock()
@@ -200,15 +202,16 @@ class Driver:
 
     # -- I/O
 
-    def _read_udp(self, ep: Endpoint) -> None:
+    def _read_udp(self, ep: Endpoint, via: int = 0) -> None:
+        sock = ep.udp if via == 0 else ep.extra[via - 1]
         for _ in range(READ_BURST):
             try:
-                data, src = ep.udp.recvfrom(65535)
+                data, src = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. ECONNREFUSED from an ICMP error
                 continue
-            ep.session.handle_datagram(data, (src[0], src[1]), self.clock())
+            ep.session.handle_datagram(data, (src[0], src[1]), self.clock(), via)
 
     def _read_signaling(self, ep: Endpoint) -> None:
         if ep.sig is None:
@@ -232,7 +235,8 @@ class Driver:
     def _flush(self, ep: Endpoint) -> None:
         for out in ep.session.take_outputs():
             if isinstance(out, Transmit):
-                if not transmit(ep.udp, out):
+                sock = ep.udp if out.via == 0 else ep.extra[out.via - 1]
+                if not transmit(sock, out):
                     ep.send_errors += 1
             elif isinstance(out, Signal) and ep.sig is not None:
                 try:
@@ -241,7 +245,7 @@ class Driver:
                     self._drop_signaling(ep, str(e))
 
     def _close(self, ep: Endpoint) -> None:
-        for s in (ep.udp, ep.tcp):
+        for s in (ep.udp, ep.tcp, *ep.extra):
             if s.fileno() >= 0:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)

@@ -22,7 +22,8 @@ OUTCOMES = ("direct", "relay", "failed")
 STAGE_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
 PACKET_COUNTS = ("sent", "received", "probes_sent", "probes_received", "relay_sent",
                  "relay_received")
-OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused")  # absent from older files
+OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused",
+                   "birthday_sent")  # absent from older files
 GATHER_TIMINGS = ("stun", "turn")
 
 
@@ -60,6 +61,7 @@ class Packets:
     rejected: int = 0  # probe-looking datagrams that failed authentication
     replayed: int = 0  # authentic probes and acks that were not fresh
     prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
+    birthday_sent: int = 0  # birthday packets: the hard side's openers, the easy side's probes
 
 
 @dataclass(frozen=True)

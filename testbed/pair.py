@@ -37,6 +37,8 @@ from testbed.lab import Lab
 from testbed.nat import NatSpec, nat_section
 from testbed.results import ROLES, PairResult, PairTimings, TraceSummary, combine
 from testbed.services import PeerServers
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy
 from testbed.topology import Topology, load_topology, parse_topology
 from testbed.trace.capture import Capture
 from testbed.trace.folder import tell, write_folder
@@ -146,12 +148,13 @@ def _addr(a: tuple[str, int]) -> str:
 
 
 def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
-              timing: Timing) -> list[str]:
+              timing: Timing, strategy: Strategy = DEFAULT_STRATEGY,
+              extra: tuple[str, ...] = ()) -> list[str]:
     return ["--id", me, "--remote", remote, "--result", str(result),
             "--signaling", _addr(servers.signaling), "--token", servers.token(me),
             "--stun", _addr(servers.stun), "--turn", _addr(servers.turn),
             "--turn-user", servers.turn_user, "--turn-pass", servers.turn_pass,
-            *timing_args(timing)]
+            *timing_args(timing), *strategy.peer_flags(), *extra]
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,10 @@ class PeersRun:
 
 
 def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES,
-              tag: str = "") -> PeersRun:
-    """The peer program in both roles' nodes at once; their results by role."""
+              tag: str = "", strategy: Strategy = DEFAULT_STRATEGY,
+              extra: Mapping[str, tuple[str, ...]] | None = None) -> PeersRun:
+    """The peer program in both roles' nodes at once; their results by role. `extra`:
+    more flags per role (a port mapping the role's router gave it)."""
     d = lab.workdir()
     servers = PeerServers.of(lab.services)
     procs = {}
@@ -171,10 +176,11 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
         me, remote = nodes[role], nodes[ROLES[1 - ROLES.index(role)]]
         result, log = d / f"peer-{me}{tag}.json", d / f"peer-{me}{tag}.log"
         with log.open("w") as out:
-            proc = lab.python(me, "peers.peer", *peer_argv(servers, me, remote, result, timing),
-                              stdout=out, stderr=out)
+            argv = peer_argv(servers, me, remote, result, timing, strategy,
+                             (extra or {}).get(role, ()))
+            proc = lab.python(me, "peers.peer", *argv, stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
-    deadline = time.monotonic() + wait_budget(timing)
+    deadline = time.monotonic() + wait_budget(timing) + strategy.extra_s
     peers = {}
     for role, (proc, result, log, me, remote) in procs.items():
         try:
@@ -208,9 +214,11 @@ def relay_usage(lab: Lab, peers: Mapping[str, PeerResult]) -> dict[str, coturn.R
 def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = None,
              a_node: str = "alice", b_node: str = "bob", keep: bool = False,
              timing: Timing | None = None, lab_name: str | None = None,
-             trace_dir: str | Path | None = None) -> PairResult:
+             trace_dir: str | Path | None = None,
+             strategy: Strategy = DEFAULT_STRATEGY) -> PairResult:
     """Alice in `a_node` behind NAT a, Bob in `b_node` behind NAT b, in `topology`
-    (a file, or the bundled home-pair); one call attempt, with its evidence."""
+    (a file, or the bundled home-pair); one call attempt with `strategy`, with its
+    evidence."""
     timing = timing or Timing()
     path = Path(topology) if topology is not None else None
     topo, where = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
@@ -218,22 +226,24 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
     summary = None
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
         if trace_dir is None:
-            run = run_peers(lab, timing, where.nodes)
+            run = run_peers(lab, timing, where.nodes, strategy=strategy)
             usage = relay_usage(lab, run.peers)
         else:
             run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
-                                          f"{nat_a.label} (alice) x {nat_b.label} (bob)")
+                                          f"{nat_a.label} (alice) x {nat_b.label} (bob)",
+                                          strategy)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
                    elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary)
 
 
-def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str
+def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
+            strategy: Strategy = DEFAULT_STRATEGY
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes)
+        run = run_peers(lab, timing, where.nodes, strategy=strategy)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]

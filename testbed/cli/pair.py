@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from testbed import adapters
-from testbed.cli.common import NAT_HELP, add_topology_flags, flag, nat, print_json, topology_path
+from testbed.cli.common import (
+    NAT_HELP,
+    add_strategy_flags,
+    add_topology_flags,
+    flag,
+    nat,
+    print_json,
+    strategy_from_args,
+    topology_path,
+)
 from testbed.errors import UsageError
 from testbed.lab import require_root
 from testbed.nat import NatSpec
@@ -38,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "docs/peers.md, for both sides unless --peer-a/--peer-b name another")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
                    help=f"seconds each program has (default {DEFAULT_DEADLINE_S:g})")
+    p.add_argument("--strategy", default="stun", metavar="NAME",
+                   help="stun (default), predict (port prediction), birthday (birthday "
+                        "probing) or portmap (ask the router for a mapping)")
+    add_strategy_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +58,16 @@ def run(args: argparse.Namespace) -> int:
     if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    strategies = strategy_from_args(args, args.strategy, "--strategy")
+    if len(strategies) != 1:
+        raise UsageError(f"--strategy: one strategy per call attempt, got {args.strategy!r} "
+                         "(the matrix takes a list: --strategies)")
+    strategy = strategies[0]
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
-                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace)
+                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
+                          strategy=strategy)
     if args.json:
         print_json(pair_to_json(result))
     else:
