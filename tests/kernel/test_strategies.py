@@ -1,0 +1,74 @@
+"""Hard-NAT strategies on real kernels: port prediction and birthday probing.
+
+The cells are the textbook's relay cells (a symmetric NAT against a port-restricted
+cone, RakNet's table in the reference facts); the references are that table (relay
+without a strategy) and P2PSP's note that prediction traverses sequential allocation
+and not random allocation. Addresses come from the topology, relay usage from coturn.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from peers.birthday import Birthday
+from testbed import resources
+from testbed.nat import nat_from_label
+from testbed.pair import format_pair, run_pair
+from testbed.results import pair_to_json
+from testbed.strategy import Strategy
+from testbed.topology import load_topology
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed"),
+]
+
+TOPO = load_topology(resources.topology_file("home-pair"))
+WAN_A = str(TOPO.node("home-a").iface("wan").address.ip)
+PRC = nat_from_label("port-restricted-cone")
+
+
+def test_prediction_turns_symmetric_sequential_direct() -> None:
+    result = run_pair(nat_from_label("symmetric:sequential"), PRC, strategy=Strategy("predict"))
+    res = pair_to_json(result)
+    assert res["outcome"] == "direct", format_pair(result)
+    alice, bob = res["peers"]["alice"], res["peers"]["bob"]
+    predicted = [c for c in alice["candidates"]["local"] if c["type"] == "predicted"]
+    assert predicted and all(c["ip"] == WAN_A for c in predicted)
+    # the pair runs on one of the ports Alice predicted, and Bob reached it there
+    assert alice["candidate_pair"]["local"] in predicted
+    assert bob["candidate_pair"]["remote"] == alice["candidate_pair"]["local"]
+    assert bob["candidate_pair"]["remote"]["type"] == "predicted"
+    assert res["relay_bytes"] == 0
+
+
+@pytest.mark.parametrize(("a", "strategy"), [("symmetric:sequential", "stun"),
+                                             ("symmetric:random", "predict")])
+def test_without_prediction_or_against_random_allocation_it_stays_relayed(
+        a: str, strategy: str) -> None:
+    result = run_pair(nat_from_label(a), PRC, strategy=Strategy(strategy))
+    res = pair_to_json(result)
+    assert res["outcome"] == "relay", format_pair(result)
+    alice = res["peers"]["alice"]
+    assert not [c for c in alice["candidates"]["remote"] if c["type"] == "predicted"]
+    assert res["relay_bytes"] and res["relay_bytes"] > 0  # coturn's own counters
+
+
+def test_birthday_probing_finds_a_random_symmetric_nats_port() -> None:
+    # The template's random allocator picks from 49152-65535: 256 open ports there and
+    # 2,048 probes miss with probability C(16128, 2048) / C(16384, 2048) < 1e-14.
+    b = Birthday(sockets=256, probes=2048, rate=5000.0, port_lo=49152, port_hi=65535)
+    result = run_pair(nat_from_label("symmetric:random"), PRC, strategy=Strategy("birthday", b))
+    res = pair_to_json(result)
+    assert res["outcome"] == "direct", format_pair(result)
+    alice, bob = res["peers"]["alice"], res["peers"]["bob"]
+    hit = bob["candidate_pair"]["remote"]
+    assert hit["type"] == "birthday" and hit["ip"] == WAN_A and 49152 <= hit["port"] <= 65535
+    assert alice["candidate_pair"]["local"] == hit
+    assert alice["packets"]["birthday_sent"] == 256
+    assert 1 <= bob["packets"]["birthday_sent"] <= 2048
+    assert res["relay_bytes"] == 0
