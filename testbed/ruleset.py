@@ -58,6 +58,9 @@ class RouterContext:
     wan_addr: str
     lan_ifs: tuple[str, ...]
     lan_subnets: tuple[str, ...]
+    # Static forwards resolved to addresses: (proto, external port, inside ip, port).
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+    stun_addrs: tuple[str, ...] = ()  # the lab's STUN server (the port-mapping daemon's)
 
     def __post_init__(self) -> None:
         # These strings end up inside an nft script: refuse anything that is not plain.
@@ -79,6 +82,12 @@ class RouterContext:
                 ipaddress.IPv4Network(net, strict=False)
             except ValueError:
                 raise ValueError(f"lan_subnets: not an IPv4 network: {net!r}") from None
+        for proto, ext, ip, port in self.forwards:
+            ipaddress.IPv4Address(ip)
+            if proto not in ("udp", "tcp") or not 1 <= ext <= 65535 or not 1 <= port <= 65535:
+                raise ValueError(f"forwards: bad forward {proto} {ext} -> {ip}:{port}")
+        for ip in self.stun_addrs:
+            ipaddress.IPv4Address(ip)
 
 
 def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
@@ -110,12 +119,39 @@ def _env() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
 
 
+def alloc_range(spec: NatSpec) -> tuple[int, int]:
+    """The external ports the router picks from: the spec's port-range, else 49152-65535."""
+    return spec.port_range or (ALLOC_FIRST, ALLOC_LAST)
+
+
+def port_blocks(spec: NatSpec, ctx: RouterContext) -> list[tuple[str, int, int]]:
+    """RFC 7422 deterministic port blocks: the k-th address of the LAN subnets (in order)
+    gets the k-th block of `port-block` ports of the range; addresses past the last
+    whole block get none (their new mappings are dropped, as when a CGN runs out)."""
+    if spec.port_block is None:
+        return []
+    first, last = alloc_range(spec)
+    n_blocks = (last - first + 1) // spec.port_block
+    out: list[tuple[str, int, int]] = []
+    for net in ctx.lan_subnets:
+        for host in ipaddress.IPv4Network(net, strict=False).hosts():
+            if len(out) == n_blocks:
+                return out
+            lo = first + len(out) * spec.port_block
+            out.append((str(host), lo, lo + spec.port_block - 1))
+    return out
+
+
 def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
     """The router's complete `nft -f` script: one table, replaced atomically if present."""
     subnets = tuple(str(ipaddress.IPv4Network(n, strict=False)) for n in ctx.lan_subnets)
     key, inside = _key_parts(spec.mapping, "original")
     rkey, rinside = _key_parts(spec.mapping, "reply")
-    blocks = range(ALLOC_FIRST >> 8, (ALLOC_LAST >> 8) + 1)
+    first, last = alloc_range(spec)
+    if spec.port_allocation.value == "sequential" and (first % 256 or (last + 1) % 256):
+        raise ValueError(f"port-range {first}-{last}: sequential allocation needs a range "
+                         "that starts and ends on a multiple of 256 (e.g. 1024-65535)")
+    blocks = range(first >> 8, (last >> 8) + 1)
     variables = {
         "spec": spec, "ctx": ctx, "kind": spec.kind.value,
         "mapping": spec.mapping.value, "filtering": spec.filtering.value,
@@ -128,7 +164,9 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "key_type": _key_type(spec.mapping),
         "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
                     APD: "inside endpoint and remote endpoint"}[spec.mapping],
-        "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
+        "alloc_first": first, "alloc_last": last, "port_blocks": port_blocks(spec, ctx),
+        "forwards": ctx.forwards, "port_mapping": bool(spec.port_mapping),
+        "stun_addrs": _nft_set(ctx.stun_addrs) if ctx.stun_addrs else "",
         "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],
         "seq_vmap": [f"{i * 256}-{i * 256 + 255} : goto alloc_{b:02x}"
                      for i, b in enumerate(blocks)],
