@@ -82,8 +82,6 @@ def strategies_from(args: argparse.Namespace) -> Strategies:
         lo, hi = args.birthday_range
         b = bd.Birthday(sockets=args.birthday_sockets, probes=args.birthday_probes,
                         rate=args.birthday_rate, port_lo=lo, port_hi=hi)
-    if "portmap" in names and args.mapped is None:
-        raise ValueError("--strategy portmap needs --mapped IP:PORT (the router's mapping)")
     return Strategies(predict="predict" in names, birthday=b,
                       mapped=args.mapped if "portmap" in names else None)
 
@@ -116,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--birthday-range", type=parse_range, default=bd.DEFAULT_RANGE,
                    metavar="LO-HI", help="ports of the hard side's address to probe")
     h.add_argument("--mapped", type=parse_addr, metavar="IP:PORT",
-                   help="the external address our router mapped for --port (portmap)")
+                   help="the external address our router mapped for --port (portmap; "
+                        "without it, portmap adds nothing)")
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",

@@ -18,9 +18,10 @@ the hosts' namespaces, so every packet crosses the real nftables NATs):
 
 Concurrent trials do not help each other: a probe landing on another trial's open
 port is dropped by the hard NAT's filter (that mapping sent to another endpoint).
-After each batch both routers' conntrack tables and NAT maps are flushed, so every
-batch starts from a fresh NAT, and before that the hard router's conntrack table is
-read: how many of each trial's mappings it really holds in the probed range.
+Before that, the hard router's conntrack table is read: how many of each trial's
+mappings it really holds in the probed range. After each batch both routers' rulesets
+are loaded again (fresh maps) and their conntrack tables emptied, so every batch
+starts from a fresh NAT.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ from peers import probe as pr
 from peers import stun
 from peers.birthday import Birthday, probe_ports
 from testbed.lab import Lab
-from testbed.nat import AD, Kind, NatSpec, nat_section
+from testbed.nat import Kind, NatSpec, nat_section
 from testbed.netns import entered
-from testbed.ruleset import NFT_TABLE, load_ruleset
 from testbed.study import MAX_TRIALS
 from testbed.topology import parse_topology
 
@@ -287,12 +287,11 @@ def open_mappings(lab: Lab, hard_wan: str, lo: int, hi: int) -> dict[tuple[str, 
     return counts
 
 
-def flush(lab: Lab, node: str, spec: NatSpec) -> None:
-    """A fresh NAT for the next batch: its conntrack table and its mapping maps."""
+def flush(lab: Lab, node: str) -> None:
+    """A fresh NAT for the next batch: its ruleset loaded again (which replaces the
+    table, maps and all, in one transaction) and its conntrack table emptied."""
+    lab.apply_nat(lab.node(node))
     lab.run(node, ["conntrack", "-F"], timeout=30)
-    maps = ["mapping", "owner", *(["permit"] if spec.filtering is AD else [])]
-    load_ruleset(lab.namespace(node).fd,
-                 "".join(f"flush map ip {NFT_TABLE} {m}\n" for m in maps), lab.netns(node))
 
 
 def run_study(cfg: StudyConfig, *, progress: Callable[[int, int], None] = lambda d, n: None,
@@ -318,8 +317,8 @@ def run_study(cfg: StudyConfig, *, progress: Callable[[int, int], None] = lambda
             finally:
                 for t in batch:
                     t.close()
-            flush(lab, "nat-hard", cfg.hard)
-            flush(lab, "nat-easy", cfg.easy)
+            flush(lab, "nat-hard")
+            flush(lab, "nat-easy")
             progress(len(run.trials), cfg.trials)
     run.elapsed_s = time.monotonic() - t0
     return run

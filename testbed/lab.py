@@ -23,10 +23,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, netns, nlbatch, services, state
+from testbed import hostlimits, netns, nlbatch, portmap, services, state
 from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
 from testbed.netns import Netns
-from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
+from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat, load_ruleset
 from testbed.topology import Node, Segment, Topology
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -230,6 +230,7 @@ class Lab:
                 self.apply_nat(node)
         if self.start_services:
             self.start_servers()
+            self.start_port_mapping()
 
     def _send(self, batches: dict[str, nlbatch.Batch]) -> None:
         for key, batch in batches.items():
@@ -302,9 +303,16 @@ class Lab:
         wan = node.iface(node.upstream)
         lans = [i for i in node.interfaces if i.name != node.upstream]
         subnets = {i.name: str(i.address.network) for i in lans}
+        assert node.nat is not None
+        forwards = tuple((f.proto, f.external, str(self.topo.node(f.host).interfaces[0].address.ip),
+                          f.port) for f in node.nat.forwards)
+        stun = next((n for n in self.topo.nodes if n.service == "stun"), None)
+        stun_addrs = tuple(str(a.ip) for a in stun.interfaces[0].addresses) \
+            if stun is not None and node.nat.port_mapping else ()
         return RouterContext(table=NFT_TABLE, wan_if=wan.name, wan_addr=str(wan.address.ip),
                              lan_ifs=tuple(i.name for i in lans),
-                             lan_subnets=tuple(subnets.values()))
+                             lan_subnets=tuple(subnets.values()), forwards=forwards,
+                             stun_addrs=stun_addrs)
 
     def apply_nat(self, node: Node) -> None:
         assert node.nat is not None
@@ -323,6 +331,32 @@ class Lab:
             with self._state_lock:
                 self._state["services"] = self.services
                 state.write_state(self.name, self._state)
+
+    def start_port_mapping(self) -> None:
+        """The port-mapping daemon (miniupnpd, testbed.portmap) of every router whose nat
+        asks for one, once the STUN server it checks its address with is up."""
+        for node in self.topo.nodes:
+            if node.nat is not None and node.nat.port_mapping:
+                info = self._start_daemon(node)
+                with self._state_lock:
+                    self.services.setdefault("port_mapping", {})[node.name] = info
+                    self._state["services"] = self.services
+                    state.write_state(self.name, self._state)
+
+    def _start_daemon(self, node: Node) -> dict[str, Any]:
+        cfg = portmap.daemon_config(self.topo, node, self.name)
+        d = self.workdir()
+        conf, log = d / f"portmap-{node.name}.conf", d / f"portmap-{node.name}.log"
+        conf.write_text(portmap.render_config(cfg))
+        where = self.netns(node.name)
+        load_ruleset(self.namespace(node.name).fd, portmap.render_table(), where)
+        with log.open("w") as out:
+            proc = self.popen(node.name, portmap.argv(conf, d / f"portmap-{node.name}.pid"),
+                              stdout=out, stderr=out, start_new_session=True)
+        portmap.wait_ready(log, lambda: proc.poll() is None, where, "upnp" in cfg.protocols)
+        return {"node": node.name, "daemon": portmap.DAEMON, "protocols": list(cfg.protocols),
+                "gateway": str(node.iface(cfg.lan_ifs[0]).address.ip), "config": str(conf),
+                "log": str(log), "quota": portmap.quota_ranges(cfg)}
 
     def workdir(self) -> Path:
         """The lab's folder under the state directory: server logs, peer results."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -225,25 +226,27 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
     t0 = time.monotonic()
     summary = None
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
+        extra = request_mappings(lab, where) if strategy.name == "portmap" else {}
         if trace_dir is None:
-            run = run_peers(lab, timing, where.nodes, strategy=strategy)
+            run = run_peers(lab, timing, where.nodes, strategy=strategy, extra=extra)
             usage = relay_usage(lab, run.peers)
         else:
             run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
                                           f"{nat_a.label} (alice) x {nat_b.label} (bob)",
-                                          strategy)
+                                          strategy, extra)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
                    elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary)
 
 
 def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
-            strategy: Strategy = DEFAULT_STRATEGY
+            strategy: Strategy = DEFAULT_STRATEGY,
+            extra: Mapping[str, tuple[str, ...]] | None = None
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes, strategy=strategy)
+        run = run_peers(lab, timing, where.nodes, strategy=strategy, extra=extra)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]
@@ -257,6 +260,35 @@ def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
         dropped=tuple(crossing_json(c) for c in story.dropped()),
         files=(*files, "capture.json"))
     return run, usage, summary
+
+
+MAPPED_PORT = 40000  # the peer's internal port when its router maps one for it
+
+
+def request_mappings(lab: Lab, where: Placement) -> dict[str, tuple[str, ...]]:
+    """For each role whose router runs a port-mapping daemon: ask it (NAT-PMP, our own
+    client, from the role's node) to map MAPPED_PORT, suggesting the first external port
+    of the host's quota; the peer's flags for that mapping (--port, --mapped)."""
+    out: dict[str, tuple[str, ...]] = {}
+    daemons = lab.services.get("port_mapping", {})
+    for role in ROLES:
+        info = daemons.get(where.routers[role])
+        if info is None:
+            continue
+        node = where.nodes[role]
+        me = lab.addr(node)
+        suggest = info["quota"].get(me, [MAPPED_PORT])[0]
+        proto = "nat-pmp" if "nat-pmp" in info["protocols"] else "pcp"
+        got = lab.run(node, [sys.executable, "-I", "-m", "peers.portmap", "map", "--gateway",
+                             info["gateway"], "--port", str(MAPPED_PORT), "--suggest",
+                             str(suggest), "--protocol", proto], timeout=30)
+        try:
+            m = json.loads(got.stdout)
+            out[role] = ("--port", str(m["internal_port"]), "--mapped",
+                         f"{m['external_ip']}:{m['external_port']}")
+        except (ValueError, KeyError):
+            continue  # refused: the peer goes on without a mapped candidate
+    return out
 
 
 # ---------------------------------------------------------------- text

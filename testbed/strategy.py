@@ -58,8 +58,9 @@ class Strategy:
                           birthday=self.birthday if self.name == "birthday" else None,
                           mapped=mapped if self.name == "portmap" else None)
 
-    def peer_flags(self, mapped: Address | None = None) -> list[str]:
-        """The peer program's flags for this strategy (peers.peer)."""
+    def peer_flags(self) -> list[str]:
+        """The peer program's flags for this strategy (peers.peer); a portmap mapping's
+        --port and --mapped are added per peer by whoever requested it (testbed.pair)."""
         if self.name == "stun":
             return []
         out = ["--strategy", f"stun,{self.name}"]
@@ -68,8 +69,6 @@ class Strategy:
             out += ["--birthday-sockets", str(b.sockets), "--birthday-probes", str(b.probes),
                     "--birthday-rate", f"{b.rate:g}", "--birthday-range",
                     f"{b.port_lo}-{b.port_hi}"]
-        if self.name == "portmap" and mapped is not None:
-            out += ["--mapped", f"{mapped[0]}:{mapped[1]}", "--port", str(mapped[1])]
         return out
 
 
