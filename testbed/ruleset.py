@@ -61,6 +61,11 @@ class RouterContext:
     # Static forwards resolved to addresses: (proto, external port, inside ip, port).
     forwards: tuple[tuple[str, int, str, int], ...] = ()
     stun_addrs: tuple[str, ...] = ()  # the lab's STUN server (the port-mapping daemon's)
+    pool: tuple[str, ...] = ()  # every WAN address (a CGN's pool); () means (wan_addr,)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.pool or (self.wan_addr,)
 
     def __post_init__(self) -> None:
         # These strings end up inside an nft script: refuse anything that is not plain.
@@ -86,7 +91,7 @@ class RouterContext:
             ipaddress.IPv4Address(ip)
             if proto not in ("udp", "tcp") or not 1 <= ext <= 65535 or not 1 <= port <= 65535:
                 raise ValueError(f"forwards: bad forward {proto} {ext} -> {ip}:{port}")
-        for ip in self.stun_addrs:
+        for ip in (*self.stun_addrs, *self.pool):
             ipaddress.IPv4Address(ip)
 
 
@@ -124,22 +129,38 @@ def alloc_range(spec: NatSpec) -> tuple[int, int]:
     return spec.port_range or (ALLOC_FIRST, ALLOC_LAST)
 
 
-def port_blocks(spec: NatSpec, ctx: RouterContext) -> list[tuple[str, int, int]]:
+def port_blocks(spec: NatSpec, ctx: RouterContext) -> list[tuple[str, str, int, int]]:
     """RFC 7422 deterministic port blocks: the k-th address of the LAN subnets (in order)
-    gets the k-th block of `port-block` ports of the range; addresses past the last
-    whole block get none (their new mappings are dropped, as when a CGN runs out)."""
+    gets the k-th block of `port-block` ports of the range, on the pool's addresses in
+    turn (inside address, external address, first port, last port). A port belongs to
+    one block of the whole pool (the owner map is keyed by port). Addresses past the
+    last whole block get none: their new mappings are dropped, as when a CGN runs out."""
     if spec.port_block is None:
         return []
     first, last = alloc_range(spec)
     n_blocks = (last - first + 1) // spec.port_block
-    out: list[tuple[str, int, int]] = []
+    pool = ctx.addresses
+    out: list[tuple[str, str, int, int]] = []
     for net in ctx.lan_subnets:
         for host in ipaddress.IPv4Network(net, strict=False).hosts():
-            if len(out) == n_blocks:
+            k = len(out)
+            if k == n_blocks:
                 return out
-            lo = first + len(out) * spec.port_block
-            out.append((str(host), lo, lo + spec.port_block - 1))
+            lo = first + k * spec.port_block
+            out.append((str(host), pool[k % len(pool)], lo, lo + spec.port_block - 1))
     return out
+
+
+def _pool_choice(spec: NatSpec, ctx: RouterContext) -> str:
+    """The external address of a new mapping: the one address, or from the pool by a hash
+    of the inside address (paired: every mapping of a host on one address) or at random
+    (arbitrary)."""
+    pool = ctx.addresses
+    if len(pool) == 1:
+        return pool[0]
+    pick = "jhash ip saddr mod" if spec.pooling == "paired" else "numgen random mod"
+    return f"{pick} {len(pool)} map {{ " + ", ".join(f"{i} : {a}" for i, a in
+                                                    enumerate(pool)) + " }"
 
 
 def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
@@ -164,7 +185,10 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "key_type": _key_type(spec.mapping),
         "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
                     APD: "inside endpoint and remote endpoint"}[spec.mapping],
-        "alloc_first": first, "alloc_last": last, "port_blocks": port_blocks(spec, ctx),
+        "alloc_first": first, "alloc_last": last,
+        "port_blocks": [f"{h} : {a} . {lo}-{hi}" for h, a, lo, hi in port_blocks(spec, ctx)],
+        "pooled": len(ctx.addresses) > 1, "new_addr": _pool_choice(spec, ctx),
+        "reuse_addr": ctx.wan_addr if len(ctx.addresses) == 1 else f"{key} map @mapaddr",
         "forwards": ctx.forwards, "port_mapping": bool(spec.port_mapping),
         "stun_addrs": _nft_set(ctx.stun_addrs) if ctx.stun_addrs else "",
         "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],

@@ -42,6 +42,25 @@ CASES: dict[str, tuple[NatSpec, RouterContext]] = {
     "eim-apdf-two-lans": (NatSpec(), TWO_LANS),
     "none": (NatSpec(kind=Kind.NONE), CTX),
     "firewall": (NatSpec(kind=Kind.FIREWALL), TWO_LANS),
+    # issue 15: a carrier-grade NAT (port blocks over a two-address pool, a session cap)
+    # and a home router with a static forward and a port-mapping daemon
+    "cgn-blocks-pool": (nat_from_dict({"type": "symmetric", "port-range": "1024-65535",
+                                       "port-block": 16384, "max-sessions-per-host": 64}),
+                        RouterContext(table="nattestbed", wan_if="wan", wan_addr="203.0.113.1",
+                                      lan_ifs=("inside",), lan_subnets=("100.64.0.0/29",),
+                                      pool=("203.0.113.1", "203.0.113.2"))),
+    "apdm-apdf-arbitrary-pool": (nat_from_dict({"type": "symmetric", "pooling": "arbitrary"}),
+                                 RouterContext(table="nattestbed", wan_if="wan",
+                                               wan_addr="203.0.113.1", lan_ifs=("lan",),
+                                               lan_subnets=("192.168.1.0/24",),
+                                               pool=("203.0.113.1", "203.0.113.2"))),
+    "eim-apdf-forward-portmap": (
+        nat_from_dict({"type": "port-restricted-cone", "port-mapping": ["pcp", "nat-pmp"],
+                       "forwards": [{"proto": "udp", "external": 25565, "to": "alice:25565"}]}),
+        RouterContext(table="nattestbed", wan_if="wan", wan_addr="203.0.113.1",
+                      lan_ifs=("lan",), lan_subnets=("192.168.1.0/24",),
+                      forwards=(("udp", 25565, "192.168.1.10", 25565),),
+                      stun_addrs=("203.0.113.3", "203.0.113.4"))),
 }
 
 
