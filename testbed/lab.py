@@ -312,7 +312,8 @@ class Lab:
         return RouterContext(table=NFT_TABLE, wan_if=wan.name, wan_addr=str(wan.address.ip),
                              lan_ifs=tuple(i.name for i in lans),
                              lan_subnets=tuple(subnets.values()), forwards=forwards,
-                             stun_addrs=stun_addrs)
+                             stun_addrs=stun_addrs,
+                             pool=tuple(str(a.ip) for a in wan.addresses))
 
     def apply_nat(self, node: Node) -> None:
         assert node.nat is not None

@@ -266,6 +266,9 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
     if pooling not in POOLINGS:
         raise NatConfigError("pooling", f"unknown pooling {pooling!r}; expected one of: "
                              f"{', '.join(POOLINGS)}")
+    if block is not None and pooling == "arbitrary":
+        raise NatConfigError("pooling", "port blocks are per pool address: a port-block "
+                             "NAT pools paired (RFC 6888 REQ-6)")
     return NatSpec(kind=kind, mapping=mapping, filtering=filtering,
                    port_allocation=allocation, hairpinning=hairpinning,
                    mapping_timeout=_timeout(data), port_range=port_range, port_block=block,

@@ -196,18 +196,20 @@ def test_nat_section_is_the_inverse_of_the_parser() -> None:
 
 
 def test_cgn_and_port_mapping_settings_round_trip_through_label_and_section() -> None:
-    spec = nat_from_dict({"type": "symmetric", "port-range": "1024-65535", "port-block": 512,
+    spec = nat_from_dict({"type": "symmetric", "port-range": "1024-65535",
                           "pooling": "arbitrary", "max-sessions-per-host": 100,
                           "port-mapping": ["upnp", "pcp"], "mapping-quota": 4,
                           "forwards": [{"proto": "udp", "external": 25565,
                                         "to": "alice:25565"}]})
-    assert spec.port_range == (1024, 65535) and spec.port_block == 512
+    assert spec.port_range == (1024, 65535) and spec.port_block is None
     assert spec.pooling == "arbitrary" and spec.max_sessions_per_host == 100
     assert spec.port_mapping == ("pcp", "upnp")  # in the protocols' own order
     assert spec.forwards[0].text == "udp 25565 -> alice:25565"
     assert nat_from_dict(nat_section(spec)) == spec
-    assert spec.label == ("symmetric:port-range=1024-65535:port-block=512:pooling=arbitrary:"
+    assert spec.label == ("symmetric:port-range=1024-65535:pooling=arbitrary:"
                           "max-sessions-per-host=100:port-mapping")
+    blocks = nat_from_label("symmetric:port-block=512:port-range=1024-65535")
+    assert blocks.port_block == 512 and nat_from_label(blocks.label) == blocks
 
 
 @pytest.mark.parametrize(("data", "field", "message"), [
@@ -218,6 +220,9 @@ def test_cgn_and_port_mapping_settings_round_trip_through_label_and_section() ->
     ({"port-range": "1024-1100", "port-block": 512}, "port-range",
      "holds 77 ports, fewer than one port-block of 512"),
     ({"port-block": 0}, "port-block", "must be a whole number 1 to 65535"),
+    ({"port-block": 512, "pooling": "arbitrary"}, "pooling", "port blocks are per pool"),
+    ({"port-allocation": "sequential", "port-range": "1000-2000"}, "port-range",
+     "a multiple of 256"),
     ({"pooling": "sticky"}, "pooling", "unknown pooling"),
     ({"max-sessions-per-host": -1}, "max-sessions-per-host", "whole number"),
     ({"port-mapping": ["igd"]}, "port-mapping", "unknown protocol 'igd'"),
