@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,7 @@ READY_PER_VETH_S = 0.005
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
 CREATED_BASE, FAR_END_BASE = 1000, 2000  # a node's k-th interface: 1000+k, or 2000+k
+PORTMAP_THREADS = 8  # port-mapping daemons started at once (each mostly waits for STUN)
 BASE_SYSCTLS = {
     # No IPv6: no router solicitations or DAD noise in a student's packet trace.
     "net.ipv6.conf.all.disable_ipv6": "1",
@@ -336,13 +338,15 @@ class Lab:
     def start_port_mapping(self) -> None:
         """The port-mapping daemon (miniupnpd, testbed.portmap) of every router whose nat
         asks for one, once the STUN server it checks its address with is up."""
-        for node in self.topo.nodes:
-            if node.nat is not None and node.nat.port_mapping:
-                info = self._start_daemon(node)
-                with self._state_lock:
-                    self.services.setdefault("port_mapping", {})[node.name] = info
-                    self._state["services"] = self.services
-                    state.write_state(self.name, self._state)
+        routers = [n for n in self.topo.nodes if n.nat is not None and n.nat.port_mapping]
+        if not routers:
+            return
+        with ThreadPoolExecutor(min(PORTMAP_THREADS, len(routers))) as pool:
+            infos = list(pool.map(self._start_daemon, routers))  # each waits for its STUN
+        with self._state_lock:
+            self.services["port_mapping"] = {i["node"]: i for i in infos}
+            self._state["services"] = self.services
+            state.write_state(self.name, self._state)
 
     def _start_daemon(self, node: Node) -> dict[str, Any]:
         cfg = portmap.daemon_config(self.topo, node, self.name)

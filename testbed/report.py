@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +119,11 @@ def summarize_cell(cell: Cell) -> CellSummary:
     else:
         observed = ", ".join(f"{c}/{n} {o}" for o, c in counts)
     predicted = cell.predicted
+    if cell.probability is not None and n:  # a strategy of chance: flag the implausible
+        agrees = plausible(sum(o == "direct" for o in outcomes), n, cell.probability)
+        return CellSummary(a=cell.a, b=cell.b, predicted=predicted, reason=cell.reason,
+                           counts=counts, observed=observed, varies=len(counts) > 1,
+                           agrees=agrees)
     return CellSummary(
         a=cell.a,
         b=cell.b,
@@ -128,6 +134,20 @@ def summarize_cell(cell: Cell) -> CellSummary:
         varies=len(counts) > 1,
         agrees=None if not n else all(o == predicted for o in outcomes),
     )
+
+
+ALPHA = 0.01  # a probabilistic prediction disagrees when the observation is this unlikely
+
+
+def plausible(direct: int, n: int, p: float) -> bool:
+    """Whether `direct` of `n` repeats is plausible for P(direct) = p: neither binomial
+    tail below ALPHA / 2."""
+    def pmf(k: int) -> float:
+        return math.comb(n, k) * p**k * (1 - p) ** (n - k)
+
+    low = sum(pmf(k) for k in range(direct + 1))
+    high = sum(pmf(k) for k in range(direct, n + 1))
+    return min(low, high) >= ALPHA / 2
 
 
 def _summaries(doc: MatrixResult) -> dict[tuple[str, str], CellSummary]:

@@ -74,10 +74,23 @@ class PairResult:
     kept: bool = False  # the lab was left running (pair --keep)
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
+    strategy: str | None = None  # the traversal strategy, when not plain STUN
 
     @property
     def connected(self) -> bool:
         return self.outcome in PREDICTIONS
+
+    @property
+    def carried_by(self) -> str | None:
+        """The candidate kind of the path that carried data: a strategy's own kind
+        (mapped, predicted, birthday) when one is in the chosen pair, else relay, srflx,
+        prflx or host; None when no path was chosen."""
+        kinds = {c.type for p in self.peers.values() if p.candidate_pair
+                 for c in p.candidate_pair}
+        for kind in ("mapped", "predicted", "birthday", "relay", "srflx", "prflx", "host"):
+            if kind in kinds:
+                return kind
+        return None
 
     def to_json(self) -> dict[str, Any]:
         return pair_to_json(self)
@@ -118,6 +131,8 @@ class Cell:
     predicted: str  # direct | relay (testbed.model.predict)
     reason: str  # the model's reason
     repeats: tuple[PairResult, ...] = ()
+    strategy: str | None = None  # the traversal strategy, when not plain STUN
+    probability: float | None = None  # the model's P(direct), for a strategy of chance
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,8 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
         "elapsed_ms": r.elapsed_ms,
+        **({} if r.strategy is None else {"strategy": r.strategy,
+                                          "carried_by": r.carried_by}),
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
@@ -177,6 +194,8 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
 def cell_to_json(c: Cell) -> dict[str, Any]:
     return {"a": c.a, "b": c.b, "nat_a": spec_to_json(c.nat_a), "nat_b": spec_to_json(c.nat_b),
             "predicted": c.predicted, "reason": c.reason,
+            **({} if c.strategy is None else {"strategy": c.strategy}),
+            **({} if c.probability is None else {"probability": c.probability}),
             "repeats": [pair_to_json(r) for r in c.repeats]}
 
 
@@ -257,7 +276,8 @@ def _pair(data: Any, where: str) -> PairResult:
         wan=None if wan is None else {str(k): str(v) for k, v in wan.items()},
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
-        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")))
+        trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
+        strategy=rec.opt(data, "strategy", where, (str,)))
 
 
 def pair_from_json(data: Any, where: str = "pair") -> PairResult:
@@ -272,7 +292,9 @@ def _cell(data: Any, where: str, nats: Sequence[str]) -> Cell:
                                      rec.at(where, "nat_b")),
                 predicted=rec.choice(data, "predicted", where, PREDICTIONS),
                 reason=rec.get(data, "reason", where, (str,)),
-                repeats=rec.items(data, "repeats", where, _pair))
+                repeats=rec.items(data, "repeats", where, _pair),
+                strategy=rec.opt(data, "strategy", where, (str,)),
+                probability=rec.opt(data, "probability", where, rec.NUMBER))
 
 
 def _matrix(data: Any, where: str) -> MatrixResult:

@@ -4,6 +4,7 @@
     nat-testbed matrix --nats all                       # none, firewall, 9 combinations: 121
     nat-testbed matrix --nats full-cone,symmetric --repeat 5 --out results/
     nat-testbed matrix --only symmetric,port-restricted-cone:random --repeat 10
+    nat-testbed matrix --strategies stun,predict,birthday,portmap --out results/
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from pathlib import Path
 from testbed import report
 from testbed.cli.common import (
     NAT_HELP,
+    add_strategy_flags,
     add_topology_flags,
     cell,
     color_wanted,
     nats,
     positive,
+    strategy_from_args,
     topology_path,
 )
 from testbed.errors import UsageError
@@ -65,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
                    help="labs built at once, one worker process each (default: CPUs)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
+    p.add_argument("--strategies", default="stun", metavar="LIST",
+                   help="traversal strategies, a dimension of the matrix: stun (default), "
+                        "predict, birthday, portmap (e.g. stun,predict,birthday,portmap); "
+                        "with more than stun, one table and one results folder per "
+                        "strategy (OUT/STRATEGY/)")
+    add_strategy_flags(p)
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
@@ -76,8 +85,9 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     axis = (list(dict.fromkeys(n for c in cells for n in c)) if cells is not None
             else nats(args.nats))
     nodes = (("alice", args.a_node), ("bob", args.b_node))
+    strategies = tuple(strategy_from_args(args, args.strategies, "--strategies"))
     return MatrixSpec(tuple(axis), args.repeat, cells, topology=topology_path(args),
-                      nodes=nodes)
+                      nodes=nodes, strategies=strategies)
 
 
 def _preload_plotting() -> None:
@@ -106,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
                 doc = run.run()
             finally:
                 progress.close()
+        if spec.varies_strategy:
+            return _per_strategy(args, spec, run, t0)
         paths = report.write_all(doc, out, heatmap=early_png)
     finally:
         early_png.unlink(missing_ok=True)
@@ -117,6 +129,30 @@ def run(args: argparse.Namespace) -> int:
         print(report.format_table(doc, color=color_wanted(args.no_color)))
         print(summary)
     return report.exit_code(doc, args.strict)
+
+
+def _per_strategy(args: argparse.Namespace, spec: MatrixSpec, run: MatrixRun,
+                  t0: float) -> int:
+    """A table and a results folder (OUT/STRATEGY/) per strategy: until the results
+    document has N dimensions, the strategy dimension splits the run into documents."""
+    assert run.documents is not None
+    codes = []
+    as_json = {}
+    for name, doc in run.documents.items():
+        paths = report.write_all(doc, args.out / name)
+        summary = _summary(doc, spec, time.monotonic() - t0, paths)
+        codes.append(report.exit_code(doc, args.strict))
+        if args.json:
+            as_json[name] = matrix_to_json(doc)
+            print(f"strategy {name}: {summary}", file=sys.stderr)
+            continue
+        print(f"strategy {name} (the candidate kind it adds: "
+              f"{next(s.kind for s in spec.strategies if s.label == name)})")
+        print(report.format_table(doc, color=color_wanted(args.no_color)))
+        print(summary + "\n")
+    if args.json:
+        print(json.dumps(as_json, indent=2))
+    return max(codes)
 
 
 def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, Path]) -> str:

@@ -16,30 +16,53 @@ from typing import Any
 
 from testbed.matrix.lab import Layout
 from testbed.matrix.spec import MatrixSpec
-from testbed.model import PortReuse, Strategy, predict
+from testbed.model import PortReuse, Strategy, predict_strategy
 from testbed.nat import NatSpec
 from testbed.results import Cell, MatrixResult, PairResult, spec_to_json
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy as PeerStrategy
 from testbed.version import VERSION
 
 
-def make_cell(a: NatSpec, b: NatSpec, repeats: Iterable[PairResult]) -> Cell:
-    """One cell: the model's prediction for (a, b) and its repeats in order."""
-    p = predict(a, b)
+def make_cell(a: NatSpec, b: NatSpec, repeats: Iterable[PairResult],
+              strategy: PeerStrategy = DEFAULT_STRATEGY) -> Cell:
+    """One cell: the model's prediction for (a, b) with `strategy` and its repeats in
+    order."""
+    p = predict_strategy(a, b, strategy)
     ordered = sorted(repeats, key=lambda r: r.repeat or 0)
-    return Cell(a.label, b.label, a, b, p.outcome, p.reason, tuple(ordered))
+    name = None if strategy == DEFAULT_STRATEGY else strategy.label
+    return Cell(a.label, b.label, a, b, p.outcome, p.reason, tuple(ordered), name,
+                p.probability)
 
 
 def build_document(spec: MatrixSpec, results: Iterable[PairResult],
-                   meta: dict[str, Any]) -> MatrixResult:
-    """Every cell of the spec, in row-major order; a cell with no result is 'not run'."""
+                   meta: dict[str, Any],
+                   strategy: PeerStrategy = DEFAULT_STRATEGY) -> MatrixResult:
+    """Every cell of the spec with `strategy`, in row-major order; a cell with no result
+    is 'not run'. Until the results document has N dimensions, a run with a strategy
+    dimension makes one document per strategy (documents)."""
+    name = None if strategy == DEFAULT_STRATEGY else strategy.label
     by_cell: dict[tuple[str | None, str | None], list[PairResult]] = {}
     for r in results:
-        by_cell.setdefault((r.a, r.b), []).append(r)
+        if r.strategy == name:
+            by_cell.setdefault((r.a, r.b), []).append(r)
     cells = []
+    seen: set[tuple[str, str]] = set()
     for point in spec.points():
-        a, b = (v for _, v in point)
-        cells.append(make_cell(a, b, by_cell.get((a.label, b.label), [])))
+        a, b = point[0][1], point[1][1]
+        if (a.label, b.label) in seen:
+            continue
+        seen.add((a.label, b.label))
+        cells.append(make_cell(a, b, by_cell.get((a.label, b.label), []), strategy))
+    meta = dict(meta, strategy=name) if name is not None else meta
     return MatrixResult(meta, tuple(n.label for n in spec.nats), tuple(cells))
+
+
+def documents(spec: MatrixSpec, results: Iterable[PairResult],
+              meta: dict[str, Any]) -> dict[str, MatrixResult]:
+    """One results document per strategy of the spec, by strategy label."""
+    rs = list(results)
+    return {s.label: build_document(spec, rs, meta, s) for s in spec.strategies}
 
 
 def _version(argv: Sequence[str]) -> str | None:
@@ -88,6 +111,8 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
     else:
         parts += [f"--only {a.label},{b.label}" for a, b in spec.cells]
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
+    if spec.varies_strategy:
+        parts.append(f"--strategies {','.join(s.label for s in spec.strategies)}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")
         parts += [f"--{role[0]}-node {node}" for role, node in spec.nodes]

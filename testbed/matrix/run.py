@@ -12,7 +12,14 @@ from pathlib import Path
 from peers.session import Timing
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
-from testbed.matrix.document import build_document, configuration, environment, iso, phase_summary
+from testbed.matrix.document import (
+    build_document,
+    configuration,
+    documents,
+    environment,
+    iso,
+    phase_summary,
+)
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
@@ -54,8 +61,11 @@ class MatrixRun:
     progress: Progress | None = None
     on_idle: Callable[[], None] | None = None
     on_outcomes: Callable[[MatrixResult], None] | None = None
+    documents: dict[str, MatrixResult] | None = None  # by strategy, after run()
 
     def run(self) -> MatrixResult:
+        """The results document (of the first strategy when there are several: all of them
+        are in `documents`)."""
         require_root()
         require_turnserver()
         layout = layout_of(self.spec)
@@ -75,7 +85,8 @@ class MatrixRun:
                     timings_s={"run": round(time.monotonic() - t0, 3),
                                "phases_max_over_labs": phase_summary(workers.labs),
                                "labs": workers.labs})
-        return build_document(self.spec, _collect(workers.final), meta)
+        self.documents = documents(self.spec, _collect(workers.final), meta)
+        return next(iter(self.documents.values()))
 
 
 def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peers import portmap as pm
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
 from testbed.lab import Lab
 from testbed.matrix.lab import Layout, MatrixLab
-from testbed.matrix.spec import Slot
+from testbed.matrix.spec import Slot, slot_strategy
 from testbed.netns import entered
 from testbed.results import ROLES, PairResult, PairTimings, combine
 from testbed.ruleset import loader_name
 from testbed.services import PeerServers
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy
 
 Send = Callable[[tuple[Any, ...]], None]
 
@@ -41,20 +44,47 @@ class LabJob:
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
-              timing: Timing) -> Endpoint:
-    """A peer's session with its UDP and TCP sockets, opened inside its namespace."""
+              timing: Timing, strategy: Strategy = DEFAULT_STRATEGY) -> Endpoint:
+    """A peer's session with its UDP and TCP sockets (and the birthday strategy's extra
+    sockets), opened inside its namespace; with portmap, its router's mapping."""
     me = nodes[role]
     remote = nodes[ROLES[1 - ROLES.index(role)]]
     ip = lab.addr(me)
+    n_extra = strategy.birthday.sockets if strategy.name == "birthday" else 0
     with entered(lab.namespace(me).fd):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        extra = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n_extra)]
     udp.bind((ip, 0))
+    for s in extra:
+        s.bind((ip, 0))
+    port = udp.getsockname()[1]
+    mapped = request_mapping(lab, me, port) if strategy.name == "portmap" else None
     servers = PeerServers.of(lab.services)
-    cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
+    cfg = PeerConfig(id=me, remote=remote, host=(ip, port),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
-                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+                     turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
+                     strategies=strategy.to_session(mapped))
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), extra=extra)
+
+
+def request_mapping(lab: Lab, node: str, port: int) -> tuple[str, int] | None:
+    """Ask the node's router's port-mapping daemon (NAT-PMP, from inside the node's
+    namespace) to map `port`, suggesting the first port of the node's quota; None if
+    its router runs none or refuses."""
+    ip = lab.addr(node)
+    for info in lab.services.get("port_mapping", {}).values():
+        quota = info["quota"].get(ip)
+        if quota is None:
+            continue
+        proto = "nat-pmp" if "nat-pmp" in info["protocols"] else "pcp"
+        try:
+            with entered(lab.namespace(node).fd):
+                got = pm.request(info["gateway"], port, protocol=proto, suggested=quota[0])
+        except (pm.PortmapError, OSError):
+            return None
+        return (got.external_ip, got.external_port)
+    return None
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -83,7 +113,7 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
         send(("built", job.index, phases["build"]))
-        eps = [open_peer(lab, k, role, layout.nodes(k), timing)
+        eps = [open_peer(lab, k, role, layout.nodes(k), timing, slot_strategy(job.slots[k]))
                for k in range(len(job.slots)) for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
 
@@ -94,7 +124,9 @@ def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
                 send(("slot", job.index, job.slots[k].key, outcome))
 
         sig = PeerServers.of(lab.services).signaling
-        times = Driver(eps, sig, hard_stop_s=wait_budget(timing), on_finish=finished).run()
+        extra_s = max(slot_strategy(s).extra_s for s in job.slots)
+        times = Driver(eps, sig, hard_stop_s=wait_budget(timing) + extra_s,
+                       on_finish=finished).run()
         send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
@@ -122,5 +154,7 @@ def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
             {role: usage.get((k, role)) for role in ROLES},
             a=slot["a"].label, b=slot["b"].label, key=slot.key, repeat=slot.repeat,
             lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
-            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3))))
+            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3)),
+            strategy=None if slot_strategy(slot) == DEFAULT_STRATEGY
+            else slot_strategy(slot).label))
     return out

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from peers.session import Timing
 from testbed.nat import NatSpec
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy
 
 
 class Labelled(Protocol):
@@ -65,6 +67,8 @@ class MatrixSpec:
     timing: Timing = field(default_factory=Timing)
     topology: Path | None = None  # None: the packed matrix lab; else one lab per slot
     nodes: tuple[tuple[str, str], ...] = (("alice", "alice"), ("bob", "bob"))  # role, node
+    # Traversal strategies (testbed.strategy): a dimension "strategy" unless only stun.
+    strategies: tuple[Strategy, ...] = (DEFAULT_STRATEGY,)
 
     def __post_init__(self) -> None:
         labels = [n.label for n in self.nats]
@@ -75,9 +79,21 @@ class MatrixSpec:
             raise ValueError("cells: every NAT of a cell must be in nats")
         if not 1 <= self.repeats <= 100:
             raise ValueError(f"repeats: must be 1 to 100, got {self.repeats}")
+        names = [s.label for s in self.strategies]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("strategies: a non-empty list of distinct strategies")
+
+    @property
+    def varies_strategy(self) -> bool:
+        """A dimension left at its single default value is not part of the grid."""
+        return self.strategies != (DEFAULT_STRATEGY,)
 
     def dimensions(self) -> tuple[Dimension, ...]:
-        return (Dimension("a", "Alice's NAT", self.nats), Dimension("b", "Bob's NAT", self.nats))
+        dims: tuple[Dimension, ...] = (Dimension("a", "Alice's NAT", self.nats),
+                                       Dimension("b", "Bob's NAT", self.nats))
+        if self.varies_strategy:
+            dims += (Dimension("strategy", "Traversal strategy", self.strategies),)
+        return dims
 
     def points(self) -> Iterator[tuple[tuple[str, Any], ...]]:
         dims = self.dimensions()
@@ -88,6 +104,15 @@ class MatrixSpec:
     def slots(self) -> list[Slot]:
         """Every cell x repeat, repeat-major (a repeat of the whole grid, then the next)."""
         return [Slot(p, r) for r in range(1, self.repeats + 1) for p in self.points()]
+
+
+def slot_strategy(slot: Slot) -> Strategy:
+    """The slot's strategy: its value of the strategy dimension, else plain STUN."""
+    try:
+        value: Strategy = slot["strategy"]
+    except KeyError:
+        return DEFAULT_STRATEGY
+    return value
 
 
 def plan(slots: Sequence[Slot], jobs: int, max_per_lab: int) -> list[list[Slot]]:

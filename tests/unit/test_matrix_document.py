@@ -7,11 +7,12 @@ from typing import Any
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
-from testbed.matrix.document import build_document, command_line, make_cell
+from testbed.matrix.document import build_document, command_line, documents, make_cell
 from testbed.matrix.spec import MatrixSpec
 from testbed.model import predict
-from testbed.nat import APD, EI, Kind, NatSpec
+from testbed.nat import APD, EI, Kind, NatSpec, nat_from_label
 from testbed.results import PairResult, cell_to_json, matrix_to_json, pair_from_json
+from testbed.strategy import strategies_from_list
 
 FULL, SYM = NatSpec(mapping=EI, filtering=EI), NatSpec(mapping=APD, filtering=APD)
 
@@ -71,3 +72,27 @@ def test_the_command_line_runs_the_same_spec_again() -> None:
                                      "--repeat 3 --jobs 2")
     only = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),))
     assert "--only symmetric,full-cone" in command_line(only, 1)
+
+
+def test_one_document_per_strategy_with_the_models_prediction_for_it() -> None:
+    seq, prc = nat_from_label("symmetric:sequential"), nat_from_label("port-restricted-cone")
+    spec = MatrixSpec((seq, prc), strategies=tuple(strategies_from_list("stun,predict")))
+    plain = repeat(seq, prc, "relay", 1)
+    guessed = pair_from_json({**plain.to_json(), "outcome": "direct", "strategy": "predict"})
+    docs = documents(spec, [plain, guessed], {})
+    assert list(docs) == ["stun", "predict"]
+    stun_cell = docs["stun"].cell(seq.label, prc.label)
+    predict_cell = docs["predict"].cell(seq.label, prc.label)
+    assert stun_cell is not None and predict_cell is not None
+    assert stun_cell.predicted == "relay" and [r.outcome for r in stun_cell.repeats] == ["relay"]
+    assert predict_cell.predicted == "direct" and predict_cell.strategy == "predict"
+    assert [r.outcome for r in predict_cell.repeats] == ["direct"]
+    assert docs["predict"].metadata["strategy"] == "predict"
+    report.validate(matrix_to_json(docs["predict"]))
+    assert "strategy" not in cell_to_json(stun_cell)  # the default adds no field
+
+
+def test_a_probabilistic_prediction_flags_only_implausible_observations() -> None:
+    assert report.plausible(0, 1, 0.983)  # one relay at 98 %: unlucky, not wrong
+    assert not report.plausible(0, 10, 0.983)  # ten in a row: the model is wrong
+    assert report.plausible(5, 10, 0.5) and not report.plausible(10, 10, 0.2)

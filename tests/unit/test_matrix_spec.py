@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 from testbed.matrix.lab import MAX_SLOTS
-from testbed.matrix.spec import MatrixSpec, Slot, plan
+from testbed.matrix.spec import MatrixSpec, Slot, plan, slot_strategy
 from testbed.nat import APD, EI, NatSpec, all_nats, nat_from_label
+from testbed.strategy import DEFAULT, strategies_from_list
 
 FULL, SYM = NatSpec(mapping=EI, filtering=EI), NatSpec(mapping=APD, filtering=APD)
 
@@ -81,3 +82,27 @@ def test_only_some_cells() -> None:
 def test_bad_specs_are_refused(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MatrixSpec(**kw)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def test_the_default_strategy_is_not_a_dimension() -> None:
+    spec = MatrixSpec((nat_from_label("symmetric"),))
+    assert [d.name for d in spec.dimensions()] == ["a", "b"]
+    (slot,) = spec.slots()
+    assert slot.key == "a=symmetric,b=symmetric,repeat=1"  # keys of older runs stay
+    assert slot_strategy(slot) == DEFAULT
+
+
+def test_strategies_are_a_dimension_with_a_short_key() -> None:
+    spec = MatrixSpec((nat_from_label("symmetric"), nat_from_label("full-cone")),
+                      strategies=tuple(strategies_from_list("stun,predict")))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "strategy"]
+    slots = spec.slots()
+    assert len(slots) == 8
+    keys = {s.key for s in slots}
+    assert "a=symmetric,b=full-cone,strategy=predict,repeat=1" in keys
+    assert {slot_strategy(s).label for s in slots} == {"stun", "predict"}
+    with pytest.raises(ValueError, match="strategies"):
+        MatrixSpec((nat_from_label("symmetric"),), strategies=())
