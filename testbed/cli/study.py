@@ -7,13 +7,17 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peers import birthday as bd
-from testbed.birthdaylab import MAX_CONCURRENCY, StudyConfig, StudyRun, run_study
 from testbed.cli.common import nat, port_range
 from testbed.errors import UsageError
-from testbed.lab import require_root
-from testbed.study import MAX_TRIALS, Point, format_points, plot, points
+
+if TYPE_CHECKING:  # the engine is imported when the study runs: other verbs start faster
+    from testbed.birthdaylab import StudyConfig, StudyRun
+    from testbed.study import Point
+
+MAX_TRIALS, MAX_CONCURRENCY = 10000, 32  # testbed.study / testbed.birthdaylab check them too
 
 NAME = "study"
 HELP = "measure a strategy over many trials: birthday probing's success vs probes"
@@ -65,6 +69,8 @@ def probe_counts(text: str) -> list[int]:
 
 
 def config(args: argparse.Namespace) -> tuple[StudyConfig, list[int]]:
+    from testbed.birthdaylab import StudyConfig
+
     counts = probe_counts(args.probes)
     lo, hi = port_range(args.probe_range, "--probe-range")
     try:
@@ -87,6 +93,8 @@ def config(args: argparse.Namespace) -> tuple[StudyConfig, list[int]]:
 
 
 def summary(cfg: StudyConfig, run: StudyRun, counts: list[int]) -> tuple[list[Point], float]:
+    from testbed.study import points
+
     opened = [t.open_in_range for t in run.trials]
     mean_open = sum(opened) / len(opened)
     pts = points([t.first_hit for t in run.trials], counts, cfg.birthday.range_size,
@@ -95,6 +103,10 @@ def summary(cfg: StudyConfig, run: StudyRun, counts: list[int]) -> tuple[list[Po
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.birthdaylab import run_study
+    from testbed.lab import require_root
+    from testbed.study import format_points, plot
+
     cfg, counts = config(args)
     require_root()
     out = Path(args.out) if args.out else None
