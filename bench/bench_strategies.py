@@ -24,25 +24,23 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from testbed import report  # noqa: E402
-from testbed.matrix.run import MatrixRun  # noqa: E402
-from testbed.matrix.spec import MatrixSpec  # noqa: E402
+from testbed.matrix.run import run_matrix  # noqa: E402
 from testbed.nat import default_nats  # noqa: E402
-from testbed.strategy import strategies_from_list  # noqa: E402
 
 
 def measure(names: str, jobs: int) -> dict[str, Any]:
-    spec = MatrixSpec(tuple(default_nats()), strategies=tuple(strategies_from_list(names)))
-    run = MatrixRun(spec, jobs)
+    labels = names.split(",")
     t0 = time.monotonic()
-    run.run()
+    doc = run_matrix(default_nats(), jobs=jobs, dimensions={"strategy": labels})
     wall = time.monotonic() - t0
-    assert run.documents is not None
-    slots = len(spec.slots())
-    per = {}
-    for name, doc in run.documents.items():
-        direct = sum(1 for c in doc.cells if c.repeats and c.repeats[0].outcome == "direct")
-        per[name] = {"direct": direct, "cells": len(doc.cells),
-                     "disagreements": len(report.disagreements(doc))}
+    slots = sum(len(c.repeats) for c in doc.cells)
+    per: dict[str, dict[str, int]] = {}
+    for s in report.summaries(doc):
+        name = s.point.get("strategy", "stun")
+        row = per.setdefault(name, {"direct": 0, "cells": 0, "disagreements": 0})
+        row["cells"] += 1
+        row["direct"] += s.observed == "direct"
+        row["disagreements"] += s.disagrees
     return {"strategies": names, "slots": slots, "wall_s": round(wall, 2),
             "slots_per_minute": round(slots / wall * 60, 1), "per_strategy": per}
 

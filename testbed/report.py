@@ -1,14 +1,17 @@
 """Traversal-matrix reports: terminal table, results.json, results.csv, HTML grid, PNG heatmap.
 
 Input is one MatrixResult (testbed.results; results.json is its JSON form, documented
-field by field in docs/results.md). Rows are Alice's NAT, columns Bob's, in the
-order of the result's `nats`.
+field by field in docs/results.md), or a Streamed document: the same cells with their
+repeats read one cell at a time, so a run of any size renders in bounded memory. Rows
+are Alice's NAT, columns Bob's, in the order of the result's `nats`; a run with more
+dimensions has one such table per combination of the others' values (a *facet*).
 
 A cell's observed outcome is the single outcome when every repeat agrees, else every
 outcome with its count ("3/5 direct, 2/5 relay"): a varying cell is never rounded to
 its majority. A cell disagrees with the model when any repeat differs from the
 prediction (the model is deterministic and never predicts "failed"); a cell without
-repeats is "not run" and neither agrees nor disagrees.
+repeats is "not run" and neither agrees nor disagrees; a cell the model does not cover
+(a dimension declared so) is "not modelled": marked '?', never counted as agreeing.
 """
 
 from __future__ import annotations
@@ -17,23 +20,29 @@ import csv
 import html
 import json
 import math
+import shutil
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from peers.candidates import Candidate
 from peers.result import OUTCOMES, PACKET_COUNTS, STAGE_TIMINGS, PeerResult
 from testbed.nat import Kind, NatSpec
 from testbed.results import (
+    NOT_MODELLED,
     ROLES,
     Cell,
+    DimensionInfo,
     MatrixResult,
     PairResult,
     ResultsError,
+    cell_to_json,
     matrix_from_json,
+    matrix_head_json,
     matrix_to_json,
+    pair_to_json,
 )
 
 PEER_TIMINGS = STAGE_TIMINGS
@@ -53,7 +62,7 @@ COLOURS = {
 _ANSI = {"direct": "32", "relay": "33", "failed": "31", "varies": "35", "not run": "2"}
 _SHORT = {"direct": "d", "relay": "r", "failed": "f"}
 _MAX_WIDTH = 140  # terminal table: wider than this numbers the columns
-
+HTML_REPEATS = 10  # repeats whose evidence a cell's HTML details show in full
 
 
 def validate(data: Any, source: str = "results") -> None:
@@ -70,6 +79,36 @@ def load(path: str | Path) -> MatrixResult:
     return matrix_from_json(data, str(path))
 
 
+# --- documents ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A results document whose repeats stay on disk: every cell's head (its point and
+    prediction, repeats left out) and outcome counts in memory, the repeats of the i-th
+    cell read on demand, in order (testbed.matrix.records builds these)."""
+
+    metadata: Mapping[str, Any]
+    nats: tuple[str, ...]
+    heads: Sequence[Cell]
+    counts: Sequence[Mapping[str, int]]
+    repeats: Callable[[int], Iterator[PairResult]] = field(repr=False)
+    dimensions: tuple[DimensionInfo, ...] = ()
+
+
+Document = MatrixResult | Streamed
+
+
+def iter_cells(doc: Document) -> Iterator[Cell]:
+    """Every cell with its repeats, one at a time."""
+    if isinstance(doc, MatrixResult):
+        yield from doc.cells
+        return
+    for i, head in enumerate(doc.heads):
+        yield Cell(head.a, head.b, head.nat_a, head.nat_b, head.predicted, head.reason,
+                   tuple(doc.repeats(i)), head.point)
+
+
 # --- summaries ---------------------------------------------------------------------
 
 
@@ -77,16 +116,21 @@ def load(path: str | Path) -> MatrixResult:
 class CellSummary:
     a: str
     b: str
-    predicted: str
+    predicted: str | None  # None: not modelled
     reason: str
     counts: tuple[tuple[str, int], ...]  # (outcome, repeats), most frequent first
     observed: str  # "direct", "3/5 direct, 2/5 relay" or "not run"
     varies: bool
-    agrees: bool | None  # None when not run
+    agrees: bool | None  # None when not run or not modelled
+    point: Mapping[str, str] = field(default_factory=dict)  # the other dimensions' labels
 
     @property
     def n(self) -> int:
         return sum(c for _, c in self.counts)
+
+    @property
+    def modelled(self) -> bool:
+        return self.predicted is not None
 
     @property
     def status(self) -> str:
@@ -103,37 +147,45 @@ class CellSummary:
         return " ".join(f"{c}{_SHORT[o]}" for o, c in self.counts)
 
     @property
+    def mark(self) -> str:
+        """'!' disagrees with the model, '?' not modelled (and run), '' otherwise."""
+        if self.disagrees:
+            return "!"
+        return "?" if not self.modelled and self.counts else ""
+
+    @property
     def disagrees(self) -> bool:
         return self.agrees is False
 
+    @property
+    def where(self) -> str:
+        """'full-cone -> symmetric' and, with more dimensions, ' (punch=0.5s)'."""
+        extra = ",".join(f"{n}={v}" for n, v in self.point.items())
+        return f"{self.a} -> {self.b}" + (f" ({extra})" if extra else "")
 
-def summarize_cell(cell: Cell) -> CellSummary:
-    outcomes = [r.outcome for r in cell.repeats]
-    counted = Counter(outcomes)
-    counts = tuple(sorted(counted.items(), key=lambda oc: (-oc[1], OUTCOMES.index(oc[0]))))
-    n = len(outcomes)
+    @property
+    def predicted_text(self) -> str:
+        return self.predicted or NOT_MODELLED
+
+
+def summarize_counts(head: Cell, counted: Mapping[str, int]) -> CellSummary:
+    """A cell's summary from its outcome counts (its repeats need not be in memory)."""
+    counts = tuple(sorted(((o, c) for o, c in counted.items() if c),
+                          key=lambda oc: (-oc[1], OUTCOMES.index(oc[0]))))
+    n = sum(c for _, c in counts)
     if not counts:
         observed = "not run"
     elif len(counts) == 1:
         observed = counts[0][0]
     else:
         observed = ", ".join(f"{c}/{n} {o}" for o, c in counts)
-    predicted = cell.predicted
-    if cell.probability is not None and n:  # a strategy of chance: flag the implausible
-        agrees = plausible(sum(o == "direct" for o in outcomes), n, cell.probability)
-        return CellSummary(a=cell.a, b=cell.b, predicted=predicted, reason=cell.reason,
-                           counts=counts, observed=observed, varies=len(counts) > 1,
-                           agrees=agrees)
-    return CellSummary(
-        a=cell.a,
-        b=cell.b,
-        predicted=predicted,
-        reason=cell.reason,
-        counts=counts,
-        observed=observed,
-        varies=len(counts) > 1,
-        agrees=None if not n else all(o == predicted for o in outcomes),
-    )
+    predicted = head.predicted
+    agrees = None if not n or predicted is None else all(o == predicted for o, _ in counts)
+    if n and head.probability is not None:  # a strategy of chance: flag the implausible
+        agrees = plausible(dict(counts).get("direct", 0), n, head.probability)
+    return CellSummary(a=head.a, b=head.b, predicted=predicted, reason=head.reason,
+                       counts=counts, observed=observed, varies=len(counts) > 1,
+                       agrees=agrees, point=dict(head.point))
 
 
 ALPHA = 0.01  # a probabilistic prediction disagrees when the observation is this unlikely
@@ -150,23 +202,47 @@ def plausible(direct: int, n: int, p: float) -> bool:
     return min(low, high) >= ALPHA / 2
 
 
-def _summaries(doc: MatrixResult) -> dict[tuple[str, str], CellSummary]:
-    return {(c.a, c.b): summarize_cell(c) for c in doc.cells}
+def summarize_cell(cell: Cell) -> CellSummary:
+    return summarize_counts(cell, Counter(r.outcome for r in cell.repeats))
 
 
-def disagreements(doc: MatrixResult) -> list[CellSummary]:
-    """Cells where some repeat differs from the prediction, in row-major order."""
-    summaries = _summaries(doc)
-    nats = doc.nats
-    return [
-        summaries[(a, b)]
-        for a in nats
-        for b in nats
-        if (a, b) in summaries and summaries[(a, b)].disagrees
-    ]
+def summaries(doc: Document) -> list[CellSummary]:
+    """Every cell's summary, in the document's order."""
+    if isinstance(doc, MatrixResult):
+        return [summarize_cell(c) for c in doc.cells]
+    return [summarize_counts(h, c) for h, c in zip(doc.heads, doc.counts, strict=True)]
 
 
-def exit_code(doc: MatrixResult, strict: bool) -> int:
+Facet = tuple[tuple[str, str], ...]  # (dimension, label) of every dimension beyond a and b
+
+
+def facet_label(facet: Facet) -> str:
+    return ",".join(f"{n}={v}" for n, v in facet)
+
+
+def facets(doc: Document) -> list[tuple[Facet, dict[tuple[str, str], CellSummary]]]:
+    """The document's tables: per combination of the other dimensions' values (in the
+    order their cells come), its cells by (Alice's NAT, Bob's NAT). One facet, (), when
+    there are no other dimensions."""
+    out: dict[Facet, dict[tuple[str, str], CellSummary]] = {}
+    for s in summaries(doc):
+        facet = tuple((d.name, s.point[d.name]) for d in doc.dimensions)
+        out.setdefault(facet, {})[(s.a, s.b)] = s
+    return list(out.items()) or [((), {})]
+
+
+def disagreements(doc: Document) -> list[CellSummary]:
+    """Cells where some repeat differs from the prediction, facet by facet, row-major."""
+    return [s for _, cells in facets(doc) for a in doc.nats for b in doc.nats
+            if (s := cells.get((a, b))) is not None and s.disagrees]
+
+
+def not_modelled(doc: Document) -> list[CellSummary]:
+    """Cells that ran but that the reference model does not cover."""
+    return [s for s in summaries(doc) if not s.modelled and s.counts]
+
+
+def exit_code(doc: Document, strict: bool) -> int:
     """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
     return 1 if strict and disagreements(doc) else 0
 
@@ -181,13 +257,31 @@ def _paint(text: str, status: str, color: bool, bold: bool) -> str:
     return f"\033[{code}m{text}\033[0m"
 
 
-def format_table(doc: MatrixResult, color: bool = False) -> str:
-    """Rows: Alice's NAT; columns: Bob's. "!" marks a disagreement with the model."""
-    nats = list(doc.nats)
-    summaries = _summaries(doc)
-    texts: dict[tuple[str, str], str] = {}
-    for key, summary in summaries.items():
-        texts[key] = summary.short + ("!" if summary.disagrees else "")
+def format_table(doc: Document, color: bool = False) -> str:
+    """Rows: Alice's NAT; columns: Bob's; one table per facet. "!" marks a disagreement
+    with the model, "?" a cell the model does not cover."""
+    lines: list[str] = []
+    for facet, cells in facets(doc):
+        if facet:
+            lines += ([""] if lines else []) + [f"{facet_label(facet)}:"]
+        lines += _grid_lines(list(doc.nats), cells, color)
+    marks = "'!' = disagrees with the model; "
+    if not_modelled(doc):
+        marks += "'?' = not modelled; "
+    lines += [
+        "",
+        "d = direct, r = relay, f = failed; '3d 2r' = 3 repeats direct, 2 relay;"
+        f" {marks}'-' = not in this run",
+    ]
+    for s in disagreements(doc):
+        lines.append(f"! {s.where}: predicted {s.predicted}, observed {s.observed} "
+                     f"(model: {s.reason})")
+    return "\n".join(lines)
+
+
+def _grid_lines(nats: list[str], summaries: Mapping[tuple[str, str], CellSummary],
+                color: bool) -> list[str]:
+    texts = {key: s.short + s.mark for key, s in summaries.items()}
     corner = "Alice \\ Bob"
     heads = list(nats)
     rows = list(nats)
@@ -197,40 +291,77 @@ def format_table(doc: MatrixResult, color: bool = False) -> str:
         rows = [f"{i:>2} {n}" for i, n in enumerate(nats, start=1)]
         cell_width = max(len(x) for x in [*heads, *texts.values()]) + 2
     label_width = max(len(x) for x in [corner, *rows]) + 2
-    lines = [corner.ljust(label_width) + "".join(h.ljust(cell_width) for h in heads)]
+    lines = [(corner.ljust(label_width) + "".join(h.ljust(cell_width) for h in heads)).rstrip()]
     for a, label in zip(nats, rows, strict=True):
         row = label.ljust(label_width)
-        width = cell_width
         for b in nats:
             s = summaries.get((a, b))
             if s is None:
-                row += "-".ljust(width)
+                row += "-".ljust(cell_width)
                 continue
             text = texts[(a, b)]
-            row += _paint(text, s.status, color, s.disagrees) + " " * (width - len(text))
+            row += _paint(text, s.status, color, s.disagrees) + " " * (cell_width - len(text))
         lines.append(row.rstrip())
-    lines[0] = lines[0].rstrip()
-    lines += [
-        "",
-        "d = direct, r = relay, f = failed; '3d 2r' = 3 repeats direct, 2 relay;"
-        " '!' = disagrees with the model; '-' = not in this run",
-    ]
-    for s in disagreements(doc):
-        lines.append(
-            f"! {s.a} -> {s.b}: predicted {s.predicted}, observed {s.observed} (model: {s.reason})"
-        )
-    return "\n".join(lines)
+    return lines
 
 
 # --- files -------------------------------------------------------------------------
 
 
-def write_json(doc: MatrixResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(matrix_to_json(doc), indent=2) + "\n")
+class Lazy:
+    """A JSON list whose items come from an iterator, written as they come."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items = items
 
 
-def csv_columns() -> list[str]:
-    cols = ["a", "b"]
+def _stream(write: Callable[[str], Any], value: Any, level: int) -> None:
+    """Write `value` exactly as json.dumps(value, indent=2) would at this depth, taking
+    the items of Lazy lists one at a time."""
+    pad = "  " * level
+    if isinstance(value, Lazy):
+        first = True
+        for item in value.items:
+            write(("[" if first else ",") + "\n" + pad + "  ")
+            _stream(write, item, level + 1)
+            first = False
+        write("[]" if first else "\n" + pad + "]")
+    elif isinstance(value, dict) and any(isinstance(v, Lazy) for v in value.values()):
+        for i, (k, v) in enumerate(value.items()):
+            write(("{" if i == 0 else ",") + "\n" + pad + "  " + json.dumps(k) + ": ")
+            _stream(write, v, level + 1)
+        write("\n" + pad + "}")
+    else:
+        write(json.dumps(value, indent=2).replace("\n", "\n" + pad))
+
+
+def _lazy_json(doc: Document) -> Any:
+    if isinstance(doc, MatrixResult):
+        return matrix_to_json(doc)
+    head = matrix_head_json(MatrixResult(doc.metadata, doc.nats, (), doc.dimensions))
+
+    def cells() -> Iterator[dict[str, Any]]:
+        for i, h in enumerate(doc.heads):
+            yield {**cell_to_json(h, repeats=False),
+                   "repeats": Lazy(pair_to_json(r) for r in doc.repeats(i))}
+
+    return {**head, "cells": Lazy(cells())}
+
+
+def write_json_to(doc: Document, out: IO[str]) -> None:
+    """results.json into an open text stream, one cell at a time."""
+    _stream(out.write, _lazy_json(doc), 0)
+    out.write("\n")
+
+
+def write_json(doc: Document, path: str | Path) -> None:
+    with Path(path).open("w") as f:
+        write_json_to(doc, f)
+
+
+def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
+    """results.csv's columns; the other dimensions' columns come right after a and b."""
+    cols = ["a", "b", *dimensions]
     cols += [f"nat_{s}_{f}" for s in "ab" for f in SPEC_FIELDS]
     cols += ["repeat", "predicted", "outcome", "agrees", "stage", "relay_bytes"]
     cols += [f"{t}_ms" for t in PAIR_TIMINGS]
@@ -257,32 +388,33 @@ def _peer_row(role: str, peer: PeerResult) -> dict[str, Any]:
     return row
 
 
-def _csv_rows(doc: MatrixResult) -> list[dict[str, Any]]:
-    rows = []
-    for cell in doc.cells:
-        base: dict[str, Any] = {"a": cell.a, "b": cell.b}
+def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
+    for cell in iter_cells(doc):
+        base: dict[str, Any] = {"a": cell.a, "b": cell.b, **cell.point}
         for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
             base.update({f"nat_{side}_{f}": _spec_value(getattr(spec, f)) for f in SPEC_FIELDS})
         for i, rep in enumerate(cell.repeats, start=1):
+            agrees = None if cell.predicted is None else rep.outcome == cell.predicted
             row = dict(base, repeat=i, predicted=cell.predicted, outcome=rep.outcome,
-                       agrees=rep.outcome == cell.predicted, stage=rep.stage,
-                       relay_bytes=rep.relay_bytes)
+                       agrees=agrees, stage=rep.stage, relay_bytes=rep.relay_bytes)
             row.update({f"{t}_ms": getattr(rep.timings_ms, t) for t in PAIR_TIMINGS})
             for role in ROLES:
                 row.update(_peer_row(role, rep.peers[role]))
-            rows.append(row)
-    return rows
+            yield row
 
 
-def write_csv(doc: MatrixResult, path: str | Path) -> int:
-    """One row per pairing per repeat, columns in `csv_columns()` order; returns rows."""
-    rows = _csv_rows(doc)
+def write_csv(doc: Document, path: str | Path) -> int:
+    """One row per cell per repeat, columns in `csv_columns()` order; returns rows. An
+    empty `predicted` and `agrees`: the model does not cover the cell."""
+    rows = 0
     with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_columns(), lineterminator="\n")
+        columns = csv_columns([d.name for d in doc.dimensions])
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        for row in rows:
+        for row in _csv_rows(doc):
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return len(rows)
+            rows += 1
+    return rows
 
 
 # --- HTML --------------------------------------------------------------------------
@@ -295,6 +427,8 @@ table.grid{border-collapse:collapse}
 .grid td{cursor:pointer;color:#000;min-width:5.5em}
 .grid td.dis{outline:3px solid #000;outline-offset:-3px;font-weight:700}
 .grid td.sel{box-shadow:inset 0 0 0 3px #1f5fbf}
+.grid td.nm{outline:3px dashed #555;outline-offset:-3px}
+.facet.hide{display:none}
 .swatch{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 .3em 0 1em}
 .legend{margin:1em 0}
 .details{display:none;border:1px solid #ccc;padding:.5em 1em;margin-top:1em;max-width:70em}
@@ -320,6 +454,14 @@ document.querySelectorAll('td[data-cell]').forEach(function (td) {
     }
   });
 });
+var facet = document.getElementById('facet');
+if (facet) {
+  facet.addEventListener('change', function () {
+    document.querySelectorAll('.facet').forEach(function (f) {
+      f.classList.toggle('hide', f.id !== 'facet-' + facet.value);
+    });
+  });
+}
 """
 
 
@@ -336,8 +478,8 @@ def _cand(c: Candidate | None) -> str:
     return "-" if c is None else f"{c.type} {c.ip}:{c.port}"
 
 
-def _repeat_html(i: int, rep: PairResult, predicted: str) -> str:
-    cls = "" if rep.outcome == predicted else " class='bad'"
+def _repeat_html(i: int, rep: PairResult, predicted: str | None) -> str:
+    cls = "" if predicted is None or rep.outcome == predicted else " class='bad'"
     t = rep.timings_ms
     head = (
         f"<h4>Repeat {i}: <span{cls}>{_e(rep.outcome)}</span> "
@@ -374,24 +516,34 @@ def _spec_text(spec: NatSpec) -> str:
     )
 
 
-def _cell_details(ident: str, cell: Cell, s: CellSummary) -> str:
-    verdict = "agrees" if s.agrees else "not run" if s.agrees is None else "DISAGREES"
+def _cell_details(ident: str, cell: Cell, s: CellSummary, titles: Mapping[str, str]) -> str:
+    if not s.modelled:
+        verdict = "is not covered by the model (not modelled)"
+    else:
+        verdict = ("agrees" if s.agrees else "not run" if s.agrees is None
+                   else "DISAGREES") + " with the model"
     cls = " class='bad'" if s.disagrees else ""
+    extra = "".join(f", {_e(n)}={_e(v)}" for n, v in s.point.items())
     parts = [
         f"<div class='details' id='{ident}'>",
-        f"<h3>Alice: {_e(s.a)} &rarr; Bob: {_e(s.b)}</h3>",
+        f"<h3>Alice: {_e(s.a)} &rarr; Bob: {_e(s.b)}{extra}</h3>",
         _kv_table(
             [
                 ("Alice's NAT", _spec_text(cell.nat_a)),
                 ("Bob's NAT", _spec_text(cell.nat_b)),
-                ("predicted", s.predicted),
+                *((titles.get(n, n), v) for n, v in s.point.items()),
+                ("predicted", s.predicted_text),
                 ("model's reason", s.reason),
                 ("observed", s.observed),
             ]
         ),
-        f"<p{cls}>Observation {verdict} with the model.</p>",
+        f"<p{cls}>Observation {verdict}.</p>",
     ]
-    parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(cell.repeats, start=1)]
+    shown = cell.repeats[:HTML_REPEATS]
+    parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(shown, start=1)]
+    if len(cell.repeats) > len(shown):
+        parts.append(f"<p>{len(cell.repeats) - len(shown)} more repeats: every one is in "
+                     "results.json and results.csv.</p>")
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -401,115 +553,176 @@ def _no_urls(text: str) -> str:
     return text.replace("://", ":&#47;&#47;")
 
 
-def write_html(doc: MatrixResult, path: str | Path) -> None:
-    """A self-contained page (inline CSS/JS): legend, grid, per-cell details on click."""
-    nats = list(doc.nats)
-    cells = {(c.a, c.b): c for c in doc.cells}
-    summaries = _summaries(doc)
+def _cell_id(f: int | None, i: int, j: int) -> str:
+    return f"cell-{i}-{j}" if f is None else f"cell-{f}-{i}-{j}"
+
+
+def _html_grid(nats: list[str], cells: Mapping[tuple[str, str], CellSummary],
+               f: int | None) -> str:
     grid = ["<table class='grid'><tr><th>Alice &darr; \\ Bob &rarr;</th>"]
     grid += [f"<th>{_e(b)}</th>" for b in nats]
     grid.append("</tr>")
-    details = []
     for i, a in enumerate(nats):
         grid.append(f"<tr><th>{_e(a)}</th>")
         for j, b in enumerate(nats):
-            s = summaries.get((a, b))
+            s = cells.get((a, b))
             if s is None:
                 grid.append("<td style='cursor:default'>-</td>")
                 continue
-            ident = f"cell-{i}-{j}"
-            title = f"Alice {a} -> Bob {b}: observed {s.observed}; predicted {s.predicted}"
-            cls = " class='dis'" if s.disagrees else ""
-            mark = " !" if s.disagrees else ""
+            title = (f"Alice {a} -> Bob {b}: observed {s.observed}; predicted "
+                     f"{s.predicted_text}")
+            cls = " class='dis'" if s.disagrees else " class='nm'" if s.mark == "?" else ""
+            mark = f" {s.mark}" if s.mark else ""
             grid.append(
-                f"<td data-cell='{ident}'{cls} title='{_e(title)}' "
+                f"<td data-cell='{_cell_id(f, i, j)}'{cls} title='{_e(title)}' "
                 f"style='background:{COLOURS[s.status]}'>{_e(s.short)}{mark}</td>"
             )
-            details.append(_cell_details(ident, cells[(a, b)], s))
         grid.append("</tr>")
     grid.append("</table>")
+    return "".join(grid)
+
+
+def write_html(doc: Document, path: str | Path) -> None:
+    """A self-contained page (inline CSS/JS): legend, grid (one per facet, chosen from a
+    list), per-cell details on click. Written as it is made: bounded memory."""
+    nats = list(doc.nats)
+    tables = facets(doc)
+    many = len(tables) > 1
+    number = {facet: (f if many else None) for f, (facet, _) in enumerate(tables)}
+    titles = {d.name: d.title for d in doc.dimensions}
     legend = "".join(
         f"<span class='swatch' style='background:{c}'></span>{_e(k)}" for k, c in COLOURS.items()
     )
     dis = disagreements(doc)
     dis_html = "".join(
-        f"<li>{_e(s.a)} &rarr; {_e(s.b)}: predicted {_e(s.predicted)}, "
-        f"observed {_e(s.observed)}</li>"
+        f"<li>{_e(s.a)} &rarr; {_e(s.b)}"
+        + "".join(f", {_e(n)}={_e(v)}" for n, v in s.point.items())
+        + f": predicted {_e(s.predicted)}, observed {_e(s.observed)}</li>"
         for s in dis
     )
+    unmodelled = not_modelled(doc)
     meta = doc.metadata
-    page = f"""<!DOCTYPE html>
+    with Path(path).open("w") as f:
+        def put(text: str) -> None:
+            f.write(_no_urls(text))
+
+        put(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>NAT traversal matrix</title><style>{_CSS}</style>
-<noscript><style>.details{{display:block}}</style></noscript></head>
+<noscript><style>.details{{display:block}}.facet.hide{{display:block}}</style></noscript></head>
 <body>
 <h1>NAT traversal matrix</h1>
 {_kv_table([(k, v) for k, v in meta.items() if not isinstance(v, dict | list)])}
 <div class="legend">Legend:{legend}
 <span class="swatch" style="outline:3px solid #000;outline-offset:-3px"></span>
-! disagrees with the model. &ldquo;3d 2r&rdquo; = 3 repeats direct, 2 relay.
+! disagrees with the model.""")
+        if unmodelled:
+            put("""<span class="swatch" style="outline:3px dashed #555;outline-offset:-3px">\
+</span> ? not modelled (the reference model does not cover the cell).""")
+        put("""&ldquo;3d 2r&rdquo; = 3 repeats direct, 2 relay.
 Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
-{"".join(grid)}
-<h2>Disagreements with the model: {len(dis)}</h2>
-<ul>{dis_html}</ul>
-{"".join(details)}
-<h2>Configuration</h2>
+""")
+        if many:
+            options = "".join(f"<option value='{n}'>{_e(facet_label(facet))}</option>"
+                              for n, (facet, _) in enumerate(tables))
+            put(f"<p>Table for <select id='facet'>{options}</select></p>\n")
+        for n, (facet, cells) in enumerate(tables):
+            hide = " hide" if n else ""
+            head = f"<h2>{_e(facet_label(facet))}</h2>" if many else ""
+            put(f"<div class='facet{hide}' id='facet-{n}'>{head}"
+                f"{_html_grid(nats, cells, number[facet])}</div>\n")
+        put(f"<h2>Disagreements with the model: {len(dis)}</h2>\n<ul>{dis_html}</ul>\n")
+        if unmodelled:
+            put(f"<h2>Not modelled: {len(unmodelled)} cells</h2>\n<ul>"
+                + "".join(f"<li>{_e(s.where)}: {_e(s.reason)}</li>" for s in unmodelled)
+                + "</ul>\n")
+        position = {(facet, a, b): (i, j) for facet, _ in tables
+                    for i, a in enumerate(nats) for j, b in enumerate(nats)}
+        for cell in iter_cells(doc):
+            s = summarize_cell(cell)
+            facet = tuple((d.name, cell.point[d.name]) for d in doc.dimensions)
+            i, j = position[(facet, cell.a, cell.b)]
+            put(_cell_details(_cell_id(number[facet], i, j), cell, s, titles) + "\n")
+        put(f"""<h2>Configuration</h2>
 <pre>{_e(json.dumps(meta.get("configuration", {}), indent=2))}</pre>
 <script>{_JS}</script>
 </body></html>
-"""
-    Path(path).write_text(_no_urls(page))
+""")
 
 
 # --- PNG heatmap -------------------------------------------------------------------
 
 
-def write_heatmap(doc: MatrixResult, path: str | Path) -> None:
-    """A PNG heatmap (matplotlib, Agg; no display needed); disagreements are outlined."""
+def write_heatmap(doc: Document, path: str | Path) -> None:
+    """A PNG heatmap (matplotlib, Agg; no display needed); disagreements are outlined, and
+    with more dimensions one heatmap per facet, in a grid."""
     # Imported here: matplotlib takes half a second, and only the heatmap needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
     nats = list(doc.nats)
     n = len(nats)
-    summaries = _summaries(doc)
-    cats = list(COLOURS)
-    codes = [
-        [
-            cats.index(summaries[(a, b)].status) if (a, b) in summaries else cats.index("not run")
-            for b in nats
-        ]
-        for a in nats
-    ]
-    size = max(4.0, 0.9 * n + 2.5)
-    fig = Figure(figsize=(size + 1.8, size))
+    tables = facets(doc)
+    cols = min(len(tables), max(1, round(len(tables) ** 0.5 + 0.49)))
+    rows = -(-len(tables) // cols)
+    size = max(4.0, 0.9 * n + 2.5) if len(tables) == 1 else max(3.0, 0.5 * n + 2.0)
+    fig = Figure(figsize=(size * cols + 1.8, size * rows))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cmap = ListedColormap([COLOURS[c] for c in cats])
-    ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=len(cats) - 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    cats = list(COLOURS)
+    for k, (facet, cells) in enumerate(tables):
+        ax = axes[k // cols][k % cols]
+        _heatmap_axes(ax, nats, cells, cats, len(tables) == 1)
+        ax.set_title(facet_label(facet) if facet else "NAT traversal matrix (observed)")
+    for k in range(len(tables), rows * cols):
+        axes[k // cols][k % cols].set_axis_off()
+    handles = [Patch(facecolor=COLOURS[c], label=c) for c in cats]
+    handles.append(Patch(facecolor="white", edgecolor="black", lw=3, label="! disagrees"))
+    if not_modelled(doc):
+        handles.append(Patch(facecolor="white", edgecolor="#555", lw=2, ls="--",
+                             label="? not modelled"))
+    if len(tables) == 1:
+        axes[0][0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1),
+                          fontsize=8)
+        fig.tight_layout()
+    else:
+        fig.suptitle("NAT traversal matrix (observed), per facet")
+        fig.legend(handles=handles, loc="upper right", fontsize=8)
+        fig.tight_layout(rect=(0, 0, size * cols / (size * cols + 1.8), 0.97))
+    fig.savefig(str(path), format="png", dpi=100)
+
+
+def _heatmap_axes(ax: Any, nats: list[str], cells: Mapping[tuple[str, str], CellSummary],
+                  cats: list[str], big: bool) -> None:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    n = len(nats)
+    codes = [[cats.index(cells[(a, b)].status) if (a, b) in cells else cats.index("not run")
+              for b in nats] for a in nats]
+    ax.imshow(codes, cmap=ListedColormap([COLOURS[c] for c in cats]), vmin=-0.5,
+              vmax=len(cats) - 0.5)
     ax.set_xticks(range(n), labels=nats, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=nats)
     ax.set_xlabel("Bob's NAT")
     ax.set_ylabel("Alice's NAT")
-    ax.set_title("NAT traversal matrix (observed)")
     for i, a in enumerate(nats):
         for j, b in enumerate(nats):
-            s = summaries.get((a, b))
+            s = cells.get((a, b))
             if s is None:
                 continue
             text = s.short.replace(" ", "\n")
             if s.disagrees:
                 text += f"\n! model:\n{s.predicted}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+            elif s.mark == "?":
+                text += "\n? no model"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if big else 6)
             if s.disagrees:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=3, ec="black"))
-    handles = [Patch(facecolor=COLOURS[c], label=c) for c in cats]
-    handles.append(Patch(facecolor="white", edgecolor="black", lw=3, label="! disagrees"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), format="png", dpi=100)
+            elif s.mark == "?":
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="#555",
+                                       ls="--"))
 
 
 # --- all at once -------------------------------------------------------------------
@@ -517,7 +730,7 @@ def write_heatmap(doc: MatrixResult, path: str | Path) -> None:
 OUTPUTS = ("json", "csv", "html", "png")
 
 
-def write_all(doc: MatrixResult, outdir: str | Path, *,
+def write_all(doc: Document, outdir: str | Path, *,
               heatmap: Path | None = None) -> dict[str, Path]:
     """results.json, results.csv, results.html and results.png in `outdir`; `heatmap`, if
     it exists, is an already drawn results.png (moved into place)."""
@@ -532,3 +745,9 @@ def write_all(doc: MatrixResult, outdir: str | Path, *,
     else:
         write_heatmap(doc, paths["png"])
     return paths
+
+
+def copy_json(path: Path, out: IO[str]) -> None:
+    """A written results.json to a stream (what --json prints), without reading it whole."""
+    with path.open() as f:
+        shutil.copyfileobj(f, out)

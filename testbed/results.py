@@ -26,6 +26,16 @@ from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
 PREDICTIONS = ("direct", "relay")
 COUNTER_FIELDS = ("rp", "rb", "sp", "sb")
+NOT_MODELLED = "not modelled"  # a cell's prediction when the model does not cover it
+# Names a dimension cannot take: fields of PAIR and CELL records and of results.csv (a
+# dimension's label is a field of its own in each of them).
+RESERVED_NAMES = frozenset({
+    "a", "b", "outcome", "stage", "reason", "peers", "relay_bytes", "relay", "timings_ms",
+    "key", "repeat", "lab", "slot", "wan", "kept", "elapsed_ms", "trace", "nat_a", "nat_b",
+    "predicted", "repeats", "agrees", "point", "cells", "nats", "metadata", "dimensions",
+    "connect_ms", "total_ms", "alice", "bob", "carried_by", "probability"})
+RESERVED_PREFIXES = ("alice_", "bob_", "nat_")
+STRATEGY_FIELD = "strategy"  # the strategy dimension's name: its pairs say what carried data
 
 
 class ResultsError(rec.RecordError):
@@ -74,7 +84,7 @@ class PairResult:
     kept: bool = False  # the lab was left running (pair --keep)
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
-    strategy: str | None = None  # the traversal strategy, when not plain STUN
+    point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
 
     @property
     def connected(self) -> bool:
@@ -122,30 +132,50 @@ def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | No
 
 @dataclass(frozen=True)
 class Cell:
-    """One ordered pairing of NATs: what the model predicts, what every repeat saw."""
+    """One point of the grid (an ordered pairing of NATs, and a value of every other
+    dimension): what the model predicts, what every repeat saw."""
 
     a: str
     b: str
     nat_a: NatSpec
     nat_b: NatSpec
-    predicted: str  # direct | relay (testbed.model.predict)
-    reason: str  # the model's reason
+    predicted: str | None  # direct | relay (testbed.model.predict); None: not modelled
+    reason: str  # the model's reason, or why the model does not cover the cell
     repeats: tuple[PairResult, ...] = ()
-    strategy: str | None = None  # the traversal strategy, when not plain STUN
+    point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
     probability: float | None = None  # the model's P(direct), for a strategy of chance
+
+    @property
+    def key(self) -> str:
+        """'a=full-cone,b=symmetric' (and every other dimension): a slot key less its repeat."""
+        return ",".join(f"{n}={v}" for n, v in (("a", self.a), ("b", self.b),
+                                                 *self.point.items()))
+
+
+@dataclass(frozen=True)
+class DimensionInfo:
+    """A dimension of a run beyond Alice's and Bob's NAT, as results.json lists it."""
+
+    name: str
+    title: str
+    values: tuple[str, ...]  # labels, in the run's order
 
 
 @dataclass(frozen=True)
 class MatrixResult:
-    """results.json: rows are Alice's NAT, columns Bob's, in the order of `nats`."""
+    """results.json: rows are Alice's NAT, columns Bob's, in the order of `nats`; one
+    such table per combination of the other `dimensions` (a facet)."""
 
     metadata: Mapping[str, Any]
     nats: tuple[str, ...]
     cells: tuple[Cell, ...]
+    dimensions: tuple[DimensionInfo, ...] = ()
 
-    def cell(self, a: str, b: str) -> Cell | None:
-        """The cell of Alice's NAT `a` and Bob's `b`, by label (None if not in this run)."""
-        return next((c for c in self.cells if (c.a, c.b) == (a, b)), None)
+    def cell(self, a: str, b: str, **point: str) -> Cell | None:
+        """The cell of Alice's NAT `a` and Bob's `b` (and the other dimensions' labels), by
+        label (None if not in this run)."""
+        return next((c for c in self.cells if (c.a, c.b) == (a, b) and dict(c.point) == point),
+                    None)
 
     def to_json(self) -> dict[str, Any]:
         return matrix_to_json(self)
@@ -174,7 +204,7 @@ def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
 def pair_to_json(r: PairResult) -> dict[str, Any]:
     t = r.trace
     return {
-        "a": r.a, "b": r.b, "outcome": r.outcome, "stage": r.stage, "reason": r.reason,
+        "a": r.a, "b": r.b, **r.point, "outcome": r.outcome, "stage": r.stage, "reason": r.reason,
         "peers": {role: p.to_json() for role, p in r.peers.items()},
         "relay_bytes": r.relay_bytes,
         "relay": {role: _usage_json(u) for role, u in r.relay.items()},
@@ -182,8 +212,7 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
         "elapsed_ms": r.elapsed_ms,
-        **({} if r.strategy is None else {"strategy": r.strategy,
-                                          "carried_by": r.carried_by}),
+        **({"carried_by": r.carried_by} if STRATEGY_FIELD in r.point else {}),
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
@@ -191,17 +220,32 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
     }
 
 
-def cell_to_json(c: Cell) -> dict[str, Any]:
-    return {"a": c.a, "b": c.b, "nat_a": spec_to_json(c.nat_a), "nat_b": spec_to_json(c.nat_b),
-            "predicted": c.predicted, "reason": c.reason,
-            **({} if c.strategy is None else {"strategy": c.strategy}),
-            **({} if c.probability is None else {"probability": c.probability}),
-            "repeats": [pair_to_json(r) for r in c.repeats]}
+def cell_to_json(c: Cell, repeats: bool = True) -> dict[str, Any]:
+    """A CELL; without `repeats` its list is left out (a streaming writer adds it)."""
+    out: dict[str, Any] = {"a": c.a, "b": c.b, **c.point, "nat_a": spec_to_json(c.nat_a),
+                           "nat_b": spec_to_json(c.nat_b), "predicted": c.predicted,
+                           "reason": c.reason}
+    if c.probability is not None:
+        out["probability"] = c.probability
+    if repeats:
+        out["repeats"] = [pair_to_json(r) for r in c.repeats]
+    return out
+
+
+def dimensions_to_json(dims: Sequence[DimensionInfo]) -> list[dict[str, Any]]:
+    return [{"name": d.name, "title": d.title, "values": list(d.values)} for d in dims]
+
+
+def matrix_head_json(doc: MatrixResult) -> dict[str, Any]:
+    """The document without its cells: metadata, nats and (if any) the other dimensions."""
+    head: dict[str, Any] = {"metadata": dict(doc.metadata), "nats": list(doc.nats)}
+    if doc.dimensions:
+        head["dimensions"] = dimensions_to_json(doc.dimensions)
+    return head
 
 
 def matrix_to_json(doc: MatrixResult) -> dict[str, Any]:
-    return {"metadata": dict(doc.metadata), "nats": list(doc.nats),
-            "cells": [cell_to_json(c) for c in doc.cells]}
+    return {**matrix_head_json(doc), "cells": [cell_to_json(c) for c in doc.cells]}
 
 
 # ------------------------------------------------------------------ reading
@@ -250,7 +294,11 @@ def _trace(data: Any, where: str) -> TraceSummary | None:
         files=tuple(rec.items(data, "files", where, lambda v, w: rec.check(v, w, (str,)))))
 
 
-def _pair(data: Any, where: str) -> PairResult:
+def _point(data: Any, where: str, dims: Sequence[str]) -> dict[str, str]:
+    return {d: rec.get(data, d, where, (str,)) for d in dims}
+
+
+def _pair(data: Any, where: str, dims: Sequence[str] = ()) -> PairResult:
     outcome = rec.choice(data, "outcome", where, OUTCOMES)
     stage = rec.get(data, "stage", where, (str,))
     timings = rec.get(data, "timings_ms", where, (dict,))
@@ -277,24 +325,53 @@ def _pair(data: Any, where: str) -> PairResult:
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
         trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
-        strategy=rec.opt(data, "strategy", where, (str,)))
+        point=_point(data, where, dims))
 
 
-def pair_from_json(data: Any, where: str = "pair") -> PairResult:
-    return _guard(_pair, data, where)
+def pair_from_json(data: Any, where: str = "pair", dims: Sequence[str] = ()) -> PairResult:
+    """A PAIR; `dims` names the fields of the run's other dimensions (a matrix's records)."""
+    return _guard(lambda d, w: _pair(d, w, dims), data, where)
 
 
-def _cell(data: Any, where: str, nats: Sequence[str]) -> Cell:
+def _predicted(data: Any, where: str) -> str | None:
+    value = rec.get(data, "predicted", where, (str, type(None)))
+    if value is not None and value not in PREDICTIONS:
+        raise rec.RecordError(f"{rec.at(where, 'predicted')}: expected one of "
+                              f"{', '.join(PREDICTIONS)} or null, got {value!r}")
+    return value
+
+
+def _cell(data: Any, where: str, nats: Sequence[str],
+          dims: Sequence[DimensionInfo] = ()) -> Cell:
+    point = {d.name: rec.choice(data, d.name, where, d.values) for d in dims}
+    names = [d.name for d in dims]
     return Cell(a=rec.choice(data, "a", where, nats), b=rec.choice(data, "b", where, nats),
                 nat_a=spec_from_json(rec.get(data, "nat_a", where, (dict,)),
                                      rec.at(where, "nat_a")),
                 nat_b=spec_from_json(rec.get(data, "nat_b", where, (dict,)),
                                      rec.at(where, "nat_b")),
-                predicted=rec.choice(data, "predicted", where, PREDICTIONS),
+                predicted=_predicted(data, where),
                 reason=rec.get(data, "reason", where, (str,)),
-                repeats=rec.items(data, "repeats", where, _pair),
-                strategy=rec.opt(data, "strategy", where, (str,)),
-                probability=rec.opt(data, "probability", where, rec.NUMBER))
+                repeats=rec.items(data, "repeats", where, lambda v, w: _pair(v, w, names)),
+                point=point, probability=rec.opt(data, "probability", where, rec.NUMBER))
+
+
+def _dimension(data: Any, where: str) -> DimensionInfo:
+    name = rec.get(data, "name", where, (str,))
+    if name in RESERVED_NAMES:
+        raise rec.RecordError(f"{rec.at(where, 'name')}: {name!r} is a field of the results")
+    values = rec.items(data, "values", where, lambda v, w: rec.check(v, w, (str,)))
+    if not values or len(set(values)) != len(values):
+        raise rec.RecordError(f"{rec.at(where, 'values')}: expected a list of distinct labels")
+    return DimensionInfo(name, rec.get(data, "title", where, (str,)), values)
+
+
+def dimensions_from_json(data: Any, where: str) -> tuple[DimensionInfo, ...]:
+    dims = rec.items(data, "dimensions", where, _dimension, required=False)
+    names = [d.name for d in dims]
+    if len(set(names)) != len(names):
+        raise rec.RecordError(f"{rec.at(where, 'dimensions')}: a dimension named twice")
+    return dims
 
 
 def _matrix(data: Any, where: str) -> MatrixResult:
@@ -304,13 +381,15 @@ def _matrix(data: Any, where: str) -> MatrixResult:
     nats = rec.get(data, "nats", "", (list,))
     if not all(isinstance(n, str) for n in nats) or len(set(nats)) != len(nats):
         raise rec.RecordError("nats: expected a list of distinct labels")
-    cells = rec.items(data, "cells", "", lambda v, w: _cell(v, w, nats))
-    seen: set[tuple[str, str]] = set()
+    dims = dimensions_from_json(data, "")
+    cells = rec.items(data, "cells", "", lambda v, w: _cell(v, w, nats, dims))
+    seen: set[str] = set()
     for i, c in enumerate(cells):
-        if (c.a, c.b) in seen:
-            raise rec.RecordError(f"cells[{i}]: second cell for pairing {c.a} -> {c.b}")
-        seen.add((c.a, c.b))
-    return MatrixResult(dict(meta), tuple(nats), cells)
+        if c.key in seen:
+            where = "".join(f", {n}={v}" for n, v in c.point.items())
+            raise rec.RecordError(f"cells[{i}]: second cell for pairing {c.a} -> {c.b}{where}")
+        seen.add(c.key)
+    return MatrixResult(dict(meta), tuple(nats), cells, dims)
 
 
 def matrix_from_json(data: Any, source: str = "results") -> MatrixResult:

@@ -4,22 +4,35 @@ of results.csv."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed import report
-from testbed.results import TraceSummary, matrix_from_json, matrix_to_json, pair_to_json
+from testbed.matrix import records
+from testbed.matrix.spec import MatrixSpec, Shard, spec_hash, spec_to_json
+from testbed.nat import default_nats
+from testbed.results import (
+    DimensionInfo,
+    TraceSummary,
+    matrix_from_json,
+    matrix_to_json,
+    pair_to_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 API = (REPO / "docs" / "api.md").read_text()
 RESULTS = (REPO / "docs" / "results.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", API, re.S)
+DIMENSIONS = (REPO / "docs" / "dimensions.md").read_text()
 FREE_FORM = ("servers",)  # maps keyed by node names, not fields
 
 
@@ -47,6 +60,14 @@ def test_api_md_example_runs(code: str, monkeypatch: pytest.MonkeyPatch) -> None
     exec(compile(code, "docs/api.md", "exec"), {"__name__": "docs_api_example"})
 
 
+@pytest.mark.parametrize("code", re.findall(r"```python\n(.*?)```", DIMENSIONS, re.S))
+def test_dimensions_md_example_runs(code: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    module = types.ModuleType("docs_dimensions_example")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(code, "docs/dimensions.md", "exec"), module.__dict__)
+
+
 def keys(value: Any, path: str = "") -> set[str]:
     out: set[str] = set()
     if isinstance(value, dict):
@@ -71,14 +92,39 @@ def test_results_md_names_every_field_of_results_json() -> None:
     traced = type(pair)(**{**pair.__dict__, "trace": TraceSummary(
         "/tmp/x", True, {"home-a:wan": "home-a.wan.pcap"}, {"home-a:wan": 3}, (),
         ("crossings.txt",))})
-    fields = keys(matrix_to_json(doc)) | keys(pair_to_json(traced))
+    # ... and a run with another dimension, merged from shards
+    point = {"punch": "0.2s"}
+    cells = tuple(dataclasses.replace(c, point=point, repeats=tuple(
+        dataclasses.replace(r, point=point) for r in c.repeats)) for c in doc.cells)
+    shard = {"index": 1, "count": 2, "seed": 1, "part": "p1", "host": "h", "started": "",
+             "finished": "", "wall_s": 1.0, "slots": 1, "records": 1, "complete": True}
+    meta = {**doc.metadata, "tool_dirty": False, "shards": [shard]}
+    meta["configuration"] = {**meta["configuration"], "only": ["a=none"]}
+    faceted = dataclasses.replace(doc, metadata=meta, cells=cells,
+                                  dimensions=(DimensionInfo("punch", "punch timeout",
+                                                            ("0.2s",)),))
+    fields = keys(matrix_to_json(doc)) | keys(pair_to_json(traced)) | keys(
+        matrix_to_json(faceted))
     fields -= {"home-a:wan", "nt94hl"}  # tap names and lab names are values, not fields
+    missing = sorted(f for f in fields if not documented(f))
+    assert missing == []
+
+
+def test_results_md_names_every_field_of_a_manifest() -> None:
+    spec = MatrixSpec(tuple(default_nats()))
+    spec_json = spec_to_json(spec)
+    m = records.Manifest(records.host_environment({}), spec_json, spec_hash(spec_json),
+                         Shard(1, 2), 13, 25, "2026-01-01T00:00:00.000Z",
+                         {"command": "x"}, 13, True, "", 1.0, ({"lab": "nt94hl"},))
+    fields = keys(m.to_json()) - {"nt94hl", "alice", "bob"}  # nodes: role -> node
+    fields -= set(spec_json["timing"]) | {"command"}  # documented with the configuration
     missing = sorted(f for f in fields if not documented(f))
     assert missing == []
 
 
 def test_results_md_names_every_csv_column_in_order() -> None:
     columns = report.csv_columns()
+    assert report.csv_columns(["punch"])[:3] == ["a", "b", "punch"]
     missing = [c for c in columns if not documented(c)]
     assert missing == []
     positions = [RESULTS.index(f"`{c}`", RESULTS.index("## results.csv")) for c in columns]

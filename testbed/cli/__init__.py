@@ -27,6 +27,7 @@ from testbed.cli import (
     exec_,
     lesson,
     matrix,
+    merge,
     model,
     pair,
     peers,
@@ -40,8 +41,8 @@ from testbed.cli import (
 from testbed.errors import EXIT_INTERRUPTED, TestbedError
 from testbed.version import VERSION
 
-VERBS: tuple[ModuleType, ...] = (matrix, pair, peers, classify, study, lesson, up, validate,
-                                 schema, status, exec_, down, clean, report, model)
+VERBS: tuple[ModuleType, ...] = (matrix, merge, pair, peers, classify, study, lesson, up,
+                                 validate, schema, status, exec_, down, clean, report, model)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 

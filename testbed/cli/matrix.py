@@ -4,7 +4,9 @@
     nat-testbed matrix --nats all                       # none, firewall, 9 combinations: 121
     nat-testbed matrix --nats full-cone,symmetric --repeat 5 --out results/
     nat-testbed matrix --only symmetric,port-restricted-cone:random --repeat 10
-    nat-testbed matrix --strategies stun,predict,birthday,portmap --out results/
+    nat-testbed matrix --only a=symmetric,b=full-cone,repeat=3     # one slot, by its key
+    nat-testbed matrix --punch-timeout 0s,1s --out results/         # a second dimension
+    nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
 """
 
 from __future__ import annotations
@@ -20,31 +22,31 @@ from pathlib import Path
 from testbed import report
 from testbed.cli.common import (
     NAT_HELP,
-    add_strategy_flags,
     add_topology_flags,
-    cell,
     color_wanted,
+    flag,
     nats,
     positive,
-    strategy_from_args,
     topology_path,
 )
 from testbed.errors import UsageError
 from testbed.interrupts import interrupts_as_keyboard
+from testbed.matrix import dimensions, merge, records
 from testbed.matrix.document import phase_summary
 from testbed.matrix.progress import Progress
 from testbed.matrix.run import MatrixRun
-from testbed.matrix.spec import MatrixSpec
-from testbed.results import MatrixResult, matrix_to_json
+from testbed.matrix.spec import MAX_REPEATS, MatrixSpec, Selector, Shard
 
 NAME = "matrix"
 HELP = ("the traversal matrix: every pairing of NAT behaviours, on real kernels, against "
         "the reference model")
-DESCRIPTION = """Every ordered pairing of the NATs (and every repeat) runs as its own
-slot: Alice and Bob behind fresh routers, real peers, real packets. The table shows
-what happened per cell against the reference model's prediction; results.json, .csv,
-.html and .png hold the evidence (docs/results.md). Exit 1 with --strict if a cell
-disagrees with the model."""
+DESCRIPTION = """Every ordered pairing of the NATs (and every value of any other dimension,
+and every repeat) runs as its own slot: Alice and Bob behind fresh routers, real peers,
+real packets. The table shows what happened per cell against the reference model's
+prediction; --out holds records.jsonl (one line per slot, written as labs finish),
+manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --shard
+K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
+parts together (docs/scale.md). Exit 1 with --strict if a cell disagrees with the model."""
 EARLY_PNG = ".results.png.partial"
 
 
@@ -53,41 +55,73 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="NATs to pair: default (none + the 4 classic types: 25 pairings), all "
                         "(none, firewall, the 9 mapping x filtering combinations: 121), or a "
                         f"comma-separated list, each {NAT_HELP}")
-    p.add_argument("--only", action="append", metavar="A,B",
+    p.add_argument("--only", action="append", metavar="A,B|KEY",
                    help="run only the cell with Alice behind A and Bob behind B (NAT labels "
-                        "as in --nats); repeat the flag for more cells; not with --nats")
-    p.add_argument("--repeat", type=positive(1, 100), default=1, metavar="N",
+                        "as in --nats), or the cells or slot a key names (a=A,b=B[,DIM=V]"
+                        "[,repeat=N]; a part of a key selects every cell it covers); repeat "
+                        "the flag for more. Without --nats the run's NATs are the ones named")
+    p.add_argument("--repeat", type=positive(1, MAX_REPEATS), default=1, metavar="N",
                    help="run every pairing N times, each in fresh namespaces (default 1)")
+    for d in dimensions.flagged():
+        p.add_argument(d.flag or "", dest=f"dim_{d.name}", metavar=d.metavar, help=d.help)
     add_topology_flags(p, "run every pairing in a lab of its own",
                        "the matrix lab, up to 120 pairings around one set of servers")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
-                   help="write results.json/.csv/.html/.png here (default results/)")
+                   help="write records.jsonl, manifest.json and results.json/.csv/.html/.png "
+                        "here (default results/)")
+    p.add_argument("--shard", metavar="K/N",
+                   help="run only shard K of N (1 <= K <= N): a deterministic, balanced part "
+                        "of the slots; --out gets its records and manifest for `merge`")
+    p.add_argument("--seed", type=positive(0, 2**31), default=1, metavar="N",
+                   help="the seed that deals slots to shards (default 1; every shard of a "
+                        "run needs the same)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 if any cell disagrees with the reference model")
-    p.add_argument("--json", action="store_true", help="print results.json to stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print results.json to stdout (with --shard: the manifest)")
     p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
                    help="labs built at once, one worker process each (default: CPUs)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
-    p.add_argument("--strategies", default="stun", metavar="LIST",
-                   help="traversal strategies, a dimension of the matrix: stun (default), "
-                        "predict, birthday, portmap (e.g. stun,predict,birthday,portmap); "
-                        "with more than stun, one table and one results folder per "
-                        "strategy (OUT/STRATEGY/)")
-    add_strategy_flags(p)
+
+
+def _dimension(d: dimensions.Dimension, text: str) -> dimensions.Dimension:
+    with flag(d.flag or d.name):
+        return d.with_labels(t.strip() for t in text.split(","))
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
-    if args.only and args.nats != "default":
-        raise UsageError("--only: give either --only cells or --nats, not both")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} exists and is not a directory")
-    cells = tuple(cell(text) for text in args.only) if args.only else None
-    axis = (list(dict.fromkeys(n for c in cells for n in c)) if cells is not None
-            else nats(args.nats))
+    only = None
+    if args.only:
+        with flag("--only"):
+            only = tuple(Selector.parse(text) for text in args.only)
+    named_nats = [label for s in only or () for n, label in s.point if n in ("a", "b")]
+    if only and args.nats == "default" and all({"a", "b"} <= dict(s.point).keys()
+                                                for s in only):
+        axis = nats(",".join(dict.fromkeys(named_nats)), "--only")
+    else:
+        axis = nats(args.nats)
+    extra = []
+    for d in dimensions.flagged():
+        text = getattr(args, f"dim_{d.name}", None)
+        if text is not None:
+            extra.append(_dimension(d, text))
+        elif any(n == d.name for s in only or () for n, _ in s.point):
+            extra.append(d.with_labels(dict.fromkeys(
+                label for s in only or () for n, label in s.point if n == d.name)))
     nodes = (("alice", args.a_node), ("bob", args.b_node))
-    strategies = tuple(strategy_from_args(args, args.strategies, "--strategies"))
-    return MatrixSpec(tuple(axis), args.repeat, cells, topology=topology_path(args),
-                      nodes=nodes, strategies=strategies)
+    repeats = args.repeat
+    with flag("--only"):
+        return MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
+                          nodes=nodes, extra=tuple(extra))
+
+
+def shard_from(args: argparse.Namespace) -> Shard:
+    if args.shard is None:
+        return Shard(1, 1, args.seed)
+    with flag("--shard"):
+        return Shard.parse(args.shard, args.seed)
 
 
 def _preload_plotting() -> None:
@@ -99,31 +133,34 @@ def _preload_plotting() -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
+    shard = shard_from(args)
     out: Path = args.out
     early_png = out / EARLY_PNG
     progress = Progress()
 
-    def draw_heatmap(early: MatrixResult) -> None:  # outcomes only: no coturn counters yet
+    def draw_heatmap(early: report.Streamed) -> None:  # outcomes only: no coturn counters yet
         out.mkdir(parents=True, exist_ok=True)
         report.write_heatmap(early, early_png)
 
     t0 = time.monotonic()
-    run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting,
-                    on_outcomes=draw_heatmap)
+    whole = shard.count == 1
+    run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting if whole else None,
+                    on_outcomes=draw_heatmap if whole else None, shard=shard)
     try:
         with interrupts_as_keyboard():
             try:
-                doc = run.run()
+                manifest = run.run_to(out)
             finally:
                 progress.close()
-        if spec.varies_strategy:
-            return _per_strategy(args, spec, run, t0)
+        if not whole:
+            return _shard_done(args, manifest, out, time.monotonic() - t0)
+        doc = merge.collect([out]).document()
         paths = report.write_all(doc, out, heatmap=early_png)
     finally:
         early_png.unlink(missing_ok=True)
     summary = _summary(doc, spec, time.monotonic() - t0, paths)
     if args.json:
-        print(json.dumps(matrix_to_json(doc), indent=2))
+        report.copy_json(paths["json"], sys.stdout)
         print(summary, file=sys.stderr)
     else:
         print(report.format_table(doc, color=color_wanted(args.no_color)))
@@ -131,42 +168,34 @@ def run(args: argparse.Namespace) -> int:
     return report.exit_code(doc, args.strict)
 
 
-def _per_strategy(args: argparse.Namespace, spec: MatrixSpec, run: MatrixRun,
-                  t0: float) -> int:
-    """A table and a results folder (OUT/STRATEGY/) per strategy: until the results
-    document has N dimensions, the strategy dimension splits the run into documents."""
-    assert run.documents is not None
-    codes = []
-    as_json = {}
-    for name, doc in run.documents.items():
-        paths = report.write_all(doc, args.out / name)
-        summary = _summary(doc, spec, time.monotonic() - t0, paths)
-        codes.append(report.exit_code(doc, args.strict))
-        if args.json:
-            as_json[name] = matrix_to_json(doc)
-            print(f"strategy {name}: {summary}", file=sys.stderr)
-            continue
-        print(f"strategy {name} (the candidate kind it adds: "
-              f"{next(s.kind for s in spec.strategies if s.label == name)})")
-        print(report.format_table(doc, color=color_wanted(args.no_color)))
-        print(summary + "\n")
+def _shard_done(args: argparse.Namespace, m: records.Manifest, out: Path, wall: float) -> int:
     if args.json:
-        print(json.dumps(as_json, indent=2))
-    return max(codes)
+        print(json.dumps(m.to_json(), indent=2))
+    print(f"shard {m.shard.label}: {m.records} of its {m.slots} slots ({m.slots_total} in the "
+          f"run) in {wall:.1f} s: {out / records.RECORDS}, {out / records.MANIFEST}\n"
+          f"put the parts together with: nat-testbed merge PART_DIRS... --out results/",
+          file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
-def _summary(doc: MatrixResult, spec: MatrixSpec, wall: float, paths: dict[str, Path]) -> str:
+def _summary(doc: report.Document, spec: MatrixSpec, wall: float,
+             paths: dict[str, Path]) -> str:
     labs = list(doc.metadata.get("timings_s", {}).get("labs", []))
-    n_pairs, repeats = len(doc.cells), spec.repeats
+    summaries = report.summaries(doc)
+    n_cells, repeats = len(summaries), spec.repeats
     dis = report.disagreements(doc)
-    varies = [c for c in (report.summarize_cell(c) for c in doc.cells) if c.varies]
+    varies = [s for s in summaries if s.varies]
+    unmodelled = report.not_modelled(doc)
     ph = phase_summary(labs)
+    what = "pairings" if not doc.dimensions else "cells"
     lines = [
-        f"{n_pairs} pairings x {repeats} repeat{'s' if repeats > 1 else ''} in {wall:.1f} s "
+        f"{n_cells} {what} x {repeats} repeat{'s' if repeats > 1 else ''} in {wall:.1f} s "
         f"({len(labs)} lab{'s' if len(labs) > 1 else ''}; slowest lab: build {ph['build']:.2f} s,"
         f" punch {ph['punch']:.2f} s, relay {ph['relay']:.2f} s, teardown "
         f"{ph['teardown']:.2f} s)",
         f"model: {len(dis)} disagreement{'s' if len(dis) != 1 else ''}"
+        + (f"; {len(unmodelled)} cell{'s' if len(unmodelled) != 1 else ''} not modelled"
+           if unmodelled else "")
         + (f"; {len(varies)} cell{'s' if len(varies) != 1 else ''} varied across repeats"
            if varies else ""),
         "results: " + ", ".join(str(p) for p in paths.values()),

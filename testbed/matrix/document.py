@@ -14,55 +14,74 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from testbed.matrix.dimensions import NotModelled
 from testbed.matrix.lab import Layout
-from testbed.matrix.spec import MatrixSpec
-from testbed.model import PortReuse, Strategy, predict_strategy
-from testbed.nat import NatSpec
-from testbed.results import Cell, MatrixResult, PairResult, spec_to_json
+from testbed.matrix.spec import MatrixSpec, Point
+from testbed.model import PortReuse, Strategy, predict, predict_strategy
+from testbed.results import Cell, DimensionInfo, MatrixResult, PairResult, spec_to_json
 from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
-from testbed.strategy import Strategy as PeerStrategy
 from testbed.version import VERSION
 
+# (direct | relay | None: not modelled, reason, P(direct) for a strategy of chance)
+Prediction = tuple[str | None, str, float | None]
 
-def make_cell(a: NatSpec, b: NatSpec, repeats: Iterable[PairResult],
-              strategy: PeerStrategy = DEFAULT_STRATEGY) -> Cell:
-    """One cell: the model's prediction for (a, b) with `strategy` and its repeats in
-    order."""
-    p = predict_strategy(a, b, strategy)
+
+class Predictor:
+    """The reference model's prediction per point of a spec: its NATs, changed by what the
+    other dimensions declare (testbed.matrix.dimensions), or 'not modelled' with why.
+    Equal model inputs are asked once."""
+
+    def __init__(self, spec: MatrixSpec) -> None:
+        self.spec = spec
+        self._seen: dict[object, Prediction] = {}
+
+    def __call__(self, point: Point) -> Prediction:
+        inp = self.spec.model_input(point)
+        if isinstance(inp, NotModelled):
+            return None, inp.reason, None
+        if inp not in self._seen:
+            if inp.peer_strategy != DEFAULT_STRATEGY:
+                p = predict_strategy(inp.nat_a, inp.nat_b, inp.peer_strategy)
+            else:
+                p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse)
+            self._seen[inp] = (p.outcome, p.reason, p.probability)
+        return self._seen[inp]
+
+
+def cell_head(point: Point, prediction: Prediction) -> Cell:
+    """A cell without its repeats: its point and the model's prediction."""
+    by_name = dict(point)
+    a, b = by_name["a"], by_name["b"]
+    extra = {n: v.label for n, v in point if n not in ("a", "b")}
+    return Cell(a.label, b.label, a, b, prediction[0], prediction[1], (), extra,
+                prediction[2])
+
+
+def make_cell(head: Cell, repeats: Iterable[PairResult]) -> Cell:
+    """The cell with its repeats in order."""
     ordered = sorted(repeats, key=lambda r: r.repeat or 0)
-    name = None if strategy == DEFAULT_STRATEGY else strategy.label
-    return Cell(a.label, b.label, a, b, p.outcome, p.reason, tuple(ordered), name,
-                p.probability)
+    return dataclasses.replace(head, repeats=tuple(ordered))
+
+
+def dimension_infos(spec: MatrixSpec) -> tuple[DimensionInfo, ...]:
+    return tuple(DimensionInfo(d.name, d.title, d.labels) for d in spec.facet_dimensions())
 
 
 def build_document(spec: MatrixSpec, results: Iterable[PairResult],
-                   meta: dict[str, Any],
-                   strategy: PeerStrategy = DEFAULT_STRATEGY) -> MatrixResult:
-    """Every cell of the spec with `strategy`, in row-major order; a cell with no result
-    is 'not run'. Until the results document has N dimensions, a run with a strategy
-    dimension makes one document per strategy (documents)."""
-    name = None if strategy == DEFAULT_STRATEGY else strategy.label
-    by_cell: dict[tuple[str | None, str | None], list[PairResult]] = {}
+                   meta: dict[str, Any]) -> MatrixResult:
+    """Every cell of the spec, facet by facet and row-major; a cell without results is
+    'not run'."""
+    by_cell: dict[str, list[PairResult]] = {}
     for r in results:
-        if r.strategy == name:
-            by_cell.setdefault((r.a, r.b), []).append(r)
+        key = ",".join(f"{n}={v}" for n, v in (("a", r.a), ("b", r.b), *r.point.items()))
+        by_cell.setdefault(key, []).append(r)
+    model = Predictor(spec)
     cells = []
-    seen: set[tuple[str, str]] = set()
     for point in spec.points():
-        a, b = point[0][1], point[1][1]
-        if (a.label, b.label) in seen:
-            continue
-        seen.add((a.label, b.label))
-        cells.append(make_cell(a, b, by_cell.get((a.label, b.label), []), strategy))
-    meta = dict(meta, strategy=name) if name is not None else meta
-    return MatrixResult(meta, tuple(n.label for n in spec.nats), tuple(cells))
-
-
-def documents(spec: MatrixSpec, results: Iterable[PairResult],
-              meta: dict[str, Any]) -> dict[str, MatrixResult]:
-    """One results document per strategy of the spec, by strategy label."""
-    rs = list(results)
-    return {s.label: build_document(spec, rs, meta, s) for s in spec.strategies}
+        head = cell_head(point, model(point))
+        cells.append(make_cell(head, by_cell.get(head.key, [])))
+    return MatrixResult(meta, tuple(n.label for n in spec.nats), tuple(cells),
+                        dimension_infos(spec))
 
 
 def _version(argv: Sequence[str]) -> str | None:
@@ -89,12 +108,26 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _git_dirty() -> bool | None:
+    """Whether the checkout had uncommitted changes (None when installed or unknown)."""
+    repo = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
+                              "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def environment() -> dict[str, Any]:
     """Versions of everything that decides the outcome: kernel, nftables, coturn, us."""
     nft = _version(["nft", "--version"]) or ""
     return {
         "tool_version": VERSION,
         "tool_commit": _git_commit(),
+        "tool_dirty": _git_dirty(),
         "kernel": platform.release(),
         "nftables": nft.split()[1].lstrip("v") if len(nft.split()) > 1 else nft or None,
         "coturn": _version(["turnserver", "--version"]),
@@ -103,16 +136,34 @@ def environment() -> dict[str, Any]:
     }
 
 
+def legacy_cells(spec: MatrixSpec) -> list[list[str]] | None:
+    """--only as (Alice's NAT, Bob's NAT) pairs, when every selector is exactly one."""
+    if spec.only is None or any(s.repeat is not None or [n for n, _ in s.point] != ["a", "b"]
+                                for s in spec.only):
+        return None
+    return [[label for _, label in s.point] for s in spec.only]
+
+
+def _nats_implied(spec: MatrixSpec) -> bool:
+    """Whether --only alone names the run's NATs (then --nats is left out)."""
+    cells = legacy_cells(spec)
+    named = list(dict.fromkeys(label for c in cells or [] for label in c))
+    return cells is not None and named == [n.label for n in spec.nats]
+
+
 def command_line(spec: MatrixSpec, jobs: int) -> str:
     """The command that runs this spec again."""
     parts = ["nat-testbed matrix"]
-    if spec.cells is None:
+    if not _nats_implied(spec):
         parts.append(f"--nats {','.join(n.label for n in spec.nats)}")
-    else:
-        parts += [f"--only {a.label},{b.label}" for a, b in spec.cells]
+    cells = legacy_cells(spec)
+    if cells is not None:
+        parts += [f"--only {a},{b}" for a, b in cells]
+    elif spec.only is not None:
+        parts += [f"--only {s.key}" for s in spec.only]
+    for d in spec.facet_dimensions():
+        parts.append(f"{d.flag} {','.join(d.labels)}")
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
-    if spec.varies_strategy:
-        parts.append(f"--strategies {','.join(s.label for s in spec.strategies)}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")
         parts += [f"--{role[0]}-node {node}" for role, node in spec.nodes]
@@ -120,10 +171,10 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
 
 
 def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int) -> dict[str, Any]:
-    return {
+    conf: dict[str, Any] = {
         "command": command_line(spec, jobs),
         "nats": [spec_to_json(n) for n in spec.nats],
-        "cells": None if spec.cells is None else [[a.label, b.label] for a, b in spec.cells],
+        "cells": legacy_cells(spec),
         "repeat": spec.repeats,
         "jobs": jobs,
         "labs": n_labs,
@@ -133,6 +184,9 @@ def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int) -> d
                   "port_reuse": PortReuse.EXCLUSIVE.value},
         "topology": layout.describe(),
     }
+    if spec.only is not None and conf["cells"] is None:
+        conf["only"] = [s.key for s in spec.only]
+    return conf
 
 
 def iso(t: float) -> str:

@@ -36,8 +36,8 @@ from testbed import nlbatch
 from testbed.errors import LabError
 from testbed.interrupts import ignore_interrupts
 from testbed.lab import HUB_PORT_BASE, Lab
+from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.layer2 import L2Batch, static_l2
-from testbed.matrix.spec import Slot
 from testbed.nat import Kind, NatSpec
 from testbed.pair import pair_topology, place
 from testbed.results import ROLES
@@ -63,7 +63,8 @@ class Layout(Protocol):
     def max_slots(self) -> int:
         """How many slots one lab of this layout holds."""
 
-    def topology(self, slots: Sequence[Slot], name: str) -> Topology: ...
+    def topology(self, setups: Sequence[SlotSetup], name: str) -> Topology:
+        """The lab for these slots (each as its dimensions set it up)."""
 
     def nodes(self, index: int) -> Mapping[str, str]:
         """role -> the host node of the index-th slot of a lab."""
@@ -151,8 +152,8 @@ class PackedLayout:
 
     max_slots = MAX_SLOTS
 
-    def topology(self, slots: Sequence[Slot], name: str) -> Topology:
-        return lab_topology([(s["a"], s["b"]) for s in slots], name)
+    def topology(self, setups: Sequence[SlotSetup], name: str) -> Topology:
+        return lab_topology([(s.nat_a, s.nat_b) for s in setups], name)
 
     def nodes(self, index: int) -> Mapping[str, str]:
         return {who: host_name(index, who) for who in ROLES}
@@ -183,9 +184,9 @@ class TopologyLayout:
     roles: Mapping[str, str]  # role -> node
     max_slots: int = 1
 
-    def topology(self, slots: Sequence[Slot], name: str) -> Topology:
-        (slot,) = slots
-        return pair_topology(slot["a"], slot["b"], self.path, self.roles)[0]
+    def topology(self, setups: Sequence[SlotSetup], name: str) -> Topology:
+        (setup,) = setups
+        return pair_topology(setup.nat_a, setup.nat_b, self.path, self.roles)[0]
 
     def nodes(self, index: int) -> Mapping[str, str]:
         return self.roles

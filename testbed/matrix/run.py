@@ -1,21 +1,29 @@
-"""Running a traversal matrix: the spec's slots dealt to labs, the labs run by workers,
-the results gathered into one MatrixResult."""
+"""Running a traversal matrix: the spec's slots (or one shard's) dealt to labs, the labs
+run by workers, each lab's results handed on as it reports: gathered into one
+MatrixResult (run_matrix, the Python API) or streamed to records.jsonl with a manifest
+(the command line, shards; testbed.matrix.records). Slots are made from their numbers
+as labs start, so a run holds the running labs' slots, not the whole run's."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from peers.session import Timing
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
+from testbed.matrix import records
+from testbed.matrix.dimensions import kind
 from testbed.matrix.document import (
+    Predictor,
     build_document,
+    cell_head,
     configuration,
-    documents,
+    dimension_infos,
     environment,
     iso,
     phase_summary,
@@ -23,9 +31,18 @@ from testbed.matrix.document import (
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
-from testbed.matrix.spec import MatrixSpec, plan
+from testbed.matrix.spec import (
+    MatrixSpec,
+    Selector,
+    Shard,
+    SlotIndex,
+    n_labs,
+    spec_hash,
+    spec_to_json,
+)
 from testbed.matrix.workers import Workers
 from testbed.nat import NatSpec, default_nats
+from testbed.report import Streamed
 from testbed.results import MatrixResult, PairResult
 
 
@@ -35,73 +52,172 @@ def layout_of(spec: MatrixSpec) -> Layout:
     return TopologyLayout(spec.topology, dict(spec.nodes))
 
 
-def lab_jobs(spec: MatrixSpec, layout: Layout, jobs: int) -> list[LabJob]:
-    groups = plan(spec.slots(), jobs, layout.max_slots)
-    names: list[str] = []
-    for _ in groups:
-        name = new_lab_name()
-        while name in names:
+@dataclass(frozen=True)
+class Plan:
+    """A run's (or a shard's) slots dealt to labs; the labs are made as they start."""
+
+    spec: MatrixSpec
+    layout: Layout
+    shard: Shard
+    slots: int  # in this shard
+    slots_total: int
+    labs: int
+    positions: Sequence[int] = field(repr=False)
+    index: SlotIndex = field(repr=False)
+
+    def jobs(self) -> Iterator[LabJob]:
+        """Lab j gets the shard's slots j, j + labs, j + 2 labs, ... (every lab a mix)."""
+        names: set[str] = set()
+        for j in range(self.labs):
             name = new_lab_name()
-        names.append(name)
-    return [LabJob(i, n, tuple(g)) for i, (n, g) in enumerate(zip(names, groups, strict=True))]
+            while name in names:
+                name = new_lab_name()
+            names.add(name)
+            slots = tuple(self.index[self.positions[i]] for i in range(j, self.slots, self.labs))
+            yield LabJob(j, name, slots, tuple(self.spec.setup(s) for s in slots))
 
 
-def _collect(by_lab: dict[int, list[PairResult]]) -> list[PairResult]:
-    return [r for lab in sorted(by_lab) for r in by_lab[lab]]
+def plan_run(spec: MatrixSpec, jobs: int, shard: Shard | None = None) -> Plan:
+    layout = layout_of(spec)
+    index = SlotIndex(spec)
+    shard = shard or Shard()
+    positions = shard.positions(len(index))
+    return Plan(spec, layout, shard, len(positions), len(index),
+                n_labs(len(positions), jobs, layout.max_slots), positions, index)
+
+
+class EarlyOutcomes:
+    """Per cell, the outcomes decided so far (from the workers' per-slot messages)."""
+
+    def __init__(self, spec: MatrixSpec) -> None:
+        self.points = list(spec.points())
+        self.cell_of = {",".join(f"{n}={v.label}" for n, v in p): i
+                        for i, p in enumerate(self.points)}
+        self.counts: list[dict[str, int]] = [{} for _ in self.points]
+        self.decided = 0
+
+    def add(self, job: LabJob, k: int, outcome: str) -> None:
+        slot = job.slots[k]
+        c = self.counts[self.cell_of[",".join(f"{n}={v.label}" for n, v in slot.point)]]
+        c[outcome] = c.get(outcome, 0) + 1
+        self.decided += 1
+
+    def document(self, spec: MatrixSpec) -> Streamed:
+        model = Predictor(spec)
+        heads = [cell_head(p, model(p)) for p in self.points]
+        return Streamed({}, tuple(n.label for n in spec.nats), heads, self.counts,
+                        lambda i: iter(()), dimension_infos(spec))
+
+
+@dataclass(frozen=True)
+class Ran:
+    started: float
+    finished: float
+    wall_s: float
+    labs: list[dict[str, Any]]
 
 
 @dataclass
 class MatrixRun:
-    """One run of a spec; `progress`, `on_idle` and `on_outcomes` are for the command line
-    (a progress bar, loading plotting code while labs run, drawing the heatmap before
-    coturn's counters are in)."""
+    """One run of a spec (or of one shard of it); `progress`, `on_idle` and `on_outcomes`
+    are for the command line (a progress bar, loading plotting code while labs run,
+    drawing the heatmap from the outcomes before coturn's counters are in)."""
 
     spec: MatrixSpec
     jobs: int
     progress: Progress | None = None
     on_idle: Callable[[], None] | None = None
-    on_outcomes: Callable[[MatrixResult], None] | None = None
-    documents: dict[str, MatrixResult] | None = None  # by strategy, after run()
+    on_outcomes: Callable[[Streamed], None] | None = None
+    shard: Shard = field(default_factory=Shard)
 
-    def run(self) -> MatrixResult:
-        """The results document (of the first strategy when there are several: all of them
-        are in `documents`)."""
+    def plan(self) -> Plan:
+        return plan_run(self.spec, self.jobs, self.shard)
+
+    def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None]) -> Ran:
         require_root()
         require_turnserver()
-        layout = layout_of(self.spec)
-        lab_list = lab_jobs(self.spec, layout, self.jobs)
         if self.progress is not None:
-            self.progress.start(sum(len(j.slots) for j in lab_list), len(lab_list))
+            self.progress.start(plan.slots, plan.labs)
+        early = EarlyOutcomes(self.spec) if self.on_outcomes is not None else None
+
+        def on_slot(job: LabJob, k: int, outcome: str) -> None:
+            if early is None or self.on_outcomes is None:
+                return
+            early.add(job, k, outcome)
+            if early.decided == plan.slots:  # while the workers wait for coturn's counters
+                self.on_outcomes(early.document(self.spec))
+
         t_start, t0 = time.time(), time.monotonic()
-        workers = Workers(layout, self.spec.timing, self.jobs, self.progress, self.on_idle)
-        if self.on_outcomes is not None:
-            early = self.on_outcomes
-            workers.on_outcomes = lambda: early(
-                build_document(self.spec, _collect(workers.early), {}))
-        workers.run(lab_list)
-        meta = environment()
-        meta.update(started=iso(t_start), finished=iso(time.time()),
-                    configuration=configuration(self.spec, layout, self.jobs, len(lab_list)),
-                    timings_s={"run": round(time.monotonic() - t0, 3),
-                               "phases_max_over_labs": phase_summary(workers.labs),
-                               "labs": workers.labs})
-        self.documents = documents(self.spec, _collect(workers.final), meta)
-        return next(iter(self.documents.values()))
+        workers = Workers(plan.layout, self.jobs, self.progress, self.on_idle, on_slot,
+                          on_results)
+        workers.run(plan.jobs())
+        return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
+
+    def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any]) -> dict[str, Any]:
+        meta = dict(env)
+        meta.update(started=iso(ran.started), finished=iso(ran.finished),
+                    configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs),
+                    timings_s={"run": round(ran.wall_s, 3),
+                               "phases_max_over_labs": phase_summary(ran.labs),
+                               "labs": ran.labs})
+        return meta
+
+    def run(self) -> MatrixResult:
+        """The whole result in memory (the Python API)."""
+        plan = self.plan()
+        results: list[PairResult] = []
+        ran = self.execute(plan, lambda job, rs: results.extend(rs))
+        return build_document(self.spec, results, self.metadata(plan, ran, environment()))
+
+    def run_to(self, out: Path) -> records.Manifest:
+        """Stream every slot's record to out/records.jsonl as its lab reports, with
+        out/manifest.json; an interrupted run leaves what it finished, marked incomplete."""
+        plan = self.plan()
+        out.mkdir(parents=True, exist_ok=True)
+        spec_json = spec_to_json(self.spec)
+        manifest = records.Manifest(
+            environment=records.host_environment(environment()), spec=spec_json,
+            spec_hash=spec_hash(spec_json), shard=plan.shard, slots=plan.slots,
+            slots_total=plan.slots_total, started=iso(time.time()),
+            configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs))
+        records.write_manifest(out, manifest)
+        writer = records.RecordWriter(out / records.RECORDS)
+        labs: list[dict[str, Any]] = []
+        t0 = time.monotonic()
+        try:
+            ran = self.execute(plan, lambda job, rs: writer.write(rs))
+            labs = ran.labs
+        finally:
+            writer.close()
+            manifest = manifest.finished_with(
+                records=writer.count, complete=writer.count == plan.slots,
+                finished=iso(time.time()), wall_s=round(time.monotonic() - t0, 3),
+                labs=tuple(labs))
+            records.write_manifest(out, manifest)
+        return manifest
 
 
 def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                jobs: int | None = None, only: Iterable[tuple[NatSpec, NatSpec]] | None = None,
                topology: str | Path | None = None, a_node: str = "alice",
                b_node: str = "bob", timing: Timing | None = None,
-               progress: Progress | None = None) -> MatrixResult:
+               progress: Progress | None = None,
+               dimensions: Mapping[str, Iterable[Any]] | None = None) -> MatrixResult:
     """Every ordered pairing of `nats` (default: none and the four classic types), each
     `repeats` times in fresh namespaces, or only the `only` (Alice's, Bob's) cells; in
     the packed matrix lab, or one lab of `topology` per pairing with Alice and Bob in
-    `a_node` and `b_node`. The result carries the model's prediction for every cell."""
+    `a_node` and `b_node`. `dimensions` adds other dimensions by name, each a list of
+    values or labels ({"punch": ["0.2s", "1s"]}). The result carries the model's
+    prediction for every cell."""
     cells = tuple(only) if only is not None else None
     if cells is not None:
         nats = list(dict.fromkeys(n for cell in cells for n in cell))
-    spec = MatrixSpec(tuple(nats or default_nats()), repeats, cells, timing or Timing(),
-                      Path(topology) if topology is not None else None,
-                      (("alice", a_node), ("bob", b_node)))
+    extra = tuple(
+        kind(name).with_values(v if hasattr(v, "label") else kind(name).parse(str(v))
+                               for v in values)
+        for name, values in (dimensions or {}).items())
+    spec = MatrixSpec(tuple(nats or default_nats()), repeats,
+                      None if cells is None else tuple(Selector.cell(a, b) for a, b in cells),
+                      timing or Timing(), Path(topology) if topology is not None else None,
+                      (("alice", a_node), ("bob", b_node)), extra)
     return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()

@@ -1,6 +1,7 @@
 """One matrix lab, in a worker process: build it, run all its slots at once, report.
 
-The lab is built by MatrixLab; then every peer of every slot gets a session
+The lab is built by MatrixLab from the slots' SlotSetups (what their dimensions set:
+the routers' NATs, the peers' timing, ...); then every peer of every slot gets a session
 (peers.session.Session) whose UDP socket and signaling connection are opened while
 the thread is inside that peer's namespace, so they stay there and every datagram
 crosses the real nftables NAT of its slot. One peers.driver.Driver runs them all from
@@ -24,8 +25,9 @@ from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
 from testbed.lab import Lab
+from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.lab import Layout, MatrixLab
-from testbed.matrix.spec import Slot, slot_strategy
+from testbed.matrix.spec import Slot
 from testbed.netns import entered
 from testbed.results import ROLES, PairResult, PairTimings, combine
 from testbed.ruleset import loader_name
@@ -38,9 +40,13 @@ Send = Callable[[tuple[Any, ...]], None]
 
 @dataclass(frozen=True)
 class LabJob:
+    """One lab's work: its slots and what each runs with (plain data: it may travel to
+    another process or machine)."""
+
     index: int
     name: str
     slots: tuple[Slot, ...]
+    setups: tuple[SlotSetup, ...]
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
@@ -98,36 +104,34 @@ def slot_outcome(results: Sequence[PeerResult | None]) -> str:
     return outcomes.pop() if len(outcomes) == 1 else "failed"
 
 
-def run_lab(job: LabJob, layout: Layout, timing: Timing, send: Send) -> None:
+def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     """Build one matrix lab, run all its slots at once, report, take it down.
 
-    Messages: ("built", i, s), ("slot", i, key, outcome) per slot, ("outcomes", i,
-    results) as soon as every slot has decided (without coturn's counters, which take
-    up to a second more), ("results", i, results, phases), ("down", i, s)."""
+    Messages: ("built", i, s), ("slot", i, k, outcome) as the k-th slot decides (without
+    coturn's counters, which take up to a second more), ("results", i, results, phases),
+    ("down", i, s)."""
     phases: dict[str, float] = {}
     t0 = time.monotonic()
-    topo = layout.topology(job.slots, job.name)
+    topo = layout.topology(job.setups, job.name)
     lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
         phases["build"] = time.monotonic() - t0
         send(("built", job.index, phases["build"]))
-        eps = [open_peer(lab, k, role, layout.nodes(k), timing, slot_strategy(job.slots[k]))
-               for k in range(len(job.slots)) for role in ROLES]
+        eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing, setup.strategy)
+               for k, setup in enumerate(job.setups) for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in range(len(job.slots))}
 
         def finished(ep: Endpoint) -> None:
             k = ep.tag[0]
             if all(p.result is not None for p in by_slot[k]):
                 outcome = slot_outcome([p.result for p in by_slot[k]])
-                send(("slot", job.index, job.slots[k].key, outcome))
+                send(("slot", job.index, k, outcome))
 
         sig = PeerServers.of(lab.services).signaling
-        extra_s = max(slot_strategy(s).extra_s for s in job.slots)
-        times = Driver(eps, sig, hard_stop_s=wait_budget(timing) + extra_s,
-                       on_finish=finished).run()
-        send(("outcomes", job.index, results(job, lab, layout, eps, {}, times)))
+        budget = max(wait_budget(s.timing) + s.strategy.extra_s for s in job.setups)
+        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
         ended = max([punch_end(ep) for ep in eps] or [times.start])
@@ -152,9 +156,8 @@ def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
         out.append(combine(
             {r: p for r, p in peers.items() if p is not None},
             {role: usage.get((k, role)) for role in ROLES},
-            a=slot["a"].label, b=slot["b"].label, key=slot.key, repeat=slot.repeat,
+            a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
+            repeat=slot.repeat,
             lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
-            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3)),
-            strategy=None if slot_strategy(slot) == DEFAULT_STRATEGY
-            else slot_strategy(slot).label))
+            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3))))
     return out

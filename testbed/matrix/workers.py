@@ -2,7 +2,9 @@
 
 Each lab is built and run by one worker process (forked; `jobs` of them build at
 once, twice as many may be running their sessions). A worker reports over a pipe
-(testbed.matrix.runner.run_lab's messages); the parent gathers the results.
+(testbed.matrix.runner.run_lab's messages); the parent hands each lab's results on as
+they arrive (on_results) and keeps nothing of them: labs are started from an iterator,
+so a run of any size holds only the labs that are running.
 
 Ctrl-C / SIGTERM: workers unwind through Lab.down (then ignore further signals until
 it is done); the parent waits for them and, for a worker that died anyway, removes
@@ -17,11 +19,10 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from peers.session import Timing
 from testbed import state
 from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
@@ -33,8 +34,7 @@ from testbed.results import PairResult
 CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
 
 
-def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout,
-            timing: Timing) -> None:
+def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout) -> None:
     worker_signals()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -42,7 +42,7 @@ def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: La
             conn.send(msg)
 
     try:
-        run_lab(job, layout, timing, send)
+        run_lab(job, layout, send)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
@@ -64,31 +64,31 @@ class _Worker:
 
 @dataclass
 class Workers:
-    """Runs the labs of one matrix; `final` and `early` hold results by lab index."""
+    """Runs the labs of one matrix, handing on each slot's outcome and each lab's results."""
 
     layout: Layout
-    timing: Timing
     jobs: int
     progress: Progress | None = None
-    on_idle: Callable[[], None] | None = None  # every lab built: the CPUs are free
-    on_outcomes: Callable[[], None] | None = None  # every slot decided, counters pending
+    on_idle: Callable[[], None] | None = None  # every lab started is built: CPUs are free
+    on_slot: Callable[[LabJob, int, str], None] | None = None  # a slot decided (k, outcome)
+    on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
-    final: dict[int, list[PairResult]] = field(default_factory=dict)
-    early: dict[int, list[PairResult]] = field(default_factory=dict)
-    n_labs: int = 0
 
-    def run(self, jobs: Sequence[LabJob]) -> None:
-        self.n_labs = len(jobs)
+    def run(self, jobs: Iterable[LabJob]) -> None:
         ctx = multiprocessing.get_context("fork")
-        pending = list(jobs)
+        pending: Iterator[LabJob] = iter(jobs)
+        upcoming = next(pending, None)
+        started: list[str] = []
         alive: list[_Worker] = []
         failed: str | None = None
         try:
-            while pending or alive:
+            while upcoming is not None or alive:
                 building = sum(1 for w in alive if not w.built)
-                while (pending and failed is None and building < self.jobs
+                while (upcoming is not None and failed is None and building < self.jobs
                        and len(alive) < 2 * self.jobs):
-                    alive.append(self._start(ctx, pending.pop(0)))
+                    alive.append(self._start(ctx, upcoming))
+                    started.append(upcoming.name)
+                    upcoming = next(pending, None)
                     building += 1
                 ready = multiprocessing.connection.wait([w.conn for w in alive], timeout=0.1)
                 for w in alive:
@@ -98,11 +98,12 @@ class Workers:
                     w.proc.join()
                     self._fallback_clean(w)
                     alive.remove(w)
-                if failed is not None and pending:
-                    pending.clear()
+                if failed is not None and upcoming is not None:
+                    upcoming = None
                     for w in alive:
                         _signal_worker(w, signal.SIGTERM)
-                if alive and all(w.built for w in alive) and self.on_idle is not None:
+                if (upcoming is None and alive and all(w.built for w in alive)
+                        and self.on_idle is not None):
                     self.on_idle()
                     self.on_idle = None
                 if self.progress:
@@ -117,14 +118,14 @@ class Workers:
         if failed is not None:
             raise LabError(f"matrix run stopped: {failed}")
         reported = {info.get("lab") for info in self.labs}
-        lost = [j.name for j in jobs if j.name not in reported]
+        lost = [name for name in started if name not in reported]
         if lost:  # a worker was killed from outside: no results, its lab removed
             raise LabError(f"lab {', '.join(lost)} ended without results (its worker was "
                            "stopped or killed); nothing of it is left")
 
     def _start(self, ctx: Any, job: LabJob) -> _Worker:
         parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout, self.timing),
+        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout),
                            name=f"matrix-{job.name}", daemon=False)
         proc.start()
         child_end.close()
@@ -150,15 +151,14 @@ class Workers:
                 p.built += 1
                 p.event(f"lab {w.job.name}: built in {msg[2]:.2f} s, running")
         elif kind == "slot":
+            if self.on_slot is not None:
+                self.on_slot(w.job, msg[2], msg[3])
             if p:
                 p.done += 1
                 p.draw()
-        elif kind == "outcomes":
-            self.early[msg[1]] = msg[2]
-            if len(self.early) == self.n_labs and self.on_outcomes is not None:
-                self.on_outcomes()  # while the workers wait for coturn's counters
         elif kind == "results":
-            self.final[msg[1]] = msg[2]
+            if self.on_results is not None:
+                self.on_results(w.job, msg[2])
             self.labs.append(msg[3])
         elif kind == "down":
             w.down = True

@@ -270,3 +270,39 @@ def test_a_lab_that_fails_to_build_stops_the_run_cleanly(
     for lab in labs:
         assert leftovers(lab) == [], lab
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_second_dimension_reaches_the_peers_and_gets_a_table_of_its_own(
+        tmp_path: Path) -> None:
+    """--punch-timeout as a dimension: each slot's peers punch for their own cell's time
+    (symmetric both sides: punching cannot work, so it lasts the full timeout), and the
+    outputs have one table per value, a column and a key part of its own."""
+    out = tmp_path / "out"
+    res = matrix_cmd("--nats", "symmetric", "--punch-timeout", "0.1s,1s", "--strict",
+                     "--out", str(out), "--no-color")
+    assert res.returncode == 0, res.stderr  # not modelled is no disagreement
+    doc = load(out / "results.json")
+    assert doc["dimensions"] == [{"name": "punch", "title": "punch timeout",
+                                  "values": ["0.1s", "1s"]}]
+    cells = {c["punch"]: c for c in doc["cells"]}
+    for punch, c in cells.items():
+        (r,) = c["repeats"]
+        assert r["outcome"] == "relay" and r["punch"] == punch
+        assert r["key"] == f"a=symmetric,b=symmetric,punch={punch},repeat=1"
+        punched = [r["peers"][p]["timings_ms"]["punch"] for p in ("alice", "bob")]
+        if punch == "0.1s":
+            assert all(100 <= t < 600 for t in punched), punched
+        else:
+            assert all(t >= 1000 for t in punched), punched
+    assert cells["0.1s"]["predicted"] is None and "punch timeout" in cells["0.1s"]["reason"]
+    assert cells["1s"]["predicted"] == "relay"  # the default: modelled as ever
+    assert "punch=0.1s:" in res.stdout and "punch=1s:" in res.stdout
+    assert "relay?" in res.stdout and "1 cell not modelled" in res.stdout
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["punch"], r["predicted"], r["agrees"]) for r in rows] == [
+        ("0.1s", "", ""), ("1s", "relay", "True")]
+    page = (out / "results.html").read_text()
+    assert "<select id='facet'>" in page and page.count("data-cell=") == 2
+    for lab in labs_of(doc):
+        assert leftovers(lab) == []

@@ -15,12 +15,11 @@ import pytest
 
 from peers.birthday import Birthday
 from testbed import resources
-from testbed.matrix.run import MatrixRun
-from testbed.matrix.spec import MatrixSpec
+from testbed.matrix.run import run_matrix
 from testbed.nat import nat_from_label
 from testbed.pair import format_pair, run_pair
 from testbed.results import pair_to_json
-from testbed.strategy import Strategy, strategies_from_list
+from testbed.strategy import Strategy
 from testbed.topology import load_topology
 
 pytestmark = [
@@ -79,18 +78,14 @@ def test_birthday_probing_finds_a_random_symmetric_nats_port() -> None:
 def test_strategies_as_a_matrix_dimension_carry_their_own_candidate_kinds() -> None:
     seq, pm = nat_from_label("symmetric:sequential"), nat_from_label("symmetric:port-mapping")
     sym = nat_from_label("symmetric")
-    spec = MatrixSpec((seq, PRC, pm, sym), cells=((seq, PRC), (pm, sym)),
-                      strategies=tuple(strategies_from_list("stun,predict,portmap")))
-    run = MatrixRun(spec, jobs=1)
-    run.run()
-    assert run.documents is not None
+    doc = run_matrix(only=[(seq, PRC), (pm, sym)], jobs=1,
+                     dimensions={"strategy": ["stun", "predict", "portmap"]})
     observed = {}
-    for name, doc in run.documents.items():
-        for cell in doc.cells:
-            if cell.repeats:
-                (rep,) = cell.repeats
-                observed[(name, cell.a, cell.b)] = (rep.outcome, rep.carried_by)
-                assert rep.outcome == cell.predicted, (name, cell.a, cell.b, cell.reason)
+    for cell in doc.cells:
+        (rep,) = cell.repeats
+        observed[(cell.point["strategy"], cell.a, cell.b)] = (rep.outcome, rep.carried_by)
+        assert rep.outcome == cell.predicted, (cell.key, cell.reason)
+        assert rep.key == f"{cell.key},repeat=1"
     assert observed[("stun", seq.label, PRC.label)] == ("relay", "relay")
     assert observed[("predict", seq.label, PRC.label)] == ("direct", "predicted")
     assert observed[("stun", pm.label, sym.label)] == ("relay", "relay")

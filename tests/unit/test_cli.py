@@ -18,6 +18,7 @@ from testbed import cli
 from testbed.cli import matrix as matrix_verb
 from testbed.cli.common import nats
 from testbed.errors import UsageError
+from testbed.matrix.spec import Shard
 from testbed.nat import NatSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +64,16 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     (["matrix", "--jobs", "0"], "--jobs"),
     (["matrix", "--nats", "cone"], "--nats"),
     (["matrix", "--only", "full-cone"], "--only"),
-    (["matrix", "--only", "full-cone,symmetric", "--nats", "all"], "--only"),
+    (["matrix", "--only", "full-cone,symmetric", "--nats", "none"], "--only"),
+    (["matrix", "--only", "a=full-cone,punch=fast"], "--only"),
+    (["matrix", "--only", "a=full-cone,colour=red"], "--only: unknown dimension 'colour'"),
+    (["matrix", "--shard", "0/4"], "--shard"),
+    (["matrix", "--shard", "3"], "--shard"),
+    (["matrix", "--seed", "-1"], "--seed"),
+    (["matrix", "--punch-timeout", "fast"], "--punch-timeout"),
+    (["matrix", "--punch-timeout", "1s,1000ms"], "--punch-timeout"),
+    (["matrix", "--repeat", "1001"], "--repeat"),
+    (["merge", "/nonexistent-part"], "not a directory"),
     (["matrix", "--topology", "/nonexistent.yaml"], "--topology"),
     (["pair", "--a", "symetric", "--b", "none"], "--a"),
     (["pair", "--a", "none", "--b", "full-cone:fast"], "--b"),
@@ -118,6 +128,19 @@ def test_matrix_only_builds_a_spec_of_those_cells() -> None:
     assert [(s["a"].label, s["b"].label, s.repeat) for s in spec.slots()] == [
         ("symmetric", "full-cone:30s", 1), ("none", "symmetric", 1),
         ("symmetric", "full-cone:30s", 2), ("none", "symmetric", 2)]
+
+
+def test_matrix_dimension_flags_and_keys_build_the_spec() -> None:
+    spec = matrix_verb.spec_from(parse("matrix", "--nats", "full-cone,symmetric",
+                                       "--punch-timeout", "0.05s,1s", "--repeat", "3", "--only",
+                                       "a=symmetric,punch=0.05s,repeat=3"))
+    assert [s.key for s in spec.slots()] == ["a=symmetric,b=full-cone,punch=0.05s,repeat=3",
+                                             "a=symmetric,b=symmetric,punch=0.05s,repeat=3"]
+    # a dimension named only by --only takes the values --only names
+    one = matrix_verb.spec_from(parse("matrix", "--only", "a=none,b=none,punch=0.5s"))
+    assert [s.key for s in one.slots()] == ["a=none,b=none,punch=0.5s,repeat=1"]
+    assert matrix_verb.shard_from(parse("matrix", "--shard", "3/16", "--seed", "7")) == \
+        Shard(3, 16, 7)
 
 
 # ------------------------------------------------------------------ verbs without root

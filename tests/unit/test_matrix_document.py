@@ -7,12 +7,12 @@ from typing import Any
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
-from testbed.matrix.document import build_document, command_line, documents, make_cell
-from testbed.matrix.spec import MatrixSpec
+from testbed.matrix import dimensions as dims
+from testbed.matrix.document import Predictor, build_document, cell_head, command_line, make_cell
+from testbed.matrix.spec import MatrixSpec, Selector
 from testbed.model import predict
-from testbed.nat import APD, EI, Kind, NatSpec, nat_from_label
+from testbed.nat import APD, EI, Kind, NatSpec
 from testbed.results import PairResult, cell_to_json, matrix_to_json, pair_from_json
-from testbed.strategy import strategies_from_list
 
 FULL, SYM = NatSpec(mapping=EI, filtering=EI), NatSpec(mapping=APD, filtering=APD)
 
@@ -24,12 +24,12 @@ def peer(name: str, outcome: str) -> dict[str, Any]:
             "packets": {k: 1 for k in PACKET_COUNTS}}
 
 
-def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int) -> PairResult:
+def repeat(a: NatSpec, b: NatSpec, outcome: str, n: int, **point: str) -> PairResult:
     return pair_from_json({"outcome": outcome, "stage": "punch", "relay_bytes": None,
-                           "repeat": n, "a": a.label, "b": b.label,
+                           "repeat": n, "a": a.label, "b": b.label, **point,
                            "timings_ms": {"connect": 1.0, "total": 2.0},
                            "peers": {"alice": peer("alice", outcome),
-                                     "bob": peer("bob", outcome)}})
+                                     "bob": peer("bob", outcome)}}, dims=list(point))
 
 
 def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
@@ -49,7 +49,7 @@ def test_the_document_keeps_every_repeat_in_order_and_never_rounds() -> None:
 
 
 def test_only_the_selected_cells_are_in_the_document() -> None:
-    spec = MatrixSpec((FULL, SYM), cells=((SYM, FULL),))
+    spec = MatrixSpec((FULL, SYM), only=(Selector.cell(SYM, FULL),))
     doc = build_document(spec, [repeat(SYM, FULL, "direct", 1)], {})
     assert doc.nats == ("full-cone", "symmetric")
     assert [(c.a, c.b, len(c.repeats)) for c in doc.cells] == [("symmetric", "full-cone", 1)]
@@ -59,7 +59,10 @@ def test_only_the_selected_cells_are_in_the_document() -> None:
 def test_make_cell_from_the_model_validates() -> None:
     a = NatSpec(mapping=EI, filtering=APD)
     b = NatSpec(kind=Kind.NONE)
-    c = cell_to_json(make_cell(a, b, [repeat(a, b, "direct", 1)]))
+    spec = MatrixSpec((a, b))
+    point = next(p for p in spec.points() if dict(p) == {"a": a, "b": b})
+    c = cell_to_json(make_cell(cell_head(point, Predictor(spec)(point)),
+                               [repeat(a, b, "direct", 1)]))
     assert c["predicted"] == predict(a, b).outcome
     assert c["nat_a"]["mapping"] == "endpoint-independent" and c["nat_b"]["kind"] == "none"
     json.dumps(c)  # plain JSON types only
@@ -70,26 +73,64 @@ def test_the_command_line_runs_the_same_spec_again() -> None:
     spec = MatrixSpec((FULL, SYM), 3)
     assert command_line(spec, 2) == ("nat-testbed matrix --nats full-cone,symmetric "
                                      "--repeat 3 --jobs 2")
-    only = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),))
+    only = MatrixSpec((SYM, FULL), 1, only=(Selector.cell(SYM, FULL),))
     assert "--only symmetric,full-cone" in command_line(only, 1)
+    assert "--nats" not in command_line(only, 1)  # --only names the NATs, in this order
+    keyed = MatrixSpec((FULL, SYM), 2, only=(Selector.parse("a=symmetric,repeat=2"),),
+                       extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    assert command_line(keyed, 1) == (
+        "nat-testbed matrix --nats full-cone,symmetric --only a=symmetric,repeat=2 "
+        "--punch-timeout 0.05s,1s --repeat 2 --jobs 1")
 
 
-def test_one_document_per_strategy_with_the_models_prediction_for_it() -> None:
-    seq, prc = nat_from_label("symmetric:sequential"), nat_from_label("port-restricted-cone")
-    spec = MatrixSpec((seq, prc), strategies=tuple(strategies_from_list("stun,predict")))
-    plain = repeat(seq, prc, "relay", 1)
-    guessed = pair_from_json({**plain.to_json(), "outcome": "direct", "strategy": "predict"})
-    docs = documents(spec, [plain, guessed], {})
-    assert list(docs) == ["stun", "predict"]
-    stun_cell = docs["stun"].cell(seq.label, prc.label)
-    predict_cell = docs["predict"].cell(seq.label, prc.label)
-    assert stun_cell is not None and predict_cell is not None
-    assert stun_cell.predicted == "relay" and [r.outcome for r in stun_cell.repeats] == ["relay"]
-    assert predict_cell.predicted == "direct" and predict_cell.strategy == "predict"
-    assert [r.outcome for r in predict_cell.repeats] == ["direct"]
-    assert docs["predict"].metadata["strategy"] == "predict"
-    report.validate(matrix_to_json(docs["predict"]))
-    assert "strategy" not in cell_to_json(stun_cell)  # the default adds no field
+def test_cells_are_keyed_by_their_full_point_and_not_modelled_is_never_agreement() -> None:
+    spec = MatrixSpec((FULL, SYM), extra=(dims.PUNCH.with_labels(["0.05s", "1s"]),))
+    results = [repeat(SYM, SYM, "relay", 1, punch="0.05s"), repeat(SYM, SYM, "relay", 1,
+                                                               punch="1s"),
+               repeat(FULL, FULL, "relay", 1, punch="0.05s")]
+    doc = build_document(spec, results, {})
+    assert len(doc.cells) == 8 and [d.name for d in doc.dimensions] == ["punch"]
+    fast = doc.cell("symmetric", "symmetric", punch="0.05s")
+    assert fast is not None and fast.predicted is None and "punch timeout 0.05s" in fast.reason
+    assert fast.key == "a=symmetric,b=symmetric,punch=0.05s"
+    default = doc.cell("symmetric", "symmetric", punch="1s")
+    assert default is not None and default.predicted == "relay"  # as without the dimension
+    summary = report.summarize_cell(fast)
+    assert summary.agrees is None and summary.mark == "?"
+    # full-cone both sides relayed at 0 s: not modelled, so no disagreement either
+    assert report.disagreements(doc) == []
+    assert [s.where for s in report.not_modelled(doc)] == [
+        "full-cone -> full-cone (punch=0.05s)", "symmetric -> symmetric (punch=0.05s)"]
+    report.validate(matrix_to_json(doc))
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def test_strategy_cells_have_the_models_prediction_for_the_strategy() -> None:
+    seq, prc = NatSpec.from_label("symmetric:sequential"), NatSpec.from_label(
+        "port-restricted-cone")
+    spec = MatrixSpec((seq, prc), extra=(dims.STRATEGY.with_labels(
+        ["stun", "predict", "birthday"]),))
+    results = [repeat(seq, prc, "relay", 1, strategy="stun"),
+               repeat(seq, prc, "direct", 1, strategy="predict"),
+               repeat(seq, prc, "relay", 1, strategy="birthday")]
+    doc = build_document(spec, results, {})
+    stun = doc.cell(seq.label, prc.label, strategy="stun")
+    guessed = doc.cell(seq.label, prc.label, strategy="predict")
+    chance = doc.cell(seq.label, prc.label, strategy="birthday")
+    assert stun is not None and guessed is not None and chance is not None
+    assert stun.predicted == "relay" and guessed.predicted == "direct"
+    assert guessed.key == f"a={seq.label},b={prc.label},strategy=predict"
+    # birthday: a probability; one relayed repeat at 98 % is unlucky, not a disagreement
+    assert chance.probability is not None and 0.98 < chance.probability < 0.99
+    assert chance.predicted == "direct" and report.summarize_cell(chance).agrees
+    assert report.disagreements(doc) == []
+    data = matrix_to_json(doc)
+    report.validate(data)
+    assert "probability" not in cell_to_json(stun) and "probability" in cell_to_json(chance)
+    pair = data["cells"][0]["repeats"][0] if data["cells"][0]["repeats"] else None
+    assert pair is None or "carried_by" in pair
 
 
 def test_a_probabilistic_prediction_flags_only_implausible_observations() -> None:

@@ -1,16 +1,33 @@
-"""The run spec of a matrix (testbed.matrix.spec): dimensions, slots and their keys, and
-how slots are dealt to labs."""
+"""The run spec of a matrix (testbed.matrix.spec): dimensions, slots and their keys, how
+slots are dealt to labs and to shards, and the spec as JSON."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import pytest
 
+from testbed.matrix import dimensions as dims
 from testbed.matrix.lab import MAX_SLOTS
-from testbed.matrix.spec import MatrixSpec, Slot, plan, slot_strategy
+from testbed.matrix.spec import (
+    MatrixSpec,
+    Selector,
+    Shard,
+    Slot,
+    SlotIndex,
+    plan,
+    spec_from_json,
+    spec_hash,
+    spec_to_json,
+)
 from testbed.nat import APD, EI, NatSpec, all_nats, nat_from_label
-from testbed.strategy import DEFAULT, strategies_from_list
+from testbed.strategy import DEFAULT, Strategy
 
 FULL, SYM = NatSpec(mapping=EI, filtering=EI), NatSpec(mapping=APD, filtering=APD)
 
@@ -60,7 +77,7 @@ def test_slot_keys_are_stable_and_unique() -> None:
 
 
 def test_a_slot_reads_its_values_by_dimension_name() -> None:
-    slot = MatrixSpec((FULL, SYM), 1, cells=((SYM, FULL),)).slots()[0]
+    slot = MatrixSpec((FULL, SYM), 1, only=(Selector.cell(SYM, FULL),)).slots()[0]
     assert (slot["a"], slot["b"], slot.cell) == (SYM, FULL, ("symmetric", "full-cone"))
     with pytest.raises(KeyError):
         slot["link"]
@@ -68,7 +85,7 @@ def test_a_slot_reads_its_values_by_dimension_name() -> None:
 
 
 def test_only_some_cells() -> None:
-    spec = MatrixSpec((FULL, SYM), 3, cells=((SYM, FULL),))
+    spec = MatrixSpec((FULL, SYM), 3, only=(Selector.cell(SYM, FULL),))
     assert cells_of(spec.slots()) == Counter({("symmetric", "full-cone", r): 1
                                               for r in (1, 2, 3)})
 
@@ -76,33 +93,228 @@ def test_only_some_cells() -> None:
 @pytest.mark.parametrize(("kw", "message"), [
     ({"nats": ()}, "nats"),
     ({"nats": (FULL, FULL)}, "distinct"),
-    ({"nats": (FULL,), "cells": ((FULL, SYM),)}, "cells"),
+    ({"nats": (FULL,), "only": (Selector.cell(FULL, SYM),)}, "b=symmetric: not one of"),
     ({"nats": (FULL,), "repeats": 0}, "repeats"),
+    ({"nats": (FULL,), "repeats": 1001}, "repeats"),
+    ({"nats": (FULL,), "only": (Selector((("a", "full-cone"),), 2),)}, "1 repeat"),
+    ({"nats": (FULL,), "only": (Selector((("punch", "1s"),)),)}, "not a dimension"),
+    ({"nats": (FULL,), "extra": (dims.PUNCH.with_labels(["2s"]),) * 2}, "each named once"),
 ])
 def test_bad_specs_are_refused(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MatrixSpec(**kw)  # type: ignore[arg-type]
 
 
+PUNCH_FAST = dims.PUNCH.with_labels(["0.2s", "1s"])
+
+
+def test_a_dimension_left_at_its_default_is_not_in_the_grid() -> None:
+    plain = MatrixSpec((FULL, SYM), 2)
+    at_default = MatrixSpec((FULL, SYM), 2, extra=(dims.PUNCH.with_labels(["1000ms"]),))
+    assert [s.key for s in at_default.slots()] == [s.key for s in plain.slots()]
+    assert [d.name for d in at_default.dimensions()] == ["a", "b"]
+    assert at_default.setup(at_default.slots()[0]).timing == plain.timing
+
+
+def test_another_dimension_is_in_every_key_and_reaches_the_slot_setup() -> None:
+    spec = MatrixSpec((FULL, SYM), 1, extra=(PUNCH_FAST,))
+    slots = spec.slots()
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "punch"]
+    assert len(slots) == 8 and len({s.key for s in slots}) == 8
+    # facet-major: every pairing at 0.2 s, then every pairing at 1 s
+    assert [s.key for s in slots[:2]] == ["a=full-cone,b=full-cone,punch=0.2s,repeat=1",
+                                          "a=full-cone,b=symmetric,punch=0.2s,repeat=1"]
+    assert slots[4].key == "a=full-cone,b=full-cone,punch=1s,repeat=1"
+    setup = spec.setup(slots[1])
+    assert (setup.nat_a, setup.nat_b, setup.timing.punch_timeout) == (FULL, SYM, 0.2)
+    assert spec.setup(slots[4]).timing.punch_timeout == 1.0
+    assert slots[1].extra == {"punch": "0.2s"}
+
+
+def test_a_value_the_model_does_not_cover_is_not_modelled() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=(PUNCH_FAST,))
+    fast, default = (spec.model_input(p) for p in spec.points())
+    assert isinstance(fast, dims.NotModelled) and "punch timeout 0.2s" in fast.reason
+    assert default == dims.ModelInput(FULL, FULL)  # the default: as if no dimension
+
+
+@pytest.fixture
+def prediction_dimension() -> Iterator[dims.Dimension]:
+    """A dimension made up for the test: it reaches the peers' timing and the model's
+    strategy, as a real one (punching strategies, say) would."""
+
+    @dataclass(frozen=True)
+    class Guess:
+        ports: int
+
+        @property
+        def label(self) -> str:
+            return f"g{self.ports}"
+
+    def parse(text: str) -> Guess:
+        if not text.startswith("g") or not text[1:].isdigit():
+            raise ValueError(f"expected gN, got {text!r}")
+        return Guess(int(text[1:]))
+
+    def apply(setup: dims.SlotSetup, v: Guess) -> dims.SlotSetup:
+        return replace(setup, timing=replace(setup.timing, hold=float(v.ports)))
+
+    def model(inp: dims.ModelInput, v: Guess) -> dims.ModelInput:
+        return replace(inp, strategy=replace(inp.strategy, port_prediction=True,
+                                             prediction_range=v.ports))
+
+    d = dims.register(dims.Dimension("guess", "port guessing", (), parse, apply, Guess(0),
+                                     model, flag="--guess"))
+    yield d
+    dims.unregister("guess")
+
+
+def test_a_new_dimension_needs_only_its_three_functions(
+        prediction_dimension: dims.Dimension) -> None:
+    spec = MatrixSpec((FULL, SYM), 1, extra=(prediction_dimension.with_labels(["g0", "g4"]),
+                                             PUNCH_FAST))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "punch", "guess"]  # registry order
+    slot = next(s for s in spec.slots() if s.extra == {"punch": "1s", "guess": "g4"})
+    assert slot.key.endswith(",punch=1s,guess=g4,repeat=1")
+    assert spec.setup(slot).timing.hold == 4.0
+    inputs = [spec.model_input(p) for p in spec.points()]
+    guessing = [i for i in inputs if isinstance(i, dims.ModelInput)
+                and i.strategy.prediction_range == 4]
+    assert len(guessing) == 4  # punch=1s (the default) x guess=g4 x 4 pairings
+    assert Selector.parse("a=symmetric,guess=g4,b=full-cone").key == \
+        "a=symmetric,b=full-cone,guess=g4"
+    back = spec_from_json(spec_to_json(spec))
+    assert back == spec and [s.key for s in back.slots()] == [s.key for s in spec.slots()]
+
+
+@pytest.mark.parametrize("name", ["outcome", "alice_ip", "Bad", "nat_x", "repeat"])
+def test_a_dimension_cannot_take_the_name_of_a_field(name: str) -> None:
+    with pytest.raises(ValueError, match="dimension name"):
+        dims.register(dims.Dimension(name, "x", ()))
+
+
+# ------------------------------------------------------------------ --only selectors
+
+
+def test_selectors_take_keys_parts_of_keys_and_the_short_form() -> None:
+    assert Selector.parse("symmetric,full-cone") == Selector.cell(SYM, FULL)
+    assert Selector.parse("b=full-cone, a=symmetric") == Selector.cell(SYM, FULL)
+    one = Selector.parse("a=symmetric,b=full-cone,punch=200ms,repeat=3")
+    assert one.key == "a=symmetric,b=full-cone,punch=0.2s,repeat=3"
+    spec = MatrixSpec((FULL, SYM), 3, only=(one,), extra=(PUNCH_FAST,))
+    assert [s.key for s in spec.slots()] == [one.key]
+    rows = MatrixSpec((FULL, SYM), 1, only=(Selector.parse("a=symmetric"),))
+    assert [s.cell for s in rows.slots()] == [("symmetric", "full-cone"),
+                                              ("symmetric", "symmetric")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("full-cone", "ALICE_NAT,BOB_NAT"),
+    ("a=full-cone,b", "NAME=LABEL"),
+    ("a=cone", "cone"),
+    ("a=full-cone,a=symmetric", "named twice"),
+    ("colour=red", "unknown dimension"),
+    ("a=full-cone,repeat=0", "repeat"),
+    ("punch=fast", "seconds"),
+])
+def test_bad_selectors_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Selector.parse(text)
+
+
+def test_slot_numbers_and_places_round_trip() -> None:
+    for spec in (MatrixSpec(nats(3), 4),
+                 MatrixSpec(nats(3), 4, only=(Selector.parse("a=none,repeat=2"),
+                                              Selector.parse("a=none,b=none")))):
+        index = SlotIndex(spec)
+        assert len(index) == len(spec.slots())
+        for i in range(len(index)):
+            cell, repeat = index.locate(i)
+            assert index.number(cell, repeat) == i
+            assert index[i] == spec.slots()[i]
+    assert SlotIndex(MatrixSpec(nats(3), 4)).number(0, 5) is None
+
+
+# ------------------------------------------------------------------ shards
+
+
+@pytest.mark.parametrize(("n", "count"), [(25, 1), (25, 4), (8, 3), (121 * 7, 16), (5, 8),
+                                          (1, 2), (97, 97)])
+def test_shards_partition_the_slots_exactly_and_evenly(n: int, count: int) -> None:
+    parts = [list(Shard(k, count).positions(n)) for k in range(1, count + 1)]
+    every = sorted(i for p in parts for i in p)
+    assert every == list(range(n))  # every slot in exactly one shard
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(p == sorted(p) for p in parts)
+    for k, p in enumerate(parts, start=1):
+        assert all(Shard(1, count).part(i, n) == k for i in p)
+
+
+def test_a_shard_is_the_same_on_every_run_and_depends_on_the_seed() -> None:
+    assert list(Shard(3, 16).positions(1000)) == list(Shard(3, 16, seed=1).positions(1000))
+    assert list(Shard(3, 16).positions(1000)) != list(Shard(3, 16, seed=2).positions(1000))
+    # another process, with other string hashes, deals the same
+    code = "from testbed.matrix.spec import Shard; print(list(Shard(3, 16).positions(1000)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, PYTHONHASHSEED="12345")).stdout
+    assert json.loads(out) == list(Shard(3, 16).positions(1000))
+
+
+def test_a_shard_mixes_the_cells_of_the_grid() -> None:
+    """25 pairings x 4 repeats over 5 shards: no shard gets whole columns (the symmetric
+    column, all relay, would make one shard much slower than the others)."""
+    spec = MatrixSpec(nats(5), 4)
+    index = SlotIndex(spec)
+    for k in range(1, 6):
+        columns = Counter(index[i]["b"].label for i in Shard(k, 5).positions(len(index)))
+        assert len(columns) >= 4, columns
+
+
+@pytest.mark.parametrize("text", ["0/4", "5/4", "3", "a/b", "1/0", "-1/2"])
+def test_bad_shards_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="K/N"):
+        Shard.parse(text)
+
+
+# ------------------------------------------------------------------ the spec as JSON
+
+
+def test_the_spec_hash_is_stable_and_sees_every_change() -> None:
+    spec = MatrixSpec(nats(3), 2, extra=(PUNCH_FAST,))
+    h = spec_hash(spec_to_json(spec))
+    assert h == spec_hash(spec_to_json(MatrixSpec(nats(3), 2, extra=(PUNCH_FAST,))))
+    assert h.startswith("sha256:") and len(h) == 71
+    for other in (MatrixSpec(nats(3), 3, extra=(PUNCH_FAST,)), MatrixSpec(nats(3), 2),
+                  MatrixSpec(nats(4), 2, extra=(PUNCH_FAST,)),
+                  MatrixSpec(nats(3), 2, only=(Selector.parse("a=none"),))):
+        assert spec_hash(spec_to_json(other)) != h
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(spec)))) == spec
+
+
+def test_a_spec_of_another_version_is_refused_by_name() -> None:
+    data = spec_to_json(MatrixSpec(nats(2)))
+    data["dimensions"].append({"name": "colour", "values": ["red"]})
+    with pytest.raises(ValueError, match="unknown dimension 'colour'"):
+        spec_from_json(data)
+
+
 # --------------------------------------------------------------------------- strategies
 
 
-def test_the_default_strategy_is_not_a_dimension() -> None:
-    spec = MatrixSpec((nat_from_label("symmetric"),))
-    assert [d.name for d in spec.dimensions()] == ["a", "b"]
-    (slot,) = spec.slots()
-    assert slot.key == "a=symmetric,b=symmetric,repeat=1"  # keys of older runs stay
-    assert slot_strategy(slot) == DEFAULT
-
-
-def test_strategies_are_a_dimension_with_a_short_key() -> None:
-    spec = MatrixSpec((nat_from_label("symmetric"), nat_from_label("full-cone")),
-                      strategies=tuple(strategies_from_list("stun,predict")))
-    assert [d.name for d in spec.dimensions()] == ["a", "b", "strategy"]
-    slots = spec.slots()
-    assert len(slots) == 8
-    keys = {s.key for s in slots}
-    assert "a=symmetric,b=full-cone,strategy=predict,repeat=1" in keys
-    assert {slot_strategy(s).label for s in slots} == {"stun", "predict"}
-    with pytest.raises(ValueError, match="strategies"):
-        MatrixSpec((nat_from_label("symmetric"),), strategies=())
+def test_the_strategy_dimension_reaches_the_slot_and_the_model() -> None:
+    seq = nat_from_label("symmetric:sequential")
+    spec = MatrixSpec((seq,), extra=(dims.STRATEGY.with_labels(["stun", "predict"]),))
+    keys = [s.key for s in spec.slots()]
+    assert keys == [f"a={seq.label},b={seq.label},strategy=stun,repeat=1",
+                    f"a={seq.label},b={seq.label},strategy=predict,repeat=1"]
+    assert spec.setup(spec.slots()[0]).strategy == DEFAULT
+    assert spec.setup(spec.slots()[1]).strategy == Strategy("predict")
+    inp = spec.model_input(list(spec.points())[1])
+    assert isinstance(inp, dims.ModelInput) and inp.peer_strategy == Strategy("predict")
+    assert inp.strategy.announce_predictions
+    # left at stun alone it is not a dimension: keys stay as they were
+    plain = MatrixSpec((seq,), extra=(dims.STRATEGY.with_labels(["stun"]),))
+    assert [s.key for s in plain.slots()] == [f"a={seq.label},b={seq.label},repeat=1"]
+    with pytest.raises(ValueError, match="unknown strategy 'guess'"):
+        dims.STRATEGY.with_labels(["guess"])

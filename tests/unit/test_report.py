@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +318,92 @@ def test_wide_table_numbers_its_columns() -> None:
     assert lines[0].split()[3:] == [str(i) for i in range(1, 9)]
     assert lines[1].split() == ["1", nats[0], *["direct"] * 8]
     assert max(len(line) for line in lines[:9]) <= 140
+
+
+# --- more dimensions: facets, not modelled, streamed documents ----------------------
+
+
+def faceted_doc() -> dict[str, Any]:
+    """The 3x3 fixture's first two rows twice: at punch=0.2s (not modelled) and 1s."""
+    cells = []
+    for punch in ("0.2s", "1s"):
+        for a in NATS[:2]:
+            for b in NATS:
+                outcome = "relay" if punch == "0.2s" else "direct"
+                c = cell(a, b, "direct", [outcome, outcome])
+                c["punch"] = punch
+                for r in c["repeats"]:
+                    r["punch"] = punch
+                if punch == "0.2s":
+                    c["predicted"], c["reason"] = None, "not covered"
+                cells.append(c)
+    return {"metadata": {}, "nats": list(NATS), "cells": cells,
+            "dimensions": [{"name": "punch", "title": "punch timeout",
+                            "values": ["0.2s", "1s"]}]}
+
+
+def test_one_table_per_facet_and_not_modelled_is_marked() -> None:
+    doc = typed(faceted_doc())
+    assert [f for f, _ in report.facets(doc)] == [(("punch", "0.2s"),), (("punch", "1s"),)]
+    text = report.format_table(doc)
+    first, second = text.split("\n\n")[:2]
+    assert first.splitlines()[0] == "punch=0.2s:" and second.splitlines()[0] == "punch=1s:"
+    assert first.splitlines()[2].split() == ["full-cone", "relay?", "relay?", "relay?"]
+    assert first.splitlines()[4].split() == ["symmetric", "-", "-", "-"]
+    assert second.splitlines()[2].split() == ["full-cone", "direct", "direct", "direct"]
+    assert "'?' = not modelled" in text
+    assert report.disagreements(doc) == [] and len(report.not_modelled(doc)) == 6
+    assert report.exit_code(doc, strict=True) == 0  # not modelled never disagrees
+
+
+def test_csv_html_and_png_per_facet(tmp_path: Path) -> None:
+    doc = typed(faceted_doc())
+    report.write_csv(doc, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == report.csv_columns(["punch"])
+    assert {(r["punch"], r["predicted"], r["agrees"]) for r in rows} == {
+        ("0.2s", "", ""), ("1s", "direct", "True")}
+    report.write_html(doc, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<option value='0'>punch=0.2s</option><option value='1'>punch=1s</option>" in page
+    assert "id='facet-0'" in page and "class='facet hide' id='facet-1'" in page
+    assert page.count("data-cell=") == 12 and page.count("class='nm'") == 6
+    assert "id='cell-1-0-2'" in page and "Not modelled: 6 cells" in page
+    report.write_heatmap(doc, tmp_path / "r.png")
+    width, height = _png_size((tmp_path / "r.png").read_bytes())
+    assert width > 1.5 * height  # two heatmaps side by side
+
+
+def streamed(doc: MatrixResult) -> report.Streamed:
+    heads = [dataclasses.replace(c, repeats=()) for c in doc.cells]
+    counts = [dict(Counter(r.outcome for r in c.repeats)) for c in doc.cells]
+    return report.Streamed(doc.metadata, doc.nats, heads, counts,
+                           lambda i: iter(doc.cells[i].repeats), doc.dimensions)
+
+
+@pytest.mark.parametrize("which", ["plain", "faceted"])
+def test_a_streamed_document_renders_exactly_as_the_same_one_in_memory(
+        which: str, doc: dict[str, Any], tmp_path: Path) -> None:
+    whole = typed(doc if which == "plain" else faceted_doc())
+    for name, d in (("mem", whole), ("streamed", streamed(whole))):
+        (tmp_path / name).mkdir()
+        report.write_json(d, tmp_path / name / "results.json")
+        report.write_csv(d, tmp_path / name / "results.csv")
+        report.write_html(d, tmp_path / name / "results.html")
+    for f in ("results.json", "results.csv", "results.html"):
+        assert (tmp_path / "mem" / f).read_bytes() == (tmp_path / "streamed" / f).read_bytes()
+    # the streamed JSON writer writes what json.dumps(indent=2) writes
+    assert (tmp_path / "mem" / "results.json").read_text() == \
+        json.dumps(report.matrix_to_json(whole), indent=2) + "\n"
+    assert report.format_table(whole) == report.format_table(streamed(whole))
+
+
+def test_html_shows_the_first_repeats_of_a_long_cell_in_full(tmp_path: Path) -> None:
+    many = typed({"metadata": {}, "nats": ["full-cone"],
+                  "cells": [cell("full-cone", "full-cone", "direct", ["direct"] * 13)]})
+    report.write_html(many, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<h4>Repeat ") == report.HTML_REPEATS
+    assert "3 more repeats: every one is in results.json and results.csv" in page

@@ -1,0 +1,274 @@
+"""Matrix dimensions: what one axis of a run varies, and how its values reach a slot.
+
+A dimension is a named list of values, each with a `.label` that names it in slot keys,
+tables and files and parses back. What a value *means* is said by three small
+functions, so nothing else in the matrix needs to know which dimensions exist:
+
+    parse(label) -> value                  a label back to its value (flags, --only, merge)
+    apply(setup, value) -> SlotSetup       how the value shapes the slot before it runs
+    model(inp, value) -> ModelInput | NotModelled
+                                           how it changes the reference model's input, or
+                                           that the model does not cover it (None: never)
+
+A SlotSetup is plain data: everything a slot runs with once every dimension applied
+its value. The lab layout reads it to build the routers (testbed.matrix.lab), the
+runner to configure the peers (testbed.matrix.runner.open_peer). A dimension that
+changes something new adds a field to SlotSetup, with a default that means "as
+before", and reads it at one of those two places. docs/dimensions.md walks through
+adding one.
+
+Alice's NAT ("a") and Bob's NAT ("b") are dimensions like any other and are always
+part of the grid. Any other dimension has a default value; left at that single value
+it is not part of the grid (slot keys, tables and files stay as they were), and a
+cell at a dimension's default is modelled as if the dimension did not exist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from peers.session import Timing
+from testbed import strategy as strategies
+from testbed.model import PortReuse, Strategy, model_strategy
+from testbed.nat import NatSpec, nat_from_label
+from testbed.results import RESERVED_NAMES, RESERVED_PREFIXES
+
+
+@dataclass(frozen=True)
+class SlotSetup:
+    """What one slot runs with. New dimensions add fields (default: as before)."""
+
+    nat_a: NatSpec = field(default_factory=NatSpec)  # the router in front of Alice
+    nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
+    timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
+    strategy: strategies.Strategy = strategies.DEFAULT  # the peers' traversal strategy
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What the reference model (testbed.model.predict) is asked about one cell."""
+
+    nat_a: NatSpec = field(default_factory=NatSpec)
+    nat_b: NatSpec = field(default_factory=NatSpec)
+    strategy: Strategy = field(default_factory=Strategy)
+    port_reuse: PortReuse = PortReuse.EXCLUSIVE
+    # The peers' strategy when it is not plain STUN: testbed.model.predict_strategy then
+    # predicts (birthday probing as a probability).
+    peer_strategy: strategies.Strategy = strategies.DEFAULT
+
+
+@dataclass(frozen=True)
+class NotModelled:
+    """The model does not cover this value: its cells are 'not modelled', never agreeing."""
+
+    reason: str
+
+
+Apply = Callable[[SlotSetup, Any], SlotSetup]
+Model = Callable[[ModelInput, Any], "ModelInput | NotModelled"]
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str  # in slot keys ("punch=0.5s"), CSV columns, JSON fields, slot[...]
+    title: str  # for people: "Alice's NAT", "punch timeout"
+    values: tuple[Any, ...]  # each with a .label, unique within the dimension
+    parse: Callable[[str], Any] = field(compare=False, repr=False, default=str)
+    apply: Apply | None = field(compare=False, repr=False, default=None)
+    default: Any = None  # the value that changes nothing; None: always in the grid
+    model: Model | None = field(compare=False, repr=False, default=None)
+    flag: str | None = None  # the matrix command's flag listing its values
+    metavar: str = "LIST"
+    help: str = ""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(v.label for v in self.values)
+
+    @property
+    def in_grid(self) -> bool:
+        """A dimension at only its default value is not part of the grid."""
+        return self.default is None or tuple(self.values) != (self.default,)
+
+    def with_values(self, values: Iterable[Any]) -> Dimension:
+        vals = tuple(values)
+        labels = [v.label for v in vals]
+        if not vals or len(set(labels)) != len(labels):
+            raise ValueError(f"{self.name}: a non-empty list of distinct values, got "
+                             f"{','.join(labels) or 'none'}")
+        return replace(self, values=vals)
+
+    def with_labels(self, labels: Iterable[str]) -> Dimension:
+        return self.with_values(self.parse(label) for label in labels)
+
+    def value(self, label: str) -> Any:
+        """The value of this dimension with that label (ValueError if it has none)."""
+        for v in self.values:
+            if v.label == label:
+                return v
+        raise ValueError(f"{self.name}={label}: not one of this run's values "
+                         f"({','.join(self.labels)})")
+
+    def set_up(self, setup: SlotSetup, value: Any) -> SlotSetup:
+        if self.apply is None or value == self.default:
+            return setup
+        return self.apply(setup, value)
+
+    def predict_input(self, inp: ModelInput, value: Any) -> ModelInput | NotModelled:
+        if self.default is not None and value == self.default:
+            return inp
+        if self.model is None:
+            return NotModelled(f"the reference model does not cover {self.title} "
+                               f"{value.label}")
+        return self.model(inp, value)
+
+
+# ------------------------------------------------------------------ the registry
+
+KINDS: dict[str, Dimension] = {}
+
+
+def register(dim: Dimension) -> Dimension:
+    """Make a dimension known: to the spec's order, the command line, --only and merge."""
+    if not _NAME.match(dim.name):
+        raise ValueError(f"dimension name {dim.name!r}: 1 to 16 of a-z, 0-9, _ (a letter "
+                         "first)")
+    if dim.name not in ("a", "b") and (dim.name in RESERVED_NAMES
+                                       or dim.name.startswith(RESERVED_PREFIXES)):
+        raise ValueError(f"dimension name {dim.name!r}: taken by a field of the results")
+    if dim.name in KINDS and KINDS[dim.name] is not dim:
+        raise ValueError(f"dimension {dim.name!r} is already registered")
+    KINDS[dim.name] = dim
+    return dim
+
+
+def unregister(name: str) -> None:
+    """For tests that register a dimension of their own."""
+    KINDS.pop(name, None)
+
+
+def kind(name: str) -> Dimension:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown dimension {name!r} (known: {', '.join(KINDS)})") from None
+
+
+def order(name: str) -> int:
+    """Registration order: the order of dimensions in keys, tables and files."""
+    names = list(KINDS)
+    return names.index(name) if name in names else len(names)
+
+
+def flagged() -> list[Dimension]:
+    """The dimensions the matrix command takes values for from a flag of their own."""
+    return [d for d in KINDS.values() if d.flag]
+
+
+# ------------------------------------------------------------------ Alice's and Bob's NAT
+
+
+def _set_nat_a(setup: SlotSetup, nat: NatSpec) -> SlotSetup:
+    return replace(setup, nat_a=nat)
+
+
+def _set_nat_b(setup: SlotSetup, nat: NatSpec) -> SlotSetup:
+    return replace(setup, nat_b=nat)
+
+
+def _model_nat_a(inp: ModelInput, nat: NatSpec) -> ModelInput:
+    return replace(inp, nat_a=nat)
+
+
+def _model_nat_b(inp: ModelInput, nat: NatSpec) -> ModelInput:
+    return replace(inp, nat_b=nat)
+
+
+A = register(Dimension("a", "Alice's NAT", (), nat_from_label, _set_nat_a, None, _model_nat_a))
+B = register(Dimension("b", "Bob's NAT", (), nat_from_label, _set_nat_b, None, _model_nat_b))
+
+
+# ------------------------------------------------------------------ the punch timeout
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """A duration as a dimension value: label '0.5s'."""
+
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.seconds:g}s"
+
+    @classmethod
+    def parse(cls, text: str) -> Seconds:
+        t = text.strip()
+        scale = 1.0
+        if t.endswith("ms"):
+            t, scale = t[:-2], 0.001
+        elif t.endswith("s"):
+            t = t[:-1]
+        try:
+            value = float(t) * scale
+        except ValueError:
+            raise ValueError(f"expected seconds like 0.5s or 200ms, got {text!r}") from None
+        if not 0 <= value <= 60:
+            raise ValueError(f"must be 0 to 60 s, got {text!r}")
+        return cls(round(value, 6))
+
+
+def _punch(text: str) -> Seconds:
+    value = Seconds.parse(text)
+    if value.seconds <= 0:
+        raise ValueError(f"must be more than 0 s, got {text!r}")
+    return value
+
+
+def _set_punch(setup: SlotSetup, value: Seconds) -> SlotSetup:
+    return replace(setup, timing=replace(setup.timing, punch_timeout=value.seconds))
+
+
+# How long the peers punch before they fall back to the relay. The reference model
+# assumes punching lasts its full rounds, so only the default is modelled.
+PUNCH = register(Dimension(
+    "punch", "punch timeout", (), _punch, _set_punch, Seconds(Timing().punch_timeout),
+    None, flag="--punch-timeout", metavar="SECONDS,...",
+    help="punch for this long before falling back to the relay; a list makes it a "
+         f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
+
+
+# ------------------------------------------------------------------ the traversal strategy
+
+
+def _strategy(text: str) -> strategies.Strategy:
+    """A strategy by name; birthday probing with its default settings (sockets, probes,
+    rate and range are not part of the label)."""
+    return strategies.Strategy(text.strip())
+
+
+def _set_strategy(setup: SlotSetup, value: strategies.Strategy) -> SlotSetup:
+    return replace(setup, strategy=value)
+
+
+def _model_strategy(inp: ModelInput, value: strategies.Strategy) -> ModelInput:
+    return replace(inp, strategy=model_strategy(inp.nat_a, inp.nat_b, value),
+                   peer_strategy=value)
+
+
+# What the peers do beyond STUN (testbed.strategy): port prediction, birthday probing,
+# a router's port mapping. The model covers all four (birthday as a probability).
+STRATEGY = register(Dimension(
+    "strategy", "traversal strategy", (), _strategy, _set_strategy, strategies.DEFAULT,
+    _model_strategy, flag="--strategies", metavar="LIST",
+    help="traversal strategies, a dimension of the matrix: stun (default), predict, "
+         "birthday, portmap (e.g. stun,predict,birthday,portmap); portmap needs routers "
+         "that offer it (a :port-mapping NAT variant)"))
+
+
+def labels_of(point: Iterable[tuple[str, Any]]) -> Mapping[str, str]:
+    return {name: v.label for name, v in point}
