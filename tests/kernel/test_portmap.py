@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -155,5 +156,31 @@ def test_down_stops_the_daemon() -> None:
     assert st is not None
     pid = next(p["pid"] for p in st["processes"] if p["argv"][0] == "miniupnpd")
     lab.down()
-    gone = subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
-    assert gone
+    assert gone(pid)
+
+
+def test_clean_removes_a_detached_labs_daemon() -> None:
+    name = "hardpm" + os.urandom(3).hex()
+    cli = [sys.executable, "-m", "testbed"]
+    up = subprocess.run([*cli, "up", str(resources.topology_file("port-forward")), "--name",
+                         name], capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        st = state.read_state(name)
+        assert st is not None
+        pid = next(p["pid"] for p in st["processes"] if p["argv"][0] == "miniupnpd")
+        os.kill(pid, 0)  # the daemon outlived `up`: the detached lab owns it
+    finally:
+        done = subprocess.run([*cli, "clean", name], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert gone(pid)
+    assert state.read_state(name) is None
+
+
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
