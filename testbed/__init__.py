@@ -4,6 +4,7 @@ STUN, hole punching, TURN). The public Python API, documented in docs/api.md:
     Lab, load_topology          build a topology as live namespaces; run commands in them
     run_pair, run_matrix        one call attempt between two NATs; every pairing of a set
     NatSpec                     a NAT behaviour (RFC 4787 mapping, filtering, ...)
+    Strategy                    a traversal strategy: stun, predict, birthday, portmap
     PeerResult, PairResult,     the typed results
     Cell, MatrixResult
 
@@ -16,9 +17,10 @@ from testbed.matrix.run import run_matrix
 from testbed.nat import NatSpec
 from testbed.pair import run_pair
 from testbed.results import Cell, MatrixResult, PairResult
+from testbed.strategy import Strategy
 from testbed.topology import load_topology
 from testbed.version import VERSION
 
 __version__ = VERSION
-__all__ = ["Cell", "Lab", "MatrixResult", "NatSpec", "PairResult", "PeerResult",
+__all__ = ["Cell", "Lab", "MatrixResult", "NatSpec", "PairResult", "PeerResult", "Strategy",
            "load_topology", "run_matrix", "run_pair"]
