@@ -17,7 +17,9 @@ repeats is "not run" and neither agrees nor disagrees; a cell the model does not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
+import itertools
 import json
 import math
 import shutil
@@ -94,6 +96,9 @@ class Streamed:
     counts: Sequence[Mapping[str, int]]
     repeats: Callable[[int], Iterator[PairResult]] = field(repr=False)
     dimensions: tuple[DimensionInfo, ...] = ()
+    # the same repeats as PAIR objects, as pair_to_json writes them (records already
+    # checked): results.json is written from these without making each a PairResult
+    raw: Callable[[int], Iterator[dict[str, Any]]] | None = field(default=None, repr=False)
 
 
 Document = MatrixResult | Streamed
@@ -105,8 +110,18 @@ def iter_cells(doc: Document) -> Iterator[Cell]:
         yield from doc.cells
         return
     for i, head in enumerate(doc.heads):
-        yield Cell(head.a, head.b, head.nat_a, head.nat_b, head.predicted, head.reason,
-                   tuple(doc.repeats(i)), head.point)
+        yield dataclasses.replace(head, repeats=tuple(doc.repeats(i)))
+
+
+def _cells_for_html(doc: Document, n: int) -> Iterator[tuple[Cell, int]]:
+    """Every cell with (at most) its first n repeats, and how many it has."""
+    if isinstance(doc, MatrixResult):
+        for cell in doc.cells:
+            yield dataclasses.replace(cell, repeats=cell.repeats[:n]), len(cell.repeats)
+        return
+    for i, head in enumerate(doc.heads):
+        first = tuple(itertools.islice(doc.repeats(i), n))
+        yield dataclasses.replace(head, repeats=first), sum(doc.counts[i].values())
 
 
 # --- summaries ---------------------------------------------------------------------
@@ -340,10 +355,12 @@ def _lazy_json(doc: Document) -> Any:
         return matrix_to_json(doc)
     head = matrix_head_json(MatrixResult(doc.metadata, doc.nats, (), doc.dimensions))
 
+    raw = doc.raw
+
     def cells() -> Iterator[dict[str, Any]]:
         for i, h in enumerate(doc.heads):
-            yield {**cell_to_json(h, repeats=False),
-                   "repeats": Lazy(pair_to_json(r) for r in doc.repeats(i))}
+            pairs = raw(i) if raw is not None else (pair_to_json(r) for r in doc.repeats(i))
+            yield {**cell_to_json(h, repeats=False), "repeats": Lazy(pairs)}
 
     return {**head, "cells": Lazy(cells())}
 
@@ -516,7 +533,9 @@ def _spec_text(spec: NatSpec) -> str:
     )
 
 
-def _cell_details(ident: str, cell: Cell, s: CellSummary, titles: Mapping[str, str]) -> str:
+def _cell_details(ident: str, cell: Cell, n: int, s: CellSummary,
+                  titles: Mapping[str, str]) -> str:
+    """A cell's evidence: `cell` holds its first repeats, of `n` in all."""
     if not s.modelled:
         verdict = "is not covered by the model (not modelled)"
     else:
@@ -541,8 +560,8 @@ def _cell_details(ident: str, cell: Cell, s: CellSummary, titles: Mapping[str, s
     ]
     shown = cell.repeats[:HTML_REPEATS]
     parts += [_repeat_html(i, r, s.predicted) for i, r in enumerate(shown, start=1)]
-    if len(cell.repeats) > len(shown):
-        parts.append(f"<p>{len(cell.repeats) - len(shown)} more repeats: every one is in "
+    if n > len(shown):
+        parts.append(f"<p>{n - len(shown)} more repeats: every one is in "
                      "results.json and results.csv.</p>")
     parts.append("</div>")
     return "\n".join(parts)
@@ -638,11 +657,10 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
                 + "</ul>\n")
         position = {(facet, a, b): (i, j) for facet, _ in tables
                     for i, a in enumerate(nats) for j, b in enumerate(nats)}
-        for cell in iter_cells(doc):
-            s = summarize_cell(cell)
+        for (cell, n), s in zip(_cells_for_html(doc, HTML_REPEATS), summaries(doc), strict=True):
             facet = tuple((d.name, cell.point[d.name]) for d in doc.dimensions)
             i, j = position[(facet, cell.a, cell.b)]
-            put(_cell_details(_cell_id(number[facet], i, j), cell, s, titles) + "\n")
+            put(_cell_details(_cell_id(number[facet], i, j), cell, n, s, titles) + "\n")
         put(f"""<h2>Configuration</h2>
 <pre>{_e(json.dumps(meta.get("configuration", {}), indent=2))}</pre>
 <script>{_JS}</script>

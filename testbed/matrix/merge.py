@@ -175,15 +175,21 @@ class Collected:
         reader = records.RecordReader([p / records.RECORDS for p, _ in self.parts], self.dims)
         repeats = self.spec.repeats
 
-        def cell_repeats(i: int) -> Iterator[PairResult]:
+        def places(i: int) -> Iterator[tuple[int, int]]:
             for r in range(repeats):
                 place = self.where[i * repeats + r]
                 if place >= 0:
-                    yield reader.read(place >> _FILE_BITS, place & ((1 << _FILE_BITS) - 1))
+                    yield place >> _FILE_BITS, place & ((1 << _FILE_BITS) - 1)
+
+        def cell_repeats(i: int) -> Iterator[PairResult]:
+            return (reader.read(f, offset) for f, offset in places(i))
+
+        def cell_raw(i: int) -> Iterator[dict[str, Any]]:
+            return (reader.read_json(f, offset) for f, offset in places(i))
 
         return Streamed(self.metadata(), tuple(n.label for n in self.spec.nats), heads,
                         _Counts(self.counts, len(heads)), cell_repeats,
-                        dimension_infos(self.spec))
+                        dimension_infos(self.spec), cell_raw)
 
     def metadata(self) -> dict[str, Any]:
         manifests = [m for _, m in self.parts]

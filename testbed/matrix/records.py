@@ -201,14 +201,19 @@ class RecordReader:
         self.keep_open = keep_open
         self._open: dict[int, Any] = {}
 
-    def read(self, file_no: int, offset: int) -> PairResult:
+    def read_json(self, file_no: int, offset: int) -> Any:
+        """The record at that place as JSON (it was checked when it was first read)."""
         f = self._open.pop(file_no, None) or self.paths[file_no].open("rb")
         self._open[file_no] = f  # most recently used last
         if len(self._open) > self.keep_open:
             oldest = next(iter(self._open))
             self._open.pop(oldest).close()
         f.seek(offset)
-        return pair_from_json(json.loads(f.readline()), str(self.paths[file_no]), self.dims)
+        return json.loads(f.readline())
+
+    def read(self, file_no: int, offset: int) -> PairResult:
+        return pair_from_json(self.read_json(file_no, offset), str(self.paths[file_no]),
+                              self.dims)
 
     def close(self) -> None:
         for f in self._open.values():

@@ -209,6 +209,17 @@ def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
     `a_node` and `b_node`. `dimensions` adds other dimensions by name, each a list of
     values or labels ({"punch": ["0.2s", "1s"]}). The result carries the model's
     prediction for every cell."""
+    spec = matrix_spec(nats, repeats=repeats, only=only, topology=topology, a_node=a_node,
+                       b_node=b_node, timing=timing, dimensions=dimensions)
+    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()
+
+
+def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
+                only: Iterable[tuple[NatSpec, NatSpec]] | None = None,
+                topology: str | Path | None = None, a_node: str = "alice",
+                b_node: str = "bob", timing: Timing | None = None,
+                dimensions: Mapping[str, Iterable[Any]] | None = None) -> MatrixSpec:
+    """run_matrix's arguments as a run spec (ValueError naming what is wrong)."""
     cells = tuple(only) if only is not None else None
     if cells is not None:
         nats = list(dict.fromkeys(n for cell in cells for n in cell))
@@ -216,8 +227,7 @@ def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
         kind(name).with_values(v if hasattr(v, "label") else kind(name).parse(str(v))
                                for v in values)
         for name, values in (dimensions or {}).items())
-    spec = MatrixSpec(tuple(nats or default_nats()), repeats,
+    return MatrixSpec(tuple(nats or default_nats()), repeats,
                       None if cells is None else tuple(Selector.cell(a, b) for a, b in cells),
                       timing or Timing(), Path(topology) if topology is not None else None,
                       (("alice", a_node), ("bob", b_node)), extra)
-    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()

@@ -138,6 +138,10 @@ def test_n_parts_merge_into_what_one_part_of_the_whole_run_gives(tmp_path: Path)
         report.write_all(collected.document(), tmp_path / out)
     for name in ("results.csv",):  # metadata aside, the same files
         assert (tmp_path / "m" / name).read_bytes() == (tmp_path / "w" / name).read_bytes()
+    # the records go to results.json as they are: what the typed path would write
+    again = report.load(tmp_path / "m" / "results.json")
+    report.write_json(again, tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "m" / "results.json").read_bytes()
     meta = merged.document().metadata
     assert [s["index"] for s in meta["shards"]] == [1, 2, 3, 4]
     assert meta["timings_s"]["run"] == 64.0 and len(meta["timings_s"]["labs"]) == 4

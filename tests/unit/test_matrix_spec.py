@@ -299,6 +299,29 @@ def test_a_spec_of_another_version_is_refused_by_name() -> None:
         spec_from_json(data)
 
 
+def test_the_python_api_takes_other_dimensions_by_name() -> None:
+    from testbed.matrix.run import matrix_spec
+
+    spec = matrix_spec([FULL, SYM], repeats=2, dimensions={"punch": ["0.2s", dims.Seconds(3)]})
+    assert [d.labels for d in spec.facet_dimensions()] == [("0.2s", "3s")]
+    only = matrix_spec(only=[(SYM, FULL)])
+    assert [s.key for s in only.slots()] == ["a=symmetric,b=full-cone,repeat=1"]
+    with pytest.raises(ValueError, match="unknown dimension 'colour'"):
+        matrix_spec(dimensions={"colour": ["red"]})
+
+
+def test_a_lab_job_is_plain_data_that_travels() -> None:
+    """What a distributed pool sends to another machine: a lab's slots and setups."""
+    import pickle
+
+    from testbed.matrix.run import plan_run
+
+    plan = plan_run(MatrixSpec(nats(3), 2, extra=(PUNCH_FAST,)), jobs=2)
+    job = next(plan.jobs())
+    assert pickle.loads(pickle.dumps(job)) == job
+    assert [s.timing.punch_timeout for s in job.setups][:2] == [0.2, 0.2]
+
+
 # --------------------------------------------------------------------------- strategies
 
 
