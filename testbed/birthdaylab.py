@@ -40,11 +40,11 @@ import yaml
 
 from peers import probe as pr
 from peers import stun
-from peers.birthday import Birthday, probe_ports
+from peers.birthday import probe_ports
 from testbed.lab import Lab
-from testbed.nat import Kind, NatSpec, nat_section
+from testbed.nat import NatSpec, nat_section
 from testbed.netns import entered
-from testbed.study import MAX_TRIALS
+from testbed.study import StudyConfig
 from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE, STUN_PORT = "203.0.113.3", "203.0.113.4", 3478
@@ -52,28 +52,7 @@ OPEN_REPEATS, OPEN_GAP_S = 3, 0.003  # each hard socket's opening probe, and its
 SETTLE_S = 0.02  # after the last opening probe, before the easy side's first probe
 GRACE_S = 0.2  # after the last probe, for a late answer
 STUN_TIMEOUT_S = 2.0
-MAX_CONCURRENCY = 32
 _REPLY_DPORT = re.compile(r"\bdst=(\S+) sport=(\d+) dport=(\d+)")
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    hard: NatSpec
-    easy: NatSpec
-    birthday: Birthday  # sockets, largest probe count, rate, probed range
-    trials: int
-    concurrency: int = 8
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.trials <= MAX_TRIALS:
-            raise ValueError(f"trials: must be 1 to {MAX_TRIALS}, got {self.trials}")
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
-            raise ValueError(f"concurrency: must be 1 to {MAX_CONCURRENCY}, "
-                             f"got {self.concurrency}")
-        for what, spec in (("hard", self.hard), ("easy", self.easy)):
-            if spec.kind is not Kind.NAT:
-                raise ValueError(f"{what}: must be a NAT, not {spec.label!r}")
 
 
 @dataclass

@@ -55,6 +55,7 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
 }
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
+SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
 PORT_MAPPING_PROTOCOLS = ("pcp", "nat-pmp", "upnp")  # miniupnpd speaks all three
 POOLINGS = ("paired", "arbitrary")  # RFC 4787 REQ-2 / RFC 6888 REQ-6: paired by default
 FORWARD_PROTOS = ("udp", "tcp")
@@ -130,6 +131,56 @@ class NatSpec:
         return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
 
     @property
+    def behaviour(self) -> str:
+        """Every setting in words, for people: the label 'restricted-cone' alone does not
+        say that this one also picks random ports, never hairpins and forgets in 30 s."""
+        if self.kind is Kind.NONE:
+            return "no translation, no filtering: the LAN is routed as it is"
+        timeout = f"{self.mapping_timeout} s"
+        if self.kind is Kind.FIREWALL:
+            return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
+                    "idle")
+        ports = {PortAllocation.PRESERVE: "port preservation",
+                 PortAllocation.SEQUENTIAL: "sequential ports",
+                 PortAllocation.RANDOM: "random ports"}[self.port_allocation]
+        words = (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
+                 f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
+                 f"{timeout} idle")
+        forwards = [f"forward {f.text}" for f in self.forwards]
+        return ", ".join((words, *(w for _, w in self._carrier_settings()), *forwards))
+
+    def _carrier_settings(self) -> list[tuple[str, str]]:
+        """The port range, CGN and port-mapping settings that differ from the defaults:
+        (label part, words) each; a label names port mapping without its protocols."""
+        out = []
+        if self.port_range is not None:
+            lo, hi = self.port_range
+            out.append((f"port-range={lo}-{hi}", f"ports {lo}-{hi}"))
+        if self.port_block is not None:
+            out.append((f"port-block={self.port_block}",
+                        f"blocks of {self.port_block} ports per subscriber"))
+        if self.pooling != "paired":
+            out.append((f"pooling={self.pooling}", f"{self.pooling} pooling"))
+        if self.max_sessions_per_host is not None:
+            n = self.max_sessions_per_host
+            out.append((f"max-sessions-per-host={n}", f"at most {n} sessions per host"))
+        if self.port_mapping:
+            out.append((PORTMAP_VARIANT, f"port mapping by {', '.join(self.port_mapping)} "
+                                         f"(quota {self.mapping_quota})"))
+        return out
+
+    @property
+    def not_applicable(self) -> frozenset[str]:
+        """Settings that mean nothing for this kind (results show them as n/a): `none`
+        translates and filters nothing; a firewall filters (address-and-port-dependent,
+        its state timing out after mapping_timeout) but translates no address or port."""
+        if self.kind is Kind.NONE:
+            return frozenset(SETTINGS)
+        if self.kind is Kind.FIREWALL:
+            return frozenset(("mapping", "port_allocation", "hairpinning"))
+        return frozenset()
+
+    @property
     def variant(self) -> str:
         """':'-separated settings that differ from the defaults ('' when none do)."""
         parts = []
@@ -139,16 +190,7 @@ class NatSpec:
             parts.append(NO_HAIRPIN)
         if self.mapping_timeout != DEFAULT_MAPPING_TIMEOUT:
             parts.append(f"{self.mapping_timeout}s")
-        if self.port_range is not None:
-            parts.append(f"port-range={self.port_range[0]}-{self.port_range[1]}")
-        if self.port_block is not None:
-            parts.append(f"port-block={self.port_block}")
-        if self.pooling != "paired":
-            parts.append(f"pooling={self.pooling}")
-        if self.max_sessions_per_host is not None:
-            parts.append(f"max-sessions-per-host={self.max_sessions_per_host}")
-        if self.port_mapping:
-            parts.append(PORTMAP_VARIANT)
+        parts += [label for label, _ in self._carrier_settings()]
         return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
 

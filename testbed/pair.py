@@ -321,6 +321,24 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
     return lines
 
 
+CANDIDATE_LEGEND = ("host = own address, srflx = its NAT's mapping (from STUN), prflx = one "
+                    "seen on a probe, relay = on the TURN server; docs/glossary.md")
+STRATEGY_LEGEND = {"predicted": "predicted = a port guessed from the NAT's allocation step",
+                   "mapped": "mapped = one the router granted (PCP, NAT-PMP, UPnP)",
+                   "birthday": "birthday = one of many sockets' mappings, found by probing"}
+
+
+def candidate_legend(result: PairResult) -> str:
+    """The ICE words, and a strategy's own candidate kinds when the peers offered any."""
+    kinds = {c.type for p in result.peers.values()
+             for c in (*p.local_candidates, *p.remote_candidates)}
+    extra = [words for kind, words in STRATEGY_LEGEND.items() if kind in kinds]
+    if not extra:
+        return CANDIDATE_LEGEND
+    head, _, tail = CANDIDATE_LEGEND.rpartition("; ")
+    return f"{head}, {', '.join(extra)}; {tail}"
+
+
 def format_pair(result: PairResult) -> str:
     lines = [f"pair: {result.a} (alice) x {result.b} (bob)",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
@@ -336,6 +354,7 @@ def format_pair(result: PairResult) -> str:
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
+    lines.append(candidate_legend(result))
     return "\n".join(lines)
 
 

@@ -21,12 +21,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from peers.birthday import success_probability
+from peers.birthday import Birthday, success_probability
+from testbed.nat import Kind, NatSpec
 
 TAILSCALE = {174: 0.50, 256: 0.64, 1024: 0.98, 2048: 0.999}  # 256 ports open
 TAILSCALE_OPEN = 256
 Z95 = 1.959963984540054
 MAX_TRIALS = 10000
+MAX_CONCURRENCY = 32  # trials at once
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What `study birthday` runs: the two NATs, the birthday parameters, how many trials
+    and how many at once (checked here, so a bad flag is refused before a lab exists)."""
+
+    hard: NatSpec
+    easy: NatSpec
+    birthday: Birthday  # sockets, largest probe count, rate, probed range
+    trials: int
+    concurrency: int = 8
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.trials <= MAX_TRIALS:
+            raise ValueError(f"trials: must be 1 to {MAX_TRIALS}, got {self.trials}")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency: must be 1 to {MAX_CONCURRENCY}, "
+                             f"got {self.concurrency}")
+        for what, spec in (("hard", self.hard), ("easy", self.easy)):
+            if spec.kind is not Kind.NAT:
+                raise ValueError(f"{what}: must be a NAT, not {spec.label!r}")
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from testbed import adapters
+from testbed.adapters import DEFAULT_DEADLINE_S
 from testbed.cli.common import (
     NAT_HELP,
     add_strategy_flags,
     add_topology_flags,
+    check_lab_name,
     flag,
     nat,
     print_json,
@@ -16,11 +18,7 @@ from testbed.cli.common import (
     topology_path,
 )
 from testbed.errors import UsageError
-from testbed.lab import require_root
 from testbed.nat import NatSpec
-from testbed.pair import format_pair, format_trace, run_pair
-from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
-from testbed.results import pair_to_json
 
 NAME = "pair"
 HELP = "two peers behind two NATs: direct, relay or failed?"
@@ -38,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topology_flags(p, "run the pair", "home-pair")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
+    p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
     p.add_argument("--trace", metavar="DIR",
                    help="capture both sides of both routers: pcaps and a sequence diagram")
     p.add_argument("--peer-a", metavar="PEER", help="Alice's program: an adapter from "
@@ -63,11 +62,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--strategy: one strategy per call attempt, got {args.strategy!r} "
                          "(the matrix takes a list: --strategies)")
     strategy = strategies[0]
+    check_lab_name(args.name)
+    from testbed.lab import require_root  # the flags are good: now load the engine
+    from testbed.pair import format_pair, format_trace, run_pair
+    from testbed.results import pair_to_json
+
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
                           b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
-                          strategy=strategy)
+                          strategy=strategy, lab_name=args.name)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -95,6 +99,9 @@ def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.
 
 
 def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
+    from testbed.lab import require_root
+    from testbed.peerprog import format_cell, run_contract_pair
+
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
@@ -103,8 +110,10 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
+    check_lab_name(args.name)
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                             lab_name=args.name)
     if args.json:
         print_json(cell)
     else:

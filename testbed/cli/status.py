@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli.common import print_json
-from testbed.status import format_summary, lab_names, lab_summary, require_labs
 
 NAME = "status"
 HELP = "labs: who owns each (a running command, or detached by `up`), nodes, addresses"
@@ -18,11 +17,17 @@ that is no lab is an error."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("labs", nargs="*", metavar="LAB", help="only these labs (default: all)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="also print the servers' secrets (TURN password, signaling key), "
+                        "read from their root-only files; by default only the files' paths")
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.status import format_summary, lab_names, lab_summary, require_labs
+
     require_labs(args.labs)
-    summaries = [lab_summary(lab) for lab in (args.labs or lab_names())]
+    summaries = [lab_summary(lab, show_secrets=args.show_secrets)
+                 for lab in (args.labs or lab_names())]
     if args.json:
         print_json(summaries)
         return 0

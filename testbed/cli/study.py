@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 from peers import birthday as bd
 from testbed.cli.common import nat, port_range
 from testbed.errors import UsageError
+from testbed.study import MAX_CONCURRENCY, MAX_TRIALS, StudyConfig
 
 if TYPE_CHECKING:  # the engine is imported when the study runs: other verbs start faster
-    from testbed.birthdaylab import StudyConfig, StudyRun
+    from testbed.birthdaylab import StudyRun
     from testbed.study import Point
 
-MAX_TRIALS, MAX_CONCURRENCY = 10000, 32  # testbed.study / testbed.birthdaylab check them too
 
 NAME = "study"
 HELP = "measure a strategy over many trials: birthday probing's success vs probes"
@@ -69,8 +69,6 @@ def probe_counts(text: str) -> list[int]:
 
 
 def config(args: argparse.Namespace) -> tuple[StudyConfig, list[int]]:
-    from testbed.birthdaylab import StudyConfig
-
     counts = probe_counts(args.probes)
     lo, hi = port_range(args.probe_range, "--probe-range")
     try:
@@ -103,11 +101,11 @@ def summary(cfg: StudyConfig, run: StudyRun, counts: list[int]) -> tuple[list[Po
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.birthdaylab import run_study
+    cfg, counts = config(args)
+    from testbed.birthdaylab import run_study  # the flags are good: now load the engine
     from testbed.lab import require_root
     from testbed.study import format_points, plot
 
-    cfg, counts = config(args)
     require_root()
     out = Path(args.out) if args.out else None
     b = cfg.birthday

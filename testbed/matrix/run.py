@@ -133,14 +133,19 @@ class MatrixRun:
     def plan(self) -> Plan:
         return plan_run(self.spec, self.jobs, self.shard)
 
-    def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None]) -> Ran:
+    def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None],
+                on_decided: Callable[[LabJob, int, PairResult], None] | None = None) -> Ran:
+        """Run the plan's labs; `on_results` gets each lab's results as it reports,
+        `on_decided` each slot's as it decides (without coturn's counters)."""
         require_root()
         require_turnserver()
         if self.progress is not None:
             self.progress.start(plan.slots, plan.labs)
         early = EarlyOutcomes(self.spec) if self.on_outcomes is not None else None
 
-        def on_slot(job: LabJob, k: int, outcome: str) -> None:
+        def on_slot(job: LabJob, k: int, outcome: str, result: PairResult) -> None:
+            if on_decided is not None:
+                on_decided(job, k, result)
             if early is None or self.on_outcomes is None:
                 return
             early.add(job, k, outcome)
@@ -171,7 +176,9 @@ class MatrixRun:
 
     def run_to(self, out: Path) -> records.Manifest:
         """Stream every slot's record to out/records.jsonl as its lab reports, with
-        out/manifest.json; an interrupted run leaves what it finished, marked incomplete."""
+        out/manifest.json; an interrupted run leaves what it decided, marked incomplete:
+        the labs that reported, and the slots a lab cut short had decided (their coturn
+        counters never read: relay bytes unknown)."""
         plan = self.plan()
         out.mkdir(parents=True, exist_ok=True)
         spec_json = spec_to_json(self.spec)
@@ -184,9 +191,21 @@ class MatrixRun:
         writer = records.RecordWriter(out / records.RECORDS)
         labs: list[dict[str, Any]] = []
         t0 = time.monotonic()
+        cut_short: dict[int, dict[int, PairResult]] = {}  # running labs' decided slots
+
+        def lab_reported(job: LabJob, results: list[PairResult]) -> None:
+            writer.write(results)
+            cut_short.pop(job.index, None)
+
+        def slot_decided(job: LabJob, k: int, result: PairResult) -> None:
+            cut_short.setdefault(job.index, {})[k] = result
+
         try:
-            ran = self.execute(plan, lambda job, rs: writer.write(rs))
+            ran = self.execute(plan, lab_reported, slot_decided)
             labs = ran.labs
+        except KeyboardInterrupt:
+            writer.write([r for j in sorted(cut_short) for _, r in sorted(cut_short[j].items())])
+            raise
         finally:
             writer.close()
             manifest = manifest.finished_with(

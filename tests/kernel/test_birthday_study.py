@@ -13,8 +13,9 @@ import shutil
 import pytest
 
 from peers.birthday import Birthday, success_probability
-from testbed.birthdaylab import StudyConfig, run_study
+from testbed.birthdaylab import run_study
 from testbed.nat import nat_from_label
+from testbed.study import StudyConfig
 
 pytestmark = [
     pytest.mark.kernel,

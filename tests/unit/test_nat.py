@@ -245,3 +245,28 @@ def test_bad_hard_nat_settings_name_their_field(data: dict[str, object], field: 
         nat_from_dict(data)
     assert info.value.field == field
     assert message in info.value.message
+
+
+@pytest.mark.parametrize(("label", "words"), [
+    ("restricted-cone:random:no-hairpin:30s",
+     "endpoint-independent mapping, address-dependent filtering, random ports, no "
+     "hairpinning, mappings kept 30 s idle"),
+    ("symmetric", "address-and-port-dependent mapping, address-and-port-dependent filtering, "
+                  "port preservation, hairpinning, mappings kept 120 s idle"),
+    ("adm-eif:sequential", "address-dependent mapping, endpoint-independent filtering, "
+                           "sequential ports, hairpinning, mappings kept 120 s idle"),
+    ("firewall:45s", "no translation; address-and-port-dependent filtering, state kept 45 s "
+                     "idle"),
+    ("none", "no translation, no filtering: the LAN is routed as it is"),
+    ("symmetric:port-block=512:port-range=1024-65535:max-sessions-per-host=64",
+     "address-and-port-dependent mapping, address-and-port-dependent filtering, port "
+     "preservation, hairpinning, mappings kept 120 s idle, ports 1024-65535, blocks of 512 "
+     "ports per subscriber, at most 64 sessions per host"),
+    ("symmetric:pooling=arbitrary:port-mapping", "address-and-port-dependent mapping, "
+     "address-and-port-dependent filtering, port preservation, hairpinning, mappings kept "
+     "120 s idle, arbitrary pooling, port mapping by pcp, nat-pmp, upnp (quota 16)"),
+])
+def test_every_setting_is_said_in_words(label: str, words: str) -> None:
+    """What `validate`, `up` and `status` print under a router: a carrier NAT that picks
+    random ports, never hairpins and forgets in 30 s is not just 'restricted-cone'."""
+    assert NatSpec.from_label(label).behaviour == words

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from peers.candidates import CANDIDATE_TYPES
 from peers.driver import wait_budget
 from peers.peer import build_parser, timing_from
 from peers.result import PeerResult
@@ -18,6 +19,8 @@ from testbed.coturn import Counters, RelayUsage
 from testbed.nat import nat_from_dict
 from testbed.pair import _peer_lines, _read_result, format_pair, pair_topology, timing_args
 from testbed.results import PairResult, combine
+
+ICE_TYPES = ("host", "srflx", "prflx", "relay")  # RFC 8445 section 5.1.1
 
 
 def peer(me: str, outcome: str, pair_type: str = "srflx", reason: str | None = None
@@ -105,6 +108,19 @@ def test_format_pair_mentions_every_requested_figure(outcome: str) -> None:
         assert f"reason: {reason}" in text and "no path" in text
     assert "coturn relayed 0 bytes" in text
     assert "nat-testbed down ntabcd" in text
+    legend = text.splitlines()[-1]  # the ICE words it used, explained under the output
+    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == list(ICE_TYPES)
+    assert legend.endswith("docs/glossary.md")
+
+
+def test_the_legend_explains_a_strategys_own_candidate_kinds_when_offered() -> None:
+    res = combined("symmetric:sequential", "port-restricted-cone",
+                   {"alice": peer("alice", "direct", "predicted"),
+                    "bob": peer("bob", "direct", "predicted")},
+                   {"alice": usage(0, 0), "bob": usage(0, 0)})
+    legend = format_pair(res).splitlines()[-1]
+    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == [*ICE_TYPES, "predicted"]
+    assert legend.endswith("docs/glossary.md")
 
 
 def test_pair_topology_routes_public_lans_behind_none_and_firewall() -> None:
