@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peers.birthday import Birthday  # noqa: E402
-from testbed.birthdaylab import run_study
+from testbed.birthdaylab import run_study  # noqa: E402
 from testbed.nat import nat_from_label  # noqa: E402
 from testbed.study import StudyConfig  # noqa: E402
 
