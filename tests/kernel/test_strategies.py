@@ -8,13 +8,16 @@ and not random allocation. Addresses come from the topology, relay usage from co
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from peers.birthday import Birthday
-from testbed import resources
+from testbed import cli, resources
 from testbed.matrix.run import run_matrix
 from testbed.nat import nat_from_label
 from testbed.pair import format_pair, run_pair
@@ -90,3 +93,30 @@ def test_strategies_as_a_matrix_dimension_carry_their_own_candidate_kinds() -> N
     assert observed[("predict", seq.label, PRC.label)] == ("direct", "predicted")
     assert observed[("stun", pm.label, sym.label)] == ("relay", "relay")
     assert observed[("portmap", pm.label, sym.label)] == ("direct", "mapped")
+
+
+def test_matrix_strategies_from_the_command_line_write_the_strategy_in_every_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`matrix --strategies` as a user runs it: slot keys, results.json's carried_by and
+    results.csv's strategy column and candidate types say which strategy did what; the
+    model agrees (--strict)."""
+    pm, sym = "symmetric:port-mapping", "symmetric"
+    rc = cli.main(["matrix", "--only", f"{pm},{sym}", "--strategies", "stun,portmap",
+                   "--out", str(tmp_path), "--strict", "--no-color"])
+    table = capsys.readouterr().out
+    assert rc == 0, table
+    assert "strategy=stun" in table and "strategy=portmap" in table  # a grid per strategy
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert [d["name"] for d in doc["dimensions"]] == ["strategy"]
+    got = {c["repeats"][0]["key"]: (c["repeats"][0]["outcome"], c["repeats"][0]["carried_by"])
+           for c in doc["cells"]}
+    assert got == {f"a={pm},b={sym},strategy=stun,repeat=1": ("relay", "relay"),
+                   f"a={pm},b={sym},strategy=portmap,repeat=1": ("direct", "mapped")}
+    wan_a = {c["strategy"]: c["repeats"][0]["wan"]["alice"] for c in doc["cells"]}
+    with (tmp_path / "results.csv").open() as f:
+        rows = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert rows.keys() == {"stun", "portmap"}
+    # Bob reached Alice at the mapping her router's daemon granted, on her WAN address
+    assert rows["portmap"]["bob_remote_type"] == "mapped"
+    assert rows["portmap"]["bob_remote_ip"] == wan_a["portmap"]
+    assert rows["stun"]["outcome"] == "relay" and int(rows["stun"]["relay_bytes"]) > 0
