@@ -153,10 +153,17 @@ def birthday_from_args(args: argparse.Namespace) -> bd.Birthday:
         return bd.Birthday(sockets=args.sockets, probes=args.probes, rate=args.rate,
                            port_lo=lo, port_hi=hi)
     except bd.BirthdayError as exc:
-        what = str(exc).split(":")[0]
-        name = {"sockets": "--sockets", "probes": "--probes", "rate": "--rate"}.get(
-            what, "--probe-range")
-        raise UsageError(f"{name}: {exc}") from None
+        raise birthday_usage(exc, {"sockets": "--sockets", "probes": "--probes",
+                                   "rate": "--rate"}) from None
+
+
+def birthday_usage(exc: bd.BirthdayError, flags: dict[str, str]) -> UsageError:
+    """A birthday setting's error under the flag that set it ('--rate: must be ...'); a
+    setting without a flag of its own is the probed range."""
+    what, _, rest = str(exc).partition(": ")
+    if what in flags:
+        return UsageError(f"{flags[what]}: {rest}")
+    return UsageError(f"--probe-range: {exc}")
 
 
 def strategy_from_args(args: argparse.Namespace, text: str, name: str) -> list[Strategy]:

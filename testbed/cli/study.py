@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peers import birthday as bd
-from testbed.cli.common import nat, port_range
+from testbed.cli.common import birthday_usage, nat, port_range
 from testbed.errors import UsageError
 from testbed.study import MAX_CONCURRENCY, MAX_TRIALS, StudyConfig
 
@@ -75,10 +75,8 @@ def config(args: argparse.Namespace) -> tuple[StudyConfig, list[int]]:
         b = bd.Birthday(sockets=args.ports, probes=counts[-1], rate=args.rate,
                         port_lo=lo, port_hi=hi)
     except bd.BirthdayError as exc:
-        what = str(exc).split(":")[0]
-        name = {"sockets": "--ports", "probes": "--probes", "rate": "--rate"}.get(
-            what, "--probe-range")
-        raise UsageError(f"{name}: {exc}") from None
+        raise birthday_usage(exc, {"sockets": "--ports", "probes": "--probes",
+                                   "rate": "--rate"}) from None
     if counts[0] < 1:
         raise UsageError(f"--probes: counts start at 1, got {counts[0]}")
     try:
