@@ -364,6 +364,8 @@ def _discover(
             "trials": [{"idle_s": t, "alive": alive} for t, alive in lt.trials],
         }
     if settings.allocations and mapped is not None:
+        _progress(settings, f"{settings.allocations} new mappings, one socket each: pooling "
+                            "and the ports allocated")
         result["allocations"] = _allocations(settings, primary, a.getsockname()[0], waits,
                                              clock)
         result["allocation"] = describe_allocations(
