@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from testbed import netns, services, state
+from testbed import impair, netns, services, state
 from testbed.errors import LabError
 from testbed.nat import NatConfigError, nat_from_label
 from testbed.results import spec_to_json
@@ -39,7 +39,8 @@ def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
         if node in live:
             live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
-            "created": st.get("created"), "services": svcs, "nodes": live}
+            "created": st.get("created"), "services": svcs,
+            "conditions": impair.summary(st.get("impairments")), "nodes": live}
 
 
 def nat_json(label: str) -> dict[str, Any]:
@@ -108,4 +109,9 @@ def format_summary(s: dict[str, Any]) -> str:
                              f"quota={quota or '-'} log={d['log']}")
             continue
         lines.append(f"  service {svc}: {service_line(info, show_secrets=True)}")  # as asked
+    cond = s.get("conditions")
+    if cond:
+        lines.append(f"  conditions (mechanism: {cond['mechanism']}):")
+        lines += [f"    {d['from']} -> {d['to']}: {d['conditions']} ({', '.join(d['parts'])})"
+                  for d in cond["directions"]]
     return "\n".join(lines)

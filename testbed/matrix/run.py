@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peers.session import Timing
+from testbed.admission import settings as admission_settings
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix import records
@@ -26,6 +27,7 @@ from testbed.matrix.document import (
     dimension_infos,
     environment,
     iso,
+    mechanisms,
     phase_summary,
 )
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
@@ -119,16 +121,18 @@ class Ran:
 
 @dataclass
 class MatrixRun:
-    """One run of a spec (or of one shard of it); `progress`, `on_idle` and `on_outcomes`
-    are for the command line (a progress bar, loading plotting code while labs run,
-    drawing the heatmap from the outcomes before coturn's counters are in)."""
+    """One run of a spec (or of one shard of it); `progress`, `background` and
+    `on_outcomes` are for the command line (a progress bar, loading plotting code while
+    the first labs build, drawing the heatmap from the outcomes before coturn's counters
+    are in). `admission`: slots start as testbed.admission admits them."""
 
     spec: MatrixSpec
     jobs: int
     progress: Progress | None = None
-    on_idle: Callable[[], None] | None = None
+    background: Callable[[], None] | None = None
     on_outcomes: Callable[[Streamed], None] | None = None
     shard: Shard = field(default_factory=Shard)
+    admission: bool = True
 
     def plan(self) -> Plan:
         return plan_run(self.spec, self.jobs, self.shard)
@@ -153,19 +157,24 @@ class MatrixRun:
                 self.on_outcomes(early.document(self.spec))
 
         t_start, t0 = time.time(), time.monotonic()
-        workers = Workers(plan.layout, self.jobs, self.progress, self.on_idle, on_slot,
-                          on_results)
+        workers = Workers(plan.layout, self.jobs, self.progress, self.background, on_slot,
+                          on_results, admission=self.admission)
         workers.run(plan.jobs())
         return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
 
     def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any]) -> dict[str, Any]:
         meta = dict(env)
         meta.update(started=iso(ran.started), finished=iso(ran.finished),
-                    configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs),
+                    configuration=self.configuration(plan),
+                    conditions_mechanism=mechanisms(ran.labs),
                     timings_s={"run": round(ran.wall_s, 3),
                                "phases_max_over_labs": phase_summary(ran.labs),
                                "labs": ran.labs})
         return meta
+
+    def configuration(self, plan: Plan) -> dict[str, Any]:
+        return configuration(self.spec, plan.layout, self.jobs, plan.labs,
+                             admission_settings() if self.admission else None)
 
     def run(self) -> MatrixResult:
         """The whole result in memory (the Python API)."""
@@ -186,7 +195,7 @@ class MatrixRun:
             environment=records.host_environment(environment()), spec=spec_json,
             spec_hash=spec_hash(spec_json), shard=plan.shard, slots=plan.slots,
             slots_total=plan.slots_total, started=iso(time.time()),
-            configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs))
+            configuration=self.configuration(plan))
         records.write_manifest(out, manifest)
         writer = records.RecordWriter(out / records.RECORDS)
         labs: list[dict[str, Any]] = []
