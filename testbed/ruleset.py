@@ -31,7 +31,7 @@ import ipaddress
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import jinja2
@@ -66,6 +66,13 @@ class RouterContext:
     @property
     def addresses(self) -> tuple[str, ...]:
         return self.pool or (self.wan_addr,)
+
+    def renumbered(self, wan_addr: str) -> RouterContext:
+        """The same router after its WAN address changed (a renumbering event): the new
+        address replaces the old one in the pool too, or new mappings would keep taking
+        the old one."""
+        pool = tuple(wan_addr if a == self.wan_addr else a for a in self.pool)
+        return replace(self, wan_addr=wan_addr, pool=pool)
 
     def __post_init__(self) -> None:
         # These strings end up inside an nft script: refuse anything that is not plain.

@@ -9,6 +9,7 @@ review; this test only ever compares.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from testbed.nat import (
     PortAllocation,
     all_combinations,
     nat_from_dict,
+    nat_from_label,
 )
 from testbed.ruleset import RouterContext, render_ruleset, sysctls
 
@@ -181,3 +183,13 @@ def test_router_context_refuses_what_cannot_go_into_a_ruleset(kw: dict[str, Any]
     with pytest.raises(ValueError) as info:
         RouterContext(**{**base, **kw})
     assert str(info.value) == message
+
+
+def test_a_renumbered_router_maps_to_its_new_address_only() -> None:
+    # The lab's context lists the WAN's addresses as the pool; a renumbering event swaps
+    # the address in both, or new mappings would keep the address the router lost.
+    ctx = replace(CTX, pool=("203.0.113.1",))
+    new = render_ruleset(nat_from_label("symmetric"), ctx.renumbered("203.0.113.254"))
+    assert "203.0.113.254" in new and "203.0.113.1 " not in new and "203.0.113.1:" not in new
+    pool = replace(CTX, pool=("203.0.113.1", "203.0.113.2"))
+    assert pool.renumbered("203.0.113.9").addresses == ("203.0.113.9", "203.0.113.2")
