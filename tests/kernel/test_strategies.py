@@ -18,6 +18,7 @@ import pytest
 
 from peers.birthday import Birthday
 from testbed import cli, resources
+from testbed.conditions import parse_spec
 from testbed.matrix.run import run_matrix
 from testbed.nat import nat_from_label
 from testbed.pair import format_pair, run_pair
@@ -78,6 +79,31 @@ def test_birthday_probing_finds_a_random_symmetric_nats_port() -> None:
     assert res["relay_bytes"] == 0
 
 
+def test_a_call_over_a_birthday_path_through_delayed_links() -> None:
+    # Strategies and link conditions together: 30 ms each way on both access links, the
+    # birthday path found anyway, then a call whose data (seen on both hosts' wires)
+    # crosses that path in both directions: the hard side sends from the socket that
+    # was hit, or its NAT would open a new mapping the easy side never heard of.
+    b = Birthday(sockets=256, probes=2048, rate=5000.0, port_lo=49152, port_hi=65535)
+    result = run_pair(nat_from_label("symmetric:random"), PRC, strategy=Strategy("birthday", b),
+                      conditions=parse_spec("delay=30ms"), call=3.0)
+    text = format_pair(result)
+    res = pair_to_json(result)
+    assert res["outcome"] == "direct", text
+    assert res["conditions"], text  # applied and reported
+    hit = res["peers"]["bob"]["candidate_pair"]["remote"]
+    assert hit["type"] == "birthday", text
+    assert result.peers["alice"].restarts == result.peers["bob"].restarts == (), text
+    assert len(result.flows) == 2
+    for f in result.flows:
+        # a datagram or two may still be on the delayed link when the call ends
+        assert f.sent > 0 and f.arrived >= f.sent - 3, text
+    # the delay was on the path: gathering alone is a STUN round trip over one access
+    # link (2 x 30 ms), and a timer fires late, never early
+    gather = result.peers["alice"].timings_ms.gather
+    assert gather is not None and gather >= 60.0, text
+
+
 def test_strategies_as_a_matrix_dimension_carry_their_own_candidate_kinds() -> None:
     seq, pm = nat_from_label("symmetric:sequential"), nat_from_label("symmetric:port-mapping")
     sym = nat_from_label("symmetric")
@@ -93,6 +119,25 @@ def test_strategies_as_a_matrix_dimension_carry_their_own_candidate_kinds() -> N
     assert observed[("predict", seq.label, PRC.label)] == ("direct", "predicted")
     assert observed[("stun", pm.label, sym.label)] == ("relay", "relay")
     assert observed[("portmap", pm.label, sym.label)] == ("direct", "mapped")
+
+
+def test_strategies_and_link_conditions_are_dimensions_of_one_matrix() -> None:
+    # Both dimensions in one grid: every slot's access links delayed, and the strategy
+    # still decides the cell (the model covers delay, so the prediction holds).
+    seq = nat_from_label("symmetric:sequential")
+    doc = run_matrix(only=[(seq, PRC)], jobs=1,
+                     dimensions={"strategy": ["stun", "predict"], "delay": ["20ms"]})
+    observed = {}
+    for cell in doc.cells:
+        (rep,) = cell.repeats
+        assert cell.point["delay"] == "20ms" and "delay=20ms" in (rep.key or ""), rep.key
+        for role in ("alice", "bob"):  # the delay was on the links: a STUN round trip
+            stun_ms = rep.peers[role].gather_ms.stun
+            assert stun_ms is not None and stun_ms >= 2 * 20.0, rep.key
+        observed[cell.point["strategy"]] = (rep.outcome, rep.carried_by)
+        assert rep.outcome == cell.predicted, (cell.key, cell.reason)
+    assert observed == {"stun": ("relay", "relay"), "predict": ("direct", "predicted")}
+    assert doc.metadata["conditions_mechanism"]  # which mechanism applied them
 
 
 def test_matrix_strategies_from_the_command_line_write_the_strategy_in_every_file(
