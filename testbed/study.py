@@ -23,10 +23,10 @@ from typing import Any
 
 from peers.birthday import Birthday, success_probability
 from testbed.nat import Kind, NatSpec
+from testbed.stats import wilson
 
 TAILSCALE = {174: 0.50, 256: 0.64, 1024: 0.98, 2048: 0.999}  # 256 ports open
 TAILSCALE_OPEN = 256
-Z95 = 1.959963984540054
 MAX_TRIALS = 10000
 MAX_CONCURRENCY = 32  # trials at once
 
@@ -52,17 +52,6 @@ class StudyConfig:
         for what, spec in (("hard", self.hard), ("easy", self.easy)):
             if spec.kind is not Kind.NAT:
                 raise ValueError(f"{what}: must be a NAT, not {spec.label!r}")
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95 % by default)."""
-    if n <= 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes ({successes}) <= n ({n}), n > 0")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
