@@ -9,7 +9,8 @@ with, independently of how it got there: the router's NAT table as nft lists it
   mapping map's key: inside endpoint, + remote address, + remote port), filtering
   (a dnat from the owner map for any sender: endpoint-independent; from the permit
   map: address-dependent; conntrack alone: address-and-port-dependent), port
-  allocation, hairpinning and the mapping timeout;
+  allocation, hairpinning and the mapping timeout, and issue 15's port range, port
+  blocks, pooling, session cap and port-mapping admission;
 - `digest(listing, ctx)` is the sha256 of the listing with the router's own addresses
   and interface names replaced by placeholders, so one NAT behaviour has one digest
   in any slot of any lab.
