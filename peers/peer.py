@@ -2,7 +2,8 @@
 
     python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:7000 \\
         --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
-        --result out.json [--punch-timeout 1.0] [--hold 0]
+        --result out.json [--punch-timeout 1.0] [--hold 0] \\
+        [--strategy stun,predict,birthday,portmap] [--birthday-sockets 256 ...]
 
 All the logic is in peers.session.Session (sans-IO), driven by peers.driver (the
 same driver the traversal matrix uses for hundreds of peers at once); this file is
@@ -20,10 +21,11 @@ import socket
 import sys
 from pathlib import Path
 
+from peers import birthday as bd
 from peers.candidates import Address
 from peers.driver import Driver, Endpoint
 from peers.result import PeerResult
-from peers.session import PeerConfig, Session, Timing
+from peers.session import STRATEGIES, PeerConfig, Session, Strategies, Timing
 
 
 def parse_addr(text: str, default_port: int | None = None) -> Address:
@@ -57,6 +59,34 @@ def timing_from(args: argparse.Namespace) -> Timing:
     return Timing(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
+def parse_strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(","))
+    bad = [n for n in names if n not in STRATEGIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown strategy {bad[0] if bad else text!r}; "
+                                         f"expected a list of {', '.join(STRATEGIES)}")
+    return names
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit() or len(lo) > 5 or len(hi) > 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO-HI, e.g. 1024-65535")
+    return int(lo), int(hi)
+
+
+def strategies_from(args: argparse.Namespace) -> Strategies:
+    """The --strategy list and its settings; BirthdayError/ValueError name the setting."""
+    names = set(args.strategy)
+    b = None
+    if "birthday" in names:
+        lo, hi = args.birthday_range
+        b = bd.Birthday(sockets=args.birthday_sockets, probes=args.birthday_probes,
+                        rate=args.birthday_rate, port_lo=lo, port_hi=hi)
+    return Strategies(predict="predict" in names, birthday=b,
+                      mapped=args.mapped if "portmap" in names else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m peers.peer",
                                  description="NAT traversal peer: STUN, hole punching, TURN.")
@@ -73,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--bind", metavar="IP", help="local address (default: the route's source)")
     ap.add_argument("--port", type=int, default=0, help="local UDP port (default: any)")
     ap.add_argument("--trace", action="store_true", help="add the event trace to the result")
+    h = ap.add_argument_group("hard NATs")
+    h.add_argument("--strategy", type=parse_strategies, default=("stun",),
+                   help=f"comma-separated: {', '.join(STRATEGIES)} (default stun)")
+    h.add_argument("--birthday-sockets", type=int, default=bd.DEFAULT_SOCKETS, metavar="N",
+                   help=f"sockets the hard side opens (1-{bd.MAX_SOCKETS})")
+    h.add_argument("--birthday-probes", type=int, default=bd.DEFAULT_PROBES, metavar="N",
+                   help="probes the easy side sends to random ports")
+    h.add_argument("--birthday-rate", type=float, default=bd.DEFAULT_RATE, metavar="PER_S",
+                   help=f"probes per second ({bd.MIN_RATE:g}-{bd.MAX_RATE:g})")
+    h.add_argument("--birthday-range", type=parse_range, default=bd.DEFAULT_RANGE,
+                   metavar="LO-HI", help="ports of the hard side's address to probe")
+    h.add_argument("--mapped", type=parse_addr, metavar="IP:PORT",
+                   help="the external address our router mapped for --port (portmap; "
+                        "without it, portmap adds nothing)")
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",
@@ -83,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-restarts", type=int, metavar="N",
                    help=f"restarts during a call (default {Timing().max_restarts})")
     return ap
+
+
+def open_extra(bind_ip: str, strategies: Strategies) -> list[socket.socket]:
+    """The birthday strategy's extra sockets (used only if this side turns out hard)."""
+    n = strategies.birthday.sockets if strategies.birthday else 0
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((bind_ip, 0))
+        socks.append(s)
+    return socks
 
 
 def write_result(path: Path | None, result: PeerResult) -> None:
@@ -105,21 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as e:
         print(f"peer: bad timing: {e}", file=sys.stderr)
         return 2
+    try:
+        strategies = strategies_from(args)
+    except ValueError as e:
+        print(f"peer: {e}", file=sys.stderr)
+        return 2
     toward = args.stun or args.turn or args.signaling
     bind_ip = args.bind or source_ip_towards(toward)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    extra = open_extra(bind_ip, strategies)
     try:
         udp.bind((bind_ip, args.port))
         host = udp.getsockname()
         cfg = PeerConfig(id=args.id, remote=args.remote, host=(host[0], host[1]),
                          stun=args.stun, turn=args.turn, turn_user=args.turn_user,
                          turn_pass=args.turn_pass, token=args.token, timing=timing,
-                         trace=args.trace)
-        ep = Endpoint(Session(cfg), udp, tcp)
+                         trace=args.trace, strategies=strategies)
+        ep = Endpoint(Session(cfg), udp, tcp, extra=extra)
         Driver([ep], args.signaling).run()
     finally:
-        for s in (udp, tcp):
+        for s in (udp, tcp, *extra):
             with contextlib.suppress(OSError):
                 s.close()
     assert ep.result is not None  # the driver finishes every session it starts

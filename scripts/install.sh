@@ -27,6 +27,9 @@ fi
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
 # independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
 pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
+# miniupnpd (nftables backend): the routers' port-mapping daemon (UPnP IGD, NAT-PMP, PCP),
+# run by the testbed inside lab namespaces only; miniupnpc and natpmpc: independent clients.
+pkgs+=(miniupnpd-nftables miniupnpd miniupnpc natpmpc)
 # strace (tests only): its fault injection kills a command at an exact system call.
 # chromium (tests only): renders the HTML sequence diagrams headless, as a reader sees them.
 (( dev )) && pkgs+=(vagrant strace chromium)
@@ -39,6 +42,8 @@ done
 if (( ${#missing[@]} )); then
   echo "install.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Never start Debian's own miniupnpd service: it would act on this machine's network.
+  echo "miniupnpd miniupnpd/start_daemon boolean false" | debconf-set-selections
   apt-get update -qq
   # --no-install-recommends keeps vagrant from pulling a hypervisor onto a CI machine.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

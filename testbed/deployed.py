@@ -9,7 +9,8 @@ with, independently of how it got there: the router's NAT table as nft lists it
   mapping map's key: inside endpoint, + remote address, + remote port), filtering
   (a dnat from the owner map for any sender: endpoint-independent; from the permit
   map: address-dependent; conntrack alone: address-and-port-dependent), port
-  allocation, hairpinning and the mapping timeout;
+  allocation, hairpinning and the mapping timeout, and issue 15's port range, port
+  blocks, pooling, session cap and port-mapping admission;
 - `digest(listing, ctx)` is the sha256 of the listing with the router's own addresses
   and interface names replaced by placeholders, so one NAT behaviour has one digest
   in any slot of any lab.
@@ -25,7 +26,16 @@ import hashlib
 import re
 
 from testbed import netns
-from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec, PortAllocation
+from testbed.nat import (
+    AD,
+    APD,
+    EI,
+    PORT_MAPPING_PROTOCOLS,
+    Behaviour,
+    Kind,
+    NatSpec,
+    PortAllocation,
+)
 from testbed.results import DeployedNat
 from testbed.ruleset import NFT_TERSE, RouterContext, nft_output
 
@@ -95,6 +105,44 @@ def _allocation(rules: list[str]) -> PortAllocation:
     return PortAllocation.RANDOM
 
 
+_RANDOM_RANGE = re.compile(r":(\d+)-(\d+) random$")
+_PRESERVE_RANGE = re.compile(r"udp sport (\d+)-(\d+) snat")
+_BLOCK = re.compile(r"ip saddr map \{ [0-9.]+ : [0-9.]+ \. (\d+)-(\d+)")
+_SEQUENTIAL = re.compile(r"^numgen inc mod (\d+) vmap \{ 0-255 : goto alloc_([0-9a-f]{2})")
+_CAP = re.compile(r"ct count over (\d+)")
+DEFAULT_RANGE = (49152, 65535)  # testbed.ruleset's when a NAT sets none
+
+
+def _port_range(rules: list[str]) -> tuple[int, int] | None:
+    """The external ports the allocator picks from (None: the template's default)."""
+    found = None
+    for rule in rules:
+        if m := _SEQUENTIAL.match(rule):
+            first = int(m.group(2), 16) * 256
+            found = (first, first + int(m.group(1)) - 1)
+        elif "ip saddr map {" not in rule and (m := _RANDOM_RANGE.search(rule)):
+            found = (int(m.group(1)), int(m.group(2)))
+    return None if found in (None, DEFAULT_RANGE) else found
+
+
+def _carrier(blocks: dict[str, list[str]]) -> dict[str, object]:
+    """Issue 15's settings, as NatSpec fields: port range and blocks (RFC 7422), pooling
+    (a pool address per mapping: paired by a hash of the inside address, or at
+    random), the per-host session cap (RFC 6888) and the port-mapping daemon's admission
+    (its STUN answers let in: the protocols themselves are the daemon's, not the table's)."""
+    rules = blocks.get("chain udp_mapping", [])
+    out: dict[str, object] = {"port_range": _port_range(rules)}
+    if block := next((m for r in rules if (m := _BLOCK.search(r))), None):
+        out["port_block"] = int(block.group(2)) - int(block.group(1)) + 1
+    if "map mapaddr" in blocks and any("numgen random mod" in r for r in rules):
+        out["pooling"] = "arbitrary"
+    if cap := next((m for r in blocks.get("chain forward", []) if (m := _CAP.search(r))), None):
+        out["max_sessions_per_host"] = int(cap.group(1))
+    if any("sport { 3478, 3479 } accept" in r for r in blocks.get("chain input", [])):
+        out["port_mapping"] = PORT_MAPPING_PROTOCOLS
+    return out
+
+
 def behaviour(listing: str, udp_timeout: int | None = None) -> NatSpec:
     """The NAT a router's table implements, from `nft -t list table ip nattestbed`;
     `udp_timeout`: the namespace's conntrack UDP timeout (a firewall's only setting)."""
@@ -113,7 +161,8 @@ def behaviour(listing: str, udp_timeout: int | None = None) -> NatSpec:
     return NatSpec(mapping=_mapping(mapping), filtering=_filtering(pre),
                    port_allocation=_allocation(blocks.get("chain udp_mapping", [])),
                    hairpinning=any("dnat" in r and "ip daddr" in r for r in pre),
-                   mapping_timeout=_seconds(timeout) if timeout else 120)
+                   mapping_timeout=_seconds(timeout) if timeout else 120,
+                   **_carrier(blocks))  # type: ignore[arg-type]
 
 
 def digest(listing: str, ctx: RouterContext) -> str:

@@ -18,15 +18,16 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, impair, netns, nlbatch, services, state
+from testbed import hostlimits, impair, netns, nlbatch, portmap, services, state
 from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
 from testbed.netns import Netns
-from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
+from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat, load_ruleset
 from testbed.topology import Node, Segment, Topology
 from testbed.topospec import hub_port
 
@@ -36,6 +37,7 @@ READY_PER_VETH_S = 0.005
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
 CREATED_BASE, FAR_END_BASE = 1000, 2000  # a node's k-th interface: 1000+k, or 2000+k
+PORTMAP_THREADS = 8  # port-mapping daemons started at once (each mostly waits for STUN)
 BASE_SYSCTLS = {
     # No IPv6: no router solicitations or DAD noise in a student's packet trace.
     "net.ipv6.conf.all.disable_ipv6": "1",
@@ -234,6 +236,7 @@ class Lab:
             self.apply_conditions()
         if self.start_services:
             self.start_servers()
+            self.start_port_mapping()
 
     def _send(self, batches: dict[str, nlbatch.Batch]) -> None:
         for key, batch in batches.items():
@@ -306,9 +309,17 @@ class Lab:
         wan = node.iface(node.upstream)
         lans = [i for i in node.interfaces if i.name != node.upstream]
         subnets = {i.name: str(i.address.network) for i in lans}
+        assert node.nat is not None
+        forwards = tuple((f.proto, f.external, str(self.topo.node(f.host).interfaces[0].address.ip),
+                          f.port) for f in node.nat.forwards)
+        stun = next((n for n in self.topo.nodes if n.service == "stun"), None)
+        stun_addrs = tuple(str(a.ip) for a in stun.interfaces[0].addresses) \
+            if stun is not None and node.nat.port_mapping else ()
         return RouterContext(table=NFT_TABLE, wan_if=wan.name, wan_addr=str(wan.address.ip),
                              lan_ifs=tuple(i.name for i in lans),
-                             lan_subnets=tuple(subnets.values()))
+                             lan_subnets=tuple(subnets.values()), forwards=forwards,
+                             stun_addrs=stun_addrs,
+                             pool=tuple(str(a.ip) for a in wan.addresses))
 
     def apply_nat(self, node: Node) -> None:
         assert node.nat is not None
@@ -336,6 +347,34 @@ class Lab:
                 self._state["services"] = {k: services.public(v)
                                            for k, v in self.services.items()}
                 state.write_state(self.name, self._state)
+
+    def start_port_mapping(self) -> None:
+        """The port-mapping daemon (miniupnpd, testbed.portmap) of every router whose nat
+        asks for one, once the STUN server it checks its address with is up."""
+        routers = [n for n in self.topo.nodes if n.nat is not None and n.nat.port_mapping]
+        if not routers:
+            return
+        with ThreadPoolExecutor(min(PORTMAP_THREADS, len(routers))) as pool:
+            infos = list(pool.map(self._start_daemon, routers))  # each waits for its STUN
+        with self._state_lock:
+            self.services["port_mapping"] = {i["node"]: i for i in infos}
+            self._state["services"] = self.services
+            state.write_state(self.name, self._state)
+
+    def _start_daemon(self, node: Node) -> dict[str, Any]:
+        cfg = portmap.daemon_config(self.topo, node, self.name)
+        d = self.workdir()
+        conf, log = d / f"portmap-{node.name}.conf", d / f"portmap-{node.name}.log"
+        conf.write_text(portmap.render_config(cfg))
+        where = self.netns(node.name)
+        load_ruleset(self.namespace(node.name).fd, portmap.render_table(), where)
+        with log.open("w") as out:
+            proc = self.popen(node.name, portmap.argv(conf, d / f"portmap-{node.name}.pid"),
+                              stdout=out, stderr=out, start_new_session=True)
+        portmap.wait_ready(log, lambda: proc.poll() is None, where, "upnp" in cfg.protocols)
+        return {"node": node.name, "daemon": portmap.DAEMON, "protocols": list(cfg.protocols),
+                "gateway": str(node.iface(cfg.lan_ifs[0]).address.ip), "config": str(conf),
+                "log": str(log), "quota": portmap.quota_ranges(cfg)}
 
     def workdir(self) -> Path:
         """The lab's folder under the state directory: server logs, peer results."""

@@ -101,6 +101,13 @@ def format_summary(s: dict[str, Any]) -> str:
         for r in info["routes"]:
             lines.append(f"    route {r}")
     for svc, info in s.get("services", {}).items():
+        if svc == "port_mapping":  # one daemon per router that offers mapping
+            for router, d in info.items():
+                quota = ", ".join(f"{ip} {lo}-{hi}" for ip, (lo, hi) in d["quota"].items())
+                lines.append(f"  service port-mapping: node={router} daemon={d['daemon']} "
+                             f"protocols={','.join(d['protocols'])} gateway={d['gateway']} "
+                             f"quota={quota or '-'} log={d['log']}")
+            continue
         lines.append(f"  service {svc}: {service_line(info, show_secrets=True)}")  # as asked
     cond = s.get("conditions")
     if cond:

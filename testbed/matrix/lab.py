@@ -283,6 +283,7 @@ class MatrixLab(Lab):
             times["services"] = time.monotonic() - t0
             for f in loads:
                 f.result()
+        self.start_port_mapping()  # its STUN test needs the STUN server and the rulesets
         times["nat"] = time.monotonic() - t0
         return times
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from peers import portmap as pm
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn, deployed, impair, peerprog, wire
@@ -69,6 +70,8 @@ from testbed.pair import Placement
 from testbed.results import ROLES, DeployedNat, PairResult, PairTimings, WireEvidence, combine
 from testbed.ruleset import loader_name
 from testbed.services import PeerServers
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy
 
 Send = Callable[[tuple[Any, ...]], None]
 SEND_BYTES = peerprog.DEFAULT_SEND_BYTES  # application data each way, in wire-judged slots
@@ -108,21 +111,49 @@ def in_process(setup: SlotSetup) -> bool:
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
-              timing: Timing, app_bytes: int = 0) -> Endpoint:
-    """A peer's session with its UDP and TCP sockets, opened inside its namespace."""
+              timing: Timing, strategy: Strategy = DEFAULT_STRATEGY,
+              app_bytes: int = 0) -> Endpoint:
+    """A peer's session with its UDP and TCP sockets (and the birthday strategy's extra
+    sockets), opened inside its namespace; with portmap, its router's mapping."""
     me = nodes[role]
     remote = nodes[ROLES[1 - ROLES.index(role)]]
     ip = lab.addr(me)
+    n_extra = strategy.birthday.sockets if strategy.name == "birthday" else 0
     with entered(lab.namespace(me).fd):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        extra = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n_extra)]
     udp.bind((ip, 0))
+    for s in extra:
+        s.bind((ip, 0))
+    port = udp.getsockname()[1]
+    mapped = request_mapping(lab, me, port) if strategy.name == "portmap" else None
     servers = PeerServers.of(lab.services)
-    cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
+    cfg = PeerConfig(id=me, remote=remote, host=(ip, port),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
-                     app_bytes=app_bytes, app_chunk=peerprog.CHUNK)
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), group=index)
+                     app_bytes=app_bytes, app_chunk=peerprog.CHUNK,
+                     strategies=strategy.to_session(mapped))
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), extra=extra, group=index)
+
+
+def request_mapping(lab: Lab, node: str, port: int) -> tuple[str, int] | None:
+    """Ask the node's router's port-mapping daemon (NAT-PMP, from inside the node's
+    namespace) to map `port`, suggesting the first port of the node's quota; None if
+    its router runs none or refuses."""
+    ip = lab.addr(node)
+    for info in lab.services.get("port_mapping", {}).values():
+        quota = info["quota"].get(ip)
+        if quota is None:
+            continue
+        proto = "nat-pmp" if "nat-pmp" in info["protocols"] else "pcp"
+        try:
+            with entered(lab.namespace(node).fd):
+                got = pm.request(info["gateway"], port, protocol=proto, suggested=quota[0])
+        except (pm.PortmapError, OSError):
+            return None
+        return (got.external_ip, got.external_port)
+    return None
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -202,7 +233,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
             if job.setups[k].wire:
                 peerprog.install_wire(lab, placements[k])
         eps = [open_peer(lab, k, role, layout.nodes(k), job.setups[k].timing,
-                         SEND_BYTES if job.setups[k].wire else 0)
+                         job.setups[k].strategy, SEND_BYTES if job.setups[k].wire else 0)
                for k in own for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in own}
 
@@ -216,7 +247,8 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
                 say(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
-        budget = max([wait_budget(job.setups[k].timing) for k in own] or [0.0])
+        budget = max([wait_budget(job.setups[k].timing) + job.setups[k].strategy.extra_s
+                      for k in own] or [0.0])
 
         def decide(k: int, cell: dict[str, Any]) -> PairResult:
             r = peerprog.cell_result(cell, placements[k],

@@ -245,3 +245,18 @@ def test_8_double_nat_rewrites_twice_and_stun_sees_the_carrier(runs: dict[int, L
     home_out = {p.src_ep for p in udp(cap, "home:wan") if p.direction == "out"}
     assert len(home_out) == 1 and home_out.pop().startswith(home_wan + ":")
     assert not [p for p in cap.packets["cgn:wan"] if home_wan in (p.src, p.dst)]
+
+
+def test_9_a_forward_lets_anyone_in_on_one_port_only(runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 9)
+    target = f"{wan_of(res, 'router')}:25565"
+    for payload in (b"join game", b"stranger joins"):  # unsolicited, and delivered
+        [outside] = udp(cap, "router:wan", payload)
+        [inside] = udp(cap, "router:lan", payload)
+        assert outside.dst_ep == target
+        assert inside.dst_ep == f"{host_of(res, 'laptop')}:25565"
+    [answer] = udp(cap, "router:wan", b"welcome")
+    assert answer.src_ep == target
+    assert udp(cap, "router:wan", b"wrong port") and not udp(cap, "router:lan", b"wrong port")
+    assert "dnat" in res.values["rules"]["forwarded"]
+    assert res.values["rules"]["dropped"] == 'input: iifname "wan" drop'
