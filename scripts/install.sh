@@ -43,11 +43,15 @@ if (( ${#missing[@]} )); then
 fi
 # Debian's coturn service is off by default; the testbed runs its own turnserver per lab.
 
+# The system's Python (apt's python3), not one that PATH happens to find first: a venv on
+# it can be used by every user, which rootless mode and its test pass need.
+python=python3
+[[ -x /usr/bin/python3 ]] && python=/usr/bin/python3
 if [[ ! -x .venv/bin/python ]]; then
-  python3 -m venv .venv
+  "$python" -m venv .venv
 fi
 extras=()
-(( dev )) && extras+=(test)
+(( dev )) && extras+=(test dask)
 (( adapters )) && extras+=(adapters)
 extra=""
 (( ${#extras[@]} )) && extra="[$(IFS=,; echo "${extras[*]}")]"

@@ -17,14 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, netns, nlbatch, services, state
-from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
+from testbed import hostlimits, netns, nlbatch, rootless, services, state
+from testbed.errors import CommandError, LabError, LabNameError
 from testbed.netns import Netns
 from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
 from testbed.topology import Node, Segment, Topology
@@ -66,18 +66,28 @@ def check_names(lab: str, keys: Sequence[str]) -> None:
                                f"{netns.NAME_MAX} characters (a file name under {netns.NETNS_DIR})")
 
 
+def privilege_problem() -> str | None:
+    """Why this process could not build labs, or None: root, or an ordinary user where
+    unprivileged user namespaces work (testbed.rootless). Changes nothing."""
+    return rootless.problem()
+
+
 def require_root() -> None:
-    if os.geteuid() != 0:
-        raise PrivilegeError("nat-testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to "
-                             "create network namespaces: run it as root, e.g. with sudo")
+    """Be root over the labs: root already, or an ordinary user entering their rootless
+    session (testbed.rootless.enter); PrivilegeError (exit 3) says why not."""
+    rootless.enter()
 
 
 class Lab:
     """Builds a topology on the kernel and undoes exactly what it built."""
 
     def __init__(self, topo: Topology, name: str | None = None, *,
-                 start_services: bool = True) -> None:
+                 start_services: bool = True,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.topo = topo
+        # Who the lab belongs to beyond its owner process (a pool run, say): recorded in
+        # the state, so a clean-up can pick exactly its labs, never by name pattern.
+        self.labels = dict(labels or {})
         self.name = name or new_lab_name()
         check_names(self.name, self._keys())
         self.start_services = start_services
@@ -152,6 +162,8 @@ class Lab:
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
+        if self.labels:
+            self._state["labels"] = self.labels
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
         self._claimed = True
 

@@ -7,6 +7,7 @@
     nat-testbed matrix --only a=symmetric,b=full-cone,repeat=3     # one slot, by its key
     nat-testbed matrix --punch-timeout 0s,1s --out results/         # a second dimension
     nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
+    nat-testbed matrix --nats all --repeat 50 --dask tcp://scheduler:8786  # a Dask pool
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +31,7 @@ from testbed.cli.common import (
 )
 from testbed.errors import UsageError
 from testbed.interrupts import interrupts_as_keyboard
-from testbed.matrix import dimensions, merge, records
+from testbed.matrix import dimensions, merge, pool, records
 from testbed.matrix.document import phase_summary
 from testbed.matrix.progress import Progress
 from testbed.matrix.run import MatrixRun
@@ -46,7 +46,9 @@ real packets. The table shows what happened per cell against the reference model
 prediction; --out holds records.jsonl (one line per slot, written as labs finish),
 manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --shard
 K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
-parts together (docs/scale.md). Exit 1 with --strict if a cell disagrees with the model."""
+parts together (docs/scale.md). With --dask ADDRESS the labs run on the workers of a Dask
+pool and their records come back here (docs/scale.md). Exit 1 with --strict if a cell
+disagrees with the model."""
 EARLY_PNG = ".results.png.partial"
 
 
@@ -79,8 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit 1 if any cell disagrees with the reference model")
     p.add_argument("--json", action="store_true",
                    help="print results.json to stdout (with --shard: the manifest)")
-    p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
-                   help="labs built at once, one worker process each (default: CPUs)")
+    p.add_argument("--jobs", type=positive(1, 64), default=None, metavar="N",
+                   help="labs built at once, one worker process each (default: CPUs); with "
+                        "--dask, at least how many labs the slots are dealt into (default: "
+                        "the pool's threads)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run the labs on a Dask distributed pool: the scheduler's address "
+                        "(tcp://HOST:8786); each worker builds labs on its machine as root "
+                        "(pip install 'nat-testbed[dask]'; docs/scale.md)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
 
 
@@ -134,6 +142,7 @@ def _preload_plotting() -> None:
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     shard = shard_from(args)
+    address = pool.check_address(args.dask) if args.dask is not None else None
     out: Path = args.out
     early_png = out / EARLY_PNG
     progress = Progress()
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     whole = shard.count == 1
     run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting if whole else None,
-                    on_outcomes=draw_heatmap if whole else None, shard=shard)
+                    on_outcomes=draw_heatmap if whole else None, shard=shard, dask=address)
     try:
         with interrupts_as_keyboard():
             try:

@@ -6,6 +6,7 @@ as labs start, so a run holds the running labs' slots, not the whole run's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ from testbed.matrix.document import (
     phase_summary,
 )
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
+from testbed.matrix.pool import Pool, workers_needed
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
 from testbed.matrix.spec import (
@@ -121,21 +123,33 @@ class Ran:
 class MatrixRun:
     """One run of a spec (or of one shard of it); `progress`, `on_idle` and `on_outcomes`
     are for the command line (a progress bar, loading plotting code while labs run,
-    drawing the heatmap from the outcomes before coturn's counters are in)."""
+    drawing the heatmap from the outcomes before coturn's counters are in). With `dask`
+    (a scheduler's address) the labs run on that pool's workers (testbed.matrix.pool);
+    `jobs` is then at least how many labs the slots are dealt into (default: the pool's
+    threads)."""
 
     spec: MatrixSpec
-    jobs: int
+    jobs: int | None
     progress: Progress | None = None
     on_idle: Callable[[], None] | None = None
     on_outcomes: Callable[[Streamed], None] | None = None
     shard: Shard = field(default_factory=Shard)
+    dask: str | None = None
 
-    def plan(self) -> Plan:
-        return plan_run(self.spec, self.jobs, self.shard)
+    def plan(self, pool: Pool | None = None) -> Plan:
+        return plan_run(self.spec, workers_needed(pool, self.jobs), self.shard)
 
-    def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None]) -> Ran:
-        require_root()
-        require_turnserver()
+    def pool(self) -> contextlib.AbstractContextManager[Pool | None]:
+        """The Dask pool the run uses, connected and checked; None for a local run."""
+        if self.dask is None:
+            return contextlib.nullcontext()
+        return Pool(self.dask, self.spec.topology, self.progress)
+
+    def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None],
+                pool: Pool | None = None) -> Ran:
+        if pool is None:
+            require_root()
+            require_turnserver()
         if self.progress is not None:
             self.progress.start(plan.slots, plan.labs)
         early = EarlyOutcomes(self.spec) if self.on_outcomes is not None else None
@@ -148,15 +162,27 @@ class MatrixRun:
                 self.on_outcomes(early.document(self.spec))
 
         t_start, t0 = time.time(), time.monotonic()
-        workers = Workers(plan.layout, self.jobs, self.progress, self.on_idle, on_slot,
-                          on_results)
+        if pool is not None:
+            pool.on_slot, pool.on_results = on_slot, on_results
+            pool.run(plan.jobs(), plan.layout)
+            return Ran(t_start, time.time(), time.monotonic() - t0, pool.labs)
+        workers = Workers(plan.layout, workers_needed(None, self.jobs), self.progress,
+                          self.on_idle, on_slot, on_results)
         workers.run(plan.jobs())
         return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
 
-    def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any]) -> dict[str, Any]:
+    def configuration(self, plan: Plan, pool: Pool | None) -> dict[str, Any]:
+        conf = configuration(self.spec, plan.layout, workers_needed(pool, self.jobs),
+                             plan.labs)
+        if pool is not None:
+            conf["pool"] = pool.describe()
+        return conf
+
+    def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any],
+                 pool: Pool | None = None) -> dict[str, Any]:
         meta = dict(env)
         meta.update(started=iso(ran.started), finished=iso(ran.finished),
-                    configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs),
+                    configuration=self.configuration(plan, pool),
                     timings_s={"run": round(ran.wall_s, 3),
                                "phases_max_over_labs": phase_summary(ran.labs),
                                "labs": ran.labs})
@@ -164,28 +190,36 @@ class MatrixRun:
 
     def run(self) -> MatrixResult:
         """The whole result in memory (the Python API)."""
-        plan = self.plan()
-        results: list[PairResult] = []
-        ran = self.execute(plan, lambda job, rs: results.extend(rs))
-        return build_document(self.spec, results, self.metadata(plan, ran, environment()))
+        with self.pool() as pool:
+            plan = self.plan(pool)
+            results: list[PairResult] = []
+            ran = self.execute(plan, lambda job, rs: results.extend(rs), pool)
+            env = pool.environment() if pool is not None else environment()
+            return build_document(self.spec, results, self.metadata(plan, ran, env, pool))
 
     def run_to(self, out: Path) -> records.Manifest:
         """Stream every slot's record to out/records.jsonl as its lab reports, with
         out/manifest.json; an interrupted run leaves what it finished, marked incomplete."""
-        plan = self.plan()
+        with self.pool() as pool:
+            return self._run_to(out, pool)
+
+    def _run_to(self, out: Path, pool: Pool | None) -> records.Manifest:
+        plan = self.plan(pool)
         out.mkdir(parents=True, exist_ok=True)
         spec_json = spec_to_json(self.spec)
+        env = pool.environment() if pool is not None else \
+            records.host_environment(environment())
         manifest = records.Manifest(
-            environment=records.host_environment(environment()), spec=spec_json,
+            environment=env, spec=spec_json,
             spec_hash=spec_hash(spec_json), shard=plan.shard, slots=plan.slots,
             slots_total=plan.slots_total, started=iso(time.time()),
-            configuration=configuration(self.spec, plan.layout, self.jobs, plan.labs))
+            configuration=self.configuration(plan, pool))
         records.write_manifest(out, manifest)
         writer = records.RecordWriter(out / records.RECORDS)
         labs: list[dict[str, Any]] = []
         t0 = time.monotonic()
         try:
-            ran = self.execute(plan, lambda job, rs: writer.write(rs))
+            ran = self.execute(plan, lambda job, rs: writer.write(rs), pool)
             labs = ran.labs
         finally:
             writer.close()

@@ -44,6 +44,7 @@ class LabJob:
     name: str
     slots: tuple[Slot, ...]
     setups: tuple[SlotSetup, ...]
+    labels: tuple[tuple[str, str], ...] = ()  # recorded in the lab's state (testbed.lab.Lab)
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
@@ -83,7 +84,7 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.setups, job.name)
-    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
+    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo), labels=dict(job.labels))
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
