@@ -75,12 +75,13 @@ def explain(err: int, step: str, sysctl: Callable[[str], str | None] = read_sysc
                 + how.format("kernel.unprivileged_userns_clone=1") + ", or run as root")
     for limit in ("user.max_user_namespaces", "user.max_net_namespaces",
                   "user.max_mnt_namespaces"):
-        value = sysctl(limit)
-        if value == "0" or (err == errno.ENOSPC and value is not None
-                            and limit == "user.max_user_namespaces"):
-            return (f"{NEEDS}, and {limit} = {value} allows "
-                    f"{'none' if value == '0' else 'no more'}: "
+        if sysctl(limit) == "0":
+            return (f"{NEEDS}, and {limit} = 0 allows none: "
                     + how.format(f"{limit}=15000") + ", or run as root")
+    if err == errno.ENOSPC:  # a limit reached: namespaces of other programs count too
+        value = sysctl("user.max_user_namespaces")
+        return (f"{NEEDS}, and user.max_user_namespaces = {value} allows no more: "
+                + how.format("user.max_user_namespaces=15000") + ", or run as root")
     if sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1":
         return (f"{NEEDS}, and AppArmor restricts them here "
                 "(kernel.apparmor_restrict_unprivileged_userns = 1, as on Ubuntu 24.04): "

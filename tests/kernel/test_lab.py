@@ -158,14 +158,21 @@ def test_clean_leaves_a_lab_in_use_alone() -> None:
         assert ping(lab, "laptop", "203.0.113.10")
 
 
-def test_not_root_gets_a_clear_message() -> None:
+def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> None:
+    """An ordinary user on a machine that forbids unprivileged user namespaces (here the
+    kernel really refuses: user.max_user_namespaces is 0 where the command runs) gets one
+    line naming the setting and how to allow it, exit 3, and nothing is built."""
     nobody = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-         "testbed", "up", str(TOPOLOGIES / "home.yaml")],
-        cwd=REPO, text=True, capture_output=True, timeout=30,
+        [sys.executable, str(Path(__file__).with_name("forbid_userns.py")), sys.executable,
+         "-m", "testbed", "up", str(TOPOLOGIES / "home.yaml")],
+        cwd="/", text=True, capture_output=True, timeout=30,
         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert nobody.returncode == 3
-    assert "needs root" in nobody.stderr and "Traceback" not in nobody.stderr
+    assert nobody.returncode == 3, nobody.stderr
+    assert "user.max_user_namespaces = 0" in nobody.stderr
+    assert "sysctl -w user.max_user_namespaces=" in nobody.stderr
+    assert "Traceback" not in nobody.stderr and len(nobody.stderr.splitlines()) == 1
+    state_dir = Path("/tmp/nat-testbed-65534/state")  # nobody's own (no XDG_RUNTIME_DIR)
+    assert not state_dir.exists() or os.listdir(state_dir) == []
 
 
 def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
