@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,8 @@ def root_namespace_snapshot() -> dict[str, str]:
         return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
     return {
-        "addresses": out("ip", "-o", "addr", "show"),
+        # DHCP and SLAAC addresses (any VM) show lifetimes that count down by themselves.
+        "addresses": re.sub(r" (valid|preferred)_lft \S+", "", out("ip", "-o", "addr", "show")),
         "routes": out("ip", "route", "show", "table", "all"),
         "links": out("ip", "-o", "link", "show"),
         "nft": out("nft", "list", "ruleset"),
