@@ -41,6 +41,7 @@ def ping(lab: Lab, node: str, dest: str) -> bool:
     return lab.run(node, ["ping", "-c1", "-W1", dest], check=False).returncode == 0
 
 
+@pytest.mark.rootless
 def test_up_then_down_leaves_nothing() -> None:
     topo = load_topology(TOPOLOGIES / "home.yaml")
     with Lab(topo, start_services=False) as lab:
@@ -62,6 +63,7 @@ def test_unsolicited_inbound_is_dropped_outbound_works() -> None:
         assert not ping(lab, "server", "203.0.113.51")  # nobody there
 
 
+@pytest.mark.rootless
 def test_two_labs_from_the_same_file_do_not_collide() -> None:
     topo = load_topology(TOPOLOGIES / "home-pair.yaml")
     with Lab(topo) as one, Lab(topo) as two:
@@ -82,6 +84,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.rootless
 def test_cli_up_status_exec_down() -> None:
     name = new_lab_name()
     try:
@@ -105,6 +108,7 @@ def test_cli_up_status_exec_down() -> None:
     assert lab_leftovers(name) == []
 
 
+@pytest.mark.rootless
 def test_sigkill_halfway_through_up_then_clean_removes_everything() -> None:
     name = new_lab_name()
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--name", name,
@@ -151,6 +155,7 @@ def test_clean_finds_a_lab_whose_state_is_gone() -> None:
         cli("clean", name, check=False)
 
 
+@pytest.mark.rootless
 def test_clean_leaves_a_lab_in_use_alone() -> None:
     with Lab(load_topology(TOPOLOGIES / "home.yaml"), start_services=False) as lab:
         out = cli("clean", lab.name).stdout
@@ -330,9 +335,12 @@ class Sandbox:
             with contextlib.suppress(OSError):
                 inodes.add((self.run_dir / "netns" / ns).stat().st_ino)
         found |= set(netns.pids_in(inodes))
-        found |= set(pids_using(f"/run/nat-testbed/{lab}/"))
+        found |= set(pids_using(f"/run/nat-testbed/{lab}/", self.mount_ns()))
         found.discard(self.holder.pid)
         return {(p, state.proc_start(p)) for p in found if _alive(p)}
+
+    def mount_ns(self) -> str:
+        return os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
 
     def assert_empty(self, gone: set[tuple[int, str | None]] = frozenset()) -> None:  # type: ignore[assignment]
         assert self.files() == [] and self.namespaces() == [] and self.mounts() == []
@@ -353,12 +361,15 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
-def pids_using(needle: str) -> list[int]:
+def pids_using(needle: str, mount_ns: str) -> list[int]:
+    """Processes of that mount namespace whose command line names `needle` (another
+    sandbox's lab of the same name, in a test run beside this one, is not ours)."""
     out = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if needle.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes():
+                if (needle.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                        and os.readlink(f"/proc/{entry.name}/ns/mnt") == mount_ns):
                     out.append(int(entry.name))
     return out
 
@@ -437,6 +448,7 @@ def assert_killed_at(trace: Path, syscall: str, when: int) -> None:
     assert sum(1 for ln in lines if ln.startswith(tuple(f"{n}(" for n in names))) == when
 
 
+@pytest.mark.rootless
 def test_bare_clean_keeps_detached_and_owned_labs_removes_what_was_left_behind(
         sandbox: Sandbox) -> None:
     home = str(TOPOLOGIES / "home.yaml")
@@ -512,7 +524,12 @@ UP_KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", list(UP_KILLS))
+def rootless_too(points: list[str], *chosen: str) -> list[object]:
+    """The parameters, the chosen ones also in the rootless pass (scripts/test.sh)."""
+    return [pytest.param(p, marks=pytest.mark.rootless) if p in chosen else p for p in points]
+
+
+@pytest.mark.parametrize("point", rootless_too(list(UP_KILLS), "all-running"))
 def test_sigkill_during_up_then_bare_clean_removes_everything(sandbox: Sandbox, point: str,
                                                               tmp_path: Path) -> None:
     topology, syscall, when, path, said = UP_KILLS[point]
@@ -544,7 +561,7 @@ DOWN_KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", list(DOWN_KILLS))
+@pytest.mark.parametrize("point", rootless_too(list(DOWN_KILLS), "first-process-kill"))
 def test_sigkill_during_down_then_clean_removes_everything(sandbox: Sandbox, point: str,
                                                            tmp_path: Path) -> None:
     syscall, when, path, said = DOWN_KILLS[point]

@@ -93,6 +93,7 @@ def observed(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
             for c in matrix_from_json(doc).cells}
 
 
+@pytest.mark.rootless
 def test_the_readme_main_command_runs_the_default_matrix(tmp_path: Path) -> None:
     res = matrix_cmd(cwd=tmp_path)  # `nat-testbed matrix`, nothing else
     assert res.returncode == 0, res.stderr
@@ -217,7 +218,7 @@ def test_strict_turns_a_disagreement_into_a_failing_exit(
 @pytest.mark.parametrize(("when", "how"), [
     ("building", "ctrl-c"),  # SIGINT to the whole process group, as a terminal sends it
     ("running", "ctrl-c"),
-    ("running", "sigterm"),  # SIGTERM to the parent only
+    pytest.param("running", "sigterm", marks=pytest.mark.rootless),  # to the parent only
 ])
 def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path: Path) -> None:
     p = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", "--nats", "all", "--out",
