@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_pool.py [--repeats 1,8] [--rounds 3] [--json]
 
-Starts a Dask scheduler and two workers on 127.0.0.1 (one thread each: two labs at a
-time, as `--jobs 2` builds two at a time here), then times, for each --repeat R of the
+Starts a Dask scheduler and two workers on 127.0.0.1 (two threads each: a worker builds
+one lab at a time and runs two, so the pool builds two and runs four, as `--jobs 2`
+does locally), then times, for each --repeat R of the
 default matrix (25 pairings, so R=1 is 25 slots and R=8 is 200), the real command
 
     python -m testbed matrix --repeat R --jobs 2 --out TMP                  # local
@@ -96,7 +97,7 @@ def bench(repeats: list[int], rounds: int) -> dict[str, Any]:
     figures: dict[str, Any] = {"cpus": os.cpu_count(), "load": os.getloadavg(), "sizes": []}
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
         work = Path(tmp)
-        with local_pool(2, 1, work) as address:
+        with local_pool(2, 2, work) as address:
             for r in repeats:
                 base = [sys.executable, "-m", "testbed", "matrix", "--repeat", str(r),
                         "--jobs", "2", "--no-color"]

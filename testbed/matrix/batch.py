@@ -61,7 +61,10 @@ def main() -> int:
     parent = os.environ.get(PARENT_ENV)
     if parent is not None and int(parent) != os.getppid():  # died before we asked
         return 130
-    job, layout = pickle.load(sys.stdin.buffer)
+    try:  # a spare waits here, its code imported, until a worker hands it a job
+        job, layout = pickle.load(sys.stdin.buffer)
+    except (EOFError, KeyboardInterrupt):  # the worker went away before it had one
+        return 130
     # Messages go out on a descriptor of their own; anything printed goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
@@ -39,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from testbed import state
 from testbed.errors import LabError, TestbedError, UsageError
@@ -109,35 +110,115 @@ def run_batch(job: LabJob, layout: Layout, run_id: str) -> Batch:
         job = replace(job, name=new_lab_name())  # last try of this one, going down)
     job = replace(job, labels=((RUN_LABEL, run_id), (WORKER_LABEL, str(worker.address))))
     stop = Event(stop_event(run_id))
-    return _run_process(job, layout, stop.is_set, worker_name=str(worker.address))
+    return _run_process(job, layout, stop.is_set, worker_name=str(worker.address),
+                        start=spares().take, builds=build_slots(worker.state.nthreads))
 
 
 def stop_event(run_id: str) -> str:
     return f"nat-testbed-stop-{run_id}"
 
 
-def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
-                 worker_name: str) -> Batch:
+def _start_batch() -> subprocess.Popen[bytes]:
     env = dict(os.environ, **{batch_program.PARENT_ENV: str(os.getpid())})
-    proc = subprocess.Popen([sys.executable, "-c", BATCH_MAIN],
+    return subprocess.Popen([sys.executable, "-c", BATCH_MAIN],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+
+class Spares:
+    """Batch processes started ahead of need, one per batch running on this worker: each
+    has imported the lab code (a third of a second) and waits for its job on stdin. They
+    are started by a thread of their own that lives as long as the worker, so the kernel's
+    SIGTERM on the death of the starting thread (testbed.interrupts.worker_signals) comes
+    exactly when the worker dies; a spare that got no job then just exits."""
+
+    def __init__(self) -> None:
+        self._ready: queue.Queue[subprocess.Popen[bytes]] = queue.Queue()
+        self._wanted: queue.Queue[None] = queue.Queue()
+        threading.Thread(target=self._loop, name="nat-testbed-spares", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.get()
+            self._ready.put(_start_batch())
+
+    def take(self) -> subprocess.Popen[bytes]:
+        """A batch process for a job (a spare if one is ready); another is made for later."""
+        self._wanted.put(None)
+        with contextlib.suppress(queue.Empty):
+            while True:
+                proc = self._ready.get_nowait()
+                if proc.poll() is None:
+                    return proc
+        return _start_batch()
+
+
+_spares_lock = threading.Lock()
+_builds: threading.Semaphore | None = None
+
+
+def build_slots(threads: int) -> threading.Semaphore:
+    """Labs this worker builds at once: half its threads (at least one). A worker with
+    --nthreads 2N builds N labs at a time and runs 2N, as `--jobs N` does locally: a
+    build is CPU (namespaces, nftables), a running lab mostly waits for packets."""
+    global _builds
+    with _spares_lock:
+        if _builds is None:
+            _builds = threading.Semaphore(max(1, threads // 2))
+        return _builds
+
+
+_spares: Spares | None = None
+
+
+def spares() -> Spares:
+    global _spares
+    with _spares_lock:
+        if _spares is None:
+            _spares = Spares()
+        return _spares
+
+
+def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
+                 worker_name: str, start: Callable[[], subprocess.Popen[bytes]] = _start_batch,
+                 builds: threading.Semaphore | None = None) -> Batch:
+    """Run the job in a batch process (from `start`), at most as many building at once
+    as `builds` allows; its records, or LabError."""
+    builds = builds or threading.Semaphore(1)
+    builds.acquire()  # released once the lab is built (or the batch is over)
+    building = True
+    proc = start()
     assert proc.stdin is not None and proc.stdout is not None
     messages: list[tuple[Any, ...]] = []
-    reader = threading.Thread(target=lambda: messages.extend(
-        batch_program.read_messages(proc.stdout)), daemon=True)  # type: ignore[arg-type]
+    built = threading.Event()
+
+    def read(stream: BinaryIO) -> None:
+        for msg in batch_program.read_messages(stream):
+            messages.append(msg)
+            if msg[0] in ("built", "error"):
+                built.set()
+        built.set()
+
+    reader = threading.Thread(target=read, args=(proc.stdout,), daemon=True)
     reader.start()
     try:
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(pickle.dumps((job, layout), protocol=pickle.HIGHEST_PROTOCOL))
             proc.stdin.close()
         while proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_POLL_S)
-            if proc.returncode is None and stopped():
+            if building:
+                if built.wait(STOP_POLL_S):
+                    builds.release()
+                    building = False
+            else:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(STOP_POLL_S)
+            if proc.poll() is None and stopped():
                 proc.send_signal(signal.SIGTERM)  # the batch takes its lab down
                 proc.wait(CLEANUP_WAIT_S)
                 raise LabError(f"lab {job.name}: stopped (the run was stopped)")
     finally:
+        if building:
+            builds.release()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
