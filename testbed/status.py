@@ -30,7 +30,8 @@ def lab_summary(lab: str) -> dict[str, Any]:
     # read from a thread of its own: a teardown never takes this process for the lab's
     live = netns.in_thread(lambda: {node: live_node(ns) for node, ns in nodes.items()})
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
-            "created": st.get("created"), "services": st.get("services", {}), "nodes": live}
+            "created": st.get("created"), "services": st.get("services", {}),
+            "labels": st.get("labels", {}), "nodes": live}
 
 
 def live_node(ns_name: str) -> dict[str, Any]:
@@ -68,6 +69,8 @@ def service_line(info: dict[str, Any]) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"lab {s['lab']}: {state.standing(s['lab']).text()}",
              f"  topology {s.get('topology')}, created {s.get('created')}"]
+    if s.get("labels"):  # whose it is beyond its owner process: a pool run, say
+        lines.append("  labels " + ", ".join(f"{k}={v}" for k, v in s["labels"].items()))
     for node, info in s["nodes"].items():
         if info.get("missing"):
             lines.append(f"  {node}: namespace {info['netns']} is gone")

@@ -1,6 +1,6 @@
 """testbed.matrix.pool without a kernel or a scheduler: the --dask address, what a
 worker's batch messages make of a lab's result, and the pool's environment for the
-manifest. (A real scheduler and workers: tests/kernel/test_matrix_pool.py.)"""
+manifest. (A real scheduler and workers: tests/kernel/test_dask_pool.py.)"""
 
 from __future__ import annotations
 
