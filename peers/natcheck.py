@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import selectors
 import socket
 import sys
@@ -37,6 +38,7 @@ EIM_EIF = "endpoint-independent"
 ADDRESS_DEPENDENT = "address-dependent"
 ADDRESS_PORT_DEPENDENT = "address-and-port-dependent"
 UNKNOWN = "unknown"
+PROGRESS = "progress: "  # the prefix of --progress lines on stderr
 
 Clock = Callable[[], float]
 
@@ -83,16 +85,26 @@ class LifetimeResult:
     trials: tuple[tuple[float, bool], ...]
 
 
+def max_trials(max_s: float, resolution: float) -> int:
+    """How many idle periods lifetime_search tries at most: the upper bound, then one
+    halving of (0, max_s] per trial until the interval is within ``resolution``."""
+    return 1 + max(0, math.ceil(math.log2(max_s / resolution)))
+
+
 def lifetime_search(
-    alive_after: Callable[[float], bool], max_s: float, resolution: float
+    alive_after: Callable[[float], bool], max_s: float, resolution: float,
+    on_trial: Callable[[int, float], None] | None = None,
 ) -> LifetimeResult:
     """Binary search of the mapping lifetime in (0, max_s] to within ``resolution`` seconds.
 
-    ``alive_after(t)`` refreshes a mapping, stays idle t seconds and says if it survived.
+    ``alive_after(t)`` refreshes a mapping, stays idle t seconds and says if it survived;
+    ``on_trial(n, t)`` hears of the n-th trial (1-based) before it starts.
     """
     trials: list[tuple[float, bool]] = []
 
     def probe(t: float) -> bool:
+        if on_trial is not None:
+            on_trial(len(trials) + 1, t)
         alive = alive_after(t)
         trials.append((t, alive))
         return alive
@@ -243,6 +255,7 @@ class Settings:
     lifetime: bool = False
     lifetime_max: float = 10.0
     lifetime_resolution: float = 0.5
+    progress: bool = False  # a line per phase and lifetime trial on stderr
 
     def waits(self) -> tuple[float, ...]:
         return retransmit_waits(self.rto, self.tries, self.max_rto)
@@ -287,6 +300,7 @@ def _discover(
 ) -> dict[str, Any]:
     started = clock()
     waits = settings.waits()
+    _progress(settings, "RFC 5780 tests: mapping, filtering, hairpinning")
     m1 = Probe("mapping_test_1", a, primary, binding_request(), a)
     f1 = Probe("filtering_test_1", f, primary, binding_request(), f)
     run_probes([m1, f1], waits, clock)
@@ -328,10 +342,18 @@ def _discover(
         "notes": _notes(mapped, other),
     }
     if settings.lifetime and mapped is not None:
+        most = max_trials(settings.lifetime_max, settings.lifetime_resolution)
+        t_lt = clock()
+
+        def trial(n: int, idle: float) -> None:
+            _progress(settings, f"mapping lifetime: trial {n} of at most {most}: idle "
+                                f"{idle:g} s ({clock() - t_lt:.0f} s so far)")
+
         lt = lifetime_search(
             lambda t: _alive_after(t, primary, a, b, waits, clock, sleep),
             settings.lifetime_max,
             settings.lifetime_resolution,
+            trial,
         )
         result["lifetime_s"] = lt.lifetime_s
         result["tests"]["lifetime"] = {
@@ -342,6 +364,11 @@ def _discover(
         }
     result["elapsed_s"] = round(clock() - started, 3)
     return result
+
+
+def _progress(settings: Settings, text: str) -> None:
+    if settings.progress:
+        print(f"{PROGRESS}{text}", file=sys.stderr, flush=True)
 
 
 def _notes(mapped: Address | None, other: Address | None) -> list[str]:
@@ -415,6 +442,8 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--lifetime-max", type=float, default=10.0, help="upper bound, s")
     p.add_argument("--lifetime-resolution", type=float, default=0.5, help="precision, s")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--progress", action="store_true",
+                   help=f"a line per phase and lifetime trial on stderr, after {PROGRESS!r}")
     args = p.parse_args(None if argv is None else list(argv))
     if args.tries < 1 or args.rto <= 0 or args.max_rto < args.rto:
         p.error("need --tries >= 1 and 0 < --rto <= --max-rto")
@@ -430,6 +459,7 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
         args.lifetime,
         args.lifetime_max,
         args.lifetime_resolution,
+        args.progress,
     )
     return settings, bool(args.json)
 

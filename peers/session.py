@@ -9,7 +9,7 @@ and signaling messages to send.
 Stages, in order:
   signaling  register under our id, proving it: the server's first message is a
              challenge (a fresh nonce), answered with an HMAC keyed by the token
-             the testbed issued for our id (peers.signaling.register_proof)
+             the testbed issued for our id (peers.credentials.register_proof)
   gather     host candidate (given), srflx (STUN Binding), relay (TURN Allocate)
   signaling  offer/answer (candidates + session secret; the peer with the
              smaller id offers and makes the secret), then the offerer asks
@@ -51,8 +51,8 @@ from peers import probe as pr
 from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
+from peers.credentials import register_proof
 from peers.result import GatherTimings, Packets, PeerResult, StageTimings
-from peers.signaling import register_proof
 
 Rng = Callable[[int], bytes]
 

@@ -51,8 +51,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import re
@@ -70,6 +68,13 @@ from pathlib import Path
 from typing import Any
 
 from peers.candidates import ANNOUNCED_TYPES, Candidate, CandidateError
+from peers.credentials import (  # noqa: F401 - this module's names too
+    PROOF_LABEL,
+    TOKEN_LABEL,
+    check_proof,
+    peer_token,
+    register_proof,
+)
 
 MAX_FRAME = 64 * 1024
 MAX_FIRST_FRAME = 1024  # before registering only a register is allowed: it is small
@@ -82,8 +87,6 @@ SECRET_RE = re.compile(r"[0-9a-f]{32,128}")
 NONCE_RE = re.compile(r"[0-9a-f]{32}")
 PROOF_RE = re.compile(r"[0-9a-f]{64}")
 OUTCOMES = ("direct", "relay", "failed")
-TOKEN_LABEL = b"nat-testbed signaling token\0"
-PROOF_LABEL = b"nat-testbed signaling register\0"
 
 Message = dict[str, Any]
 
@@ -101,20 +104,8 @@ class ProtocolError(Exception):
 # Credentials
 
 
-def peer_token(secret: bytes, peer_id: str) -> str:
-    """The credential the testbed issues to the peer `peer_id` of a lab."""
-    return hmac.new(secret, TOKEN_LABEL + peer_id.encode(), hashlib.sha256).hexdigest()
-
-
-def register_proof(token: str, nonce: str, peer_id: str) -> str:
-    """What a peer holding `token` answers the server's challenge `nonce` with."""
-    body = PROOF_LABEL + nonce.encode() + b"\0" + peer_id.encode()
-    return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
-
-
-def check_proof(secret: bytes, nonce: str, peer_id: str, proof: str) -> bool:
-    expected = register_proof(peer_token(secret, peer_id), nonce, peer_id)
-    return hmac.compare_digest(expected, proof)
+# peer_token, register_proof and check_proof live in peers.credentials (no event loop
+# there: a session imports them); imported above, and so still names of this module.
 
 
 # ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 # Installs what nat-testbed needs on a fresh Debian 12 or Ubuntu machine, as root.
 # Safe to run again: it only installs what is missing.
 #   scripts/install.sh          apt packages + the Python venv in .venv
-#   scripts/install.sh --dev    also the test tools (pytest, ruff, mypy) and vagrant
+#   scripts/install.sh --dev    also the test tools (pytest, ruff, mypy), vagrant, and
+#                               chromium (headless: the sequence diagrams' browser check)
 #   scripts/install.sh --adapters   also the third-party peers (docs/peers.md): aioice
 #                               from PyPI, and Node.js with the npm packages pinned in
 #                               peers/adapters/node/package-lock.json (npm ci)
@@ -27,7 +28,8 @@ fi
 # independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
 pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
 # strace (tests only): its fault injection kills a command at an exact system call.
-(( dev )) && pkgs+=(vagrant strace)
+# chromium (tests only): renders the HTML sequence diagrams headless, as a reader sees them.
+(( dev )) && pkgs+=(vagrant strace chromium)
 # Node.js for the WebRTC and libp2p adapters: the machine's own if it has one (>= 20).
 (( adapters )) && ! command -v node >/dev/null && pkgs+=(nodejs npm)
 missing=()

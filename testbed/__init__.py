@@ -8,17 +8,44 @@ STUN, hole punching, TURN). The public Python API, documented in docs/api.md:
     Cell, MatrixResult
 
 Everything else (modules, functions, names not listed here) is internal and may change.
+
+The names are imported on first use (PEP 562): `import testbed.cli` for a command that
+only reads a file (`validate`, `report`) must not pay for pyroute2 and the lab engine.
 """
 
-from peers.result import PeerResult
-from testbed.lab import Lab
-from testbed.matrix.run import run_matrix
-from testbed.nat import NatSpec
-from testbed.pair import run_pair
-from testbed.results import Cell, MatrixResult, PairResult
-from testbed.topology import load_topology
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from testbed.version import VERSION
 
+if TYPE_CHECKING:
+    from peers.result import PeerResult
+    from testbed.lab import Lab
+    from testbed.matrix.run import run_matrix
+    from testbed.nat import NatSpec
+    from testbed.pair import run_pair
+    from testbed.results import Cell, MatrixResult, PairResult
+    from testbed.topology import load_topology
+
 __version__ = VERSION
+_HOMES = {"Cell": "testbed.results", "Lab": "testbed.lab", "MatrixResult": "testbed.results",
+          "NatSpec": "testbed.nat", "PairResult": "testbed.results",
+          "PeerResult": "peers.result", "load_topology": "testbed.topology",
+          "run_matrix": "testbed.matrix.run", "run_pair": "testbed.pair"}
 __all__ = ["Cell", "Lab", "MatrixResult", "NatSpec", "PairResult", "PeerResult",
            "load_topology", "run_matrix", "run_pair"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'testbed' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: later lookups never come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "peers" / "adapters" / "node"
 LIBP2P_RELAY = "libp2p-relay"  # a lab service: a circuit relay v2 node on the internet
 MIN_NODE = 20  # @roamhq/wrtc 0.10 and js-libp2p 3 (with labshim.mjs's polyfill)
+DEFAULT_DEADLINE_S = 20.0  # seconds each contract program has (docs/peers.md)
 
 
 @functools.cache
@@ -72,6 +72,8 @@ class Adapter:
 
     def version(self) -> str | None:
         if self.python_dist:
+            from importlib import metadata  # 20 ms: only `peers` and contract runs need it
+
             try:
                 return metadata.version(self.python_dist)
             except metadata.PackageNotFoundError:

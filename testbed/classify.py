@@ -10,10 +10,16 @@ what was configured. The lab is removed afterwards unless --keep.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from peers import natcheck
 from testbed.errors import TestbedError
 from testbed.lab import Lab
 from testbed.nat import Behaviour, Kind, NatSpec
@@ -21,6 +27,13 @@ from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
 NATCHECK_TIMEOUT_S = 60.0
+MAX_ERROR_LINES = 50  # of natcheck's stderr, for the error message
+Say = Callable[[str], None]
+
+
+def _quiet(_text: str) -> None:
+    """The default listener: the Python API says nothing."""
+
 
 def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) -> str:
     """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN."""
@@ -41,15 +54,42 @@ def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) ->
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def run_natcheck(lab: Lab, lifetime: float | None = None) -> dict[str, Any]:
-    argv = ["--server", STUN_PRIMARY, "--json"]
+def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet) -> dict[str, Any]:
+    """peers.natcheck in the client's namespace; its progress lines go to `say` as they
+    come (a lifetime search idles for minutes), everything else on stderr is its error."""
+    argv = ["--server", STUN_PRIMARY, "--json", "--progress"]
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
-    proc = lab.python("client", "peers.natcheck", *argv, stdout=-1, stderr=-1, text=True)
-    out, err = proc.communicate(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
+    proc = lab.python("client", "peers.natcheck", *argv, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+
+    def follow() -> None:  # a thread of its own: a hung natcheck still meets the timeout
+        for line in stderr:
+            if line.startswith(natcheck.PROGRESS):
+                say(line[len(natcheck.PROGRESS):].rstrip("\n"))
+            elif len(err) < MAX_ERROR_LINES:
+                err.append(line)
+
+    readers = [threading.Thread(target=lambda: out.append(stdout.read()), daemon=True),
+               threading.Thread(target=follow, daemon=True)]
+    for r in readers:
+        r.start()
+    try:
+        proc.wait(timeout=NATCHECK_TIMEOUT_S + (lifetime or 0) * 4)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for r in readers:
+        r.join()
+    text = "".join(out)
     if proc.returncode != 0:
-        raise TestbedError(f"natcheck failed ({proc.returncode}): {err.strip() or out.strip()}")
-    result: dict[str, Any] = json.loads(out)
+        why = "".join(err).strip() or text.strip()
+        raise TestbedError(f"natcheck failed ({proc.returncode}): {why}")
+    result: dict[str, Any] = json.loads(text)
     return result
 
 
@@ -76,16 +116,27 @@ def expected(spec: NatSpec, cgn: NatSpec | None = None) -> dict[str, str]:
 
 
 def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None = None,
-             keep: bool = False, lifetime: float | None = None) -> dict[str, Any]:
+             keep: bool = False, lifetime: float | None = None, lab_name: str | None = None,
+             say: Say = _quiet) -> dict[str, Any]:
+    """Build the NAT, run RFC 5780 discovery from behind it, compare. `say` hears what is
+    being done as it starts (a line each; the lifetime search's trials included)."""
     topo = parse_topology(classify_topology(spec_section, cgn_section), "<classify>")
     spec = topo.node("router").nat
     assert spec is not None
     cgn = topo.node("cgn").nat if cgn_section is not None else None
-    lab = Lab(topo)
+    t0 = time.monotonic()
+    lab = Lab(topo, name=lab_name)
+    say(f"building lab {lab.name}: a client behind {spec.label}"
+        + (f" behind a {cgn.label} CGN" if cgn else "") + ", a STUN server")
     lab.up()
     try:
-        found = run_natcheck(lab, lifetime)
+        say(f"lab up in {time.monotonic() - t0:.1f} s; the client runs RFC 5780 discovery"
+            + (f", then measures the mapping lifetime (up to {lifetime:g} s idle per trial)"
+               if lifetime else ""))
+        found = run_natcheck(lab, lifetime, say)
     finally:
+        if not keep:
+            say(f"removing lab {lab.name}")
         lab.detach() if keep else lab.down()
     want = expected(spec, cgn)
     return {
@@ -122,6 +173,6 @@ def format_result(r: dict[str, Any]) -> str:
     lines.append(f"RFC 5780 discovery {verdict} the configuration "
                  f"(expected {r['expected']['mapping']} / {r['expected']['filtering']})")
     if r["lab"]:
-        lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- python3 -m peers.natcheck "
-                     f"--server {STUN_PRIMARY}; nat-testbed down {r['lab']}")
+        lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- {sys.executable} -m "
+                     f"peers.natcheck --server {STUN_PRIMARY}; nat-testbed down {r['lab']}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ privileges, 1 a run that failed, 130 interrupted (set by the command line itself
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 
@@ -37,8 +38,12 @@ class TopologyError(TestbedError):
         self.line = line
         self.field = field
         self.message = message
-        # One line, whatever the file held: a key may be empty or hold a newline.
-        shown = field + '""' if field == "" or field.endswith(".") else field
+        # One line, whatever the file held: a key may be empty, hold a newline, or hold
+        # the ": " that separates the parts of the message (then the field is quoted).
+        if ": " in field or field != field.strip():
+            shown = json.dumps(field, ensure_ascii=False)
+        else:
+            shown = field + '""' if field == "" or field.endswith(".") else field
         where = f"{source}:{line}" if line else source
         super().__init__(_printable(f"{where}: {shown}: {message}"))
 

@@ -34,11 +34,17 @@ def interrupts_as_keyboard() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _ignored(_signum: int, _frame: Any) -> None:
+    """Ignore a signal from Python, not with SIG_IGN: a signal the kernel delivered just
+    before the switch then finds a handler, where SIG_IGN makes the interpreter print
+    "OSError: Signal 15 ignored due to race condition" with a traceback."""
+
+
 def ignore_interrupts() -> dict[int, Any]:
     """Ignore Ctrl-C and termination requests; the handlers they had, to restore."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in INTERRUPTS}
+    return {sig: signal.signal(sig, _ignored) for sig in INTERRUPTS}
 
 
 def restore(handlers: dict[int, Any]) -> None:
@@ -46,13 +52,22 @@ def restore(handlers: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+def stop_once(signum: int, _frame: Any) -> None:
+    """The first interrupt unwinds; the ones after it are ignored from that moment on.
+    Ctrl-C reaches a worker from the terminal and then SIGTERM from its parent: the
+    second must not cut the first's unwinding (its lab's teardown) short, nor print a
+    traceback from wherever it lands."""
+    ignore_interrupts()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def worker_signals() -> None:
-    """In a forked worker: die with the parent (as SIGTERM), and unwind on any interrupt
-    unless SIGINT was ignored on purpose (nohup, `cmd &`)."""
+    """In a forked worker: die with the parent (as SIGTERM), and unwind on the first
+    interrupt (stop_once) unless SIGINT was ignored on purpose (nohup, `cmd &`)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, stop_once)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_interrupt)
+        signal.signal(sig, stop_once)

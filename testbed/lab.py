@@ -159,6 +159,7 @@ class Lab:
             "pid": os.getpid(), "owner": state.me(), "status": "building",
             "namespaces": [self.netns(k) for k in self._keys()],
             "nodes": {n.name: self.netns(n.name) for n in self.topo.nodes},
+            "nat": {n.name: n.nat.label for n in self.topo.nodes if n.nat},  # for `status`
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
@@ -333,7 +334,8 @@ class Lab:
         self.services.update(started)
         if self.services:
             with self._state_lock:
-                self._state["services"] = self.services
+                self._state["services"] = {k: services.public(v)
+                                           for k, v in self.services.items()}
                 state.write_state(self.name, self._state)
 
     def workdir(self) -> Path:

@@ -55,6 +55,7 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
 }
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
+SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
 
@@ -98,6 +99,34 @@ class NatSpec:
         if self.kind is not Kind.NAT:
             return self.kind.value + self.variant
         return f"{self.mapping.short}m-{self.filtering.short}f{self.variant}"
+
+    @property
+    def behaviour(self) -> str:
+        """Every setting in words, for people: the label 'restricted-cone' alone does not
+        say that this one also picks random ports, never hairpins and forgets in 30 s."""
+        if self.kind is Kind.NONE:
+            return "no translation, no filtering: the LAN is routed as it is"
+        timeout = f"{self.mapping_timeout} s"
+        if self.kind is Kind.FIREWALL:
+            return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
+                    "idle")
+        ports = {PortAllocation.PRESERVE: "port preservation",
+                 PortAllocation.SEQUENTIAL: "sequential ports",
+                 PortAllocation.RANDOM: "random ports"}[self.port_allocation]
+        return (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
+                f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
+                f"{timeout} idle")
+
+    @property
+    def not_applicable(self) -> frozenset[str]:
+        """Settings that mean nothing for this kind (results show them as n/a): `none`
+        translates and filters nothing; a firewall filters (address-and-port-dependent,
+        its state timing out after mapping_timeout) but translates no address or port."""
+        if self.kind is Kind.NONE:
+            return frozenset(SETTINGS)
+        if self.kind is Kind.FIREWALL:
+            return frozenset(("mapping", "port_allocation", "hairpinning"))
+        return frozenset()
 
     @property
     def variant(self) -> str:

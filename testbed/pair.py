@@ -279,6 +279,10 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
     return lines
 
 
+CANDIDATE_LEGEND = ("host = own address, srflx = its NAT's mapping (from STUN), prflx = one "
+                    "seen on a probe, relay = on the TURN server; docs/glossary.md")
+
+
 def format_pair(result: PairResult) -> str:
     lines = [f"pair: {result.a} (alice) x {result.b} (bob)",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
@@ -294,6 +298,7 @@ def format_pair(result: PairResult) -> str:
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
+    lines.append(CANDIDATE_LEGEND)
     return "\n".join(lines)
 
 

@@ -36,15 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from testbed import wire
-from testbed.adapters import LIBP2P_RELAY, NODE_DIR, REPO, Adapter
+from testbed.adapters import DEFAULT_DEADLINE_S, LIBP2P_RELAY, NODE_DIR, REPO, Adapter
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
-from testbed.pair import pair_lab, pair_topology
+from testbed.pair import CANDIDATE_LEGEND, pair_lab, pair_topology
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
-DEFAULT_DEADLINE_S = 20.0
 DEFAULT_SEND_BYTES = 65536
 CHUNK = 1000  # bytes per message: a datagram under the lab's MTU with TURN and DTLS
 KILL_GRACE_S = 2.0  # past the deadline: SIGTERM, then SIGKILL after this much more
@@ -342,10 +341,11 @@ def _broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str, deadline_s: f
 def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
                       adapter_b: Adapter, *, keep: bool = False,
                       deadline_s: float = DEFAULT_DEADLINE_S,
-                      send_bytes: int = DEFAULT_SEND_BYTES) -> dict[str, Any]:
+                      send_bytes: int = DEFAULT_SEND_BYTES,
+                      lab_name: str | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     topo, _ = pair_topology(nat_a, nat_b)
-    with pair_lab(topo, keep=keep) as lab:
+    with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
         cell = run_cell(lab, adapter_a, adapter_b, deadline_s=deadline_s,
                         send_bytes=send_bytes)
     return {"a": nat_a.label, "b": nat_b.label, **cell,
@@ -397,4 +397,5 @@ def format_cell(cell: dict[str, Any]) -> str:
         lines.append(f"tcp at {router}: {text}")
     if cell.get("kept"):
         lines.append(f"lab {cell['lab']} kept: nat-testbed down {cell['lab']}")
+    lines.append(CANDIDATE_LEGEND)
     return "\n".join(lines)

@@ -51,6 +51,7 @@ PACKETS = PACKET_COUNTS
 PAIR_TIMINGS = ("connect", "total")
 SPEC_FIELDS = ("kind", "mapping", "filtering", "port_allocation", "hairpinning",
                "mapping_timeout")
+NOT_APPLICABLE = "n/a"  # a setting a NAT kind does not have (NatSpec.not_applicable)
 
 # Categorical colours, also used for the legend (colour-blind-safe Okabe-Ito hues).
 COLOURS = {
@@ -240,6 +241,17 @@ def not_modelled(doc: Document) -> list[CellSummary]:
     return [s for s in summaries(doc) if not s.modelled and s.counts]
 
 
+def incomplete(doc: Document) -> str | None:
+    """A sentence when the run stopped before its end (metadata.complete false), else None.
+    Files from before `complete` existed are complete."""
+    if doc.metadata.get("complete", True) is not False:
+        return None
+    n = doc.metadata.get("pairings") or {}
+    done = f" after {n['decided']} of {n['planned']} pairings" if "planned" in n else ""
+    return (f"INCOMPLETE: the run was interrupted{done}; cells not run were never decided, "
+            "and the relay bytes of a lab cut short were never counted")
+
+
 def exit_code(doc: Document, strict: bool) -> int:
     """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
     return 1 if strict and disagreements(doc) else 0
@@ -274,6 +286,8 @@ def format_table(doc: Document, color: bool = False) -> str:
     for s in disagreements(doc):
         lines.append(f"! {s.where}: predicted {s.predicted}, observed {s.observed} "
                      f"(model: {s.reason})")
+    if stopped := incomplete(doc):
+        lines.append(stopped)
     return "\n".join(lines)
 
 
@@ -374,7 +388,10 @@ def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
     return cols
 
 
-def _spec_value(value: Any) -> Any:
+def _spec_value(spec: NatSpec, name: str) -> Any:
+    if name in spec.not_applicable:
+        return NOT_APPLICABLE
+    value = getattr(spec, name)
     return getattr(value, "value", value)
 
 
@@ -392,7 +409,7 @@ def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
     for cell in iter_cells(doc):
         base: dict[str, Any] = {"a": cell.a, "b": cell.b, **cell.point}
         for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
-            base.update({f"nat_{side}_{f}": _spec_value(getattr(spec, f)) for f in SPEC_FIELDS})
+            base.update({f"nat_{side}_{f}": _spec_value(spec, f) for f in SPEC_FIELDS})
         for i, rep in enumerate(cell.repeats, start=1):
             agrees = None if cell.predicted is None else rep.outcome == cell.predicted
             row = dict(base, repeat=i, predicted=cell.predicted, outcome=rep.outcome,
@@ -507,8 +524,11 @@ def _repeat_html(i: int, rep: PairResult, predicted: str | None) -> str:
 
 
 def _spec_text(spec: NatSpec) -> str:
-    if spec.kind is not Kind.NAT:
-        return spec.kind.value
+    if spec.kind is Kind.NONE:
+        return "none: routed, no translation, no filtering (every NAT setting n/a)"
+    if spec.kind is Kind.FIREWALL:
+        return (f"firewall: filtering {spec.filtering.value}, state timeout "
+                f"{spec.mapping_timeout} s; no translation (mapping, ports, hairpinning n/a)")
     return (
         f"mapping {spec.mapping.value}, filtering {spec.filtering.value}, ports "
         f"{spec.port_allocation.value}, hairpinning {'on' if spec.hairpinning else 'off'}, "
@@ -548,6 +568,16 @@ def _cell_details(ident: str, cell: Cell, n: int, s: CellSummary,
                      "results.json and results.csv.</p>")
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _shown_configuration(meta: Any) -> Any:
+    """The configuration with each NAT's settings that do not apply as "n/a", not null."""
+    config = dict(meta.get("configuration") or {})
+    if isinstance(config.get("nats"), list):
+        config["nats"] = [{k: NOT_APPLICABLE if v is None and k != "kind" else v
+                           for k, v in n.items()} if isinstance(n, dict) else n
+                          for n in config["nats"]]
+    return config
 
 
 def _no_urls(text: str) -> str:
@@ -614,6 +644,7 @@ def write_html(doc: Document, path: str | Path) -> None:
 <noscript><style>.details{{display:block}}.facet.hide{{display:block}}</style></noscript></head>
 <body>
 <h1>NAT traversal matrix</h1>
+{f"<p class='bad'>{_e(incomplete(doc))}</p>" if incomplete(doc) else ""}
 {_kv_table([(k, v) for k, v in meta.items() if not isinstance(v, dict | list)])}
 <div class="legend">Legend:{legend}
 <span class="swatch" style="outline:3px solid #000;outline-offset:-3px"></span>
@@ -645,7 +676,7 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
             i, j = position[(facet, cell.a, cell.b)]
             put(_cell_details(_cell_id(number[facet], i, j), cell, n, s, titles) + "\n")
         put(f"""<h2>Configuration</h2>
-<pre>{_e(json.dumps(meta.get("configuration", {}), indent=2))}</pre>
+<pre>{_e(json.dumps(_shown_configuration(meta), indent=2))}</pre>
 <script>{_JS}</script>
 </body></html>
 """)
@@ -675,7 +706,9 @@ def write_heatmap(doc: Document, path: str | Path) -> None:
     for k, (facet, cells) in enumerate(tables):
         ax = axes[k // cols][k % cols]
         _heatmap_axes(ax, nats, cells, cats, len(tables) == 1)
-        ax.set_title(facet_label(facet) if facet else "NAT traversal matrix (observed)")
+        ax.set_title(facet_label(facet) if facet else "NAT traversal matrix (observed)"
+                     if incomplete(doc) is None else
+                     "NAT traversal matrix (INCOMPLETE: interrupted)")
     for k in range(len(tables), rows * cols):
         axes[k // cols][k % cols].set_axis_off()
     handles = [Patch(facecolor=COLOURS[c], label=c) for c in cats]

@@ -21,7 +21,14 @@ from typing import Any
 from peers import record as rec
 from peers.result import OUTCOMES, PeerResult
 from testbed.coturn import Counters, RelayUsage
-from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
+from testbed.nat import (
+    DEFAULT_MAPPING_TIMEOUT,
+    SETTINGS,
+    Behaviour,
+    Kind,
+    NatSpec,
+    PortAllocation,
+)
 
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
 PREDICTIONS = ("direct", "relay")
@@ -175,9 +182,12 @@ class MatrixResult:
 
 
 def spec_to_json(spec: NatSpec) -> dict[str, Any]:
-    return {"kind": spec.kind.value, "mapping": spec.mapping.value,
-            "filtering": spec.filtering.value, "port_allocation": spec.port_allocation.value,
-            "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout}
+    """A SPEC; a setting that does not apply to the kind (spec.not_applicable) is null."""
+    out: dict[str, Any] = {"kind": spec.kind.value}
+    for name in SETTINGS:
+        value = getattr(spec, name)
+        out[name] = None if name in spec.not_applicable else getattr(value, "value", value)
+    return out
 
 
 def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
@@ -242,14 +252,27 @@ def _guard(read: Any, data: Any, where: str) -> Any:
 
 
 def spec_from_json(data: Any, where: str) -> NatSpec:
-    def enum(key: str, kind: type[Any]) -> Any:
-        return kind(rec.choice(data, key, where, [m.value for m in kind]))
+    """A SPEC; null (not applicable) is accepted exactly where spec_to_json writes it,
+    and reads as the default. Files written before n/a existed hold values there."""
+    kind = Kind(rec.choice(data, "kind", where, [m.value for m in Kind]))
+    na = NatSpec(kind=kind).not_applicable
+    default = NatSpec()
 
-    return NatSpec(kind=enum("kind", Kind), mapping=enum("mapping", Behaviour),
-                   filtering=enum("filtering", Behaviour),
-                   port_allocation=enum("port_allocation", PortAllocation),
-                   hairpinning=rec.get(data, "hairpinning", where, (bool,)),
-                   mapping_timeout=rec.opt(data, "mapping_timeout", where, (int,), 120))
+    def setting(key: str, read: Any) -> Any:
+        if key in na and rec.obj(data, where).get(key) is None:
+            return getattr(default, key)
+        return read(key)
+
+    def enum(kind_: type[Any]) -> Any:
+        return lambda key: kind_(rec.choice(data, key, where, [m.value for m in kind_]))
+
+    return NatSpec(kind=kind, mapping=setting("mapping", enum(Behaviour)),
+                   filtering=setting("filtering", enum(Behaviour)),
+                   port_allocation=setting("port_allocation", enum(PortAllocation)),
+                   hairpinning=setting("hairpinning",
+                                       lambda k: rec.get(data, k, where, (bool,))),
+                   mapping_timeout=setting("mapping_timeout", lambda k: rec.opt(
+                       data, k, where, (int,), DEFAULT_MAPPING_TIMEOUT)))
 
 
 def _counters(data: Any, where: str) -> Counters:

@@ -4,6 +4,11 @@ A node with `service: stun | turn | signaling` runs that server. Each one's
 output goes to a log in the lab's folder, and each is waited for until it is
 ready (a "ready" line, or coturn's socket) rather than slept for.
 
+Secrets (the signaling server's key, coturn's password) live in files only root can
+read (0600), next to the logs; what a server's description carries beyond this
+process is `public(info)`: the paths of those files, never their contents (the state
+file, `up` and `status` without --show-secrets).
+
 The servers are started through a Host (what a live lab offers: start a process in
 a node, run a command there, its folder), so this module needs nothing of the lab
 itself: testbed.lab calls it, never the other way round.
@@ -32,6 +37,32 @@ STUN_PORT, STUN_ALT_PORT = 3478, 3479
 TURN_PORT = 3478
 SIGNALING_PORT = 7000
 READY_TIMEOUT_S = 5.0
+SECRET_FILES = {"secret": "secret_file", "password": "password_file"}  # key -> its file's key
+
+
+def public(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A server's description without its secrets (their files' paths stay)."""
+    return {k: v for k, v in info.items() if k not in SECRET_FILES}
+
+
+def with_secrets(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A public description with its secrets read back from their files (root only)."""
+    out = dict(info)
+    for key, file_key in SECRET_FILES.items():
+        if file_key in info:
+            try:
+                out[key] = Path(info[file_key]).read_text().strip()
+            except OSError as exc:
+                out[key] = f"<unreadable: {exc.strerror}>"
+    return out
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Created 0600 from the start: never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.chmod(path, 0o600)  # an older file of that name keeps its mode through O_CREAT
 
 
 @dataclass(frozen=True)
@@ -124,14 +155,14 @@ def _start_signaling(host: Host, node: Node) -> dict[str, Any]:
     log = host.workdir() / f"signaling-{node.name}.log"
     secret = secrets.token_hex(32)  # peers get tokens derived from it (peers.signaling)
     secret_file = host.workdir() / f"signaling-{node.name}.secret"
-    secret_file.write_text(secret)
-    os.chmod(secret_file, 0o600)
+    write_secret(secret_file, secret)
     with log.open("w") as out:
         proc = host.python(node.name, "peers.signaling", "--listen", addr,
                            "--port", str(SIGNALING_PORT), "--secret-file", str(secret_file),
                            stdout=out, stderr=out, start_new_session=True)
     _wait_for_line(host, proc, log, f"signaling server on {node.name}")
-    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret}
+    return {"address": addr, "port": SIGNALING_PORT, "log": str(log), "secret": secret,
+            "secret_file": str(secret_file)}
 
 
 def _start_turn(host: Host, node: Node) -> dict[str, Any]:
@@ -141,6 +172,8 @@ def _start_turn(host: Host, node: Node) -> dict[str, Any]:
                      port=TURN_PORT)
     d = host.workdir() / f"turn-{node.name}"
     d.mkdir(exist_ok=True)
+    password_file = d / "password"
+    write_secret(password_file, password)
     proc = host.popen(node.name, coturn_argv(cfg, d), stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -149,7 +182,8 @@ def _start_turn(host: Host, node: Node) -> dict[str, Any]:
     except RuntimeError as exc:
         raise LabError(f"lab {host.name}: {exc}") from None
     return {"address": addr, "port": TURN_PORT, "realm": cfg.realm, "username": user,
-            "password": password, "log": str(d / "turnserver.log")}
+            "password": password, "password_file": str(password_file),
+            "log": str(d / "turnserver.log")}
 
 
 STARTERS: dict[str, Callable[[Host, Node], dict[str, Any]]] = {

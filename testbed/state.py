@@ -44,6 +44,7 @@ from testbed.errors import LabError, LabNameError
 
 STATE_DIR = Path(os.environ.get("NAT_TESTBED_STATE_DIR", "/run/nat-testbed"))
 KILL_GRACE_S = 1.0
+STATE_MODE = 0o600  # root's alone: a state names the lab's secret files, and its processes
 
 # Lab names become file names (LAB.json, LAB.lock, LAB/) and the first part of every
 # namespace name ("LAB-NODE", under /run/netns), and are pasted into shell commands.
@@ -100,7 +101,10 @@ def write_state(lab: str, state: dict[str, Any]) -> None:
     """Atomic: a reader (or a kill -9) sees the old state or the new one, never half."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(lab)
-    tmp.write_text(json.dumps(state, indent=1))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, STATE_MODE)
+    os.fchmod(fd, STATE_MODE)  # a leftover tmp file's mode is not ours to keep
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state, indent=1))
     os.replace(tmp, state_path(lab))
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from testbed import netns, state
+from testbed import netns, services, state
 from testbed.errors import LabError
+from testbed.nat import NatConfigError, nat_from_label
+from testbed.results import spec_to_json
 
 
 def lab_names() -> list[str]:
@@ -24,14 +26,31 @@ def require_labs(labs: list[str]) -> None:
             raise LabError(f"no lab named {lab!r} (nat-testbed status lists the labs)")
 
 
-def lab_summary(lab: str) -> dict[str, Any]:
+def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
+    """A lab as it is now; its servers' secrets (read from their 0600 files) only when
+    asked: a summary is printed, and a terminal's scrollback is no place for them."""
     st = state.read_state(lab) or {"lab": lab, "nodes": {}}
+    svcs = {name: (services.with_secrets(info) if show_secrets else services.public(info))
+            for name, info in (st.get("services") or {}).items()}
     nodes = st.get("nodes") or {n.split("-", 1)[1]: n for n in state.marked_namespaces(lab)}
     # read from a thread of its own: a teardown never takes this process for the lab's
     live = netns.in_thread(lambda: {node: live_node(ns) for node, ns in nodes.items()})
+    for node, label in (st.get("nat") or {}).items():
+        if node in live:
+            live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
-            "created": st.get("created"), "services": st.get("services", {}),
+            "created": st.get("created"), "services": svcs,
             "labels": st.get("labels", {}), "nodes": live}
+
+
+def nat_json(label: str) -> dict[str, Any]:
+    """A router's NAT as its state recorded it (its label): the label, every setting,
+    and the words for it; a label this version cannot read is shown as it is."""
+    try:
+        spec = nat_from_label(label)
+    except NatConfigError:
+        return {"label": label}
+    return {"label": label, **spec_to_json(spec), "behaviour": spec.behaviour}
 
 
 def live_node(ns_name: str) -> dict[str, Any]:
@@ -62,8 +81,9 @@ def _route_text(r: Any) -> str:
     return f"{dst} via {gw}" if gw else f"{dst} (connected)"
 
 
-def service_line(info: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in info.items() if k != "pid")
+def service_line(info: dict[str, Any], *, show_secrets: bool = False) -> str:
+    shown = info if show_secrets else services.public(info)
+    return " ".join(f"{k}={v}" for k, v in shown.items() if k != "pid")
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -76,10 +96,12 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"  {node}: namespace {info['netns']} is gone")
             continue
         lines.append(f"  {node}  [netns {info['netns']}]")
+        if nat := info.get("nat"):
+            lines.append(f"    NAT {nat['label']}: {nat.get('behaviour', '?')}")
         for i in info["interfaces"]:
             lines.append(f"    {i['name']:<8} {i['state']:<5} {', '.join(i['addresses'])}")
         for r in info["routes"]:
             lines.append(f"    route {r}")
     for svc, info in s.get("services", {}).items():
-        lines.append(f"  service {svc}: {service_line(info)}")
+        lines.append(f"  service {svc}: {service_line(info, show_secrets=True)}")  # as asked
     return "\n".join(lines)

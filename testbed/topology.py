@@ -791,6 +791,8 @@ def describe(topo: Topology) -> str:
         extra = f" nat={n.nat.label}" if n.nat else ""
         extra += f" service={n.service}" if n.service else ""
         lines.append(f"  {n.name} ({n.kind}{extra})")
+        if n.nat:
+            lines.append(f"    NAT: {n.nat.behaviour}")
         for i in n.interfaces:
             addrs = ", ".join(str(a) for a in i.addresses)
             wan = "  [wan]" if n.upstream == i.name else ""

@@ -129,3 +129,16 @@ def test_results_md_names_every_csv_column_in_order() -> None:
     assert missing == []
     positions = [RESULTS.index(f"`{c}`", RESULTS.index("## results.csv")) for c in columns]
     assert positions == sorted(positions)  # documented in the order of the file
+
+
+def test_the_glossary_defines_every_candidate_type_and_the_words_pair_prints() -> None:
+    from peers.candidates import CANDIDATE_TYPES
+    from testbed.pair import CANDIDATE_LEGEND
+
+    glossary = (REPO / "docs" / "glossary.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ", glossary, re.M)
+    assert rows == list(CANDIDATE_TYPES)
+    for word in ("direct", "relay", "failed", "conntrack", "CGN", "401", "hairpinning",
+                 "n/a"):
+        assert word in glossary, word
+    assert "docs/glossary.md" in CANDIDATE_LEGEND

@@ -2,8 +2,11 @@
 
 Each verb module has NAME, HELP (one line), DESCRIPTION, `add_arguments(parser)` and
 `run(args) -> exit code`: it reads its flags, makes one call into the engine and
-prints the outcome. VERBS lists them explicitly, in the order `--help` shows them;
-a new verb is a new module added there.
+prints the outcome. A verb module imports only what building the parser needs; its
+engine is imported in `run`, once the flags and files are good, so `--help`, `validate`
+and every refusal start without pyroute2, jinja2 or asyncio (tests/unit/test_cli.py).
+VERBS lists them explicitly, in the order `--help` shows them; a new verb is a new
+module added there.
 
 Exit codes, the same for every verb: 0 done, 1 the run failed (or disagreed when
 asked to be strict), 2 bad input (a flag or a file), 3 missing privileges, 130
@@ -45,7 +48,11 @@ VERBS: tuple[ModuleType, ...] = (matrix, merge, pair, peers, classify, lesson, u
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given a command line, only its verb's arguments are built (all
+    it needs: building every verb's would load what the matrix's dimension flags are
+    made of for a `validate` too)."""
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     p = argparse.ArgumentParser(
         prog="nat-testbed",
         description="NAT traversal on real Linux kernels: namespaces, nftables NAT, "
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in VERBS:
         s = sub.add_parser(verb.NAME, help=verb.HELP, description=verb.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        verb.add_arguments(s)
+        if chosen is None or chosen == verb.NAME:
+            verb.add_arguments(s)
         s.set_defaults(run=verb.run)
     return p
 
@@ -70,7 +78,8 @@ def _stdout_gone() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.run(args))
     except TestbedError as exc:
         print(f"nat-testbed: {exc}", file=sys.stderr)

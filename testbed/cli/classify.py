@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from testbed.classify import classify, format_result
-from testbed.cli.common import print_json
+from testbed.cli.common import check_lab_name, print_json, progress_line
 from testbed.errors import UsageError
-from testbed.lab import require_root
 from testbed.nat import NatConfigError, nat_from_dict
 
 NAME = "classify"
@@ -16,7 +14,8 @@ HELP = "build a NAT and classify it with RFC 5780 from behind"
 DESCRIPTION = """A throwaway lab: one host behind a router with the requested behaviour
 (optionally behind a carrier-grade NAT too) and a STUN server with two addresses.
 The project's RFC 5780 client runs in the host; its verdict is compared with what
-was configured. Exit 1 if they disagree."""
+was configured. What it is doing goes to stderr as it starts (a lifetime search idles
+for a minute or more). Exit 1 if they disagree."""
 KEYS = ("nat", "mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
 
 
@@ -37,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lifetime", type=float, metavar="MAX_SECONDS",
                    help="also measure the mapping lifetime, up to this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the lab and print how to use it")
+    p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -64,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
     _check(section, None)  # bad options are reported before anything is built
     if cgn is not None:
         _check(cgn, "--behind-cgn")
+    check_lab_name(args.name)
+    from testbed.classify import classify, format_result  # the flags are good: load the engine
+    from testbed.lab import require_root
+
     require_root()
-    result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime)
+    result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime,
+                      lab_name=args.name, say=progress_line())
     if args.json:
         print_json(result)
     else:

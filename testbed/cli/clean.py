@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import state
-from testbed.lab import require_root
-
 NAME = "clean"
 HELP = ("remove what nat-testbed runs left behind (killed, crashed); labs brought up with "
         "`up` stay unless named or --all")
@@ -25,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed import state
+    from testbed.lab import require_root
+
     require_root()
     print("\n".join(state.clean(args.labs or None, everything=args.all).lines()))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,17 @@ NAT_HELP = ("a NAT label: full-cone, restricted-cone, port-restricted-cone, symm
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
+
+
+def progress_line(stream: Any = None) -> Callable[[str], None]:
+    """A listener that writes each thing a long command starts on stderr, with the
+    seconds since it began, as `matrix` does off a terminal: "[  2.1 s] text"."""
+    t0 = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - t0:5.1f} s] {text}", file=stream or sys.stderr, flush=True)
+
+    return say
 
 
 def color_wanted(no_color: bool) -> bool:
@@ -85,6 +97,14 @@ def topology_path(args: argparse.Namespace) -> Path | None:
     if not path.is_file():
         raise UsageError(f"--topology: no such file: {args.topology}")
     return path
+
+
+def check_lab_name(name: str | None) -> None:
+    """--name, refused (exit 2) before anything is built; None: a random name."""
+    if name is not None:
+        from testbed.state import check_name  # the state module reads the kernel's dirs
+
+        check_name(name)
 
 
 def positive(low: int, high: int) -> Callable[[str], int]:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import state
-from testbed.lab import require_root
-
 NAME = "down"
 HELP = "remove everything a lab created"
 DESCRIPTION = """Stop the lab's processes, remove its namespaces and its state. A lab
@@ -18,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed import state
+    from testbed.lab import require_root
+
     require_root()
     for lab in args.labs:
         t = state.down(lab)

@@ -6,9 +6,7 @@ import argparse
 import os
 import sys
 
-from testbed import netns, state
 from testbed.errors import LabError, UsageError
-from testbed.lab import require_root
 
 NAME = "exec"
 HELP = "run a command inside a node of a lab"
@@ -26,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed import netns, state
+    from testbed.lab import require_root
+
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UsageError("exec needs a command after --, e.g. nat-testbed exec LAB NODE -- "

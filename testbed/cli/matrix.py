@@ -18,8 +18,8 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from testbed import report
 from testbed.cli.common import (
     NAT_HELP,
     add_topology_flags,
@@ -30,12 +30,13 @@ from testbed.cli.common import (
     topology_path,
 )
 from testbed.errors import UsageError
-from testbed.interrupts import interrupts_as_keyboard
-from testbed.matrix import dimensions, merge, pool, records
-from testbed.matrix.document import phase_summary
+from testbed.interrupts import ignore_interrupts, interrupts_as_keyboard, restore
 from testbed.matrix.progress import Progress
-from testbed.matrix.run import MatrixRun
-from testbed.matrix.spec import MAX_REPEATS, MatrixSpec, Selector, Shard
+
+if TYPE_CHECKING:
+    from testbed import report
+    from testbed.matrix import dimensions, records
+    from testbed.matrix.spec import MatrixSpec, Shard
 
 NAME = "matrix"
 HELP = ("the traversal matrix: every pairing of NAT behaviours, on real kernels, against "
@@ -48,11 +49,15 @@ manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --
 K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
 parts together (docs/scale.md). With --dask ADDRESS the labs run on the workers of a Dask
 pool and their records come back here (docs/scale.md). Exit 1 with --strict if a cell
-disagrees with the model."""
+disagrees with the model. Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the
+pairings decided so far to the same files, marked incomplete, and exits 130."""
 EARLY_PNG = ".results.png.partial"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from testbed.matrix import dimensions  # the dimensions' flags: only when matrix is asked
+    from testbed.matrix.spec import MAX_REPEATS
+
     p.add_argument("--nats", default="default", metavar="LIST|all|default",
                    help="NATs to pair: default (none + the 4 classic types: 25 pairings), all "
                         "(none, firewall, the 9 mapping x filtering combinations: 121), or a "
@@ -98,6 +103,9 @@ def _dimension(d: dimensions.Dimension, text: str) -> dimensions.Dimension:
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
+    from testbed.matrix import dimensions
+    from testbed.matrix.spec import MatrixSpec, Selector
+
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} exists and is not a directory")
     only = None
@@ -126,6 +134,8 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
 
 
 def shard_from(args: argparse.Namespace) -> Shard:
+    from testbed.matrix.spec import Shard
+
     if args.shard is None:
         return Shard(1, 1, args.seed)
     with flag("--shard"):
@@ -142,7 +152,15 @@ def _preload_plotting() -> None:
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     shard = shard_from(args)
-    address = pool.check_address(args.dask) if args.dask is not None else None
+    address = None
+    if args.dask is not None:
+        from testbed.matrix.pool import check_address
+
+        address = check_address(args.dask)
+    from testbed import report  # the flags are good: now load the engine
+    from testbed.matrix import merge
+    from testbed.matrix.run import MatrixRun
+
     out: Path = args.out
     early_png = out / EARLY_PNG
     progress = Progress()
@@ -159,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
         with interrupts_as_keyboard():
             try:
                 manifest = run.run_to(out)
+            except KeyboardInterrupt:
+                progress.close()
+                if whole:
+                    _write_partial(out)
+                raise
             finally:
                 progress.close()
         if not whole:
@@ -177,7 +200,30 @@ def run(args: argparse.Namespace) -> int:
     return report.exit_code(doc, args.strict)
 
 
+def _write_partial(out: Path) -> None:
+    """An interrupted run's decided pairings as results.*, marked incomplete (metadata
+    complete: false), written whole: a second Ctrl-C waits the second this takes."""
+    from testbed import report
+    from testbed.matrix import merge, records
+
+    m = records.read_manifest(out)
+    if not m.records:
+        print("nat-testbed: no pairing was decided before the interruption: no results "
+              "written", file=sys.stderr)
+        return
+    old = ignore_interrupts()
+    try:
+        paths = report.write_all(merge.collect([out]).document(), out)
+    finally:
+        restore(old)
+    print(f"nat-testbed: {m.records} of {m.slots} pairings were decided before the "
+          f"interruption: written, marked incomplete, to {', '.join(map(str, paths.values()))}",
+          file=sys.stderr)
+
+
 def _shard_done(args: argparse.Namespace, m: records.Manifest, out: Path, wall: float) -> int:
+    from testbed.matrix import records
+
     if args.json:
         print(json.dumps(m.to_json(), indent=2))
     print(f"shard {m.shard.label}: {m.records} of its {m.slots} slots ({m.slots_total} in the "
@@ -189,6 +235,9 @@ def _shard_done(args: argparse.Namespace, m: records.Manifest, out: Path, wall: 
 
 def _summary(doc: report.Document, spec: MatrixSpec, wall: float,
              paths: dict[str, Path]) -> str:
+    from testbed import report
+    from testbed.matrix.document import phase_summary
+
     labs = list(doc.metadata.get("timings_s", {}).get("labs", []))
     summaries = report.summaries(doc)
     n_cells, repeats = len(summaries), spec.repeats

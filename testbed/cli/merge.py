@@ -9,10 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from testbed import report
 from testbed.cli.common import color_wanted
 from testbed.errors import UsageError
-from testbed.matrix import merge
 
 NAME = "merge"
 HELP = "put the parts of a sharded matrix run together: table, results.json/csv/html/png"
@@ -46,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     for part in args.parts:
         if not part.is_dir():
             raise UsageError(f"merge: {part}: not a directory")
+    from testbed import report  # the arguments are good: now load the engine
+    from testbed.matrix import merge
+
     try:
         collected = merge.collect(args.parts, allow_mixed_env=args.allow_mixed_env)
     except (merge.PartError, report.ResultsError) as exc:

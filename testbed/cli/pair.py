@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 
 from testbed import adapters
-from testbed.cli.common import NAT_HELP, add_topology_flags, flag, nat, print_json, topology_path
+from testbed.adapters import DEFAULT_DEADLINE_S
+from testbed.cli.common import (
+    NAT_HELP,
+    add_topology_flags,
+    check_lab_name,
+    flag,
+    nat,
+    print_json,
+    topology_path,
+)
 from testbed.errors import UsageError
-from testbed.lab import require_root
 from testbed.nat import NatSpec
-from testbed.pair import format_pair, format_trace, run_pair
-from testbed.peerprog import DEFAULT_DEADLINE_S, format_cell, run_contract_pair
-from testbed.results import pair_to_json
 
 NAME = "pair"
 HELP = "two peers behind two NATs: direct, relay or failed?"
@@ -29,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_topology_flags(p, "run the pair", "home-pair")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
+    p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
     p.add_argument("--trace", metavar="DIR",
                    help="capture both sides of both routers: pcaps and a sequence diagram")
     p.add_argument("--peer-a", metavar="PEER", help="Alice's program: an adapter from "
@@ -45,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
     if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    check_lab_name(args.name)
+    from testbed.lab import require_root  # the flags are good: now load the engine
+    from testbed.pair import format_pair, format_trace, run_pair
+    from testbed.results import pair_to_json
+
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
-                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace)
+                          b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
+                          lab_name=args.name)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -76,6 +88,9 @@ def resolve_peers(args: argparse.Namespace) -> tuple[adapters.Adapter, adapters.
 
 
 def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> int:
+    from testbed.lab import require_root
+    from testbed.peerprog import format_cell, run_contract_pair
+
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
@@ -84,8 +99,10 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
+    check_lab_name(args.name)
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline)
+    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                             lab_name=args.name)
     if args.json:
         print_json(cell)
     else:

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from testbed import report
 from testbed.errors import UsageError
 
 NAME = "report"
@@ -26,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed import report
+
     try:
         doc = report.load(args.results)
     except OSError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from testbed.cli.common import print_json
-from testbed.topology import json_schema
 
 NAME = "schema"
 HELP = "print the JSON Schema of topology files (for editors)"
@@ -19,5 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.topology import json_schema
+
     print_json(json_schema())
     return 0

@@ -6,9 +6,6 @@ import argparse
 import contextlib
 
 from testbed.cli.common import print_json
-from testbed.errors import PrivilegeError
-from testbed.lab import require_root
-from testbed.status import format_summary, lab_names, lab_summary, require_labs
 
 NAME = "status"
 HELP = "labs: who owns each (a running command, or detached by `up`), nodes, addresses"
@@ -22,15 +19,23 @@ session (docs/rootless.md)."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("labs", nargs="*", metavar="LAB", help="only these labs (default: all)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="also print the servers' secrets (TURN password, signaling key), "
+                        "read from their root-only files; by default only the files' paths")
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.errors import PrivilegeError
+    from testbed.lab import require_root
+    from testbed.status import format_summary, lab_names, lab_summary, require_labs
+
     # An ordinary user sees their rootless session's labs; where there can be none (user
     # namespaces forbidden), what the machine's state directory says, read-only.
     with contextlib.suppress(PrivilegeError):
         require_root()
     require_labs(args.labs)
-    summaries = [lab_summary(lab) for lab in (args.labs or lab_names())]
+    summaries = [lab_summary(lab, show_secrets=args.show_secrets)
+                 for lab in (args.labs or lab_names())]
     if args.json:
         print_json(summaries)
         return 0

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from testbed import resources, state
-from testbed.cli.common import print_json
-from testbed.interrupts import interrupts_as_keyboard
-from testbed.lab import Lab, require_root
-from testbed.status import lab_summary, service_line
-from testbed.topology import describe, load_topology
+from testbed import resources
+from testbed.cli.common import check_lab_name, print_json
 
 NAME = "up"
 HELP = "build a topology (YAML) as a lab and leave it running"
@@ -27,9 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.name is not None:
-        state.check_name(args.name)  # a bad name is refused before anything else
+    from testbed.topology import describe, load_topology
+
+    check_lab_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
+    from testbed import services
+    from testbed.interrupts import interrupts_as_keyboard  # the input is good: load the engine
+    from testbed.lab import Lab, require_root
+    from testbed.status import lab_summary, service_line
+
     require_root()
     lab = Lab(topo, name=args.name)
     with interrupts_as_keyboard():
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     print(describe(topo))
     for svc, info in lab.services.items():
         print(f"  service {svc}: {service_line(info)}")
+    if any(services.SECRET_FILES.keys() & info.keys() for info in lab.services.values()):
+        print(f"  (secrets: in the files named; nat-testbed status {lab.name} --show-secrets)")
     print(f"\n  nat-testbed exec {lab.name} NODE -- COMMAND   run a command in a node")
     print(f"  nat-testbed down {lab.name}                   remove everything it created")
     return 0

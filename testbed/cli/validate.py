@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from testbed import resources
-from testbed.topology import describe, load_topology
 
 NAME = "validate"
 HELP = "check a topology file without touching the kernel"
@@ -19,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from testbed.topology import describe, load_topology
+
     topo = load_topology(resources.topology_argument(args.topology))
     print(f"{args.topology}: valid topology '{topo.name}' "
           f"({len(topo.nodes)} nodes, {len(topo.segments)} links and networks)")

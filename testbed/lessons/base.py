@@ -43,6 +43,8 @@ from testbed.trace.nfttrace import Trace
 from testbed.trace.packets import Packet
 
 RECV_TIMEOUT_S = 1.0
+CONNTRACK_REWRITE = ("rewritten by conntrack, no rule consulted: the NAT rules see only a "
+                     "flow's first packet")
 DROP_TIMEOUT_S = 1.0
 Say = Callable[[str], None]
 
@@ -61,13 +63,16 @@ class Lesson:
     number: int
     slug: str
     title: str
-    seed: str  # the idea from the seed texts this lesson makes happen
+    seed: str  # the idea, as the explainer texts the lessons follow put it
     topology: str  # YAML
     routers: tuple[str, ...]  # captured on every interface, traced, tables shown
     experiment: Callable[[Run], None]
     takeaway: str
     explore: tuple[str, ...] = ()  # commands to poke at it; {lab} and {py} filled in
-    lanes: tuple[str, ...] = ()  # sequence diagram columns; () = no diagram printed
+    lanes: tuple[str, ...] = ()  # sequence diagram columns, left to right
+    # The diagram in the narration too (always in --out's sequence.txt and .html): off
+    # where it would not fit a terminal (lesson 6 has ten lanes; its table says it all).
+    diagram_in_terminal: bool = True
 
     def topo(self) -> Topology:
         return parse_topology(self.topology, f"<lesson {self.number} {self.slug}>")
@@ -289,8 +294,11 @@ class Run:
                 lines.append(f"    translated by the rule   {c.nat_rule}")
                 if hint:
                     lines.append(f"      (it {hint})")
-            elif c.rule and c.arrived.iface == self.lab.node(c.router).upstream:
-                lines.append(f"    let in by the rule   {c.rule}")
+            elif c.rewritten:  # a later packet of a flow: the NAT chains never see it
+                lines.append(f"    {CONNTRACK_REWRITE}")
+            if c.rule and not c.nat_rule and c.arrived.iface == self.lab.node(c.router).upstream:
+                known = "   (a flow conntrack knows)" if "established" in c.rule else ""
+                lines.append(f"    let in by the rule   {c.rule}{known}")
         elif c.verdict == "local":
             lines.append("    for the router itself" + (f"  ({c.rule})" if c.rule else ""))
         else:
@@ -348,14 +356,15 @@ def describe_lab(topo: Topology) -> list[str]:
 
 
 def run_lesson(lesson: Lesson, *, out_dir: str | Path | None = None, keep: bool = False,
-               say: Say = print) -> LessonResult:
-    """Build the lesson's lab, capture, run the experiment with narration, tear down
-    (unless `keep`). Pcaps, traces and the diagram go to out_dir if given."""
+               say: Say = print, lab_name: str | None = None) -> LessonResult:
+    """Build the lesson's lab (named `lab_name`, or at random), capture, run the
+    experiment with narration, tear down (unless `keep`). Pcaps, traces and the
+    sequence diagram (txt, html) go to out_dir if given."""
     t0 = time.monotonic()
     tmp = None if out_dir is not None else tempfile.mkdtemp(prefix="nat-testbed-lesson-")
     d = Path(out_dir or tmp or ".").resolve()
     topo = lesson.topo()
-    lab = Lab(topo)
+    lab = Lab(topo, name=lab_name)
     lab.up()
     run: Run | None = None
     try:
@@ -386,7 +395,7 @@ def run_lesson(lesson: Lesson, *, out_dir: str | Path | None = None, keep: bool 
 def _header(run: Run, topo: Topology, out: Path | None) -> None:
     ls = run.lesson
     run.say(f"Lesson {ls.number}: {ls.title}")
-    run.say(_wrap(f'From the seed: "{ls.seed}"', "  "))
+    run.say(_wrap(f'You may have read: "{ls.seed}"', "  "))
     run.say(f"\n  Lab {run.lab.name} ({topo.name}):")
     run.say("\n".join(describe_lab(topo)))
     taps = ", ".join(run.cap.taps)
@@ -397,13 +406,13 @@ def _header(run: Run, topo: Topology, out: Path | None) -> None:
 
 def _footer(run: Run, captured: Captured, out: Path | None, keep: bool) -> None:
     ls = run.lesson
-    if ls.lanes:
-        story = tell(captured, run.lab.topo, ls.routers, ls.lanes,
-                     f"Lesson {ls.number}: {ls.title}")
+    story = tell(captured, run.lab.topo, ls.routers, ls.lanes or ls.routers,
+                 f"Lesson {ls.number}: {ls.title}")
+    if ls.diagram_in_terminal:
         run.say("\nThe whole lesson as a sequence diagram (one arrow per packet per link):")
         run.say(story.diagram(titled=False))
-        if out is not None:
-            write_folder(out, story)
+    if out is not None:
+        write_folder(out, story)
     ok = sum(f.ok for f in run.facts)
     run.say(f"\nChecked against the captures: {ok} of {len(run.facts)} facts hold"
             + ("" if captured.complete else " (warning: a capture did not catch up with "
@@ -418,7 +427,9 @@ def _footer(run: Run, captured: Captured, out: Path | None, keep: bool) -> None:
         if keep:
             run.say(f"  nat-testbed down {lab}        # when you are done")
     if out is not None:
-        run.say(f"\nFiles: {out}/ (one pcap per interface, nft traces, capture.json)")
+        run.say(f"\nFiles in {out}/: sequence.html (the diagram, for a browser), "
+                "sequence.txt, crossings.txt,\n  one pcap per interface (tcpdump -r, "
+                "Wireshark), each router's nft trace, capture.json")
 
 
 def _wrap(text: str, indent: str, width: int = 96) -> str:

@@ -58,14 +58,19 @@ def experiment(run: Run) -> None:
              back is not None and ret is not None and ret.left is not None
              and ret.left.dst_ep == laptop.addr, str(ret))
 
-    with run.step("The phone sends to the same server.",
-                  "the phone gets the same public address as the laptop.") as s3:
+    with run.step("The phone sends to the same server, from the same port 5000.",
+                  "the phone gets the same public IP address as the laptop, but another "
+                  "port: port 5000 outside is already the laptop's.") as s3:
         phone.send(server_ep, b"hello from the phone")
         server.recv()
     ph = s3.crossing(b"hello from the phone")
     run.values["phone_public"] = ph.left.src_ep if ph and ph.left else None
     run.fact(f"the phone's packet also leaves as {wan}",
              ph is not None and ph.left is not None and ph.left.src == wan, str(ph))
+    laptop_port = out.left.sport if out and out.left else None
+    run.fact(f"but from another port than the laptop's {laptop_port}",
+             ph is not None and ph.left is not None and laptop_port is not None
+             and ph.left.sport != laptop_port, str(ph))
     lan = ipaddress.ip_network("192.168.0.0/16")
     leaked = [p for p in run.cap.result().packets["router:wan"]
               if p.is_ip and p.src and (ipaddress.ip_address(p.src) in lan

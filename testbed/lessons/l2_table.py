@@ -73,4 +73,5 @@ LESSON = Lesson(
         "nat-testbed exec {lab} phone -- {py} -m peers.udp send "
         "203.0.113.10:3478 hi --port 7000",
     ),
+    lanes=("laptop", "phone", "router", "server"),
 )

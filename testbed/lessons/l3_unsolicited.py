@@ -73,9 +73,9 @@ def experiment(run: Run) -> None:
 LESSON = Lesson(
     number=3, slug="unsolicited", title="An unsolicited packet is dropped, until you send out",
     seed="They send a packet to your public IP. It arrives at your router. The router looks up "
-         "the destination port in its NAT table... and finds nothing. ... So the router does "
-         "the only sensible thing: it drops the packet. ... Then click \"laptop sends out\" to "
-         "create a mapping, and try that port again.",
+         "the destination port in its NAT table... and finds nothing. No device ever created a "
+         "mapping for that port. So the router does the only sensible thing: it drops the "
+         "packet.",
     topology=TOPOLOGY, routers=("router",), experiment=experiment,
     takeaway="A NAT lets a packet in only if an inside host's own packet created a mapping "
              "for it first; with no mapping, the router drops it (here: nft's input chain).",

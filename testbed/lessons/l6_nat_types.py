@@ -126,4 +126,6 @@ LESSON = Lesson(
         "nat-testbed exec {lab} restricted-cone -- nft list map ip nattestbed permit",
         "nat-testbed exec {lab} full-cone -- nft list table ip nattestbed   # the whole ruleset",
     ),
+    lanes=(*(f"laptop{i}" for i in range(1, len(TYPES) + 1)), *TYPES, "server", "stranger"),
+    diagram_in_terminal=False,  # ten lanes: the side-by-side table above says it in a screen
 )

@@ -88,6 +88,22 @@ def experiment(run: Run) -> None:
         run.say(f"  at {c.router}: {narrate_line(c)}")
     ra_, rb_ = relays["alice"].client.relayed, relays["bob"].client.relayed
     assert ra_ is not None and rb_ is not None
+    challenges = [c for c in s5.crossings if narrate.describe(c.arrived) ==
+                  "TURN Allocate error 401"]
+    run.say("\n  Why 'TURN Allocate error 401'? It is no failure: it is how a TURN server asks "
+            "for\n  credentials. The first Allocate carries none; the 401 answer brings a realm "
+            "and a nonce;\n  the client asks again with its username and a MESSAGE-INTEGRITY "
+            "made from its\n  password, and gets its relayed address (RFC 8656, long-term "
+            "credentials).")
+    run.say(f"  Why a CreatePermission for {turn['address']}, the TURN server's own address? A "
+            "relay passes on\n  data only from addresses its client has permitted. Alice "
+            f"writes to Bob's relayed address\n  {rb_[0]}:{rb_[1]}: his relay then hears "
+            f"from Alice's relayed address {ra_[0]}:{ra_[1]},\n  an address of the TURN "
+            f"server, and so Bob permits {turn['address']} (and Alice the same for him).")
+    run.fact("each side's first Allocate was challenged with 401, then answered with a relayed "
+             "address", {c.router for c in challenges} == {"home-a", "home-b"}
+             and all(r.client.relayed for r in relays.values()),
+             f"401 answers crossed {sorted(c.router for c in challenges)}")
 
     with run.step(f"Alice sends to Bob's relayed address {rb_[0]}:{rb_[1]}.",
                   "the data goes Alice -> home-a -> relay -> home-b -> Bob, wrapped in "

@@ -50,20 +50,42 @@ def experiment(run: Run) -> None:
     run.fact(f"the home router's address {home_wan} never appeared on the internet",
              not [p for p in internet if home_wan in (p.src, p.dst)])
 
+    neighbour = run.endpoint("neighbour", 5000)
+    next_door = run.wan("neighbour-home")
+    with run.step(f"A neighbour, another household behind the same carrier, asks {primary}.",
+                  "the neighbour's router has its own carrier-side address, but on the "
+                  "internet the neighbour shows the very same public IP as the laptop.") as st:
+        ask = run.stun(neighbour, primary)
+    at_cgn = ask.request_at(st, "cgn")
+    theirs = at_cgn.left.src_ep if at_cgn and at_cgn.left else None
+    ours = run.values["stun_1"]["cgn_out"]
+    run.values["neighbour"] = {"carrier_side": at_cgn.arrived.src_ep if at_cgn else None,
+                               "cgn_out": theirs}
+    run.say(f"  Laptop: {ours}; neighbour: {theirs}. One public IP, two households: only the "
+            "port tells them apart.")
+    run.fact(f"the neighbour reached the carrier from its own router's address {next_door}, "
+             f"not {home_wan}", at_cgn is not None and at_cgn.arrived.src == next_door
+             and next_door != home_wan, str(at_cgn))
+    run.fact(f"the carrier's NAT sent it out from the laptop's public IP {cgn_wan}, with another "
+             "port", theirs is not None and ours is not None and theirs.rsplit(":", 1)[0] == cgn_wan
+             and theirs != ours, f"{theirs} vs {ours}")
+
 
 LESSON = Lesson(
     number=8, slug="double-nat", title="Double NAT: your router's public address is not public",
-    seed="Your Internet Service Provider gave your household just one public IP address. ... "
-         "Sometimes, hole punching simply doesn't work, especially behind strict corporate "
-         "networks or mobile carrier NATs.",
+    seed="Each one talks to the internet. But your Internet Service Provider gave your "
+         "household just one public IP address.",
     topology=TOPOLOGY_FILE.read_text(), routers=("home", "cgn"), experiment=experiment,
-    takeaway="Behind a carrier-grade NAT, packets are translated twice and STUN reports the "
-             "outermost NAT's address; the combination behaves like its strictest NAT (here "
-             "symmetric), whatever the home router does.",
+    takeaway="Behind a carrier-grade NAT, a household does not get even one public address: "
+             "packets are translated twice, households share the carrier's address and differ "
+             "only by port, and STUN reports the outermost NAT's mapping. The pair behaves like "
+             "its strictest NAT (here symmetric, whatever the home router does): hole punching "
+             "fails as in lesson 7, and calls need the relay.",
     explore=(
-        "nat-testbed up topologies/double-nat.yaml",
-        "nat-testbed exec LAB laptop -- {py} -m peers.udp stun 203.0.113.3:3478",
-        "nat-testbed exec LAB cgn -- conntrack -L -p udp",
+        "nat-testbed exec {lab} laptop -- {py} -m peers.udp stun 203.0.113.3:3478",
+        "nat-testbed exec {lab} neighbour -- {py} -m peers.udp stun 203.0.113.3:3478",
+        "nat-testbed exec {lab} cgn -- conntrack -L -p udp",
+        "nat-testbed up double-nat         # the same topology as a lab of your own",
     ),
-    lanes=("laptop", "home", "cgn", "stun"),
+    lanes=("laptop", "home", "neighbour-home", "cgn", "stun"),
 )

@@ -89,39 +89,50 @@ def _version(argv: Sequence[str]) -> str | None:
     return text[0] if text else None
 
 
-def _git_commit() -> str | None:
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository, when run from a checkout
+SOURCES = ("testbed", "peers", "nft-templates", "topologies")  # what a new file changes
+MAX_CHANGES = 50  # changed paths listed in the metadata
+
+
+def _git(repo: Path, *argv: str) -> str | None:
+    """git's output in `repo`, or None: not a checkout, no git, or git failed."""
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True,
+                             timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_commit(repo: Path = CHECKOUT) -> str | None:
     """The checkout's commit, for results from an unreleased tree (None when installed)."""
-    repo = Path(__file__).resolve().parents[2]
-    if shutil.which("git") is None or not (repo / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    out = _git(repo, "rev-parse", "HEAD")
+    return (out.strip() or None) if out is not None else None
 
 
-def _git_dirty() -> bool | None:
-    """Whether the checkout had uncommitted changes (None when installed or unknown)."""
-    repo = Path(__file__).resolve().parents[2]
-    if shutil.which("git") is None or not (repo / ".git").exists():
+def git_changes(repo: Path = CHECKOUT) -> list[str] | None:
+    """What differs from the commit: tracked files changed (staged or not, as `git
+    describe --dirty` counts them) and new files in the sources, as `git status --short`
+    lines. [] for a clean tree; None when there is no checkout to ask."""
+    tracked = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    new = _git(repo, "status", "--porcelain", "--untracked-files=all", "--", *SOURCES)
+    if tracked is None or new is None:
         return None
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain",
-                              "--untracked-files=no"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    lines = tracked.splitlines() + [x for x in new.splitlines() if x.startswith("??")]
+    return sorted(set(lines), key=lambda line: line[3:])  # by path
 
 
 def environment() -> dict[str, Any]:
     """Versions of everything that decides the outcome: kernel, nftables, coturn, us."""
     nft = _version(["nft", "--version"]) or ""
+    changes = git_changes()
     return {
         "tool_version": VERSION,
         "tool_commit": _git_commit(),
-        "tool_dirty": _git_dirty(),
+        "tool_dirty": None if changes is None else bool(changes),
+        "tool_changes": None if changes is None else changes[:MAX_CHANGES],
         "kernel": platform.release(),
         "nftables": nft.split()[1].lstrip("v") if len(nft.split()) > 1 else nft or None,
         "coturn": _version(["turnserver", "--version"]),

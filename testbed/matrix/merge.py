@@ -202,6 +202,9 @@ class Collected:
         meta.update(
             started=min(m.started for m in manifests),
             finished=max((m.finished or m.started) for m in manifests),
+            # false: a run was interrupted (report.incomplete says so on every output)
+            complete=all(m.complete for m in manifests),
+            pairings={"planned": first.slots_total, "decided": sum(m.records for m in manifests)},
             configuration=conf,
             timings_s={"run": max((m.wall_s or 0.0) for m in manifests),
                        "phases_max_over_labs": phase_summary(labs), "labs": labs})

@@ -264,7 +264,7 @@ class Pool:
     address: str
     topology: Path | None = None
     progress: Progress | None = None
-    on_slot: Callable[[LabJob, int, str], None] | None = None
+    on_slot: Callable[[LabJob, int, str, PairResult], None] | None = None
     on_results: Callable[[LabJob, list[PairResult]], None] | None = None
     labs: list[dict[str, Any]] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -385,7 +385,7 @@ class Pool:
         self.labs.append(batch.info)
         if self.on_slot is not None:
             for k, r in enumerate(batch.results):
-                self.on_slot(job, k, r.outcome)
+                self.on_slot(job, k, r.outcome, r)
         if self.on_results is not None:
             self.on_results(job, batch.results)
         p = self.progress

@@ -33,7 +33,7 @@ RECORDS = "records.jsonl"
 MANIFEST = "manifest.json"
 FORMAT = "nat-testbed-matrix-part/1"
 # What must be equal in every part of one result: the outcome depends on each.
-SAME_TOOL = ("tool_version", "tool_commit", "tool_dirty")
+SAME_TOOL = ("tool_version", "tool_commit", "tool_dirty", "tool_changes")
 SAME_HOST = ("kernel", "nftables", "coturn")
 ENVIRONMENT = (*SAME_TOOL, *SAME_HOST, "python", "cpus", "host")
 
@@ -91,7 +91,7 @@ def _manifest(data: Any) -> Manifest:
     count = rec.get(shard, "count", "shard", (int,))
     if not 1 <= index <= count:
         raise rec.RecordError(f"shard: index {index} of {count}")
-    env = {k: rec.opt(data, k, "", (str, int, bool)) for k in ENVIRONMENT}
+    env = {k: rec.opt(data, k, "", (str, int, bool, list)) for k in ENVIRONMENT}
     return Manifest(
         environment=env, spec=rec.get(data, "spec", "", (dict,)),
         spec_hash=rec.get(data, "spec_hash", "", (str,)),

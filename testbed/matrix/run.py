@@ -146,7 +146,11 @@ class MatrixRun:
         return Pool(self.dask, self.spec.topology, self.progress)
 
     def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None],
+                on_decided: Callable[[LabJob, int, PairResult], None] | None = None,
                 pool: Pool | None = None) -> Ran:
+        """Run the plan's labs, here or on `pool`'s workers; `on_results` gets each
+        lab's results as it reports, `on_decided` each slot's as it decides (without
+        coturn's counters)."""
         if pool is None:
             require_root()
             require_turnserver()
@@ -154,7 +158,9 @@ class MatrixRun:
             self.progress.start(plan.slots, plan.labs)
         early = EarlyOutcomes(self.spec) if self.on_outcomes is not None else None
 
-        def on_slot(job: LabJob, k: int, outcome: str) -> None:
+        def on_slot(job: LabJob, k: int, outcome: str, result: PairResult) -> None:
+            if on_decided is not None:
+                on_decided(job, k, result)
             if early is None or self.on_outcomes is None:
                 return
             early.add(job, k, outcome)
@@ -193,13 +199,15 @@ class MatrixRun:
         with self.pool() as pool:
             plan = self.plan(pool)
             results: list[PairResult] = []
-            ran = self.execute(plan, lambda job, rs: results.extend(rs), pool)
+            ran = self.execute(plan, lambda job, rs: results.extend(rs), pool=pool)
             env = pool.environment() if pool is not None else environment()
             return build_document(self.spec, results, self.metadata(plan, ran, env, pool))
 
     def run_to(self, out: Path) -> records.Manifest:
         """Stream every slot's record to out/records.jsonl as its lab reports, with
-        out/manifest.json; an interrupted run leaves what it finished, marked incomplete."""
+        out/manifest.json; an interrupted run leaves what it decided, marked incomplete:
+        the labs that reported, and the slots a lab cut short had decided (their coturn
+        counters never read: relay bytes unknown)."""
         with self.pool() as pool:
             return self._run_to(out, pool)
 
@@ -218,9 +226,21 @@ class MatrixRun:
         writer = records.RecordWriter(out / records.RECORDS)
         labs: list[dict[str, Any]] = []
         t0 = time.monotonic()
+        cut_short: dict[int, dict[int, PairResult]] = {}  # running labs' decided slots
+
+        def lab_reported(job: LabJob, results: list[PairResult]) -> None:
+            writer.write(results)
+            cut_short.pop(job.index, None)
+
+        def slot_decided(job: LabJob, k: int, result: PairResult) -> None:
+            cut_short.setdefault(job.index, {})[k] = result
+
         try:
-            ran = self.execute(plan, lambda job, rs: writer.write(rs), pool)
+            ran = self.execute(plan, lab_reported, slot_decided, pool)
             labs = ran.labs
+        except KeyboardInterrupt:
+            writer.write([r for j in sorted(cut_short) for _, r in sorted(cut_short[j].items())])
+            raise
         finally:
             writer.close()
             manifest = manifest.finished_with(

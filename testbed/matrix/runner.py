@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
-from peers.result import PeerResult
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn
 from testbed.lab import Lab
@@ -70,16 +69,12 @@ def punch_end(ep: Endpoint) -> float:
     return next(t for t in (s.t_punch_end, s.t_decided, s.t0) if t is not None)
 
 
-def slot_outcome(results: Sequence[PeerResult | None]) -> str:
-    outcomes = {r.outcome for r in results if r is not None}
-    return outcomes.pop() if len(outcomes) == 1 else "failed"
-
-
 def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     """Build one matrix lab, run all its slots at once, report, take it down.
 
-    Messages: ("built", i, s), ("slot", i, k, outcome) as the k-th slot decides (without
-    coturn's counters, which take up to a second more), ("results", i, results, phases),
+    Messages: ("built", i, s), ("slot", i, k, outcome, result) as the k-th slot decides
+    (its PairResult without coturn's counters, which take up to a second more: what an
+    interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
     phases: dict[str, float] = {}
     t0 = time.monotonic()
@@ -97,8 +92,8 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
         def finished(ep: Endpoint) -> None:
             k = ep.tag[0]
             if all(p.result is not None for p in by_slot[k]):
-                outcome = slot_outcome([p.result for p in by_slot[k]])
-                send(("slot", job.index, k, outcome))
+                decided = slot_result(job, lab, layout, k, by_slot[k], {}, None)
+                send(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
         budget = max(wait_budget(s.timing) for s in job.setups)
@@ -119,16 +114,24 @@ def results(job: LabJob, lab: Lab, layout: Layout, eps: Sequence[Endpoint],
             times: DriveTimes) -> list[PairResult]:
     """Each slot's PairResult, with where it ran."""
     out = []
-    for k, slot in enumerate(job.slots):
-        mine = {ep.tag[1]: ep for ep in eps if ep.tag[0] == k}
-        ends = [mine[role].finished_at or times.finished for role in ROLES]
-        peers = {role: mine[role].result for role in ROLES}
-        assert all(peers.values()), "the driver finishes every session"
-        out.append(combine(
-            {r: p for r, p in peers.items() if p is not None},
-            {role: usage.get((k, role)) for role in ROLES},
-            a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
-            repeat=slot.repeat,
-            lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
-            timings_ms=PairTimings(total=round((max(ends) - times.start) * 1000, 3))))
+    for k in range(len(job.slots)):
+        mine = [ep for ep in eps if ep.tag[0] == k]
+        ends = [ep.finished_at or times.finished for ep in mine]
+        out.append(slot_result(job, lab, layout, k, mine, usage,
+                               round((max(ends) - times.start) * 1000, 3)))
     return out
+
+
+def slot_result(job: LabJob, lab: Lab, layout: Layout, k: int, mine: Sequence[Endpoint],
+                usage: Mapping[Any, coturn.RelayUsage | None],
+                total_ms: float | None) -> PairResult:
+    """Slot k's PairResult from its two finished sessions, with where it ran."""
+    slot = job.slots[k]
+    peers = {ep.tag[1]: ep.result for ep in mine}
+    assert all(peers.get(role) for role in ROLES), "both sessions of the slot finished"
+    return combine(
+        {r: p for r, p in peers.items() if p is not None},
+        {role: usage.get((k, role)) for role in ROLES},
+        a=slot["a"].label, b=slot["b"].label, point=slot.extra, key=slot.key,
+        repeat=slot.repeat, lab=lab.name, slot=f"s{k:03d}", wan=layout.wan(lab.topo, k),
+        timings_ms=PairTimings(total=total_ms))

@@ -70,7 +70,8 @@ class Workers:
     jobs: int
     progress: Progress | None = None
     on_idle: Callable[[], None] | None = None  # every lab started is built: CPUs are free
-    on_slot: Callable[[LabJob, int, str], None] | None = None  # a slot decided (k, outcome)
+    # a slot decided: (k, outcome, its result without coturn's counters)
+    on_slot: Callable[[LabJob, int, str, PairResult], None] | None = None
     on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
 
@@ -152,7 +153,7 @@ class Workers:
                 p.event(f"lab {w.job.name}: built in {msg[2]:.2f} s, running")
         elif kind == "slot":
             if self.on_slot is not None:
-                self.on_slot(w.job, msg[2], msg[3])
+                self.on_slot(w.job, msg[2], msg[3], msg[4])
             if p:
                 p.done += 1
                 p.draw()

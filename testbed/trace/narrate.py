@@ -68,7 +68,7 @@ def nat_rule_hint(rule: str) -> str:
     """Why a rule of the testbed's udp_mapping chain chose the port it did."""
     if "map @mapping" in rule:
         return "reuses the outside port this inside endpoint already has"
-    if "!= @owner" in rule:
+    if "!= @owned" in rule or "!= @owner" in rule:  # @owner: traces of older rulesets
         return "keeps the inside port: nobody owns it outside yet"
     if "random" in rule:
         return "picks a free outside port at random"

@@ -148,59 +148,108 @@ def render_text(lanes: Sequence[str], arrows_: Sequence[Arrow], *, title: str = 
 
 COLORS = {"stun": "#1f6feb", "turn": "#8250df", "probe": "#1a7f37", "signaling": "#8c959f",
           "data": "#bf8700", "icmp": "#cf222e", "tcp": "#8c959f"}
-ROW, TOP, LANE_PX, LEFT = 24, 60, 130, 80
+DROPPED_COLOR = "#cf222e"
+LANE_MIN_PX, LANE_MAX_PX = 48, 100  # a lane's width: the diagram column grows between
+ARROW_Y = 11  # px: the middle of a row's first line of words, where its time is too
+
+# One grid per row, the same columns in each: the time, the lanes (an SVG drawn in
+# percentages of the column, so it follows the window's width) and the packet's words,
+# which wrap instead of running off the page. The header row sticks to the top.
+_CSS = f"""
+body{{font-family:sans-serif;margin:16px;color:#1f2328}}
+h2{{margin:0 0 .4em}} p{{max-width:60em}} .legend span{{margin-right:12px;white-space:nowrap}}
+.diagram{{font:12px/1.35 monospace}}
+.row{{display:grid;column-gap:12px;min-height:22px;grid-template-columns:5.5em
+  minmax(calc(var(--lanes) * {LANE_MIN_PX}px), calc(var(--lanes) * {LANE_MAX_PX}px))
+  minmax(26em, 1fr)}}
+.row:hover{{background:#f6f8fa}}
+.head{{position:sticky;top:0;z-index:1;background:#fff;border-bottom:1px solid #d0d7de;
+  font-weight:bold;align-items:end;padding:6px 0 4px}}
+.head:hover{{background:#fff}}
+.t{{text-align:right;color:#57606a;padding-top:3px}}
+.head .t{{color:#1f2328}}
+.lanes{{position:relative}}
+.lanes svg{{position:absolute;left:0;top:0;width:100%;height:100%;overflow:visible}}
+.names{{display:flex}}
+.names span{{flex:1 1 0;min-width:0;text-align:center;overflow-wrap:anywhere}}
+.what{{overflow-wrap:anywhere;padding:3px 0}}
+.flow{{color:#57606a}}
+.rule{{color:{DROPPED_COLOR};font-weight:bold}}
+line.lane{{stroke:#d0d7de;stroke-width:2}}
+"""
+
+
+def _pct(i: int, n: int) -> str:
+    return f"{(i + 0.5) * 100 / n:.3f}%"
+
+
+def _row_svg(lanes: Sequence[str], a: Arrow, color: str) -> str:
+    n = len(lanes)
+    # from 2 px above: rows of fractional height would otherwise leave hairline gaps
+    parts = [f'<line class="lane" x1="{_pct(i, n)}" y1="-2" x2="{_pct(i, n)}" y2="100%"/>'
+             for i in range(n)]
+    x1, x2 = _pct(lanes.index(a.src), n), _pct(lanes.index(a.dst), n)
+    if a.dropped:
+        parts.append(f'<line x1="{x1}" y1="{ARROW_Y}" x2="{x2}" y2="{ARROW_Y}" '
+                     f'stroke="{color}" stroke-width="1.5" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{x2}" y="{ARROW_Y}" dy=".35em" fill="{color}" '
+                     'text-anchor="middle" font-size="16" font-weight="bold">&#x2717;</text>')
+    else:
+        parts.append(f'<line x1="{x1}" y1="{ARROW_Y}" x2="{x2}" y2="{ARROW_Y}" '
+                     f'stroke="{color}" stroke-width="1.5" marker-end="url(#h-{a.kind})"/>')
+    return f'<svg aria-hidden="true">{"".join(parts)}</svg>'
+
+
+def _html_row(lanes: Sequence[str], a: Arrow, t0: float) -> str:
+    color = DROPPED_COLOR if a.dropped else COLORS.get(a.kind, "#57606a")
+    ms = (a.time - t0) * 1000
+    tip = f"{ms:.3f} ms  {a.flow}  {a.label}" + (f"  ({a.note})" if a.note else "")
+    words = (f'<span class="flow">{html.escape(a.flow)}</span> '
+             f'<span style="color:{color}">{html.escape(a.label)}</span>')
+    if a.dropped:  # the rule that dropped it, in words: no hovering needed
+        rule = a.note[len("dropped by "):] if a.note.startswith("dropped by ") else a.note
+        words += (f'<div class="rule">&#x2717; dropped by {html.escape(rule)}</div>' if rule
+                  else '<div class="rule">&#x2717; dropped (no nft trace of it)</div>')
+    return (f'<div class="row k-{a.kind}{" dropped" if a.dropped else ""}" '
+            f'title="{html.escape(tip)}"><div class="t">{ms:.1f}</div>'
+            f'<div class="lanes">{_row_svg(lanes, a, color)}</div>'
+            f'<div class="what">{words}</div></div>')
 
 
 def render_html(lanes: Sequence[str], arrows_: Sequence[Arrow], *, title: str = "") -> str:
-    """A self-contained page (inline SVG and CSS; no scripts or fonts fetched)."""
+    """A self-contained page (inline SVG and CSS; no scripts or fonts fetched) that fits
+    the window: the lanes take a share of its width, the packets' words wrap, the lane
+    names and the time axis stay on screen while scrolling, and a dropped packet says
+    which rule dropped it."""
     lanes = lanes_for(arrows_, lanes)
-    x = {n: LEFT + i * LANE_PX + LANE_PX // 2 for i, n in enumerate(lanes)}
-    right = LEFT + len(lanes) * LANE_PX
-    height = TOP + ROW * (len(arrows_) + 1)
     t0 = arrows_[0].time if arrows_ else 0.0
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{right + 900}" height="{height}" '
-           f'font-family="monospace" font-size="12">',
-           '<defs>' + "".join(
-               f'<marker id="h-{k}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-               f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
-               f'fill="{c}"/></marker>' for k, c in COLORS.items()) + '</defs>']
-    for n in lanes:
-        svg.append(f'<text x="{x[n]}" y="{TOP - 30}" text-anchor="middle" font-weight="bold">'
-                   f'{html.escape(n)}</text>')
-        svg.append(f'<line x1="{x[n]}" y1="{TOP - 20}" x2="{x[n]}" y2="{height}" '
-                   f'stroke="#d0d7de" stroke-width="2"/>')
-    for i, a in enumerate(arrows_):
-        y = TOP + ROW * i + ROW // 2
-        color = "#cf222e" if a.dropped else COLORS.get(a.kind, "#57606a")
-        x1, x2 = x[a.src], x[a.dst]
-        end = x2 - 12 if x2 > x1 else x2 + 12
-        tip = f"{(a.time - t0) * 1000:.3f} ms  {a.flow}  {a.label}" + \
-            (f"  ({a.note})" if a.note else "")
-        svg.append(f'<g class="k-{a.kind}"><title>{html.escape(tip)}</title>')
-        svg.append(f'<text x="8" y="{y + 4}" fill="#57606a">'
-                   f'{(a.time - t0) * 1000:.1f}</text>')
-        if a.dropped:
-            svg.append(f'<line x1="{x1}" y1="{y}" x2="{end}" y2="{y}" stroke="{color}" '
-                       f'stroke-width="1.5" stroke-dasharray="4 3"/>')
-            svg.append(f'<text x="{end}" y="{y + 5}" fill="{color}" text-anchor="middle" '
-                       f'font-size="16" font-weight="bold">&#x2717;</text>')
-        else:
-            svg.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{color}" '
-                       f'stroke-width="1.5" marker-end="url(#h-{a.kind})"/>')
-        text = f"{a.flow}  {a.label}" + ("  DROPPED" if a.dropped else "")
-        svg.append(f'<text x="{right + 10}" y="{y + 4}" fill="{color}">'
-                   f'{html.escape(text)}</text></g>')
-    svg.append("</svg>")
+    markers = "".join(
+        f'<marker id="h-{k}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
+        f'fill="{c}"/></marker>' for k, c in COLORS.items())
+    names = "".join(f"<span>{html.escape(n)}</span>" for n in lanes)
+    head = ('<div class="row head"><div class="t">time (ms)</div>'
+            f'<div class="lanes names">{names}</div>'
+            '<div class="what">packet, with its addresses as on that link</div></div>')
+    rows = "\n".join(_html_row(lanes, a, t0) for a in arrows_)
     legend = " ".join(f'<span style="color:{c}">&#9632; {k}</span>' for k, c in COLORS.items())
+    count = (f"{len(arrows_)} packets on {len(lanes)} nodes; time in milliseconds since the "
+             "first packet" if arrows_ else "(no packets)")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title or "sequence")}</title>
-<style>body{{font-family:sans-serif;margin:16px}} .legend span{{margin-right:12px}}
-svg text{{white-space:pre}}</style></head>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title or "sequence")}</title><style>{_CSS}</style></head>
 <body><h2>{html.escape(title)}</h2>
 <p>Every packet captured on a router's interfaces, one arrow per link, with the addresses as
-they were on that link (so a NAT's rewrite shows as two arrows that differ). Dashed with
-&#x2717;: dropped by that router. Hover an arrow for its exact time and the nft rule.</p>
-<p class="legend">{legend} <span style="color:#cf222e">&#x2717; dropped</span></p>
-{"".join(svg)}
+they were on that link (so a NAT's rewrite shows as two arrows that differ). Dashed, ending
+in &#x2717;: dropped by that router, with the nft rule that dropped it. Hover a row for its
+exact time and the rule that translated it.</p>
+<p class="legend">{legend} <span style="color:{DROPPED_COLOR}">&#x2717; dropped</span></p>
+<svg width="0" height="0" style="position:absolute" aria-hidden="true"><defs>{markers}</defs></svg>
+<div class="diagram" style="--lanes:{max(1, len(lanes))}">
+{head}
+{rows}
+</div>
+<p>{count}</p>
 </body></html>
 """

@@ -102,3 +102,39 @@ def test_coturn_agrees_on_a_composition(tmp_path: Path) -> None:
     found = {kind: COTURN_WORDS[words] for words, kind in
              re.findall(r"^NAT with (.+) (Mapping|Filtering)!$", out, re.M)}
     assert found == {"Mapping": EIM, "Filtering": APDM}, out
+
+
+PROGRESS_LINE = re.compile(r"^\[ *(\d+\.\d) s\] (.*)$")
+
+
+def test_classify_says_what_it_does_as_it_starts_and_keeps_a_named_lab() -> None:
+    """Progress on stderr, one line per phase and per lifetime trial, times increasing;
+    the JSON on stdout stays clean; --keep --name leaves the lab under that name."""
+    from testbed.lab import new_lab_name
+
+    name = new_lab_name()
+    try:
+        res = classify("--nat", "full-cone", "--lifetime", "1", "--json", "--keep",
+                       "--name", name)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["lab"] == name and out["measured"]["lifetime_s"] == 1.0  # 120 s timeout
+        lines = [PROGRESS_LINE.match(x) for x in res.stderr.splitlines()]
+        assert all(lines), res.stderr
+        said = [m.group(2) for m in lines if m]
+        assert said == [
+            f"building lab {name}: a client behind full-cone, a STUN server",
+            said[1],
+            "RFC 5780 tests: mapping, filtering, hairpinning",
+            "mapping lifetime: trial 1 of at most 2: idle 1 s (0 s so far)",
+        ], res.stderr
+        assert said[1].startswith("lab up in ") and said[1].endswith(
+            "; the client runs RFC 5780 discovery, then measures the mapping lifetime "
+            "(up to 1 s idle per trial)")
+        times = [float(m.group(1)) for m in lines if m]
+        assert times == sorted(times)
+        assert {f"{name}-client", f"{name}-router"} <= set(netns.listed())
+    finally:
+        subprocess.run([sys.executable, "-m", "testbed", "down", name], cwd=REPO,
+                       capture_output=True, timeout=60)
+    assert not [n for n in netns.listed() if n.startswith(f"{name}-")]

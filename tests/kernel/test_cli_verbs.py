@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -163,3 +164,42 @@ def test_a_lesson_read_by_head_ends_quietly_and_removes_its_lab(tmp_path: Path) 
     assert (tmp_path / "state").is_dir()  # the lesson did build a lab
     left = [p.name for p in (tmp_path / "state").iterdir()]
     assert left == [], left
+
+
+def hints(text: str, lab: str) -> list[list[str]]:
+    """The commands a run printed for its kept lab, as argv (nat-testbed as this Python)."""
+    out = []
+    for line in text.splitlines():
+        if line.strip().startswith(f"nat-testbed exec {lab} "):
+            words = shlex.split(line.split("#")[0])
+            out.append([sys.executable, "-m", "testbed", *words[1:]])
+    return out
+
+
+def test_kept_labs_take_a_name_and_their_hints_work_from_any_directory(tmp_path: Path) -> None:
+    """lesson/classify --keep --name: the lab has that name, and the commands they print
+    run as printed from another directory than the repository's (the package carries
+    its data; the hints name this interpreter, not a python3 that may not have it)."""
+    from testbed.lab import new_lab_name
+
+    lesson_lab, classify_lab = new_lab_name(), new_lab_name()
+    try:
+        shown = nat_testbed("lesson", "4", "--keep", "--name", lesson_lab)
+        assert shown.returncode == 0, shown.stderr
+        stun_hint = [h for h in hints(shown.stdout, lesson_lab) if "peers.udp" in h]
+        assert stun_hint, shown.stdout[-800:]
+        done = subprocess.run(stun_hint[0], cwd=tmp_path, text=True, capture_output=True,
+                              timeout=60)
+        assert done.returncode == 0 and "203.0.113.50:6000" in done.stdout, done.stderr
+        kept = nat_testbed("classify", "--nat", "full-cone", "--keep", "--name", classify_lab)
+        assert kept.returncode == 0, kept.stderr
+        line = next(x for x in kept.stdout.splitlines() if x.startswith("lab kept: "))
+        argv = hints(line[len("lab kept: "):].split(";")[0], classify_lab)
+        done = subprocess.run([*argv[0], "--json"], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["mapping"] == "endpoint-independent"
+    finally:
+        for lab in (lesson_lab, classify_lab):
+            nat_testbed("down", lab)
+    assert leftovers(lesson_lab) == leftovers(classify_lab) == []

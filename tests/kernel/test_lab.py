@@ -95,16 +95,113 @@ def test_cli_up_status_exec_down() -> None:
         st = json.loads(cli("status", name, "--json").stdout)[0]
         assert "default via 192.168.1.1" in st["nodes"]["alice"]["routes"]
         assert set(st["services"]) == {"stun", "turn", "signaling"}
+        # each router's NAT with every setting (home-pair.yaml: port-restricted cone,
+        # RFC 4787's EIM + APDF, defaults otherwise); hosts and servers have none
+        nat = st["nodes"]["home-a"]["nat"]
+        assert (nat["label"], nat["mapping"], nat["filtering"], nat["port_allocation"],
+                nat["hairpinning"], nat["mapping_timeout"]) == (
+            "port-restricted-cone", "endpoint-independent", "address-and-port-dependent",
+            "preserve", True, 120)
+        assert "nat" not in st["nodes"]["alice"] and "nat" not in st["nodes"]["turn"]
+        assert (f"    NAT port-restricted-cone: {nat['behaviour']}"
+                in cli("status", name).stdout.splitlines())
         done = cli("exec", name, "alice", "--", "ping", "-c1", "-W1", "203.0.113.5")
         assert "1 received" in done.stdout
         failed = cli("exec", name, "alice", "--", "false", check=False)
         assert failed.returncode == 1
         nobody = cli("exec", name, "mallory", "--", "true", check=False)
         assert nobody.returncode == 1 and "no node 'mallory'" in nobody.stderr
+        servers = recorded_processes(name)
+        assert sorted(servers.values()) == ["peers.signaling", "peers.stun_server",
+                                            "turnserver"]
         down = cli("down", name)
-        assert f"lab {name} removed: 8 namespaces, 3 processes" in down.stdout
+        # exactly the lab's own processes: its three servers, whatever visits it meanwhile
+        assert f"lab {name} removed: 8 namespaces, {len(servers)} processes" in down.stdout
+        assert all(gone(pid) for pid in servers)
     finally:
         cli("clean", name, check=False)
+    assert lab_leftovers(name) == []
+
+
+def recorded_processes(lab: str) -> dict[int, str]:
+    """pid -> program (python -m MODULE, or the binary) of what the lab's state records."""
+    st = json.loads(state.state_path(lab).read_text())
+    return {p["pid"]: p["argv"][4] if p["argv"][1:4] == ["-I", "-u", "-m"] else p["argv"][0]
+            for p in st["processes"]}
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+VISITOR = """
+import sys, time
+from testbed import state, status
+print("visiting", flush=True)
+end = time.monotonic() + 20
+while time.monotonic() < end:  # what `status` and `clean` of other users do, in a loop
+    state.labs_from_markers()
+    if sys.argv[1] in status.lab_names():
+        status.lab_summary(sys.argv[1])
+"""
+
+
+def test_down_stops_only_the_labs_own_processes_not_a_visitor() -> None:
+    """The cause of a once-seen "4 processes": teardown finds a lab's processes by their
+    namespace, and `status` and the marker scan once entered each namespace on their main
+    thread, so another user's `status` running at that moment was counted, and killed.
+    They visit from a thread of their own now: /proc/PID/ns/net never shows the lab."""
+    name = new_lab_name()
+    visitor = None
+    try:
+        cli("up", str(TOPOLOGIES / "home-pair.yaml"), "--name", name)
+        servers = recorded_processes(name)
+        visitor = subprocess.Popen([sys.executable, "-c", VISITOR, name], cwd=REPO,
+                                   text=True, stdout=subprocess.PIPE)
+        assert visitor.stdout is not None and visitor.stdout.readline() == "visiting\n"
+        time.sleep(0.5)  # several visits under way
+        down = cli("down", name)
+        assert f"8 namespaces, {len(servers)} processes" in down.stdout
+        assert visitor.poll() is None, "down killed a process that only looked at the lab"
+    finally:
+        if visitor is not None:
+            visitor.kill()
+            visitor.wait()
+        cli("clean", name, check=False)
+    assert lab_leftovers(name) == []
+
+
+def coturn_user(lab: str) -> str:
+    """USER:PASSWORD from the command line coturn runs with: an independent source."""
+    st = json.loads(state.state_path(lab).read_text())
+    pid = next(p["pid"] for p in st["processes"] if p["argv"][0] == "turnserver")
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return argv[argv.index("--user") + 1]
+
+
+def test_secrets_are_in_root_only_files_and_printed_only_when_asked() -> None:
+    name = new_lab_name()
+    try:
+        up = cli("up", str(TOPOLOGIES / "home-pair.yaml"), "--name", name)
+        user, password = coturn_user(name).split(":", 1)
+        secret_file = state.lab_dir(name) / "signaling-signal.secret"
+        secret = secret_file.read_text()
+        shown = cli("status", name).stdout + cli("status", name, "--json").stdout
+        stored = state.state_path(name).read_text()
+        for text in (up.stdout, shown, stored):
+            assert password not in text and secret not in text
+        assert user in up.stdout and str(secret_file) in up.stdout
+        assert f"status {name} --show-secrets" in up.stdout
+        assert state.state_path(name).stat().st_mode & 0o777 == 0o600
+        turn = json.loads(cli("status", name, "--json").stdout)[0]["services"]["turn"]
+        for path in (secret_file, Path(turn["password_file"])):
+            assert path.stat().st_mode & 0o777 == 0o600, path
+        asked = json.loads(cli("status", name, "--json", "--show-secrets").stdout)[0]
+        assert asked["services"]["turn"]["password"] == password
+        assert asked["services"]["signaling"]["secret"] == secret
+        assert f"password={password}" in cli("status", name, "--show-secrets").stdout
+    finally:
+        cli("down", name, check=False)
     assert lab_leftovers(name) == []
 
 
@@ -181,14 +278,16 @@ def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> Non
 
 
 def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
+    """Nothing of the lab it was asked to build exists: no namespace by name or marker, no
+    state (only this lab is looked at: other users' labs come and go meanwhile)."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("nodes:\n  a: {kind: host}\nlinks:\n  - endpoints: [a:eth0, ghost:eth0]\n")
-    before = set(netns.listed())
-    res = cli("up", str(bad), check=False)
+    name = new_lab_name()
+    res = cli("up", str(bad), "--name", name, check=False)
     assert res.returncode == 2
     assert res.stderr.strip() == (f"nat-testbed: {bad}:4: links[0].endpoints[1]: "
                                   "unknown node 'ghost'")
-    assert set(netns.listed()) == before
+    assert lab_leftovers(name) == [] and not state.lab_dir(name).exists()
 
 
 def test_run_has_subprocess_run_semantics() -> None:

@@ -100,6 +100,12 @@ def test_lesson_runs_fast_all_facts_hold_and_nothing_is_left(
         {t: len(p) for t, p in res.captured.packets.items()}
     for router in res.lesson.routers:
         assert (res.captured.out_dir / f"{router}.nft-trace.txt").stat().st_size > 0
+    # every lesson draws its diagram (what `lesson --help` promises), and says where it is
+    d = res.captured.out_dir
+    assert "<svg" in (d / "sequence.html").read_text()
+    assert (d / "sequence.txt").read_text().splitlines()[-1].endswith("x = dropped there")
+    assert f"Files in {d}/: sequence.html" in res.text
+    assert "You may have read:" in res.text and "seed" not in res.text.lower()
 
 
 def test_lesson_list_and_lookup() -> None:
@@ -126,6 +132,8 @@ def test_1_private_addresses_never_reach_the_internet_side(runs: dict[int, Lesso
     [inside] = [p for p in udp(cap, "router:lan", b"hello from the laptop")]
     assert inside.src == host_of(res, "laptop") and out.src == wan_of(res, "router")
     assert out.dst_ep == inside.dst_ep
+    [phone] = udp(cap, "router:wan", b"hello from the phone")
+    assert phone.src == out.src and phone.sport != out.sport  # same IP, another port
 
 
 def test_3_the_first_knock_never_reaches_the_lan(runs: dict[int, LessonResult]) -> None:
@@ -163,6 +171,11 @@ def test_5_first_punch_dropped_by_the_far_nat_later_ones_get_through(
     assert bob_in.dst == host_of(res, "alice") and second.dst == host_of(res, "bob")
     assert second.src_ep == res.values["alice_public"]
     assert bob_in.src_ep == res.values["bob_public"]
+    # a later packet of a flow met no NAT rule: the narration says conntrack rewrote it
+    step5 = res.text[res.text.index("Step 5."):]
+    at_home_a = step5[step5.index("at home-a: 'punch 2 from alice'"):].split("\n  at ")[0]
+    assert "rewritten by conntrack, no rule consulted" in at_home_a
+    assert "translated by the rule" not in at_home_a
 
 
 def test_6_each_nat_type_maps_and_filters_as_rfc_4787_says(runs: dict[int, LessonResult]
@@ -203,17 +216,30 @@ def test_7_symmetric_nat_makes_the_stun_address_useless_and_the_relay_carries_da
     sent = [p for p in udp(cap, "home-a:wan") if b"hello via the relay" in p.payload]
     assert len(sent) == 1 and (sent[0].src, sent[0].dst) == (a_wan, turn)
     assert b_wan not in (sent[0].src, sent[0].dst)
+    # the 401 challenge reached each side, and the lesson says what it is
+    for tap in ("home-a:lan", "home-b:lan"):
+        assert "TURN Allocate error 401" in [narrate.describe(p) for p in udp(cap, tap)], tap
+    assert "Why 'TURN Allocate error 401'? It is no failure" in res.text
+    assert f"Why a CreatePermission for {turn}" in res.text
 
 
 def test_8_double_nat_rewrites_twice_and_stun_sees_the_carrier(runs: dict[int, LessonResult]
                                                                 ) -> None:
     res, cap = lesson(runs, 8)
     home_wan, cgn_wan = wan_of(res, "home"), wan_of(res, "cgn")
+    next_door = wan_of(res, "neighbour-home")
+    answered = {p.payload[8:20]: p.dst for p in udp(cap, "cgn:inside") if p.direction == "out"}
     pairs = stun_pairs(cap, "cgn:inside", "cgn:wan")
-    assert len(pairs) == 2
+    assert len(pairs) == 3
     for told, seen in pairs:
         assert told == seen and told.startswith(cgn_wan + ":")
-    assert pairs[0][0] != pairs[1][0]  # symmetric CGN: one public port per server
+    laptop = [p for p in pairs if p[0] in {res.values["stun_1"]["told"],
+                                          res.values["stun_2"]["told"]}]
+    assert len(laptop) == 2 and laptop[0][0] != laptop[1][0]  # symmetric CGN: a port each
+    # the neighbour, another household, shares the carrier's public IP, on another port
+    assert sorted(answered.values()) == sorted([home_wan, home_wan, next_door])
+    [(theirs, _)] = [p for p in pairs if p not in laptop]
+    assert theirs.rsplit(":", 1)[0] == cgn_wan and theirs not in {t for t, _ in laptop}
     home_out = {p.src_ep for p in udp(cap, "home:wan") if p.direction == "out"}
     assert len(home_out) == 1 and home_out.pop().startswith(home_wan + ":")
     assert not [p for p in cap.packets["cgn:wan"] if home_wan in (p.src, p.dst)]

@@ -215,26 +215,35 @@ def test_strict_turns_a_disagreement_into_a_failing_exit(
         assert leftovers(lab) == []
 
 
+DECIDED = re.compile(r"\] (\d+)/(\d+) pairings decided")
+
+
 @pytest.mark.parametrize(("when", "how"), [
     ("building", "ctrl-c"),  # SIGINT to the whole process group, as a terminal sends it
     ("running", "ctrl-c"),
     pytest.param("running", "sigterm", marks=pytest.mark.rootless),  # to the parent only
+    ("deciding", "ctrl-c"),  # once some pairings are decided
 ])
 def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path: Path) -> None:
+    """Exit 130, nothing left behind; what was decided before is written, marked incomplete,
+    and nothing when nothing was (no half matrix passed off as a whole one)."""
     p = subprocess.Popen([sys.executable, "-m", "testbed", "matrix", "--nats", "all", "--out",
-                          str(tmp_path)], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, start_new_session=True,
+                          str(tmp_path), "--jobs", "1"], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-    seen = ""
+    seen, decided_seen = "", 0
+    want = {"running": "built", "building": "building"}
     try:
         assert p.stderr is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             line = p.stderr.readline()
             seen += line
-            if not line or ("built" if when == "running" else "building") in line:
+            if m := DECIDED.search(line):
+                decided_seen = int(m.group(1))
+            if not line or (want[when] in line if when in want else decided_seen > 0):
                 break
-        time.sleep(0.2)
+        time.sleep(0.2 if when != "deciding" else 0.0)
         if how == "ctrl-c":
             os.killpg(p.pid, signal.SIGINT)
         else:
@@ -249,10 +258,29 @@ def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path:
     labs = set(re.findall(r"lab (nt[a-z0-9]{4})", seen))
     assert labs, seen
     assert p.returncode == 130, seen
-    assert "interrupted" in seen
+    assert "interrupted" in seen and "Traceback" not in seen, seen
     for lab in labs:
         assert leftovers(lab) == [], lab
-    assert not (tmp_path / "results.json").exists()  # no half matrix passed off as a result
+    results = tmp_path / "results.json"
+    if when == "building":
+        assert not results.exists(), seen
+        assert "no pairing was decided before the interruption: no results written" in seen
+    if when == "deciding":
+        assert results.exists(), seen
+    if results.exists():
+        doc = load(results)
+        repeats = [r for c in doc["cells"] for r in c["repeats"]]
+        n = doc["metadata"]["pairings"]
+        assert doc["metadata"]["complete"] is False
+        assert n == {"planned": 121, "decided": len(repeats)}
+        assert decided_seen <= len(repeats) <= 121 and repeats
+        assert f"{len(repeats)} of 121 pairings were decided before the interruption" in seen
+        table = report.format_table(matrix_from_json(doc))
+        assert table.splitlines()[-1].startswith(
+            f"INCOMPLETE: the run was interrupted after {len(repeats)} of 121 pairings")
+        assert "INCOMPLETE" in (tmp_path / "results.html").read_text()
+        rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+        assert len(rows) == len(repeats)
 
 
 def test_a_lab_that_fails_to_build_stops_the_run_cleanly(

@@ -349,8 +349,11 @@ def test_allocation_skips_ports_another_mapping_owns(lab: Lab) -> None:
     """The first two sequential ports belong to someone else: the first packets are
     dropped before conntrack confirms them, and the retransmission gets the next port."""
     apply(lab, NatSpec(port_allocation=PortAllocation.SEQUENTIAL))
+    # As the rules record an owner: in the owner map and in the set of owned ports.
     lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owner",
                   "{ 49152 : 192.168.1.99 . 1, 49153 : 192.168.1.99 . 2 }"], check=True)
+    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owned", "{ 49152, 49153 }"],
+            check=True)
     assert stun(lab, "h1", 5000, S1, S2) == [f"{WAN}:49154"] * 2
 
 

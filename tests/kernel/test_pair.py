@@ -137,3 +137,63 @@ def test_trace_pair_writes_pcaps_and_a_diagram_that_show_the_punch(tmp_path: Pat
     html = (tmp_path / "sequence.html").read_text()
     assert "<svg" in html and "probe alice-&gt;bob" in html
     assert [n for n in netns.listed() if n.startswith(f"{res['lab']}-")] == []
+
+
+# ------------------------------------------------------------------ coturn's counters, by peer
+
+CARRIER_PAIR = """\
+name: carrier-pair
+nodes:
+  alice: {interfaces: {eth0: 192.168.1.10/24}}
+  bob: {interfaces: {eth0: 192.168.2.10/24}}
+  home-a: {kind: router, nat: {type: full-cone}}
+  cgn: {kind: router, nat: {type: symmetric}, interfaces: {wan: 198.51.100.40/24}}
+  home-b: {kind: router, nat: {type: full-cone}, interfaces: {wan: 198.51.100.60/24}}
+  stun: {kind: server, service: stun, interfaces: {eth0: [198.51.100.3/24, 198.51.100.4/24]}}
+  turn: {kind: server, service: turn, interfaces: {eth0: 198.51.100.5/24}}
+  signal: {kind: server, service: signaling, interfaces: {eth0: 198.51.100.6/24}}
+links:
+  - endpoints: [alice:eth0, home-a:lan]
+  - endpoints: [home-a:wan, cgn:inside]
+    scope: cgn
+  - endpoints: [bob:eth0, home-b:lan]
+networks:
+  internet:
+    scope: internet
+    members: [cgn:wan, home-b:wan, stun:eth0, turn:eth0, signal:eth0]
+"""
+
+
+@pytest.mark.parametrize(("a", "b", "topology"), [
+    ("none", "symmetric", None),  # alice's host address is public: coturn sees it as is
+    ("firewall", "firewall", None),
+    ("symmetric", "symmetric", "carrier"),  # alice behind two NATs: coturn sees the CGN's
+])
+def test_coturn_counters_are_attributed_to_each_peer_whatever_is_in_front_of_it(
+        a: str, b: str, topology: str | None, tmp_path: Path) -> None:
+    """Every pairing's relay evidence is complete: each peer's allocation is found in
+    coturn's log by the client address coturn saw, behind none, a firewall or two NATs
+    (the router's WAN address is none of these). Expected addresses come from the
+    topology: the address the outermost router shows, or the host's own."""
+    path = None
+    if topology is not None:
+        path = tmp_path / "carrier.yaml"
+        path.write_text(CARRIER_PAIR)
+    result = run_pair(nat(a), nat(b), topology=path)
+    res = pair_to_json(result)
+    assert "did not report" not in format_pair(result)
+    usage = res["relay"]
+    assert usage["alice"] is not None and usage["bob"] is not None, format_pair(result)
+    assert res["relay_bytes"] == usage["alice"]["peer"]["sb"] + usage["bob"]["peer"]["sb"]
+    seen = {role: usage[role]["client_address"].rsplit(":", 1)[0] for role in OTHER}
+    if topology is None:
+        public = {"none": "192.168.1.10", "firewall": "192.168.1.10"}
+        assert seen["alice"] == public.get(a, WAN["alice"])
+        assert seen["bob"] == {"firewall": "192.168.2.10"}.get(b, WAN["bob"])
+    else:
+        assert seen == {"alice": "198.51.100.40", "bob": "198.51.100.60"}
+        assert res["outcome"] == "relay"
+    for me in OTHER:  # each allocation's counters are that peer's own
+        sent = res["peers"][me]["packets"]["relay_sent"]
+        assert usage[me]["peer"]["sp"] == sent
+        assert usage[OTHER[me]]["peer"]["rp"] == sent

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from peers.result import PACKET_COUNTS, STAGE_TIMINGS
 from testbed import report
 from testbed.matrix import dimensions as dims
+from testbed.matrix import document
 from testbed.matrix.document import Predictor, build_document, cell_head, command_line, make_cell
 from testbed.matrix.spec import MatrixSpec, Selector
 from testbed.model import predict
@@ -102,3 +109,84 @@ def test_cells_are_keyed_by_their_full_point_and_not_modelled_is_never_agreement
     assert [s.where for s in report.not_modelled(doc)] == [
         "full-cone -> full-cone (punch=0.05s)", "symmetric -> symmetric (punch=0.05s)"]
     report.validate(matrix_to_json(doc))
+
+
+
+# ------------------------------------------------------------------ the tool's tree
+
+
+def git(repo: Path, *argv: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *argv], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_metadata_says_whether_the_tree_had_uncommitted_changes(tmp_path: Path) -> None:
+    """Dirty as `git describe --dirty` counts it (any tracked change, staged or not), plus a
+    new file in the sources (a new module changes what runs); results/ and notes do not."""
+    repo = tmp_path / "checkout"
+    (repo / "testbed").mkdir(parents=True)
+    (repo / "testbed" / "pair.py").write_text("x = 1\n")
+    (repo / "README.md").write_text("hi\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    assert document.git_changes(repo) == []
+    (repo / "results").mkdir()
+    (repo / "results" / "results.json").write_text("{}")
+    (repo / "notes.txt").write_text("mine")
+    assert document.git_changes(repo) == []
+    (repo / "testbed" / "new.py").write_text("")
+    assert document.git_changes(repo) == ["?? testbed/new.py"]
+    (repo / "README.md").write_text("changed\n")
+    git(repo, "add", "README.md")
+    (repo / "testbed" / "pair.py").write_text("x = 2\n")
+    assert document.git_changes(repo) == ["M  README.md", "?? testbed/new.py",
+                                          " M testbed/pair.py"]
+    assert document.git_changes(tmp_path / "installed") is None  # no checkout: unknown
+    env = document.environment()
+    assert env["tool_dirty"] in (True, False, None)
+    assert env["tool_dirty"] == (None if env["tool_changes"] is None
+                                 else bool(env["tool_changes"]))
+
+
+# ------------------------------------------------------------------ an interrupted run
+
+
+def test_an_interrupted_run_keeps_what_was_decided_marked_incomplete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lab 0 reported (its results carry coturn's counters); lab 1 was cut short after
+    deciding one of its slots: records.jsonl keeps both labs' decided slots, that one
+    without counters, and nothing is made up; the document says it is incomplete."""
+    from testbed.matrix import merge, records
+    from testbed.matrix.run import MatrixRun, Plan
+
+    spec = MatrixSpec((FULL, SYM))
+    run = MatrixRun(spec, jobs=1)
+    slots = list(run.plan().index)
+    first = [replace(repeat(FULL, FULL, "direct", 1), key=slots[0].key, relay_bytes=0)]
+    cut = replace(repeat(SYM, SYM, "relay", 1), key=slots[3].key)
+
+    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any,
+                pool: Any = None) -> None:
+        jobs = list(plan.jobs())
+        on_decided(jobs[0], 0, replace(first[0], relay_bytes=None))
+        on_results(jobs[0], first)
+        on_decided(jobs[-1], 1, cut)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MatrixRun, "execute", execute)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_to(tmp_path)
+    manifest = records.read_manifest(tmp_path)
+    assert (manifest.complete, manifest.records, manifest.slots) == (False, 2, 4)
+    kept = [line.pair for line in records.read_records(tmp_path / records.RECORDS, [])]
+    assert [(r.key, r.relay_bytes) for r in kept] == [(slots[0].key, 0), (slots[3].key, None)]
+    doc = merge.collect([tmp_path]).document()
+    assert (doc.metadata["complete"], doc.metadata["pairings"]) == (
+        False, {"planned": 4, "decided": 2})
+    assert report.incomplete(doc) == (
+        "INCOMPLETE: the run was interrupted after 2 of 4 pairings; cells not run were "
+        "never decided, and the relay bytes of a lab cut short were never counted")
+    assert report.format_table(doc).splitlines()[-1] == report.incomplete(doc)
+    assert report.incomplete(build_document(MatrixSpec((FULL,)), [], {})) is None

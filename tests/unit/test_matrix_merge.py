@@ -20,8 +20,9 @@ from testbed.nat import default_nats
 from testbed.results import PairResult, ResultsError, pair_from_json
 
 NATS = tuple(default_nats()[:3])  # none, full-cone, restricted-cone
-ENV = {"tool_version": "0.1.0", "tool_commit": "abc", "tool_dirty": False, "kernel": "6.18",
-       "nftables": "1.0.6", "coturn": "4.6.1", "python": "3.11", "cpus": 2, "host": "h"}
+ENV = {"tool_version": "0.1.0", "tool_commit": "abc", "tool_dirty": False, "tool_changes": [],
+       "kernel": "6.18", "nftables": "1.0.6", "coturn": "4.6.1", "python": "3.11", "cpus": 2,
+       "host": "h"}
 
 
 def outcome_of(key: str) -> str:
@@ -182,6 +183,15 @@ def test_merge_refuses_parts_that_do_not_belong_together(tmp_path: Path) -> None
     write_part(other, SPEC, Shard(2, 2), env={**ENV, "tool_commit": "def"})
     with pytest.raises(merge.PartError, match="tool_commit 'def' differs.*same tool"):
         merge.collect([parts[0], other])
+    dirty = {**ENV, "tool_dirty": True, "tool_changes": [" M testbed/pair.py"]}
+    write_part(other, SPEC, Shard(2, 2), env=dirty)  # the same commit, changed by hand
+    with pytest.raises(merge.PartError, match="tool_dirty True differs.*same tool"):
+        merge.collect([parts[0], other])
+    write_part(parts[0], SPEC, Shard(1, 2), env=dirty)
+    write_part(other, SPEC, Shard(2, 2), env={**dirty, "tool_changes": [" M peers/peer.py"]})
+    with pytest.raises(merge.PartError, match="tool_changes .* differs.*same tool"):
+        merge.collect([parts[0], other])
+    write_part(parts[0], SPEC, Shard(1, 2))
     write_part(other, SPEC, Shard(2, 2), env={**ENV, "kernel": "6.1", "host": "x"})
     with pytest.raises(merge.PartError, match="kernel '6.1' differs.*--allow-mixed-env"):
         merge.collect([parts[0], other])

@@ -188,3 +188,21 @@ def test_nat_section_is_the_inverse_of_the_parser() -> None:
     for spec in [*all_nats(), nat_from_label("symmetric:sequential:no-hairpin:45s"),
                  nat_from_label("firewall:60s")]:
         assert nat_from_dict(nat_section(spec)) == spec
+
+
+@pytest.mark.parametrize(("label", "words"), [
+    ("restricted-cone:random:no-hairpin:30s",
+     "endpoint-independent mapping, address-dependent filtering, random ports, no "
+     "hairpinning, mappings kept 30 s idle"),
+    ("symmetric", "address-and-port-dependent mapping, address-and-port-dependent filtering, "
+                  "port preservation, hairpinning, mappings kept 120 s idle"),
+    ("adm-eif:sequential", "address-dependent mapping, endpoint-independent filtering, "
+                           "sequential ports, hairpinning, mappings kept 120 s idle"),
+    ("firewall:45s", "no translation; address-and-port-dependent filtering, state kept 45 s "
+                     "idle"),
+    ("none", "no translation, no filtering: the LAN is routed as it is"),
+])
+def test_every_setting_is_said_in_words(label: str, words: str) -> None:
+    """What `validate`, `up` and `status` print under a router: a carrier NAT that picks
+    random ports, never hairpins and forgets in 30 s is not just 'restricted-cone'."""
+    assert NatSpec.from_label(label).behaviour == words

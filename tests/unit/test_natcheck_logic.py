@@ -9,6 +9,7 @@ from peers.natcheck import (
     classify_filtering,
     classify_mapping,
     lifetime_search,
+    max_trials,
     parse_args,
     port_preserved,
     render_text,
@@ -93,6 +94,22 @@ def test_lifetime_search_dies_immediately() -> None:
     result = lifetime_search(alive_after, max_s=4.0, resolution=1.0)  # type: ignore[arg-type]
     assert (result.lifetime_s, result.at_least) == (0.0, False)
 
+
+
+@pytest.mark.parametrize(("true_s", "max_s", "res"), [(3.3, 10.0, 0.5), (0.0, 4.0, 1.0),
+                                                     (1e9, 2.0, 0.5), (7.9, 20.0, 0.5)])
+def test_every_lifetime_trial_is_announced_and_their_bound_holds(
+        true_s: float, max_s: float, res: float) -> None:
+    """A long search says what it is doing: trial n of at most max_trials, before it idles."""
+    calls, alive_after = fake_nat(true_s)
+    heard: list[tuple[int, float, int]] = []
+    result = lifetime_search(alive_after, max_s, res,  # type: ignore[arg-type]
+                             lambda n, t: heard.append((n, t, len(calls))))
+    assert heard == [(n, t, n - 1) for n, t in enumerate(calls, start=1)]  # before each
+    assert len(result.trials) <= max_trials(max_s, res)
+    if not result.at_least:
+        assert len(result.trials) == max_trials(max_s, res)  # halved down to `res` each time
+    assert max_trials(10.0, 0.5) == 1 + 5 and max_trials(1.0, 1.0) == 1
 
 def test_parse_args_defaults_and_errors() -> None:
     settings, as_json = parse_args(["--server", "203.0.113.3", "--json"])

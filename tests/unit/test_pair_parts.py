@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from peers.candidates import CANDIDATE_TYPES
 from peers.driver import wait_budget
 from peers.peer import build_parser, timing_from
 from peers.result import PeerResult
@@ -105,6 +106,9 @@ def test_format_pair_mentions_every_requested_figure(outcome: str) -> None:
         assert f"reason: {reason}" in text and "no path" in text
     assert "coturn relayed 0 bytes" in text
     assert "nat-testbed down ntabcd" in text
+    legend = text.splitlines()[-1]  # the ICE words it used, explained under the output
+    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == list(CANDIDATE_TYPES)
+    assert legend.endswith("docs/glossary.md")
 
 
 def test_pair_topology_routes_public_lans_behind_none_and_firewall() -> None:

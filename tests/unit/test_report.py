@@ -407,3 +407,44 @@ def test_html_shows_the_first_repeats_of_a_long_cell_in_full(tmp_path: Path) -> 
     page = (tmp_path / "r.html").read_text()
     assert page.count("<h4>Repeat ") == report.HTML_REPEATS
     assert "3 more repeats: every one is in results.json and results.csv" in page
+
+
+# --- settings that do not apply ------------------------------------------------------
+
+
+def test_none_and_firewall_settings_read_n_a_in_csv_and_html(tmp_path: Path) -> None:
+    """Not applicable is said so: "n/a" in the CSV and the HTML, never a value the router
+    does not have (an empty CSV field stays "unknown")."""
+    from testbed.nat import NatSpec
+    from testbed.results import spec_to_json
+
+    nats = ["none", "firewall"]
+    specs = {n: spec_to_json(NatSpec.from_label(n)) for n in nats}
+    d = {"metadata": {"configuration": {"nats": list(specs.values())}}, "nats": nats,
+         "cells": [dict(cell(a, b, "direct", ["direct"]), nat_a=specs[a], nat_b=specs[b])
+                   for a in nats for b in nats]}
+    doc = typed(d)
+    report.write_csv(doc, tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    row = next(r for r in rows if (r["a"], r["b"]) == ("none", "firewall"))
+    assert [row[f"nat_a_{f}"] for f in report.SPEC_FIELDS] == ["none"] + ["n/a"] * 5
+    assert [row[f"nat_b_{f}"] for f in report.SPEC_FIELDS] == [
+        "firewall", "n/a", "address-and-port-dependent", "n/a", "n/a", "120"]
+    report.write_html(doc, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    config = page.split("<h2>Configuration</h2>", 1)[1]
+    assert "null" not in config and config.count("&quot;n/a&quot;") == 5 + 3
+    assert "firewall: filtering address-and-port-dependent, state timeout 120 s" in page
+    assert "mapping endpoint-independent" not in page.split("<h2>Configuration</h2>")[0]
+
+
+def test_an_incomplete_run_says_so_on_the_page_and_the_picture(
+        doc: dict[str, Any], tmp_path: Path) -> None:
+    doc["metadata"].update(complete=False, pairings={"planned": 9, "decided": 8})
+    report.write_html(typed(doc), tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "INCOMPLETE: the run was interrupted after 8 of 9 pairings" in \
+        page.split("<table", 1)[0]
+    doc["metadata"]["complete"] = True
+    report.write_html(typed(doc), tmp_path / "r.html")
+    assert "INCOMPLETE" not in (tmp_path / "r.html").read_text()

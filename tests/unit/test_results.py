@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from peers.record import RecordError
 from peers.result import PeerResult
 from testbed import report
 from testbed.results import (
@@ -88,3 +89,41 @@ def test_a_bad_field_is_named_by_its_path(mutate: Any, message: str) -> None:
     mutate(doc)
     with pytest.raises(ResultsError, match=message):
         matrix_from_json(doc)
+
+
+# ------------------------------------------------------------------ settings that do not apply
+
+# What each kind has (README, "NAT behaviours"; docs/results.md): `none` routes and keeps no
+# state, so no setting applies; a firewall filters address-and-port-dependent and times its
+# state out, but translates nothing: no mapping, no port allocation, no hairpinning.
+NOT_APPLICABLE = {
+    "none": {"mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout"},
+    "firewall": {"mapping", "port_allocation", "hairpinning"},
+    "symmetric:random:no-hairpin:30s": set(),
+}
+
+
+@pytest.mark.parametrize("label", list(NOT_APPLICABLE))
+def test_a_setting_that_does_not_apply_is_null_and_reads_back(label: str) -> None:
+    from testbed.nat import NatSpec
+    from testbed.results import spec_from_json, spec_to_json
+
+    spec = NatSpec.from_label(label)
+    data = spec_to_json(spec)
+    assert {k for k, v in data.items() if v is None} == NOT_APPLICABLE[label]
+    assert spec_from_json(json.loads(json.dumps(data)), "nat_a") == spec
+    if label == "firewall":
+        assert (data["filtering"], data["mapping_timeout"]) == ("address-and-port-dependent",
+                                                               120)
+
+
+def test_older_files_with_values_where_none_applies_still_read() -> None:
+    from testbed.nat import NatSpec
+    from testbed.results import spec_from_json
+
+    old = {"kind": "none", "mapping": "endpoint-independent",
+           "filtering": "address-and-port-dependent", "port_allocation": "preserve",
+           "hairpinning": True, "mapping_timeout": 120}
+    assert spec_from_json(old, "nat_a") == NatSpec.from_label("none")
+    with pytest.raises(RecordError, match="nat_a.filtering: missing"):
+        spec_from_json({"kind": "nat", "mapping": "endpoint-independent"}, "nat_a")

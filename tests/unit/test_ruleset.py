@@ -103,7 +103,37 @@ def test_sequential_chains_cover_the_allocation_range_once() -> None:
 
 def test_mapping_timeout_reaches_every_map() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, mapping_timeout=30), CTX)
-    assert text.count("timeout 30s") == 3  # mapping, owner, permit
+    assert text.count("timeout 30s") == 5  # mapping, owner, mapped, owned, permit
+
+
+# Linux before 6.5 refuses a lookup in a map that reads no value (`expr @map`,
+# `expr != @map`: EINVAL), so the rules test the sets that mirror the maps' keys
+# (docs/facts-measured.md; scripts/kernel-compat.sh boots 6.1 and loads every case).
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_no_membership_test_on_a_map(name: str) -> None:
+    spec, ctx = CASES[name]
+    text = render_ruleset(spec, ctx)
+    maps = re.findall(r"^\tmap (\w+) \{", text, re.M)
+    for m in maps:
+        for use in re.finditer(rf"(\S+) @{m}\b", text):
+            assert use.group(1) in ("map", "update"), f"{name}: {use.group(0)!r} tests map {m}"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_key_sets_are_refreshed_with_their_maps(name: str) -> None:
+    spec, ctx = CASES[name]
+    text = render_ruleset(spec, ctx)
+    if "map owner" not in text:
+        return
+    for chain in re.findall(r"chain track_\w+ \{\n(.*?)\n\t\}", text, re.S):
+        mapping = re.findall(r"update @mapping \{ (.*) : udp sport \}", chain)
+        owner = re.findall(r"update @owner \{ (udp sport) : .* \}", chain)
+        assert mapping and owner
+        assert re.findall(r"update @mapped \{ (.*) \}", chain) == mapping
+        assert re.findall(r"update @owned \{ (.*) \}", chain) == owner
+    for s in ("mapped", "owned"):
+        block = re.search(rf"set {s} \{{(.*?)\}}", text, re.S)
+        assert block is not None and f"timeout {spec.mapping_timeout}s" in block.group(1)
 
 
 # ------------------------------------------------------------------ sysctls, context

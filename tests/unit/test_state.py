@@ -118,6 +118,16 @@ def test_write_state_is_atomic_and_leaves_no_tmp() -> None:
     assert not state.tmp_path("lab").exists()
 
 
+
+def test_a_state_file_is_root_s_alone_even_over_a_leftover_tmp() -> None:
+    """A state names the lab's secret files and processes: 0600, whatever mode a tmp file
+    a killed writer left behind had."""
+    state.STATE_DIR.mkdir(parents=True)
+    state.tmp_path("lab").write_text("{}")
+    state.tmp_path("lab").chmod(0o666)
+    write("lab", status="running")
+    assert state.state_path("lab").stat().st_mode & 0o777 == 0o600
+
 # ------------------------------------------------------------------ the lock
 
 

@@ -1428,3 +1428,11 @@ def test_node_lookup_is_by_name() -> None:
     assert topo.node("server").kind == "server"
     with pytest.raises(KeyError):
         topo.node("nobody")
+
+
+def test_a_key_holding_the_message_separator_is_quoted() -> None:
+    # Found by hypothesis: the key ": " read as an empty field in "f.yaml:1: : : ...".
+    with pytest.raises(TopologyError) as exc:
+        parse_topology('": ": 1\n', "f.yaml")
+    assert str(exc.value) == ('f.yaml:1: ": ": unknown key '
+                              "(allowed: name, description, defaults, nodes, links, networks)")

@@ -8,13 +8,17 @@ from the scenario, not taken from the code's output.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
+import pytest
 from tracetext import DROP_STEPS, OUT_STEPS, trace_lines
 
 from peers import probe as pr
 from peers import stun
+from testbed.nat import EI, NatSpec, PortAllocation
+from testbed.ruleset import RouterContext, render_ruleset
 from testbed.trace.captured import Captured
 from testbed.trace.narrate import (
     Crossing,
@@ -30,6 +34,8 @@ from testbed.trace.nfttrace import parse_trace
 from testbed.trace.packets import Packet
 
 LAPTOP, WAN, SERVER = "192.168.1.5", "203.0.113.50", "203.0.113.10"
+CTX = RouterContext(table="nattestbed", wan_if="wan", wan_addr=WAN, lan_ifs=("lan",),
+                    lan_subnets=("192.168.1.0/24",))
 
 
 def pkt(tap: str, index: int, t: float, direction: str, src: str, sport: int, dst: str,
@@ -69,9 +75,22 @@ def test_translating_rule_comes_from_the_trace() -> None:
     trace = parse_trace(trace_lines("bb02", "lan", LAPTOP, 5000, SERVER, 3478, 7, b"hello",
                                     OUT_STEPS))
     [c] = crossings("router", {"lan": lan, "wan": wan}, trace)
-    assert c.nat_rule == "udp_mapping: udp sport != @owner snat to 203.0.113.50:udp sport"
+    assert c.nat_rule == "udp_mapping: udp sport != @owned snat to 203.0.113.50:udp sport"
     assert c.rule == 'forward: iifname "lan" accept'
     assert nat_rule_hint(c.nat_rule).startswith("keeps the inside port")
+
+
+@pytest.mark.parametrize("allocation", list(PortAllocation))
+def test_every_rule_that_picks_a_port_has_a_hint(allocation: PortAllocation) -> None:
+    text = render_ruleset(NatSpec(port_allocation=allocation, filtering=EI), CTX)
+    chain = re.search(r"chain udp_mapping \{\n(.*?)\n\t\}", text, re.S)
+    assert chain is not None
+    rules = [line.strip() for line in chain.group(1).splitlines()
+             if "snat" in line or "numgen" in line]
+    assert len(rules) >= 2
+    assert [r for r in rules if not nat_rule_hint(r)] == []
+    dnat = re.findall(r"^\s*(iifname .* dnat .*)$", text, re.M)
+    assert dnat and all(nat_rule_hint(r) for r in dnat)
 
 
 def test_identical_retransmissions_pair_up_in_order_and_the_unanswered_one_is_dropped() -> None:

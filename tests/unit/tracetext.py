@@ -24,6 +24,6 @@ DROP_STEPS = ["prerouting policy accept ", 'input rule iifname "wan" drop (verdi
 OUT_STEPS = ['forward rule iifname "lan" accept (verdict accept)',
              'postrouting rule oifname "wan" ip saddr 192.168.1.0/24 meta l4proto udp goto '
              "udp_mapping (verdict goto udp_mapping)",
-             "udp_mapping rule udp sport != @owner snat to 203.0.113.50:udp sport "
+             "udp_mapping rule udp sport != @owned snat to 203.0.113.50:udp sport "
              "(verdict accept)",
              "udp_track policy accept "]
