@@ -48,15 +48,33 @@ rootless_pass() {
       >/dev/null || { rm -rf "$tmp"; return 1; }
     tree=$tmp
   fi
+  # The user's session, state and pytest's temporary files live in a folder of this
+  # pass (its XDG_RUNTIME_DIR and TMPDIR), removed once the session's holder has left:
+  # the user stays (made once, idempotent), nothing else of the pass does.
+  local run
+  run=$(mktemp -d /tmp/nat-testbed-ci-run.XXXXXX) && chown "$ROOTLESS_USER:" "$run" \
+    && chmod 700 "$run" || { [[ -n $tmp ]] && rm -rf "$tmp"; return 1; }
   local snap='import json, sys; sys.path.insert(0, "tests"); import conftest
 print(json.dumps(conftest.root_namespace_snapshot(), sort_keys=True))'
   local before after rc
   before=$(.venv/bin/python -c "$snap")
   (cd "$tree" && runuser -u "$ROOTLESS_USER" -- env NAT_TESTBED_ROOTLESS_PASS=1 \
-     PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -m rootless -p no:cacheprovider "$@")
+     XDG_RUNTIME_DIR="$run" TMPDIR="$run" PYTHONDONTWRITEBYTECODE=1 \
+     .venv/bin/python -m pytest -m rootless -p no:cacheprovider "$@")
   rc=$?
   after=$(.venv/bin/python -c "$snap")
   [[ -n $tmp ]] && rm -rf "$tmp"
+  local waited=0  # the holder leaves within 2 s of its session's last process
+  while [[ -e $run/nat-testbed/session.json ]] && (( waited < 30 )); do
+    sleep 0.5
+    waited=$((waited + 1))
+  done
+  if [[ -e $run/nat-testbed/session.json ]]; then
+    echo "test.sh: the rootless pass left its session running (labs in $run/nat-testbed/state?)" >&2
+    rc=1
+  else
+    rm -rf "$run"
+  fi
   if [[ $rc -eq 5 && $# -gt 0 ]]; then
     rc=0  # a selection of the caller's own with no rootless test in it
   elif [[ $rc -eq 5 ]]; then
@@ -70,5 +88,7 @@ print(json.dumps(conftest.root_namespace_snapshot(), sort_keys=True))'
   return $rc
 }
 echo "test.sh: the rootless pass, as $ROOTLESS_USER"
+started=$SECONDS
 rootless_pass "$@" || status=1
+echo "test.sh: the rootless pass took $((SECONDS - started)) s"
 exit $status
