@@ -7,16 +7,20 @@
 #   scripts/install.sh --adapters   also the third-party peers (docs/peers.md): aioice
 #                               from PyPI, and Node.js with the npm packages pinned in
 #                               peers/adapters/node/package-lock.json (npm ci)
+#   scripts/install.sh --dask   also dask.distributed: `matrix --dask`, and `dask scheduler`
+#                               and `dask worker` in .venv/bin (docs/scale.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
 adapters=0
+dask=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
     --adapters) adapters=1 ;;
-    *) echo "install.sh: unknown option $arg (--dev, --adapters)" >&2; exit 2 ;;
+    --dask) dask=1 ;;
+    *) echo "install.sh: unknown option $arg (--dev, --adapters, --dask)" >&2; exit 2 ;;
   esac
 done
 if [[ $(id -u) -ne 0 ]]; then
@@ -53,7 +57,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 extras=()
-(( dev )) && extras+=(test dask)
+(( dev )) && extras+=(test dask)  # the pool's tests start a scheduler and workers
+(( dask && !dev )) && extras+=(dask)
 (( adapters )) && extras+=(adapters)
 extra=""
 (( ${#extras[@]} )) && extra="[$(IFS=,; echo "${extras[*]}")]"

@@ -93,7 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask", metavar="ADDRESS",
                    help="run the labs on a Dask distributed pool: the scheduler's address "
                         "(tcp://HOST:8786); each worker builds labs on its machine as root "
-                        "(pip install 'nat-testbed[dask]'; docs/scale.md)")
+                        "(scripts/install.sh --dask; docs/scale.md)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
 
 

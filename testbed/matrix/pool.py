@@ -60,7 +60,7 @@ WORKERS_TIMEOUT_S = 60.0  # for the first worker to join the scheduler
 STOP_POLL_S = 1.0  # how often a running batch asks whether the run was stopped
 CLEANUP_WAIT_S = 40.0  # for running batches to take their labs down when a run stops
 BATCH_MAIN = "import sys; from testbed.matrix.batch import main; sys.exit(main())"
-INSTALL_HINT = "pip install 'nat-testbed[dask]' (or scripts/install.sh --dev)"
+INSTALL_HINT = "scripts/install.sh --dask, or pip install 'nat-testbed[dask]'"
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,17 @@ def worker_facts(topology: str | None) -> dict[str, Any]:
     """What the client checks of every worker before it sends work: versions, and
     whether it can build labs (root or a user namespace, coturn, the topology file)."""
     problems = []
-    priv = privilege_problem()
-    if priv is not None:
-        problems.append(priv)
+    if os.geteuid() != 0:
+        # A worker's threads cannot join a rootless session (the kernel lets only a
+        # single-threaded process enter a user namespace), so it could neither see nor
+        # clean up the labs its batches build there.
+        problems.append(f"it runs as uid {os.geteuid()}, and a pool worker needs root (an "
+                        "ordinary user's jobs run the matrix with --shard instead, in "
+                        "rootless mode: docs/scale.md)")
+    else:
+        priv = privilege_problem()
+        if priv is not None:
+            problems.append(priv)
     from shutil import which
     if which("turnserver") is None:
         problems.append("coturn's turnserver is not installed (scripts/install.sh)")

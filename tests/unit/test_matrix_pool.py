@@ -87,3 +87,18 @@ def test_jobs_default_to_the_pools_threads() -> None:
 
     assert pool.workers_needed(Two("tcp://x:1"), None) == 6
     assert pool.workers_needed(Two("tcp://x:1"), 2) == 2
+
+
+def test_a_worker_run_by_an_ordinary_user_is_refused_naming_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its threads could not join the user's rootless session, so it could not clean up
+    after its batches: the client refuses the pool before it sends any work."""
+    monkeypatch.setattr(pool, "environment", dict)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(pool.os, "geteuid", lambda: 1000)
+    assert pool.worker_facts(None)["problems"] == [
+        "it runs as uid 1000, and a pool worker needs root (an ordinary user's jobs run "
+        "the matrix with --shard instead, in rootless mode: docs/scale.md)"]
+    monkeypatch.setattr(pool.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pool, "privilege_problem", lambda: None)
+    assert pool.worker_facts(None)["problems"] == []
