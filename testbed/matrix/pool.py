@@ -95,6 +95,8 @@ def worker_facts(topology: str | None) -> dict[str, Any]:
         problems.append("coturn's turnserver is not installed (scripts/install.sh)")
     if topology is not None and not Path(topology).is_file():
         problems.append(f"no topology file {topology} (every worker needs it at that path)")
+    if not problems:
+        spares()  # its first batch process starts now, while the client checks the others
     return {"environment": environment(), "host": socket.gethostname(),
             "problems": problems}
 
@@ -142,6 +144,7 @@ class Spares:
     def __init__(self) -> None:
         self._ready: queue.Queue[subprocess.Popen[bytes]] = queue.Queue()
         self._wanted: queue.Queue[None] = queue.Queue()
+        self._wanted.put(None)  # one ready before the first job: it imports meanwhile
         threading.Thread(target=self._loop, name="nat-testbed-spares", daemon=True).start()
 
     def _loop(self) -> None:

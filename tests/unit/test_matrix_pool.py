@@ -101,4 +101,7 @@ def test_a_worker_run_by_an_ordinary_user_is_refused_naming_why(
         "the matrix with --shard instead, in rootless mode: docs/scale.md)"]
     monkeypatch.setattr(pool.os, "geteuid", lambda: 0)
     monkeypatch.setattr(pool, "privilege_problem", lambda: None)
+    warmed = []
+    monkeypatch.setattr(pool, "spares", lambda: warmed.append(1))
     assert pool.worker_facts(None)["problems"] == []
+    assert warmed == [1]  # a worker that can build labs starts its first batch process
