@@ -27,6 +27,7 @@ per-kernel boot files are cached in $NAT_TESTBED_VM_CACHE/kernel-compat (default
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -38,12 +39,12 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("NAT_TESTBED_VM_CACHE", "/var/cache/nat-testbed-vm")) / "kernel-compat"
@@ -102,7 +103,7 @@ def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     if proc.returncode != 0:
         raise SystemExit(f"kernel-compat: {' '.join(cmd[:4])}... failed "
                          f"({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def sha256(path: Path) -> str:
@@ -421,17 +422,19 @@ def rootfs_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def rootfs() -> Path:
-    """The guest's root disk: Debian 12 minbase + ROOTFS_PACKAGES (debootstrap, cached)."""
-    img = CACHE / f"rootfs-{rootfs_key()}.img"
-    if img.exists():
-        return img
+def rootfs() -> tuple[Path, Path]:
+    """The guest's root disk, Debian 12 minbase + ROOTFS_PACKAGES (debootstrap), and the
+    tree it was made from (where the guest's venv is built); both cached."""
+    key = rootfs_key()
+    img, tree = CACHE / f"rootfs-{key}.img", CACHE / f"rootfs-{key}"
+    if img.exists() and (tree / "usr/bin/python3").exists():
+        return img, tree
     mirror = next((uri for uri, suite in apt_targets() if suite == "bookworm"), None)
     if mirror is None:
         raise SystemExit("kernel-compat: apt has no Debian 'bookworm' main source")
     CACHE.mkdir(parents=True, exist_ok=True)
     DEB_CACHE.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="rootfs-", dir=CACHE))
+    shutil.rmtree(tree, ignore_errors=True)
     log(f"debootstrap bookworm ({', '.join(ROOTFS_PACKAGES)}) - a few minutes, once")
     start = time.monotonic()
     try:
@@ -440,20 +443,21 @@ def rootfs() -> Path:
              "--variant=minbase", "--include=" + ",".join(ROOTFS_PACKAGES),
              f"--cache-dir={DEB_CACHE}",
              "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg",
-             "bookworm", str(work), mirror])
-        (work / "usr/lib/modules").mkdir(parents=True, exist_ok=True)
+             "bookworm", str(tree), mirror])
+        (tree / "usr/lib/modules").mkdir(parents=True, exist_ok=True)
         for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for p in (work / d).glob("*"):
+            for p in (tree / d).glob("*"):
                 if p.is_file():
                     p.unlink()
-        ext4_image(work, img, "kcroot")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    for old in CACHE.glob("rootfs-*.img"):
-        if old != img:
-            old.unlink()
+        ext4_image(tree, img, "kcroot")
+    except BaseException:
+        shutil.rmtree(tree, ignore_errors=True)
+        raise
+    for old in [*CACHE.glob("rootfs-*"), *CACHE.glob("venv-*.img")]:
+        if old.name not in (img.name, tree.name):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     log(f"root disk {img.name} built in {time.monotonic() - start:.0f} s")
-    return img
+    return img, tree
 
 
 @dataclass(frozen=True)
@@ -521,22 +525,90 @@ def initramfs(moddir: Path) -> bytes:
 
 
 def repo_image() -> Path:
-    """The working tree (with its .venv) as an ext4 image, for --classify/--guest-command:
-    the guest mounts it at the same path, so the venv's editable install works."""
-    img = CACHE / "repo.img"
-    stage = CACHE / "repo-stage"
+    """The working tree as an ext4 image, for --classify/--guest-command: the guest mounts
+    it at the same path (the guest venv's editable install points there)."""
+    img, stage = CACHE / "repo.img", CACHE / "repo-stage"
     log(f"copying {REPO} into {img.name}")
-    run(["rsync", "-a", "--delete", "--exclude=.git", "--exclude=node_modules",
-         "--exclude=results", "--exclude=.mypy_cache", "--exclude=.ruff_cache",
-         "--exclude=.pytest_cache", f"{REPO}/", f"{stage}/"])
+    run(["rsync", "-a", "--delete", "--exclude=/.git", "--exclude=node_modules",
+         "--exclude=/results", "--exclude=/.venv", "--exclude=.mypy_cache",
+         "--exclude=.ruff_cache", "--exclude=.pytest_cache", "--exclude=__pycache__",
+         f"{REPO}/", f"{stage}/"])
+    (stage / ".venv").mkdir(exist_ok=True)  # where the guest mounts its own venv
     ext4_image(stage, img, "kcrepo")
+    return img
+
+
+GUEST_VENV = "/opt/kc-venv"
+
+
+def wheel_cache() -> Path:
+    """Wheels for the guest's pip, downloaded here by Debian's python3 (the guest's own
+    version) with this machine's pip settings, keyed by pyproject.toml: the chroot then
+    installs with --no-index, needing neither the network nor this machine's CA bundle."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    out = CACHE / f"wheels-{key}"
+    if (out / ".complete").exists():
+        return out
+    log(f"pip download of the guest's wheels into {out.name} - once")
+    shutil.rmtree(out, ignore_errors=True)
+    venv = CACHE / "wheels-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    run(["/usr/bin/python3", "-m", "venv", str(venv)])
+    try:
+        run([str(venv / "bin/pip"), "download", "-q", "-d", str(out), "pip", "setuptools",
+             "wheel", f"{REPO}[test]"])
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
+    (out / ".complete").touch()
+    for old in CACHE.glob("wheels-*"):
+        if old != out:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def venv_image(tree: Path) -> Path:
+    """A venv made by the guest's own Python (Debian 12's) with the project installed
+    editable from the repository's path and its test tools, as scripts/install.sh --dev
+    makes it on a fresh machine: built in the root tree with chroot, from wheel_cache()."""
+    wheels = wheel_cache()
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + tree.name.encode()
+                         ).hexdigest()[:12]
+    img = CACHE / f"venv-{key}.img"
+    if img.exists():
+        return img
+    stage = CACHE / "repo-stage"
+    log(f"building the guest's venv ({GUEST_VENV}, pip install -e .[test]) - once")
+    pip = f"{GUEST_VENV}/bin/python -m pip install -q --no-index --find-links /kc-wheels"
+    script = f"""set -e
+mkdir -p "{tree}{REPO}" "{tree}/kc-wheels"
+mount --bind "{stage}" "{tree}{REPO}"
+mount --bind "{wheels}" "{tree}/kc-wheels"
+mount -t proc proc "{tree}/proc"
+rm -rf "{tree}{GUEST_VENV}"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root chroot "{tree}" /bin/sh -c '
+  python3 -m venv {GUEST_VENV} && {pip} --upgrade pip setuptools wheel &&
+  cd {REPO} && {pip} -e ".[test]"'
+"""
+    try:
+        # The mounts live in a private mount namespace and end with it.
+        run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script])
+        ext4_image(tree / GUEST_VENV.lstrip("/"), img, "kcvenv")
+    finally:
+        shutil.rmtree(tree / GUEST_VENV.lstrip("/"), ignore_errors=True)
+        for d in ("kc-wheels", REPO.as_posix().lstrip("/")):
+            with contextlib.suppress(OSError):
+                (tree / d).rmdir()
+    for old in CACHE.glob("venv-*.img"):
+        if old != img:
+            old.unlink()
     return img
 
 
 # --------------------------------------------------------------------------- running
 
 
-def qemu_command(boot: Boot, root: Path, job: Path, repo: Path | None, mem_mib: int) -> list[str]:
+def qemu_command(boot: Boot, root: Path, job: Path, extra_disks: list[Path],
+                 mem_mib: int) -> list[str]:
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", str(mem_mib),
            "-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
            "-nic", "none",  # no network device at all: nothing leaves the guest
@@ -545,8 +617,8 @@ def qemu_command(boot: Boot, root: Path, job: Path, repo: Path | None, mem_mib: 
            "-drive", f"file={root},format=raw,if=virtio,snapshot=on",
            "-drive", f"file={boot.modules},format=raw,if=virtio,readonly=on",
            "-drive", f"file={job},format=raw,if=virtio,readonly=on"]
-    if repo is not None:
-        cmd += ["-drive", f"file={repo},format=raw,if=virtio,snapshot=on"]
+    for disk in extra_disks:  # vdd, vde: the repository and the venv
+        cmd += ["-drive", f"file={disk},format=raw,if=virtio,snapshot=on"]
     return cmd
 
 
@@ -591,35 +663,85 @@ def _lines_until(proc: subprocess.Popen[str], deadline: float) -> Iterator[str]:
         yield line
 
 
-def golden_rulesets() -> dict[str, str]:
-    """The golden test's cases, rendered from the current templates."""
+def _golden_module() -> ModuleType:
+    """tests/unit/test_ruleset.py: its CASES and router contexts."""
     spec = importlib.util.spec_from_file_location(
         "golden_cases", REPO / "tests" / "unit" / "test_ruleset.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     spec.loader.exec_module(module)
+    return module
+
+
+def golden_rulesets() -> dict[str, str]:
+    """The golden test's cases, rendered from the current templates."""
     from testbed.ruleset import render_ruleset
+    module = _golden_module()
     return {name: render_ruleset(s, c) for name, (s, c) in module.CASES.items()}
 
 
+def every_ruleset() -> dict[str, str]:
+    """Every setting the templates take, as the kernel test that loads them all
+    (tests/kernel/test_nat_behaviour.py: EVERY_SPEC): mapping x filtering x allocation x
+    (hairpinning and the default timeout, or neither and 30 s), none, a firewall, and two
+    LANs; named by label ('adm-apdf:random:no-hairpin:30s')."""
+    from testbed.nat import Behaviour, Kind, NatSpec, PortAllocation
+    from testbed.ruleset import render_ruleset
+    module = _golden_module()
+    default = NatSpec().mapping_timeout
+    specs = [(NatSpec(mapping=m, filtering=f, port_allocation=a, hairpinning=h,
+                      mapping_timeout=t), module.CTX)
+             for m in Behaviour for f in Behaviour for a in PortAllocation
+             for h, t in ((True, default), (False, 30))]
+    specs += [(NatSpec(kind=Kind.NONE), module.CTX), (NatSpec(kind=Kind.FIREWALL), module.CTX),
+              (NatSpec(), module.TWO_LANS), (NatSpec(kind=Kind.FIREWALL), module.TWO_LANS)]
+    return {s.combo_label + ("@two-lans" if c is module.TWO_LANS else ""): render_ruleset(s, c)
+            for s, c in specs}
+
+
+GUEST_MOUNTS = """mkdir -p {repo} {venv}
+mount -t ext4 /dev/vdd {repo} || echo "no repository disk"
+mount -t ext4 /dev/vde {venv} || echo "no venv disk"
+mount --bind {venv} {repo}/.venv
+mount -t tmpfs tmpfs /var/tmp
+export PATH={venv}/bin:$PATH HOME=/root
+# Byte-compile the repository once (the host's caches are not copied: another Python):
+# under emulation a first import compiles for seconds, past the lab's readiness waits.
+(cd {repo} && python -m compileall -q testbed peers >/dev/null 2>&1)
+"""
+
+# Under emulation a Python process takes about 6 s to start (measured in the guest on a
+# loaded 2-core machine), past the lab's 5 s readiness waits: the guest's classify runs
+# with those waits stretched, in the guest only (the NAT verdicts are not timed by them).
 CLASSIFY = """cd {repo}
+cat > /tmp/kc_classify.py <<'PY'
+import sys
+import testbed.lab, testbed.services, testbed.trace.capture
+for m in (testbed.lab, testbed.services, testbed.trace.capture):
+    m.READY_TIMEOUT_S = 120.0
+from testbed.cli import main
+sys.exit(main(sys.argv[1:]))
+PY
 for nat in full-cone restricted-cone port-restricted-cone symmetric; do
   start=$(date +%s)
-  res=$(.venv/bin/nat-testbed classify --nat $nat 2>&1 | tr '\\n' ' ')
+  res=$(.venv/bin/python /tmp/kc_classify.py classify --nat $nat 2>&1 | tr '\\n' ' ')
   echo "classify $nat ($(( $(date +%s) - start )) s): $res"
 done
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kernels", default=",".join(KERNELS),
                     help=f"comma-separated, of {', '.join(KERNELS)} (default: all)")
     ap.add_argument("--files", nargs="+", type=Path, help="nft scripts to load instead of "
                     "the golden rulesets")
+    ap.add_argument("--every", action="store_true", help="every setting the templates take "
+                    "(58 rulesets, a minute more per kernel) instead of the golden cases")
     ap.add_argument("--probes", action="store_true", help="load the minimal reproductions "
-                    "in tests/data/nft-probes/ instead (docs/facts-measured.md)")
+                    "in tests/data/nft-probes/ instead (docs/kernel-compat.md)")
     ap.add_argument("--classify", action="store_true", help="also classify the four classic "
                     "NAT types with nat-testbed classify inside the guest (slow under TCG)")
     ap.add_argument("--guest-command", action="append", default=[], metavar="SH",
@@ -631,36 +753,84 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--refresh", action="store_true", help="update the private apt lists")
     ap.add_argument("--list", action="store_true", help="the kernels, and exit")
-    args = ap.parse_args(argv)
-    if args.list:
-        for k in KERNELS.values():
-            print(f"{k.name:12} {k.what}")
-        return 0
-    names = [k for k in args.kernels.split(",") if k]
+    return ap
+
+
+class UsageError(Exception):
+    """A bad flag: one line, exit 2, nothing built."""
+
+
+def kernel_names(value: str) -> list[str]:
+    """--kernels: known names, in the order given."""
+    names = [k for k in value.split(",") if k]
     unknown = [k for k in names if k not in KERNELS]
     if unknown or not names:
-        print(f"kernel-compat: --kernels: unknown {', '.join(unknown) or '(none)'} "
-              f"(known: {', '.join(KERNELS)})", file=sys.stderr)
+        raise UsageError(f"--kernels: unknown {', '.join(unknown) or '(none)'} "
+                         f"(known: {', '.join(KERNELS)})")
+    return names
+
+
+def chosen_rulesets(files: list[Path] | None, probes: bool, every: bool = False
+                    ) -> dict[str, str]:
+    """name -> nft script: --files, the probes, every setting, or (the default) the golden
+    cases, both rendered from the current templates."""
+    if probes:
+        files = sorted(PROBES.glob("*.nft"))
+    if not files:
+        return every_ruleset() if every else golden_rulesets()
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise UsageError(f"--files: no such file {missing[0]}")
+    return {p.stem: p.read_text() for p in files}
+
+
+def all_loaded(reports: dict[str, GuestReport], rulesets: Iterable[str]) -> bool:
+    """Every ruleset loaded on every kernel, and every guest finished."""
+    names = list(rulesets)
+    return bool(reports) and all(
+        rep.done and not rep.fatal and all(rep.results.get(r) == "ok" for r in names)
+        for rep in reports.values())
+
+
+def summary(rulesets: list[str], reports: dict[str, GuestReport],
+            took: dict[str, float]) -> str:
+    """The ruleset x kernel table, then per kernel: what loaded, and nft's first error
+    for each ruleset that did not."""
+    cells = {(r, k): {"ok": "loads", "fail": "FAILS"}.get(rep.results.get(r, ""), "?")
+             for k, rep in reports.items() for r in rulesets}
+    out = [table(sorted(rulesets), list(reports), cells)]
+    for k, rep in reports.items():
+        fails = sorted(r for r in rulesets if rep.results.get(r) == "fail")
+        loaded = sum(1 for r in rulesets if rep.results.get(r) == "ok")
+        state = "" if rep.done else "; INCOMPLETE (the guest did not finish: see its console)"
+        out.append(f"\n{k}: kernel {rep.kernel or '?'}; {rep.nft or 'nft ?'}; "
+                   f"{loaded}/{len(rulesets)} load; {took.get(k, 0):.0f} s{state}")
+        out += [f"  {r}: {first_error(rep.messages.get(r, []))}" for r in fails]
+        out += [f"  | {line}" for line in rep.extra]
+        out += [f"  FATAL {line}" for line in rep.fatal]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.list:
+        for kern in KERNELS.values():
+            print(f"{kern.name:12} {kern.what}")
+        return 0
+    try:
+        names = kernel_names(args.kernels)
+        rulesets = chosen_rulesets(args.files, args.probes, args.every)
+    except UsageError as exc:
+        print(f"kernel-compat: {exc}", file=sys.stderr)
         return 2
-    if args.probes:
-        args.files = sorted(PROBES.glob("*.nft"))
-    if args.files:
-        missing = [str(p) for p in args.files if not p.is_file()]
-        if missing:
-            print(f"kernel-compat: --files: no such file {missing[0]}", file=sys.stderr)
-            return 2
-        rulesets = {p.stem: p.read_text() for p in args.files}
-    else:
-        rulesets = golden_rulesets()
     extra = "".join(f"cd {REPO} && {c}\n" for c in args.guest_command)
     if args.classify:
         extra = CLASSIFY.format(repo=REPO) + extra
     if extra:
-        extra = (f"mkdir -p {REPO} && mount -t ext4 /dev/vdd {REPO} || echo 'no repo disk'\n"
-                 + "mount -t tmpfs tmpfs /var/tmp\n" + extra)
+        extra = GUEST_MOUNTS.format(repo=REPO, venv=GUEST_VENV) + extra
 
-    root = rootfs()
-    repo = repo_image() if extra else None
+    root, tree = rootfs()
+    disks = [repo_image(), venv_image(tree)] if extra else []
     reports: dict[str, GuestReport] = {}
     took: dict[str, float] = {}
     for name in names:
@@ -671,33 +841,18 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: booting {boot.version} under TCG ({len(rulesets)} rulesets; "
             f"console in {console})")
         reports[name], took[name] = boot_guest(
-            qemu_command(boot, root, job, repo, args.memory), console, args.timeout)
+            qemu_command(boot, root, job, disks, args.memory), console, args.timeout)
         rep = reports[name]
         log(f"{name}: {rep.kernel.split()[0] if rep.kernel else '?'} finished in "
             f"{took[name]:.0f} s{'' if rep.done else ' (INCOMPLETE: see the console log)'}")
 
-    cells = {(r, k): {"ok": "loads", "fail": "FAILS"}.get(rep.results.get(r, ""), "?")
-             for k, rep in reports.items() for r in rulesets}
     print()
-    print(table(sorted(rulesets), names, cells))
-    for k, rep in reports.items():
-        fails = sorted(r for r in rulesets if rep.results.get(r) == "fail")
-        print(f"\n{k}: kernel {rep.kernel or '?'}; {rep.nft or 'nft ?'}; "
-              f"{len(rulesets) - len(fails)}/{len(rulesets)} load; {took[k]:.0f} s")
-        for r in fails:
-            print(f"  {r}: {first_error(rep.messages.get(r, []))}")
-        for line in rep.extra:
-            print(f"  | {line}")
-        for line in rep.fatal:
-            print(f"  FATAL {line}")
+    print(summary(list(rulesets), reports, took))
     if args.json:
         args.json.write_text(json.dumps({k: {**vars(rep), "seconds": round(took[k], 1)}
                                          for k, rep in reports.items()}, indent=1) + "\n")
-    # 0: every ruleset loaded on every kernel; 1: one failed, or a guest did not finish.
-    loaded = all(rep.done and list(rep.results.values()).count("ok") == len(rulesets)
-                 for rep in reports.values())
-    return 0 if loaded else 1
-
+    # 0: every ruleset loaded on every kernel; 1: one was refused, or a guest did not finish.
+    return 0 if all_loaded(reports, rulesets) else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -87,12 +87,14 @@ def stun_pairs(cap: Captured, lan_tap: str, wan_tap: str) -> list[tuple[str, str
 
 
 @pytest.mark.parametrize("number", [ls.number for ls in all_lessons()])
-def test_lesson_runs_fast_all_facts_hold_and_nothing_is_left(
+def test_lesson_runs_all_facts_hold_and_nothing_is_left(
         runs: dict[int, LessonResult], number: int) -> None:
     res, cap = lesson(runs, number)
     assert res.ok, "\n".join(f"{f.claim}: {f.evidence}" for f in res.facts if not f.ok)
     assert res.captured.complete
-    assert res.elapsed_s < 10
+    # Catches a lesson that waits out its timeouts over and over, not a slow machine (a
+    # lesson takes a few seconds here and more on a small VM); speed is not tested here.
+    assert res.elapsed_s < 120
     assert leftovers(res.lab) == []
     assert "Takeaway:" in res.text and f"Lesson {number}:" in res.text
     # the pcaps on disk hold what the live capture parsed

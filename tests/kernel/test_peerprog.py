@@ -150,7 +150,9 @@ def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
     took = time.monotonic() - t0
     text = format_cell(cell)
     assert cell["outcome"] == "failed", text
-    assert took < deadline + KILL_GRACE_S + 5.0, text  # the lab itself: about a second
+    # hang.sh waits an hour: a generous bound still tells "killed at the deadline" from
+    # "waited for it" (the lab's own build and teardown take a second here, more on a VM).
+    assert took < deadline + KILL_GRACE_S + 60.0, text
     assert lab_is_gone(cell)
     report = cell["programs"]["alice"]
     if problem is None:  # the flooder printed a lie: the wire saw no data

@@ -1,11 +1,13 @@
 """scripts/kernel_compat.py's pure parts: the initramfs archive, module ordering, the
-guest's console protocol, the job archive and the usage errors (no guest is booted;
-running the harness itself is `scripts/kernel-compat.sh`, minutes under TCG)."""
+guest's console protocol, the job archive, the rulesets it loads, the summary and exit
+status, and the usage errors (no guest is booted; running the harness itself is
+`scripts/kernel-compat.sh`, minutes under TCG: docs/kernel-compat.md)."""
 
 from __future__ import annotations
 
 import importlib.util
 import io
+import re
 import shutil
 import stat
 import subprocess
@@ -177,3 +179,80 @@ def test_wrapper_parses_and_lists_without_root() -> None:
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert [line.split()[0] for line in res.stdout.splitlines()] == list(kc.KERNELS)
+
+
+def test_kernel_names_keep_the_order_given() -> None:
+    assert kc.kernel_names("debian-6.12,debian-6.1") == ["debian-6.12", "debian-6.1"]
+    assert kc.parser().parse_args([]).kernels.split(",") == list(kc.KERNELS)
+    with pytest.raises(kc.UsageError, match=r"^--kernels: unknown \(none\)"):
+        kc.kernel_names(",")
+
+
+def test_the_default_rulesets_are_the_golden_files() -> None:
+    """What the tool loads by default is what tests/unit/golden/nat holds (rendered afresh
+    from the templates, so a branch that changes them checks its own rules)."""
+    folder = REPO / "tests" / "unit" / "golden" / "nat"
+    golden = {p.stem: p.read_text() for p in folder.glob("*.nft")}
+    assert golden and kc.chosen_rulesets(None, probes=False) == golden
+
+
+def test_every_setting_is_one_ruleset_each() -> None:
+    every = kc.chosen_rulesets(None, probes=False, every=True)
+    assert len(every) == 3 * 3 * 3 * 2 + 4  # mapping, filtering, allocation, hairpin+timeout
+    assert {"eim-apdf", "apdm-apdf:random:no-hairpin:30s", "none", "firewall",
+            "eim-apdf@two-lans", "firewall@two-lans"} <= set(every)
+    assert every["eim-apdf"] == kc.golden_rulesets()["eim-apdf"]
+    assert len(set(every.values())) == len(every)  # no two settings render the same
+
+
+def test_probes_and_files_replace_the_golden_rulesets(tmp_path: Path) -> None:
+    probes = kc.chosen_rulesets(None, probes=True)
+    assert "map-membership" in probes and "map-dnat" in probes
+    assert all(text.lstrip().startswith(("#", "table", "add", "flush")) for text in probes.values())
+    f = tmp_path / "mine.nft"
+    f.write_text("table ip t {}\n")
+    assert kc.chosen_rulesets([f], probes=False) == {"mine": "table ip t {}\n"}
+
+
+def _rep(results: dict[str, str], done: bool = True) -> object:
+    return kc.GuestReport(kernel="6.1.0-50-amd64 #1", nft="nftables v1.0.6",
+                          results=results, done=done)
+
+
+def test_exit_status_fails_on_any_refusal_or_unfinished_guest() -> None:
+    names = ["a", "b"]
+    assert kc.all_loaded({"k1": _rep({"a": "ok", "b": "ok"})}, names)
+    assert not kc.all_loaded({"k1": _rep({"a": "ok", "b": "ok"}),
+                              "k2": _rep({"a": "ok", "b": "fail"})}, names)
+    assert not kc.all_loaded({"k1": _rep({"a": "ok"})}, names)  # b never reported
+    assert not kc.all_loaded({"k1": _rep({"a": "ok", "b": "ok"}, done=False)}, names)
+    assert not kc.all_loaded({}, names)
+
+
+def test_summary_names_each_refusal_with_nfts_error() -> None:
+    rep = kc.parse_console(io.StringIO(CONSOLE))
+    text = kc.summary(["none", "eim-eif"], {"debian-6.1": rep, "ubuntu-6.8": _rep({})},
+                      {"debian-6.1": 41.6})
+    lines = text.splitlines()
+    assert lines[:4] == ["ruleset  debian-6.1  ubuntu-6.8", "-" * 31,
+                         "eim-eif  FAILS       ?         ", "none     loads       ?         "]
+    assert lines[5] == ("debian-6.1: kernel 6.1.0-50-amd64 #1 SMP PREEMPT_DYNAMIC Debian "
+                        "6.1.176-1; nftables v1.0.6 (Lester Gooch #5); 1/2 load; 42 s")
+    assert lines[6] == ('  eim-eif: Error: Could not process rule: Invalid argument '
+                        '[iifname "wan" udp dport @owner dnat ip to udp dport map @owner]')
+    assert lines[-1].endswith("0/2 load; 0 s")
+
+
+def test_the_docs_name_real_flags_and_true_counts() -> None:
+    doc = (REPO / "docs" / "kernel-compat.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    known = {o for a in kc.parser()._actions for o in a.option_strings}
+    for text in (doc, readme):
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                if line.startswith("scripts/kernel-compat.sh"):
+                    used = set(re.findall(r"(?<!\S)--[a-z-]+", line.split("#")[0]))
+                    assert used <= known, line
+    golden, every = len(kc.golden_rulesets()), len(kc.every_ruleset())
+    assert f"the {golden} files of `tests/unit/golden/nat/`" in doc
+    assert f"({every} rulesets" in doc and f"({every} rulesets)" in readme

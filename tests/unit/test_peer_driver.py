@@ -163,4 +163,6 @@ def test_a_session_whose_signaling_refuses_fails_at_signaling_without_waiting() 
     assert ep.result is not None and (ep.result.outcome, ep.result.stage) == ("failed",
                                                                               "signaling")
     assert "cannot connect to 127.0.0.1" in (ep.result.reason or "")
-    assert times.finished - times.start < 1.0  # refused at once, not after the timeout
+    # Refused at once, not after the 5 s connect timeout (the bound is the behaviour's,
+    # not this machine's speed).
+    assert times.finished - times.start < 5.0

@@ -108,7 +108,7 @@ def test_mapping_timeout_reaches_every_map() -> None:
 
 # Linux before 6.5 refuses a lookup in a map that reads no value (`expr @map`,
 # `expr != @map`: EINVAL), so the rules test the sets that mirror the maps' keys
-# (docs/facts-measured.md; scripts/kernel-compat.sh boots 6.1 and loads every case).
+# (docs/kernel-compat.md; scripts/kernel-compat.sh boots 6.1 and loads every case).
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_no_membership_test_on_a_map(name: str) -> None:
     spec, ctx = CASES[name]
