@@ -6,6 +6,13 @@ signaling messages and the time, and carries out what the session asks. It serve
 one peer (the peer program, peers.peer) and a few hundred at once (the traversal
 matrix, testbed.matrix.runner) alike: each Endpoint's sockets were opened by the
 caller, inside that peer's namespace, so every datagram crosses the peer's own NAT.
+
+With a `gate` (an admission control: Gate), the driver starts a group of endpoints
+(a matrix slot's two peers) only once the gate admits it, and lets the gate know when
+every session of the group has decided: only so many slots are in their timing-
+critical phase at once, however many the lab holds. Either way it measures how late
+it served each session until it decided (Lateness): timers handled after their due
+time, and datagrams read after the kernel received them (SO_TIMESTAMPNS).
 """
 
 from __future__ import annotations
@@ -15,17 +22,19 @@ import errno
 import os
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from peers.candidates import Address
-from peers.result import PeerResult
-from peers.session import Session, Signal, Timing, Transmit
+from peers.result import Lateness, PeerResult
+from peers.session import Phase, Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
 
 CONNECT_TIMEOUT_S = 5.0
+RECONNECT_S = 0.25  # between tries to reconnect signaling during a call
 CONNECT_WINDOW = 32  # signaling connections being set up at once (the server's backlog
 #                      is about 100: a SYN beyond it is dropped and retried a second later)
 READ_BURST = 256  # datagrams read per wake-up, so timers still get their turn
@@ -49,7 +58,52 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 def wait_budget(t: Timing) -> float:
     """How long a peer can legitimately run, plus a margin for process start-up."""
     return (t.signaling_timeout + t.gather_timeout + t.punch_timeout + t.punch_grace
-            + t.relay_timeout + max(t.done_timeout, t.hold) + 10.0)
+            + t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
+
+
+def new_tcp() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+SO_TIMESTAMPNS = 35
+MAX_LATE_SAMPLES = 4096
+GATE_POLL_S = 0.01  # how often waiting groups ask the gate again
+
+
+class Gate(Protocol):
+    """Admission control for the timing-critical phase of groups of sessions."""
+
+    def enter(self, active: int) -> bool:
+        """May one more group start? `active`: this driver's groups admitted and not yet
+        decided. Non-blocking; True takes a place, which leave() gives back."""
+
+    def leave(self) -> None: ...
+
+
+@dataclass
+class _Late:
+    """How late one session was served until it decided (seconds)."""
+
+    timers: list[float] = field(default_factory=list)
+    reads: list[float] = field(default_factory=list)
+
+    def add(self, into: list[float], value: float) -> None:
+        if len(into) < MAX_LATE_SAMPLES:
+            into.append(max(0.0, value))
+
+    def summary(self) -> Lateness:
+        def p95(xs: list[float]) -> float | None:
+            if not xs:
+                return None
+            ordered = sorted(xs)
+            return round(ordered[max(0, -(-95 * len(ordered) // 100) - 1)] * 1000, 3)
+
+        def top(xs: list[float]) -> float | None:
+            return round(max(xs) * 1000, 3) if xs else None
+
+        return Lateness(timer_max=top(self.timers), timer_p95=p95(self.timers),
+                        read_max=top(self.reads), read_p95=p95(self.reads),
+                        timers=len(self.timers), reads=len(self.reads))
 
 
 @dataclass(eq=False)
@@ -61,7 +115,12 @@ class Endpoint:
     udp: socket.socket
     tcp: socket.socket
     tag: Any = None  # the caller's name for it, e.g. (slot, role)
+    new_tcp: Callable[[], socket.socket] = new_tcp  # a socket in the peer's namespace
     sig: SignalingClient | None = None
+    reconnect_at: float = 0.0
+    reconnecting: bool = False  # a connect is in progress
+    group: Any = None  # endpoints admitted together (a gated driver's unit)
+    late: _Late = field(default_factory=_Late)
     connect_error: str = ""
     send_errors: int = 0
     finished_at: float | None = None
@@ -84,10 +143,14 @@ class Driver:
     on_finish: Callable[[Endpoint], None] = lambda ep: None
     sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     times: DriveTimes = field(default_factory=DriveTimes)
+    gate: Gate | None = None
+    on_admit: Callable[[Any], None] = lambda group: None
 
     def run(self) -> DriveTimes:
+        if self.gate is not None:
+            return self._run_gated(self.gate)
         try:
-            self._connect_all()
+            self._connect_all(self.endpoints)
             now = self.clock()
             self.times.start = now
             due: dict[int, float] = {}
@@ -108,10 +171,10 @@ class Driver:
 
     # -- set-up
 
-    def _connect_all(self) -> None:
+    def _connect_all(self, endpoints: Sequence[Endpoint]) -> None:
         """Every signaling connection, CONNECT_WINDOW at a time; a peer that cannot
         connect fails its signaling stage."""
-        queue = list(self.endpoints)
+        queue = list(endpoints)
         waiting: dict[int, Endpoint] = {}
         deadline = self.clock() + self.connect_timeout_s
         where = f"{self.signaling[0]}:{self.signaling[1]}"
@@ -143,30 +206,67 @@ class Driver:
                 self.sel.unregister(ep.tcp)
             ep.connect_error = (f"cannot connect to {where}: no answer within "
                                 f"{self.connect_timeout_s} s")
-        for ep in self.endpoints:
-            ep.udp.setblocking(False)
-            self.sel.register(ep.udp, selectors.EVENT_READ, (ep, "udp"))
-            if ep.sig is not None:
-                self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
+        for ep in endpoints:
+            self._register(ep)
+
+    def _register(self, ep: Endpoint) -> None:
+        ep.udp.setblocking(False)
+        with contextlib.suppress(OSError):  # receive timestamps: how late we read
+            ep.udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sel.register(ep.udp, selectors.EVENT_READ, (ep, "udp"))
+        if ep.sig is not None:
+            self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
 
     # -- the loop
 
-    def _loop(self, due: dict[int, float]) -> None:
+    def _run_gated(self, gate: Gate) -> DriveTimes:
+        gating = _Gating(self, gate)
+        self.times.start = self.clock()
+        try:
+            self._loop({}, gating)
+        finally:
+            gating.close()
+            for ep in self.endpoints:
+                self._close(ep)
+            self.sel.close()
+        return self.times
+
+    def _stop_hard(self, due: dict[int, float], now: float) -> None:
+        """Sessions running longer than hard_stop_s since they started (never on a sane
+        machine: every stage has its timeout) are given up."""
+        if self.hard_stop_s is None:
+            return
+        for i in list(due):
+            ep = self.endpoints[i]
+            if now > ep.session.t0 + self.hard_stop_s:
+                ep.session.errors.append(f"driver: no decision within {self.hard_stop_s:.1f} s")
+                self._finish(i, due, now)
+
+    def _loop(self, due: dict[int, float], gating: _Gating | None = None) -> None:
         index = {id(ep): i for i, ep in enumerate(self.endpoints)}
-        while due:
+        while due or (gating is not None and gating.busy):
             now = self.clock()
-            if self.hard_stop_s is not None and now > self.times.start + self.hard_stop_s:
-                for i in list(due):  # never on a sane machine: every stage has its timeout
-                    self.endpoints[i].session.errors.append(
-                        f"driver: no decision within {self.hard_stop_s:.1f} s")
-                    self._finish(i, due, now)
+            self._stop_hard(due, now)
+            if gating is not None:
+                gating.admit(now, due)
+            if not due and not (gating is not None and gating.busy):
                 break
-            wait = min(1.0, max(0.0, min(due.values()) - now))
+            times = list(due.values()) + ([gating.next_wake()] if gating is not None else [])
+            wait = min(1.0, max(0.0, min(times) - now))
+            if any(ep.session.wants_signaling for ep in self.endpoints):
+                wait = min(wait, RECONNECT_S)
+                self._reconnect(now)
             touched: set[int] = set()
             for key, _ in self.sel.select(wait):
                 ep, kind = key.data
+                if kind == "start":
+                    assert gating is not None
+                    gating.connected(index[id(ep)], due)
+                    continue
                 if kind == "udp":
                     self._read_udp(ep)
+                elif kind == "connect":
+                    self._connected(ep)
                 else:
                     self._read_signaling(ep)
                 self._flush(ep)
@@ -174,8 +274,11 @@ class Driver:
             now = self.clock()
             for i, t in due.items():
                 if t <= now:
-                    self.endpoints[i].session.handle_timeout(now)
-                    self._flush(self.endpoints[i])
+                    ep = self.endpoints[i]
+                    if ep.session.t_decided is None:
+                        ep.late.add(ep.late.timers, now - t)
+                    ep.session.handle_timeout(now)
+                    self._flush(ep)
                     touched.add(i)
             for i in touched:
                 if i not in due:
@@ -184,7 +287,22 @@ class Driver:
                     self._finish(i, due, now)
                 else:
                     due[i] = self._deadline(self.endpoints[i])
+            if gating is not None:
+                gating.release_decided()
         self.times.finished = self.clock()
+
+    def start_one(self, i: int, due: dict[int, float], now: float) -> None:
+        """A gated endpoint whose signaling connect ended (well or not): its session
+        starts now, its sockets are watched."""
+        ep = self.endpoints[i]
+        self._register(ep)
+        ep.session.start(now)
+        if ep.sig is None:
+            ep.session.handle_signal_closed(now, ep.connect_error)
+        self._flush(ep)
+        due[i] = self._deadline(ep)
+        if ep.session.finished:
+            self._finish(i, due, now)
 
     def _deadline(self, ep: Endpoint) -> float:
         d = ep.session.next_deadline()
@@ -192,7 +310,8 @@ class Driver:
 
     def _finish(self, i: int, due: dict[int, float], now: float) -> None:
         ep = self.endpoints[i]
-        ep.result = ep.session.result().with_send_errors(ep.send_errors)
+        ep.result = ep.session.result().with_send_errors(ep.send_errors).with_lateness(
+            ep.late.summary())
         ep.finished_at = now
         self._close(ep)
         del due[i]
@@ -201,13 +320,19 @@ class Driver:
     # -- I/O
 
     def _read_udp(self, ep: Endpoint) -> None:
+        deciding = ep.session.t_decided is None
         for _ in range(READ_BURST):
             try:
-                data, src = ep.udp.recvfrom(65535)
+                data, anc, _, src = ep.udp.recvmsg(65535, socket.CMSG_SPACE(16))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. ECONNREFUSED from an ICMP error
                 continue
+            if deciding:
+                for level, kind, raw in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                        sec, nsec = struct.unpack_from("qq", raw)
+                        ep.late.add(ep.late.reads, time.time() - (sec + nsec / 1e9))
             ep.session.handle_datagram(data, (src[0], src[1]), self.clock())
 
     def _read_signaling(self, ep: Endpoint) -> None:
@@ -220,6 +345,59 @@ class Driver:
             return
         for m in msgs:
             ep.session.handle_signal(m, self.clock())
+
+    def connect_started(self, ep: Endpoint) -> bool:
+        """Begin a non-blocking signaling connect; False if it failed at once."""
+        ep.tcp.setblocking(False)
+        rc = ep.tcp.connect_ex(self.signaling)
+        if rc in (0, errno.EINPROGRESS):
+            self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "start"))
+            return True
+        ep.connect_error = f"cannot connect to {self._where()}: {os.strerror(rc)}"
+        return False
+
+    def connect_ended(self, ep: Endpoint) -> None:
+        """The connect of a gated endpoint is done: a SignalingClient, or an error."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(ep.tcp)
+        err = ep.tcp.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == 0:
+            ep.tcp.settimeout(self.connect_timeout_s)
+            ep.tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ep.sig = SignalingClient(ep.tcp)
+        else:
+            ep.connect_error = f"cannot connect to {self._where()}: {os.strerror(err)}"
+
+    def _where(self) -> str:
+        return f"{self.signaling[0]}:{self.signaling[1]}"
+
+    def _reconnect(self, now: float) -> None:
+        """Peers whose signaling dropped during a call connect again (non-blocking)."""
+        for ep in self.endpoints:
+            if (not ep.session.wants_signaling or ep.sig is not None or ep.reconnecting
+                    or now < ep.reconnect_at or ep.session.finished):
+                continue
+            ep.reconnect_at = now + RECONNECT_S
+            with contextlib.suppress(OSError):
+                ep.tcp.close()
+            ep.tcp = ep.new_tcp()
+            ep.tcp.setblocking(False)
+            rc = ep.tcp.connect_ex(self.signaling)
+            if rc in (0, errno.EINPROGRESS):
+                ep.reconnecting = True
+                self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "connect"))
+
+    def _connected(self, ep: Endpoint) -> None:
+        self.sel.unregister(ep.tcp)
+        ep.reconnecting = False
+        if ep.tcp.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            ep.tcp.close()
+            return
+        ep.tcp.settimeout(self.connect_timeout_s)
+        ep.tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ep.sig = SignalingClient(ep.tcp)
+        self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
+        ep.session.handle_signal_reconnected(self.clock())
 
     def _drop_signaling(self, ep: Endpoint, why: str) -> None:
         if ep.sig is not None:
@@ -247,3 +425,71 @@ class Driver:
                     self.sel.unregister(s)
                 s.close()
         ep.sig = None
+
+
+class _Gating:
+    """A gated driver's groups: waiting for the gate, connecting, in their timing-
+    critical phase (admitted, some session not decided yet), done."""
+
+    def __init__(self, driver: Driver, gate: Gate) -> None:
+        self.d = driver
+        self.gate = gate
+        groups: dict[Any, list[int]] = {}
+        for i, ep in enumerate(driver.endpoints):
+            groups.setdefault(ep.group if ep.group is not None else ("ep", i), []).append(i)
+        self.groups = groups
+        self.pending = list(groups)
+        self.active: dict[Any, list[int]] = {}
+        self.connecting: dict[int, float] = {}  # endpoint -> give up connecting then
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending or self.active or self.connecting)
+
+    def next_wake(self) -> float:
+        times = list(self.connecting.values())
+        if self.pending:
+            times.append(self.d.clock() + GATE_POLL_S)
+        return min(times, default=self.d.clock() + 1.0)
+
+    def admit(self, now: float, due: dict[int, float]) -> None:
+        for i, give_up in list(self.connecting.items()):
+            if now >= give_up:
+                ep = self.d.endpoints[i]
+                with contextlib.suppress(KeyError, ValueError):
+                    self.d.sel.unregister(ep.tcp)
+                ep.connect_error = (f"cannot connect to {self.d._where()}: no answer within "
+                                    f"{self.d.connect_timeout_s} s")
+                del self.connecting[i]
+                self.d.start_one(i, due, now)
+        while self.pending and self.gate.enter(len(self.active)):
+            g = self.pending.pop(0)
+            self.active[g] = self.groups[g]
+            self.d.on_admit(g)
+            for i in self.groups[g]:
+                if self.d.connect_started(self.d.endpoints[i]):
+                    self.connecting[i] = now + self.d.connect_timeout_s
+                else:
+                    self.d.start_one(i, due, now)
+
+    def connected(self, i: int, due: dict[int, float]) -> None:
+        self.d.connect_ended(self.d.endpoints[i])
+        self.connecting.pop(i, None)
+        self.d.start_one(i, due, self.d.clock())
+
+    def release_decided(self) -> None:
+        for g, members in list(self.active.items()):
+            if all(self._decided(i) for i in members):
+                del self.active[g]
+                self.gate.leave()
+
+    def _decided(self, i: int) -> bool:
+        if i in self.connecting:
+            return False
+        s = self.d.endpoints[i].session
+        return s.t_decided is not None or s.phase in (Phase.DECIDED, Phase.FINISHED)
+
+    def close(self) -> None:
+        for _ in self.active:  # never keep a place that others wait for
+            self.gate.leave()
+        self.active.clear()

@@ -52,7 +52,8 @@ def source_ip_towards(dst: Address) -> str:
 def timing_from(args: argparse.Namespace) -> Timing:
     names = ("punch_timeout", "punch_interval", "punch_interval_max", "relay_timeout",
              "relay_interval", "stun_rto", "gather_timeout", "signaling_timeout",
-             "keepalive_interval", "hold", "done_timeout")
+             "keepalive_interval", "hold", "done_timeout", "call", "data_interval",
+             "consent_timeout", "max_restarts", "restart_backoff")
     return Timing(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
@@ -75,9 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",
-                 "keepalive-interval", "hold", "done-timeout"):
+                 "keepalive-interval", "hold", "done-timeout", "call", "data-interval",
+                 "consent-timeout", "restart-backoff"):
         default = getattr(Timing(), flag.replace("-", "_"))
         t.add_argument(f"--{flag}", type=float, metavar="S", help=f"default {default}")
+    t.add_argument("--max-restarts", type=int, metavar="N",
+                   help=f"restarts during a call (default {Timing().max_restarts})")
     return ap
 
 

@@ -13,6 +13,10 @@ verifies. So every probe and ack also carries the sender's sequence number
 a sliding window (ReplayWindow: the anti-replay window of IPsec, RFC 4303
 section 3.4.3). A replay is then refused whatever address it comes from.
 
+A data datagram (kind DATA) is a call's media stream: laid out as a probe, so a
+capture can tell whose it is and its number without the key (testbed.callflow
+measures data flow from the wire that way).
+
 Layout (network byte order):
   magic (4) "\\xe5NTB" | kind (1) | sender len (1) + sender | receiver len (1)
   + receiver | seq (4) | nonce (12) | [ack only: family (1: 4 or 6) | port (2)
@@ -33,6 +37,8 @@ from dataclasses import dataclass
 MAGIC = b"\xe5NTB"
 PROBE = 1
 ACK = 2
+DATA = 3  # a call's media: laid out as a probe; a receiver counts it, never answers it
+KINDS = (PROBE, ACK, DATA)
 NONCE_LEN = 12
 MAC_LEN = 32
 SEQ = struct.Struct("!I")
@@ -48,7 +54,7 @@ class ProbeError(ValueError):
 
 @dataclass(frozen=True)
 class Probe:
-    kind: int  # PROBE or ACK
+    kind: int  # PROBE, ACK or DATA
     sender: str
     receiver: str
     seq: int  # the sender's counter, 1 .. MAX_SEQ: each is accepted once
@@ -87,13 +93,18 @@ def encode(key: bytes, p: Probe) -> bytes:
         if p.observed is None:
             raise ValueError("an ack carries the observed address")
         body += _addr(p.observed)
-    elif p.kind != PROBE:
+    elif p.kind not in KINDS:
         raise ValueError(f"unknown probe kind {p.kind}")
     return body + _mac(key, body)
 
 
 def probe(key: bytes, sender: str, receiver: str, nonce: bytes, *, seq: int) -> bytes:
     return encode(key, Probe(PROBE, sender, receiver, seq, nonce))
+
+
+def data(key: bytes, sender: str, receiver: str, nonce: bytes, *, seq: int) -> bytes:
+    """A call's data datagram: authenticated and numbered like a probe, never answered."""
+    return encode(key, Probe(DATA, sender, receiver, seq, nonce))
 
 
 def ack(key: bytes, sender: str, receiver: str, nonce: bytes, observed: Address, *,
@@ -135,7 +146,7 @@ def decode(key: bytes, data: bytes, *, sender: str, receiver: str) -> Probe:
         port, pos = _take(body, pos, 2, "port")
         ip, pos = _take(body, pos, iplen, "address")
         observed = (str(ipaddress.ip_address(ip)), struct.unpack("!H", port)[0])
-    elif kind != PROBE:
+    elif kind not in KINDS:
         raise ProbeError(f"unknown kind {kind}")
     if pos != len(body):
         raise ProbeError("trailing bytes")
@@ -170,3 +181,23 @@ class ReplayWindow:
             return False
         self._seen |= 1 << offset
         return True
+
+
+def peek(data: bytes) -> tuple[int, str, str, int] | None:
+    """(kind, sender, receiver, seq) of a probe-shaped message at the start of `data`,
+    read without the key (nothing is verified): for captures that only count them."""
+    if not is_probe(data) or len(data) < 7:
+        return None
+    pos, names = 5, []
+    for _ in range(2):
+        if pos >= len(data):
+            return None
+        size = data[pos]
+        raw = data[pos + 1 : pos + 1 + size]
+        if len(raw) != size:
+            return None
+        names.append(raw.decode(errors="replace"))
+        pos += 1 + size
+    if pos + SEQ.size > len(data):
+        return None
+    return data[4], names[0], names[1], SEQ.unpack_from(data, pos)[0]

@@ -22,7 +22,8 @@ OUTCOMES = ("direct", "relay", "failed")
 STAGE_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
 PACKET_COUNTS = ("sent", "received", "probes_sent", "probes_received", "relay_sent",
                  "relay_received")
-OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused")  # absent from older files
+OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused", "data_sent",
+                   "data_received")  # absent from older files
 GATHER_TIMINGS = ("stun", "turn")
 
 
@@ -60,6 +61,75 @@ class Packets:
     rejected: int = 0  # probe-looking datagrams that failed authentication
     replayed: int = 0  # authentic probes and acks that were not fresh
     prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
+    data_sent: int = 0  # a call's data datagrams (direct or through the relay)
+    data_received: int = 0  # authentic, fresh data datagrams from the remote
+
+
+LATENESS_FIELDS = ("timer_max", "timer_p95", "read_max", "read_p95")
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """How late the driver served this session until it decided, in milliseconds: its
+    timers (handled after they were due) and its datagrams (read after the kernel
+    received them). Large values mean the peer was not scheduled on time, so its
+    timings measure the machine's load as much as the network (None: no sample)."""
+
+    timer_max: float | None = None
+    timer_p95: float | None = None
+    read_max: float | None = None
+    read_p95: float | None = None
+    timers: int = 0  # samples
+    reads: int = 0
+
+    @property
+    def worst(self) -> float | None:
+        values = [v for v in (self.timer_max, self.read_max) if v is not None]
+        return max(values) if values else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in LATENESS_FIELDS}, "timers": self.timers,
+                "reads": self.reads}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Lateness:
+        return cls(**{k: rec.get(data, k, where, rec.OPTIONAL_NUMBER) for k in LATENESS_FIELDS},
+                   timers=rec.get(data, "timers", where, (int,)),
+                   reads=rec.get(data, "reads", where, (int,)))
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """The path died during a call and the peer restarted (milliseconds since the
+    session started): when it found the path dead and why, and what the restart made of
+    it (restored_ms None: no new path; outcome None: the call ended first)."""
+
+    lost_ms: float
+    cause: str
+    gen: int
+    restored_ms: float | None
+    outcome: str | None
+    reason: str | None = None
+    candidate_pair: tuple[Candidate, Candidate] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lost_ms": self.lost_ms, "cause": self.cause, "gen": self.gen,
+                "restored_ms": self.restored_ms, "outcome": self.outcome,
+                "reason": self.reason, "candidate_pair": _pair_json(self.candidate_pair)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> RestartResult:
+        outcome = rec.get(data, "outcome", where, (str, type(None)))
+        if outcome is not None and outcome not in OUTCOMES:
+            raise rec.RecordError(f"{rec.at(where, 'outcome')}: expected one of "
+                                  f"{', '.join(OUTCOMES)} or null, got {outcome!r}")
+        return cls(lost_ms=float(rec.get(data, "lost_ms", where, rec.NUMBER)),
+                   cause=rec.get(data, "cause", where, (str,)),
+                   gen=rec.get(data, "gen", where, (int,)),
+                   restored_ms=rec.get(data, "restored_ms", where, rec.OPTIONAL_NUMBER),
+                   outcome=outcome, reason=rec.opt(data, "reason", where, (str,)),
+                   candidate_pair=_pair(rec.opt(data, "candidate_pair", where, (dict,)),
+                                        rec.at(where, "candidate_pair")))
 
 
 @dataclass(frozen=True)
@@ -79,6 +149,8 @@ class PeerResult:
     turn_client: str | None = None  # "ip:port" the TURN server saw us from, if allocated
     send_errors: int | None = None  # datagrams the network refused (counted by the driver)
     trace: tuple[tuple[float, str], ...] | None = None  # (ms, event), when asked for
+    restarts: tuple[RestartResult, ...] = ()  # during a call: each loss of the path
+    lateness: Lateness | None = None  # measured by the driver (None: not measured)
 
     @property
     def connected(self) -> bool:
@@ -93,13 +165,13 @@ class PeerResult:
     def with_send_errors(self, n: int) -> PeerResult:
         return replace(self, send_errors=n)
 
+    def with_lateness(self, lateness: Lateness) -> PeerResult:
+        return replace(self, lateness=lateness)
+
     # ------------------------------------------------------------------ JSON
 
     def to_json(self) -> dict[str, Any]:
-        pair = None
-        if self.candidate_pair is not None:
-            pair = {"local": self.candidate_pair[0].to_json(),
-                    "remote": self.candidate_pair[1].to_json()}
+        pair = _pair_json(self.candidate_pair)
         return {
             "id": self.id,
             "remote": self.remote,
@@ -116,6 +188,8 @@ class PeerResult:
             "turn_client": self.turn_client,
             "send_errors": self.send_errors,
             "trace": None if self.trace is None else [[t, e] for t, e in self.trace],
+            "restarts": [r.to_json() for r in self.restarts],
+            "lateness_ms": None if self.lateness is None else self.lateness.to_json(),
         }
 
     @classmethod
@@ -147,6 +221,10 @@ class PeerResult:
             turn_client=rec.opt(data, "turn_client", where, (str,)),
             send_errors=rec.opt(data, "send_errors", where, (int,)),
             trace=_trace(rec.opt(data, "trace", where, (list,)), rec.at(where, "trace")),
+            restarts=rec.items(data, "restarts", where, RestartResult.from_json,
+                               required=False),
+            lateness=_lateness(rec.opt(data, "lateness_ms", where, (dict,)),
+                               rec.at(where, "lateness_ms")),
         )
 
 
@@ -155,6 +233,14 @@ def _candidate(value: Any, where: str) -> Candidate:
         return Candidate.from_json(value, where)
     except CandidateError as exc:
         raise rec.RecordError(str(exc)) from None
+
+
+def _lateness(value: Any, where: str) -> Lateness | None:
+    return None if value is None else Lateness.from_json(value, where)
+
+
+def _pair_json(pair: tuple[Candidate, Candidate] | None) -> dict[str, Any] | None:
+    return None if pair is None else {"local": pair[0].to_json(), "remote": pair[1].to_json()}
 
 
 def _pair(value: Mapping[str, Any] | None, where: str) -> tuple[Candidate, Candidate] | None:

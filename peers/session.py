@@ -30,6 +30,21 @@ Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
 
+A call (Timing.call > 0) keeps the path for that long after deciding and sends
+authenticated data datagrams on it every data_interval, as a media stream would.
+Its keepalive probes are consent checks in the spirit of RFC 7675: a path whose
+checks get no authenticated ack for consent_timeout is dead. The peer then
+restarts: it tells the remote (signaling `restart` with a new generation),
+gathers again (a new STUN binding; its TURN allocation kept if the server still
+sees it from the same address, else made anew),
+exchanges candidates and punches again, or falls back to the relay, as at the
+start; data flows again once a path is decided. A restart that fails is tried
+again after restart_backoff, at most max_restarts times. If the signaling
+connection drops during a call (a new public address resets it; a peer in a call
+pings the server at every consent check, so the reset comes soon), the driver
+reconnects, the peer registers again (a valid registration takes over its id)
+and sends what it had to say meanwhile, and a restart's offer that got no answer.
+
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
 address (the remote behind a NAT we have not seen yet, or a captured probe
@@ -52,7 +67,7 @@ from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
 from peers.credentials import register_proof
-from peers.result import GatherTimings, Packets, PeerResult, StageTimings
+from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
 
 Rng = Callable[[int], bytes]
 
@@ -75,14 +90,26 @@ class Timing:
     turn_rto: float = 0.1
     gather_timeout: float = 2.0
     signaling_timeout: float = 10.0  # waiting for the remote's offer/answer/start
-    keepalive_interval: float = 1.0
+    keepalive_interval: float = 1.0  # also the consent check interval during a call
     hold: float = 0.0  # stay connected (keepalives) this long after deciding
     done_timeout: float = 2.0  # after deciding, wait this long for the remote's done
+    call: float = 0.0  # a call: keep the path this long after deciding, sending data
+    data_interval: float = 0.02  # one data datagram per interval during a call (50/s);
+    #                              0: no data, the path kept alive by keepalives alone
+    consent_timeout: float = 3.0  # no ack of a consent check for this long: path dead
+    max_restarts: int = 5  # restarts (re-gather, punch again) during one call
+    restart_backoff: float = 1.0  # after a failed restart, wait this long to try again
+
+    ZERO_ALLOWED = ("hold", "call", "max_restarts", "data_interval")
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
-            if not isinstance(value, int | float) or value < 0 or (value == 0 and name != "hold"):
+            if (not isinstance(value, int | float) or isinstance(value, bool) or value < 0
+                    or (value == 0 and name not in self.ZERO_ALLOWED)):
                 raise ValueError(f"Timing.{name}: must be a positive number, got {value!r}")
+        if self.consent_timeout <= self.keepalive_interval:
+            raise ValueError("Timing.consent_timeout: must be longer than keepalive_interval "
+                             "(else consent expires between two checks)")
         if self.punch_interval_max < self.punch_interval:
             raise ValueError("Timing.punch_interval_max: must be >= punch_interval")
         if self.relay_interval_max < self.relay_interval:
@@ -114,6 +141,19 @@ class Signal:
     msg: dict[str, Any]
 
 
+@dataclass
+class _Restart:
+    """One loss of the path during a call and what the restart made of it."""
+
+    lost: float  # when the path was found dead (or the remote said so)
+    cause: str
+    gen: int
+    restored: float | None = None  # when a new path was decided
+    outcome: str | None = None  # direct | relay | failed
+    reason: str | None = None
+    pair: tuple[Candidate, Candidate] | None = None
+
+
 Output = Transmit | Signal
 
 
@@ -139,6 +179,7 @@ class Session:
     MAX_NONCES = 1024
     MAX_TRACE = 400
     MAX_PRFLX = 8  # peer-reflexive candidates learned at most
+    REFRESH_WAIT = 1.0  # a restart waits this long at most for its TURN refresh
     SIGNAL_KEEPALIVE = 15.0  # a ping on signaling after this long without a message
 
     def __init__(self, cfg: PeerConfig, *, rng: Rng = os.urandom) -> None:
@@ -208,6 +249,23 @@ class Session:
         self.direct: dict[Address, _Path] = {}
         self.relayed: dict[Address, _Path] = {}
 
+        # the call: the current path (the first decision's pair, or a restart's)
+        self.path: tuple[Candidate, Candidate] | None = None
+        self.path_kind: str | None = None  # direct | relay
+        self.gen = 0  # signaling generation: 0 at first, +1 per restart
+        self.restarts: list[_Restart] = []
+        self._restarting = False
+        self._first: dict[str, Any] | None = None  # the first decision's times, candidates
+        self._call_end: float | None = None
+        self._end_by: float | None = None  # the finishing deadline once decided
+        self._next_data: float | None = None
+        self._consent_at: float | None = None
+        self._restart_at: float | None = None
+        self._turn_refresh: int | None = None  # a restart's refresh of our allocation
+        self._turn_wait_until: float | None = None  # no answer by then: gather without it
+        self._sig_backlog: list[dict[str, Any]] = []  # signals held while reconnecting
+        self._reconnecting = False
+
     # ------------------------------------------------------------------ driver API
 
     def start(self, now: float) -> None:
@@ -223,9 +281,21 @@ class Session:
     def finished(self) -> bool:
         return self.phase is Phase.FINISHED
 
+    @property
+    def wants_signaling(self) -> bool:
+        """The signaling connection dropped during a call: the driver should reconnect."""
+        return self._reconnecting and self.phase is not Phase.FINISHED
+
+    @property
+    def in_call(self) -> bool:
+        return self._call_end is not None and self._now < self._call_end
+
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
-                 self._next_ping]
+                 self._next_ping, self._next_data, self._restart_at, self._turn_wait_until,
+                 self._call_end if self.in_call else None]
+        if self._consent_at is not None and self.in_call and self.path is not None:
+            times.append(self._consent_at + self.t.consent_timeout)
         if self.turn is not None and self.phase is not Phase.FINISHED:
             times.append(self.turn.next_deadline())
         real = [t for t in times if t is not None]
@@ -238,17 +308,23 @@ class Session:
         if mtype == "error":
             self._on_signal_error(msg, now)
         elif mtype == "challenge":
-            if self.phase is Phase.REGISTER and not self._register_sent:
+            if (self.phase is Phase.REGISTER and not self._register_sent) or self._reconnecting:
                 self._register_sent = True
                 self._signal({"type": "register", "id": self.cfg.id, "proof": register_proof(
                     self.cfg.token, msg["nonce"], self.cfg.id)})
         elif mtype == "registered":
             if self.phase is Phase.REGISTER:
                 self._on_registered(now)
+            elif self._reconnecting:
+                self._on_reregistered(now)
+        elif not self._current(msg, now):
+            return
         elif mtype == "start" and {msg["from"], msg["to"]} == {self.cfg.id, self.cfg.remote}:
             self._on_start(now)  # the offerer gets its own start back, from itself
         elif msg.get("from") != self.cfg.remote:
             self.errors.append(f"ignored signaling {mtype} from {msg.get('from')!r}")
+        elif mtype == "restart":
+            self._on_remote_restart(msg, now)
         elif mtype == "offer":
             self._on_offer(msg, now)
         elif mtype == "answer":
@@ -262,6 +338,9 @@ class Session:
         self._note(f"signaling closed: {why}")
         self._signaling_open = False
         self._next_ping = None
+        if self.in_call and self.phase is not Phase.FINISHED:
+            self._reconnecting = True  # the driver connects again; we register again
+            return
         if self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE):
             self._fail(now, "signaling", f"signaling connection lost: {why}")
         else:
@@ -296,6 +375,7 @@ class Session:
             self._keepalive(now)
         if self._next_ping is not None and now >= self._next_ping:
             self._signal({"type": "ping"})
+        self._call_timers(now)
         if self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
 
@@ -308,9 +388,21 @@ class Session:
     def _signal(self, msg: dict[str, Any]) -> None:
         if msg["type"] not in ("register", "ping"):
             self._note(f"signaling: send {msg['type']}")
+        if self.gen and msg["type"] in ("offer", "answer", "start"):
+            msg = {**msg, "gen": self.gen}
+        if self._reconnecting and msg["type"] != "register":
+            if msg["type"] != "ping":
+                self._sig_backlog.append(msg)  # sent once registered again
+            return
         self.out.append(Signal(msg))
         if self._signaling_open and (self.t_registered is not None or msg["type"] == "register"):
-            self._next_ping = self._now + self.SIGNAL_KEEPALIVE  # the server drops idlers
+            self._next_ping = self._now + self._ping_interval()
+
+    def _ping_interval(self) -> float:
+        """The server drops idlers: a ping after SIGNAL_KEEPALIVE of silence. During a
+        call, one per consent check: a signaling connection that a renumbered NAT cut is
+        then found (the server resets it) before the remote needs it for a restart."""
+        return self.t.keepalive_interval if self.in_call else self.SIGNAL_KEEPALIVE
 
     def _send(self, data: bytes, addr: Address) -> None:
         self.counters.sent += 1
@@ -338,13 +430,47 @@ class Session:
         self.t_registered = now
         self.phase = Phase.GATHER
         self._deadline = now + self.t.gather_timeout
+        self._gather(now)
+
+    def _gather(self, now: float) -> None:
+        """A STUN binding and a TURN allocation. On a restart, the allocation we have is
+        refreshed first: if the server still sees us from the same address and port it
+        stays ours (a new one from there would be refused while the old one lives, and
+        for about a second after a release); if the server answers that it has none
+        for us (437: we come from a new address or port), a new one is made from where
+        we are now. No answer within REFRESH_WAIT: we go on without a relay candidate,
+        and the refresh goes on retransmitting (a late answer still counts)."""
+        self._stun_done = self.cfg.stun is None
+        self._turn_done = self.cfg.turn is None
         if self.cfg.stun is not None:
             self._stun_tid = self._rng(12)
+            self._stun_transmits = 0
             self._stun_retransmit(now)
         if self.turn is not None:
-            self.turn.allocate(now)
-            self._pump_turn(now)
+            if self.turn.state is turnmod.State.ALLOCATED:
+                self._turn_refresh = self.turn.refresh(now)
+                self._turn_wait_until = now + self.REFRESH_WAIT
+                self._pump_turn(now)
+            else:
+                self._allocate_again(now)
         self._check_gathered(now)
+
+    def _new_turn(self) -> turnmod.TurnClient:
+        assert self.cfg.turn is not None
+        return turnmod.TurnClient(self.cfg.turn, self.cfg.turn_user, self.cfg.turn_pass,
+                                  rng=random.Random(int.from_bytes(self._rng(8))),
+                                  rto=self.t.turn_rto)
+
+    def _allocate_again(self, now: float) -> None:
+        """A new allocation, from a new client (the old one's state is of no use)."""
+        self._turn_wait_until = self._turn_refresh = None
+        self._turn_done = False
+        if self.turn is None:
+            return
+        if self.turn.state is not turnmod.State.IDLE:
+            self.turn = self._new_turn()
+        self.turn.allocate(now)
+        self._pump_turn(now)
 
     def _on_offer(self, msg: dict[str, Any], now: float) -> None:
         if self.controlling or self._offer is not None:
@@ -437,6 +563,20 @@ class Session:
             self._permitted.update(ev.ips)
             if self.phase is Phase.RELAY and self._next_round is None:
                 self._round(now)
+        elif isinstance(ev, turnmod.Refreshed) and ev.request == self._turn_refresh:
+            self._turn_wait_until = self._turn_refresh = None  # still ours: keep it
+            if self.turn is not None and self.turn.relayed is not None:
+                self._add_local(Candidate("relay", *self.turn.relayed))
+            self._turn_done = True
+            self._check_gathered(now)
+        elif isinstance(ev, turnmod.RequestFailed) and ev.request == self._turn_refresh:
+            if ev.code is None:  # the server stayed silent: not a sign that it is gone
+                self._turn_refresh = None
+                self._turn_done = True
+                self._check_gathered(now)
+                return
+            self._note(f"turn: the allocation is gone ({ev.code}): a new one")
+            self._allocate_again(now)
         elif isinstance(ev, turnmod.RequestFailed):
             self.errors.append(f"turn: {ev.method.name} failed: {ev.code} {ev.reason}")
             if ev.method is stun.Method.ALLOCATE:
@@ -453,11 +593,10 @@ class Session:
         self.phase = Phase.EXCHANGE
         self._deadline = now + self.t.signaling_timeout
         if self.controlling:
-            self.secret = self._rng(32).hex()
-            self._key = bytes.fromhex(self.secret)
-            self._signal({"type": "offer", "to": self.cfg.remote,
-                          "candidates": [c.to_json() for c in self.local],
-                          "secret": self.secret})
+            if self.secret is None:  # a restart keeps the session's secret
+                self.secret = self._rng(32).hex()
+                self._key = bytes.fromhex(self.secret)
+            self._signal(self._offer_msg())
         elif self._offer is not None:
             self._answer()
 
@@ -528,11 +667,12 @@ class Session:
         self._interval = min(self._interval * 2, cap)
 
     def _keepalive(self, now: float) -> None:
-        if self.pair is not None and self.phase is Phase.DECIDED:
-            if self.outcome == "direct":
-                self._probe_direct(self.pair[1].addr)
-            elif self.outcome == "relay" and self.turn is not None:
-                self._probe_relay(self.pair[1].addr)
+        """Keep the NAT mappings of the path open; during a call, also the consent check."""
+        if self.path is not None and self.phase is Phase.DECIDED:
+            if self.path_kind == "direct":
+                self._probe_direct(self.path[1].addr)
+            elif self.path_kind == "relay" and self.turn is not None:
+                self._probe_relay(self.path[1].addr)
                 self._pump_turn(now)
         self._next_keepalive = now + self.t.keepalive_interval
 
@@ -554,6 +694,9 @@ class Session:
         p = self._decode(data)
         if p is None:
             return
+        if p.kind == pr.DATA:
+            self.counters.data_received += 1
+            return
         self.counters.probes_received += 1
         self._note(f"{'probe' if p.kind == pr.PROBE else 'ack'} <- {src[0]}:{src[1]}")
         path = self.direct.setdefault(src, _Path())
@@ -570,6 +713,8 @@ class Session:
         elif self._nonces.get(p.nonce) == ("direct", src):
             del self._nonces[p.nonce]  # one ack per probe
             path.ack_observed = p.observed
+            if self.path_kind == "direct" and self.path and src == self.path[1].addr:
+                self._consent_at = now  # RFC 7675: an authenticated answer to our check
         else:
             return  # an ack for a probe we never sent there: does not count
         if self.phase is Phase.PUNCH and path.got_probe and path.ack_observed is not None:
@@ -589,6 +734,9 @@ class Session:
         p = self._decode(data)
         if p is None:
             return
+        if p.kind == pr.DATA:
+            self.counters.data_received += 1
+            return
         self.counters.relay_received += 1
         self._note(f"relay {'probe' if p.kind == pr.PROBE else 'ack'} <- {peer[0]}:{peer[1]}")
         path = self.relayed.setdefault(peer, _Path())
@@ -601,6 +749,8 @@ class Session:
         elif self._nonces.get(p.nonce) == ("relay", peer):
             del self._nonces[p.nonce]
             path.ack_observed = p.observed
+            if self.path_kind == "relay" and self.path and peer == self.path[1].addr:
+                self._consent_at = now
         else:
             return
         if self.phase is Phase.RELAY and path.got_probe and path.ack_observed is not None:
@@ -654,15 +804,14 @@ class Session:
     def _decide_direct(self, remote: Address, observed: Address, now: float) -> None:
         self.t_punch_end = now
         rc = Candidate(type_of(remote, self.remote), *remote)
-        self.pair = (self._local_for(observed), rc)
-        self._decide(now, "direct", "punch", None)
+        self._decide(now, "direct", "punch", None, (self._local_for(observed), rc))
 
     def _decide_relay(self, peer: Address, now: float) -> None:
         self.t_relay_end = now
         assert self.turn is not None and self.turn.relayed is not None
         local = Candidate("relay", *self.turn.relayed)
-        self.pair = (local, Candidate(type_of(peer, self.remote, "relay"), *peer))
-        self._decide(now, "relay", "relay", None)
+        self._decide(now, "relay", "relay", None,
+                     (local, Candidate(type_of(peer, self.remote, "relay"), *peer)))
 
     def _fail(self, now: float, stage: str, reason: str) -> None:
         if self.phase is Phase.RELAY:
@@ -670,32 +819,206 @@ class Session:
         elif self.phase is Phase.PUNCH:
             self.t_punch_end = now
         early = self.phase in (Phase.REGISTER, Phase.GATHER, Phase.EXCHANGE)
+        early = early and not self._restarting
         self._decide(now, "failed", stage, reason)
         if early:  # no remote session to wait for
             self._finish(now)
 
-    def _decide(self, now: float, outcome: str, stage: str, reason: str | None) -> None:
+    def _decide(self, now: float, outcome: str, stage: str, reason: str | None,
+                pair: tuple[Candidate, Candidate] | None = None) -> None:
         self._note(f"decided: {outcome} in stage {stage}" + (f" ({reason})" if reason else ""))
-        self.outcome, self.stage, self.reason = outcome, stage, reason
-        self.t_decided = now
         self.phase = Phase.DECIDED
         self._next_round = None
         self._stun_next = None
-        self._deadline = now + max(self.t.done_timeout, self.t.hold)
+        if self._restarting:
+            self._restored(now, outcome, reason, pair)
+            return
+        self.outcome, self.stage, self.reason = outcome, stage, reason
+        self.pair = pair
+        self.t_decided = now
+        self._snapshot()
+        self._end_by = now + max(self.t.done_timeout, self.t.hold, self.t.call)
+        self._deadline = self._end_by
         if outcome != "failed":
             self._next_keepalive = now + self.t.keepalive_interval
+            self.path, self.path_kind = pair, outcome
+            if self.t.call > 0:
+                self._call_end = now + self.t.call
+                self._consent_at = now
+                self._next_data = now if self.t.data_interval else None
         if self.t_registered is not None:
             self._signal({"type": "done", "to": self.cfg.remote, "outcome": outcome})
         self._maybe_finish(now)
 
+    def _hold_until(self) -> float:
+        assert self.t_decided is not None
+        return max(self.t_decided + self.t.hold, self._call_end or 0.0)
+
     def _maybe_finish(self, now: float, timed_out: bool = False) -> None:
         if self.phase is not Phase.DECIDED or self.t_decided is None:
             return
-        held = now >= self.t_decided + self.t.hold
+        held = now >= self._hold_until()
         if (self.remote_done is not None and held) or timed_out:
             self._finish(now)
         elif self.remote_done is not None:
-            self._deadline = self.t_decided + self.t.hold
+            self._deadline = self._hold_until()
+
+    # ------------------------------------------------------------------ the call
+
+    def _call_timers(self, now: float) -> None:
+        if self._call_end is None:
+            return
+        if self._next_data is not None and now >= self._next_data:
+            self._send_data(now)
+        if (self.path is not None and self._consent_at is not None and self.in_call
+                and now >= self._consent_at + self.t.consent_timeout):
+            self._path_lost(now, f"consent expired: no answer to a check for "
+                                 f"{self.t.consent_timeout:g} s")
+        if self._restart_at is not None and now >= self._restart_at:
+            self._restart_at = None
+            self._begin_restart(now, "the previous restart failed", self.gen + 1, True)
+        if self._turn_wait_until is not None and now >= self._turn_wait_until:
+            self._turn_wait_until = None
+            if not self._turn_done:
+                self._note("turn: no answer to the refresh yet: going on without it")
+                self._turn_done = True
+                self._check_gathered(now)
+        if now >= self._call_end and (self._next_data is not None or self._restarting
+                                       or self._consent_at is not None):
+            self._end_call(now)
+
+    def _send_data(self, now: float) -> None:
+        """One datagram of the call's stream on the current path."""
+        if self.path is None or self._key is None or not self.in_call:
+            self._next_data = None
+            return
+        data = pr.data(self._key, self.cfg.id, self.cfg.remote, self._rng(pr.NONCE_LEN),
+                       seq=self._next_seq())
+        self.counters.data_sent += 1
+        if self.path_kind == "direct":
+            self._send(data, self.path[1].addr)
+        elif self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            self.turn.send(self.path[1].addr, data)
+            self._pump_turn(now)
+        assert self._next_data is not None
+        # on schedule, but never a burst to catch up after a late wake-up
+        self._next_data = max(self._next_data + self.t.data_interval, now)
+
+    def _end_call(self, now: float) -> None:
+        self._note("call: ended")
+        self._next_data = None
+        self._consent_at = None
+        self._restart_at = None
+        if self._restarting:
+            r = self.restarts[-1]
+            r.reason = "the call ended before a new path was decided"
+            self._restarting = False
+            self.phase = Phase.DECIDED
+            self._next_round = self._stun_next = None
+            self._deadline = self._end_by
+        self._maybe_finish(now)
+
+    def _path_lost(self, now: float, cause: str) -> None:
+        self._note(f"path lost: {cause}")
+        self._begin_restart(now, cause, self.gen + 1, announce=True)
+
+    def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
+        """Forget the dead path and the old exchange; gather, exchange and punch again."""
+        if not self.in_call or (self._restarting and gen <= self.gen):
+            return
+        if not self._restarting:
+            if len(self.restarts) >= self.t.max_restarts:
+                self._note("restart: not again (max_restarts reached)")
+                self.path = self.path_kind = None
+                self._next_data = self._consent_at = None
+                return
+            self.restarts.append(_Restart(now, cause, gen))
+        self.restarts[-1].gen = gen
+        self._note(f"restart {gen}: {cause}")
+        self.gen = gen
+        self._restarting = True
+        self.path = self.path_kind = None
+        self._next_data = self._consent_at = self._next_keepalive = None
+        self._restart_at = None
+        if announce:
+            self._signal({"type": "restart", "to": self.cfg.remote, "gen": gen})
+        self.local = [Candidate("host", *self.cfg.host)]
+        self.remote = []
+        self.direct, self.relayed = {}, {}
+        self._offer, self._answered, self._grace_used = None, False, False
+        self._permitted, self._permission_asked = set(), set()
+        self._next_round = None
+        self.phase = Phase.GATHER
+        self._deadline = now + self.t.gather_timeout
+        self._gather(now)
+
+    def _restored(self, now: float, outcome: str, reason: str | None,
+                  pair: tuple[Candidate, Candidate] | None) -> None:
+        r = self.restarts[-1]
+        r.outcome, r.reason, r.pair = outcome, reason, pair
+        self._restarting = False
+        self._deadline = self._end_by
+        if outcome == "failed":
+            if self.in_call:
+                self._restart_at = now + self.t.restart_backoff
+            return
+        r.restored = now
+        self.path, self.path_kind = pair, outcome
+        self._consent_at = now
+        self._next_keepalive = now + self.t.keepalive_interval
+        self._next_data = now if self.in_call and self.t.data_interval else None
+
+    def _current(self, msg: dict[str, Any], now: float) -> bool:
+        """Whether a message belongs to the current generation of the exchange. One from a
+        newer generation (the remote restarted; its `restart` did not reach us) starts our
+        restart first; one from an older generation is stale."""
+        if msg["type"] not in ("offer", "answer", "start", "restart"):
+            return True
+        gen = int(msg.get("gen", 0))
+        if gen < self.gen:
+            self._note(f"signaling: {msg['type']} of generation {gen} ignored (now {self.gen})")
+            return False
+        if gen > self.gen and msg["type"] != "restart":
+            self._begin_restart(now, "the remote restarted", gen, announce=False)
+            return gen == self.gen
+        return True
+
+    def _on_remote_restart(self, msg: dict[str, Any], now: float) -> None:
+        gen = int(msg["gen"])
+        if gen > self.gen:
+            self._begin_restart(now, "the remote lost the path", gen, announce=False)
+        elif gen == self.gen and self._offer_unanswered():
+            # the remote (re)joined late: our offer may have gone to its old connection
+            self._signal(self._offer_msg())
+
+    def _offer_unanswered(self) -> bool:
+        """A restart's offer is out and nothing came back: it may be lost with a dead
+        signaling connection (ours or the remote's)."""
+        return (self._restarting and self.controlling and self.remote == []
+                and self.phase is Phase.EXCHANGE)
+
+    def _offer_msg(self) -> dict[str, Any]:
+        return {"type": "offer", "to": self.cfg.remote,
+                "candidates": [c.to_json() for c in self.local], "secret": self.secret}
+
+    def _on_reregistered(self, now: float) -> None:
+        self._note("signaling: registered again")
+        self._reconnecting = False
+        self._signaling_open = True
+        backlog, self._sig_backlog = self._sig_backlog, []
+        if self._restarting and not any(m["type"] == "restart" for m in backlog):
+            backlog.insert(0, {"type": "restart", "to": self.cfg.remote, "gen": self.gen})
+        if self._offer_unanswered() and not any(m["type"] == "offer" for m in backlog):
+            # sent on the connection that was already dead (a renumbered NAT): again
+            backlog.insert(1, {**self._offer_msg(), "gen": self.gen})
+        for msg in backlog:
+            self.out.append(Signal(msg))
+        self._next_ping = now + self._ping_interval()
+
+    def handle_signal_reconnected(self, now: float) -> None:
+        """The driver has a new signaling connection; the server's challenge follows."""
+        self._now = now
+        self._note("signaling: connected again")
 
     def _finish(self, now: float) -> None:
         self._note("finish")
@@ -709,21 +1032,45 @@ class Session:
 
     # ------------------------------------------------------------------ result
 
+    _TIMES = ("t_registered", "t_gathered", "t_start", "t_punch_end", "t_relay_start",
+              "t_relay_end", "t_decided", "t_srflx", "t_relayed")
+
+    def _snapshot(self) -> None:
+        """The first decision's times and candidates: what the result reports as the
+        connection, whatever restarts change later."""
+        self._first = {k: getattr(self, k) for k in self._TIMES}
+        self._first.update(local=tuple(self.local), remote=tuple(self.remote),
+                           turn_client=self._turn_client())
+
+    def _turn_client(self) -> str | None:
+        if self.turn is not None and self.turn.mapped is not None:
+            return f"{self.turn.mapped[0]}:{self.turn.mapped[1]}"
+        return None
+
+    def _restart_result(self, r: _Restart) -> RestartResult:
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - self.t0) * 1000, 3)
+
+        return RestartResult(lost_ms=ms(r.lost) or 0.0, cause=r.cause, gen=r.gen,
+                             restored_ms=ms(r.restored), outcome=r.outcome, reason=r.reason,
+                             candidate_pair=r.pair)
+
     def result(self) -> PeerResult:
         def ms(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else round((b - a) * 1000, 3)
 
-        end = self.t_decided if self.t_decided is not None else self.t0
+        first = self._first or {k: getattr(self, k) for k in self._TIMES}
+        t_registered, t_gathered, t_start = (first["t_registered"], first["t_gathered"],
+                                             first["t_start"])
+        end = first["t_decided"] if first["t_decided"] is not None else self.t0
         # Stages run one after another: register, gather, exchange + start.
-        registered = end if self.t_registered is None else self.t_registered
-        gathered = registered if self.t_gathered is None else self.t_gathered
-        if self.t_registered is not None and self.t_gathered is None:
+        registered = end if t_registered is None else t_registered
+        gathered = registered if t_gathered is None else t_gathered
+        if t_registered is not None and t_gathered is None:
             gathered = end
-        started = end if self.t_start is None else self.t_start
+        started = end if t_start is None else t_start
         sig = (registered - self.t0) + (started - gathered)
-        turn_client = None
-        if self.turn is not None and self.turn.mapped is not None:
-            turn_client = f"{self.turn.mapped[0]}:{self.turn.mapped[1]}"
+        turn_client = first.get("turn_client", self._turn_client())
         return PeerResult(
             id=self.cfg.id,
             remote=self.cfg.remote,
@@ -731,20 +1078,21 @@ class Session:
             stage=self.stage or self.phase.value,
             reason=self.reason,
             candidate_pair=self.pair,
-            local_candidates=tuple(self.local),
-            remote_candidates=tuple(self.remote),
+            local_candidates=first.get("local", tuple(self.local)),
+            remote_candidates=first.get("remote", tuple(self.remote)),
             timings_ms=StageTimings(
                 signaling=round(sig * 1000, 3),
                 gather=round((gathered - registered) * 1000, 3),
-                punch=ms(self.t_start, self.t_punch_end),
-                relay=ms(self.t_relay_start, self.t_relay_end),
+                punch=ms(t_start, first["t_punch_end"]),
+                relay=ms(first["t_relay_start"], first["t_relay_end"]),
                 connect=ms(self.t0, end),
             ),
             packets=replace(self.counters),
             errors=tuple(self.errors),
-            gather_ms=GatherTimings(stun=ms(self.t_registered, self.t_srflx),
-                                    turn=ms(self.t_registered, self.t_relayed)),
+            gather_ms=GatherTimings(stun=ms(t_registered, first["t_srflx"]),
+                                    turn=ms(t_registered, first["t_relayed"])),
             turn_client=turn_client,
+            restarts=tuple(self._restart_result(r) for r in self.restarts),
             trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
                    if self.cfg.trace else None),
         )

@@ -9,7 +9,11 @@ closed; every other client is unaffected.
 
 Server -> client, first: challenge {nonce}   fresh per connection
 Client -> server
-  register  {id, proof}              first message; ids are unique. proof =
+  register  {id, proof}              first message; ids are unique (a second
+                                     valid register of an id takes it over:
+                                     the peer moved to a new address, and the
+                                     old connection gets error `replaced`
+                                     and is closed). proof =
                                      register_proof(token, nonce, id) where
                                      token = peer_token(lab secret, id): the
                                      testbed gives each peer the token for its
@@ -23,6 +27,10 @@ Client -> server
                                      peers in the same loop step: the
                                      synchronized go for hole punching
   done      {to, outcome}            forwarded: "I have decided"
+  restart   {to, gen}                forwarded: "our path died during the call;
+                                     exchange generation `gen` begins"
+                                     (offer, answer and start then carry the
+                                     same optional `gen`)
   ping      {}                       nothing; keeps an idle connection open
 Server -> client
   registered {id}; offer/answer/done/start as above with "from"; error
@@ -80,6 +88,7 @@ MAX_FRAME = 64 * 1024
 MAX_FIRST_FRAME = 1024  # before registering only a register is allowed: it is small
 MAX_DEPTH = 8  # an offer needs 3: the message, its candidates list, a candidate
 MAX_NUMBER = 32  # characters in a JSON number: a port needs 5, any double's repr 24
+MAX_GEN = 1_000_000  # restarts of one call's exchange
 HEADER = struct.Struct("!I")
 MAX_CANDIDATES = 32
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -261,6 +270,22 @@ def _text(v: object, name: str) -> str:
     return v
 
 
+def _gen(v: object, name: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_GEN:
+        raise ProtocolError("bad-message", f"{name}: expected a whole number 0..{MAX_GEN}")
+    return v
+
+
+class Optional:
+    """A schema field that may be left out."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, v: object, name: str) -> object:
+        return self.check(v, name)
+
+
 def _flag(v: object, name: str) -> bool:
     if not isinstance(v, bool):
         raise ProtocolError("bad-message", f"{name}: expected true or false")
@@ -269,10 +294,12 @@ def _flag(v: object, name: str) -> bool:
 
 CLIENT_SCHEMA: dict[str, dict[str, Check]] = {
     "register": {"id": _id, "proof": _hex(PROOF_RE, "64 lowercase hex digits")},
-    "offer": {"to": _id, "candidates": _candidates, "secret": _secret},
-    "answer": {"to": _id, "candidates": _candidates, "secret": _secret},
-    "start": {"to": _id},
+    "offer": {"to": _id, "candidates": _candidates, "secret": _secret, "gen": Optional(_gen)},
+    "answer": {"to": _id, "candidates": _candidates, "secret": _secret,
+               "gen": Optional(_gen)},
+    "start": {"to": _id, "gen": Optional(_gen)},
     "done": {"to": _id, "outcome": _outcome},
+    "restart": {"to": _id, "gen": _gen},
     "ping": {},
 }
 
@@ -281,8 +308,9 @@ SERVER_SCHEMA: dict[str, dict[str, Check]] = {
     "registered": {"id": _id},
     "offer": {**CLIENT_SCHEMA["offer"], "from": _id},
     "answer": {**CLIENT_SCHEMA["answer"], "from": _id},
-    "start": {"to": _id, "from": _id},
+    "start": {**CLIENT_SCHEMA["start"], "from": _id},
     "done": {**CLIENT_SCHEMA["done"], "from": _id},
+    "restart": {**CLIENT_SCHEMA["restart"], "from": _id},
     "error": {"code": _text, "message": _text, "fatal": _flag},
 }
 
@@ -297,6 +325,8 @@ def validate(obj: object, schema: dict[str, dict[str, Check]]) -> Message:
     fields = schema[mtype]
     for name, check in fields.items():
         if name not in obj:
+            if isinstance(check, Optional):
+                continue
             raise ProtocolError("bad-message", f"{mtype}: missing field {name!r}")
         check(obj[name], f"{mtype}.{name}")
     extra = set(obj) - set(fields) - {"type"}
@@ -428,6 +458,7 @@ class ServerStats:
     registered: int = 0
     auth_failed: int = 0
     forwarded: int = 0
+    replaced: int = 0  # ids taken over by a new valid register
     held: int = 0
     hold_refused: int = 0
     over_rate: int = 0  # messages dropped for the rate limit
@@ -624,6 +655,8 @@ class SignalingServer:
                 self._send(client, error_msg("unknown-peer", f"{msg['to']} is not here", False))
                 return
             go = {"type": "start", "from": client.id, "to": msg["to"]}
+            if "gen" in msg:
+                go["gen"] = msg["gen"]
             # Both writes in one loop step: the two peers get "go" together.
             self._send(target, go)
             self._send(client, go)
@@ -648,7 +681,16 @@ class SignalingServer:
             self.stats.auth_failed += 1
             raise ProtocolError("auth-failed", f"register as {cid}: proof does not match")
         if cid in self._by_id:
-            raise ProtocolError("id-taken", f"id {cid} is already registered")
+            if self._secret is None:  # no proof of who it is: first come, first served
+                raise ProtocolError("id-taken", f"id {cid} is already registered")
+            # The same peer (it proved the id on this connection's fresh nonce) from a new
+            # address: its router was renumbered or rebooted, and the old connection is
+            # dead even if no FIN ever reached us. The newer connection takes the id.
+            old = self._by_id.pop(cid)
+            self.stats.replaced += 1
+            self._send(old, error_msg("replaced", f"id {cid} registered again from "
+                                                  f"{client.peer}", True))
+            old.writer.transport.abort()
         client.id = cid
         self._by_id[cid] = client
         self.stats.registered += 1

@@ -171,14 +171,14 @@ def _fraction(name: str, value: float) -> None:
         raise ConditionError(name, f"{format_percent(value)} is over 100%")
 
 
-def _seconds(name: str, value: float) -> None:
+def _seconds(name: str, value: float, limit: float = MAX_DELAY_S) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value)):
         raise ConditionError(name, f"{value!r} is not a duration")
     if value < 0:
         raise ConditionError(name, f"{format_duration(value)} is negative")
-    if value > MAX_DELAY_S:
+    if value > limit:
         raise ConditionError(name, f"{format_duration(value)} is over the limit of "
-                                   f"{format_duration(MAX_DELAY_S)}")
+                                   f"{format_duration(limit)}")
 
 
 def validate(c: Conditions) -> None:
@@ -238,7 +238,8 @@ RATE_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
 
 def _text(name: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ConditionError(name, f"{value!r} is not a value (e.g. {EXAMPLES[name]})")
+        raise ConditionError(name, f"{value!r} is not a value (e.g. "
+                                   f"{EXAMPLES.get(name, '2s')})")
     return str(value).strip()
 
 
@@ -247,18 +248,18 @@ EXAMPLES = {"delay": "50ms", "jitter": "10ms", "loss": "2%", "reorder": "1%",
             "loss.r": "30%", "loss.loss-bad": "100%", "loss.loss-good": "0%"}
 
 
-def parse_duration(name: str, value: Any) -> float:
+def parse_duration(name: str, value: Any, limit: float = MAX_DELAY_S) -> float:
     """'50ms', '1.5s', '200us', or 0. A bare number other than 0 has no unit: refused."""
     text = _text(name, value)
     m = _DURATION_RE.match(text)
     if not m:
-        raise ConditionError(name, f"{text!r} is not a duration (e.g. {EXAMPLES[name]}; "
-                                   "units: us, ms, s)")
+        raise ConditionError(name, f"{text!r} is not a duration (e.g. "
+                                   f"{EXAMPLES.get(name, '2s')}; units: us, ms, s)")
     number, unit = float(m.group(1)), m.group(2)
     if unit is None and number != 0:
         raise ConditionError(name, f"{text!r} has no unit (write {text}ms or {text}s)")
     seconds = number * DURATION_UNITS[unit or "s"]
-    _seconds(name, seconds)
+    _seconds(name, seconds, limit)
     return seconds
 
 
@@ -281,6 +282,8 @@ def parse_rate(name: str, value: Any) -> int:
     text = _text(name, value)
     m = _RATE_RE.match(text)
     unit = (m.group(2) or "").lower() if m else ""
+    if m and float(m.group(1)) <= 0:
+        _validate_rate(0 if float(m.group(1)) == 0 else -1)
     if not m or unit not in RATE_UNITS:
         raise ConditionError(name, f"{text!r} is not a rate (e.g. {EXAMPLES[name]}; units: "
                                    f"{', '.join(RATE_UNITS)})")
@@ -404,6 +407,17 @@ def parse_spec(text: str) -> Conditions:
         else:
             data[key] = value
     return parse_conditions(data)
+
+
+def spec_text(c: Conditions) -> str:
+    """The one-line form of `c` (parse_spec reads it back): for command lines in results."""
+    d = c.to_dict()
+    if not d:
+        return "delay=0"
+    loss = d.get("loss")
+    if isinstance(loss, dict):
+        d["loss"] = "ge:" + ":".join(f"{k}={loss[k]}" for k in GE_FIELDS[1:])
+    return ",".join(f"{k}={v}" for k, v in d.items())
 
 
 def _parse_ge_spec(value: str) -> dict[str, str]:

@@ -23,11 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, netns, nlbatch, rootless, services, state
+from testbed import hostlimits, impair, netns, nlbatch, rootless, services, state
 from testbed.errors import CommandError, LabError, LabNameError
 from testbed.netns import Netns
 from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
 from testbed.topology import Node, Segment, Topology
+from testbed.topospec import hub_port
 
 LAB_NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 READY_TIMEOUT_S = 5.0  # links up: this, plus READY_PER_VETH_S for each veth of the lab
@@ -241,6 +242,8 @@ class Lab:
         for node in self.topo.nodes:
             if node.nat is not None:
                 self.apply_nat(node)
+        if self.topo.conditions:
+            self.apply_conditions()
         if self.start_services:
             self.start_servers()
 
@@ -277,7 +280,7 @@ class Lab:
             return
         hub = self.ns[seg.name]
         for port, (node, ifname) in enumerate(seg.members):
-            batches[node].veth(ifname, self.ifindex[(node, ifname)], f"p{port}",
+            batches[node].veth(ifname, self.ifindex[(node, ifname)], hub_port(port),
                                HUB_PORT_BASE + port, hub.fd)
 
     def _addresses_and_routes(self, node: Node, batch: nlbatch.Batch) -> None:
@@ -323,6 +326,14 @@ class Lab:
         assert node.nat is not None
         apply_nat(self.namespace(node.name).fd, node.nat, self.router_context(node),
                   self.netns(node.name))
+
+    # ------------------------------------------------------------ conditions
+
+    def apply_conditions(self, mechanism: str = "auto") -> list[impair.Impairment]:
+        """The topology's link conditions (one forwarder for all the directions that need
+        one); the mechanism is chosen for this kernel and recorded in the state."""
+        items = {(c.node, c.iface): c.conditions for c in self.topo.conditions}
+        return impair.apply_many(self, items, mechanism=mechanism)
 
     # ------------------------------------------------------------ services
 

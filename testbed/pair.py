@@ -12,6 +12,11 @@ coturn's own counters into a PairResult (testbed.results):
   coturn did not report in time.
 - With `trace_dir`, both sides of both routers are captured (testbed.trace) and the
   pcaps, nft traces, crossings and a sequence diagram are written there.
+- With `conditions`, both directions of both routers' WAN links (the access links)
+  behave so (testbed.impair; the topology's own `conditions:` blocks apply anyway).
+- With a call (`Timing.call`), the peers keep the path and send data on it; `events`
+  (and the topology's own) happen on schedule meanwhile (testbed.dynamics), and the
+  result says, per event and direction, when data flowed again, from the wire.
 
 `format_pair(result)` and `format_trace(result)` render it for a terminal.
 """
@@ -22,7 +27,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,12 +37,17 @@ import yaml
 from peers.driver import wait_budget
 from peers.result import PeerResult
 from peers.session import Timing
-from testbed import coturn, resources
+from testbed import coturn, impair, resources
+from testbed.callflow import flow as call_flow
+from testbed.callflow import recovery
+from testbed.conditions import Conditions
+from testbed.dynamics import EventDone, EventRunner, FlowTap
+from testbed.events import Event, EventError, check_deadline, last_time
 from testbed.lab import Lab
 from testbed.nat import NatSpec, nat_section
-from testbed.results import ROLES, PairResult, PairTimings, TraceSummary, combine
+from testbed.results import ROLES, EventResult, PairResult, PairTimings, TraceSummary, combine
 from testbed.services import PeerServers
-from testbed.topology import Topology, load_topology, parse_topology
+from testbed.topology import Topology, check_event, load_topology, parse_topology
 from testbed.trace.capture import Capture
 from testbed.trace.folder import tell, write_folder
 from testbed.trace.narrate import crossing_json
@@ -46,6 +56,7 @@ from testbed.trace.packets import pcap_name
 DEFAULT_TOPOLOGY = "home-pair"
 DEFAULT_NODES = {"alice": "alice", "bob": "bob"}  # role -> node of the default topology
 SERVICES = ("stun", "turn", "signaling")
+CALL_AFTER_EVENTS_S = 10.0  # a call's default length: past the last event by this
 
 
 # ------------------------------------------------------------------ the lab
@@ -161,8 +172,9 @@ class PeersRun:
 
 
 def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES,
-              tag: str = "") -> PeersRun:
-    """The peer program in both roles' nodes at once; their results by role."""
+              tag: str = "", on_start: Callable[[], None] | None = None) -> PeersRun:
+    """The peer program in both roles' nodes at once; their results by role. `on_start`
+    runs once both programs are started (time 0 of a call's events)."""
     d = lab.workdir()
     servers = PeerServers.of(lab.services)
     procs = {}
@@ -174,6 +186,8 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
             proc = lab.python(me, "peers.peer", *peer_argv(servers, me, remote, result, timing),
                               stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
+    if on_start is not None:
+        on_start()
     deadline = time.monotonic() + wait_budget(timing)
     peers = {}
     for role, (proc, result, log, me, remote) in procs.items():
@@ -205,35 +219,100 @@ def relay_usage(lab: Lab, peers: Mapping[str, PeerResult]) -> dict[str, coturn.R
 # ------------------------------------------------------------------ one pairing
 
 
+def plan_call(topo: Topology, events: Sequence[Event], timing: Timing,
+              call: float | None) -> tuple[list[Event], Timing]:
+    """The run's events (the topology's, then these) checked against the topology and
+    the call, and the timing with its call: `call` seconds, or by default long enough
+    for the last event and CALL_AFTER_EVENTS_S more. EventError if an event cannot
+    happen (names the event's position, `[i].FIELD`)."""
+    all_events = [*topo.events, *events]
+    names = {n.name for n in topo.nodes}
+    for i, ev in enumerate(events):
+        try:
+            check_event(topo, ev, names)
+        except EventError as exc:
+            raise EventError(f"[{i}].{exc.field}", exc.message) from None
+    if call is None:
+        call = last_time(all_events) + CALL_AFTER_EVENTS_S if all_events else timing.call
+    if all_events:
+        check_deadline(all_events, call, "the call")
+    return all_events, Timing(**{**timing.__dict__, "call": call})
+
+
+def access_links(lab: Lab, where: Placement) -> list[tuple[str, str]]:
+    """Both directions of Alice's and Bob's routers' WAN links."""
+    out = []
+    for role in ROLES:
+        node = lab.topo.node(where.routers[role])
+        wan = node.upstream or node.interfaces[-1].name
+        out += [(node.name, wan), impair.far_end(lab, node.name, wan)]
+    return list(dict.fromkeys(out))
+
+
 def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = None,
              a_node: str = "alice", b_node: str = "bob", keep: bool = False,
              timing: Timing | None = None, lab_name: str | None = None,
-             trace_dir: str | Path | None = None) -> PairResult:
+             trace_dir: str | Path | None = None, conditions: Conditions | None = None,
+             events: Sequence[Event] = (), call: float | None = None) -> PairResult:
     """Alice in `a_node` behind NAT a, Bob in `b_node` behind NAT b, in `topology`
-    (a file, or the bundled home-pair); one call attempt, with its evidence."""
-    timing = timing or Timing()
+    (a file, or the bundled home-pair); one call attempt, with its evidence.
+    `conditions` on the access links; with events (or `call` > 0), a call of `call`
+    seconds (default: the last event + CALL_AFTER_EVENTS_S) during which they happen."""
     path = Path(topology) if topology is not None else None
     topo, where = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
+    all_events, timing = plan_call(topo, events, timing or Timing(), call)
     t0 = time.monotonic()
     summary = None
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
-        if trace_dir is None:
-            run = run_peers(lab, timing, where.nodes)
-            usage = relay_usage(lab, run.peers)
-        else:
-            run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
-                                          f"{nat_a.label} (alice) x {nat_b.label} (bob)")
+        if conditions is not None and not conditions.is_zero:
+            impair.apply_many(lab, dict.fromkeys(access_links(lab, where), conditions))
+        with _flow_tap(lab, where, timing) as tap, EventRunner(lab, all_events) as runner:
+            if trace_dir is None:
+                run = run_peers(lab, timing, where.nodes, on_start=runner.start)
+                usage = relay_usage(lab, run.peers)
+            else:
+                run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
+                                              f"{nat_a.label} (alice) x {nat_b.label} (bob)",
+                                              runner.start)
+        cond = impair.summary(lab._state.get("impairments"))
+    flows, done = _call_results(tap, runner.done, where)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
-                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary)
+                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary,
+                   conditions=cond, events=done, flows=flows)
 
 
-def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str
+@contextlib.contextmanager
+def _flow_tap(lab: Lab, where: Placement, timing: Timing) -> Iterator[FlowTap | None]:
+    """The call's data on both hosts' interfaces (only when there is a call)."""
+    if not timing.call:
+        yield None
+        return
+    hosts = [(where.nodes[r], lab.topo.node(where.nodes[r]).interfaces[0].name) for r in ROLES]
+    with FlowTap(lab, hosts) as tap:
+        yield tap
+
+
+def _call_results(tap: FlowTap | None, done: Sequence[EventDone], where: Placement
+                  ) -> tuple[tuple[Any, ...], tuple[EventResult, ...]]:
+    if tap is None:
+        return (), ()
+    a, b = where.nodes["alice"], where.nodes["bob"]
+    seen = tap.sightings
+    flows = (call_flow(seen, a, b), call_flow(seen, b, a))
+    events = tuple(EventResult(str(d.event), round(d.at * 1000, 1), d.detail, d.error,
+                               (recovery(seen, d.started, a, b), recovery(seen, d.started, b, a)))
+                   for d in done)
+    return flows, events
+
+
+def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
+            on_start: Callable[[], None] | None = None
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes)
+        run = run_peers(lab, timing, where.nodes, on_start=on_start)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]
@@ -276,6 +355,36 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
                      f"{p.relay_received} received")
     if r.reason and r.reason != pair_reason:
         lines.append(f"  reason: {r.reason}")
+    for x in r.restarts:
+        got = (f"{x.outcome} after {x.restored_ms - x.lost_ms:.0f} ms"
+               if x.restored_ms is not None else f"{x.outcome or 'cut short'}"
+               + (f" ({x.reason})" if x.reason else ""))
+        # its session's clock: it starts after the events' time 0 by the program's start-up
+        lines.append(f"  restart {x.lost_ms / 1000:.2f} s into its session ({x.cause}): {got}")
+    return lines
+
+
+def _call_lines(result: PairResult) -> list[str]:
+    lines = []
+    if result.conditions:
+        c = result.conditions
+        by: dict[str, list[str]] = {}
+        for d in c["directions"]:
+            by.setdefault(d["conditions"], []).append(d["from"])
+        for cond, where in by.items():
+            lines.append(f"conditions ({c['mechanism']}): {cond} on {', '.join(where)}")
+    if result.flows:
+        lines.append("call data (from the wire): " + "; ".join(
+            f"{f.direction} {f.arrived} of {f.sent} arrived" for f in result.flows))
+    for e in result.events:
+        head = f"event {e.event}: at {e.at_ms / 1000:.3f} s, " + (
+            f"failed: {e.error}" if e.error else e.detail)
+        lines.append(head)
+        for x in e.recovery:
+            back = "not back before the call ended" if x.restored_ms is None else \
+                f"flowing again {x.restored_ms:.0f} ms after"
+            gap = "" if x.gap_ms is None else f", silence {x.gap_ms:.0f} ms"
+            lines.append(f"  {x.direction}: {back}{gap}, {x.lost} lost")
     return lines
 
 
@@ -296,6 +405,7 @@ def format_pair(result: PairResult) -> str:
         per = ", ".join(f"{n} {u.peer.sp} packets/{u.peer.sb} bytes"
                         for n, u in result.relay.items() if u)
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
+    lines += _call_lines(result)
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
     lines.append(CANDIDATE_LEGEND)

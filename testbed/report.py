@@ -379,6 +379,7 @@ def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
     cols += [f"nat_{s}_{f}" for s in "ab" for f in SPEC_FIELDS]
     cols += ["repeat", "predicted", "outcome", "agrees", "stage", "relay_bytes"]
     cols += [f"{t}_ms" for t in PAIR_TIMINGS]
+    cols += ["disturbed"]
     for peer in ROLES:
         cols += [f"{peer}_{k}" for k in ("id", "outcome", "stage", "reason")]
         for end in ("local", "remote"):
@@ -415,6 +416,7 @@ def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
             row = dict(base, repeat=i, predicted=cell.predicted, outcome=rep.outcome,
                        agrees=agrees, stage=rep.stage, relay_bytes=rep.relay_bytes)
             row.update({f"{t}_ms": getattr(rep.timings_ms, t) for t in PAIR_TIMINGS})
+            row["disturbed"] = rep.disturbed
             for role in ROLES:
                 row.update(_peer_row(role, rep.peers[role]))
             yield row

@@ -20,6 +20,7 @@ from typing import Any
 
 from peers import record as rec
 from peers.result import OUTCOMES, PeerResult
+from testbed.callflow import Flow, Recovery
 from testbed.coturn import Counters, RelayUsage
 from testbed.nat import (
     DEFAULT_MAPPING_TIMEOUT,
@@ -31,6 +32,11 @@ from testbed.nat import (
 )
 
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
+# A pairing's timings are disturbed when a peer was served later than this, or than
+# DISTURBED_SHARE of its time to connect, whichever is more (peers.result.Lateness):
+# the same budget as the goal that a cell's timings in a large run match it alone.
+DISTURBED_MS = 5.0
+DISTURBED_SHARE = 0.10
 PREDICTIONS = ("direct", "relay")
 COUNTER_FIELDS = ("rp", "rb", "sp", "sb")
 NOT_MODELLED = "not modelled"  # a cell's prediction when the model does not cover it
@@ -40,7 +46,7 @@ RESERVED_NAMES = frozenset({
     "a", "b", "outcome", "stage", "reason", "peers", "relay_bytes", "relay", "timings_ms",
     "key", "repeat", "lab", "slot", "wan", "kept", "elapsed_ms", "trace", "nat_a", "nat_b",
     "predicted", "repeats", "agrees", "point", "cells", "nats", "metadata", "dimensions",
-    "connect_ms", "total_ms", "alice", "bob"})
+    "connect_ms", "total_ms", "alice", "bob", "disturbed", "conditions", "events", "flows"})
 RESERVED_PREFIXES = ("alice_", "bob_", "nat_")
 
 
@@ -70,6 +76,17 @@ class TraceSummary:
 
 
 @dataclass(frozen=True)
+class EventResult:
+    """An event during the call, as carried out, and how the data flow came back."""
+
+    event: str  # its text, e.g. "home-a: reboot at 2s"
+    at_ms: float  # when it was carried out, after the peers started
+    detail: str  # what it did, e.g. "wan 203.0.113.50 -> 203.0.113.254"
+    error: str | None
+    recovery: tuple[Recovery, ...]  # per direction, from the wire
+
+
+@dataclass(frozen=True)
 class PairResult:
     """One call attempt between Alice (behind NAT a) and Bob (behind NAT b)."""
 
@@ -91,6 +108,10 @@ class PairResult:
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
     point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
+    disturbed: bool | None = None  # a peer was served late (DISTURBED_MS); None: unknown
+    conditions: Mapping[str, Any] | None = None  # testbed.impair.summary: links, mechanism
+    events: tuple[EventResult, ...] = ()
+    flows: tuple[Flow, ...] = ()  # a call's data, per direction, from the wire
 
     @property
     def connected(self) -> bool:
@@ -120,8 +141,18 @@ def combine(peers: Mapping[str, PeerResult], relay: Mapping[str, RelayUsage | No
     timings = timings_ms or PairTimings()
     if timings.connect is None and None not in connects:
         timings = PairTimings(max(c for c in connects if c is not None), timings.total)
+    where.setdefault("disturbed", disturbed([a, b], timings.connect))
     return PairResult(outcome, stage, reason, dict(peers), {r: relay.get(r) for r in ROLES},
                       relay_bytes, timings, **where)
+
+
+def disturbed(peers: Sequence[PeerResult], connect_ms: float | None) -> bool | None:
+    """Whether a peer was served later than the pairing's timing budget allows."""
+    worst = [p.lateness.worst for p in peers if p.lateness is not None]
+    if not worst:
+        return None
+    budget = max(DISTURBED_MS, DISTURBED_SHARE * (connect_ms or 0.0))
+    return max((w for w in worst if w is not None), default=0.0) > budget
 
 
 @dataclass(frozen=True)
@@ -207,11 +238,15 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "timings_ms": {"connect": r.timings_ms.connect, "total": r.timings_ms.total},
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
-        "elapsed_ms": r.elapsed_ms,
+        "elapsed_ms": r.elapsed_ms, "disturbed": r.disturbed,
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
             "files": list(t.files)},
+        "conditions": None if r.conditions is None else dict(r.conditions),
+        "events": [{"event": e.event, "at_ms": e.at_ms, "detail": e.detail, "error": e.error,
+                    "recovery": [x.to_json() for x in e.recovery]} for e in r.events],
+        "flows": [f.to_json() for f in r.flows],
     }
 
 
@@ -300,6 +335,26 @@ def _trace(data: Any, where: str) -> TraceSummary | None:
         files=tuple(rec.items(data, "files", where, lambda v, w: rec.check(v, w, (str,)))))
 
 
+def _recovery(data: Any, where: str) -> Recovery:
+    return Recovery(rec.get(data, "direction", where, (str,)),
+                    rec.get(data, "restored_ms", where, rec.OPTIONAL_NUMBER),
+                    rec.get(data, "gap_ms", where, rec.OPTIONAL_NUMBER),
+                    rec.get(data, "lost", where, (int,)))
+
+
+def _event(data: Any, where: str) -> EventResult:
+    return EventResult(rec.get(data, "event", where, (str,)),
+                       float(rec.get(data, "at_ms", where, rec.NUMBER)),
+                       rec.get(data, "detail", where, (str,)),
+                       rec.opt(data, "error", where, (str,)),
+                       rec.items(data, "recovery", where, _recovery))
+
+
+def _flow(data: Any, where: str) -> Flow:
+    return Flow(rec.get(data, "direction", where, (str,)), rec.get(data, "sent", where, (int,)),
+                rec.get(data, "arrived", where, (int,)), None)
+
+
 def _point(data: Any, where: str, dims: Sequence[str]) -> dict[str, str]:
     return {d: rec.get(data, d, where, (str,)) for d in dims}
 
@@ -331,7 +386,11 @@ def _pair(data: Any, where: str, dims: Sequence[str] = ()) -> PairResult:
         kept=rec.opt(data, "kept", where, (bool,), False),
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
         trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
-        point=_point(data, where, dims))
+        point=_point(data, where, dims),
+        disturbed=rec.opt(data, "disturbed", where, (bool,)),
+        conditions=rec.opt(data, "conditions", where, (dict,)),
+        events=rec.items(data, "events", where, _event, required=False),
+        flows=rec.items(data, "flows", where, _flow, required=False))
 
 
 def pair_from_json(data: Any, where: str = "pair", dims: Sequence[str] = ()) -> PairResult:

@@ -110,12 +110,17 @@ def in_user_namespace() -> bool:
     return first[:3] != ["0", "0", "4294967295"]
 
 
+def base_path() -> Path:
+    """Where the user's own folder for sessions and state is (or would be)."""
+    runtime = _own_runtime_dir()
+    return runtime / "nat-testbed" if runtime else Path(f"/tmp/nat-testbed-{os.getuid()}")
+
+
 def base_dir() -> Path:
     """The user's own folder for sessions and state: made 0700, or refused if it is
     not the user's alone (a shared /tmp)."""
     uid = os.getuid()
-    runtime = _own_runtime_dir()
-    base = runtime / "nat-testbed" if runtime else Path(f"/tmp/nat-testbed-{uid}")
+    base = base_path()
     with contextlib.suppress(FileExistsError):
         base.mkdir(mode=0o700)
     st = base.lstat()
@@ -185,6 +190,12 @@ def enter() -> None:
     if threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
         raise PrivilegeError(f"{NEEDS}, entered before any thread starts: call "
                              "testbed.rootless.enter() first thing (or run as root)")
+    if not base_path().exists():
+        # No session can exist yet: make the folder only where one can be made (tried in
+        # a child), so a refusal leaves nothing behind in a shared /tmp.
+        why = problem()
+        if why is not None:
+            raise PrivilegeError(why)
     base = base_dir()
     cwd = os.getcwd()
     with _locked(base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from testbed import netns, services, state
+from testbed import impair, netns, services, state
 from testbed.errors import LabError
 from testbed.nat import NatConfigError, nat_from_label
 from testbed.results import spec_to_json
@@ -40,7 +40,8 @@ def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
             live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": svcs,
-            "labels": st.get("labels", {}), "nodes": live}
+            "labels": st.get("labels", {}),
+            "conditions": impair.summary(st.get("impairments")), "nodes": live}
 
 
 def nat_json(label: str) -> dict[str, Any]:
@@ -104,4 +105,9 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"    route {r}")
     for svc, info in s.get("services", {}).items():
         lines.append(f"  service {svc}: {service_line(info, show_secrets=True)}")  # as asked
+    cond = s.get("conditions")
+    if cond:
+        lines.append(f"  conditions (mechanism: {cond['mechanism']}):")
+        lines += [f"    {d['from']} -> {d['to']}: {d['conditions']} ({', '.join(d['parts'])})"
+                  for d in cond["directions"]]
     return "\n".join(lines)

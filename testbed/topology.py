@@ -9,17 +9,27 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from testbed.addrplan import Blocks, HostPool, PlanCursor, span
+from testbed.conditions import ConditionError, Conditions, parse_conditions, parse_spec
 from testbed.errors import TopologyError
+from testbed.events import (
+    ACTIONS,
+    Event,
+    EventError,
+    check_sequence,
+    event_from_mapping,
+    parse_event,
+)
 from testbed.nat import Kind, NatConfigError, NatSpec, nat_from_dict
 from testbed.topospec import (
     DEFAULT_KEYS,
+    HUB_PORT_PREFIX,
     IFNAME_RE,
     KINDS,
     LINK_KEYS,
@@ -34,6 +44,7 @@ from testbed.topospec import (
     SCOPES,
     SERVICES,
     TOP_KEYS,
+    hub_port,
 )
 from testbed.topospec import json_schema as json_schema  # the schema builder, re-exported
 from testbed.yamlsrc import MAX_BYTES, LocDict, LocList, load_yaml
@@ -113,12 +124,25 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Impaired:
+    """Conditions on one direction of a link: what leaves `iface` of `node` (a node, or a
+    network's bridge namespace and its port towards a member, hub_port(k))."""
+
+    node: str
+    iface: str
+    conditions: Conditions
+    source: str  # where the file says so, e.g. links[0].conditions
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     source: str
     nodes: tuple[Node, ...]
     segments: tuple[Segment, ...]
     description: str = ""
+    conditions: tuple[Impaired, ...] = ()  # one per conditioned direction
+    events: tuple[Event, ...] = ()  # in the file's order
 
     def node(self, name: str) -> Node:
         return self._by_name[name]
@@ -183,6 +207,7 @@ class _RawSegment:
     line: int
     data: LocDict
     subnet_at: tuple[int, str] | None = None  # where the subnet was written (line, field)
+    conditions: Conditions | None = None
 
     @property
     def label(self) -> str:
@@ -204,6 +229,8 @@ class _RawNode:
     service_line: int
     explicit: dict[str, list[IPv4Interface]] = field(default_factory=dict)
     explicit_lines: dict[str, int] = field(default_factory=dict)
+    conditions: dict[str, Conditions] = field(default_factory=dict)  # interface -> both ways
+    conditions_lines: dict[str, int] = field(default_factory=dict)
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
@@ -225,7 +252,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     name = data["name"] if data.get("name") is not None else _name_from_source(source)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ctx.fail(data, "name", "name", "must be lowercase letters, digits and '-'")
-    return _resolve(ctx, name, str(data.get("description") or ""), nodes, segments)
+    events = _parse_events(ctx, data)
+    topo = _resolve(ctx, name, str(data.get("description") or ""), nodes, segments)
+    _check_events(ctx, topo, events)
+    return replace(topo, conditions=_directions(ctx, nodes, segments),
+                   events=tuple(ev for ev, _ in events))
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -308,6 +339,14 @@ def _parse_node(ctx: _Ctx, name: str, spec: LocDict, defaults: LocDict, line: in
         values = value if isinstance(value, list) else [value]
         node.explicit[ifname] = [_parse_iface_addr(ctx, ifaces, ifname, fld, v) for v in values]
         node.explicit_lines[ifname] = ifaces.line_of(ifname)
+    conds = _want_map(ctx, spec, "conditions", f"nodes.{name}.conditions")
+    for ifname in conds:
+        fld = f"nodes.{name}.conditions.{ifname}"
+        _check_ifname(ctx, conds, ifname, fld)
+        block = _parse_conditions_block(ctx, conds, ifname, fld)
+        if block is not None:
+            node.conditions[ifname] = block
+            node.conditions_lines[ifname] = conds.line_of(ifname)
     return node
 
 
@@ -406,7 +445,9 @@ def _parse_links(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> list[_
                    for j, v in enumerate(eps)]
         out.append(_RawSegment(fld, False, _parse_scope(ctx, spec, f"{fld}.scope"),
                                _parse_subnet(ctx, spec, f"{fld}.subnet"), members,
-                               links.line_of(i), spec, _subnet_at(spec, fld)))
+                               links.line_of(i), spec, _subnet_at(spec, fld),
+                               _parse_conditions_block(ctx, spec, "conditions",
+                                                       f"{fld}.conditions")))
     return out
 
 
@@ -434,8 +475,134 @@ def _parse_networks(ctx: _Ctx, data: LocDict, nodes: dict[str, _RawNode]) -> lis
                for j, v in enumerate(members)]
         out.append(_RawSegment(name, True, _parse_scope(ctx, spec, f"{fld}.scope"),
                                _parse_subnet(ctx, spec, f"{fld}.subnet"), eps,
-                               nets.line_of(name), spec, _subnet_at(spec, fld)))
+                               nets.line_of(name), spec, _subnet_at(spec, fld),
+                               _parse_conditions_block(ctx, spec, "conditions",
+                                                       f"{fld}.conditions")))
     return out
+
+
+# ---------------------------------------------------------------- conditions and events
+
+
+def _parse_conditions_block(ctx: _Ctx, where: LocDict, key: str, fld: str
+                            ) -> Conditions | None:
+    """A `conditions:` value: a mapping (parse_conditions) or the one-line text form
+    ('lte', 'delay=50ms,loss=1%'); None when left empty."""
+    if key not in where or where[key] is None:
+        return None
+    value = where[key]
+    try:
+        if isinstance(value, str):
+            return parse_spec(value)
+        if isinstance(value, LocDict):
+            return parse_conditions(value)
+    except ConditionError as exc:
+        line = _line_in(value, exc.path) if isinstance(value, LocDict) else where.line_of(key)
+        sub = "" if exc.field == "conditions" else f".{exc.field}"
+        raise TopologyError(ctx.source, line, f"{fld}{sub}", exc.message) from None
+    raise ctx.fail(where, key, fld, "must be a mapping (e.g. {delay: 50ms, loss: 2%}) or a "
+                                    "preset's name (e.g. lte)")
+
+
+def _line_in(data: LocDict, path: tuple[str, ...]) -> int:
+    """The line of the deepest key of `path` found inside `data`."""
+    line, here = data.line, data
+    for key in path:
+        if not isinstance(here, LocDict) or key not in here:
+            break
+        line = here.line_of(key)
+        here = here[key]
+    return line
+
+
+def _directions(ctx: _Ctx, nodes: dict[str, _RawNode], segs: list[_RawSegment]
+                ) -> tuple[Impaired, ...]:
+    """Every conditioned direction: a link's or network's block on both directions of
+    each of its members' links, then a node's per-interface blocks, which override."""
+    out: dict[tuple[str, str], Impaired] = {}
+    where: dict[tuple[str, str], tuple[_RawSegment, tuple[str, str]]] = {}
+    for s in segs:
+        for pos, member in enumerate(s.members):
+            far = (s.name, hub_port(pos)) if s.bridged else s.members[1 - pos]
+            where[member] = (s, far)
+            if s.conditions is not None:
+                fld = f"{s.label}.conditions"
+                out[member] = Impaired(*member, s.conditions, fld)
+                out[far] = Impaired(*far, s.conditions, fld)
+    for rn in nodes.values():
+        for ifname, cond in rn.conditions.items():
+            fld = f"nodes.{rn.name}.conditions.{ifname}"
+            if (rn.name, ifname) not in where:
+                have = ", ".join(ifn for (n, ifn) in where if n == rn.name) or "none"
+                raise TopologyError(ctx.source, rn.conditions_lines[ifname], fld,
+                                    f"{rn.name} has no interface {ifname} (its interfaces: "
+                                    f"{have})")
+            _, far = where[(rn.name, ifname)]
+            out[(rn.name, ifname)] = Impaired(rn.name, ifname, cond, fld)
+            out[far] = Impaired(*far, cond, fld)
+    return tuple(out.values())
+
+
+def _parse_events(ctx: _Ctx, data: LocDict) -> list[tuple[Event, int]]:
+    raw = data.get("events")
+    if raw is None:
+        return []
+    if not isinstance(raw, LocList):
+        raise ctx.fail(data, "events", "events", "must be a list of events, e.g. "
+                                                 "['home-a: reboot at 2s']")
+    out = []
+    for i, item in enumerate(raw):
+        fld = f"events[{i}]"
+        try:
+            if isinstance(item, LocDict):
+                ev = event_from_mapping(item)
+            else:
+                ev = parse_event(item)
+        except EventError as exc:
+            line = item.line_of(exc.field) if isinstance(item, LocDict) else raw.line_of(i)
+            sub = "" if exc.field == "event" else f".{exc.field}"
+            raise TopologyError(ctx.source, line, f"{fld}{sub}", exc.message) from None
+        out.append((ev, raw.line_of(i)))
+    return out
+
+
+def _check_events(ctx: _Ctx, topo: Topology, events: list[tuple[Event, int]]) -> None:
+    """Each event names a node that exists and can do it, on an interface it has."""
+    names = {n.name for n in topo.nodes}
+    for i, (ev, line) in enumerate(events):
+        fld = f"events[{i}]"
+        try:
+            check_event(topo, ev, names)
+        except EventError as exc:
+            raise TopologyError(ctx.source, line, f"{fld}.{exc.field}", exc.message) from None
+    try:
+        check_sequence([ev for ev, _ in events])
+    except EventError as exc:
+        i = int(exc.field[1:exc.field.index("]")])
+        raise TopologyError(ctx.source, events[i][1], f"events{exc.field}",
+                            exc.message) from None
+
+
+def check_event(topo: Topology, ev: Event, names: set[str] | None = None) -> None:
+    """EventError (field node, action or iface) if `ev` cannot happen in `topo`."""
+    if ev.node not in (names if names is not None else {n.name for n in topo.nodes}):
+        raise EventError("node", f"no node {ev.node!r} in {topo.source} (nodes: "
+                                 f"{', '.join(n.name for n in topo.nodes)})")
+    node = topo.node(ev.node)
+    action = ACTIONS[ev.action]
+    if action.router and node.kind != "router":
+        raise EventError("action", f"{ev.action} needs a router; {ev.node} is a {node.kind}")
+    if action.nat and not node.translates:
+        raise EventError("action", f"{ev.action} needs a router that translates (nat); "
+                                   f"{ev.node} has none")
+    if ev.iface is not None:
+        have = [i.name for i in node.interfaces]
+        if ev.iface not in have:
+            raise EventError("iface", f"{ev.node} has no interface {ev.iface} (its "
+                                      f"interfaces: {', '.join(have)})")
+        if ev.action == "renumber" and ev.iface != node.upstream:
+            raise EventError("iface", f"renumber changes a router's WAN address; "
+                                      f"{ev.node}'s WAN is {node.upstream}, not {ev.iface}")
 
 
 def _subnet_at(spec: LocDict, fld: str) -> tuple[int, str] | None:
@@ -784,8 +951,24 @@ class _Routes:
         return first
 
 
+def far_end(topo: Topology, node: str, iface: str) -> tuple[str, str] | None:
+    """The other end of the veth that (node, iface) is one end of: the peer's endpoint
+    on a link, the bridge port hub_port(k) on a network (and back); None if no such
+    interface."""
+    for seg in topo.segments:
+        for pos, member in enumerate(seg.members):
+            if member == (node, iface):
+                return (seg.name, hub_port(pos)) if seg.bridged else seg.members[1 - pos]
+        if seg.bridged and seg.name == node and iface.startswith(HUB_PORT_PREFIX):
+            digits = iface[len(HUB_PORT_PREFIX):]
+            pos = int(digits) if digits.isdigit() else -1
+            if 0 <= pos < len(seg.members):
+                return seg.members[pos]
+    return None
+
+
 def describe(topo: Topology) -> str:
-    """Human summary: nodes, interfaces, addresses, routes."""
+    """Human summary: nodes, interfaces, addresses, routes; link conditions and events."""
     lines = []
     for n in topo.nodes:
         extra = f" nat={n.nat.label}" if n.nat else ""
@@ -799,4 +982,11 @@ def describe(topo: Topology) -> str:
             lines.append(f"    {i.name:<8} {addrs}{wan}")
         for r in n.routes:
             lines.append(f"    route {r}")
+    if topo.conditions:
+        lines.append("  conditions (what leaves each interface):")
+        lines += [f"    {c.node}:{c.iface}: {c.conditions}  [{c.source}]"
+                  for c in topo.conditions]
+    if topo.events:
+        lines.append("  events (during a call: nat-testbed pair):")
+        lines += [f"    {ev}" for ev in topo.events]
     return "\n".join(lines)

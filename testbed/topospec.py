@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from testbed import nat
+from testbed import conditions, events, nat
 
 KINDS = ("host", "router", "server")
 SCOPES = ("lan", "cgn", "internet")
@@ -28,6 +28,13 @@ MAX_NODE_NAME = 20  # namespace names are "<lab>-<node>"; keep them readable
 MAX_IFNAME = 15  # the kernel's IFNAMSIZ - 1
 RESERVED_IFNAMES = ("lo", "all", "default")  # the kernel refuses a veth by these names
 MAX_BRIDGE_PORTS = 1023  # a network is a bridge: the 1,024th port fails with EXFULL
+HUB_PORT_PREFIX = "p"  # a network's bridge namespace has port pK towards its K-th member
+
+
+def hub_port(position: int) -> str:
+    """The bridge namespace's interface towards a network's member at `position`."""
+    return f"{HUB_PORT_PREFIX}{position}"
+
 
 # Regular expressions written once, in the subset Python and ECMA-262 (JSON Schema's
 # dialect) read alike: anchored here with \Z, in the schema with $.
@@ -94,6 +101,10 @@ NODE_FIELDS = (
     Field("service", _or_null(_enum(SERVICES, "a server started in this node")),
           "stun, turn or signaling: a server started in this node."),
     Field("description", _or_null({"type": "string"}), "Free text."),
+    Field("conditions", _or_null({"type": "object", "propertyNames": _ref("ifname"),
+                                  "additionalProperties": _ref("conditions")}),
+          "Link conditions per interface: both directions of that interface's link "
+          "(they override the link's or network's own)."),
 )
 LINK_FIELDS = (
     Field("endpoints", {"type": "array", "items": _ref("endpoint"), "minItems": 2,
@@ -101,6 +112,8 @@ LINK_FIELDS = (
     Field("subnet", _ref("subnet"), "The link's subnet (default: from the address plan)."),
     Field("scope", _enum(SCOPES, "what part of the world the segment is"),
           "lan (default), cgn or internet."),
+    Field("conditions", _or_null(_ref("conditions")),
+          "Delay, jitter, loss, rate... on both directions of the link (docs/conditions.md)."),
 )
 NETWORK_FIELDS = (
     Field("members", {"type": "array", "items": _ref("endpoint"), "minItems": 1,
@@ -109,6 +122,8 @@ NETWORK_FIELDS = (
     Field("subnet", _ref("subnet"), "The network's subnet (default: from the address plan)."),
     Field("scope", _enum(SCOPES, "what part of the world the segment is"),
           "lan (default), cgn or internet."),
+    Field("conditions", _or_null(_ref("conditions")),
+          "Conditions on every member's link to the network, both directions."),
 )
 TOP_FIELDS = (
     Field("name", _or_null({"type": "string", "pattern": f"^{NAME_PATTERN}$"}),
@@ -124,6 +139,9 @@ TOP_FIELDS = (
     Field("networks", _or_null({"type": "object", "propertyNames": _ref("name"),
                                 "additionalProperties": _ref("network")}),
           "Network name -> LAN segment joined by a bridge."),
+    Field("events", _or_null({"type": "array", "items": _ref("event")}),
+          "What happens during a call: reboots, renumbering, mapping expiry, links down "
+          "and up (docs/conditions.md)."),
 )
 REQUIRED_TOP = ("nodes",)
 
@@ -181,9 +199,76 @@ def json_schema() -> dict[str, Any]:
         "node": _section(NODE_FIELDS, "A host, router or server (one network namespace)."),
         "link": _section(LINK_FIELDS, "A point-to-point link.", ("endpoints",)),
         "network": _section(NETWORK_FIELDS, "A LAN segment joined by a bridge.", ("members",)),
+        **conditions_definitions(),
+        **event_definitions(),
     }
     top = _section(TOP_FIELDS, "A nat-testbed topology: nodes, links and networks "
                    "(docs/topology.md).", REQUIRED_TOP)
     return {"$schema": "http://json-schema.org/draft-07/schema#",
             "$id": "urn:nat-testbed:topology", "title": "nat-testbed topology",
             **top, "definitions": definitions}
+
+
+# ---------------------------------------------------------------- conditions and events
+
+
+def _number_or(pattern: str, doc: str) -> dict[str, Any]:
+    """A value with a unit ('50ms'), or the number 0, which needs none."""
+    return {"anyOf": [{"type": "string", "pattern": pattern}, {"enum": [0]}],
+            "description": doc}
+
+
+_NUM = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+DURATION_PATTERN = rf"^ *[+-]?{_NUM} *(us|µs|ms|s)? *$"  # looser than the parser: a
+#   schema may let through what the validator then refuses, never the other way round
+PERCENT_PATTERN = rf"^ *[+-]?{_NUM} *%? *$"
+RATE_PATTERN = rf"^ *[+-]?{_NUM} *([bB][iI][tT]|[kKmMgG][bB][iI][tT]) *$"
+
+
+def conditions_definitions() -> dict[str, Any]:
+    """A `conditions:` block: a preset's name (or the one-line form 'lte,loss=1%'), or a
+    mapping of the parameters (testbed.conditions)."""
+    duration = _number_or(DURATION_PATTERN, "a duration: 50ms, 1.5s, 200us, or 0")
+    percent = _number_or(PERCENT_PATTERN, "a percentage: 2%, 0.5%, or 0")
+    ge = {"type": "object", "additionalProperties": False,
+          "description": "bursty loss: a Gilbert-Elliott chain (p: good->bad, r: bad->good)",
+          "required": ["p", "r"],
+          "properties": {"model": {"enum": list(conditions.LOSS_MODELS)},
+                         "p": _ref("percent"), "r": _ref("percent"),
+                         "loss-bad": _ref("percent"), "loss-good": _ref("percent")}}
+    props: dict[str, Any] = {
+        "preset": {"enum": list(conditions.PRESETS), "description": "start from a preset"},
+        "delay": _ref("duration"), "jitter": _ref("duration"),
+        "loss": {"anyOf": [_ref("percent"), ge]},
+        "reorder": _ref("percent"), "duplicate": _ref("percent"),
+        "rate": {"type": "string", "pattern": RATE_PATTERN,
+                 "description": "bit/s with tc's units: 10mbit, 512kbit (k = 1000)"},
+        "mtu": {"anyOf": [{"type": "integer", "minimum": conditions.MIN_MTU,
+                           "maximum": conditions.MAX_MTU},
+                          {"type": "string", "pattern": "^ *[0-9]+ *$"}]},
+        "oversize": {"enum": list(conditions.OVERSIZE)},
+    }
+    assert tuple(props) == conditions.FIELDS
+    block = {"anyOf": [
+        {"type": "string", "description": "a preset (" + ", ".join(conditions.PRESETS)
+                                          + "), or 'PRESET,KEY=VALUE,...' / 'KEY=VALUE,...'"},
+        {"type": "object", "additionalProperties": False, "properties": props}],
+        "description": "link conditions on one direction each way (docs/conditions.md)"}
+    return {"duration": duration, "percent": percent, "conditions": block}
+
+
+def event_definitions() -> dict[str, Any]:
+    """An event: the one-line text, or the same as a mapping (testbed.events)."""
+    when = _ref("duration")
+    mapping: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                               "required": ["node", "action", "at"],
+                               "properties": {"node": _ref("name"),
+                                              "action": {"enum": list(events.ACTIONS)},
+                                              "iface": _ref("ifname"), "for": when,
+                                              "at": when}}
+    assert tuple(mapping["properties"]) == events.FIELDS
+    text = {"type": "string", "pattern": r"^ *[a-z][a-z0-9-]* *: *[a-z-]+( +[^ ]+)?"
+                                         r"( +for +[^ ]+)? +at +[^ ]+ *$",
+            "description": "NODE: ACTION [IFACE] [for DURATION] at TIME, e.g. "
+                           "'home-a: reboot at 2s'"}
+    return {"event": {"anyOf": [text, mapping]}}

@@ -37,14 +37,15 @@ from testbed.cli import (
     report,
     schema,
     status,
+    study,
     up,
     validate,
 )
 from testbed.errors import EXIT_INTERRUPTED, TestbedError
 from testbed.version import VERSION
 
-VERBS: tuple[ModuleType, ...] = (matrix, merge, pair, peers, classify, lesson, up, validate,
-                                 schema, status, exec_, down, clean, report, model)
+VERBS: tuple[ModuleType, ...] = (matrix, merge, pair, peers, classify, study, lesson, up,
+                                 validate, schema, status, exec_, down, clean, report, model)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 

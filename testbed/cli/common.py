@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from testbed import resources
+from testbed.conditions import (
+    PRESETS,
+    ConditionError,
+    Conditions,
+    parse_conditions,
+    parse_duration,
+    parse_spec,
+)
 from testbed.errors import UsageError
+from testbed.events import MAX_EVENT_TIME_S, Event, EventError, parse_event
 from testbed.nat import (
     VARIANTS_HELP,
     NatConfigError,
@@ -118,3 +127,61 @@ def positive(low: int, high: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
         return value
     return parse
+
+
+# ---------------------------------------------------------------- link conditions
+
+SHORTHANDS = ("delay", "jitter", "loss", "rate")
+
+
+def add_condition_flags(p: argparse.ArgumentParser, where: str) -> None:
+    g = p.add_argument_group("link conditions (docs/conditions.md)")
+    g.add_argument("--conditions", metavar="SPEC",
+                   help=f"conditions on {where}, each direction: a preset ("
+                        f"{', '.join(PRESETS)}), KEY=VALUE,... or both (e.g. lte,loss=1%%)")
+    g.add_argument("--delay", metavar="D", help="one-way delay added, e.g. 50ms")
+    g.add_argument("--jitter", metavar="D", help="standard deviation of the delay, e.g. 10ms")
+    g.add_argument("--loss", metavar="P", help="random loss, e.g. 2%%")
+    g.add_argument("--rate", metavar="R", help="bottleneck rate, e.g. 10mbit")
+
+
+def conditions_of(args: argparse.Namespace) -> Conditions | None:
+    """--conditions, then --delay/--jitter/--loss/--rate over it; None when none given."""
+    base = None
+    if args.conditions is not None:
+        try:
+            base = parse_spec(args.conditions)
+        except ConditionError as exc:
+            raise UsageError(f"--conditions {args.conditions!r}: {exc}") from None
+    given = {k: getattr(args, k) for k in SHORTHANDS if getattr(args, k) is not None}
+    if not given:
+        return base
+    try:
+        return parse_conditions(given, base=base)
+    except ConditionError as exc:
+        name = exc.field.split(".")[0]
+        flag_name = f"--{name}" if name in SHORTHANDS else "--conditions"
+        raise UsageError(f"{flag_name}: {exc.message}") from None
+
+
+def events_of(texts: list[str] | None) -> list[Event]:
+    out = []
+    for text in texts or []:
+        try:
+            out.append(parse_event(text))
+        except EventError as exc:
+            where = "" if exc.field == "event" else f"{exc.field}: "
+            raise UsageError(f"--event {text!r}: {where}{exc.message}") from None
+    return out
+
+
+def call_of(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        seconds = parse_duration("call", text, MAX_EVENT_TIME_S)
+    except ConditionError as exc:
+        raise UsageError(f"--call: {exc.message}") from None
+    if seconds == 0:
+        raise UsageError("--call: 0 is no call (leave the flag out)")
+    return seconds

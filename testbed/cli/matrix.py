@@ -6,6 +6,8 @@
     nat-testbed matrix --only symmetric,port-restricted-cone:random --repeat 10
     nat-testbed matrix --only a=symmetric,b=full-cone,repeat=3     # one slot, by its key
     nat-testbed matrix --punch-timeout 0s,1s --out results/         # a second dimension
+    nat-testbed matrix --delay 50ms --jitter 10ms --loss 2% --repeat 20   # link conditions
+    nat-testbed matrix --sweep loss=0,1,5,20% --sweep delay=0,50,200ms --repeat 20
     nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
     nat-testbed matrix --nats all --repeat 50 --dask tcp://scheduler:8786  # a Dask pool
 """
@@ -95,11 +97,56 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(tcp://HOST:8786); each worker builds labs on its machine as root "
                         "(scripts/install.sh --dask; docs/scale.md)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
+    p.add_argument("--sweep", action="append", metavar="PARAM=LIST",
+                   help="a link condition as a dimension: PARAM is cond (presets), delay, "
+                        "jitter, loss or rate, e.g. loss=0,1,5,20%% or delay=0,50,200ms "
+                        "(the same as --loss/--delay with a list); repeat the flag for "
+                        "more. Rates per cell and value, with 95%% intervals, and plots: "
+                        "sweep.csv, sweep.json, sweep-rates.png, sweep-ttc.png")
+    p.add_argument("--no-admission", action="store_true",
+                   help="start every slot of a lab at once, even while other labs are "
+                        "built (faster; the times to connect then measure the load too)")
 
 
-def _dimension(d: dimensions.Dimension, text: str) -> dimensions.Dimension:
-    with flag(d.flag or d.name):
-        return d.with_labels(t.strip() for t in text.split(","))
+def _dimension(d: dimensions.Dimension, text: str, name: str | None = None) -> dimensions.Dimension:
+    with flag(name or d.flag or d.name):
+        return d.with_labels(d.labels_of(text))
+
+
+def condition_flags(args: argparse.Namespace) -> None:
+    """--sweep PARAM=LIST into the dimension flags, and --conditions 'lte,loss=1%' into
+    the preset and one value of each parameter it names."""
+    from testbed.matrix import dimensions
+
+    args.swept_by = {}
+    for text in args.sweep or ():
+        name, eq, values = text.partition("=")
+        name = name.strip()
+        if not eq or not values.strip():
+            raise UsageError(f"--sweep {text!r}: expected PARAM=LIST, e.g. loss=0,1,5,20%")
+        if name not in dimensions.CONDITION_DIMENSIONS:
+            raise UsageError(f"--sweep {text!r}: {name!r} is not one of "
+                             f"{', '.join(dimensions.CONDITION_DIMENSIONS)}")
+        if getattr(args, f"dim_{name}", None) is not None:
+            raise UsageError(f"--sweep {text!r}: {name} is given twice")
+        setattr(args, f"dim_{name}", values)
+        args.swept_by[name] = f"--sweep {text!r}"  # what a bad value's error names
+    text = getattr(args, "dim_cond", None)
+    if text is None or "=" not in text:
+        return
+    items = [t.strip() for t in text.split(",")]
+    preset = items[0] if "=" not in items[0] else None
+    args.dim_cond = preset
+    for item in items[1 if preset else 0:]:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in dimensions.CONDITION_PARAMS:
+            raise UsageError(f"--conditions {text!r}: {key!r}: in a matrix, give one of "
+                             f"{', '.join(dimensions.CONDITION_PARAMS)} (the others: in a "
+                             "topology's conditions)")
+        if getattr(args, f"dim_{key}", None) is not None:
+            raise UsageError(f"--conditions {text!r}: {key} is given twice")
+        setattr(args, f"dim_{key}", value.strip())
 
 
 def spec_from(args: argparse.Namespace) -> MatrixSpec:
@@ -108,6 +155,7 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
 
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} exists and is not a directory")
+    condition_flags(args)
     only = None
     if args.only:
         with flag("--only"):
@@ -122,13 +170,16 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     for d in dimensions.flagged():
         text = getattr(args, f"dim_{d.name}", None)
         if text is not None:
-            extra.append(_dimension(d, text))
+            extra.append(_dimension(d, text, args.swept_by.get(d.name)))
         elif any(n == d.name for s in only or () for n, _ in s.point):
             extra.append(d.with_labels(dict.fromkeys(
                 label for s in only or () for n, label in s.point if n == d.name)))
     nodes = (("alice", args.a_node), ("bob", args.b_node))
     repeats = args.repeat
-    with flag("--only"):
+    names = {d.name for d in extra}
+    what = ("--conditions/--delay/--jitter/--loss/--rate/--sweep"
+            if names & set(dimensions.CONDITION_DIMENSIONS) else "--only")
+    with flag(what):
         return MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
                           nodes=nodes, extra=tuple(extra))
 
@@ -143,7 +194,7 @@ def shard_from(args: argparse.Namespace) -> Shard:
 
 
 def _preload_plotting() -> None:
-    """Import matplotlib (over half a second) while the labs run, not after."""
+    """Import matplotlib (over half a second) while the first labs build, not after."""
     with contextlib.suppress(ImportError):
         import matplotlib.backends.backend_agg  # noqa: F401
         import matplotlib.figure  # noqa: F401
@@ -157,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
         from testbed.matrix.pool import check_address
 
         address = check_address(args.dask)
-    from testbed import report  # the flags are good: now load the engine
-    from testbed.matrix import merge
+    from testbed import report, sweep  # the flags are good: now load the engine
+    from testbed.matrix import dimensions, merge
     from testbed.matrix.run import MatrixRun
 
     out: Path = args.out
@@ -171,8 +222,10 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     whole = shard.count == 1
-    run = MatrixRun(spec, args.jobs, progress, on_idle=_preload_plotting if whole else None,
-                    on_outcomes=draw_heatmap if whole else None, shard=shard, dask=address)
+    run = MatrixRun(spec, args.jobs, progress,
+                    background=_preload_plotting if whole else None,
+                    on_outcomes=draw_heatmap if whole else None, shard=shard,
+                    dask=address, admission=not args.no_admission)
     try:
         with interrupts_as_keyboard():
             try:
@@ -188,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             return _shard_done(args, manifest, out, time.monotonic() - t0)
         doc = merge.collect([out]).document()
         paths = report.write_all(doc, out, heatmap=early_png)
+        paths.update(sweep.write_if_swept(doc, out, dimensions.CONDITION_DIMENSIONS))
     finally:
         early_png.unlink(missing_ok=True)
     summary = _summary(doc, spec, time.monotonic() - t0, paths)
@@ -196,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
         print(summary, file=sys.stderr)
     else:
         print(report.format_table(doc, color=color_wanted(args.no_color)))
+        names = sweep.swept(doc, dimensions.CONDITION_DIMENSIONS)
+        if names:
+            print(sweep.format_rows(sweep.sweep_rows(doc, names), names))
         print(summary)
     return report.exit_code(doc, args.strict)
 
@@ -244,6 +301,10 @@ def _summary(doc: report.Document, spec: MatrixSpec, wall: float,
     dis = report.disagreements(doc)
     varies = [s for s in summaries if s.varies]
     unmodelled = report.not_modelled(doc)
+    slots = disturbed = 0
+    for cell in report.iter_cells(doc):  # one cell's repeats at a time
+        slots += len(cell.repeats)
+        disturbed += sum(1 for r in cell.repeats if r.disturbed)
     ph = phase_summary(labs)
     what = "pairings" if not doc.dimensions else "cells"
     lines = [
@@ -258,4 +319,8 @@ def _summary(doc: report.Document, spec: MatrixSpec, wall: float,
            if varies else ""),
         "results: " + ", ".join(str(p) for p in paths.values()),
     ]
+    if disturbed:
+        lines.insert(2, f"timings: {disturbed} of {slots} slots disturbed (a peer served "
+                        "over 5 ms or 10% of its time to connect late: 'disturbed' in "
+                        "results.json)")
     return "\n".join(lines)

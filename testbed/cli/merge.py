@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     for part in args.parts:
         if not part.is_dir():
             raise UsageError(f"merge: {part}: not a directory")
-    from testbed import report  # the arguments are good: now load the engine
-    from testbed.matrix import merge
+    from testbed import report, sweep  # the arguments are good: now load the engine
+    from testbed.matrix import dimensions, merge
 
     try:
         collected = merge.collect(args.parts, allow_mixed_env=args.allow_mixed_env)
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"merge: {exc}") from None
     doc = collected.document()
     paths = report.write_all(doc, args.out)
+    paths.update(sweep.write_if_swept(doc, args.out, dimensions.CONDITION_DIMENSIONS))
     problems = collected.problems.lines(collected.count)
     n = len(collected.index)
     found = n - collected.problems.n_missing
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         report.copy_json(paths["json"], sys.stdout)
     else:
         print(report.format_table(doc, color=color_wanted(args.no_color)))
+        names = sweep.swept(doc, dimensions.CONDITION_DIMENSIONS)
+        if names:  # the shards of a sweep: its rates, as the matrix prints them
+            print(sweep.format_rows(sweep.sweep_rows(doc, names), names))
     stream = sys.stderr if args.json else sys.stdout
     for line in [*problems, *summary]:
         print(line, file=stream)

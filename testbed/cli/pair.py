@@ -8,14 +8,19 @@ from testbed import adapters
 from testbed.adapters import DEFAULT_DEADLINE_S
 from testbed.cli.common import (
     NAT_HELP,
+    add_condition_flags,
     add_topology_flags,
+    call_of,
     check_lab_name,
+    conditions_of,
+    events_of,
     flag,
     nat,
     print_json,
     topology_path,
 )
 from testbed.errors import UsageError
+from testbed.events import EventError
 from testbed.nat import NatSpec
 
 NAME = "pair"
@@ -25,6 +30,9 @@ NAT B, run the peer program in both (STUN, candidate exchange, hole punching, TU
 fallback) and report what happened, with coturn's own counters as evidence.
 With --peer-a/--peer-b/--peer-command, other peer programs run through the peer
 contract (docs/peers.md) and the cell is judged from the wire.
+With --call or --event, the peers stay in a call and send data; events (a router
+rebooting, renumbered, its mappings expiring, a link down) happen during it, and the
+report says per event when data flowed again, measured from the wire.
 Exit 0 when the peers connected (direct or relayed), 1 when they failed."""
 
 
@@ -44,22 +52,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "docs/peers.md, for both sides unless --peer-a/--peer-b name another")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
                    help=f"seconds each program has (default {DEFAULT_DEADLINE_S:g})")
+    add_condition_flags(p, "both routers' WAN links (the access links)")
+    c = p.add_argument_group("a call and events during it")
+    c.add_argument("--call", metavar="D", help="after connecting, keep the call this long "
+                   "(e.g. 20s), sending data (default: none; with --event, the last "
+                   "event + 10s)")
+    c.add_argument("--event", action="append", metavar="'NODE: ACTION [IFACE] [for D] at T'",
+                   help="during the call, T after the peers start: reboot, renumber IFACE, "
+                        "expire, down IFACE [for D], up IFACE (repeat the flag for more), "
+                        "e.g. 'home-a: reboot at 2s'")
 
 
 def run(args: argparse.Namespace) -> int:
     nat_a, nat_b = nat(args.a, "--a"), nat(args.b, "--b")
+    conditions = conditions_of(args)
+    events, call = events_of(args.event), call_of(args.call)
     if args.peer_a or args.peer_b or args.peer_command:  # contract programs (docs/peers.md)
+        if conditions is not None or events or call is not None:
+            raise UsageError("--conditions/--event/--call: not yet with --peer-a/--peer-b/"
+                             "--peer-command")
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
     check_lab_name(args.name)
-    from testbed.lab import require_root  # the flags are good: now load the engine
-    from testbed.pair import format_pair, format_trace, run_pair
+    from peers.session import Timing  # the flags are good: now load the engine
+    from testbed.lab import require_root
+    from testbed.pair import format_pair, format_trace, pair_topology, plan_call, run_pair
     from testbed.results import pair_to_json
 
+    with flag("--topology/--a-node/--b-node"):
+        topo, _ = pair_topology(nat_a, nat_b, topology, {"alice": args.a_node,
+                                                          "bob": args.b_node})
+    try:  # every event checked against the topology and the call before anything is built
+        plan_call(topo, events, Timing(), call)
+    except EventError as exc:
+        raise UsageError(event_problem(exc, args.event or [], call)) from None
     require_root()
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
                           b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
+                          conditions=conditions, events=events, call=call,
                           lab_name=args.name)
     if args.json:
         print_json(pair_to_json(result))
@@ -68,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
         if args.trace:
             print(format_trace(result))
     return 0 if result.connected else 1
+
+
+def event_problem(exc: EventError, texts: list[str], call: float | None) -> str:
+    """One line naming the flag: --event '...' for one of ours, --call for the call."""
+    i = int(exc.field[1:exc.field.index("]")]) if exc.field.startswith("[") else -1
+    field = exc.field.split(".", 1)[1] if "." in exc.field else exc.field
+    if "end of the call" in exc.message and call is not None:
+        return f"--call: {exc.message}"
+    if 0 <= i < len(texts):
+        return f"--event {texts[i]!r}: {field}: {exc.message}"
+    return f"--event: {exc.message}"
 
 
 # ---------------------------------------------------------------- --peer-a/--peer-b

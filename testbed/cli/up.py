@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_lab_name(args.name)  # a bad name is refused before anything else
     topo = load_topology(resources.topology_argument(args.topology))
-    from testbed import services
+    from testbed import impair, services
     from testbed.interrupts import interrupts_as_keyboard  # the input is good: load the engine
     from testbed.lab import Lab, require_root
     from testbed.status import lab_summary, service_line
@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     print(describe(topo))
     for svc, info in lab.services.items():
         print(f"  service {svc}: {service_line(info)}")
+    records = lab._state.get("impairments")
+    if records:
+        print(f"  conditions (mechanism: {impair.summary(records)['mechanism']}):")  # type: ignore[index]
+        for line in impair.describe(records):
+            print(f"    {line}")
     if any(services.SECRET_FILES.keys() & info.keys() for info in lab.services.values()):
         print(f"  (secrets: in the files named; nat-testbed status {lab.name} --show-secrets)")
     print(f"\n  nat-testbed exec {lab.name} NODE -- COMMAND   run a command in a node")

@@ -12,11 +12,13 @@ from testbed.impair.live import (
     choose,
     clear,
     clear_all,
+    describe,
     far_end,
     has_netem,
     impairments,
+    summary,
 )
 from testbed.impair.plan import MECHANISMS
 
 __all__ = ["MECHANISMS", "Impairment", "apply", "apply_many", "choose", "clear",
-           "clear_all", "far_end", "has_netem", "impairments"]
+           "clear_all", "describe", "far_end", "has_netem", "impairments", "summary"]

@@ -28,13 +28,14 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from testbed.conditions import parse_conditions
+from testbed.impair.plan import MARK
 from testbed.impair.schedule import Fate, Timeline
 
-MARK = 0x6E740001  # 'nt' 1: frames the forwarder sends; the redirect filter skips them
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFTXQLEN = 0x8913, 0x8914, 0x8943
@@ -45,6 +46,8 @@ CLONE_NEWNET = 0x40000000
 TAP_QUEUE = 10000  # frames the TAP holds before the forwarder reads them
 MAX_FRAME = 65536
 RTTIME_LIMIT_US = 200_000  # CPU time without blocking before the kernel stops us
+SELECT_LIMIT = 1024  # FD_SETSIZE: select() takes no descriptor at or above it
+FORWARDER_PRIORITY = 2  # above testbed.admission.CRITICAL_PRIORITY
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -148,29 +151,43 @@ class Forwarder:
             return
 
     def _loop(self) -> None:
-        fds = list(self.by_fd)
+        wait = self._waiter()
         while True:
             due = self.timeline.next_due()
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = wait(None if due is None else max(0.0, due - time.monotonic()))
             now = time.monotonic()
             for fd in ready:
                 self.read(fd, now)
             for i, frame in self.timeline.pop_due(time.monotonic()):
                 self.send(i, frame)
 
+    def _waiter(self) -> Callable[[float | None], list[int]]:
+        """select() while every descriptor fits in it: its timeout is in microseconds,
+        and a rate needs frames released on time to the sub-millisecond. epoll beyond
+        (a matrix lab's forwarder serves hundreds of ports): its timeout is in whole
+        milliseconds (CPython rounds up)."""
+        fds = list(self.by_fd)
+        if max(fds, default=0) < SELECT_LIMIT:
+            return lambda timeout: select.select(fds, [], [], timeout)[0]
+        poll = select.epoll()
+        for fd in fds:
+            poll.register(fd, select.EPOLLIN)
+        return lambda timeout: [fd for fd, _ in poll.poll(-1.0 if timeout is None
+                                                           else timeout)]
+
     @staticmethod
     def stop(*_: Any) -> None:
-        raise _Stop  # out of select(): Python would otherwise resume the wait
+        raise _Stop  # out of the wait: Python would otherwise resume it
 
 
 def realtime() -> str:
-    """Wake on time even when the CPUs are busy: the lowest real-time priority (it
-    preempts ordinary tasks, nothing else), with a CPU-time limit between blocking calls
+    """Wake on time even when the CPUs are busy: real-time priority FORWARDER_PRIORITY
+    (it preempts ordinary tasks, and the matrix's drivers and servers at priority 1,
+    whose packets it is delaying; nothing else), with a CPU-time limit between blocking calls
     so a bug can never spin a core away from everyone else (SIGXCPU, then SIGKILL)."""
     try:
         resource.setrlimit(resource.RLIMIT_RTTIME, (RTTIME_LIMIT_US, 2 * RTTIME_LIMIT_US))
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FORWARDER_PRIORITY))
     except OSError:
         return "normal"
     return "fifo"
@@ -184,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Timers fire within 1 us of the release time instead of the default 50 us slack.
     _libc.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    sched = "normal" if args.no_realtime else realtime()
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     ports = [open_port(spec, home) for spec in json.loads(args.spec)]
+    # Real-time only now: creating hundreds of TAPs can run past RTTIME_LIMIT_US of CPU
+    # without blocking, and the kernel would kill the forwarder before its first frame.
+    sched = "normal" if args.no_realtime else realtime()
     fwd = Forwarder(ports)
     signal.signal(signal.SIGTERM, fwd.stop)
     signal.signal(signal.SIGINT, fwd.stop)

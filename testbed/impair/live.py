@@ -19,21 +19,46 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from testbed import netns, state
+from testbed import netns, ruleset, state
 from testbed.conditions import Conditions, from_dict
 from testbed.errors import LabError
 from testbed.impair import plan
-from testbed.impair.forwarder import MARK
-from testbed.lab import Lab
+from testbed.netns import Netns
+from testbed.topology import Topology
+from testbed.topology import far_end as topology_far_end
 
+# The forwarder creates a TAP and a socket per port, each under the kernel's RTNL lock,
+# which other labs being built hold often: a 100-slot matrix lab (400 ports) took over
+# 5 s at load 18 on 2 cores. A forwarder that dies is seen at once (its pipe closes).
 READY_TIMEOUT_S = 5.0
-HUB_PORT_PREFIX = "p"  # a bridge namespace's port to member k is "p<k>" (testbed.lab)
+READY_PER_PORT_S = 0.25
 Endpoint = tuple[str, str]  # (node or bridged segment, interface)
+
+
+class Lab(Protocol):
+    """What this module needs of a live lab (testbed.lab.Lab, one layer up, is one)."""
+
+    name: str
+    topo: Topology
+    procs: list[subprocess.Popen[Any]]
+    _state: dict[str, Any]
+
+    def netns(self, key: str) -> str: ...
+
+    def namespace(self, key: str) -> Netns: ...
+
+    def run(self, node: str, argv: Sequence[str], *, check: bool = False,
+            input: str | None = None, timeout: float | None = None,
+            capture_output: bool = True, text: bool = True,
+            **kw: Any) -> subprocess.CompletedProcess[Any]: ...
+
+    def python(self, node: str, module: str, *args: str,
+               **kw: Any) -> subprocess.Popen[Any]: ...
 
 _netem: bool | None = None
 
@@ -102,17 +127,10 @@ def choose(lab: Lab, node: str, mechanism: str = "auto") -> str:
 
 def far_end(lab: Lab, node: str, iface: str) -> Endpoint:
     """The other end of the veth that (node, iface) is one end of."""
-    for seg in lab.topo.segments:
-        for pos, member in enumerate(seg.members):
-            if member == (node, iface):
-                if seg.bridged:
-                    return seg.name, f"{HUB_PORT_PREFIX}{pos}"
-                return seg.members[1 - pos]
-        if seg.bridged and seg.name == node and iface.startswith(HUB_PORT_PREFIX):
-            pos = int(iface[len(HUB_PORT_PREFIX):] or -1)
-            if 0 <= pos < len(seg.members):
-                return seg.members[pos]
-    raise LabError(f"lab {lab.name}: {node} has no interface {iface}")
+    end = topology_far_end(lab.topo, node, iface)
+    if end is None:
+        raise LabError(f"lab {lab.name}: {node} has no interface {iface}")
+    return end
 
 
 # ---------------------------------------------------------------- applying
@@ -150,7 +168,7 @@ def apply_many(lab: Lab, items: Mapping[Endpoint, Conditions], *,
             _nft(lab, far[0], plan.far_drop_chain(far[1], cond, p))
         tap = plan.tap_name(iface) if ep in fwd_eps else None
         if tap is not None:  # last: traffic flows unimpaired until the forwarder is ready
-            _nft(lab, node, plan.forward_chain(iface, tap, MARK))
+            _nft(lab, node, plan.forward_chain(iface, tap, plan.MARK))
         imp = Impairment(node, iface, cond, mech, p.names(), far, mtu_before,
                          pid if tap else None, tap)
         _records(lab)[imp.key] = imp.to_dict()
@@ -193,6 +211,27 @@ def impairments(lab: Lab) -> list[Impairment]:
     return [Impairment.from_dict(r) for r in _records(lab).values()]
 
 
+def summary(records: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What a lab's conditions are and which mechanism applies them, from its state's
+    "impairments" records: for `status` and results metadata. None: perfect links."""
+    if not records:
+        return None
+    imps = [Impairment.from_dict(r) for r in records.values()]
+    return {"mechanism": "+".join(sorted({i.mechanism for i in imps})),
+            "directions": [{"from": i.key, "to": f"{i.far[0]}:{i.far[1]}",
+                            "conditions": str(i.conditions), "parts": list(i.parts)}
+                           for i in imps]}
+
+
+def describe(records: Mapping[str, Any] | None) -> list[str]:
+    """One line per conditioned direction, for a terminal."""
+    s = summary(records)
+    if s is None:
+        return []
+    return [f"{d['from']} -> {d['to']}: {d['conditions']} ({', '.join(d['parts'])})"
+            for d in s["directions"]]
+
+
 # ---------------------------------------------------------------- pieces
 
 
@@ -202,7 +241,12 @@ def _records(lab: Lab) -> dict[str, Any]:
 
 
 def _nft(lab: Lab, node: str, text: str, check: bool = True) -> None:
-    lab.run(node, ["nft", "-f", "-"], input=text, check=check)
+    """In-process (libnftables) where it can: a matrix lab loads hundreds of chains."""
+    try:
+        ruleset.load_ruleset(lab.namespace(node).fd, text, lab.netns(node))
+    except LabError:
+        if check:
+            raise
 
 
 def _mtu_of(lab: Lab, node: str, iface: str) -> int:
@@ -238,14 +282,14 @@ def _start_forwarder(lab: Lab, eps: Mapping[Endpoint, Conditions]) -> int:
         proc = lab.python(home, "testbed.impair.forwarder", "--spec", json.dumps(spec),
                           stdout=subprocess.PIPE, stderr=err, start_new_session=True)
     assert proc.stdout is not None
-    line = _read_line(proc.stdout, READY_TIMEOUT_S)
+    line = _read_line(proc.stdout, READY_TIMEOUT_S + READY_PER_PORT_S * len(spec))
     proc.stdout.close()
     if not line.startswith(b"ready"):
         proc.kill()
         proc.wait()
         tail = log.read_text()[-400:].strip()
         raise LabError(f"lab {lab.name}: impairment forwarder on {home} did not become "
-                       f"ready: {tail}")
+                       f"ready ({len(spec)} ports): {tail or 'no output'}")
     return proc.pid
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from testbed.conditions import Conditions, format_percent
 
+MARK = 0x6E740001  # 'nt' 1: frames the forwarder sends; the redirect filter skips them
+
 NFT_TABLE = "nattestbed_impair"
 NETEM_LIMIT = 1000  # packets: netem's default, and the forwarder's (schedule.QUEUE_LIMIT)
 RATE_QUEUE_S = 0.1  # the token bucket's queue holds 100 ms at the rate
@@ -105,7 +107,10 @@ def far_drop_chain(far_dev: str, cond: Conditions, p: Parts) -> str:
     rules = []
     if p.mechanism == "forwarder" and cond.loss and not p.scheduler:
         threshold = round(cond.loss * LOSS_SCALE)
-        rules.append(f"numgen random mod {LOSS_SCALE} < {threshold} drop")
+        # numgen's values are 0 .. LOSS_SCALE - 1: a threshold of LOSS_SCALE is out of
+        # nft's range (and means every packet)
+        rules.append("drop" if threshold >= LOSS_SCALE
+                     else f"numgen random mod {LOSS_SCALE} < {threshold} drop")
     if cond.mtu is not None and cond.oversize == "drop":
         rules.append(f"ip length > {cond.mtu} drop")
         rules.append(f"ip6 length > {max(cond.mtu - 40, 0)} drop")  # payload length

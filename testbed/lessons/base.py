@@ -216,6 +216,9 @@ class Run:
             self._say(line)
 
     def fact(self, claim: str, ok: bool, evidence: str = "") -> bool:
+        # Claims are often `a and b and ...` over values read from captures, which yield
+        # None or a string when a capture missed a packet: a fact is true or false.
+        ok = bool(ok)
         self.facts.append(Fact(claim, ok, evidence))
         self.say(f"  {'[ok]' if ok else '[FAILED]'} {claim}" +
                  (f"\n         ({evidence})" if evidence and not ok else ""))

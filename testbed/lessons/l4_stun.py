@@ -55,8 +55,8 @@ def experiment(run: Run) -> None:
                  and ask.mapped == told, str(ans))
     laptop, phone = run.values["laptop"], run.values["phone"]
     run.fact("the laptop and the phone learned different ports on the same address",
-             laptop["told"] != phone["told"] and laptop["told"] and phone["told"] and
-             laptop["told"].rsplit(":", 1)[0] == phone["told"].rsplit(":", 1)[0],
+             bool(laptop["told"] and phone["told"] and laptop["told"] != phone["told"] and
+                  laptop["told"].rsplit(":", 1)[0] == phone["told"].rsplit(":", 1)[0]),
              f"{laptop['told']} / {phone['told']}")
 
 

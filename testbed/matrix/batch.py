@@ -3,18 +3,20 @@
 A pool worker (testbed.matrix.pool) runs each batch it is given this way rather than in
 its own threads: a lab needs a process whose main thread can take signals and unwind
 through Lab.down, and forking a worker that runs threads of its own is unsafe. The
-batch reads one pickled (LabJob, Layout) on stdin and writes run_lab's messages to
+batch reads one pickled (LabJob, Layout, admission) on stdin and writes run_lab's messages to
 stdout, each one pickle; it asks the kernel for SIGTERM when the thread that started it
 dies (the worker killed, even by SIGKILL), and then takes its lab down as Ctrl-C would.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import sys
 from typing import Any, BinaryIO
 
+from testbed.admission import Places
 from testbed.errors import TestbedError
 from testbed.interrupts import worker_signals
 from testbed.matrix.lab import Layout
@@ -35,15 +37,18 @@ def read_messages(stream: BinaryIO) -> Any:
             return
 
 
-def run(job: LabJob, layout: Layout, out: BinaryIO) -> int:
+def run(job: LabJob, layout: Layout, out: BinaryIO, admission: bool = True) -> int:
+    """The lab's slots start as testbed.admission admits them (with `admission`): the
+    places, pace and quiet are this lab's own, its batch shares no objects with others."""
     def send(msg: tuple[Any, ...]) -> None:
         try:
             write_message(out, msg)
         except OSError:  # the worker is gone; the lab still comes down
             pass
 
+    places = Places.for_run(multiprocessing.get_context("fork")) if admission else None
     try:
-        run_lab(job, layout, send)
+        run_lab(job, layout, send, places)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:  # noqa: BLE001 - reported to the worker as one line
@@ -62,13 +67,13 @@ def main() -> int:
     if parent is not None and int(parent) != os.getppid():  # died before we asked
         return 130
     try:  # a spare waits here, its code imported, until a worker hands it a job
-        job, layout = pickle.load(sys.stdin.buffer)
+        job, layout, admission = pickle.load(sys.stdin.buffer)
     except (EOFError, KeyboardInterrupt):  # the worker went away before it had one
         return 130
     # Messages go out on a descriptor of their own; anything printed goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return run(job, layout, out)
+    return run(job, layout, out, admission)
 
 
 if __name__ == "__main__":

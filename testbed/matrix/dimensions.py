@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peers.session import Timing
+from testbed import conditions as cond
+from testbed.conditions import Conditions
 from testbed.model import PortReuse, Strategy
 from testbed.nat import NatSpec, nat_from_label
 from testbed.results import RESERVED_NAMES, RESERVED_PREFIXES
@@ -43,6 +45,7 @@ class SlotSetup:
     nat_a: NatSpec = field(default_factory=NatSpec)  # the router in front of Alice
     nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
     timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
+    conditions: Conditions = field(default_factory=Conditions)  # on its access links
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,12 @@ class Dimension:
     flag: str | None = None  # the matrix command's flag listing its values
     metavar: str = "LIST"
     help: str = ""
+    # how the flag's text becomes labels (default: split at ','), e.g. to give every
+    # value the unit written once at the end ('0,50,200ms')
+    split: Callable[[str], list[str]] | None = field(compare=False, repr=False, default=None)
+
+    def labels_of(self, text: str) -> list[str]:
+        return self.split(text) if self.split else [t.strip() for t in text.split(",")]
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -239,3 +248,146 @@ PUNCH = register(Dimension(
 
 def labels_of(point: Iterable[tuple[str, Any]]) -> Mapping[str, str]:
     return {name: v.label for name, v in point}
+
+
+# ------------------------------------------------------------------ link conditions
+#
+# Conditions on every slot's access links (each router's WAN link, both directions;
+# testbed.matrix.lab.Layout.access_links): a preset ("cond") and the parameters
+# delay, jitter, loss and rate, each a dimension of its own, so a sweep is a grid over
+# them (--sweep loss=0,1,5,20%) and every slot key says what its links did. A
+# parameter overrides the preset's. Delay, jitter and rate are modelled (the model's
+# prediction should hold: a disagreement is a finding, e.g. a punch timeout too short
+# for a long path); loss is not (it makes outcomes random), nor a preset with loss.
+
+UNSET = "-"  # a parameter's default: whatever the preset (or nothing) says
+
+
+@dataclass(frozen=True)
+class Param:
+    """A value of one condition parameter; its label is the canonical text ('50ms', '2%',
+    '10mbit'; bursty loss 'ge:P:R:BAD:GOOD')."""
+
+    field: str
+    text: str  # UNSET: not set
+
+    @property
+    def label(self) -> str:
+        return self.text
+
+    def mapping(self) -> dict[str, Any]:
+        """For testbed.conditions.parse_conditions."""
+        if self.field == "loss" and self.text.startswith("ge:"):
+            p, r, bad, good = self.text.split(":")[1:]
+            return {"loss": {"model": "gilbert-elliott", "p": p, "r": r, "loss-bad": bad,
+                             "loss-good": good}}
+        return {self.field: self.text}
+
+
+def _canonical(name: str, text: str) -> str:
+    c = cond.parse_conditions(Param(name, text).mapping())
+    if name == "loss" and c.burst is not None:
+        b = c.burst
+        return "ge:" + ":".join(cond.format_percent(x) for x in (b.p, b.r, b.loss_bad,
+                                                                  b.loss_good))
+    value = c.to_dict().get(name)
+    return str(value) if value is not None else ("0%" if name == "loss" else
+                                                 "0ms" if name in ("delay", "jitter")
+                                                 else str(text))
+
+
+def _param_parser(name: str) -> Callable[[str], Param]:
+    def parse(text: str) -> Param:
+        t = text.strip()
+        if t == UNSET:
+            return Param(name, UNSET)
+        if name == "loss" and t.startswith(("ge:", "gilbert-elliott:")):
+            parts = t.split(":")[1:]
+            if not 2 <= len(parts) <= 4:
+                raise ValueError(f"loss {t!r}: bursty loss is ge:P:R[:BAD[:GOOD]]")
+            t = "ge:" + ":".join([*parts, "100%", "0%"][:4])
+        try:
+            return Param(name, _canonical(name, t))
+        except cond.ConditionError as exc:
+            raise ValueError(exc.message) from None
+    return parse
+
+
+def split_units(text: str) -> list[str]:
+    """'0,50,200ms' -> ['0', '50ms', '200ms']: a unit written once, at the end, applies
+    to every bare number (0 needs none and keeps none)."""
+    items = [t.strip() for t in text.split(",")]
+    unit = re.match(r"^[+-]?[0-9.eE+-]+\s*([a-zA-Z%µ]+)$", items[-1]) if items else None
+    if unit is None:
+        return items
+    return [t + unit.group(1) if re.fullmatch(r"[+-]?[0-9.]+", t) and float(t) != 0 else t
+            for t in items]
+
+
+def _set_param(setup: SlotSetup, value: Param) -> SlotSetup:
+    if value.text == UNSET:
+        return setup
+    try:
+        return replace(setup, conditions=cond.parse_conditions(value.mapping(),
+                                                               base=setup.conditions))
+    except cond.ConditionError as exc:  # a combination the value cannot make
+        raise ValueError(f"{value.field}={value.text}: {exc}") from None
+
+
+def _unchanged(inp: ModelInput, value: Any) -> ModelInput:
+    return inp
+
+
+def _model_loss(inp: ModelInput, value: Param) -> ModelInput | NotModelled:
+    if value.text in (UNSET, "0%"):
+        return inp
+    return NotModelled(f"the reference model does not cover loss ({value.text})")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # a preset of testbed.conditions, or "none": perfect links
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+def _preset(text: str) -> Preset:
+    t = text.strip()
+    if t != "none" and t not in cond.PRESETS:
+        raise ValueError(f"{t!r} is not a preset (none, {', '.join(cond.PRESETS)})")
+    return Preset(t)
+
+
+def _set_preset(setup: SlotSetup, value: Preset) -> SlotSetup:
+    base = Conditions() if value.name == "none" else cond.preset(value.name)
+    return replace(setup, conditions=base)
+
+
+def _model_preset(inp: ModelInput, value: Preset) -> ModelInput | NotModelled:
+    c = Conditions() if value.name == "none" else cond.preset(value.name)
+    if c.mean_loss:
+        return NotModelled(f"the reference model does not cover loss ({value.name}: "
+                           f"{cond.format_percent(c.mean_loss)})")
+    return inp
+
+
+COND = register(Dimension(
+    "cond", "link conditions preset", (), _preset, _set_preset, Preset("none"),
+    _model_preset, flag="--conditions", metavar="PRESET[,KEY=VALUE...]",
+    help="conditions on every slot's access links (each router's WAN link, both ways): "
+         f"a preset ({', '.join(cond.PRESETS)}), optionally with KEY=VALUE overrides "
+         "(docs/conditions.md); with --sweep cond=wifi,lte a dimension"))
+CONDITION_PARAMS = ("delay", "jitter", "loss", "rate")
+_PARAM_HELP = {"delay": ("D,...", "one-way delay on each access link, e.g. 50ms or a list "
+                         "0,50,200ms (a dimension)"),
+               "jitter": ("D,...", "standard deviation of the delay, e.g. 10ms"),
+               "loss": ("P,...", "random loss, e.g. 2% or 0,1,5,20%; bursty: ge:P:R"),
+               "rate": ("R,...", "bottleneck rate, e.g. 10mbit")}
+PARAMS = {name: register(Dimension(
+    name, f"{name} (access links)", (), _param_parser(name), _set_param, Param(name, UNSET),
+    _model_loss if name == "loss" else _unchanged, flag=f"--{name}",
+    metavar=_PARAM_HELP[name][0],
+    help=_PARAM_HELP[name][1], split=split_units)) for name in CONDITION_PARAMS}
+CONDITION_DIMENSIONS = ("cond", *CONDITION_PARAMS)

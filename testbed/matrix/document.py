@@ -9,7 +9,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -175,9 +175,11 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
     return " ".join(parts)
 
 
-def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int) -> dict[str, Any]:
+def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int,
+                  admission: dict[str, Any] | None = None) -> dict[str, Any]:
     conf: dict[str, Any] = {
-        "command": command_line(spec, jobs),
+        "command": command_line(spec, jobs) + ("" if admission else " --no-admission"),
+        "admission": admission,
         "nats": [spec_to_json(n) for n in spec.nats],
         "cells": legacy_cells(spec),
         "repeat": spec.repeats,
@@ -197,6 +199,16 @@ def configuration(spec: MatrixSpec, layout: Layout, jobs: int, n_labs: int) -> d
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00",
                                                                                       "Z")
+
+
+def mechanisms(labs: Sequence[Mapping[str, Any]]) -> dict[str, list[str]] | None:
+    """Which impairment mechanism the labs used for link conditions, with its parts
+    (testbed.impair: netem or the forwarder; tbf, nft drops), or None: perfect links."""
+    out: dict[str, set[str]] = {}
+    for info in labs:
+        for mech, parts in (info.get("conditions_mechanism") or {}).items():
+            out.setdefault(mech, set()).update(parts)
+    return {m: sorted(p) for m, p in out.items()} or None
 
 
 def phase_summary(labs: list[dict[str, Any]]) -> dict[str, float]:

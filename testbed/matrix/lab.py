@@ -42,7 +42,7 @@ from testbed.nat import Kind, NatSpec
 from testbed.pair import pair_topology, place
 from testbed.results import ROLES
 from testbed.ruleset import apply_nat
-from testbed.topology import Interface, Node, Route, Segment, Topology
+from testbed.topology import Interface, Node, Route, Segment, Topology, far_end
 
 MAX_SLOTS = 120  # WAN addresses 203.0.113.10-249 on one internet bridge
 INTERNET = IPv4Network("203.0.113.0/24")
@@ -74,6 +74,10 @@ class Layout(Protocol):
 
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         """Static layer 2 requests, or None to leave ARP to the kernel."""
+
+    def access_links(self, topo: Topology, index: int) -> list[tuple[str, str]]:
+        """The index-th slot's access links, both directions: each router's WAN
+        interface and the interface facing it (a bridge port or the far router)."""
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -147,6 +151,15 @@ def lab_topology(pairs: Sequence[tuple[NatSpec, NatSpec]], name: str = "matrix")
                     "routers per slot")
 
 
+def _both_ways(topo: Topology, ends: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    out = []
+    for node, iface in ends:
+        far = far_end(topo, node, iface)
+        assert far is not None, (node, iface)
+        out += [(node, iface), far]
+    return list(dict.fromkeys(out))
+
+
 class PackedLayout:
     """Up to MAX_SLOTS slots per lab, around one set of servers (the default)."""
 
@@ -163,6 +176,9 @@ class PackedLayout:
 
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         return static_l2(topo, [n for n, _, _ in SERVERS])
+
+    def access_links(self, topo: Topology, index: int) -> list[tuple[str, str]]:
+        return _both_ways(topo, [(router_name(index, who), "wan") for who in ROLES])
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -196,6 +212,14 @@ class TopologyLayout:
 
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         return None
+
+    def access_links(self, topo: Topology, index: int) -> list[tuple[str, str]]:
+        routers = place(topo, self.roles).routers
+        ends = []
+        for role in ROLES:
+            node = topo.node(routers[role])
+            ends.append((node.name, node.upstream or node.interfaces[-1].name))
+        return _both_ways(topo, ends)
 
     def describe(self) -> dict[str, Any]:
         return {"layout": "per pairing and repeat: one lab of the topology file, the NATs "

@@ -19,7 +19,13 @@ from typing import Any
 
 from peers.result import OUTCOMES
 from testbed.matrix import records
-from testbed.matrix.document import Predictor, cell_head, dimension_infos, phase_summary
+from testbed.matrix.document import (
+    Predictor,
+    cell_head,
+    dimension_infos,
+    mechanisms,
+    phase_summary,
+)
 from testbed.matrix.records import Manifest, PartError
 from testbed.matrix.spec import MatrixSpec, Shard, SlotIndex, spec_from_json
 from testbed.report import Streamed
@@ -206,6 +212,7 @@ class Collected:
             complete=all(m.complete for m in manifests),
             pairings={"planned": first.slots_total, "decided": sum(m.records for m in manifests)},
             configuration=conf,
+            conditions_mechanism=mechanisms(labs),
             timings_s={"run": max((m.wall_s or 0.0) for m in manifests),
                        "phases_max_over_labs": phase_summary(labs), "labs": labs})
         if len(manifests) > 1 or first.shard.count > 1:

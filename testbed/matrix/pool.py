@@ -110,8 +110,10 @@ def reap_run(run_id: str) -> list[str]:
     return [t.lab for t in state.clean(labs).removed]
 
 
-def run_batch(job: LabJob, layout: Layout, run_id: str) -> Batch:
-    """A pool task: one lab, run by a batch process; its records and phases."""
+def run_batch(job: LabJob, layout: Layout, run_id: str, admission: bool = True) -> Batch:
+    """A pool task: one lab, run by a batch process; its records and phases. With
+    `admission`, the lab's slots start as testbed.admission admits them (places shared
+    within the lab: batch processes share no multiprocessing objects)."""
     from distributed import Event, get_worker
 
     worker = get_worker()
@@ -121,7 +123,8 @@ def run_batch(job: LabJob, layout: Layout, run_id: str) -> Batch:
     job = replace(job, labels=((RUN_LABEL, run_id), (WORKER_LABEL, str(worker.address))))
     stop = Event(stop_event(run_id))
     return _run_process(job, layout, stop.is_set, worker_name=str(worker.address),
-                        start=spares().take, builds=build_slots(worker.state.nthreads))
+                        start=spares().take, builds=build_slots(worker.state.nthreads),
+                        admission=admission)
 
 
 def stop_event(run_id: str) -> str:
@@ -191,7 +194,8 @@ def spares() -> Spares:
 
 def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
                  worker_name: str, start: Callable[[], subprocess.Popen[bytes]] = _start_batch,
-                 builds: threading.Semaphore | None = None) -> Batch:
+                 builds: threading.Semaphore | None = None,
+                 admission: bool = True) -> Batch:
     """Run the job in a batch process (from `start`), at most as many building at once
     as `builds` allows; its records, or LabError."""
     builds = builds or threading.Semaphore(1)
@@ -213,7 +217,8 @@ def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
     reader.start()
     try:
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(pickle.dumps((job, layout), protocol=pickle.HIGHEST_PROTOCOL))
+            proc.stdin.write(pickle.dumps((job, layout, admission),
+                                          protocol=pickle.HIGHEST_PROTOCOL))
             proc.stdin.close()
         while proc.poll() is None:
             if building:
@@ -354,7 +359,7 @@ class Pool:
 
     # ------------------------------------------------------------ running
 
-    def run(self, jobs: Iterable[LabJob], layout: Layout) -> None:
+    def run(self, jobs: Iterable[LabJob], layout: Layout, admission: bool = True) -> None:
         from distributed import Event, as_completed
 
         stop = Event(stop_event(self.run_id), client=self._client)
@@ -365,8 +370,8 @@ class Pool:
         def submit(n: int) -> None:
             for job in itertools.islice(pending, n):
                 key = f"nat-testbed-{self.run_id}-{job.index}"
-                future = self._client.submit(run_batch, job, layout, self.run_id, key=key,
-                                             pure=False)
+                future = self._client.submit(run_batch, job, layout, self.run_id,
+                                             admission, key=key, pure=False)
                 inflight[key] = (job, future)
                 done.add(future)
                 if self.progress:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peers.session import Timing
+from testbed.admission import settings as admission_settings
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix import records
@@ -27,6 +29,7 @@ from testbed.matrix.document import (
     dimension_infos,
     environment,
     iso,
+    mechanisms,
     phase_summary,
 )
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
@@ -111,6 +114,20 @@ class EarlyOutcomes:
                         lambda i: iter(()), dimension_infos(spec))
 
 
+@contextlib.contextmanager
+def _in_background(work: Callable[[], None] | None) -> Iterator[None]:
+    """`work` in a thread while the pool runs the labs (they build elsewhere)."""
+    if work is None:
+        yield
+        return
+    t = threading.Thread(target=work, name="matrix-background", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
+
+
 @dataclass(frozen=True)
 class Ran:
     started: float
@@ -121,20 +138,22 @@ class Ran:
 
 @dataclass
 class MatrixRun:
-    """One run of a spec (or of one shard of it); `progress`, `on_idle` and `on_outcomes`
-    are for the command line (a progress bar, loading plotting code while labs run,
-    drawing the heatmap from the outcomes before coturn's counters are in). With `dask`
-    (a scheduler's address) the labs run on that pool's workers (testbed.matrix.pool);
+    """One run of a spec (or of one shard of it); `progress`, `background` and
+    `on_outcomes` are for the command line (a progress bar, loading plotting code while
+    the first labs build, drawing the heatmap from the outcomes before coturn's counters
+    are in). `admission`: slots start as testbed.admission admits them. With `dask` (a
+    scheduler's address) the labs run on that pool's workers (testbed.matrix.pool);
     `jobs` is then at least how many labs the slots are dealt into (default: the pool's
     threads)."""
 
     spec: MatrixSpec
     jobs: int | None
     progress: Progress | None = None
-    on_idle: Callable[[], None] | None = None
+    background: Callable[[], None] | None = None
     on_outcomes: Callable[[Streamed], None] | None = None
     shard: Shard = field(default_factory=Shard)
     dask: str | None = None
+    admission: bool = True
 
     def plan(self, pool: Pool | None = None) -> Plan:
         return plan_run(self.spec, workers_needed(pool, self.jobs), self.shard)
@@ -170,16 +189,20 @@ class MatrixRun:
         t_start, t0 = time.time(), time.monotonic()
         if pool is not None:
             pool.on_slot, pool.on_results = on_slot, on_results
-            pool.run(plan.jobs(), plan.layout)
+            with _in_background(self.background):
+                pool.run(plan.jobs(), plan.layout, admission=self.admission)
             return Ran(t_start, time.time(), time.monotonic() - t0, pool.labs)
         workers = Workers(plan.layout, workers_needed(None, self.jobs), self.progress,
-                          self.on_idle, on_slot, on_results)
+                          self.background, on_slot, on_results, admission=self.admission)
         workers.run(plan.jobs())
         return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
 
     def configuration(self, plan: Plan, pool: Pool | None) -> dict[str, Any]:
+        admission = admission_settings() if self.admission else None
+        if admission is not None and pool is not None:
+            admission["scope"] = "lab"  # a pool's batch processes share no places
         conf = configuration(self.spec, plan.layout, workers_needed(pool, self.jobs),
-                             plan.labs)
+                             plan.labs, admission)
         if pool is not None:
             conf["pool"] = pool.describe()
         return conf
@@ -189,6 +212,7 @@ class MatrixRun:
         meta = dict(env)
         meta.update(started=iso(ran.started), finished=iso(ran.finished),
                     configuration=self.configuration(plan, pool),
+                    conditions_mechanism=mechanisms(ran.labs),
                     timings_s={"run": round(ran.wall_s, 3),
                                "phases_max_over_labs": phase_summary(ran.labs),
                                "labs": ran.labs})

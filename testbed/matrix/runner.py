@@ -12,6 +12,8 @@ slot's key.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +23,18 @@ from typing import Any
 
 from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
 from peers.session import PeerConfig, Session, Timing
-from testbed import coturn
+from testbed import coturn, impair
+from testbed.admission import (
+    Admission,
+    Headroom,
+    Noise,
+    Places,
+    build_nice,
+    read_cpu_seconds,
+    realtime,
+    renice_thread,
+)
+from testbed.conditions import Conditions
 from testbed.lab import Lab
 from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.lab import Layout, MatrixLab
@@ -60,7 +73,7 @@ def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
     cfg = PeerConfig(id=me, remote=remote, host=(ip, udp.getsockname()[1]),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing)
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role))
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), group=index)
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -69,13 +82,39 @@ def punch_end(ep: Endpoint) -> float:
     return next(t for t in (s.t_punch_end, s.t_decided, s.t0) if t is not None)
 
 
-def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
-    """Build one matrix lab, run all its slots at once, report, take it down.
+def run_lab(job: LabJob, layout: Layout, send: Send, places: Places | None = None) -> None:
+    """Build one matrix lab, run its slots, report, take it down. With `places` (shared by
+    the run's workers), slots start as testbed.admission admits them; else all at once.
+    The lab is built and taken down at a lower priority than the slots run at.
 
     Messages: ("built", i, s), ("slot", i, k, outcome, result) as the k-th slot decides
     (its PairResult without coturn's counters, which take up to a second more: what an
     interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
+    renice_thread(build_nice())
+    noise = Noise(places)
+    try:
+        noise.begin()
+        _build_and_run(job, layout, send, places, noise)
+    finally:
+        noise.end()
+
+
+def apply_conditions(lab: Lab, job: LabJob, layout: Layout) -> dict[str, list[str]] | None:
+    """Each slot's conditions (SlotSetup.conditions) on its access links, all of the
+    lab's at once (one forwarder); the mechanism used and its parts, or None."""
+    items: dict[tuple[str, str], Conditions] = {}
+    for k, setup in enumerate(job.setups):
+        if not setup.conditions.is_zero:
+            items.update(dict.fromkeys(layout.access_links(lab.topo, k), setup.conditions))
+    if not items:
+        return None
+    imps = impair.apply_many(lab, items)
+    return {i.mechanism: sorted({p for j in imps for p in j.parts}) for i in imps}
+
+
+def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | None,
+                   noise: Noise) -> None:
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.setups, job.name)
@@ -83,7 +122,20 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
     with lab:
         phases["namespaces"] = time.monotonic() - t0
         phases.update(lab.finish_build())
+        t1 = time.monotonic()
+        mechanism = apply_conditions(lab, job, layout)
+        if mechanism is not None:
+            phases["conditions"] = time.monotonic() - t1
         phases["build"] = time.monotonic() - t0
+        noise.end()
+        renice_thread(0)
+        # the servers and this driver (the forwarder keeps its own, higher priority)
+        forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
+        critical = [p.pid for p in lab.procs if p.pid not in forwarders] + [0]
+        # past its CPU-time limit the driver goes back to ordinary scheduling, alive
+        signal.signal(signal.SIGXCPU, lambda *_: realtime(0, False))
+        for pid in critical:
+            realtime(pid, True)
         send(("built", job.index, phases["build"]))
         eps = [open_peer(lab, k, role, layout.nodes(k), setup.timing)
                for k, setup in enumerate(job.setups) for role in ROLES]
@@ -97,15 +149,26 @@ def run_lab(job: LabJob, layout: Layout, send: Send) -> None:
 
         sig = PeerServers.of(lab.services).signaling
         budget = max(wait_budget(s.timing) for s in job.setups)
-        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished).run()
+        pids = [os.getpid(), *(p.pid for p in lab.procs)]  # driver, servers, forwarder
+        gate = None if places is None else Admission(places, Headroom(lambda: pids))
+        times = Driver(eps, sig, hard_stop_s=budget, on_finish=finished, gate=gate).run()
         clients = {ep.tag: ep.result.turn_client if ep.result else None for ep in eps}
         usage = coturn.relay_usage(Path(lab.services["turn"]["log"]), clients)
         ended = max([punch_end(ep) for ep in eps] or [times.start])
         phases["punch"] = ended - times.start
         phases["relay"] = time.monotonic() - ended  # relay, `done`, coturn's counters
         send(("results", job.index, results(job, lab, layout, eps, usage, times),
-              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name())))
+              dict(phases, slots=len(job.slots), lab=lab.name, nft_loader=loader_name(),
+                   admission_waits=gate.waited if gate is not None else None,
+                   conditions_mechanism=mechanism,
+                   forwarder_cpu_s=round(read_cpu_seconds(sorted(forwarders)), 3)
+                   if forwarders else None)))
+        for pid in critical:
+            realtime(pid, False)
+        renice_thread(build_nice())
+        noise.begin()
         t_down = time.monotonic()
+    noise.end()
     send(("down", job.index, time.monotonic() - t_down))
 
 

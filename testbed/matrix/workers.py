@@ -18,12 +18,14 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from testbed import state
+from testbed.admission import Noise, Places
 from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
 from testbed.matrix.lab import Layout
@@ -34,7 +36,8 @@ from testbed.results import PairResult
 CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
 
 
-def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout) -> None:
+def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: Layout,
+            places: Any) -> None:
     worker_signals()
 
     def send(msg: tuple[Any, ...]) -> None:
@@ -42,7 +45,7 @@ def _worker(conn: multiprocessing.connection.Connection, job: LabJob, layout: La
             conn.send(msg)
 
     try:
-        run_lab(job, layout, send)
+        run_lab(job, layout, send, places)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
@@ -69,14 +72,19 @@ class Workers:
     layout: Layout
     jobs: int
     progress: Progress | None = None
-    on_idle: Callable[[], None] | None = None  # every lab started is built: CPUs are free
+    # work for the parent while the first labs build (e.g. importing the plotting code):
+    # counted as noise, so no slot starts while it runs (testbed.admission)
+    background: Callable[[], None] | None = None
     # a slot decided: (k, outcome, its result without coturn's counters)
     on_slot: Callable[[LabJob, int, str, PairResult], None] | None = None
     on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
+    admission: bool = True  # slots start as testbed.admission admits them
 
     def run(self, jobs: Iterable[LabJob]) -> None:
         ctx = multiprocessing.get_context("fork")
+        self._places = Places.for_run(ctx) if self.admission else None
+        helper = self._background()
         pending: Iterator[LabJob] = iter(jobs)
         upcoming = next(pending, None)
         started: list[str] = []
@@ -103,10 +111,6 @@ class Workers:
                     upcoming = None
                     for w in alive:
                         _signal_worker(w, signal.SIGTERM)
-                if (upcoming is None and alive and all(w.built for w in alive)
-                        and self.on_idle is not None):
-                    self.on_idle()
-                    self.on_idle = None
                 if self.progress:
                     self.progress.draw()
         except BaseException:
@@ -116,6 +120,9 @@ class Workers:
             finally:
                 restore(old)
             raise
+        finally:
+            if helper is not None:
+                helper.join()
         if failed is not None:
             raise LabError(f"matrix run stopped: {failed}")
         reported = {info.get("lab") for info in self.labs}
@@ -124,9 +131,26 @@ class Workers:
             raise LabError(f"lab {', '.join(lost)} ended without results (its worker was "
                            "stopped or killed); nothing of it is left")
 
+    def _background(self) -> threading.Thread | None:
+        work = self.background
+        if work is None:
+            return None
+        noise = Noise(self._places)
+        noise.begin()
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                noise.end()
+
+        t = threading.Thread(target=run, name="matrix-background", daemon=True)
+        t.start()
+        return t
+
     def _start(self, ctx: Any, job: LabJob) -> _Worker:
         parent_end, child_end = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout),
+        proc = ctx.Process(target=_worker, args=(child_end, job, self.layout, self._places),
                            name=f"matrix-{job.name}", daemon=False)
         proc.start()
         child_end.close()

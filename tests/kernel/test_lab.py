@@ -264,6 +264,8 @@ def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> Non
     """An ordinary user on a machine that forbids unprivileged user namespaces (here the
     kernel really refuses: user.max_user_namespaces is 0 where the command runs) gets one
     line naming the setting and how to allow it, exit 3, and nothing is built."""
+    base = Path("/tmp/nat-testbed-65534")  # nobody's own folder (no XDG_RUNTIME_DIR)
+    there_before = base.exists()  # (a leftover of an older version, say)
     nobody = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("forbid_userns.py")), sys.executable,
          "-m", "testbed", "up", str(TOPOLOGIES / "home.yaml")],
@@ -273,8 +275,8 @@ def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> Non
     assert "user.max_user_namespaces = 0" in nobody.stderr
     assert "sysctl -w user.max_user_namespaces=" in nobody.stderr
     assert "Traceback" not in nobody.stderr and len(nobody.stderr.splitlines()) == 1
-    state_dir = Path("/tmp/nat-testbed-65534/state")  # nobody's own (no XDG_RUNTIME_DIR)
-    assert not state_dir.exists() or os.listdir(state_dir) == []
+    assert there_before or not base.exists()  # refused before the folder was made
+    assert not (base / "state").exists() or os.listdir(base / "state") == []
 
 
 def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
@@ -816,3 +818,45 @@ def test_down_does_not_kill_a_status_that_is_looking_at_the_lab(
         if looking.poll() is None:
             looking.kill()
             looking.communicate()
+
+
+COND_TOPOLOGY = """
+name: cond
+nodes:
+  a: {}
+  r:
+    kind: router
+    nat: {type: port-restricted-cone}
+    conditions: {wan: {loss: 100%}}
+  s: {kind: server}
+links:
+  - endpoints: [a:eth0, r:lan]
+    conditions: {delay: 20ms}
+networks:
+  internet:
+    scope: internet
+    members: [r:wan, s:eth0]
+"""
+
+
+def test_up_applies_the_topology_conditions_and_status_shows_them(tmp_path: Path) -> None:
+    """A 20 ms delay each way on a link shows in a ping's round trip (at least 40 ms),
+    100 % loss on the router's WAN link stops every ping through it; the state, `status`
+    and `down` know about the forwarder that does the delay."""
+    path = tmp_path / "cond.yaml"
+    path.write_text(COND_TOPOLOGY)
+    with Lab(load_topology(path)) as lab:
+        out = lab.run("a", ["ping", "-c3", "-i0.2", "-W2", lab.addr("r", "lan")], check=True)
+        rtts = [float(x.split("=")[1]) for x in out.stdout.split() if x.startswith("time=")]
+        assert len(rtts) == 3 and min(rtts) >= 40.0, out.stdout
+        assert not ping(lab, "r", lab.addr("s"))  # every packet lost on the way out
+        summary = json.loads(cli("status", lab.name, "--json").stdout)[0]["conditions"]
+        assert summary["mechanism"] in ("forwarder", "netem")
+        froms = {d["from"]: d for d in summary["directions"]}
+        assert set(froms) == {"a:eth0", "r:lan", "r:wan", "internet:p0"}
+        assert froms["a:eth0"]["conditions"] == "delay=20ms"
+        forwarders = {r["forwarder_pid"] for r in lab._state["impairments"].values()
+                      if r["forwarder_pid"]}
+        assert forwarders <= {p["pid"] for p in lab._state["processes"]}
+    for pid in forwarders:  # down stopped it with the lab
+        assert not _alive(pid) or _zombie(pid)

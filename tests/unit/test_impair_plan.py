@@ -9,7 +9,6 @@ import pytest
 
 from testbed.conditions import Conditions, GilbertElliott, parse_spec
 from testbed.impair import plan
-from testbed.impair.forwarder import MARK
 from testbed.impair.schedule import Fate, Timeline
 from testbed.impair.stats import (
     binomial_interval,
@@ -65,7 +64,7 @@ def test_tbf_bucket_holds_a_jumbo_frame() -> None:
 
 
 def test_nft_chains() -> None:
-    assert plan.forward_chain("wan", "imp1", MARK) == (
+    assert plan.forward_chain("wan", "imp1", plan.MARK) == (
         "table netdev nattestbed_impair {\n"
         "  chain out_wan {\n"
         "    type filter hook egress device \"wan\" priority 0;\n"
@@ -82,6 +81,12 @@ def test_nft_chains() -> None:
         "  }\n}\n")
     # Under netem the loss is netem's: the far chain only drops oversize packets.
     assert "numgen" not in plan.far_drop_chain("p0", c, plan.parts(c, "netem"))
+    # 100 % loss: every packet, without a threshold numgen cannot reach
+    c = parse_spec("loss=100%")
+    assert plan.far_drop_chain("p0", c, plan.parts(c, "forwarder")).splitlines()[3] == \
+        "    drop"
+    c = parse_spec("loss=99.9999999%")
+    assert "< 999999999 drop" in plan.far_drop_chain("p0", c, plan.parts(c, "forwarder"))
     assert plan.delete_chain("in", "p0") == "delete chain netdev nattestbed_impair in_p0\n"
     assert plan.chain_name("out", "eth 0") == "out_eth_0"
 

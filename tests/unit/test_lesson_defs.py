@@ -46,3 +46,19 @@ def test_cli_registers_lesson() -> None:
     args = build_parser().parse_args(["lesson", "4", "--out", "x", "--keep"])
     assert args.lesson == "4" and args.out == "x" and args.keep and args.run
     assert build_parser().parse_args(["lesson"]).lesson is None
+
+
+def test_a_fact_is_true_or_false_whatever_its_claim_yields() -> None:
+    # A claim over values a capture missed yields None or a string (`a and b`); the
+    # footer sums the facts, so each must be a bool (lesson 4 crashed on None once).
+    from typing import Any, cast
+
+    from testbed.lessons.base import Run
+
+    said: list[str] = []
+    run = Run(LESSONS[0], cast(Any, None), cast(Any, None), said.append)
+    assert run.fact("missed", cast(bool, None)) is False
+    assert run.fact("seen", cast(bool, "10.0.0.1:5")) is True
+    assert [f.ok for f in run.facts] == [False, True]
+    assert sum(f.ok for f in run.facts) == 1
+    assert said[0] == "  [FAILED] missed"

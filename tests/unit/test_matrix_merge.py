@@ -229,3 +229,20 @@ def test_the_merge_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (parts[1] / records.MANIFEST).write_text("{")
     assert cli.main(["merge", *map(str, parts), "--out", str(out)]) == 2
     assert "merge: " in capsys.readouterr().err
+
+
+def test_merging_the_shards_of_a_sweep_writes_its_rates_and_plots(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = MatrixSpec(NATS[1:], 4, extra=(dims.PARAMS["loss"].with_labels(["0%", "5%"]),))
+    parts = sharded(tmp_path, 2, spec)
+    out = tmp_path / "sweep"
+    assert cli.main(["merge", *map(str, parts), "--out", str(out), "--no-color"]) == 0
+    assert "direct rate per pairing and condition" in capsys.readouterr().out
+    assert {"sweep.csv", "sweep.json", "sweep-rates.png", "sweep-ttc.png"} <= {
+        p.name for p in out.iterdir()}
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 * 2  # pairings x loss values
+    for row in rows:  # each row counts its cell's records
+        keys = [f"a={row['a']},b={row['b']},loss={row['loss']},repeat={k}"
+                for k in range(1, 5)]
+        assert row["direct"]["count"] == sum(outcome_of(k) == "direct" for k in keys), row

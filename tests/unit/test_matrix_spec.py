@@ -319,3 +319,51 @@ def test_a_lab_job_is_plain_data_that_travels() -> None:
     job = next(plan.jobs())
     assert pickle.loads(pickle.dumps(job)) == job
     assert [s.timing.punch_timeout for s in job.setups][:2] == [0.2, 0.2]
+
+
+# ------------------------------------------------------------------ link conditions
+
+
+def test_condition_parameters_are_dimensions_with_canonical_labels() -> None:
+    loss = dims.PARAMS["loss"].with_labels(dims.split_units("0,1,5,20%"))
+    delay = dims.PARAMS["delay"].with_labels(dims.split_units("0,0.05s,200ms"))
+    assert loss.labels == ("0%", "1%", "5%", "20%")
+    assert delay.labels == ("0ms", "50ms", "200ms")
+    spec = MatrixSpec((FULL,), 1, extra=(delay, loss))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "delay", "loss"]
+    slots = spec.slots()
+    assert len(slots) == 12
+    assert slots[0].key == "a=full-cone,b=full-cone,delay=0ms,loss=0%,repeat=1"
+    c = spec.setup(next(s for s in slots if s.extra == {"delay": "50ms", "loss": "5%"}))
+    assert (c.conditions.delay, c.conditions.loss) == (0.05, 0.05)
+
+
+def test_a_preset_and_parameters_over_it() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=(dims.COND.with_labels(["lte", "satellite"]),
+                                          dims.PARAMS["loss"].with_labels(["2%"])))
+    first = spec.setup(spec.slots()[0]).conditions
+    assert (first.delay, first.jitter, first.loss) == (0.040, 0.010, 0.02)  # lte, loss over it
+    assert dims.COND.parse("none").label == "none"
+    with pytest.raises(ValueError, match="not a preset"):
+        dims.COND.parse("marsnet")
+
+
+def test_bursty_loss_labels_and_bad_values() -> None:
+    assert dims.PARAMS["loss"].parse("ge:1%:30%").label == "ge:1%:30%:100%:0%"
+    for name, label, message in [("loss", "200%", "over 100%"), ("delay", "-5ms", "negative"),
+                                 ("delay", "50", "no unit"), ("rate", "0", "greater than 0"),
+                                 ("loss", "ge:1%", "bursty loss is ge:P:R")]:
+        with pytest.raises(ValueError, match=message):
+            dims.PARAMS[name].parse(label)
+    assert dims.split_units("1,2") == ["1", "2"]  # no unit: nothing added (then refused)
+
+
+def test_delay_is_modelled_loss_and_lossy_presets_are_not() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=(dims.PARAMS["delay"].with_labels(["50ms"]),
+                                          dims.PARAMS["loss"].with_labels(["0%", "5%"])))
+    clean, lossy = (spec.model_input(p) for p in spec.points())
+    assert clean == dims.ModelInput(FULL, FULL)
+    assert isinstance(lossy, dims.NotModelled) and "loss (5%)" in lossy.reason
+    spec = MatrixSpec((FULL,), 1, extra=(dims.COND.with_labels(["intercontinental", "lte"]),))
+    far, lte = (spec.model_input(p) for p in spec.points())
+    assert far == dims.ModelInput(FULL, FULL) and isinstance(lte, dims.NotModelled)

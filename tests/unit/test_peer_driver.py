@@ -166,3 +166,61 @@ def test_a_session_whose_signaling_refuses_fails_at_signaling_without_waiting() 
     # Refused at once, not after the 5 s connect timeout (the bound is the behaviour's,
     # not this machine's speed).
     assert times.finished - times.start < 5.0
+
+
+class OneAtATime:
+    """A gate with one place: records the order groups were admitted and left in."""
+
+    def __init__(self) -> None:
+        self.free = True
+        self.log: list[str] = []
+        self.entered = 0
+
+    def enter(self, active: int) -> bool:
+        if not self.free:
+            return False
+        self.free = False
+        self.entered += 1
+        self.log.append(f"in {active}")
+        return True
+
+    def leave(self) -> None:
+        assert not self.free, "left a place never taken"
+        self.free = True
+        self.log.append("out")
+
+
+def test_a_gated_driver_starts_one_group_at_a_time(server: ServerThread) -> None:
+    eps = [ep for k in range(3) for ep in (endpoint(f"a{k}", f"b{k}", k),
+                                           endpoint(f"b{k}", f"a{k}", k))]
+    for ep in eps:
+        ep.group = ep.tag
+    gate = OneAtATime()
+    admitted: list[int] = []
+    Driver(eps, server.addr, gate=gate, on_admit=admitted.append).run()
+    assert admitted == [0, 1, 2] and gate.entered == 3
+    assert gate.log == ["in 0", "out"] * 3 and gate.free  # every place given back
+    starts = {k: min(ep.session.t0 for ep in eps if ep.group == k) for k in range(3)}
+    decided = {k: max(ep.session.t_decided or 0 for ep in eps if ep.group == k)
+               for k in range(3)}
+    for k in (1, 2):  # a group starts only once the one before has decided
+        assert starts[k] >= decided[k - 1]
+    for ep in eps:
+        assert ep.result is not None and ep.result.outcome == "direct", ep.result
+        late = ep.result.lateness
+        assert late is not None and late.reads >= 1  # its probes' receive times, measured
+        assert late.read_max is not None and 0 <= late.read_max < 1000
+
+
+def test_a_gated_group_whose_signaling_refuses_gives_its_place_back() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    eps = [endpoint("a0", "b0", 0), endpoint("b0", "a0", 0)]
+    for ep in eps:
+        ep.group = 0
+    gate = OneAtATime()
+    Driver(eps, ("127.0.0.1", port), gate=gate).run()
+    assert gate.log == ["in 0", "out"] and gate.free
+    assert all(ep.result is not None and ep.result.stage == "signaling" for ep in eps)

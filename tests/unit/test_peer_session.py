@@ -113,6 +113,13 @@ class TurnServer:
     def on_client(self, data: bytes, src: Addr) -> None:
         msg = stun.unpack(data)
         reply: list[tuple[str, Any]] = []
+        if msg.method is not stun.Method.ALLOCATE and src not in self.allocs:
+            if msg.msg_class is stun.Class.REQUEST:  # RFC 8656: 437 Allocation Mismatch
+                err = stun.Message.new(msg.method, stun.Class.ERROR,
+                                       [("ERROR-CODE", (437, "Allocation Mismatch"))],
+                                       msg.transaction_id)
+                self.sim.route(stun.pack(err, fingerprint=True), TURN, src)
+            return  # an indication from no allocation: dropped
         if msg.method is stun.Method.ALLOCATE:
             relayed = (TURN[0], self.next_port)
             self.next_port += 1
@@ -187,6 +194,9 @@ class Scene:
         }
         self.signals: list[tuple[str, dict[str, Any]]] = []
         self.nonces = {"alice": "a" * 32, "bob": "b" * 32}  # the server's challenges
+        self.dead_signaling: set[str] = set()  # its TCP connection is gone (renumbered)
+        # until then, what it sends on it is lost without a word (no reset seen yet)
+        self.silent_until: dict[str, float] = {}
         self.injected: list[Callable[[], None]] = []
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
@@ -213,6 +223,12 @@ class Scene:
                 self.nats[name].out(o.data, self.private[name], o.addr)
             else:
                 assert isinstance(o, Signal)
+                if self.sim.now < self.silent_until.get(name, 0.0):
+                    continue  # lost on a dead connection that has not been reset yet
+                if name in self.dead_signaling:  # what a driver sees: a reset connection
+                    s.handle_signal_closed(self.sim.now, "connection reset")
+                    self.sim.at(self.sim.now + 0.25, lambda: self._reconnect(name))
+                    continue
                 self._signal(name, validate_client(o.msg))
         dl = s.next_deadline()
         if dl is not None:
@@ -225,13 +241,33 @@ class Scene:
             s.handle_timeout(self.sim.now)
             self.pump(name)
 
+    def _reconnect(self, name: str) -> None:
+        """The driver's new connection: a new challenge, the id taken over."""
+        if not self.s[name].wants_signaling:
+            return
+        self.dead_signaling.discard(name)
+        self.nonces[name] = "c" * 32
+        self.s[name].handle_signal_reconnected(self.sim.now)
+        challenge = {"type": "challenge", "nonce": self.nonces[name]}
+        self.sim.at(self.sim.now + HOP, lambda: self._deliver_signal(name, challenge))
+
+    def reboot(self, name: str) -> None:
+        """The NAT in front of `name` forgets every mapping; new ones get new ports."""
+        nat = self.nats[name]
+        for port in nat.inside:
+            self.sim.hosts.pop((nat.public_ip, port), None)
+        nat.maps.clear()
+        nat.allowed.clear()
+        nat.inside.clear()
+
     def _signal(self, name: str, msg: dict[str, Any]) -> None:
         """What peers.signaling's server does, one hop later."""
         self.signals.append((name, msg))
         t = self.sim.now + HOP
 
         def to(who: str, m: dict[str, Any]) -> None:
-            self.sim.at(t, lambda: self._deliver_signal(who, m))
+            if who not in self.dead_signaling:  # else it goes to a dead connection
+                self.sim.at(t, lambda: self._deliver_signal(who, m))
 
         if msg["type"] == "ping":
             return
@@ -239,7 +275,8 @@ class Scene:
             assert check_proof(LAB_SECRET, self.nonces[name], name, msg["proof"])
             to(name, {"type": "registered", "id": name})
         elif msg["type"] == "start":
-            go_msg = {"type": "start", "from": name, "to": msg["to"]}
+            go_msg = {"type": "start", "from": name, "to": msg["to"],
+                      **({"gen": msg["gen"]} if "gen" in msg else {})}
             to(msg["to"], go_msg)
             to(name, go_msg)
         else:
@@ -577,3 +614,149 @@ def test_signaling_keepalive_pings_after_silence() -> None:
     sc.run(until=40.0)
     pings = [who for who, m in sc.signals if m["type"] == "ping"]
     assert pings.count("alice") >= 2 and pings.count("bob") >= 2
+
+
+
+# ---------------------------------------------------------------------- calls
+
+CALL = Timing(call=8.0, keepalive_interval=0.5, consent_timeout=1.5)
+
+
+def test_a_call_sends_data_on_the_path_until_it_ends() -> None:
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
+    res = sc.run(until=30.0)
+    for r in res.values():
+        assert r["outcome"] == "direct" and r["restarts"] == []
+        # one datagram every data_interval for the call, the first one at once
+        expected = CALL.call / CALL.data_interval
+        assert expected <= r["packets"]["data_sent"] <= expected + 1
+        sent = res["bob" if r["id"] == "alice" else "alice"]["packets"]["data_sent"]
+        # all of them, but for the last one or two: a peer stops at its own end of call
+        assert sent - 2 <= r["packets"]["data_received"] <= sent
+
+
+def test_during_a_call_signaling_is_pinged_at_each_consent_check() -> None:
+    # A NAT renumbered during a call cuts the signaling connection silently; the server
+    # resets it at the next ping, so a peer must ping as often as it checks consent to
+    # be reachable for the remote's restart (the default, 15 s, outlasts this call).
+    sc = Scene("full-cone", "full-cone", timing=CALL)
+    sc.run(until=30.0)
+    pings = [who for who, m in sc.signals if m["type"] == "ping"]
+    for who in ("alice", "bob"):
+        assert CALL.call / CALL.keepalive_interval - 2 <= pings.count(who)
+        assert pings.count(who) <= CALL.call / CALL.keepalive_interval + 1
+
+
+def test_a_rebooted_nat_loses_the_path_and_the_peers_punch_again() -> None:
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
+    sc.sim.at(2.0, lambda: sc.reboot("alice"))
+    res = sc.run(until=30.0)
+    old = res["alice"]["candidate_pair"]["local"]
+    for r in res.values():
+        assert r["outcome"] == "direct"  # the first decision stays the result
+        [restart] = r["restarts"]
+        # found dead one consent timeout after the last answered check before 2 s
+        lost = restart["lost_ms"] / 1000 + sc.s[r["id"]].t0
+        assert 2.0 + CALL.consent_timeout - CALL.keepalive_interval <= lost
+        assert lost <= 2.0 + CALL.consent_timeout + 0.01
+        assert restart["outcome"] == "direct" and restart["restored_ms"] is not None
+        assert restart["restored_ms"] - restart["lost_ms"] < 50  # a few hops
+    new = res["alice"]["restarts"][0]["candidate_pair"]["local"]
+    assert new["type"] == "srflx" and new["port"] != old["port"]  # a new mapping
+    # data flowed again: the receiver got most of what was sent after the restart
+    a, b = (sc.s[n] for n in ("alice", "bob"))
+    assert b.counters.data_received > 0.8 * a.counters.data_sent - 2.0 / CALL.data_interval
+
+
+def test_restart_falls_back_to_the_relay_when_punching_cannot_work() -> None:
+    sc = Scene("symmetric", "symmetric", timing=CALL)
+    sc.sim.at(3.0, lambda: sc.reboot("bob"))
+    res = sc.run(until=30.0)
+    for r in res.values():
+        assert r["outcome"] == "relay"
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "relay"
+        assert restart["candidate_pair"]["local"]["type"] == "relay"
+
+
+def test_a_peer_whose_signaling_died_reconnects_and_the_restart_completes() -> None:
+    """Renumbering resets the signaling connection too: alice only finds out when she
+    has something to say; she connects again, registers again and says it then."""
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
+
+    def renumber() -> None:
+        sc.reboot("alice")
+        sc.nats["alice"].public_ip = "203.0.113.101"
+        sc.dead_signaling.add("alice")
+
+    sc.sim.at(2.0, renumber)
+    res = sc.run(until=30.0)
+    for r in res.values():
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "direct"
+    assert res["alice"]["restarts"][0]["candidate_pair"]["local"]["ip"] == "203.0.113.101"
+    registers = [m for who, m in sc.signals if who == "alice" and m["type"] == "register"]
+    assert len(registers) == 2
+    assert check_proof(LAB_SECRET, "c" * 32, "alice", registers[1]["proof"])
+
+
+def test_an_offer_lost_on_a_dead_connection_is_sent_again_once_registered() -> None:
+    """The reset of a connection a renumbering cut comes after a retransmission or two:
+    what the controlling peer said meanwhile (its restart, its offer) is lost, and the
+    remote, restarting too, waits for that offer."""
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=CALL)
+
+    def renumber() -> None:
+        sc.reboot("alice")
+        sc.nats["alice"].public_ip = "203.0.113.101"
+        sc.dead_signaling.add("alice")
+        sc.silent_until["alice"] = 2.0 + CALL.consent_timeout + 1.0  # past her offer
+
+    sc.sim.at(2.0, renumber)
+    res = sc.run(until=30.0)
+    assert sc.s["alice"].controlling
+    for r in res.values():
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "direct", r
+    offers = [m for who, m in sc.signals if who == "alice" and m["type"] == "offer"]
+    assert [m.get("gen", 0) for m in offers] == [0, 1]  # the first restart offer was lost
+
+
+def test_restarts_stop_at_the_limit_and_at_the_end_of_the_call() -> None:
+    t = Timing(call=12.0, keepalive_interval=0.5, consent_timeout=1.5, max_restarts=2,
+               restart_backoff=0.5)
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=t, turn=False)
+
+    def cut() -> None:  # alice's NAT drops everything from now on
+        sc.reboot("alice")
+        sc.nats["alice"].out = lambda data, src, dst: None  # type: ignore[method-assign]
+
+    sc.sim.at(1.0, cut)
+    res = sc.run(until=30.0)
+    a = res["alice"]
+    assert len(a["restarts"]) == 2
+    assert all(r["outcome"] == "failed" and r["restored_ms"] is None for r in a["restarts"])
+    s = sc.s["alice"]
+    assert s.finished and s.path is None
+    assert any("max_restarts" in e for _, e in s.trace)
+    # a restart cut short by the end of the call says so
+    t = Timing(call=6.0, keepalive_interval=0.5, consent_timeout=1.5, restart_backoff=0.5)
+    sc = Scene("port-restricted-cone", "port-restricted-cone", timing=t, turn=False)
+    sc.sim.at(1.0, cut)
+    last = sc.run(until=30.0)["alice"]["restarts"][-1]
+    assert last["outcome"] is None and "call ended" in last["reason"]
+
+
+def test_no_call_means_no_data_and_no_consent() -> None:
+    sc = Scene("full-cone", "full-cone", timing=Timing(hold=3.0))
+    sc.sim.at(1.0, lambda: sc.reboot("alice"))
+    res = sc.run(until=20.0)
+    for r in res.values():
+        assert r["packets"]["data_sent"] == 0 and r["restarts"] == []
+
+
+def test_call_timings_are_checked() -> None:
+    with pytest.raises(ValueError, match="consent_timeout"):
+        Timing(keepalive_interval=2.0, consent_timeout=2.0)
+    with pytest.raises(ValueError, match="call"):
+        Timing(call=-1.0)

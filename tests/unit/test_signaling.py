@@ -285,20 +285,55 @@ def test_messages_for_an_absent_peer_are_held_until_it_registers(server: ServerT
         alice.close()
 
 
-def test_duplicate_id_is_refused(server: ServerThread) -> None:
+def test_a_valid_second_register_takes_the_id_over(server: ServerThread) -> None:
+    """A peer whose address changed (renumbered or rebooted router) registers again on a
+    new connection: the proof on the new nonce shows it is the same peer, so the new
+    connection gets the id and the old one is told and closed."""
+    a = client(server, "alice")
+    bob = client(server, "bob")
+    second = client(server)
+    try:
+        assert second.register("alice", peer_token(LAB_SECRET, "alice"))["type"] == "registered"
+        err = a.recv()
+        assert err["code"] == "replaced" and err["fatal"]
+        with pytest.raises(ConnectionError):
+            a.recv()
+        bob.send({"type": "restart", "to": "alice", "gen": 1})
+        assert second.recv() == {"type": "restart", "from": "bob", "to": "alice", "gen": 1}
+        assert server.server.stats.replaced == 1
+    finally:
+        for c in (a, bob, second):
+            c.close()
+
+
+def test_a_second_register_without_the_token_takes_nothing(server: ServerThread) -> None:
     a = client(server, "alice")
     try:
-        second = client(server)  # holds alice's token too: a restarted peer, say
-        err = second.register("alice", peer_token(LAB_SECRET, "alice"))
-        assert err["code"] == "id-taken" and err["fatal"]
-        with pytest.raises(ConnectionError):
-            second.recv()
+        second = client(server)
+        err = second.register("alice", peer_token(b"not the lab secret", "alice"))
+        assert err["code"] == "auth-failed" and err["fatal"]
         second.close()
-        # the first holder is untouched
-        a.send({"type": "start", "to": "alice"})
+        a.send({"type": "start", "to": "alice"})  # the first holder is untouched
         assert a.recv() == {"type": "start", "from": "alice", "to": "alice"}
     finally:
         a.close()
+
+
+def test_start_and_offer_carry_the_generation_of_a_restart(server: ServerThread) -> None:
+    alice, bob = client(server, "alice"), client(server, "bob")
+    try:
+        alice.send({"type": "offer", "to": "bob", "candidates": CANDS, "secret": SECRET,
+                    "gen": 2})
+        assert bob.recv()["gen"] == 2
+        alice.send({"type": "start", "to": "bob", "gen": 2})
+        assert bob.recv() == {"type": "start", "from": "alice", "to": "bob", "gen": 2}
+        assert alice.recv()["gen"] == 2  # the start comes back to its sender too
+        alice.sock.sendall(encode_frame({"type": "restart", "to": "bob", "gen": -1}))
+        err = alice.recv()
+        assert err["code"] == "bad-message" and "restart.gen" in err["message"]
+    finally:
+        alice.close()
+        bob.close()
 
 
 @pytest.mark.parametrize(
@@ -545,6 +580,12 @@ def test_an_open_server_takes_any_proof() -> None:
         nonce = c.recv()["nonce"]
         c.send({"type": "register", "id": "anyone", "proof": "e" * 64})
         assert c.recv() == {"type": "registered", "id": "anyone"} and nonce
+        second = client(st_)  # nothing proves it is the same peer: first come, first served
+        second.recv()
+        second.send({"type": "register", "id": "anyone", "proof": "e" * 64})
+        err = second.recv()
+        assert err["code"] == "id-taken" and err["fatal"]
+        second.close()
         c.close()
     finally:
         st_.stop()

@@ -1430,9 +1430,144 @@ def test_node_lookup_is_by_name() -> None:
         topo.node("nobody")
 
 
+# ------------------------------------------------------------------ conditions and events
+
+COND_BASE = """
+nodes:
+  alice: {}
+  home:
+    kind: router
+    nat: {type: port-restricted-cone}
+  server: {kind: server}
+links:
+  - endpoints: [alice:eth0, home:lan]
+networks:
+  internet:
+    scope: internet
+    members: [home:wan, server:eth0]
+"""
+
+
+def with_blocks(link: str = "", network: str = "", node: str = "", events: str = "") -> str:
+    text = y(COND_BASE)
+    if link:
+        text = text.replace("  - endpoints: [alice:eth0, home:lan]\n",
+                            f"  - endpoints: [alice:eth0, home:lan]\n    conditions: {link}\n")
+    if network:
+        text = text.replace("    members: [home:wan, server:eth0]\n",
+                            f"    members: [home:wan, server:eth0]\n    conditions: {network}\n")
+    if node:
+        text = text.replace("    nat: {type: port-restricted-cone}\n",
+                            f"    nat: {{type: port-restricted-cone}}\n    conditions: {node}\n")
+    if events:
+        text += f"events: {events}\n"
+    return text
+
+
+def directions(topo: Topology) -> dict[tuple[str, str], str]:
+    return {(c.node, c.iface): str(c.conditions) for c in topo.conditions}
+
+
+def test_conditions_on_a_link_a_network_and_an_interface() -> None:
+    topo = parse_topology(with_blocks(link="{delay: 10ms, loss: 1%}", network="lte",
+                                      node="{wan: 'satellite,loss=2%'}"), "t.yaml")
+    got = directions(topo)
+    # a link: both ends' egress
+    assert got[("alice", "eth0")] == got[("home", "lan")] == "delay=10ms,loss=1%"
+    # a network: each member's egress and the bridge's port towards it (p<position>)
+    assert got[("server", "eth0")] == got[("internet", "p1")] == \
+        "delay=40ms,jitter=10ms,loss=0.1%"
+    # an interface's own block wins over its network's, both ways
+    assert got[("home", "wan")] == got[("internet", "p0")] == \
+        "delay=270ms,jitter=5ms,loss=2%"
+    assert {c.source for c in topo.conditions if c.node == "home" and c.iface == "wan"} == \
+        {"nodes.home.conditions.wan"}
+
+
+def test_no_conditions_is_a_perfect_lab() -> None:
+    assert parse_topology(y(COND_BASE), "t.yaml").conditions == ()
+    assert parse_topology(with_blocks(link="~"), "t.yaml").conditions == ()
+
+
+@pytest.mark.parametrize(("blocks", "line", "field", "message"), [
+    ({"link": "{delay: 50}"}, 9, "links[0].conditions.delay", "'50' has no unit"),
+    ({"link": "{loss: 200%}"}, 9, "links[0].conditions.loss", "200% is over 100%"),
+    ({"link": "{delay: 61s}"}, 9, "links[0].conditions.delay", "61s is over the limit of 60s"),
+    ({"link": "{rate: 0}"}, 9, "links[0].conditions.rate", "must be greater than 0"),
+    ({"link": "{jitter: -1ms}"}, 9, "links[0].conditions.jitter", "-1ms is negative"),
+    ({"link": "{speed: 1mbit}"}, 9, "links[0].conditions.speed", "unknown condition"),
+    ({"link": "{reorder: 5%}"}, 9, "links[0].conditions.reorder", "needs a delay"),
+    ({"link": "[1, 2]"}, 9, "links[0].conditions", "must be a mapping"),
+    ({"link": "'lte,loss=2'"}, 9, "links[0].conditions.loss", "has no unit"),
+    ({"link": "marsnet"}, 9, "links[0].conditions.preset", "'marsnet' is not a preset"),
+    ({"network": "{loss: {model: gilbert-elliott, p: 1%, r: 0}}"}, 13,
+     "networks.internet.conditions.loss.r", "would stay in the bad state forever"),
+    ({"node": "{wan2: lte}"}, 6, "nodes.home.conditions.wan2",
+     "home has no interface wan2 (its interfaces: lan, wan)"),
+    ({"node": "lte"}, 6, "nodes.home.conditions", "must be a mapping"),
+])
+def test_bad_conditions_name_file_line_and_field(blocks: dict[str, str], line: int, field: str,
+                                                 message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(with_blocks(**blocks), "t.yaml")
+    e = info.value
+    assert (e.source, e.line, e.field) == ("t.yaml", line, field), str(e)
+    assert message in e.message
+
+
+def test_a_gilbert_elliott_error_points_at_its_own_line() -> None:
+    text = y(COND_BASE).replace("    members: [home:wan, server:eth0]\n", """\
+    members: [home:wan, server:eth0]
+    conditions:
+      delay: 5ms
+      loss:
+        model: gilbert-elliott
+        p: 1%
+        r: 0%
+""")
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text, "t.yaml")
+    assert (info.value.line, info.value.field) == (18, "networks.internet.conditions.loss.r")
+
+
+def test_events_in_both_forms() -> None:
+    topo = parse_topology(with_blocks(events="['home: reboot at 2s', "
+                                             "{node: home, action: renumber, iface: wan, "
+                                             "at: 4s}, 'home: down lan for 1s at 5s']"), "t.yaml")
+    assert [str(e) for e in topo.events] == ["home: reboot at 2s", "home: renumber wan at 4s",
+                                              "home: down lan for 1s at 5s"]
+
+
+@pytest.mark.parametrize(("events", "field", "message"), [
+    ("['cloud: reboot at 2s']", "events[0].node", "no node 'cloud' in t.yaml (nodes: alice"),
+    ("['alice: reboot at 2s']", "events[0].action", "reboot needs a router; alice is a host"),
+    ("['server: expire at 2s']", "events[0].action", "needs a router"),
+    ("['home: renumber lan at 2s']", "events[0].iface",
+     "renumber changes a router's WAN address; home's WAN is wan, not lan"),
+    ("['alice: down wlan0 at 2s']", "events[0].iface", "alice has no interface wlan0"),
+    ("['home: reboot at 2s', 'home: dance at 3s']", "events[1].action", "not an action"),
+    ("['home: up wan at 3s']", "events[0].action", "home:wan is not down at 3s"),
+    ("[{node: home, action: reboot}]", "events[0].at", "missing"),
+    ("'home: reboot at 2s'", "events", "must be a list of events"),
+])
+def test_bad_events_name_file_line_and_field(events: str, field: str, message: str) -> None:
+    with pytest.raises(TopologyError) as info:
+        parse_topology(with_blocks(events=events), "t.yaml")
+    e = info.value
+    assert (e.line, e.field) == (13, field), str(e)
+    assert message in e.message
+
+
+def test_expire_and_renumber_need_a_nat() -> None:
+    text = with_blocks(events="['home: expire at 2s']").replace(
+        "nat: {type: port-restricted-cone}", "nat: {type: none}")
+    with pytest.raises(TopologyError, match="expire needs a router that translates"):
+        parse_topology(text, "t.yaml")
+
+
 def test_a_key_holding_the_message_separator_is_quoted() -> None:
     # Found by hypothesis: the key ": " read as an empty field in "f.yaml:1: : : ...".
     with pytest.raises(TopologyError) as exc:
         parse_topology('": ": 1\n', "f.yaml")
-    assert str(exc.value) == ('f.yaml:1: ": ": unknown key '
-                              "(allowed: name, description, defaults, nodes, links, networks)")
+    assert str(exc.value) == ('f.yaml:1: ": ": unknown key (allowed: name, description, '
+                              "defaults, nodes, links, networks, events)")

@@ -126,3 +126,25 @@ def test_cli_prints_the_schema() -> None:
                           capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == SCHEMA
+
+
+def test_conditions_and_events_in_the_schema() -> None:
+    doc = yaml.safe_load((REPO / "topologies" / "home-pair.yaml").read_text())
+    doc["links"][0]["conditions"] = {"delay": "20ms", "loss": {"p": "1%", "r": "30%"}}
+    doc["networks"]["internet"]["conditions"] = "lte,loss=1%"
+    doc["nodes"]["home-a"]["conditions"] = {"wan": {"preset": "satellite", "rate": "10mbit",
+                                                    "mtu": 1400}}
+    doc["events"] = ["home-a: reboot at 2s", {"node": "home-b", "action": "renumber",
+                                               "iface": "wan", "at": "5s"}]
+    assert errors(doc) == []
+    defs = SCHEMA["definitions"]
+    assert defs["event"]["anyOf"][1]["properties"]["action"]["enum"] == \
+        ["reboot", "renumber", "expire", "down", "up"]
+    assert "lte" in defs["conditions"]["anyOf"][1]["properties"]["preset"]["enum"]
+    for bad in ({"delay": "50 parsecs"}, {"speed": "1mbit"}, {"mtu": 20},
+                {"loss": {"p": "1%"}}, {"oversize": "squash"}):
+        doc["links"][0]["conditions"] = bad
+        assert errors(doc), bad
+    doc["links"][0]["conditions"] = None
+    doc["events"] = [{"node": "home-a", "action": "explode", "at": "1s"}]
+    assert errors(doc)
