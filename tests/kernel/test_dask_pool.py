@@ -25,7 +25,7 @@ import pytest
 from test_matrix import expected, leftovers  # the facts file's table; what a lab leaves
 from test_matrix_shards import by_cell, nt
 
-from testbed import state
+from testbed import report, state
 from testbed.matrix import records
 from testbed.matrix.pool import RUN_LABEL
 
@@ -116,6 +116,42 @@ def test_a_pool_run_equals_the_local_run_cell_for_cell(pool: LocalPool, tmp_path
     assert state.labelled(RUN_LABEL, run_id(tmp_path / "pool")) == []
     for lab in (info["lab"] for info in m.labs):
         assert leftovers(lab) == []
+
+
+DELAY_MS = 20.0
+
+
+def test_a_pool_run_carries_link_conditions_as_the_local_run(pool: LocalPool,
+                                                             tmp_path: Path) -> None:
+    """--delay on the pool: the workers apply it (the peers' STUN round trips show it),
+    and the results have the local run's columns, `delay` and `disturbed` among them."""
+    spec = ["--nats", "full-cone,symmetric", "--delay", f"{DELAY_MS:g}ms"]  # 4 slots
+    local = nt("matrix", *spec, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    pooled = nt("matrix", *spec, "--dask", pool.address, "--out", str(tmp_path / "pool"))
+    assert pooled.returncode == 0, pooled.stderr
+    head = [(tmp_path / run / "results.csv").read_text().splitlines()[0].split(",")
+            for run in ("local", "pool")]
+    assert head[0] == head[1] and {"delay", "disturbed"} <= set(head[1])
+    fields = [{k for line in (tmp_path / run / records.RECORDS).read_text().splitlines()
+               for k in json.loads(line)} for run in ("local", "pool")]
+    assert fields[0] == fields[1]  # every record's fields, as the local run writes them
+    docs = {run: report.load(tmp_path / run / "results.json") for run in ("local", "pool")}
+    assert {(c.a, c.b): [r.outcome for r in c.repeats] for c in docs["pool"].cells} == \
+        {(c.a, c.b): [expected(c.a, c.b)] for c in docs["pool"].cells}
+    mech = docs["pool"].metadata["conditions_mechanism"]
+    assert mech == docs["local"].metadata["conditions_mechanism"]
+    assert mech in ({"forwarder": ["forwarder"]}, {"netem": ["netem"]})
+    conf = docs["pool"].metadata["configuration"]
+    assert conf["admission"]["scope"] == "lab" and "--delay 20ms" in conf["command"]
+    for cell in docs["pool"].cells:
+        assert cell.point == {"delay": "20ms"}
+        for r in cell.repeats:
+            assert r.disturbed is not None  # the lateness was measured on the worker
+            stun = r.peers["alice"].gather_ms.stun
+            assert stun is not None and stun >= 2 * DELAY_MS  # a server round trip
+    labs = records.read_manifest(tmp_path / "pool").labs
+    assert all(info["worker"] and info["admission_waits"] is not None for info in labs)
 
 
 def running_lab(out: Path, deadline: float) -> tuple[str, dict[str, object]]:
