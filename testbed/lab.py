@@ -137,8 +137,11 @@ class Lab:
                            "(nat-testbed status shows it)")
         try:
             self._claim_names()
-        except BaseException:  # refused: the existing lab stays exactly as it was
-            self._lock.release()
+        except BaseException:
+            if self._claimed:  # interrupted while writing its first state: remove it
+                self.down()
+            else:  # refused: the existing lab stays exactly as it was
+                self._lock.release()
             raise
         try:
             self._build()
@@ -154,6 +157,9 @@ class Lab:
         if taken:
             raise LabError(f"lab {self.name} already exists ({', '.join(taken[:3])}"
                            f"{', ...' if len(taken) > 3 else ''}; see nat-testbed status)")
+        # The name is ours from here: a Ctrl-C in the first write below (its LAB.tmp made,
+        # not yet renamed) leaves files that down() removes, the lock file last.
+        self._claimed = True
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -167,7 +173,6 @@ class Lab:
         if self.labels:
             self._state["labels"] = self.labels
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
-        self._claimed = True
 
     def detach(self) -> None:
         """Leave the lab running for other processes (`nat-testbed up`, --keep): recorded

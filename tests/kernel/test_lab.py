@@ -279,6 +279,23 @@ def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> Non
     assert not (base / "state").exists() or os.listdir(base / "state") == []
 
 
+def test_ctrl_c_in_the_first_state_write_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while writing its first state (LAB.tmp made, not yet renamed over
+    LAB.json: seen once in a matrix Ctrl-C under load), a lab removes its files."""
+    write = state.write_state
+
+    def interrupted(lab: str, st: dict[str, object]) -> None:
+        state.tmp_path(lab).touch()  # as os.open(O_CREAT) does before the write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "write_state", interrupted)
+    lab = Lab(load_topology(TOPOLOGIES / "home.yaml"), start_services=False)
+    with pytest.raises(KeyboardInterrupt):
+        lab.up()
+    monkeypatch.setattr(state, "write_state", write)
+    assert lab_leftovers(lab.name) == []
+
+
 def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
     """Nothing of the lab it was asked to build exists: no namespace by name or marker, no
     state (only this lab is looked at: other users' labs come and go meanwhile)."""
