@@ -15,7 +15,8 @@ import struct
 import time
 
 env, t0 = os.environ, time.monotonic()
-deadline = t0 + float(env["NT_DEADLINE_S"]) - 0.5
+deadline = t0 + float(env["NT_DEADLINE_S"]) - 0.5  # the result line by then
+connect_by = min(deadline, t0 + float(env.get("NT_CONNECT_DEADLINE_S", "inf")))  # give up
 send_bytes, chunk = int(env["NT_SEND_BYTES"]), int(env["NT_CHUNK"])
 
 
@@ -59,12 +60,12 @@ def main():
         if lines.readline().strip() != b"OK":
             raise ConnectionError("rendezvous refused us")
         rv.sendall(json.dumps({"ip": mine[0], "port": mine[1]}).encode() + b"\n")
-        rv.settimeout(max(0.1, deadline - time.monotonic()))
+        rv.settimeout(max(0.1, connect_by - time.monotonic()))
         theirs = json.loads(lines.readline())
         remote = (theirs["ip"], theirs["port"])
         sock.settimeout(0.05)
         heard = False
-        while not heard and time.monotonic() < deadline:  # punch until the remote is heard
+        while not heard and time.monotonic() < connect_by:  # punch until the remote is heard
             sock.sendto(b"punch", remote)
             try:
                 heard = sock.recvfrom(2048)[1] == remote

@@ -18,6 +18,9 @@ member and the server carry on.
 
 Run: python -m peers.rendezvous --listen 203.0.113.6 --port 7001 \\
          --session 0123abcd --ids alice,bob        (prints "ready" once listening)
+     python -m peers.rendezvous --listen 203.0.113.6 --port 7001 --sessions-file F
+         F: one session per line, "SESSION ID,ID" (a matrix lab's slots share one
+         server: each slot its own session and ids)
 """
 
 from __future__ import annotations
@@ -114,6 +117,27 @@ class Rendezvous:
                     return
 
 
+def parse_sessions_file(text: str, where: str = "sessions") -> dict[str, tuple[str, ...]]:
+    """Lines "SESSION ID,ID[,...]" -> sessions (ValueError naming the line)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{where}: line {no}: expected SESSION ID,ID")
+        try:
+            one = parse_sessions(parts[0], parts[1])
+        except ValueError as e:
+            raise ValueError(f"{where}: line {no}: {e}") from None
+        if parts[0] in out:
+            raise ValueError(f"{where}: line {no}: session {parts[0][:64]!r} listed twice")
+        out.update(one)
+    if not out:
+        raise ValueError(f"{where}: no session")
+    return out
+
+
 def parse_sessions(session: str, ids: str) -> dict[str, tuple[str, ...]]:
     names = tuple(i for i in ids.split(",") if i)
     if not SESSION_RE.match(session):
@@ -140,12 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m peers.rendezvous")
     ap.add_argument("--listen", required=True)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--session", required=True)
+    ap.add_argument("--session")
     ap.add_argument("--ids", default="alice,bob")
+    ap.add_argument("--sessions-file", metavar="PATH")
     args = ap.parse_args(argv)
     try:
-        sessions = parse_sessions(args.session, args.ids)
-    except ValueError as e:
+        if (args.session is None) == (args.sessions_file is None):
+            raise ValueError("one of --session or --sessions-file")
+        if args.sessions_file is not None:
+            with open(args.sessions_file, encoding="utf-8") as f:
+                sessions = parse_sessions_file(f.read(64 * 1024 * 1024), args.sessions_file)
+        else:
+            sessions = parse_sessions(args.session, args.ids)
+    except (OSError, ValueError) as e:
         print(f"rendezvous: {e}", file=sys.stderr)
         return 2
     asyncio.run(_serve(args.listen, args.port, sessions))

@@ -30,6 +30,15 @@ Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
 
+Application data (optional, PeerConfig.app_bytes): once decided, the session sends
+that many bytes over the chosen path (straight to the remote's address, or as TURN
+data through its allocation), in datagrams that start with APP_MAGIC, paced in small
+bursts, and counts the remote's; it holds the path (and the allocation) until both
+have crossed or done_timeout. This is what the wire judge (testbed.wire) measures
+for the project's own peer, in a contract program (peers.adapters.own) and in the
+matrix alike. The bytes go once, after the first decision: a call's restarts (below)
+carry only the call's data.
+
 A call (Timing.call > 0) keeps the path for that long after deciding and sends
 authenticated data datagrams on it every data_interval, as a media stream would.
 Its keepalive probes are consent checks in the spirit of RFC 7675: a path whose
@@ -70,6 +79,9 @@ from peers.credentials import register_proof
 from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
 
 Rng = Callable[[int], bytes]
+APP_MAGIC = b"NTAPP1"  # starts every application-data datagram (after the decision)
+APP_BURST = 8  # application datagrams per burst ...
+APP_INTERVAL = 0.002  # ... one burst every this many seconds (UDP has no flow control)
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,13 @@ class PeerConfig:
     timing: Timing = field(default_factory=Timing)
     trace: bool = False  # include the event trace in the result
     token: str = ""  # signaling credential for our id, issued by the testbed
+    app_bytes: int = 0  # application data to send once decided (0: none)
+    app_chunk: int = 1000  # bytes of it per datagram, at most
+
+    def __post_init__(self) -> None:
+        if self.app_bytes < 0 or not 1 <= self.app_chunk <= 60000:
+            raise ValueError(f"PeerConfig: app_bytes >= 0 and app_chunk 1..60000, got "
+                             f"{self.app_bytes}, {self.app_chunk}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +268,10 @@ class Session:
         self.direct: dict[Address, _Path] = {}
         self.relayed: dict[Address, _Path] = {}
 
+        # application data, once decided (PeerConfig.app_bytes)
+        self.app_sent = 0
+        self.app_received = 0
+        self._app_next: float | None = None
         # the call: the current path (the first decision's pair, or a restart's)
         self.path: tuple[Candidate, Candidate] | None = None
         self.path_kind: str | None = None  # direct | relay
@@ -292,8 +315,8 @@ class Session:
 
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
-                 self._next_ping, self._next_data, self._restart_at, self._turn_wait_until,
-                 self._call_end if self.in_call else None]
+                 self._next_ping, self._app_next, self._next_data, self._restart_at,
+                 self._turn_wait_until, self._call_end if self.in_call else None]
         if self._consent_at is not None and self.in_call and self.path is not None:
             times.append(self._consent_at + self.t.consent_timeout)
         if self.turn is not None and self.phase is not Phase.FINISHED:
@@ -352,6 +375,9 @@ class Session:
         self.counters.received += 1
         if self.phase is Phase.FINISHED:
             return
+        if data.startswith(APP_MAGIC) and src != self.cfg.turn:  # direct application data
+            self._on_app_data(data, now)
+            return
         if self.turn is not None and self.turn.receive(data, src, now):
             self._pump_turn(now)
             return
@@ -373,6 +399,8 @@ class Session:
             self._round(now)
         if self._next_keepalive is not None and now >= self._next_keepalive:
             self._keepalive(now)
+        if self._app_next is not None and now >= self._app_next:
+            self._app_burst(now)
         if self._next_ping is not None and now >= self._next_ping:
             self._signal({"type": "ping"})
         self._call_timers(now)
@@ -729,6 +757,9 @@ class Session:
         self.remote.append(Candidate("prflx", *src))  # peer-reflexive
 
     def _on_relayed(self, peer: Address, data: bytes, now: float) -> None:
+        if data.startswith(APP_MAGIC):
+            self._on_app_data(data, now)
+            return
         if not pr.is_probe(data):
             return
         p = self._decode(data)
@@ -848,7 +879,47 @@ class Session:
                 self._next_data = now if self.t.data_interval else None
         if self.t_registered is not None:
             self._signal({"type": "done", "to": self.cfg.remote, "outcome": outcome})
+        if outcome != "failed" and self.cfg.app_bytes:
+            self._app_burst(now)
         self._maybe_finish(now)
+
+    # ------------------------------------------------------------------ application data
+
+    def _app_burst(self, now: float) -> None:
+        """The next few datagrams of application data over the decided path."""
+        if self.path is None:  # a restart is looking for a new path: wait for it
+            self._app_next = now + APP_INTERVAL if self._restarting else None
+            return
+        peer, kind = self.path[1].addr, self.path_kind
+        for _ in range(APP_BURST):
+            n = min(self.cfg.app_chunk, self.cfg.app_bytes - self.app_sent)
+            if n <= 0:
+                break
+            data = APP_MAGIC + bytes(n)
+            if kind == "direct":
+                self._send(data, peer)
+            else:
+                assert self.turn is not None
+                self.turn.send(peer, data)
+            self.app_sent += n
+        if kind == "relay":
+            self._pump_turn(now)
+        done = self.app_sent >= self.cfg.app_bytes
+        self._app_next = None if done else now + APP_INTERVAL
+        if done:
+            self._maybe_finish(now)
+
+    def _on_app_data(self, data: bytes, now: float) -> None:
+        self.app_received += len(data) - len(APP_MAGIC)
+        if self.app_received >= self.cfg.app_bytes:
+            self._maybe_finish(now)
+
+    @property
+    def app_complete(self) -> bool:
+        """Both directions' application data crossed (or none was asked for)."""
+        want = self.cfg.app_bytes
+        return (not want or self.outcome not in ("direct", "relay")
+                or (self.app_sent >= want and self.app_received >= want))
 
     def _hold_until(self) -> float:
         assert self.t_decided is not None
@@ -856,6 +927,8 @@ class Session:
 
     def _maybe_finish(self, now: float, timed_out: bool = False) -> None:
         if self.phase is not Phase.DECIDED or self.t_decided is None:
+            return
+        if not (self.app_complete or timed_out):
             return
         held = now >= self._hold_until()
         if (self.remote_done is not None and held) or timed_out:
@@ -1023,7 +1096,7 @@ class Session:
     def _finish(self, now: float) -> None:
         self._note("finish")
         self._deadline = self._next_round = self._next_keepalive = self._stun_next = None
-        self._next_ping = None
+        self._next_ping = self._app_next = None
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
             for data, addr in self.turn.take_datagrams():
@@ -1087,7 +1160,8 @@ class Session:
                 relay=ms(first["t_relay_start"], first["t_relay_end"]),
                 connect=ms(self.t0, end),
             ),
-            packets=replace(self.counters),
+            packets=replace(self.counters, app_sent=self.app_sent,
+                            app_received=self.app_received),
             errors=tuple(self.errors),
             gather_ms=GatherTimings(stun=ms(t_registered, first["t_srflx"]),
                                     turn=ms(t_registered, first["t_relayed"])),

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "peers" / "adapters" / "node"
 LIBP2P_RELAY = "libp2p-relay"  # a lab service: a circuit relay v2 node on the internet
 MIN_NODE = 20  # @roamhq/wrtc 0.10 and js-libp2p 3 (with labshim.mjs's polyfill)
-DEFAULT_DEADLINE_S = 20.0  # seconds each contract program has (docs/peers.md)
+DEFAULT_DEADLINE_S = 20.0  # seconds each contract program has to connect (docs/peers.md)
+DEFAULT_DATA_S = 5.0  # after the connect deadline: to send and receive the data
 
 
 @functools.cache
@@ -65,6 +66,11 @@ class Adapter:
     # The protocol it speaks on the wire and through the rendezvous: only two programs
     # of one family can connect to each other (own probes, ICE, WebRTC, libp2p).
     family: str | None = "own"  # None: unknown (a user's program)
+
+    @property
+    def label(self) -> str:
+        """Its name: a value of the matrix's peer_a and peer_b dimensions."""
+        return self.name
 
     def command(self) -> list[str]:
         node = shutil.which("node") or "node"
@@ -110,6 +116,11 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
     Adapter("aioice", "python", ("{python}", "-m", "peers.adapters.aioice_peer"),
             "aioice, the ICE agent under aiortc (RFC 8445), one UDP component",
             python_dist="aioice", family="ice"),
+    Adapter("aioice-stun", "python", ("{python}", "-m", "peers.adapters.aioice_peer",
+                                      "--stun-only"),
+            "aioice with STUN only, no TURN: its direct / not-direct split (the test suite's "
+            "independent reference over --nats all)", turn=False, relay=None,
+            python_dist="aioice", family="ice"),
     Adapter("webrtc", "node", ("{node}", "{repo}/peers/adapters/node/webrtc.mjs"),
             "Chrome's libwebrtc through @roamhq/wrtc: ICE, DTLS, SCTP data channel",
             node_package="@roamhq/wrtc", family="webrtc"),
@@ -124,13 +135,58 @@ ADAPTERS: dict[str, Adapter] = {a.name: a for a in (
 )}
 
 
+COMMAND = "command:"  # a user's program's name: command:<file name>
+COMMANDS: dict[str, Adapter] = {}  # by name: the programs command_adapter() was given
+
+
 def command_adapter(path: str) -> Adapter:
     """A user's own contract program, started as it is (it must be executable)."""
     p = Path(path).resolve()
     if not p.is_file() or not os.access(p, os.X_OK):
         raise AdapterError(f"--peer-command {path}: not an executable file")
-    return Adapter(f"command:{p.name}", "command", (str(p),),
-                   f"a program of the user's ({p})", relay="turn", family=None)
+    if any(ch in p.name for ch in ",= "):
+        raise AdapterError(f"--peer-command {path}: a file name without ',', '=' or spaces")
+    adapter = Adapter(f"{COMMAND}{p.name}", "command", (str(p),),
+                      f"a program of the user's ({p})", relay="turn", family=None)
+    COMMANDS[adapter.name] = adapter
+    return adapter
+
+
+def from_label(label: str) -> Adapter:
+    """An adapter by its name (a matrix label): a known one, a program given to
+    command_adapter() in this process, or a stand-in for one given elsewhere (a merge
+    of another machine's records reads labels only)."""
+    if label in ADAPTERS:
+        return ADAPTERS[label]
+    if label.startswith(COMMAND) and len(label) > len(COMMAND):
+        if any(ch in label for ch in ",= "):
+            raise ValueError(f"{label!r}: a file name without ',', '=' or spaces")
+        return COMMANDS.get(label) or Adapter(
+            label, "command", (label[len(COMMAND):],), "a program of the user's (not given "
+            "here: --peer-command PATH)", relay="turn", family=None)
+    raise ValueError(f"unknown peer {label!r} (one of: {', '.join(ADAPTERS)}, or "
+                     f"{COMMAND}NAME for --peer-command)")
+
+
+def common_protocol(a: Adapter, b: Adapter) -> str | None:
+    """Why two programs cannot speak to each other, or None (an unknown family, a
+    user's program, is given the benefit of the doubt)."""
+    if None in (a.family, b.family) or a.family == b.family:
+        return None
+    return (f"no common protocol: {a.name} speaks {a.family}, {b.name} speaks {b.family}")
+
+
+def modelled(a: Adapter) -> str | None:
+    """Why the reference model (STUN, simultaneous UDP punching, a TURN fallback) does
+    not describe this adapter's outcomes, or None."""
+    if a.family is None:
+        return f"{a.name} is a program of the user's: what it implements is unknown"
+    if a.transport != "udp":
+        return f"{a.name} connects over {a.transport}, the model is of UDP"
+    if a.relay != "turn":
+        return f"{a.name} has {'no relay' if a.relay is None else a.relay}, the model " \
+               "falls back to TURN"
+    return None
 
 
 def get(name: str, flag: str = "--peer") -> Adapter:
@@ -152,13 +208,14 @@ def available() -> list[dict[str, Any]]:
 
 
 def format_available(rows: list[dict[str, Any]]) -> str:
-    head = f"{'peer':<8} {'language':<8} {'version':<9} {'STUN':<5} {'TURN':<5} " \
+    w = max([4, *(len(r["name"]) for r in rows)])  # aioice-stun, a user's command:...
+    head = f"{'peer':<{w}} {'language':<8} {'version':<9} {'STUN':<5} {'TURN':<5} " \
            f"{'relay':<25} {'transport':<9} status"
     lines = [head]
     for r in rows:
         yes = {True: "yes", False: "no"}
         status = "ok" if r["available"] else f"missing: {r['missing']}"
-        lines.append(f"{r['name']:<8} {r['language']:<8} {r['version'] or '-':<9} "
+        lines.append(f"{r['name']:<{w}} {r['language']:<8} {r['version'] or '-':<9} "
                      f"{yes[r['stun']]:<5} {yes[r['turn']]:<5} {r['relay'] or '-':<25} "
                      f"{r['transport']:<9} {status}")
     return "\n".join(lines)

@@ -276,6 +276,17 @@ def write_sysctl(fd: int, key: str, value: str) -> None:
         os.close(handle)
 
 
+def read_sysctl(fd: int, key: str) -> str:
+    """A net.* sysctl's value inside the namespace `fd`."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    with entered(fd):
+        handle = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(handle, 4096).decode().strip()
+    finally:
+        os.close(handle)
+
+
 def preexec(fd: int) -> None:
     """For subprocess: enter the namespace in the child before exec."""
     _setns(fd)

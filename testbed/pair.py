@@ -64,10 +64,14 @@ CALL_AFTER_EVENTS_S = 10.0  # a call's default length: past the last event by th
 
 @dataclass(frozen=True)
 class Placement:
-    """Where each role sits in a pair topology: its node and the router in front of it."""
+    """Where each role sits in a pair topology (its node and the router in front of
+    it) and where the servers the peers use run. One placement serves the project's
+    peer (run_pair), contract programs (testbed.peerprog) and a matrix slot."""
 
     nodes: Mapping[str, str]  # role -> host node
     routers: Mapping[str, str]  # role -> the router that is its default gateway
+    signaling: str = "signal"  # the signaling server's node; contract programs' rendezvous
+    relay: str = "turn"  # the TURN server's node; a libp2p circuit relay runs there too
 
     def wan(self, topo: Topology) -> dict[str, str]:
         """role -> the address its router shows upstream."""
@@ -102,7 +106,8 @@ def place(topo: Topology, nodes: Mapping[str, str]) -> Placement:
     routers = {role: gateway(topo, nodes[role], f"{role}'s node") for role in ROLES}
     if nodes[ROLES[0]] == nodes[ROLES[1]]:
         raise ValueError(f"alice's and bob's node must differ, both are {nodes[ROLES[0]]!r}")
-    return Placement(dict(nodes), routers)
+    server = {s: next(n.name for n in topo.nodes if n.service == s) for s in SERVICES}
+    return Placement(dict(nodes), routers, server["signaling"], server["turn"])
 
 
 def pair_topology(nat_a: NatSpec, nat_b: NatSpec, source: Path | None = None,

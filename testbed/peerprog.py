@@ -2,11 +2,11 @@
 
     run_contract_pair(nat_a, nat_b, get("aioice"), get("own"))
 
-builds the home-pair lab (testbed.pair.pair_lab), starts the rendezvous (and a
-libp2p circuit relay when an adapter needs one), installs the wire counters
-(testbed.wire) in both routers, starts the two programs with their NT_* environment,
-waits for both until the deadline, kills what is still running, and returns one
-cell:
+builds the pair lab (testbed.pair: home-pair, or any topology with `topology=` and
+the two nodes), starts the rendezvous (and a libp2p circuit relay when an adapter
+needs one), installs the wire counters (testbed.wire) in both routers, starts the two
+programs with their NT_* environment, waits for both until the deadline, kills what
+is still running, and returns one cell:
 
     {"a", "b", "peer_a", "peer_b", "outcome", "reason", "flags",
      "wire": {...verdict, "counters": {router: {...}}},
@@ -18,8 +18,13 @@ cell:
 `outcome` is the wire's verdict; the programs' own words are only shown beside it,
 and `flags` lists where they disagree, or where a program broke the contract (hung,
 crashed, printed no result line). A misbehaving program costs at most its deadline
-plus KILL_GRACE_S, never the run: `run_cell` works on any lab whose nodes `Placement`
-names, so the matrix can call it on its own slots.
+plus KILL_GRACE_S, never the run: `run_cell` works on any lab whose nodes a
+`testbed.pair.Placement` names, so the matrix runs it on its own slots, with a
+rendezvous (and relay) that the lab's slots share (`CellServices`).
+
+Deadlines: a program has `deadline_s` to connect (NT_CONNECT_DEADLINE_S) and then
+`data_s` more for its data (NT_DEADLINE_S is their sum): a program that connects
+late on a loaded machine still has the time to send what the judge measures.
 """
 
 from __future__ import annotations
@@ -35,12 +40,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peers.candidates import Candidate, CandidateError
+from peers.result import PeerResult, StageTimings
 from testbed import wire
-from testbed.adapters import DEFAULT_DEADLINE_S, LIBP2P_RELAY, NODE_DIR, REPO, Adapter
+from testbed.adapters import (
+    DEFAULT_DATA_S,
+    DEFAULT_DEADLINE_S,
+    LIBP2P_RELAY,
+    NODE_DIR,
+    REPO,
+    Adapter,
+    common_protocol,
+)
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.nat import Kind, NatSpec
-from testbed.pair import CANDIDATE_LEGEND, pair_lab, pair_topology
+from testbed.pair import CANDIDATE_LEGEND, DEFAULT_NODES, Placement, pair_lab, pair_topology
+from testbed.results import (
+    ROLES,
+    PairResult,
+    PairTimings,
+    ProgramReport,
+    WireEvidence,
+)
 
 RENDEZVOUS_PORT = 7001
 LIBP2P_RELAY_PORT = 4001
@@ -51,16 +73,17 @@ TAIL_BYTES = 16 * 1024  # kept of each program's stdout and stderr (bounded memo
 START_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which nodes of a lab play which part (defaults: topologies/home-pair.yaml)."""
+HOME_PAIR = Placement(DEFAULT_NODES, {"alice": "home-a", "bob": "home-b"})
 
-    alice: str = "alice"
-    bob: str = "bob"
-    router_a: str = "home-a"
-    router_b: str = "home-b"
-    rendezvous: str = "signal"  # runs the rendezvous
-    relay: str = "turn"  # runs coturn (started with the lab) and the libp2p relay
+
+@dataclass(frozen=True)
+class CellServices:
+    """A rendezvous session (and a libp2p relay) that someone else runs for the cell:
+    the matrix starts one rendezvous per lab, with a session per slot."""
+
+    rendezvous: tuple[str, int]
+    session: str
+    relay_multiaddr: str = ""  # "" when no adapter of the lab needs a libp2p relay
 
 
 def tcp_behaviour(spec: NatSpec) -> str:
@@ -96,6 +119,7 @@ class Program:
     proc: subprocess.Popen[bytes]
     out: _Tail
     err: _Tail
+    node: str = ""
     killed: bool = False
 
     def stop(self) -> None:
@@ -153,7 +177,7 @@ def start_program(lab: Lab, node: str, who: str, adapter: Adapter,
     out, err = _Tail(proc.stdout), _Tail(proc.stderr)
     out.start()
     err.start()
-    return Program(who, adapter, proc, out, err)
+    return Program(who, adapter, proc, out, err, node)
 
 
 def program_report(p: Program) -> tuple[dict[str, Any] | None, dict[str, Any]]:
@@ -162,7 +186,7 @@ def program_report(p: Program) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         error = "killed at the deadline" + (f" ({error})" if error else "")
     elif claim is None and p.proc.returncode != 0:
         error = f"exited {p.proc.returncode}; {error}"
-    report = {"adapter": p.adapter.name, "version": p.adapter.version(),
+    report = {"adapter": p.adapter.name, "version": p.adapter.version(), "node": p.node,
               "exit": p.proc.returncode, "killed": p.killed, "error": error,
               "stdout_bytes": p.out.total,
               "stderr_tail": p.err.data[-600:].decode("utf-8", "replace").strip()}
@@ -186,43 +210,49 @@ def _wait_line(proc: subprocess.Popen[Any], log: Path, word: str, what: str) -> 
     raise LabError(f"{what} did not start: {tail.strip()}")
 
 
-def start_rendezvous(lab: Lab, place: Placement, session: str) -> tuple[subprocess.Popen[Any],
-                                                                      tuple[str, int]]:
-    addr = lab.addr(place.rendezvous)
-    log = lab.workdir() / f"rendezvous-{session[:8]}.log"
+def start_rendezvous(lab: Lab, node: str, sessions: dict[str, tuple[str, str]]
+                     ) -> tuple[subprocess.Popen[Any], tuple[str, int]]:
+    """A rendezvous in `node` for these sessions (session id -> the two ids)."""
+    addr = lab.addr(node)
+    tag = secrets.token_hex(4)
+    listing = lab.workdir() / f"rendezvous-{tag}.sessions"
+    fd = os.open(listing, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # session ids: secrets
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{s} {a},{b}\n" for s, (a, b) in sessions.items())
+    log = lab.workdir() / f"rendezvous-{tag}.log"
     with log.open("w") as f:
-        proc = lab.python(place.rendezvous, "peers.rendezvous", "--listen", addr, "--port",
-                          str(RENDEZVOUS_PORT), "--session", session,
-                          "--ids", f"{place.alice},{place.bob}", stdout=f, stderr=f,
-                          start_new_session=True)
+        proc = lab.python(node, "peers.rendezvous", "--listen", addr, "--port",
+                          str(RENDEZVOUS_PORT), "--sessions-file", str(listing),
+                          stdout=f, stderr=f, start_new_session=True)
     try:
         _wait_line(proc, log, "ready", f"lab {lab.name}: the rendezvous")
     except LabError:
-        _end(proc)
+        end_helper(proc)
         raise
     return proc, (addr, RENDEZVOUS_PORT)
 
 
-def start_libp2p_relay(lab: Lab, place: Placement) -> tuple[subprocess.Popen[Any], str]:
-    """A js-libp2p circuit relay v2 node; its multiaddr (with its peer id)."""
-    addr = lab.addr(place.relay)
+def start_libp2p_relay(lab: Lab, node: str) -> tuple[subprocess.Popen[Any], str]:
+    """A js-libp2p circuit relay v2 node in `node`; its multiaddr (with its peer id)."""
+    addr = lab.addr(node)
     log = lab.workdir() / "libp2p-relay.log"
 
-    node = Adapter("libp2p-relay", "node", ("{node}", "--import", str(NODE_DIR / "labshim.mjs"),
-                                            str(NODE_DIR / "relay.mjs")), "")
+    node_name = node
+    relay = Adapter("libp2p-relay", "node", ("{node}", "--import", str(NODE_DIR / "labshim.mjs"),
+                                             str(NODE_DIR / "relay.mjs")), "")
     with log.open("w") as f:
-        proc = lab.popen(place.relay, node.command(), stdout=f, stderr=f, cwd=NODE_DIR,
+        proc = lab.popen(node_name, relay.command(), stdout=f, stderr=f, cwd=NODE_DIR,
                          env=contract_env({"NT_LISTEN": f"{addr}:{LIBP2P_RELAY_PORT}"}),
                          start_new_session=True)
     try:
         line = _wait_line(proc, log, "ready ", f"lab {lab.name}: the libp2p relay")
     except LabError:
-        _end(proc)
+        end_helper(proc)
         raise
     return proc, line.split()[1]
 
 
-def _end(proc: subprocess.Popen[Any]) -> None:
+def end_helper(proc: subprocess.Popen[Any]) -> None:
     """Stop a helper of one cell (the lab stops whatever is left when it goes down)."""
     if proc.poll() is None:
         proc.terminate()
@@ -240,23 +270,44 @@ def relay_addresses(lab: Lab, place: Placement) -> list[str]:
     return [lab.addr(place.relay)]
 
 
+@dataclass(frozen=True)
+class Deadlines:
+    """Seconds a cell's programs get: to connect, then for the data (docs/peers.md)."""
+
+    connect_s: float = DEFAULT_DEADLINE_S
+    data_s: float = DEFAULT_DATA_S
+
+    @property
+    def total_s(self) -> float:
+        return self.connect_s + self.data_s
+
+    def env(self) -> dict[str, str]:
+        return {"NT_DEADLINE_S": f"{self.total_s:g}",
+                "NT_CONNECT_DEADLINE_S": f"{self.connect_s:g}"}
+
+
 def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
-             place: Placement = Placement(), deadline_s: float = DEFAULT_DEADLINE_S,
-             send_bytes: int = DEFAULT_SEND_BYTES) -> dict[str, Any]:
+             place: Placement = HOME_PAIR, deadline_s: float = DEFAULT_DEADLINE_S,
+             data_s: float = DEFAULT_DATA_S, send_bytes: int = DEFAULT_SEND_BYTES,
+             services: CellServices | None = None) -> dict[str, Any]:
     """Alice runs adapter_a, Bob adapter_b, on a lab that is up; the judged cell.
-    Whatever the programs do, it returns within deadline_s + KILL_GRACE_S (plus the
-    helpers' start-up) and leaves no process of the cell running."""
+    Whatever the programs do, it returns within deadline_s + data_s + KILL_GRACE_S
+    (plus the helpers' start-up) and leaves no process of the cell running. Without
+    `services` it starts (and stops) a rendezvous and relay of its own."""
     t0 = time.monotonic()
+    times = Deadlines(deadline_s, data_s)
     helpers: list[subprocess.Popen[Any]] = []
     progs: list[Program] = []
     try:
-        env = _cell_env(lab, place, adapter_a, adapter_b, deadline_s, send_bytes, helpers)
+        env = _cell_env(lab, place, adapter_a, adapter_b, times, send_bytes, helpers, services)
         workdir = lab.workdir()
-        for who, remote, adapter, role in ((place.alice, place.bob, adapter_a, "controlling"),
-                                           (place.bob, place.alice, adapter_b, "controlled")):
-            penv = contract_env({**env, "NT_ROLE": role, "NT_ID": who, "NT_REMOTE": remote})
-            progs.append(start_program(lab, who, who, adapter, penv, workdir))
-        end = time.monotonic() + deadline_s
+        for role, adapter, kind in ((ROLES[0], adapter_a, "controlling"),
+                                    (ROLES[1], adapter_b, "controlled")):
+            me, remote = place.nodes[role], place.nodes[ROLES[1 - ROLES.index(role)]]
+            mine = {k: v for k, v in env.items() if adapter.turn or not k.startswith("NT_TURN")}
+            penv = contract_env({**mine, "NT_ROLE": kind, "NT_ID": me, "NT_REMOTE": remote})
+            progs.append(start_program(lab, me, role, adapter, penv, workdir))
+        end = time.monotonic() + times.total_s
         for p in progs:
             try:
                 p.proc.wait(timeout=max(0.0, end - time.monotonic()))
@@ -266,39 +317,55 @@ def run_cell(lab: Lab, adapter_a: Adapter, adapter_b: Adapter, *,
         for p in progs:
             p.stop()
         for h in helpers:
-            _end(h)
-        return _broken_cell(adapter_a, adapter_b, f"cell not run: {e}", deadline_s,
+            end_helper(h)
+        return _broken_cell(adapter_a, adapter_b, f"cell not run: {e}", times,
                             send_bytes, t0)
     for p in progs:
         p.stop()
     for h in helpers:
-        _end(h)
-    counters = {r: wire.read(lab, r) for r in (place.router_a, place.router_b)}
-    verdict = wire.judge(counters[place.router_a], counters[place.router_b], send_bytes)
-    return _judged_cell(adapter_a, adapter_b, progs, counters, verdict, deadline_s,
+        end_helper(h)
+    routers = [place.routers[r] for r in ROLES]
+    counters = {r: wire.read(lab, r) for r in routers}
+    verdict = wire.judge(counters[routers[0]], counters[routers[1]], send_bytes)
+    return _judged_cell(adapter_a, adapter_b, progs, counters, verdict, times,
                         send_bytes, t0)
 
 
-def _cell_env(lab: Lab, place: Placement, adapter_a: Adapter, adapter_b: Adapter,
-              deadline_s: float, send_bytes: int,
-              helpers: list[subprocess.Popen[Any]]) -> dict[str, str]:
-    """Start the cell's helpers (rendezvous, libp2p relay), install fresh wire counters;
-    the contract's environment common to both programs."""
-    session = secrets.token_hex(16)
-    proc, rv = start_rendezvous(lab, place, session)
-    helpers.append(proc)
-    relay_ma = ""
-    if LIBP2P_RELAY in adapter_a.needs + adapter_b.needs:
-        proc, relay_ma = start_libp2p_relay(lab, place)
-        helpers.append(proc)
+def install_wire(lab: Lab, place: Placement) -> None:
+    """Fresh wire counters in both routers of a placement."""
     relays = relay_addresses(lab, place)
-    for router, other, host in ((place.router_a, place.router_b, place.bob),
-                                (place.router_b, place.router_a, place.alice)):
-        wire.install(lab, router, other, relays, peer_host=lab.addr(host))
-    svc = lab.services
-    env = {"NT_RENDEZVOUS": f"{rv[0]}:{rv[1]}", "NT_SESSION": session,
-           "NT_DEADLINE_S": str(deadline_s), "NT_SEND_BYTES": str(send_bytes),
-           "NT_CHUNK": str(CHUNK), "NT_RELAY": relay_ma}
+    for role in ROLES:
+        other = ROLES[1 - ROLES.index(role)]
+        wire.install(lab, place.routers[role], place.routers[other], relays,
+                     peer_host=lab.addr(place.nodes[other]))
+
+
+def _cell_env(lab: Lab, place: Placement, adapter_a: Adapter, adapter_b: Adapter,
+              times: Deadlines, send_bytes: int, helpers: list[subprocess.Popen[Any]],
+              services: CellServices | None) -> dict[str, str]:
+    """Start the cell's helpers (rendezvous, libp2p relay) unless `services` has them,
+    install fresh wire counters; the contract's environment common to both programs."""
+    if services is None:
+        session = secrets.token_hex(16)
+        proc, rv = start_rendezvous(lab, place.signaling, {
+            session: (place.nodes[ROLES[0]], place.nodes[ROLES[1]])})
+        helpers.append(proc)
+        relay_ma = ""
+        if LIBP2P_RELAY in adapter_a.needs + adapter_b.needs:
+            proc, relay_ma = start_libp2p_relay(lab, place.relay)
+            helpers.append(proc)
+        services = CellServices(rv, session, relay_ma)
+    install_wire(lab, place)
+    rv = services.rendezvous
+    env = {"NT_RENDEZVOUS": f"{rv[0]}:{rv[1]}", "NT_SESSION": services.session,
+           **times.env(), "NT_SEND_BYTES": str(send_bytes), "NT_CHUNK": str(CHUNK),
+           "NT_RELAY": services.relay_multiaddr}
+    return env | server_env(lab)
+
+
+def server_env(lab: Lab) -> dict[str, str]:
+    """NT_STUN and NT_TURN* for the lab's servers."""
+    svc, env = lab.services, {}
     if "stun" in svc:
         env["NT_STUN"] = f"{svc['stun']['address']}:{svc['stun']['port']}"
     if "turn" in svc:
@@ -310,49 +377,123 @@ def _cell_env(lab: Lab, place: Placement, adapter_a: Adapter, adapter_b: Adapter
 
 def _judged_cell(adapter_a: Adapter, adapter_b: Adapter, progs: list[Program],
                  counters: dict[str, dict[str, int]], verdict: wire.Verdict,
-                 deadline_s: float, send_bytes: int, t0: float) -> dict[str, Any]:
+                 times: Deadlines, send_bytes: int, t0: float) -> dict[str, Any]:
     claims, reports, flags, broken = {}, {}, [], []
     for p, sends in zip(progs, ("a->b", "b->a"), strict=False):
         claims[p.who], reports[p.who] = program_report(p)
         flags += wire.disagreements(claims[p.who], verdict, p.who, sends)
+        flags += wire.short_data(claims[p.who], p.who, send_bytes)
         if reports[p.who]["error"]:
             broken.append(f"{p.who} ({p.adapter.name}): {reports[p.who]['error']}")
-    if None not in (adapter_a.family, adapter_b.family) and adapter_a.family != adapter_b.family:
-        broken.append(f"no common protocol: {adapter_a.name} speaks {adapter_a.family}, "
-                      f"{adapter_b.name} speaks {adapter_b.family}")
+    if (why := common_protocol(adapter_a, adapter_b)) is not None:
+        broken.append(why)
     reason = verdict.reason
     if verdict.outcome == "failed":
         reason = "; ".join([*broken, reason or ""]).strip("; ") or None
     return {"peer_a": adapter_a.name, "peer_b": adapter_b.name, "outcome": verdict.outcome,
             "reason": reason, "flags": flags + broken,
             "wire": {**verdict.to_json(), "counters": counters},
-            "claims": claims, "programs": reports, "deadline_s": deadline_s,
-            "send_bytes": send_bytes, "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
+            "claims": claims, "programs": reports, "deadline_s": times.connect_s,
+            "data_s": times.data_s, "send_bytes": send_bytes,
+            "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
 
 
-def _broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str, deadline_s: float,
+def broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str) -> dict[str, Any]:
+    """A cell that could not run (its helpers or programs did not start)."""
+    return _broken_cell(adapter_a, adapter_b, why, Deadlines(), DEFAULT_SEND_BYTES,
+                        time.monotonic())
+
+
+def _broken_cell(adapter_a: Adapter, adapter_b: Adapter, why: str, times: Deadlines,
                  send_bytes: int, t0: float) -> dict[str, Any]:
     return {"peer_a": adapter_a.name, "peer_b": adapter_b.name, "outcome": "failed",
             "reason": why, "flags": [why], "wire": None, "claims": {}, "programs": {},
-            "deadline_s": deadline_s, "send_bytes": send_bytes,
+            "deadline_s": times.connect_s, "data_s": times.data_s, "send_bytes": send_bytes,
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
 
 
 def run_contract_pair(nat_a: NatSpec, nat_b: NatSpec, adapter_a: Adapter,
                       adapter_b: Adapter, *, keep: bool = False,
-                      deadline_s: float = DEFAULT_DEADLINE_S,
+                      deadline_s: float = DEFAULT_DEADLINE_S, data_s: float = DEFAULT_DATA_S,
                       send_bytes: int = DEFAULT_SEND_BYTES,
-                      lab_name: str | None = None) -> dict[str, Any]:
+                      topology: str | Path | None = None, a_node: str = "alice",
+                      b_node: str = "bob", lab_name: str | None = None) -> dict[str, Any]:
+    """One cell in its own pair lab: home-pair, or `topology` with Alice in `a_node` and
+    Bob in `b_node` (as testbed.pair.run_pair)."""
     t0 = time.monotonic()
-    topo, _ = pair_topology(nat_a, nat_b)
+    path = Path(topology) if topology is not None else None
+    topo, place = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
-        cell = run_cell(lab, adapter_a, adapter_b, deadline_s=deadline_s,
-                        send_bytes=send_bytes)
+        cell = run_cell(lab, adapter_a, adapter_b, place=place, deadline_s=deadline_s,
+                        data_s=data_s, send_bytes=send_bytes)
+    routers = place.routers
     return {"a": nat_a.label, "b": nat_b.label, **cell,
-            "tcp": {"home-a": tcp_behaviour(nat_a), "home-b": tcp_behaviour(nat_b)},
+            "tcp": {routers["alice"]: tcp_behaviour(nat_a),
+                    routers["bob"]: tcp_behaviour(nat_b)},
             "lab": lab.name, "kept": keep,
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1),
             "cell_ms": cell["elapsed_ms"]}
+
+
+# ---------------------------------------------------------------- as a typed result
+
+
+def _candidate(c: Any) -> Candidate:
+    return Candidate.from_json({k: c.get(k) for k in ("type", "ip", "port")})
+
+
+def claimed_peer(role: str, place: Placement, claim: dict[str, Any] | None,
+                 error: str | None) -> PeerResult:
+    """A program's claim as a PeerResult (its own word, for the CSV's per-peer columns):
+    outcome, the pair it names (where it names a whole one), its time to connect."""
+    me, remote = place.nodes[role], place.nodes[ROLES[1 - ROLES.index(role)]]
+    if claim is None:
+        return PeerResult.crashed(me, remote, error or "no result line")
+    sp = claim.get("selected_pair")
+    try:
+        pair = (_candidate(sp["local"]), _candidate(sp["remote"])) if sp else None
+    except (AttributeError, CandidateError, KeyError, TypeError):
+        pair = None  # e.g. libwebrtc hides a peer-reflexive address
+    ms = claim.get("connect_ms")
+    errors = claim.get("errors")
+    return PeerResult(
+        id=me, remote=remote, outcome=claim["outcome"], stage="contract",
+        reason=error, candidate_pair=pair,
+        timings_ms=StageTimings(connect=float(ms) if isinstance(ms, int | float) else None),
+        packets=None,
+        errors=tuple(str(e) for e in errors[:10]) if isinstance(errors, list) else ())
+
+
+def wire_evidence(cell: dict[str, Any], place: Placement) -> WireEvidence | None:
+    """The cell's wire verdict with its counters by role (not by router name)."""
+    w = cell.get("wire")
+    if w is None:
+        return None
+    counters = {role: w["counters"][place.routers[role]] for role in ROLES}
+    return WireEvidence(w["outcome"], w["reason"], w["threshold"], w["transport"],
+                        dict(w["paths"]), w["direct"], w["relay"], counters)
+
+
+def cell_result(cell: dict[str, Any], place: Placement, **where: Any) -> PairResult:
+    """A judged cell (run_cell) as a PairResult: the wire's outcome, each program's
+    claim as its peer and its report; `where` as for testbed.results.combine."""
+    programs, peers = {}, {}
+    for role in ROLES:
+        rep = cell["programs"].get(role)
+        claim = cell["claims"].get(role)
+        error = rep["error"] if rep else cell["reason"]
+        peers[role] = claimed_peer(role, place, claim, error)
+        if rep is not None:
+            programs[role] = ProgramReport(
+                rep["adapter"], rep["version"], rep["node"], rep["exit"], rep["killed"],
+                rep["error"], rep["stdout_bytes"], rep["stderr_tail"], claim)
+    connects = [p.timings_ms.connect for p in peers.values()]
+    connect = None if None in connects else max(c for c in connects if c is not None)
+    return PairResult(
+        outcome=cell["outcome"], stage="contract", reason=cell["reason"], peers=peers,
+        relay={role: None for role in ROLES}, relay_bytes=None,
+        timings_ms=PairTimings(connect, cell["elapsed_ms"]), wire=wire_evidence(cell, place),
+        programs=programs, flags=tuple(cell["flags"]), **where)
 
 
 # ---------------------------------------------------------------- text

@@ -252,9 +252,126 @@ def incomplete(doc: Document) -> str | None:
             "and the relay bytes of a lab cut short were never counted")
 
 
+def misdeployed(doc: Document) -> list[tuple[str, str]]:
+    """(where, what) for every repeat whose routers' kernels ran another NAT than its cell
+    names (PairResult.deployed, read back by the runner): a harness fault, never a NAT
+    behaviour, and one no outcome can show (most pairings connect alike both ways round)."""
+    out = []
+    for cell in iter_cells(doc):
+        for i, rep in enumerate(cell.repeats, start=1):
+            for role, want in (("alice", cell.a), ("bob", cell.b)):
+                got = (rep.deployed or {}).get(role)
+                if got is not None and got.nat != want:
+                    out.append((f"{summarize_cell(cell).where} repeat {rep.repeat or i}",
+                                f"{role}'s router {got.router} ran {got.nat}, not {want}"))
+    return out
+
+
 def exit_code(doc: Document, strict: bool) -> int:
-    """1 when `strict` and the observation disagrees with the model anywhere, else 0."""
-    return 1 if strict and disagreements(doc) else 0
+    """1 when `strict` and the observation disagrees with the model anywhere, or a
+    router ran another NAT than its cell's; else 0."""
+    return 1 if strict and (disagreements(doc) or misdeployed(doc)) else 0
+
+
+# --- implementation pairs (peer_a x peer_b) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerPairLine:
+    """One implementation pair's cells: what they showed, against the model."""
+
+    peer_a: str
+    peer_b: str
+    run: int  # cells that ran
+    statuses: tuple[tuple[str, int], ...]  # (direct|relay|failed|varies, cells)
+    agree: int
+    disagree: int
+    unmodelled: int  # cells that ran but the model does not cover
+    skipped: int  # cells not run
+    skip_reason: str | None  # the model's reason given for a cell not run
+
+    @property
+    def name(self) -> str:
+        return f"{self.peer_a} x {self.peer_b}"
+
+
+@dataclass(frozen=True)
+class Interop:
+    """Where peer implementations (the peer_a and peer_b dimensions) stand."""
+
+    pairs: tuple[PeerPairLine, ...]
+    # cells (a point less its peers) where implementation pairs that ran saw different
+    # outcomes: (where, ((implementation pair, observed), ...))
+    differ: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    flagged: tuple[tuple[str, str], ...]  # (where, flag) of claims the wire contradicted
+
+
+def _peers_of(s: CellSummary) -> tuple[str, str]:
+    return s.point.get("peer_a", "own"), s.point.get("peer_b", "own")
+
+
+def interop(doc: Document) -> Interop | None:
+    """The implementation pairs' summary, or None in a run without peer implementations."""
+    names = {d.name for d in doc.dimensions}
+    if not set(WIRE_DIMENSIONS) & names:
+        return None
+    by_pair: dict[tuple[str, str], list[CellSummary]] = {}
+    by_place: dict[tuple[Any, ...], list[CellSummary]] = {}
+    for s in summaries(doc):
+        by_pair.setdefault(_peers_of(s), []).append(s)
+        rest = tuple((n, v) for n, v in s.point.items() if n not in WIRE_DIMENSIONS)
+        if s.counts:
+            by_place.setdefault((s.a, s.b, rest), []).append(s)
+    lines = []
+    for (pa, pb), cells in by_pair.items():
+        ran = [c for c in cells if c.counts]
+        not_run = [c for c in cells if not c.counts]
+        lines.append(PeerPairLine(
+            pa, pb, len(ran), tuple(Counter(c.status for c in ran).most_common()),
+            sum(c.agrees is True for c in ran), sum(c.disagrees for c in ran),
+            sum(not c.modelled for c in ran), len(not_run),
+            not_run[0].reason if not_run else None))
+    differ = []
+    for (a, b, rest), cells in by_place.items():
+        if len({c.observed for c in cells}) > 1:
+            extra = ",".join(f"{n}={v}" for n, v in rest)
+            where = f"{a} -> {b}" + (f" ({extra})" if extra else "")
+            differ.append((where, tuple((" x ".join(_peers_of(c)), c.observed)
+                                        for c in cells)))
+    flagged = []
+    for cell in iter_cells(doc):
+        for rep in cell.repeats:
+            for f in rep.flags:
+                if "claims" in f:
+                    flagged.append((f"{summarize_cell(cell).where} repeat {rep.repeat}", f))
+    return Interop(tuple(lines), tuple(differ), tuple(flagged))
+
+
+def format_interop(summary: Interop) -> str:
+    width = max(len(p.name) for p in summary.pairs) + 2
+    lines = ["implementation pairs (Alice's x Bob's):"]
+    for p in summary.pairs:
+        text = f"  {p.name.ljust(width)}"
+        if p.run:
+            tally = ", ".join(f"{n} {st}" for st, n in p.statuses)
+            model = f"{p.agree} agree, {p.disagree} disagree" + (
+                f", {p.unmodelled} not modelled" if p.unmodelled else "")
+            text += f"{p.run} cells: {tally}; model: {model}"
+            if p.skipped:
+                text += f"; {p.skipped} not run"
+        else:
+            text += f"not run ({p.skipped} cells): {p.skip_reason}"
+        lines.append(text.rstrip())
+    if summary.differ:
+        lines.append(f"where implementation pairs disagree ({len(summary.differ)} cells):")
+        for place, outcomes in summary.differ:
+            lines.append(f"  {place}: " + "; ".join(f"{n} {o}" for n, o in outcomes))
+    else:
+        lines.append("where implementation pairs disagree: nowhere (in every cell, the "
+                     "implementation pairs that ran saw the same outcome)")
+    lines.append(f"claims the wire contradicted: {len(summary.flagged) or 'none'}")
+    lines += [f"  {where}: {flag}" for where, flag in summary.flagged]
+    return "\n".join(lines)
 
 
 # --- terminal table ----------------------------------------------------------------
@@ -272,6 +389,10 @@ def format_table(doc: Document, color: bool = False) -> str:
     with the model, "?" a cell the model does not cover."""
     lines: list[str] = []
     for facet, cells in facets(doc):
+        if facet and cells and not any(c.counts for c in cells.values()):
+            first = next(iter(cells.values()))  # a facet nothing ran in: one line
+            lines += ([""] if lines else []) + [f"{facet_label(facet)}: not run ({first.reason})"]
+            continue
         if facet:
             lines += ([""] if lines else []) + [f"{facet_label(facet)}:"]
         lines += _grid_lines(list(doc.nats), cells, color)
@@ -286,6 +407,10 @@ def format_table(doc: Document, color: bool = False) -> str:
     for s in disagreements(doc):
         lines.append(f"! {s.where}: predicted {s.predicted}, observed {s.observed} "
                      f"(model: {s.reason})")
+    for where, what in misdeployed(doc):
+        lines.append(f"! DEPLOYED {where}: {what}")
+    if (peers := interop(doc)) is not None:
+        lines += ["", format_interop(peers)]
     if stopped := incomplete(doc):
         lines.append(stopped)
     return "\n".join(lines)
@@ -373,11 +498,20 @@ def write_json(doc: Document, path: str | Path) -> None:
         write_json_to(doc, f)
 
 
+WIRE_DIMENSIONS = ("peer_a", "peer_b")  # runs with these are judged from the wire
+WIRE_COLUMNS = ("claims_agree", "flags", "wire_transport", "wire_direct_ab", "wire_direct_ba",
+                "wire_relay_ab", "wire_relay_ba", "alice_program", "bob_program")
+
+
 def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
-    """results.csv's columns; the other dimensions' columns come right after a and b."""
+    """results.csv's columns; the other dimensions' columns come right after a and b, and
+    a run of peer implementations (judged from the wire) has WIRE_COLUMNS after stage."""
     cols = ["a", "b", *dimensions]
     cols += [f"nat_{s}_{f}" for s in "ab" for f in SPEC_FIELDS]
-    cols += ["repeat", "predicted", "outcome", "agrees", "stage", "relay_bytes"]
+    cols += ["repeat", "predicted", "outcome", "agrees", "stage"]
+    if set(WIRE_DIMENSIONS) & set(dimensions):
+        cols += WIRE_COLUMNS
+    cols += ["relay_bytes"]
     cols += [f"{t}_ms" for t in PAIR_TIMINGS]
     cols += ["disturbed"]
     for peer in ROLES:
@@ -407,6 +541,7 @@ def _peer_row(role: str, peer: PeerResult) -> dict[str, Any]:
 
 
 def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
+    wired = bool(set(WIRE_DIMENSIONS) & {d.name for d in doc.dimensions})
     for cell in iter_cells(doc):
         base: dict[str, Any] = {"a": cell.a, "b": cell.b, **cell.point}
         for side, spec in (("a", cell.nat_a), ("b", cell.nat_b)):
@@ -419,7 +554,26 @@ def _csv_rows(doc: Document) -> Iterator[dict[str, Any]]:
             row["disturbed"] = rep.disturbed
             for role in ROLES:
                 row.update(_peer_row(role, rep.peers[role]))
+            if wired:
+                row.update(_wire_row(rep))
             yield row
+
+
+def _wire_row(rep: PairResult) -> dict[str, Any]:
+    """The wire's bytes per path and direction, flags, the programs that ran."""
+    w = rep.wire
+    row: dict[str, Any] = {"claims_agree": not any("claims" in f for f in rep.flags),
+                           "flags": "; ".join(rep.flags) or None,
+                           "wire_transport": None if w is None else w.transport}
+    for path in ("direct", "relay"):
+        for d, key in (("a->b", "ab"), ("b->a", "ba")):
+            flow = None if w is None else getattr(w, path).get(d)
+            row[f"wire_{path}_{key}"] = None if flow is None else sum(flow.values())
+    for role in ROLES:
+        p = rep.programs.get(role)
+        row[f"{role}_program"] = (f"{p.adapter} {p.version}" if p and p.version else
+                                  p.adapter if p else None if rep.programs else "own")
+    return row
 
 
 def write_csv(doc: Document, path: str | Path) -> int:
@@ -517,12 +671,52 @@ def _repeat_html(i: int, rep: PairResult, predicted: str | None) -> str:
     rows += [[f"{k} ms", *(_e(getattr(p.timings_ms, k)) for p in peers)] for k in PEER_TIMINGS]
     rows += [[k.replace("_", " "), *(_e(getattr(p.packets, k, None)) for p in peers)]
              for k in PACKETS]
+    rows += _evidence_rows(rep)
     th = "".join(f"<th>{_e(c)}</th>" for c in cols)
     body = "".join(
         "<tr><th>" + r[0] + "</th>" + "".join(f"<td>{x}</td>" for x in r[1:]) + "</tr>"
         for r in rows
     )
-    return f"{head}<table><tr>{th}</tr>{body}</table>"
+    flags = "".join(f"<li class='bad'>{_e(f)}</li>" for f in rep.flags)
+    return (f"{head}{_wire_html(rep)}<table><tr>{th}</tr>{body}</table>"
+            + (f"<ul>{flags}</ul>" if flags else ""))
+
+
+def _wire_html(rep: PairResult) -> str:
+    w = rep.wire
+    if w is None:
+        return ""
+    flows = "; ".join(
+        f"{path} " + ", ".join(f"{d} {sum(f.values())} B" for d, f in getattr(w, path).items())
+        for path in ("direct", "relay"))
+    return (f"<p>From the wire: <b>{_e(w.outcome)}</b>"
+            + (f" over {_e(w.transport)}" if w.transport else "")
+            + f" ({_e(flows)}; each way needs {_e(w.threshold)} B)"
+            + (f": {_e(w.reason)}" if w.reason else "") + "</p>")
+
+
+def _evidence_rows(rep: PairResult) -> list[list[str]]:
+    """Per role: the program that ran and its claim, and the router's deployed NAT."""
+    rows: list[list[str]] = []
+    if rep.programs:
+        progs = [rep.programs.get(r) for r in ROLES]
+        rows.append(["program", *(_e(f"{p.adapter} {p.version or ''}".strip()) if p else "-"
+                                  for p in progs)])
+        rows.append(["claim", *(_e(_claim_text(p.claim)) if p else "-" for p in progs)])
+        rows.append(["contract", *(_e(p.error or "kept") if p else "-" for p in progs)])
+    if rep.deployed:
+        rows.append(["router's NAT (kernel)",
+                     *(_e(f"{rep.deployed[r].router}: {rep.deployed[r].nat}") for r in ROLES)])
+        rows.append(["ruleset digest", *(_e(rep.deployed[r].sha256[:19]) for r in ROLES)])
+    return rows
+
+
+def _claim_text(claim: Mapping[str, Any] | None) -> str:
+    if claim is None:
+        return "no result line"
+    ms = claim.get("connect_ms")
+    return (f"{claim.get('outcome')}" + (f" in {ms} ms" if ms is not None else "")
+            + f", sent {claim.get('sent_bytes')} B, received {claim.get('received_bytes')} B")
 
 
 def _spec_text(spec: NatSpec) -> str:
@@ -616,6 +810,25 @@ def _html_grid(nats: list[str], cells: Mapping[tuple[str, str], CellSummary],
     return "".join(grid)
 
 
+def _interop_html(summary: Interop) -> str:
+    rows = []
+    for p in summary.pairs:
+        seen = ", ".join(f"{n} {st}" for st, n in p.statuses) or "-"
+        model = (f"{p.agree} agree, {p.disagree} disagree, {p.unmodelled} not modelled"
+                 if p.run else "-")
+        rows.append(f"<tr><td>{_e(p.name)}</td><td>{p.run}</td><td>{_e(seen)}</td>"
+                    f"<td>{_e(model)}</td><td>{_e(p.skip_reason if p.skipped else '')}</td></tr>")
+    differ = "".join(f"<li>{_e(w)}: " + _e("; ".join(f"{n} {o}" for n, o in seen)) + "</li>"
+                     for w, seen in summary.differ)
+    flagged = "".join(f"<li class='bad'>{_e(w)}: {_e(f)}</li>" for w, f in summary.flagged)
+    return ("<h2>Implementation pairs</h2>\n<table class='details' style='display:table'>"
+            "<tr><th>Alice's x Bob's</th><th>cells run</th><th>outcomes</th><th>model</th>"
+            "<th>not run because</th></tr>" + "".join(rows) + "</table>\n"
+            f"<h2>Where implementation pairs disagree: {len(summary.differ)} cells</h2>\n"
+            f"<ul>{differ}</ul>\n"
+            f"<h2>Claims the wire contradicted: {len(summary.flagged)}</h2>\n<ul>{flagged}</ul>\n")
+
+
 def write_html(doc: Document, path: str | Path) -> None:
     """A self-contained page (inline CSS/JS): legend, grid (one per facet, chosen from a
     list), per-cell details on click. Written as it is made: bounded memory."""
@@ -666,6 +879,12 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
             head = f"<h2>{_e(facet_label(facet))}</h2>" if many else ""
             put(f"<div class='facet{hide}' id='facet-{n}'>{head}"
                 f"{_html_grid(nats, cells, number[facet])}</div>\n")
+        if wrong := misdeployed(doc):
+            put(f"<h2 class='bad'>Routers that ran another NAT than their cell's: "
+                f"{len(wrong)}</h2>\n<ul>"
+                + "".join(f"<li>{_e(w)}: {_e(x)}</li>" for w, x in wrong) + "</ul>\n")
+        if (peers := interop(doc)) is not None:
+            put(_interop_html(peers))
         put(f"<h2>Disagreements with the model: {len(dis)}</h2>\n<ul>{dis_html}</ul>\n")
         if unmodelled:
             put(f"<h2>Not modelled: {len(unmodelled)} cells</h2>\n<ul>"

@@ -1,7 +1,10 @@
 """Typed results, from one pairing to a whole matrix, and their one JSON form.
 
     PeerResult (peers.result)   what one peer reports
-    PairResult                  one call attempt: Alice and Bob, coturn's counters
+    PairResult                  one call attempt: Alice and Bob, coturn's counters; what
+                                crossed the routers (WireEvidence), the contract programs'
+                                reports and claims (ProgramReport), the routers' NATs read
+                                back from the kernel (DeployedNat)
     Cell                        one ordered pairing of NATs: the model's prediction and
                                 every repeat (a PairResult each)
     MatrixResult                the NATs, the cells and the run's metadata: results.json
@@ -46,7 +49,8 @@ RESERVED_NAMES = frozenset({
     "a", "b", "outcome", "stage", "reason", "peers", "relay_bytes", "relay", "timings_ms",
     "key", "repeat", "lab", "slot", "wan", "kept", "elapsed_ms", "trace", "nat_a", "nat_b",
     "predicted", "repeats", "agrees", "point", "cells", "nats", "metadata", "dimensions",
-    "connect_ms", "total_ms", "alice", "bob", "disturbed", "conditions", "events", "flows"})
+    "connect_ms", "total_ms", "alice", "bob", "wire", "programs", "flags", "deployed",
+    "claims", "disturbed", "conditions", "events", "flows"})
 RESERVED_PREFIXES = ("alice_", "bob_", "nat_")
 
 
@@ -73,6 +77,45 @@ class TraceSummary:
     packets: Mapping[str, int]  # tap -> packets captured
     dropped: tuple[Mapping[str, Any], ...]  # testbed.trace.narrate.crossing_json
     files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WireEvidence:
+    """What crossed the two routers (testbed.wire): the outcome judged from it, and
+    bytes per direction ("a->b", "b->a") on each path, by transport."""
+
+    outcome: str  # direct | relay | failed
+    reason: str | None
+    threshold: int  # bytes one direction's data must reach on a path
+    transport: str | None  # udp | tcp: what carried Alice's data; None if nothing did
+    paths: Mapping[str, str | None]  # direction -> direct | relay | None
+    direct: Mapping[str, Mapping[str, int]]  # direction -> {"udp": bytes, "tcp": bytes}
+    relay: Mapping[str, Mapping[str, int]]
+    counters: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # role -> name -> B
+
+
+@dataclass(frozen=True)
+class ProgramReport:
+    """How one contract program (docs/peers.md) ran, and its own word: the result line."""
+
+    adapter: str
+    version: str | None
+    node: str
+    exit: int | None
+    killed: bool
+    error: str | None  # the contract it broke (hung, crashed, no result line), if any
+    stdout_bytes: int
+    stderr_tail: str
+    claim: Mapping[str, Any] | None  # its result line, as it printed it
+
+
+@dataclass(frozen=True)
+class DeployedNat:
+    """A router's NAT as the kernel has it after the build (testbed.deployed)."""
+
+    router: str
+    nat: str  # the label of the behaviour parsed back from `nft list table`
+    sha256: str  # of that listing, the router's own addresses and names replaced
 
 
 @dataclass(frozen=True)
@@ -108,6 +151,10 @@ class PairResult:
     elapsed_ms: float | None = None  # the whole command: lab up, run, lab down
     trace: TraceSummary | None = None
     point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
+    wire: WireEvidence | None = None  # None: judged by the peers' reports (not from the wire)
+    programs: Mapping[str, ProgramReport] = field(default_factory=dict)  # role -> report
+    flags: tuple[str, ...] = ()  # claims the wire contradicts, contracts broken
+    deployed: Mapping[str, DeployedNat] | None = None  # role -> its router's NAT
     disturbed: bool | None = None  # a peer was served late (DISTURBED_MS); None: unknown
     conditions: Mapping[str, Any] | None = None  # testbed.impair.summary: links, mechanism
     events: tuple[EventResult, ...] = ()
@@ -228,6 +275,22 @@ def _usage_json(u: RelayUsage | None) -> dict[str, Any] | None:
             "client": dict(u.client.__dict__), "peer": dict(u.peer.__dict__)}
 
 
+def wire_to_json(w: WireEvidence | None) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    return {"outcome": w.outcome, "reason": w.reason, "threshold": w.threshold,
+            "transport": w.transport, "paths": dict(w.paths),
+            "direct": {k: dict(v) for k, v in w.direct.items()},
+            "relay": {k: dict(v) for k, v in w.relay.items()},
+            "counters": {k: dict(v) for k, v in w.counters.items()}}
+
+
+def program_to_json(p: ProgramReport) -> dict[str, Any]:
+    return {"adapter": p.adapter, "version": p.version, "node": p.node, "exit": p.exit,
+            "killed": p.killed, "error": p.error, "stdout_bytes": p.stdout_bytes,
+            "stderr_tail": p.stderr_tail, "claim": None if p.claim is None else dict(p.claim)}
+
+
 def pair_to_json(r: PairResult) -> dict[str, Any]:
     t = r.trace
     return {
@@ -243,6 +306,12 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
             "files": list(t.files)},
+        "wire": wire_to_json(r.wire),
+        "programs": {role: program_to_json(p) for role, p in r.programs.items()},
+        "flags": list(r.flags),
+        "deployed": None if r.deployed is None else {
+            role: {"router": d.router, "nat": d.nat, "sha256": d.sha256}
+            for role, d in r.deployed.items()},
         "conditions": None if r.conditions is None else dict(r.conditions),
         "events": [{"event": e.event, "at_ms": e.at_ms, "detail": e.detail, "error": e.error,
                     "recovery": [x.to_json() for x in e.recovery]} for e in r.events],
@@ -335,6 +404,56 @@ def _trace(data: Any, where: str) -> TraceSummary | None:
         files=tuple(rec.items(data, "files", where, lambda v, w: rec.check(v, w, (str,)))))
 
 
+def _byte_counts(data: Any, where: str) -> dict[str, dict[str, int]]:
+    return {str(k): {str(p): rec.check(n, rec.at(rec.at(where, k), p), (int,))
+                     for p, n in rec.obj(v, rec.at(where, k)).items()}
+            for k, v in rec.obj(data, where).items()}
+
+
+def _wire(data: Any, where: str) -> WireEvidence | None:
+    if data is None:
+        return None
+    paths = rec.get(data, "paths", where, (dict,))
+    return WireEvidence(
+        outcome=rec.choice(data, "outcome", where, OUTCOMES),
+        reason=rec.get(data, "reason", where, (str, type(None))),
+        threshold=rec.get(data, "threshold", where, (int,)),
+        transport=rec.get(data, "transport", where, (str, type(None))),
+        paths={str(k): rec.check(v, rec.at(rec.at(where, "paths"), k), (str, type(None)))
+               for k, v in paths.items()},
+        direct=_byte_counts(rec.get(data, "direct", where, (dict,)), rec.at(where, "direct")),
+        relay=_byte_counts(rec.get(data, "relay", where, (dict,)), rec.at(where, "relay")),
+        counters=_byte_counts(rec.opt(data, "counters", where, (dict,), {}),
+                        rec.at(where, "counters")))
+
+
+def _program(data: Any, where: str) -> ProgramReport:
+    claim = rec.get(data, "claim", where, (dict, type(None)))
+    return ProgramReport(
+        adapter=rec.get(data, "adapter", where, (str,)),
+        version=rec.get(data, "version", where, (str, type(None))),
+        node=rec.get(data, "node", where, (str,)),
+        exit=rec.get(data, "exit", where, (int, type(None))),
+        killed=rec.get(data, "killed", where, (bool,)),
+        error=rec.get(data, "error", where, (str, type(None))),
+        stdout_bytes=rec.get(data, "stdout_bytes", where, (int,)),
+        stderr_tail=rec.get(data, "stderr_tail", where, (str,)),
+        claim=None if claim is None else dict(claim))
+
+
+def _deployed(data: Any, where: str) -> dict[str, DeployedNat] | None:
+    if data is None:
+        return None
+    out = {}
+    for role in ROLES:
+        d = rec.get(data, role, where, (dict,))
+        at_r = rec.at(where, role)
+        out[role] = DeployedNat(rec.get(d, "router", at_r, (str,)),
+                                rec.get(d, "nat", at_r, (str,)),
+                                rec.get(d, "sha256", at_r, (str,)))
+    return out
+
+
 def _recovery(data: Any, where: str) -> Recovery:
     return Recovery(rec.get(data, "direction", where, (str,)),
                     rec.get(data, "restored_ms", where, rec.OPTIONAL_NUMBER),
@@ -387,6 +506,13 @@ def _pair(data: Any, where: str, dims: Sequence[str] = ()) -> PairResult:
         elapsed_ms=rec.opt(data, "elapsed_ms", where, rec.NUMBER),
         trace=_trace(rec.opt(data, "trace", where, (dict,)), rec.at(where, "trace")),
         point=_point(data, where, dims),
+        wire=_wire(rec.opt(data, "wire", where, (dict,)), rec.at(where, "wire")),
+        programs={str(role): _program(p, rec.at(rec.at(where, "programs"), role))
+                  for role, p in rec.opt(data, "programs", where, (dict,), {}).items()},
+        flags=rec.items(data, "flags", where, lambda v, w: rec.check(v, w, (str,)),
+                        required=False),
+        deployed=_deployed(rec.opt(data, "deployed", where, (dict,)),
+                           rec.at(where, "deployed")),
         disturbed=rec.opt(data, "disturbed", where, (bool,)),
         conditions=rec.opt(data, "conditions", where, (dict,)),
         events=rec.items(data, "events", where, _event, required=False),

@@ -168,23 +168,29 @@ class _LibNft:
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         self.lib = lib
         # The library's one-time global set-up happens here, not racing between threads.
         lib.nft_ctx_free(lib.nft_ctx_new(0))
 
-    def run(self, fd: int, script: str) -> str | None:
-        """None on success, else nft's error text."""
+    def run(self, fd: int, script: str, flags: int = 0) -> tuple[str | None, str]:
+        """(None on success, else nft's error text; what nft printed)."""
         lib = self.lib
         with netns.entered(fd):
             ctx = lib.nft_ctx_new(0)
             try:
                 lib.nft_ctx_buffer_output(ctx)
                 lib.nft_ctx_buffer_error(ctx)
+                if flags:
+                    lib.nft_ctx_output_set_flags(ctx, flags)
                 rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
                 err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+                out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
             finally:
                 lib.nft_ctx_free(ctx)
-        return None if rc == 0 else err.strip()
+        return (None if rc == 0 else err.strip()), out
 
 
 _lib_lock = threading.Lock()
@@ -210,13 +216,36 @@ def load_ruleset(fd: int, script: str, where: str) -> None:
     """Load an nft script into the namespace `fd`; LabError naming `where` if refused."""
     lib = _libnft()
     if lib is not None:
-        err = lib.run(fd, script)
+        err = lib.run(fd, script)[0]
     else:
         proc = subprocess.run(["nft", "-f", "-"], input=script, text=True,
                               capture_output=True, preexec_fn=lambda: netns.preexec(fd))
         err = None if proc.returncode == 0 else proc.stderr.strip()
     if err is not None:
         raise LabError(f"{where}: nft: {err}")
+
+
+# libnftables' output flags (nftables.h), and the `nft` options that mean the same
+NFT_JSON, NFT_TERSE = 1 << 4, 1 << 11
+_NFT_OPTIONS = {NFT_JSON: "-j", NFT_TERSE: "-t"}
+
+
+def nft_output(fd: int, command: str, where: str, flags: int = 0) -> str:
+    """What nft prints for one command (`list table ip x`) in the namespace `fd`:
+    in-process like load_ruleset where libnftables is there. `flags`: NFT_TERSE (no
+    set elements), NFT_JSON."""
+    lib = _libnft()
+    if lib is not None:
+        err, out = lib.run(fd, command, flags)
+    else:
+        opts = [o for f, o in _NFT_OPTIONS.items() if flags & f]
+        proc = subprocess.run(["nft", *opts, command], text=True, capture_output=True,
+                              preexec_fn=lambda: netns.preexec(fd))
+        err = None if proc.returncode == 0 else proc.stderr.strip()
+        out = proc.stdout
+    if err is not None:
+        raise LabError(f"{where}: nft: {err}")
+    return out
 
 
 def apply_nat(fd: int, spec: NatSpec, ctx: RouterContext, where: str) -> None:

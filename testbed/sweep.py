@@ -9,7 +9,9 @@ timings_ms.connect) over its connected repeats, and over its direct ones: median
 95th percentile (nearest rank). The plots: the direct rate against each swept parameter,
 one line per pairing (a panel per value of the other swept parameters); and the
 distribution (CDF) of the time to connect of every connected slot, one curve per
-condition. Pure: reads a results document (cells one at a time), writes files.
+condition. The grid's other dimensions (peer_a/peer_b, punch, ...) are part of what a
+row calls its pairing (`full-cone x symmetric (peer_a=own,peer_b=own)`): their cells
+are never pooled. Pure: reads a results document (cells one at a time), writes files.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ class Row:
     ttc_ms: tuple[float, ...]  # connected repeats' time to connect, sorted
     ttc_direct_ms: tuple[float, ...]
     disturbed: int  # repeats whose timings were disturbed (testbed.results)
+    # the grid's other dimensions (not conditions): part of the pairing, e.g. peer_a/peer_b
+    other: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def pairing(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        return self.a, self.b, self.other
+
+    @property
+    def name(self) -> str:
+        rest = ",".join(f"{n}={v}" for n, v in self.other)
+        return f"{self.a} x {self.b}" + (f" ({rest})" if rest else "")
 
     @property
     def n(self) -> int:
@@ -54,8 +67,8 @@ class Row:
         return k / self.n, lo, hi
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"a": self.a, "b": self.b, **dict(self.point), "n": self.n,
-                               "disturbed": self.disturbed}
+        out: dict[str, Any] = {"a": self.a, "b": self.b, **dict(self.other),
+                               **dict(self.point), "n": self.n, "disturbed": self.disturbed}
         for o in OUTCOMES:
             r = self.rate(o)
             out[o] = {"count": self.counts.get(o, 0),
@@ -79,7 +92,14 @@ def swept(doc: Document, names: Iterable[str]) -> list[str]:
     return [d.name for d in doc.dimensions if d.name in wanted]
 
 
+def others(doc: Document, names: Iterable[str]) -> list[str]:
+    """The grid's dimensions besides a, b and the swept conditions `names`."""
+    wanted = set(names)
+    return [d.name for d in doc.dimensions if d.name not in wanted]
+
+
 def sweep_rows(doc: Document, names: Sequence[str]) -> list[Row]:
+    rest = others(doc, names)
     rows = []
     for cell in iter_cells(doc):
         counts = {o: sum(1 for r in cell.repeats if r.outcome == o) for o in OUTCOMES}
@@ -89,7 +109,8 @@ def sweep_rows(doc: Document, names: Sequence[str]) -> list[Row]:
                         if r.outcome == "direct" and r.timings_ms.connect is not None)
         rows.append(Row(cell.a, cell.b, tuple((n, cell.point[n]) for n in names), counts,
                         tuple(connected), tuple(direct),
-                        sum(1 for r in cell.repeats if r.disturbed)))
+                        sum(1 for r in cell.repeats if r.disturbed),
+                        tuple((n, cell.point[n]) for n in rest)))
     return rows
 
 
@@ -106,25 +127,29 @@ def format_rows(rows: Sequence[Row], names: Sequence[str]) -> str:
     """The direct rate per pairing (rows) and condition (columns), with intervals."""
     points = list(dict.fromkeys(r.point for r in rows))
     heads = [",".join(f"{n}={v}" for n, v in p) for p in points]
-    by = {(r.a, r.b, r.point): r for r in rows}
-    pairs = list(dict.fromkeys((r.a, r.b) for r in rows))
-    width = max(len(f"{a} x {b}") for a, b in pairs) if pairs else 10
+    by = {(r.pairing, r.point): r for r in rows}
+    ran = {r.pairing for r in rows if r.n}
+    pairs = {r.pairing: r.name for r in rows if r.pairing in ran}  # skipped ones: a count
+    width = max(len(name) for name in pairs.values()) if pairs else 10
     col = max([16, *(len(h) for h in heads)])
     lines = ["direct rate per pairing and condition (95% Wilson interval); time to "
              "connect: median of connected repeats",
              f"{'':<{width}} " + " ".join(f"{h:>{col}}" for h in heads)]
-    for a, b in pairs:
+    for pairing, name in pairs.items():
         cells = []
         for p in points:
-            r = by.get((a, b, p))
+            r = by.get((pairing, p))
             cells.append(f"{_pct(r.rate('direct') if r else None):>{col}}")
-        lines.append(f"{f'{a} x {b}':<{width}} " + " ".join(cells))
+        lines.append(f"{name:<{width}} " + " ".join(cells))
     ttc = []
     for p, h in zip(points, heads, strict=True):
         xs = [t for r in rows if r.point == p for t in r.ttc_ms]
         med, p95 = median(xs), quantile(xs, 0.95)
         ttc.append(f"{h}: median {med:.1f} ms, p95 {p95:.1f} ms (n={len(xs)})"
                    if med is not None and p95 is not None else f"{h}: none connected")
+    unrun = len({r.pairing for r in rows} - ran)
+    if unrun:
+        lines.append(f"({unrun} pairings not run)")
     return "\n".join([*lines, "time to connect, all pairings: " + "; ".join(ttc)])
 
 
@@ -139,7 +164,7 @@ def write_if_swept(doc: Document, out: Path, names: Iterable[str]) -> dict[str, 
         return {}
     rows = sweep_rows(doc, dims)
     paths = {k: out / v for k, v in FILES.items()}
-    write_csv(paths["csv"], rows, dims)
+    write_csv(paths["csv"], rows, dims, others(doc, dims))
     paths["json"].write_text(json.dumps({"dimensions": dims,
                                          "rows": [r.to_json() for r in rows]}, indent=2) + "\n")
     plot_rates(paths["rates"], rows, dims, _values(doc, dims))
@@ -151,16 +176,18 @@ def _values(doc: Document, dims: Sequence[str]) -> dict[str, list[str]]:
     return {d.name: list(d.values) for d in doc.dimensions if d.name in dims}
 
 
-def write_csv(path: Path, rows: Sequence[Row], dims: Sequence[str]) -> None:
+def write_csv(path: Path, rows: Sequence[Row], dims: Sequence[str],
+              other: Sequence[str] = ()) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        head = ["a", "b", *dims, "n", "disturbed"]
+        head = ["a", "b", *other, *dims, "n", "disturbed"]
         for o in OUTCOMES:
             head += [o, f"{o}_rate", f"{o}_ci95_low", f"{o}_ci95_high"]
         head += ["ttc_median_ms", "ttc_p95_ms", "ttc_direct_median_ms", "ttc_direct_p95_ms"]
         w.writerow(head)
         for r in rows:
-            line: list[Any] = [r.a, r.b, *(v for _, v in r.point), r.n, r.disturbed]
+            line: list[Any] = [r.a, r.b, *(v for _, v in r.other), *(v for _, v in r.point),
+                               r.n, r.disturbed]
             for o in OUTCOMES:
                 rate = r.rate(o)
                 line += [r.counts.get(o, 0), *(("", "", "") if rate is None
@@ -198,13 +225,13 @@ def plot_rates(path: Path, rows: Sequence[Row], dims: Sequence[str],
                                       for i, v in enumerate(labels)}
     for k, panel in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, k + 1)
-        pairs = list(dict.fromkeys((r.a, r.b) for r in rows))
-        for a, b in pairs[:MAX_LINES]:
+        pairs = list({r.pairing: r.name for r in rows}.items())
+        for pairing, name in pairs[:MAX_LINES]:
             pts: list[tuple[float, tuple[float, float, float]]] = []
             for r in rows:
                 rate = r.rate("direct")
                 x = xs_of[dict(r.point)[xdim]]
-                if (r.a, r.b) == (a, b) and set(panel) <= set(r.point) and rate is not None \
+                if r.pairing == pairing and set(panel) <= set(r.point) and rate is not None \
                         and x is not None:
                     pts.append((x, rate))
             if not pts:
@@ -213,7 +240,7 @@ def plot_rates(path: Path, rows: Sequence[Row], dims: Sequence[str],
             ys = [rate[0] for _, rate in pts]
             err = [[rate[0] - rate[1] for _, rate in pts], [rate[2] - rate[0] for _, rate in pts]]
             ax.errorbar([x for x, _ in pts], ys, yerr=err, marker="o", capsize=2,
-                        linewidth=1, markersize=3, label=f"{a} x {b}")
+                        linewidth=1, markersize=3, label=name)
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ax.set_ylim(-0.05, 1.05)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testbed.lab import Lab
+from testbed.ruleset import NFT_JSON, load_ruleset, nft_output
 
 TABLE = "ntwire"
 PROTOS = ("udp", "tcp")
@@ -187,6 +188,19 @@ def disagreements(claim: dict[str, Any] | None, verdict: Verdict, who: str,
     return [f"{who} claims relay, but its data went direct"]
 
 
+def short_data(claim: dict[str, Any] | None, who: str, send_bytes: int) -> list[str]:
+    """A program that says it connected but did not receive all of the other side's
+    data: its data phase ended early (the deadline, or a side that closed with data in
+    flight). The wire's half-the-payload threshold still judges the path; this says
+    the exchange was cut short."""
+    if claim is None or claim.get("outcome") not in ("direct", "relay"):
+        return []
+    got = claim.get("received_bytes")
+    if not isinstance(got, int) or isinstance(got, bool) or got >= send_bytes:
+        return []
+    return [f"{who} received {got} of the other side's {send_bytes} B"]
+
+
 # ---------------------------------------------------------------- on a live lab
 
 
@@ -196,10 +210,10 @@ def install(lab: Lab, router: str, peer_router: str, relays: list[str],
     assert node.upstream is not None
     peer_wan = lab.addr(peer_router, lab.node(peer_router).upstream)
     script = render_table(node.upstream, [peer_wan, peer_host], relays)
-    lab.run(router, ["nft", "-f", "-"], input=script, check=True)
+    load_ruleset(lab.namespace(router).fd, script, lab.netns(router))
 
 
 def read(lab: Lab, router: str) -> dict[str, int]:
-    out = lab.run(router, ["nft", "-j", "list", "counters", "table", "ip", TABLE],
-                  check=True).stdout
+    out = nft_output(lab.namespace(router).fd, f"list counters table ip {TABLE}",
+                     lab.netns(router), NFT_JSON)
     return parse_counters(out)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 CONTRACT_VERSION = 1
@@ -40,10 +40,15 @@ class Contract:
     turn_user: str
     turn_pass: str
     relay: str  # a relay of another kind (a libp2p circuit relay multiaddr), or ""
-    deadline_s: float
+    deadline_s: float  # print the result by then (NT_DEADLINE_S)
+    connect_s: float  # connect by then, or give up (NT_CONNECT_DEADLINE_S)
     send_bytes: int
     chunk: int
     started: float  # time.monotonic() when the program read its contract
+    # time.monotonic() when the process started: the deadlines count from there, as the
+    # testbed's do (it starts the clock as it starts the program; an interpreter's own
+    # start-up, seconds on a loaded machine, is part of the program's time)
+    born: float = field(default_factory=lambda: process_start())
 
     @property
     def controlling(self) -> bool:
@@ -52,6 +57,7 @@ class Contract:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Contract:
         e = dict(os.environ if env is None else env)
+        deadline = float(e.get("NT_DEADLINE_S", "20"))
         rendezvous = parse_addr(e["NT_RENDEZVOUS"])
         assert rendezvous is not None
         if e["NT_ROLE"] not in ("controlling", "controlled"):
@@ -60,16 +66,38 @@ class Contract:
                    rendezvous=rendezvous, session=e["NT_SESSION"],
                    stun=parse_addr(e.get("NT_STUN", "")), turn=parse_addr(e.get("NT_TURN", "")),
                    turn_user=e.get("NT_TURN_USER", ""), turn_pass=e.get("NT_TURN_PASS", ""),
-                   relay=e.get("NT_RELAY", ""), deadline_s=float(e.get("NT_DEADLINE_S", "20")),
+                   relay=e.get("NT_RELAY", ""), deadline_s=deadline,
+                   connect_s=min(deadline, float(e.get("NT_CONNECT_DEADLINE_S", deadline))),
                    send_bytes=int(e.get("NT_SEND_BYTES", "65536")),
                    chunk=int(e.get("NT_CHUNK", "1000")), started=time.monotonic())
 
     def remaining(self) -> float:
         """Seconds left before the deadline, less a margin to print the result."""
-        return self.deadline_s - 0.5 - (time.monotonic() - self.started)
+        return self.deadline_s - 0.5 - (time.monotonic() - self.born)
+
+    def connect_remaining(self) -> float:
+        """Seconds left to connect: past NT_CONNECT_DEADLINE_S, give up."""
+        return min(self.connect_s, self.deadline_s - 0.5) - (time.monotonic() - self.born)
+
+    @property
+    def data_s(self) -> float:
+        """The data phase's time if connected at the connect deadline (at least 1 s)."""
+        return max(1.0, self.deadline_s - self.connect_s)
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 1)
+
+
+def process_start() -> float:
+    """time.monotonic() at this process's start, from /proc/self/stat's starttime (clock
+    ticks since boot); now, where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, age)
 
 
 class Rendezvous:
@@ -124,9 +152,10 @@ class Traffic:
 
 async def exchange(c: Contract, send: Callable[[bytes], Awaitable[None]],
                    received: Callable[[], int], traffic: Traffic,
-                   pace_s: float = 0.0005) -> None:
+                   pace_s: float = 0.0005, rv: Rendezvous | None = None) -> None:
     """Send the payload, paced (UDP has no flow control), then wait until the remote's
-    has arrived or the deadline is near. `received()` reads the byte count so far."""
+    has arrived or the deadline is near. `received()` reads the byte count so far.
+    With `rv`, end the data phase as docs/peers.md says (completion)."""
     for chunk in payload(c):
         if c.remaining() <= 0:
             break
@@ -136,6 +165,24 @@ async def exchange(c: Contract, send: Callable[[bytes], Awaitable[None]],
     while received() < c.send_bytes and c.remaining() > 0:
         await asyncio.sleep(0.01)
     traffic.received = received()
+    if rv is not None:
+        await completion(c, rv, traffic.received)
+
+
+async def completion(c: Contract, rv: Rendezvous, got: int) -> bool:
+    """The end of the data phase: tell the other side through the rendezvous that all
+    its data arrived ({"got": N}), then wait, until the deadline nears, for it to say
+    the same of ours, so that neither side closes while its data is still in flight.
+    True when the other side has all of ours."""
+    if got >= c.send_bytes:
+        await rv.send({"got": got})
+    try:
+        while True:
+            m = await asyncio.wait_for(rv.recv(), max(0.01, c.remaining()))
+            if isinstance(m.get("got"), int) and m["got"] >= c.send_bytes:
+                return True
+    except (TimeoutError, ConnectionError, ValueError):
+        return False
 
 
 def cand(kind: str | None, ip: str, port: int, protocol: str = "udp") -> dict[str, Any]:

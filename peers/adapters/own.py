@@ -4,10 +4,10 @@ The Session still does everything it does in `python -m peers.peer`: STUN, TURN,
 synchronized punching, the relay stage. The rendezvous replaces the signaling server:
 the Session's signaling messages travel through it as JSON lines, and the `start` the
 server would send to both peers at once is sent by the controlling side to the
-other and fed to itself. Once the Session has decided on a path, the application
-data goes over it: straight to the remote's address (direct) or as TURN data through
-our allocation (relay), each datagram marked with APP_MAGIC so the remote counts it.
-The Session keeps the path (and the allocation) until the data has been exchanged.
+other and fed to itself. The application data is the Session's own
+(PeerConfig.app_bytes): once it has decided on a path it sends NT_SEND_BYTES over it,
+straight to the remote's address (direct) or as TURN data through its allocation
+(relay), and keeps the path (and the allocation) until both sides' data is through.
 """
 
 from __future__ import annotations
@@ -20,58 +20,17 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from peers.adapters.contract import (
-    Contract,
-    Rendezvous,
-    Traffic,
-    exchange,
-    result,
-    run_main,
-)
-from peers.candidates import Address, Candidate
+from peers.adapters.contract import Contract, Rendezvous, Traffic, result, run_main
+from peers.candidates import Candidate
 from peers.driver import transmit
 from peers.peer import source_ip_towards
-from peers.session import PeerConfig, Phase, Session, Signal, Timing, Transmit
+from peers.session import PeerConfig, Session, Signal, Timing, Transmit
 
-APP_MAGIC = b"NTAPP1"
 IMPL = "own"
 
 
-class AppSession(Session):
-    """A Session that holds its decided path until the application data is through."""
-
-    def __init__(self, cfg: PeerConfig) -> None:
-        super().__init__(cfg, rng=os.urandom)
-        self.app_done = False
-        self.app_received = 0
-
-    def _maybe_finish(self, now: float, timed_out: bool = False) -> None:
-        if self.outcome in ("direct", "relay") and not self.app_done and not timed_out:
-            return
-        super()._maybe_finish(now, timed_out)
-
-    def _on_relayed(self, peer: Address, data: bytes, now: float) -> None:
-        if data.startswith(APP_MAGIC):
-            self.app_received += len(data) - len(APP_MAGIC)
-            return
-        super()._on_relayed(peer, data, now)
-
-    def app_finished(self, now: float) -> None:
-        self.app_done = True
-        self._maybe_finish(now)
-
-    def app_send(self, data: bytes) -> list[Transmit]:
-        """Datagrams that carry `data` over the decided path."""
-        assert self.pair is not None
-        if self.outcome == "direct":
-            return [Transmit(APP_MAGIC + data, self.pair[1].addr)]
-        assert self.turn is not None
-        self.turn.send(self.pair[1].addr, APP_MAGIC + data)
-        return [Transmit(d, a) for d, a in self.turn.take_datagrams()]
-
-
 class Driver(asyncio.DatagramProtocol):
-    def __init__(self, s: AppSession, c: Contract, rv: Rendezvous,
+    def __init__(self, s: Session, c: Contract, rv: Rendezvous,
                  sock: socket.socket) -> None:
         self.s, self.c, self.rv, self.sock = s, c, rv, sock
         self.loop = asyncio.get_running_loop()
@@ -81,10 +40,7 @@ class Driver(asyncio.DatagramProtocol):
         return self.loop.time()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if data.startswith(APP_MAGIC):  # direct application data
-            self.s.app_received += len(data) - len(APP_MAGIC)
-        else:
-            self.s.handle_datagram(data, (addr[0], addr[1]), self.now())
+        self.s.handle_datagram(data, (addr[0], addr[1]), self.now())
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -135,18 +91,6 @@ class Driver(asyncio.DatagramProtocol):
             self.s.handle_timeout(self.now())
             self.flush()
 
-    async def app(self, traffic: Traffic) -> None:
-        while self.s.phase is not Phase.DECIDED and not self.s.finished:
-            await asyncio.sleep(0.005)
-        if self.s.outcome in ("direct", "relay"):
-            async def send(data: bytes) -> None:
-                for out in self.s.app_send(data):
-                    self.send(out)
-
-            await exchange(self.c, send, lambda: self.s.app_received, traffic)
-        self.s.app_finished(self.now())
-        self.flush()
-
 
 async def run(c: Contract) -> dict[str, Any]:
     traffic, errors = Traffic(), []
@@ -154,11 +98,13 @@ async def run(c: Contract) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((source_ip_towards(toward), 0))
     host = sock.getsockname()
+    # Once decided, the data phase has whatever is left of the deadline.
     cfg = PeerConfig(id=c.id, remote=c.remote,
                      host=(host[0], host[1]), stun=c.stun, turn=c.turn,
                      turn_user=c.turn_user, turn_pass=c.turn_pass,
-                     timing=Timing(done_timeout=max(2.0, c.deadline_s / 2)), trace=True)
-    session = AppSession(cfg)
+                     timing=Timing(done_timeout=max(2.0, c.data_s)), trace=True,
+                     app_bytes=c.send_bytes, app_chunk=c.chunk)
+    session = Session(cfg)
     session.controlling = c.controlling  # the contract's role, not the ids' order
     rv = await Rendezvous.join(c)
     loop = asyncio.get_running_loop()
@@ -169,10 +115,9 @@ async def run(c: Contract) -> dict[str, Any]:
     # the rendezvous checked who we are already (HELLO with this cell's session id).
     session.handle_signal({"type": "challenge", "nonce": os.urandom(16).hex()}, driver.now())
     driver.flush()
-    tasks = [asyncio.create_task(x) for x in (driver.read_rendezvous(), driver.timers(),
-                                              driver.app(traffic))]
+    tasks = [asyncio.create_task(x) for x in (driver.read_rendezvous(), driver.timers())]
     try:
-        await asyncio.wait_for(asyncio.gather(tasks[1], tasks[2]), max(0.1, c.remaining()))
+        await asyncio.wait_for(tasks[1], max(0.1, c.remaining()))
     except TimeoutError:
         errors.append("deadline reached")
     for t in tasks:
@@ -180,7 +125,7 @@ async def run(c: Contract) -> dict[str, Any]:
     r = session.result()
     for ms, event in (r.trace or ())[-40:]:  # the end of the Session's story, for the log
         print(f"{ms:10.3f} ms {c.id}: {event}", file=sys.stderr)
-    traffic.received = session.app_received
+    traffic.sent, traffic.received = session.app_sent, session.app_received
     transport.close()
     rv.close()
     pair = None

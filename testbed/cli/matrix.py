@@ -10,18 +10,22 @@
     nat-testbed matrix --sweep loss=0,1,5,20% --sweep delay=0,50,200ms --repeat 20
     nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
     nat-testbed matrix --nats all --repeat 50 --dask tcp://scheduler:8786  # a Dask pool
+    nat-testbed matrix --peers own,aioice,webrtc --out results/     # the interop matrix
+    nat-testbed matrix --peer-command ./my-peer.sh --out results/  # your own program
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from testbed import adapters
 from testbed.cli.common import (
     NAT_HELP,
     add_topology_flags,
@@ -51,8 +55,9 @@ manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --
 K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
 parts together (docs/scale.md). With --dask ADDRESS the labs run on the workers of a Dask
 pool and their records come back here (docs/scale.md). Exit 1 with --strict if a cell
-disagrees with the model. Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the
-pairings decided so far to the same files, marked incomplete, and exits 130."""
+disagrees with the model, or a router ran another NAT than its cell's (read back from its
+kernel). Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the pairings decided
+so far to the same files, marked incomplete, and exits 130."""
 EARLY_PNG = ".results.png.partial"
 
 
@@ -73,6 +78,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run every pairing N times, each in fresh namespaces (default 1)")
     for d in dimensions.flagged():
         p.add_argument(d.flag or "", dest=f"dim_{d.name}", metavar=d.metavar, help=d.help)
+    p.add_argument("--peers", metavar="PEER,...",
+                   help="the implementations to pair (`nat-testbed peers`): every ordered "
+                        "pair of them (peer_a x peer_b) is a dimension of the matrix, every "
+                        "slot judged from the wire (docs/peers.md)")
+    p.add_argument("--peer-command", metavar="PATH",
+                   help="your program implementing docs/peers.md, as one more peer (alone: "
+                        "it against itself)")
+    p.add_argument("--cross-family", action="store_true",
+                   help="also run the implementation pairs that share no protocol (own x "
+                        "aioice, ...): skipped by default, their cells say why")
+    p.add_argument("--deadline", type=float, default=None, metavar="S",
+                   help="seconds a peer program has to connect (default 10), then 5 s more "
+                        "for its data")
+    p.add_argument("--peer-jobs", type=positive(1, 64), default=None, metavar="N",
+                   help="contract cells (peer programs) running at once, all labs together "
+                        "(default: CPUs)")
     add_topology_flags(p, "run every pairing in a lab of its own",
                        "the matrix lab, up to 120 pairings around one set of servers")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
@@ -85,7 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the seed that deals slots to shards (default 1; every shard of a "
                         "run needs the same)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 if any cell disagrees with the reference model")
+                   help="exit 1 if any cell disagrees with the reference model, or a "
+                        "router ran another NAT than its cell's")
     p.add_argument("--json", action="store_true",
                    help="print results.json to stdout (with --shard: the manifest)")
     p.add_argument("--jobs", type=positive(1, 64), default=None, metavar="N",
@@ -167,8 +189,9 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     else:
         axis = nats(args.nats)
     extra = []
+    peers_given = _peer_flags(args)
     for d in dimensions.flagged():
-        text = getattr(args, f"dim_{d.name}", None)
+        text = peers_given.get(d.name) or getattr(args, f"dim_{d.name}", None)
         if text is not None:
             extra.append(_dimension(d, text, args.swept_by.get(d.name)))
         elif any(n == d.name for s in only or () for n, _ in s.point):
@@ -180,8 +203,38 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     what = ("--conditions/--delay/--jitter/--loss/--rate/--sweep"
             if names & set(dimensions.CONDITION_DIMENSIONS) else "--only")
     with flag(what):
-        return MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
-                          nodes=nodes, extra=tuple(extra))
+        spec = MatrixSpec(tuple(axis), repeats, only, topology=topology_path(args),
+                          nodes=nodes, extra=tuple(extra), run_skipped=args.cross_family)
+    if args.deadline is not None:
+        with flag("--deadline"):
+            spec = dataclasses.replace(spec, deadline=args.deadline)
+    return spec
+
+
+def _peer_flags(args: argparse.Namespace) -> dict[str, str]:
+    """--peers and --peer-command as the peer_a and peer_b dimensions' labels; every
+    adapter named must be installed here."""
+    out: dict[str, str] = {}
+    command = None
+    if args.peer_command:
+        try:
+            command = adapters.command_adapter(args.peer_command).name
+        except adapters.AdapterError as e:
+            raise UsageError(str(e)) from None
+    for name, own_flag in (("peer_a", "--peer-a"), ("peer_b", "--peer-b")):
+        text = getattr(args, f"dim_{name}", None) or args.peers
+        labels = [t.strip() for t in text.split(",")] if text else []
+        if command is not None and command not in labels:
+            labels.append(command)
+        where = own_flag if getattr(args, f"dim_{name}", None) else "--peers"
+        for label in labels:
+            with flag(where):
+                adapter = adapters.from_label(label)
+            if (why := adapter.missing()) is not None:
+                raise UsageError(f"{where} {label}: {why}")
+        if labels:
+            out[name] = ",".join(labels)
+    return out
 
 
 def shard_from(args: argparse.Namespace) -> Shard:
@@ -225,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
     run = MatrixRun(spec, args.jobs, progress,
                     background=_preload_plotting if whole else None,
                     on_outcomes=draw_heatmap if whole else None, shard=shard,
-                    dask=address, admission=not args.no_admission)
+                    dask=address, contract_jobs=args.peer_jobs,
+                    admission=not args.no_admission)
     try:
         with interrupts_as_keyboard():
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from testbed import adapters
-from testbed.adapters import DEFAULT_DEADLINE_S
+from testbed.adapters import DEFAULT_DATA_S, DEFAULT_DEADLINE_S
 from testbed.cli.common import (
     NAT_HELP,
     add_condition_flags,
@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-command", metavar="PATH", help="a program of yours implementing "
                    "docs/peers.md, for both sides unless --peer-a/--peer-b name another")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
-                   help=f"seconds each program has (default {DEFAULT_DEADLINE_S:g})")
+                   help=f"seconds each program has to connect (default "
+                        f"{DEFAULT_DEADLINE_S:g}), then {DEFAULT_DATA_S:g} s more for its data")
     add_condition_flags(p, "both routers' WAN links (the access links)")
     c = p.add_argument_group("a call and events during it")
     c.add_argument("--call", metavar="D", help="after connecting, keep the call this long "
@@ -136,15 +137,16 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     a, b = resolve_peers(args)
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
-    if args.topology is not None:
-        raise UsageError("--topology: not yet with --peer-a/--peer-b/--peer-command")
+    topology = topology_path(args)
     deadline = args.deadline or DEFAULT_DEADLINE_S
     if not 1.0 <= deadline <= 600.0:
         raise UsageError(f"--deadline {deadline}: between 1 and 600 seconds")
     check_lab_name(args.name)
     require_root()
-    cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
-                             lab_name=args.name)
+    with flag("--topology/--a-node/--b-node"):
+        cell = run_contract_pair(nat_a, nat_b, a, b, keep=args.keep, deadline_s=deadline,
+                                 topology=topology, a_node=args.a_node, b_node=args.b_node,
+                                 lab_name=args.name)
     if args.json:
         print_json(cell)
     else:

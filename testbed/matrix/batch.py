@@ -3,7 +3,7 @@
 A pool worker (testbed.matrix.pool) runs each batch it is given this way rather than in
 its own threads: a lab needs a process whose main thread can take signals and unwind
 through Lab.down, and forking a worker that runs threads of its own is unsafe. The
-batch reads one pickled (LabJob, Layout, admission) on stdin and writes run_lab's messages to
+batch reads one pickled (LabJob, Layout, BatchSettings) on stdin and writes run_lab's messages to
 stdout, each one pickle; it asks the kernel for SIGTERM when the thread that started it
 dies (the worker killed, even by SIGKILL), and then takes its lab down as Ctrl-C would.
 """
@@ -14,13 +14,14 @@ import multiprocessing
 import os
 import pickle
 import sys
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from testbed.admission import Places
 from testbed.errors import TestbedError
 from testbed.interrupts import worker_signals
 from testbed.matrix.lab import Layout
-from testbed.matrix.runner import LabJob, run_lab
+from testbed.matrix.runner import LabJob, run_lab, set_contract_gate
 
 
 def write_message(out: BinaryIO, msg: tuple[Any, ...]) -> None:
@@ -37,16 +38,31 @@ def read_messages(stream: BinaryIO) -> Any:
             return
 
 
-def run(job: LabJob, layout: Layout, out: BinaryIO, admission: bool = True) -> int:
-    """The lab's slots start as testbed.admission admits them (with `admission`): the
-    places, pace and quiet are this lab's own, its batch shares no objects with others."""
+@dataclass(frozen=True)
+class BatchSettings:
+    """What a run sets for every lab (matrix --no-admission, --peer-jobs). A batch shares
+    no objects with other batches, so both act within its own lab: admission's places,
+    pace and quiet, and the contract cells run at once."""
+
+    admission: bool = True
+    contract_jobs: int | None = None  # None: CPUs (testbed.matrix.runner)
+
+
+DEFAULT_SETTINGS = BatchSettings()
+
+
+def run(job: LabJob, layout: Layout, out: BinaryIO,
+        settings: BatchSettings = DEFAULT_SETTINGS) -> int:
     def send(msg: tuple[Any, ...]) -> None:
         try:
             write_message(out, msg)
         except OSError:  # the worker is gone; the lab still comes down
             pass
 
-    places = Places.for_run(multiprocessing.get_context("fork")) if admission else None
+    ctx = multiprocessing.get_context("fork")
+    places = Places.for_run(ctx) if settings.admission else None
+    if settings.contract_jobs is not None:
+        set_contract_gate(settings.contract_jobs)
     try:
         run_lab(job, layout, send, places)
     except KeyboardInterrupt:
@@ -67,13 +83,13 @@ def main() -> int:
     if parent is not None and int(parent) != os.getppid():  # died before we asked
         return 130
     try:  # a spare waits here, its code imported, until a worker hands it a job
-        job, layout, admission = pickle.load(sys.stdin.buffer)
+        job, layout, settings = pickle.load(sys.stdin.buffer)
     except (EOFError, KeyboardInterrupt):  # the worker went away before it had one
         return 130
     # Messages go out on a descriptor of their own; anything printed goes to stderr.
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    return run(job, layout, out, admission)
+    return run(job, layout, out, settings)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from peers.session import Timing
+from testbed import adapters
 from testbed import conditions as cond
+from testbed.adapters import Adapter
 from testbed.conditions import Conditions
 from testbed.model import PortReuse, Strategy
 from testbed.nat import NatSpec, nat_from_label
@@ -45,6 +47,10 @@ class SlotSetup:
     nat_a: NatSpec = field(default_factory=NatSpec)  # the router in front of Alice
     nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
     timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
+    peer_a: Adapter = adapters.ADAPTERS["own"]  # Alice's program (own: in-process sessions)
+    peer_b: Adapter = adapters.ADAPTERS["own"]
+    wire: bool = False  # judge the slot from the wire (testbed.wire), with application data
+    deadline: float = 10.0  # seconds a contract program has to connect (then 5 for data)
     conditions: Conditions = field(default_factory=Conditions)  # on its access links
 
 
@@ -67,6 +73,7 @@ class NotModelled:
 
 Apply = Callable[[SlotSetup, Any], SlotSetup]
 Model = Callable[[ModelInput, Any], "ModelInput | NotModelled"]
+Check = Callable[[Mapping[str, Any]], "str | None"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 
 
@@ -82,6 +89,12 @@ class Dimension:
     flag: str | None = None  # the matrix command's flag listing its values
     metavar: str = "LIST"
     help: str = ""
+    # apply the default value too when the dimension is in the grid (its mere presence
+    # changes how slots run, as peer_a/peer_b's: every slot judged from the wire)
+    apply_in_grid: bool = False
+    # why no slot at this point can work (names -> values of the point's dimensions), or
+    # None: such cells are skipped unless the run asks for them (MatrixSpec.run_skipped)
+    check: Check | None = field(compare=False, repr=False, default=None)
     # how the flag's text becomes labels (default: split at ','), e.g. to give every
     # value the unit written once at the end ('0,50,200ms')
     split: Callable[[str], list[str]] | None = field(compare=False, repr=False, default=None)
@@ -118,7 +131,7 @@ class Dimension:
                          f"({','.join(self.labels)})")
 
     def set_up(self, setup: SlotSetup, value: Any) -> SlotSetup:
-        if self.apply is None or value == self.default:
+        if self.apply is None or (value == self.default and not self.apply_in_grid):
             return setup
         return self.apply(setup, value)
 
@@ -244,6 +257,44 @@ PUNCH = register(Dimension(
     None, flag="--punch-timeout", metavar="SECONDS,...",
     help="punch for this long before falling back to the relay; a list makes it a "
          f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
+
+
+# ------------------------------------------------------------------ peer implementations
+
+
+def _peer(label: str) -> Adapter:
+    return adapters.from_label(label.strip())
+
+
+def _set_peer_a(setup: SlotSetup, peer: Adapter) -> SlotSetup:
+    return replace(setup, peer_a=peer, wire=True)
+
+
+def _set_peer_b(setup: SlotSetup, peer: Adapter) -> SlotSetup:
+    return replace(setup, peer_b=peer, wire=True)
+
+
+def _model_peer(inp: ModelInput, peer: Adapter) -> ModelInput | NotModelled:
+    why = adapters.modelled(peer)
+    return inp if why is None else NotModelled(f"not modelled: {why}")
+
+
+def _peers_check(point: Mapping[str, Any]) -> str | None:
+    own = adapters.ADAPTERS["own"]
+    return adapters.common_protocol(point.get("peer_a", own), point.get("peer_b", own))
+
+
+# Which program Alice and Bob run (docs/peers.md): the project's own peer in-process, or
+# any adapter through the contract. In the grid, every slot is judged from the wire.
+PEER_A = register(Dimension(
+    "peer_a", "Alice's program", (), _peer, _set_peer_a, adapters.ADAPTERS["own"],
+    _model_peer, flag="--peer-a", metavar="PEER,...",
+    help="Alice's programs (`nat-testbed peers`): a dimension of the matrix, every slot "
+         "judged from the wire", apply_in_grid=True, check=_peers_check))
+PEER_B = register(Dimension(
+    "peer_b", "Bob's program", (), _peer, _set_peer_b, adapters.ADAPTERS["own"],
+    _model_peer, flag="--peer-b", metavar="PEER,...", help="Bob's programs, as --peer-a",
+    apply_in_grid=True, check=_peers_check))
 
 
 def labels_of(point: Iterable[tuple[str, Any]]) -> Mapping[str, str]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from testbed.matrix.dimensions import NotModelled
+from testbed.matrix.dimensions import NotModelled, SlotSetup
 from testbed.matrix.lab import Layout
 from testbed.matrix.spec import MatrixSpec, Point
 from testbed.model import PortReuse, Strategy, predict
@@ -168,6 +168,10 @@ def command_line(spec: MatrixSpec, jobs: int) -> str:
         parts += [f"--only {s.key}" for s in spec.only]
     for d in spec.facet_dimensions():
         parts.append(f"{d.flag} {','.join(d.labels)}")
+    if spec.run_skipped:
+        parts.append("--cross-family")
+    if spec.deadline != SlotSetup().deadline:
+        parts.append(f"--deadline {spec.deadline:g}")
     parts.append(f"--repeat {spec.repeats} --jobs {jobs}")
     if spec.topology is not None:
         parts.append(f"--topology {spec.topology}")

@@ -39,7 +39,7 @@ from testbed.lab import HUB_PORT_BASE, Lab
 from testbed.matrix.dimensions import SlotSetup
 from testbed.matrix.layer2 import L2Batch, static_l2
 from testbed.nat import Kind, NatSpec
-from testbed.pair import pair_topology, place
+from testbed.pair import Placement, pair_topology, place
 from testbed.results import ROLES
 from testbed.ruleset import apply_nat
 from testbed.topology import Interface, Node, Route, Segment, Topology, far_end
@@ -71,6 +71,9 @@ class Layout(Protocol):
 
     def wan(self, topo: Topology, index: int) -> dict[str, str]:
         """role -> the address the slot's router shows outside."""
+
+    def placement(self, topo: Topology, index: int) -> Placement:
+        """The index-th slot's hosts and routers, and the servers' nodes."""
 
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         """Static layer 2 requests, or None to leave ARP to the kernel."""
@@ -174,6 +177,10 @@ class PackedLayout:
     def wan(self, topo: Topology, index: int) -> dict[str, str]:
         return {who: str(wan_address(index, who)) for who in ROLES}
 
+    def placement(self, topo: Topology, index: int) -> Placement:
+        return Placement(self.nodes(index), {who: router_name(index, who) for who in ROLES},
+                         "signal", "turn")
+
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         return static_l2(topo, [n for n, _, _ in SERVERS])
 
@@ -209,6 +216,9 @@ class TopologyLayout:
 
     def wan(self, topo: Topology, index: int) -> dict[str, str]:
         return place(topo, self.roles).wan(topo)
+
+    def placement(self, topo: Topology, index: int) -> Placement:
+        return place(topo, self.roles)
 
     def layer2(self, topo: Topology) -> dict[str, list[tuple[str, Any]]] | None:
         return None

@@ -46,6 +46,7 @@ from testbed import state
 from testbed.errors import LabError, TestbedError, UsageError
 from testbed.lab import name_taken, new_lab_name, privilege_problem
 from testbed.matrix import batch as batch_program
+from testbed.matrix.batch import DEFAULT_SETTINGS, BatchSettings
 from testbed.matrix.document import environment
 from testbed.matrix.lab import Layout
 from testbed.matrix.progress import Progress
@@ -110,10 +111,10 @@ def reap_run(run_id: str) -> list[str]:
     return [t.lab for t in state.clean(labs).removed]
 
 
-def run_batch(job: LabJob, layout: Layout, run_id: str, admission: bool = True) -> Batch:
-    """A pool task: one lab, run by a batch process; its records and phases. With
-    `admission`, the lab's slots start as testbed.admission admits them (places shared
-    within the lab: batch processes share no multiprocessing objects)."""
+def run_batch(job: LabJob, layout: Layout, run_id: str,
+              settings: BatchSettings = DEFAULT_SETTINGS) -> Batch:
+    """A pool task: one lab, run by a batch process with the run's `settings`; its
+    records and phases."""
     from distributed import Event, get_worker
 
     worker = get_worker()
@@ -124,7 +125,7 @@ def run_batch(job: LabJob, layout: Layout, run_id: str, admission: bool = True) 
     stop = Event(stop_event(run_id))
     return _run_process(job, layout, stop.is_set, worker_name=str(worker.address),
                         start=spares().take, builds=build_slots(worker.state.nthreads),
-                        admission=admission)
+                        settings=settings)
 
 
 def stop_event(run_id: str) -> str:
@@ -195,7 +196,7 @@ def spares() -> Spares:
 def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
                  worker_name: str, start: Callable[[], subprocess.Popen[bytes]] = _start_batch,
                  builds: threading.Semaphore | None = None,
-                 admission: bool = True) -> Batch:
+                 settings: BatchSettings = DEFAULT_SETTINGS) -> Batch:
     """Run the job in a batch process (from `start`), at most as many building at once
     as `builds` allows; its records, or LabError."""
     builds = builds or threading.Semaphore(1)
@@ -217,7 +218,7 @@ def _run_process(job: LabJob, layout: Layout, stopped: Callable[[], bool],
     reader.start()
     try:
         with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(pickle.dumps((job, layout, admission),
+            proc.stdin.write(pickle.dumps((job, layout, settings),
                                           protocol=pickle.HIGHEST_PROTOCOL))
             proc.stdin.close()
         while proc.poll() is None:
@@ -359,7 +360,8 @@ class Pool:
 
     # ------------------------------------------------------------ running
 
-    def run(self, jobs: Iterable[LabJob], layout: Layout, admission: bool = True) -> None:
+    def run(self, jobs: Iterable[LabJob], layout: Layout,
+            settings: BatchSettings = DEFAULT_SETTINGS) -> None:
         from distributed import Event, as_completed
 
         stop = Event(stop_event(self.run_id), client=self._client)
@@ -371,7 +373,7 @@ class Pool:
             for job in itertools.islice(pending, n):
                 key = f"nat-testbed-{self.run_id}-{job.index}"
                 future = self._client.submit(run_batch, job, layout, self.run_id,
-                                             admission, key=key, pure=False)
+                                             settings, key=key, pure=False)
                 inflight[key] = (job, future)
                 done.add(future)
                 if self.progress:

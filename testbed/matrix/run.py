@@ -20,6 +20,7 @@ from testbed.admission import settings as admission_settings
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix import records
+from testbed.matrix.batch import BatchSettings
 from testbed.matrix.dimensions import kind
 from testbed.matrix.document import (
     Predictor,
@@ -37,6 +38,7 @@ from testbed.matrix.pool import Pool, workers_needed
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
 from testbed.matrix.spec import (
+    DEFAULT_DEADLINE,
     MatrixSpec,
     Selector,
     Shard,
@@ -153,6 +155,7 @@ class MatrixRun:
     on_outcomes: Callable[[Streamed], None] | None = None
     shard: Shard = field(default_factory=Shard)
     dask: str | None = None
+    contract_jobs: int | None = None  # contract cells (peer programs) at once; None: CPUs
     admission: bool = True
 
     def plan(self, pool: Pool | None = None) -> Plan:
@@ -190,10 +193,12 @@ class MatrixRun:
         if pool is not None:
             pool.on_slot, pool.on_results = on_slot, on_results
             with _in_background(self.background):
-                pool.run(plan.jobs(), plan.layout, admission=self.admission)
+                pool.run(plan.jobs(), plan.layout,
+                         BatchSettings(self.admission, self.contract_jobs))
             return Ran(t_start, time.time(), time.monotonic() - t0, pool.labs)
         workers = Workers(plan.layout, workers_needed(None, self.jobs), self.progress,
-                          self.background, on_slot, on_results, admission=self.admission)
+                          self.background, on_slot, on_results,
+                          contract_jobs=self.contract_jobs, admission=self.admission)
         workers.run(plan.jobs())
         return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
 
@@ -280,23 +285,31 @@ def run_matrix(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                topology: str | Path | None = None, a_node: str = "alice",
                b_node: str = "bob", timing: Timing | None = None,
                progress: Progress | None = None,
-               dimensions: Mapping[str, Iterable[Any]] | None = None) -> MatrixResult:
+               dimensions: Mapping[str, Iterable[Any]] | None = None,
+               cross_family: bool = False, deadline: float | None = None,
+               peer_jobs: int | None = None) -> MatrixResult:
     """Every ordered pairing of `nats` (default: none and the four classic types), each
     `repeats` times in fresh namespaces, or only the `only` (Alice's, Bob's) cells; in
     the packed matrix lab, or one lab of `topology` per pairing with Alice and Bob in
     `a_node` and `b_node`. `dimensions` adds other dimensions by name, each a list of
-    values or labels ({"punch": ["0.2s", "1s"]}). The result carries the model's
-    prediction for every cell."""
+    values or labels ({"punch": ["0.2s", "1s"]}, {"peer_a": ["own", "aioice"], "peer_b":
+    [...]}). Cells that cannot work (two peer programs with no common protocol) are
+    skipped unless `cross_family`; contract programs have `deadline` seconds to connect
+    (default 10), `peer_jobs` cells of them run at once (default: CPUs). The result
+    carries the model's prediction for every cell."""
     spec = matrix_spec(nats, repeats=repeats, only=only, topology=topology, a_node=a_node,
-                       b_node=b_node, timing=timing, dimensions=dimensions)
-    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress).run()
+                       b_node=b_node, timing=timing, dimensions=dimensions,
+                       cross_family=cross_family, deadline=deadline)
+    return MatrixRun(spec, jobs or os.cpu_count() or 1, progress,
+                     contract_jobs=peer_jobs).run()
 
 
 def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
                 only: Iterable[tuple[NatSpec, NatSpec]] | None = None,
                 topology: str | Path | None = None, a_node: str = "alice",
                 b_node: str = "bob", timing: Timing | None = None,
-                dimensions: Mapping[str, Iterable[Any]] | None = None) -> MatrixSpec:
+                dimensions: Mapping[str, Iterable[Any]] | None = None,
+                cross_family: bool = False, deadline: float | None = None) -> MatrixSpec:
     """run_matrix's arguments as a run spec (ValueError naming what is wrong)."""
     cells = tuple(only) if only is not None else None
     if cells is not None:
@@ -308,4 +321,5 @@ def matrix_spec(nats: Sequence[NatSpec] | None = None, *, repeats: int = 1,
     return MatrixSpec(tuple(nats or default_nats()), repeats,
                       None if cells is None else tuple(Selector.cell(a, b) for a, b in cells),
                       timing or Timing(), Path(topology) if topology is not None else None,
-                      (("alice", a_node), ("bob", b_node)), extra)
+                      (("alice", a_node), ("bob", b_node)), extra, cross_family,
+                      DEFAULT_DEADLINE if deadline is None else deadline)

@@ -45,6 +45,7 @@ from testbed.nat import NatSpec
 __all__ = ["Dimension", "MatrixSpec", "Selector", "Shard", "Slot", "SlotSetup", "plan"]
 
 MAX_REPEATS = 1000
+DEFAULT_DEADLINE = SlotSetup().deadline
 Point = tuple[tuple[str, Any], ...]  # (dimension name, value), in the spec's order
 
 
@@ -132,6 +133,8 @@ class MatrixSpec:
     topology: Path | None = None  # None: the packed matrix lab; else one lab per slot
     nodes: tuple[tuple[str, str], ...] = (("alice", "alice"), ("bob", "bob"))  # role, node
     extra: tuple[Dimension, ...] = ()  # the other dimensions (at their default: dropped)
+    run_skipped: bool = False  # run the cells a dimension says cannot work (Dimension.check)
+    deadline: float = DEFAULT_DEADLINE  # seconds a contract program has to connect
 
     def __post_init__(self) -> None:
         # the other dimensions in one order (the registry's), those at their default left
@@ -143,6 +146,8 @@ class MatrixSpec:
             raise ValueError("nats: a non-empty list of distinct NATs")
         if not 1 <= self.repeats <= MAX_REPEATS:
             raise ValueError(f"repeats: must be 1 to {MAX_REPEATS}, got {self.repeats}")
+        if not 1.0 <= self.deadline <= 600.0:
+            raise ValueError(f"deadline: must be 1 to 600 s, got {self.deadline:g}")
         names = [d.name for d in self.extra]
         if len(set(names)) != len(names) or {"a", "b"} & set(names):
             raise ValueError(f"dimensions: each named once, besides a and b: {names}")
@@ -179,6 +184,18 @@ class MatrixSpec:
             if self.only is None or any(s.covers(_labels(point)) for s in self.only):
                 yield point
 
+    def skip_reason(self, point: Point) -> str | None:
+        """Why no slot of this cell can work (a dimension's check), or None."""
+        values = dict(point)
+        for d in self.dimensions():
+            if d.check is not None and (why := d.check(values)) is not None:
+                return why
+        return None
+
+    def skipped(self, point: Point) -> bool:
+        """The cell is not run: it cannot work, and the run did not ask for it."""
+        return not self.run_skipped and self.skip_reason(point) is not None
+
     def selected(self, point: Point, repeat: int) -> bool:
         if self.only is None:
             return True
@@ -192,13 +209,16 @@ class MatrixSpec:
 
     def setup(self, slot: Slot) -> SlotSetup:
         """What the slot runs with: the spec's timing, then every dimension's value."""
-        setup = SlotSetup(timing=self.timing)
+        setup = SlotSetup(timing=self.timing, deadline=self.deadline)
         for d in self.dimensions():
             setup = d.set_up(setup, slot[d.name])
         return setup
 
     def model_input(self, point: Point) -> ModelInput | NotModelled:
         """What the reference model is asked about this cell, or why it cannot be."""
+        if (why := self.skip_reason(point)) is not None:
+            how = "run on request" if self.run_skipped else "skipped; --cross-family runs it"
+            return NotModelled(f"{why} ({how})")
         inp: ModelInput | NotModelled = ModelInput()
         for d, (_, value) in zip(self.dimensions(), point, strict=True):
             if isinstance(inp, NotModelled):
@@ -213,16 +233,20 @@ def _labels(point: Point) -> dict[str, str]:
 
 class SlotIndex:
     """The spec's slots by number, 0..len-1, repeat-major; computed on demand. Only when
-    `--only` names single repeats is the list of (cell, repeat) numbers kept."""
+    `--only` names single repeats, or some cells are skipped (MatrixSpec.skipped: they
+    stay in `points`, as cells of the document, with no slot), is the list of (cell,
+    repeat) numbers kept."""
 
     def __init__(self, spec: MatrixSpec) -> None:
         self.spec = spec
         self.points = list(spec.points())
         self.picked: list[tuple[int, int]] | None = None
         self._numbers: dict[tuple[int, int], int] | None = None
-        if spec.only is not None and any(s.repeat is not None for s in spec.only):
+        skipped = {p for p, point in enumerate(self.points) if spec.skipped(point)}
+        if skipped or (spec.only is not None and any(s.repeat is not None for s in spec.only)):
             self.picked = [(p, r) for r in range(1, spec.repeats + 1)
-                           for p, point in enumerate(self.points) if spec.selected(point, r)]
+                           for p, point in enumerate(self.points)
+                           if p not in skipped and spec.selected(point, r)]
 
     def __len__(self) -> int:
         if self.picked is not None:
@@ -379,6 +403,8 @@ def spec_to_json(spec: MatrixSpec) -> dict[str, Any]:
         "timing": dataclasses.asdict(spec.timing),
         "topology": topo,
         "nodes": dict(spec.nodes),
+        **({"run_skipped": True} if spec.run_skipped else {}),
+        **({"deadline": spec.deadline} if spec.deadline != DEFAULT_DEADLINE else {}),
     }
 
 
@@ -403,6 +429,7 @@ def spec_from_json(data: Mapping[str, Any]) -> MatrixSpec:
             timing=Timing(**data["timing"]),
             topology=None if topo is None else Path(topo["file"]),
             nodes=tuple((str(r), str(n)) for r, n in data["nodes"].items()),
-            extra=tuple(dims.values()))
+            extra=tuple(dims.values()), run_skipped=bool(data.get("run_skipped", False)),
+            deadline=float(data.get("deadline", DEFAULT_DEADLINE)))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"spec: missing or malformed field {exc}") from None

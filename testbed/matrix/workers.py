@@ -30,7 +30,7 @@ from testbed.errors import LabError, TestbedError
 from testbed.interrupts import ignore_interrupts, restore, worker_signals
 from testbed.matrix.lab import Layout
 from testbed.matrix.progress import Progress
-from testbed.matrix.runner import LabJob, run_lab
+from testbed.matrix.runner import LabJob, run_lab, set_contract_gate
 from testbed.results import PairResult
 
 CLEANUP_WAIT_S = 30.0  # how long workers get to take their labs down
@@ -79,10 +79,12 @@ class Workers:
     on_slot: Callable[[LabJob, int, str, PairResult], None] | None = None
     on_results: Callable[[LabJob, list[PairResult]], None] | None = None  # a lab's records
     labs: list[dict[str, Any]] = field(default_factory=list)  # per lab: its phases
+    contract_jobs: int | None = None  # contract cells at once, all labs (default: CPUs)
     admission: bool = True  # slots start as testbed.admission admits them
 
     def run(self, jobs: Iterable[LabJob]) -> None:
         ctx = multiprocessing.get_context("fork")
+        set_contract_gate(self.contract_jobs or os.cpu_count() or 1)  # the workers share it
         self._places = Places.for_run(ctx) if self.admission else None
         helper = self._background()
         pending: Iterator[LabJob] = iter(jobs)

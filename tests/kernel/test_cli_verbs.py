@@ -85,6 +85,24 @@ def test_pair_in_a_topology_of_ones_own(office: Path, capsys: pytest.CaptureFixt
     assert leftovers(res["lab"]) == []
 
 
+def test_contract_peers_in_a_topology_of_ones_own(
+        office: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # one Placement for the project's peer and contract programs: the rendezvous on
+    # the topology's signaling server, the wire counters in the routers in front of
+    # laptop and phone (not home-pair's)
+    rc = cli.main(["pair", "--a", "port-restricted-cone", "--b", "port-restricted-cone",
+                   "--topology", str(office), "--a-node", "laptop", "--b-node", "phone",
+                   "--peer-a", "own", "--peer-b", "own", "--deadline", "8", "--json"])
+    cell = json.loads(capsys.readouterr().out)
+    assert rc == 0 and cell["outcome"] == "direct", cell["reason"]
+    assert cell["flags"] == []
+    assert {who: p["node"] for who, p in cell["programs"].items()} == {"alice": "laptop",
+                                                                        "bob": "phone"}
+    for role in ("alice", "bob"):
+        assert cell["claims"][role]["selected_pair"]["remote"]["ip"] == WAN[OTHER[role]]
+    assert leftovers(cell["lab"]) == []
+
+
 def test_a_node_without_a_router_in_front_is_a_usage_error(
         office: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(["pair", "--a", "none", "--b", "none", "--topology", str(office),

@@ -135,6 +135,23 @@ def test_a_program_claiming_direct_while_relaying_is_flagged() -> None:
     assert cell["flags"] == ["alice claims direct, but its data went through the relay"]
 
 
+def test_a_data_phase_cut_short_is_flagged() -> None:
+    """Alice sends half of her data and stops listening once she has half of Bob's:
+    Bob waits for the rest until his deadline and says what he got; the wire still sees
+    a direct path (half is its threshold), and the cell says both exchanges were cut
+    short. Both end by their own deadline, before the testbed's: their clocks start at
+    their process's start, as the testbed's does."""
+    cell = run_contract_pair(nat(PRC), nat(PRC), prog("quitter.py"), adapter("own"),
+                             deadline_s=4, data_s=2)
+    got = {who: cell["claims"][who]["received_bytes"] for who in ("alice", "bob")}
+    assert cell["outcome"] == "direct", format_cell(cell)
+    for who in ("alice", "bob"):
+        assert cell["send_bytes"] // 4 <= got[who] < cell["send_bytes"], format_cell(cell)
+    assert cell["flags"] == [f"{who} received {got[who]} of the other side's 65536 B"
+                             for who in ("alice", "bob")]
+    assert not any(p["killed"] for p in cell["programs"].values()), format_cell(cell)
+
+
 @pytest.mark.parametrize("name,problem", [
     ("hang.sh", "killed at the deadline (printed no result line)"),
     ("crash.sh", "exited 139; printed no result line"),
@@ -143,16 +160,16 @@ def test_a_program_claiming_direct_while_relaying_is_flagged() -> None:
 ])
 def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
         name: str, problem: str | None) -> None:
-    deadline = 3.0
+    deadline, data = 3.0, 1.0
     t0 = time.monotonic()
     cell = run_contract_pair(nat(PRC), nat(PRC), prog(name), adapter("own"),
-                             deadline_s=deadline)
+                             deadline_s=deadline, data_s=data)
     took = time.monotonic() - t0
     text = format_cell(cell)
     assert cell["outcome"] == "failed", text
     # hang.sh waits an hour: a generous bound still tells "killed at the deadline" from
     # "waited for it" (the lab's own build and teardown take a second here, more on a VM).
-    assert took < deadline + KILL_GRACE_S + 60.0, text
+    assert took < deadline + data + KILL_GRACE_S + 60.0, text
     assert lab_is_gone(cell)
     report = cell["programs"]["alice"]
     if problem is None:  # the flooder printed a lie: the wire saw no data
@@ -170,7 +187,7 @@ def test_bad_programs_fail_the_cell_in_time_and_the_lab_is_cleaned(
 def test_a_bad_program_does_not_stop_the_next_cell_on_the_same_lab() -> None:
     own = adapter("own")
     with pair_lab(pair_topology(nat(PRC), nat(PRC))[0]) as lab:
-        bad = run_cell(lab, prog("hang.sh"), prog("hang.sh"), deadline_s=2)
+        bad = run_cell(lab, prog("hang.sh"), prog("hang.sh"), deadline_s=2, data_s=1)
         good = run_cell(lab, own, own, deadline_s=8)
     assert bad["outcome"] == "failed" and all(r["killed"] for r in bad["programs"].values())
     assert good["outcome"] == "direct", format_cell({**good, "a": PRC, "b": PRC})

@@ -321,6 +321,75 @@ def test_a_lab_job_is_plain_data_that_travels() -> None:
     assert [s.timing.punch_timeout for s in job.setups][:2] == [0.2, 0.2]
 
 
+# --- peer implementations: peer_a x peer_b ------------------------------------------
+
+
+def peers(*names: str) -> tuple[dims.Dimension, dims.Dimension]:
+    return dims.PEER_A.with_labels(names), dims.PEER_B.with_labels(names)
+
+
+def test_peer_implementations_are_two_dimensions_and_pairs_of_one_family_run() -> None:
+    spec = MatrixSpec((FULL, SYM), 1, extra=peers("own", "aioice"))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "peer_a", "peer_b"]
+    assert len(list(spec.points())) == 16  # every ordered implementation pair x pairing
+    keys = [s.key for s in spec.slots()]
+    assert len(keys) == 8  # own x aioice and aioice x own: no common protocol, skipped
+    assert "a=full-cone,b=symmetric,peer_a=aioice,peer_b=aioice,repeat=1" in keys
+    assert not any("peer_a=own,peer_b=aioice" in k or "peer_a=aioice,peer_b=own" in k
+                   for k in keys)
+    asked = replace(spec, run_skipped=True)  # --cross-family
+    assert len(asked.slots()) == 16
+
+
+def test_every_slot_of_a_peers_run_is_judged_from_the_wire() -> None:
+    spec = MatrixSpec((FULL,), 1, extra=peers("own", "aioice"))
+    setups = {(s["peer_a"].name, s["peer_b"].name): spec.setup(s) for s in spec.slots()}
+    own, ice = setups[("own", "own")], setups[("aioice", "aioice")]
+    assert own.wire and own.peer_a.name == "own"  # the default value, applied in the grid
+    assert ice.wire and (ice.peer_a.name, ice.peer_b.name) == ("aioice", "aioice")
+    assert not MatrixSpec((FULL,)).setup(MatrixSpec((FULL,)).slots()[0]).wire
+
+
+def test_the_model_covers_ice_pairs_but_not_other_transports_or_mixed_families() -> None:
+    spec = MatrixSpec((FULL, SYM), 1, extra=peers("own", "aioice", "libp2p"), run_skipped=True)
+    by = {(dict(p)["peer_a"].name, dict(p)["peer_b"].name, dict(p)["a"].label,
+           dict(p)["b"].label): spec.model_input(p) for p in spec.points()}
+    assert by[("aioice", "aioice", "full-cone", "symmetric")] == dims.ModelInput(FULL, SYM)
+    assert by[("own", "own", "symmetric", "full-cone")] == dims.ModelInput(SYM, FULL)
+    libp2p = by[("libp2p", "libp2p", "full-cone", "full-cone")]
+    assert isinstance(libp2p, dims.NotModelled) and "over tcp" in libp2p.reason
+    mixed = by[("own", "aioice", "full-cone", "full-cone")]
+    assert isinstance(mixed, dims.NotModelled)
+    assert mixed.reason == ("no common protocol: own speaks own, aioice speaks ice "
+                            "(run on request)")
+    skipped = MatrixSpec((FULL,), 1, extra=peers("own", "aioice"))
+    point = next(p for p in skipped.points() if dict(p)["peer_a"].name == "own"
+                 and dict(p)["peer_b"].name == "aioice")
+    assert "skipped; --cross-family runs it" in skipped.model_input(point).reason
+
+
+def test_a_peers_run_round_trips_through_json_with_its_options() -> None:
+    spec = MatrixSpec((FULL, SYM), 2, extra=peers("own", "webrtc"), run_skipped=True,
+                      deadline=4.0)
+    data = spec_to_json(spec)
+    assert data["run_skipped"] is True and data["deadline"] == 4.0
+    again = spec_from_json(json.loads(json.dumps(data)))
+    assert again == spec and spec_hash(spec_to_json(again)) == spec_hash(data)
+    plain = spec_to_json(MatrixSpec((FULL,)))
+    assert "run_skipped" not in plain and "deadline" not in plain  # older hashes stay
+
+
+@pytest.mark.parametrize("deadline", [0.5, 601.0])
+def test_a_deadline_out_of_range_is_refused(deadline: float) -> None:
+    with pytest.raises(ValueError, match="deadline: must be 1 to 600 s"):
+        MatrixSpec((FULL,), deadline=deadline)
+
+
+def test_unknown_peers_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown peer 'quic'"):
+        dims.PEER_A.with_labels(["own", "quic"])
+    sel = Selector.parse("a=full-cone,peer_a=aioice")
+    assert sel.point == (("a", "full-cone"), ("peer_a", "aioice"))
 # ------------------------------------------------------------------ link conditions
 
 
@@ -367,3 +436,27 @@ def test_delay_is_modelled_loss_and_lossy_presets_are_not() -> None:
     spec = MatrixSpec((FULL,), 1, extra=(dims.COND.with_labels(["intercontinental", "lte"]),))
     far, lte = (spec.model_input(p) for p in spec.points())
     assert far == dims.ModelInput(FULL, FULL) and isinstance(lte, dims.NotModelled)
+
+
+def test_peers_and_link_conditions_together() -> None:
+    """Both kinds of dimension in one grid: every slot carries its programs, the wire
+    judge and its links' conditions; loss is not modelled whatever the programs."""
+    delay = dims.PARAMS["delay"].with_labels(["20ms"])
+    loss = dims.PARAMS["loss"].with_labels(["0%", "5%"])
+    spec = MatrixSpec((FULL,), 1, extra=(*peers("own", "aioice"), delay, loss))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "peer_a", "peer_b", "delay",
+                                                  "loss"]
+    slots = spec.slots()
+    assert len(slots) == 4  # own x own and aioice x aioice, each at 0% and 5% loss
+    assert slots[0].key == ("a=full-cone,b=full-cone,peer_a=own,peer_b=own,"  # as listed
+                            "delay=20ms,loss=0%,repeat=1")
+    for s in slots:
+        setup = spec.setup(s)
+        assert setup.wire and setup.peer_a.name == s["peer_a"].name
+        assert setup.conditions.delay == 0.02
+        assert setup.conditions.loss == (0.05 if s.extra["loss"] == "5%" else 0.0)
+    by = {(dict(p)["peer_a"].name, dict(p)["peer_b"].name, dict(p)["loss"].label):
+          spec.model_input(p) for p in spec.points()}
+    assert by[("aioice", "aioice", "0%")] == dims.ModelInput(FULL, FULL)
+    assert isinstance(by[("aioice", "aioice", "5%")], dims.NotModelled)
+    assert isinstance(by[("own", "aioice", "0%")], dims.NotModelled)

@@ -73,6 +73,9 @@ def test_the_listing_has_every_adapter_with_what_it_supports() -> None:
     assert rows["sample"]["relay"] is None
     text = adapters.format_available(list(rows.values()))
     assert text.splitlines()[0].split()[:3] == ["peer", "language", "version"]
+    # columns line up whatever the names' lengths (aioice-stun is longer than "peer")
+    assert len({line.index(" python " if " python " in line else " node ")
+                for line in text.splitlines()[1:]}) == 1
 
 
 def env(**kv: str) -> dict[str, str]:

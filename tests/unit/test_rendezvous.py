@@ -108,3 +108,51 @@ def test_an_overlong_line_closes_only_its_sender() -> None:
 
     closed, ok = asyncio.run(scenario())
     assert closed == b"" and ok == b"ok"
+
+
+def test_a_sessions_file_lists_one_session_per_line() -> None:
+    text = "s1 s000-alice,s000-bob\n\ns2 s001-alice,s001-bob\n"
+    assert rv.parse_sessions_file(text) == {"s1": ("s000-alice", "s000-bob"),
+                                            "s2": ("s001-alice", "s001-bob")}
+
+
+@pytest.mark.parametrize("text,why", [
+    ("", "sessions: no session"),
+    ("s1 a,b\ns1 c,d\n", "line 2: session 's1' listed twice"),
+    ("s1 a,b extra\n", "line 1: expected SESSION ID,ID"),
+    ("s1 a\n", "line 1: --ids"),
+])
+def test_a_bad_sessions_file_is_refused_naming_the_line(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        rv.parse_sessions_file(text)
+
+
+def test_sessions_of_one_server_never_see_each_other() -> None:
+    sessions = {"s1": ("alice", "bob"), "s2": ("carol", "dave")}
+
+    async def scenario() -> list[bytes]:
+        server = await asyncio.start_server(rv.Rendezvous(sessions).handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conns = {}
+        for sess, who in (("s1", "alice"), ("s1", "bob"), ("s2", "carol"), ("s2", "dave")):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(f"HELLO {sess} {who}\n".encode())
+            await w.drain()
+            assert await r.readline() == b"OK\n"
+            conns[who] = (r, w)
+        conns["alice"][1].write(b"for bob\n")
+        conns["carol"][1].write(b"for dave\n")
+        got = [await conns["bob"][0].readline(), await conns["dave"][0].readline()]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"HELLO s2 alice\n")  # alice is a member of s1 only
+        await w.drain()
+        got.append(await r.readline())
+        for _, wr in conns.values():
+            wr.close()
+        w.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert asyncio.run(scenario()) == [b"for bob\n", b"for dave\n",
+                                       b"ERR id 'alice' is not a member of this session\n"]

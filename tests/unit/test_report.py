@@ -409,6 +409,109 @@ def test_html_shows_the_first_repeats_of_a_long_cell_in_full(tmp_path: Path) -> 
     assert "3 more repeats: every one is in results.json and results.csv" in page
 
 
+# --- peer implementations: the interop summary ---------------------------------------
+
+
+def interop_doc() -> dict[str, Any]:
+    """full-cone and symmetric, own x own and aioice x aioice run, own x aioice skipped;
+    aioice sees relay where own sees direct in one cell, and one of its claims is flagged."""
+    cells = []
+    impl = [("own", "own"), ("own", "aioice"), ("aioice", "aioice")]
+    for pa, pb in impl:
+        for a in NATS[::2]:
+            for b in NATS[::2]:
+                direct = "full-cone" in (a, b)
+                outcome = "direct" if direct else "relay"
+                if (pa, a, b) == ("aioice", "full-cone", "symmetric"):
+                    outcome = "relay"
+                run = pa == pb
+                c = cell(a, b, "direct" if direct else "relay", [outcome] if run else [])
+                c.update(peer_a=pa, peer_b=pb)
+                if not run:
+                    c["predicted"] = None
+                    c["reason"] = "no common protocol: own speaks own, aioice speaks ice (skipped)"
+                for r in c["repeats"]:
+                    r.update(peer_a=pa, peer_b=pb, repeat=1, wire={
+                        "outcome": outcome, "reason": None, "threshold": 32768,
+                        "transport": "udp", "paths": {"a->b": outcome, "b->a": outcome},
+                        "direct": {"a->b": {"udp": 70000 if outcome == "direct" else 0,
+                                            "tcp": 0}, "b->a": {"udp": 0, "tcp": 0}},
+                        "relay": {"a->b": {"udp": 0, "tcp": 0}, "b->a": {"udp": 5, "tcp": 0}}})
+                    if pa == "aioice":
+                        r["programs"] = {role: {
+                            "adapter": "aioice", "version": "0.13.0", "node": role,
+                            "exit": 0, "killed": False, "error": None, "stdout_bytes": 300,
+                            "stderr_tail": "", "claim": {"outcome": outcome, "connect_ms": 60}}
+                            for role in ("alice", "bob")}
+                    if (pa, a, b) == ("aioice", "full-cone", "symmetric"):
+                        r["flags"] = ["bob claims direct, but its data went through the relay"]
+                cells.append(c)
+    labels = ["own", "aioice"]
+    return {"metadata": {}, "nats": NATS[::2], "cells": cells,
+            "dimensions": [{"name": "peer_a", "title": "Alice's program", "values": labels},
+                           {"name": "peer_b", "title": "Bob's program", "values": labels}]}
+
+
+def test_the_interop_summary_says_where_implementations_differ() -> None:
+    doc = typed(interop_doc())
+    s = report.interop(doc)
+    assert s is not None
+    lines = {p.name: p for p in s.pairs}
+    assert (lines["own x own"].run, lines["own x own"].agree) == (4, 4)
+    ice = lines["aioice x aioice"]
+    assert (ice.run, ice.agree, ice.disagree, dict(ice.statuses)) == (
+        4, 3, 1, {"direct": 2, "relay": 2})
+    mixed = lines["own x aioice"]
+    assert (mixed.run, mixed.skipped) == (0, 4) and "no common protocol" in mixed.skip_reason
+    assert s.differ == (("full-cone -> symmetric", (("own x own", "direct"),
+                                                    ("aioice x aioice", "relay"))),)
+    assert s.flagged == (("full-cone -> symmetric (peer_a=aioice,peer_b=aioice) repeat 1",
+                          "bob claims direct, but its data went through the relay"),)
+    assert report.interop(typed(faceted_doc())) is None  # no peers: no summary
+
+
+def test_the_table_collapses_a_facet_that_never_ran_and_ends_with_the_summary() -> None:
+    text = report.format_table(typed(interop_doc()))
+    assert ("peer_a=own,peer_b=aioice: not run (no common protocol: own speaks own, aioice "
+            "speaks ice (skipped))") in text
+    tail = text.split("implementation pairs (Alice's x Bob's):\n")[1].splitlines()
+    assert tail[0].split() == ["own", "x", "own", "4", "cells:", "3", "direct,", "1", "relay;",
+                               "model:", "4", "agree,", "0", "disagree"]
+    assert tail[3] == "where implementation pairs disagree (1 cells):"
+    assert tail[4] == "  full-cone -> symmetric: own x own direct; aioice x aioice relay"
+    assert tail[5] == "claims the wire contradicted: 1"
+
+
+def test_a_peers_runs_csv_has_the_wire_and_the_programs(tmp_path: Path) -> None:
+    doc = typed(interop_doc())
+    report.write_csv(doc, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == report.csv_columns(["peer_a", "peer_b"])
+    assert set(report.WIRE_COLUMNS) <= set(reader.fieldnames or [])
+    flagged = [r for r in rows if r["claims_agree"] == "False"]
+    assert len(flagged) == 1 and flagged[0]["flags"].startswith("bob claims direct")
+    own = next(r for r in rows if r["peer_a"] == "own" and r["outcome"] == "direct")
+    assert (own["alice_program"], own["wire_direct_ab"], own["wire_relay_ba"]) == (
+        "own", "70000", "5")
+    ice = next(r for r in rows if r["peer_a"] == "aioice")
+    assert ice["bob_program"] == "aioice 0.13.0"
+    assert len(rows) == 8  # the skipped implementation pair has no rows
+    assert "claims_agree" not in report.csv_columns(["punch"])  # other runs: as before
+
+
+def test_a_peers_runs_html_shows_the_summary_and_each_cells_wire(tmp_path: Path) -> None:
+    report.write_html(typed(interop_doc()), tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Implementation pairs</h2>" in page
+    assert "<option value='1'>peer_a=own,peer_b=aioice</option>" in page
+    assert "Where implementation pairs disagree: 1 cells" in page
+    assert "Claims the wire contradicted: 1" in page
+    assert "From the wire: <b>direct</b> over udp" in page
+    assert "direct in 60 ms, sent None B" in page  # an aioice claim, as it printed it
+
+
 # --- settings that do not apply ------------------------------------------------------
 
 
@@ -448,3 +551,40 @@ def test_an_incomplete_run_says_so_on_the_page_and_the_picture(
     doc["metadata"]["complete"] = True
     report.write_html(typed(doc), tmp_path / "r.html")
     assert "INCOMPLETE" not in (tmp_path / "r.html").read_text()
+
+
+# --- what the kernels ran ----------------------------------------------------------
+
+
+def test_a_router_that_ran_another_nat_is_said_everywhere(doc: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    """The runner reads each router's NAT back (PairResult.deployed); a repeat whose
+    routers ran the other side's NAT is named in the table and the page, and fails
+    --strict, even where its outcome is the one predicted."""
+    def deployed(a: str, b: str) -> dict[str, Any]:
+        return {"alice": {"router": "s000-nat-a", "nat": a, "sha256": "sha256:1"},
+                "bob": {"router": "s000-nat-b", "nat": b, "sha256": "sha256:2"}}
+
+    for c in doc["cells"]:
+        for r in c["repeats"]:
+            r["deployed"] = deployed(c["a"], c["b"])
+    assert report.misdeployed(typed(doc)) == []
+    assert "DEPLOYED" not in report.format_table(typed(doc))
+    swapped = next(c for c in doc["cells"]
+                   if (c["a"], c["b"]) == ("full-cone", "port-restricted-cone"))
+    swapped["repeats"][1]["deployed"] = deployed("port-restricted-cone", "full-cone")
+    d = typed(doc)
+    assert report.misdeployed(d) == [
+        ("full-cone -> port-restricted-cone repeat 2",
+         "alice's router s000-nat-a ran port-restricted-cone, not full-cone"),
+        ("full-cone -> port-restricted-cone repeat 2",
+         "bob's router s000-nat-b ran full-cone, not port-restricted-cone")]
+    assert ("! DEPLOYED full-cone -> port-restricted-cone repeat 2: alice's router "
+            "s000-nat-a ran port-restricted-cone, not full-cone") in report.format_table(d)
+    report.write_html(d, tmp_path / "r.html")
+    assert "Routers that ran another NAT than their cell's: 2" in (
+        tmp_path / "r.html").read_text()
+    doc["cells"] = [c for c in doc["cells"] if (c["a"], c["b"]) in {
+        ("full-cone", "port-restricted-cone"), ("full-cone", "full-cone")}]
+    assert report.exit_code(typed(doc), strict=True) == 1  # only the swap is wrong
+    assert report.exit_code(typed(doc), strict=False) == 0

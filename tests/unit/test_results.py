@@ -5,6 +5,7 @@ read back, and the same CSV must come out of it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,38 @@ def test_a_bad_field_is_named_by_its_path(mutate: Any, message: str) -> None:
     mutate(doc)
     with pytest.raises(ResultsError, match=message):
         matrix_from_json(doc)
+
+
+def test_a_pair_judged_from_the_wire_round_trips_with_its_evidence() -> None:
+    from testbed.results import DeployedNat, ProgramReport, WireEvidence
+
+    pair = matrix_from_json(V1).cells[1].repeats[0]
+    flows = {"a->b": {"udp": 68000, "tcp": 0}, "b->a": {"udp": 67000, "tcp": 0}}
+    judged = dataclasses.replace(
+        pair, outcome="direct",
+        wire=WireEvidence("direct", None, 32768, "udp", {"a->b": "direct", "b->a": "direct"},
+                          flows, {"a->b": {"udp": 0, "tcp": 0}, "b->a": {"udp": 9, "tcp": 0}},
+                          {"alice": {"direct_out_udp": 68000}, "bob": {"direct_in_udp": 68000}}),
+        programs={"alice": ProgramReport("aioice", "0.13.0", "s000-alice", 0, False, None, 310,
+                                         "log", {"outcome": "direct", "connect_ms": 61.5})},
+        flags=("bob claims relay, but its data went direct",),
+        deployed={"alice": DeployedNat("s000-nat-a", "full-cone", "sha256:ab"),
+                  "bob": DeployedNat("s000-nat-b", "symmetric", "sha256:cd")})
+    again = pair_from_json(json.loads(json.dumps(pair_to_json(judged))))
+    assert again == judged
+    assert pair_to_json(pair)["wire"] is None and pair_to_json(pair)["flags"] == []
+
+
+def test_bad_wire_evidence_is_named_by_its_path() -> None:
+    data = pair_to_json(matrix_from_json(V1).cells[1].repeats[0])
+    data["wire"] = {"outcome": "sideways", "reason": None, "threshold": 1, "transport": None,
+                    "paths": {}, "direct": {}, "relay": {}}
+    with pytest.raises(ResultsError, match=r"wire\.outcome: expected one of"):
+        pair_from_json(data)
+    data["deployed"] = {"alice": {"router": "r", "nat": "x", "sha256": "s"}}
+    data["wire"] = None
+    with pytest.raises(ResultsError, match=r"deployed\.bob: missing"):
+        pair_from_json(data)
 
 
 # ------------------------------------------------------------------ settings that do not apply

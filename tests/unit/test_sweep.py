@@ -81,3 +81,36 @@ def test_files(tmp_path: Path) -> None:
     for name in ("sweep-rates.png", "sweep-ttc.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert write_if_swept(document(), tmp_path / "none", ["delay"]) == {}
+
+
+def test_other_dimensions_are_part_of_the_pairing(tmp_path: Path) -> None:
+    """A run with peer implementations and a condition: own x own and aioice x aioice at
+    the same NATs and delay are two rows, never pooled; a skipped pair has no rate."""
+    def peer_cell(pa: str, pb: str, slots: list[PairResult]) -> Cell:
+        return Cell(FC.label, SYM.label, FC, SYM, None, "not modelled", tuple(slots),
+                    {"peer_a": pa, "peer_b": pb, "delay": "20ms"})
+
+    doc = MatrixResult({}, ("full-cone", "symmetric"), (
+        peer_cell("own", "own", [slot("direct", 30.0)] * 2),
+        peer_cell("own", "aioice", []),
+        peer_cell("aioice", "aioice", [slot("relay", 900.0)] * 2)),
+        (DimensionInfo("peer_a", "Alice's program", ("own", "aioice")),
+         DimensionInfo("peer_b", "Bob's program", ("own", "aioice")),
+         DimensionInfo("delay", "delay (access links)", ("20ms",))))
+    rows = sweep_rows(doc, ["delay"])
+    assert [(r.name, r.n, r.counts["direct"]) for r in rows] == [
+        ("full-cone x symmetric (peer_a=own,peer_b=own)", 2, 2),
+        ("full-cone x symmetric (peer_a=own,peer_b=aioice)", 0, 0),
+        ("full-cone x symmetric (peer_a=aioice,peer_b=aioice)", 2, 0)]
+    text = format_rows(rows, ["delay"])
+    own = next(line for line in text.splitlines() if "peer_a=own,peer_b=own" in line)
+    ice = next(line for line in text.splitlines() if "peer_a=aioice,peer_b=aioice" in line)
+    assert f"100% [{wilson(2, 2)[0]:.0%},100%]" in own and "0% [0%," in ice
+    assert "peer_b=aioice)" not in text.replace(ice, "") and "(1 pairings not run)" in text
+    write_if_swept(doc, tmp_path, ["delay"])
+    got = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["peer_a"], r["peer_b"], r["delay"], r["n"]) for r in got] == [
+        ("own", "own", "20ms", "2"), ("own", "aioice", "20ms", "0"),
+        ("aioice", "aioice", "20ms", "2")]
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["peer_a"] for r in data["rows"]] == ["own", "own", "aioice"]

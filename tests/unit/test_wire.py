@@ -149,3 +149,19 @@ def test_disagreements_are_flagged(said: str, wire_says: str, flag: str) -> None
 @pytest.mark.parametrize("claim", [{"outcome": "direct"}, None, {"outcome": "weird"}])
 def test_agreement_or_no_claim_is_not_a_disagreement(claim: dict[str, str] | None) -> None:
     assert wire.disagreements(claim, verdict("direct"), "bob") == []
+
+
+@pytest.mark.parametrize("claim,flags", [
+    ({"outcome": "relay", "received_bytes": 48879}, ["bob received 48879 of the other "
+                                                      "side's 65536 B"]),
+    ({"outcome": "direct", "received_bytes": SEND}, []),
+    ({"outcome": "failed", "received_bytes": 0}, []),  # it says it did not connect
+    ({"outcome": "relay"}, []),  # a program that does not count
+    ({"outcome": "relay", "received_bytes": "lots"}, []),
+    (None, []),
+])
+def test_a_data_phase_cut_short_is_flagged(claim: dict[str, object] | None,
+                                           flags: list[str]) -> None:
+    """The contract has each program receive all of the other's NT_SEND_BYTES before it
+    ends (docs/peers.md); less, with a connected claim, is an exchange cut short."""
+    assert wire.short_data(claim, "bob", SEND) == flags

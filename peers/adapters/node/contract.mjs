@@ -24,6 +24,8 @@ export function contract(env = process.env) {
     turnUser: env.NT_TURN_USER || '', turnPass: env.NT_TURN_PASS || '',
     relay: env.NT_RELAY || '',
     deadlineS: Number(env.NT_DEADLINE_S || 20),
+    // connect by this; what is left of the deadline after it is the data phase's
+    connectS: Number(env.NT_CONNECT_DEADLINE_S || env.NT_DEADLINE_S || 20),
     sendBytes: Number(env.NT_SEND_BYTES || 65536),
     chunk: Number(env.NT_CHUNK || 1000),
   };
@@ -33,9 +35,18 @@ export function elapsedMs() {
   return Math.round((performance.now() - started) * 10) / 10;
 }
 
+// The deadlines count from the process's start (performance.now()'s origin), as the
+// testbed's clock does: it starts as the program is started, and Node's start-up and
+// module loading (seconds on a loaded machine) are part of the program's time.
+
 /** Milliseconds left before the deadline, less a margin to print the result. */
 export function remainingMs(c) {
-  return c.deadlineS * 1000 - 500 - (performance.now() - started);
+  return c.deadlineS * 1000 - 500 - performance.now();
+}
+
+/** Milliseconds left to connect (NT_CONNECT_DEADLINE_S): past it, give up. */
+export function connectRemainingMs(c) {
+  return Math.min(c.connectS * 1000, c.deadlineS * 1000 - 500) - performance.now();
 }
 
 /** Join the rendezvous: resolves to {send(obj), next() -> Promise<obj>, close()}. */
@@ -76,6 +87,33 @@ export function payload(c) {
     out.push(block.subarray(0, Math.min(c.chunk, left)));
   }
   return out;
+}
+
+/**
+ * The end of the data phase (docs/peers.md): a program tells the other side through
+ * the rendezvous that all its data arrived ({got: N}) and stays until the other side
+ * says the same, so neither closes while data is still in flight either way (a data
+ * channel's or a stream's buffers). `heard(m)` takes a rendezvous message (true if it
+ * was this one's); `tell(n)` says how much arrived; `done` resolves once both sides
+ * have all of the other's.
+ */
+export function completion(c) {
+  let rv = null;
+  let told = false;
+  let theirs = false;
+  let resolve;
+  const done = new Promise((r) => { resolve = r; });
+  const check = () => { if (told && theirs) resolve(); };
+  return {
+    done,
+    use(r) { rv = r; },
+    heard(m) {
+      if (!m || !('got' in m)) return false;
+      if (typeof m.got === 'number' && m.got >= c.sendBytes) { theirs = true; check(); }
+      return true;
+    },
+    tell(n) { if (!told && n >= c.sendBytes && rv) { told = true; rv.send({ got: n }); check(); } },
+  };
 }
 
 export function cand(type, ip, port, protocol) {

@@ -29,6 +29,7 @@ let received = 0;
 let connectMs = null;
 let chosen = null;
 let finished = false;
+const end = k.completion(c);
 
 const node = await createLibp2p({
   addresses: { listen: ['/ip4/0.0.0.0/tcp/0', ...(c.controlling ? [] : ['/p2p-circuit'])] },
@@ -65,11 +66,14 @@ async function finish(why) {
   k.emitAndExit(res);
 }
 setTimeout(() => finish('deadline reached'), Math.max(100, k.remainingMs(c)));
+setTimeout(() => { if (connectMs === null) finish('not connected by the connect deadline'); },
+  Math.max(100, k.connectRemainingMs(c)));
 
 async function readAll(source) {
   for await (const chunk of source) {
     received += chunk.byteLength;
-    if (received >= c.sendBytes && sent >= c.sendBytes) return;
+    end.tell(received);
+    if (received >= c.sendBytes) return;
   }
 }
 
@@ -88,6 +92,7 @@ async function useStream(stream, conn) {
   chosen = conn;
   connectMs = connectMs ?? k.elapsedMs();
   await Promise.all([writeAll(stream), readAll(stream)]);
+  await end.done; // the other side has all of ours: stopping now loses nothing
   finish(null);
 }
 
@@ -101,6 +106,7 @@ await node.handle(DATA_PROTOCOL, (a, b) => {
 
 try {
   const rv = await k.rendezvous(c);
+  end.use(rv);
   const relay = multiaddr(c.relay);
   if (!c.controlling) {
     await node.dial(relay);
@@ -111,8 +117,12 @@ try {
     });
     log(`reserved ${circuit}`);
     rv.send({ addr: circuit.toString() });
+    (async () => { for (;;) end.heard(await rv.next()); })().catch(() => {});
   } else {
-    const { addr } = await rv.next();
+    let m = await rv.next();
+    while (end.heard(m)) m = await rv.next();
+    const { addr } = m;
+    (async () => { for (;;) end.heard(await rv.next()); })().catch(() => {});
     const target = multiaddr(addr);
     const relayed = await node.dial(target);
     log(`relayed connection ${relayed.remoteAddr}`);
@@ -121,7 +131,7 @@ try {
       const look = () => node.getConnections(peer).find((x) => !isRelayed(x));
       if (look()) return resolve(look());
       node.addEventListener('connection:open', () => { if (look()) resolve(look()); });
-      setTimeout(() => resolve(null), Math.max(1000, k.remainingMs(c) / 2));
+      setTimeout(() => resolve(null), Math.max(1000, k.connectRemainingMs(c) / 2));
     });
     const conn = direct ?? relayed;
     if (!direct) errors.push('no direct connection: DCUtR did not upgrade the relayed one');

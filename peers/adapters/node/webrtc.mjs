@@ -15,6 +15,7 @@ let sent = 0;
 let received = 0;
 let connectMs = null;
 let finished = false;
+const end = k.completion(c);
 const pc = new wrtc.RTCPeerConnection({ iceServers: iceServers(), iceCandidatePoolSize: 0 });
 
 function iceServers() {
@@ -67,10 +68,13 @@ function useChannel(dc) {
   channel = dc;
   dc.binaryType = 'arraybuffer';
   dc.bufferedAmountLowThreshold = 64 * 1024;
+  let mark = 0;
   dc.onmessage = (ev) => {
     received += ev.data.byteLength ?? ev.data.length;
-    if (received >= c.sendBytes && sent >= c.sendBytes) finish(null);
+    if (received >= mark) { log(`data channel: ${received} B received`); mark += 16384; }
+    end.tell(received);
   };
+  dc.onclose = () => log(`data channel closed (${received} B received)`);
   dc.onopen = async () => {
     connectMs = k.elapsedMs();
     for (const chunk of k.payload(c)) {
@@ -80,14 +84,19 @@ function useChannel(dc) {
       dc.send(chunk);
       sent += chunk.length;
     }
-    if (received >= c.sendBytes) finish(null);
+    await drained();
+    await end.done; // both sides have all of the other's: closing now loses nothing
+    finish(null);
   };
 }
 
 setTimeout(() => finish('deadline reached'), Math.max(100, k.remainingMs(c)));
+setTimeout(() => { if (connectMs === null) finish('not connected by the connect deadline'); },
+  Math.max(100, k.connectRemainingMs(c)));
 const log = (m) => console.error(`${k.elapsedMs()} ms ${c.id}: ${m}`);
 pc.onicegatheringstatechange = () => log(`gathering ${pc.iceGatheringState}`);
 pc.onicecandidate = (ev) => log(`candidate ${ev.candidate ? ev.candidate.candidate : 'end'}`);
+pc.onconnectionstatechange = () => log(`connection ${pc.connectionState}`);
 pc.oniceconnectionstatechange = () => {
   log(`ice ${pc.iceConnectionState}`);
   if (pc.iceConnectionState === 'failed') finish('ICE failed');
@@ -96,6 +105,7 @@ pc.oniceconnectionstatechange = () => {
 async function remoteMessages(rv) {
   for (;;) {
     const m = await rv.next();
+    if (end.heard(m)) continue;
     if (m.candidate) await pc.addIceCandidate(m.candidate);
     else if (m.type === 'offer') {
       await pc.setRemoteDescription(m);
@@ -107,6 +117,7 @@ async function remoteMessages(rv) {
 
 try {
   const rv = await k.rendezvous(c);
+  end.use(rv);
   pc.addEventListener('icecandidate', (ev) => {
     if (ev.candidate) rv.send({ candidate: ev.candidate.toJSON ? ev.candidate.toJSON() : ev.candidate });
   });
