@@ -52,7 +52,9 @@ again after restart_backoff, at most max_restarts times. If the signaling
 connection drops during a call (a new public address resets it; a peer in a call
 pings the server at every consent check, so the reset comes soon), the driver
 reconnects, the peer registers again (a valid registration takes over its id)
-and sends what it had to say meanwhile, and a restart's offer that got no answer.
+and sends what it had to say meanwhile, and a restart's offer that got no answer;
+the remote answers that offer again if it had answered it already (the answer
+may be what the reset lost).
 
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
@@ -501,6 +503,16 @@ class Session:
         self._pump_turn(now)
 
     def _on_offer(self, msg: dict[str, Any], now: float) -> None:
+        if not self.controlling and self._offer is not None and self._answered \
+                and self.phase is Phase.EXCHANGE and msg["secret"] == self.secret:
+            # The same offer again, and no start yet: the remote never got our answer (it
+            # went down a signaling connection a renumbering cut; the remote resends its
+            # offer when we register again). Staying silent would stall both until the
+            # call ends.
+            self._note("signaling: the offer again: our answer was lost, answering again")
+            self._answered = False
+            self._answer()
+            return
         if self.controlling or self._offer is not None:
             self.errors.append("unexpected offer ignored")
             return

@@ -835,3 +835,36 @@ def test_a_call_with_application_data_carries_both() -> None:
         assert r["packets"]["data_sent"] >= CALL.call / CALL.data_interval
         assert s.t_decided is not None and s._now >= s.t_decided + CALL.call
     assert len(_app_datagrams(sc)) == 2 * 6
+
+
+def test_an_answer_lost_on_a_cut_connection_is_sent_again_once_registered() -> None:
+    """Renumbering bob's router cuts his signaling connection, but the server's side of
+    it can still reach him for a moment: he hears alice's restart and offer, restarts
+    and answers, and his answer is lost when the reset comes. Registered again, he says
+    `restart`; alice sends her offer again, and bob must answer again (an offer he
+    already has is no reason to stay silent) or both wait until the call ends."""
+    sc = Scene("full-cone", "full-cone", timing=CALL)
+    assert sc.s["alice"].controlling
+
+    def renumber() -> None:
+        sc.reboot("bob")
+        sc.nats["bob"].public_ip = "203.0.113.102"
+        # what bob sends is lost from now until the reset, past his restart's answer
+        sc.silent_until["bob"] = 2.0 + CALL.consent_timeout + 0.2
+
+    def reset() -> None:  # then the next thing he sends meets the reset
+        sc.dead_signaling.add("bob")
+
+    sc.sim.at(2.0, renumber)
+    sc.sim.at(2.0 + CALL.consent_timeout + 0.2, reset)
+    res = sc.run(until=30.0)
+    for r in res.values():
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "direct", r
+    answers = [m for who, m in sc.signals if who == "bob" and m["type"] == "answer"]
+    # the server saw one restart answer: the first never reached it; this one answers the
+    # offer alice sent again when bob said `restart` on his new connection
+    assert [m.get("gen", 0) for m in answers] == [0, 1]
+    offers = [m for who, m in sc.signals if who == "alice" and m["type"] == "offer"]
+    assert [m.get("gen", 0) for m in offers] == [0, 1, 1]
+    assert "unexpected offer ignored" not in sc.s["bob"].errors
