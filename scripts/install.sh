@@ -7,16 +7,20 @@
 #   scripts/install.sh --adapters   also the third-party peers (docs/peers.md): aioice
 #                               from PyPI, and Node.js with the npm packages pinned in
 #                               peers/adapters/node/package-lock.json (npm ci)
+#   scripts/install.sh --dask   also dask.distributed: `matrix --dask`, and `dask scheduler`
+#                               and `dask worker` in .venv/bin (docs/scale.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
 adapters=0
+dask=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
     --adapters) adapters=1 ;;
-    *) echo "install.sh: unknown option $arg (--dev, --adapters)" >&2; exit 2 ;;
+    --dask) dask=1 ;;
+    *) echo "install.sh: unknown option $arg (--dev, --adapters, --dask)" >&2; exit 2 ;;
   esac
 done
 if [[ $(id -u) -ne 0 ]]; then
@@ -50,11 +54,16 @@ if (( ${#missing[@]} )); then
 fi
 # Debian's coturn service is off by default; the testbed runs its own turnserver per lab.
 
+# The system's Python (apt's python3), not one that PATH happens to find first: a venv on
+# it can be used by every user, which rootless mode and its test pass need.
+python=python3
+[[ -x /usr/bin/python3 ]] && python=/usr/bin/python3
 if [[ ! -x .venv/bin/python ]]; then
-  python3 -m venv .venv
+  "$python" -m venv .venv
 fi
 extras=()
-(( dev )) && extras+=(test)
+(( dev )) && extras+=(test dask)  # the pool's tests start a scheduler and workers
+(( dask && !dev )) && extras+=(dask)
 (( adapters )) && extras+=(adapters)
 extra=""
 (( ${#extras[@]} )) && extra="[$(IFS=,; echo "${extras[*]}")]"

@@ -17,15 +17,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, impair, netns, nlbatch, portmap, services, state
-from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
+from testbed import hostlimits, impair, netns, nlbatch, portmap, rootless, services, state
+from testbed.errors import CommandError, LabError, LabNameError
 from testbed.netns import Netns
 from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat, load_ruleset
 from testbed.topology import Node, Segment, Topology
@@ -69,18 +69,28 @@ def check_names(lab: str, keys: Sequence[str]) -> None:
                                f"{netns.NAME_MAX} characters (a file name under {netns.NETNS_DIR})")
 
 
+def privilege_problem() -> str | None:
+    """Why this process could not build labs, or None: root, or an ordinary user where
+    unprivileged user namespaces work (testbed.rootless). Changes nothing."""
+    return rootless.problem()
+
+
 def require_root() -> None:
-    if os.geteuid() != 0:
-        raise PrivilegeError("nat-testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to "
-                             "create network namespaces: run it as root, e.g. with sudo")
+    """Be root over the labs: root already, or an ordinary user entering their rootless
+    session (testbed.rootless.enter); PrivilegeError (exit 3) says why not."""
+    rootless.enter()
 
 
 class Lab:
     """Builds a topology on the kernel and undoes exactly what it built."""
 
     def __init__(self, topo: Topology, name: str | None = None, *,
-                 start_services: bool = True) -> None:
+                 start_services: bool = True,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.topo = topo
+        # Who the lab belongs to beyond its owner process (a pool run, say): recorded in
+        # the state, so a clean-up can pick exactly its labs, never by name pattern.
+        self.labels = dict(labels or {})
         self.name = name or new_lab_name()
         check_names(self.name, self._keys())
         self.start_services = start_services
@@ -129,8 +139,11 @@ class Lab:
                            "(nat-testbed status shows it)")
         try:
             self._claim_names()
-        except BaseException:  # refused: the existing lab stays exactly as it was
-            self._lock.release()
+        except BaseException:
+            if self._claimed:  # interrupted while writing its first state: remove it
+                self.down()
+            else:  # refused: the existing lab stays exactly as it was
+                self._lock.release()
             raise
         try:
             self._build()
@@ -146,6 +159,9 @@ class Lab:
         if taken:
             raise LabError(f"lab {self.name} already exists ({', '.join(taken[:3])}"
                            f"{', ...' if len(taken) > 3 else ''}; see nat-testbed status)")
+        # The name is ours from here: a Ctrl-C in the first write below (its LAB.tmp made,
+        # not yet renamed) leaves files that down() removes, the lock file last.
+        self._claimed = True
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -156,8 +172,9 @@ class Lab:
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
+        if self.labels:
+            self._state["labels"] = self.labels
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
-        self._claimed = True
 
     def detach(self) -> None:
         """Leave the lab running for other processes (`nat-testbed up`, --keep): recorded

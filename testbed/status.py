@@ -40,6 +40,7 @@ def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
             live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": svcs,
+            "labels": st.get("labels", {}),
             "conditions": impair.summary(st.get("impairments")), "nodes": live}
 
 
@@ -89,6 +90,8 @@ def service_line(info: dict[str, Any], *, show_secrets: bool = False) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"lab {s['lab']}: {state.standing(s['lab']).text()}",
              f"  topology {s.get('topology')}, created {s.get('created')}"]
+    if s.get("labels"):  # whose it is beyond its owner process: a pool run, say
+        lines.append("  labels " + ", ".join(f"{k}={v}" for k, v in s["labels"].items()))
     for node, info in s["nodes"].items():
         if info.get("missing"):
             lines.append(f"  {node}: namespace {info['netns']} is gone")

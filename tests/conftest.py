@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The rootless pass (scripts/test.sh, as an unprivileged user): the whole session runs in
+# the user's rootless session (testbed.rootless), entered now, before pytest starts any
+# thread, as the command line enters it; the kernel tests then run as its root.
+ROOTLESS_PASS = os.environ.get("NAT_TESTBED_ROOTLESS_PASS") == "1"
+if ROOTLESS_PASS and os.geteuid() != 0:
+    from testbed import rootless
+
+    rootless.enter()
 IS_ROOT = os.geteuid() == 0
 pytest_plugins = ["pytester"]  # the tests of testbed.pytest_plugin run inner pytest sessions
 

@@ -245,8 +245,9 @@ class MatrixLab(Lab):
     servers start (finish_build), instead of one after another during `up`."""
 
     def __init__(self, topo: Topology, name: str | None = None,
-                 layer2: dict[str, list[tuple[str, Any]]] | None = None) -> None:
-        super().__init__(topo, name, start_services=False)
+                 layer2: dict[str, list[tuple[str, Any]]] | None = None,
+                 labels: Mapping[str, str] | None = None) -> None:
+        super().__init__(topo, name, start_services=False, labels=labels)
         self.pending_nat: list[Node] = []
         self.layer2 = layer2
 

@@ -50,11 +50,11 @@ from peers.session import PeerConfig, Session, Timing
 from testbed import coturn, deployed, impair, peerprog, wire
 from testbed.adapters import LIBP2P_RELAY
 from testbed.admission import (
-    BUILD_NICE,
     Admission,
     Headroom,
     Noise,
     Places,
+    build_nice,
     read_cpu_seconds,
     realtime,
     renice_thread,
@@ -103,6 +103,7 @@ class LabJob:
     name: str
     slots: tuple[Slot, ...]
     setups: tuple[SlotSetup, ...]
+    labels: tuple[tuple[str, str], ...] = ()  # recorded in the lab's state (testbed.lab.Lab)
 
 
 def in_process(setup: SlotSetup) -> bool:
@@ -181,7 +182,7 @@ def run_lab(job: LabJob, layout: Layout, send: Send, places: Places | None = Non
     (its PairResult without coturn's counters, which take up to a second more: what an
     interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
-    renice_thread(BUILD_NICE)
+    renice_thread(build_nice())
     noise = Noise(places)
     try:
         noise.begin()
@@ -208,7 +209,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.setups, job.name)
-    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
+    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo), labels=dict(job.labels))
     lock = threading.Lock()
 
     def say(msg: tuple[Any, ...]) -> None:  # the driver's loop and contract threads
@@ -286,7 +287,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
                   if forwarders else None)))
         for pid in critical:
             realtime(pid, False)
-        renice_thread(BUILD_NICE)
+        renice_thread(build_nice())
         noise.begin()
         t_down = time.monotonic()
     noise.end()

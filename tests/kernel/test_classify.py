@@ -33,6 +33,7 @@ def classify(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, capture_output=True, timeout=120)
 
 
+@pytest.mark.rootless
 def test_classify_symmetric_as_json_and_nothing_left() -> None:
     before = classify_namespaces()
     res = classify("--nat", "symmetric", "--json")

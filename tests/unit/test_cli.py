@@ -52,7 +52,7 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     args = parse("matrix")
     assert (args.nats, args.repeat, str(args.out), args.strict, args.json, args.only) == \
         ("default", 1, "results", False, False, None)
-    assert args.jobs >= 1 and args.run is matrix_verb.run
+    assert args.jobs is None and args.run is matrix_verb.run  # CPUs, or a pool's threads
     assert (args.topology, args.a_node, args.b_node) == (None, "alice", "bob")
 
 
@@ -261,13 +261,15 @@ def closed_pipe_run(*argv: str) -> subprocess.CompletedProcess[str]:
     (["validate", "topologies/home-pair.yaml"], cli.EXIT_BROKEN_PIPE),
     (["lesson"], cli.EXIT_BROKEN_PIPE),
     (["model"], cli.EXIT_BROKEN_PIPE),
-    (["--help"], 0),  # argparse drops what it cannot print, and exits 0 itself
+    # a later argparse (3.11.7 has it) drops what it cannot print and exits 0 itself; Debian
+    # 12's 3.11.2 raises BrokenPipeError, which main() turns into 141
+    (["--help"], (0, cli.EXIT_BROKEN_PIPE)),
 ])
-def test_a_closed_pipe_is_no_traceback(argv: list[str], code: int) -> None:
+def test_a_closed_pipe_is_no_traceback(argv: list[str], code: int | tuple[int, ...]) -> None:
     """`validate FILE | head`: the reader left; one quiet exit, no BrokenPipeError."""
     r = closed_pipe_run(*argv)
     assert r.stderr == ""
-    assert r.returncode == code
+    assert r.returncode in (code if isinstance(code, tuple) else (code,))
 
 
 def test_model_prints_the_predicted_matrix() -> None:

@@ -201,7 +201,8 @@ def test_an_interrupted_run_keeps_what_was_decided_marked_incomplete(
     first = [replace(repeat(FULL, FULL, "direct", 1), key=slots[0].key, relay_bytes=0)]
     cut = replace(repeat(SYM, SYM, "relay", 1), key=slots[3].key)
 
-    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any) -> None:
+    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any,
+                pool: Any = None) -> None:
         jobs = list(plan.jobs())
         on_decided(jobs[0], 0, replace(first[0], relay_bytes=None))
         on_results(jobs[0], first)
