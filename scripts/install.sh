@@ -58,6 +58,13 @@ fi
 # it can be used by every user, which rootless mode and its test pass need.
 python=python3
 [[ -x /usr/bin/python3 ]] && python=/usr/bin/python3
+# A venv made earlier on another Python (a pyenv build under /root, say) is made again on
+# this one: an ordinary user could not run it, and rootless mode would fail for them.
+home=$(dirname "$(readlink -f "$(command -v "$python")")")
+if [[ -x .venv/bin/python ]] && ! grep -qx "home = $home" .venv/pyvenv.cfg 2>/dev/null; then
+  echo "install.sh: .venv was made on another Python; making it again on $python"
+  "$python" -m venv --clear .venv
+fi
 if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
