@@ -85,12 +85,17 @@ def timed(argv: list[str], out: Path) -> dict[str, Any]:
     wall = time.monotonic() - t0
     if res.returncode != 0:
         raise SystemExit(f"bench_pool: {' '.join(argv)} failed: {res.stderr[-2000:]}")
+    return {"wall_s": round(wall, 3), **run_figures(out)}
+
+
+def run_figures(out: Path) -> dict[str, Any]:
+    """A finished run's own wall time (its manifest) and its outcomes counted."""
     manifest = json.loads((out / "manifest.json").read_text())
     outcomes: dict[str, int] = {}
     for line in (out / "records.jsonl").read_text().splitlines():
         o = json.loads(line)["outcome"]
         outcomes[o] = outcomes.get(o, 0) + 1
-    return {"wall_s": round(wall, 3), "run_s": manifest["wall_s"], "outcomes": outcomes}
+    return {"run_s": manifest["wall_s"], "outcomes": outcomes}
 
 
 def bench(repeats: list[int], rounds: int) -> dict[str, Any]:

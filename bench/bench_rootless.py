@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_pool import run_figures  # bench/ is the script's own directory on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,12 +41,7 @@ def timed(argv: list[str], out: Path, env: dict[str, str]) -> dict[str, Any]:
     wall = time.monotonic() - t0
     if res.returncode != 0:
         raise SystemExit(f"bench_rootless: {' '.join(argv)} failed: {res.stderr[-2000:]}")
-    manifest = json.loads((out / "manifest.json").read_text())
-    outcomes: dict[str, int] = {}
-    for line in (out / "records.jsonl").read_text().splitlines():
-        o = json.loads(line)["outcome"]
-        outcomes[o] = outcomes.get(o, 0) + 1
-    return {"wall_s": round(wall, 3), "run_s": manifest["wall_s"], "outcomes": outcomes}
+    return {"wall_s": round(wall, 3), **run_figures(out)}
 
 
 def bench(rounds: int, uid: int) -> dict[str, Any]:

@@ -58,3 +58,20 @@ def root_namespace_untouched() -> Iterator[None]:
     after = root_namespace_snapshot()
     changed = [k for k in before if before[k] != after[k]]
     assert not changed, f"the test suite changed the root namespace: {changed}"
+
+
+@pytest.fixture
+def scratch() -> Iterator[object]:
+    """A network namespace of the calling test's own (a netns.Netns), removed afterwards."""
+    import secrets
+
+    from testbed import netns  # here: pure tests never load the netlink side
+
+    netns.ensure_netns_dir()
+    name = f"ntsc{secrets.token_hex(3)}-scratch"
+    ns = netns.create(name, name.split("-")[0])
+    try:
+        yield ns
+    finally:
+        ns.close()
+        netns.remove(name)
