@@ -21,6 +21,11 @@ too would be shorter, but nft 1.0.6 cannot store a five-part APDM key with a val
   owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
   next one (sequential, a counter per protocol). A new mapping on an owned port is
   dropped before conntrack confirms it, so the retransmission picks again.
+- Carrier-grade and port-forwarding settings (issue 15) go into both protocols'
+  chains too: the port range and RFC 7422 port blocks in `udp_new`/`tcp_new`, address
+  pooling through a `udp_mapaddr`/`tcp_mapaddr` map, one session cap for all of a
+  host's flows (`sessions`), static forwards (each of its own protocol) and the
+  port-mapping daemon's admission.
 
 load_ruleset is the one way a script gets into a namespace: libnftables in-process
 when the library is there (about half the CPU of an `nft -f` process, and threads
