@@ -55,6 +55,7 @@ from testbed.admission import (
     Noise,
     Places,
     build_nice,
+    program_turn,
     read_cpu_seconds,
     realtime,
     renice_thread,
@@ -272,7 +273,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
 
         # Contract programs (and their rendezvous) start from threads made here, before
         # this thread turns real-time: they run at ordinary priority, as a user's would.
-        with ContractSlots(lab, job, placements, decide, say) as contract:
+        with ContractSlots(lab, job, placements, decide, say, places) as contract:
             # the servers and this driver (the forwarder keeps its own, higher priority)
             forwarders = {i.forwarder_pid for i in impair.impairments(lab) if i.forwarder_pid}
             critical = [p.pid for p in lab.procs if p.pid not in forwarders] + [0]
@@ -385,8 +386,10 @@ class ContractSlots:
     all of them, each cell in a thread of its own, gated across workers."""
 
     def __init__(self, lab: Lab, job: LabJob, places: Sequence[Placement],
-                 decide: Callable[[int, dict[str, Any]], PairResult], say: Send) -> None:
+                 decide: Callable[[int, dict[str, Any]], PairResult], say: Send,
+                 admission: Places | None = None) -> None:
         self.lab, self.job, self.places, self.say = lab, job, places, say
+        self.admission = admission  # the run's: each cell waits for its turn (program_turn)
         self.decide = decide  # slot k's cell -> its PairResult
         self.slots = [k for k, s in enumerate(job.setups) if not in_process(s)]
         self.helpers: list[subprocess.Popen[Any]] = []
@@ -421,6 +424,8 @@ class ContractSlots:
     def _cell(self, k: int, services: peerprog.CellServices) -> PairResult:
         setup = self.job.setups[k]
         with _contract_gate():
+            if self.admission is not None:
+                program_turn(self.admission)
             try:
                 cell = peerprog.run_cell(self.lab, setup.peer_a, setup.peer_b,
                                          place=self.places[k], deadline_s=setup.deadline,

@@ -129,3 +129,24 @@ def test_labs_build_at_a_lower_priority_only_where_it_can_be_raised_again(
 def test_root_builds_labs_at_build_nice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admission, "_build_nice", None)
     assert admission.build_nice() == BUILD_NICE
+
+
+def test_a_contract_cell_waits_for_quiet_and_its_turn_at_most_max_wait() -> None:
+    now = [100.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    p = places()
+    assert admission.program_turn(p, spacing=0.25, clock=lambda: now[0], sleep=sleep) == 0.0
+    assert p.last.value == 100.0  # its start is the machine-wide last admission
+    waited = admission.program_turn(p, spacing=0.25, poll=0.125, clock=lambda: now[0],
+                                    sleep=sleep)
+    assert waited == 0.25 and p.last.value == 100.25  # the next one, `spacing` later
+    noise = Noise(p)
+    noise.begin()  # a lab being built: no program starts ...
+    waited = admission.program_turn(p, spacing=0.25, max_wait=3.0, poll=0.5,
+                                    clock=lambda: now[0], sleep=sleep)
+    assert waited == 3.0  # ... until max_wait, then it starts regardless
+    assert p.last.value == 100.25  # and takes no turn from the others
+    noise.end()
