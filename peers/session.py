@@ -84,9 +84,9 @@ from enum import StrEnum
 from typing import Any
 
 from peers import birthday as bd
+from peers import pacing, stun
 from peers import predict as pd
 from peers import probe as pr
-from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
 from peers.credentials import register_proof
@@ -104,7 +104,7 @@ class Timing:
     emulated network; a non-traversable one reaches its relay decision about
     one second after `start`."""
 
-    punch_timeout: float = 1.0
+    punch_timeout: float = 1.0  # the floor; peers.pacing scales it to the path's RTT
     punch_interval: float = 0.02  # first retry; doubles up to punch_interval_max
     punch_interval_max: float = 0.2
     punch_grace: float = 0.1  # extra time once when half a path is seen at the deadline
@@ -125,11 +125,17 @@ class Timing:
     consent_timeout: float = 3.0  # no ack of a consent check for this long: path dead
     max_restarts: int = 5  # restarts (re-gather, punch again) during one call
     restart_backoff: float = 1.0  # after a failed restart, wait this long to try again
+    punch_fixed: bool = False  # punch_timeout as given (--punch-timeout), not RTT-scaled
 
     ZERO_ALLOWED = ("hold", "call", "max_restarts", "data_interval")
+    FLAGS = ("punch_fixed",)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
+            if name in self.FLAGS:
+                if not isinstance(value, bool):
+                    raise ValueError(f"Timing.{name}: must be true or false, got {value!r}")
+                continue
             if (not isinstance(value, int | float) or isinstance(value, bool) or value < 0
                     or (value == 0 and name not in self.ZERO_ALLOWED)):
                 raise ValueError(f"Timing.{name}: must be a positive number, got {value!r}")
@@ -282,6 +288,9 @@ class Session:
         self._next_round: float | None = None
         self._interval = 0.0
         self._grace_used = False
+        self._rejoined = False  # punched again once because the remote decided direct
+        self.rtt = pacing.Meter()  # round trips measured, and the remote's (peers.pacing)
+        self._paced: tuple[float | None, float] | None = None  # path RTT, punch timeout (ms)
         self._next_keepalive: float | None = None
         self.remote_done: str | None = None
 
@@ -396,6 +405,7 @@ class Session:
         elif mtype == "challenge":
             if (self.phase is Phase.REGISTER and not self._register_sent) or self._reconnecting:
                 self._register_sent = True
+                self.rtt.sent("signaling", now)
                 self._signal({"type": "register", "id": self.cfg.id, "proof": register_proof(
                     self.cfg.token, msg["nonce"], self.cfg.id)})
         elif mtype == "registered":
@@ -417,6 +427,8 @@ class Session:
             self._on_answer(msg, now)
         elif mtype == "done":
             self.remote_done = msg["outcome"]
+            if self.phase is Phase.RELAY:  # in the punch stage, its deadline asks
+                self._punch_on(now)
             self._maybe_finish(now)
 
     def handle_signal_closed(self, now: float, why: str) -> None:
@@ -530,6 +542,7 @@ class Session:
 
     def _on_registered(self, now: float) -> None:
         self.t_registered = now
+        self.rtt.answered("signaling", now)
         self.phase = Phase.GATHER
         self._deadline = now + self.t.gather_timeout
         self._gather(now)
@@ -593,6 +606,7 @@ class Session:
         self._key = bytes.fromhex(msg["secret"])
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
+        self.rtt.remote = pacing.read_rtt_field(msg)
         if self.phase is Phase.EXCHANGE:
             self._answer()
 
@@ -602,7 +616,7 @@ class Session:
         self._answered = True
         self._signal({"type": "answer", "to": self.cfg.remote,
                       "candidates": [c.to_json() for c in self.local], "secret": self.secret,
-                      **self._mapping_field()})
+                      **self._mapping_field(), **pacing.rtt_field(self.rtt.own)})
 
     def _mapping_field(self) -> dict[str, str]:
         """The optional offer/answer field saying how our NAT maps, when we measured it."""
@@ -617,6 +631,7 @@ class Session:
             return
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
+        self.rtt.remote = pacing.read_rtt_field(msg)
         self._signal({"type": "start", "to": self.cfg.remote})
 
     def _learn_remote(self, cands: list[dict[str, Any]], now: float) -> None:
@@ -629,6 +644,7 @@ class Session:
             return
         self.t_start = now
         self.phase = Phase.PUNCH
+        self._pace()
         self._deadline = now + self.t.punch_timeout
         self._interval = self.t.punch_interval
         self._round(now)
@@ -647,6 +663,7 @@ class Session:
         msg = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST,
                                transaction_id=self._stun_tid)
         self._send(stun.pack(msg, fingerprint=True), self.cfg.stun)
+        self.rtt.sent("stun", now)
         self._stun_next = now + self.t.stun_rto * 2**self._stun_transmits
         self._stun_transmits += 1
 
@@ -668,6 +685,7 @@ class Session:
             if mapped is not None:
                 self._add_local(Candidate("srflx", mapped[0], mapped[1]))
                 self.t_srflx = now
+                self.rtt.answered("stun", now)
                 self._note(f"stun: srflx {mapped[0]}:{mapped[1]}")
                 other = msg.get("OTHER-ADDRESS")
         self._stun_done = True
@@ -1009,14 +1027,68 @@ class Session:
             if half and not self._grace_used:
                 self._grace_used = True
                 self._deadline = now + self.t.punch_grace
+                self._round(now)  # one more probe to answer within the grace
+                return
+            if self._punch_on(now):
                 return
             self._enter_relay(now)
         elif self.phase is Phase.RELAY:
+            if self._remote_not_started(now):
+                return
             why = f"no relayed probe exchange within {self.t.relay_timeout} s"
             turn_errors = [e for e in self.errors if e.startswith("turn:")]
             self._fail(now, "relay", "; ".join([why, *turn_errors[-1:]]))
         elif self.phase is Phase.DECIDED:
             self._maybe_finish(now, timed_out=True)
+
+    def _pace(self) -> None:
+        """The punch and relay timing for this path's round trip (peers.pacing)."""
+        base, rtt = self.cfg.timing, self.rtt.path
+        changes: dict[str, Any] = pacing.scaled(base, rtt, punch_fixed=base.punch_fixed)
+        self.t = replace(base, **changes)
+        if self._paced is None:  # the first attempt's, as the result's other times
+            self._paced = (None if rtt is None else round(rtt * 1000, 3),
+                           round(self.t.punch_timeout * 1000, 3))
+        if rtt is not None:
+            self._note(f"pacing: path RTT {rtt * 1000:.0f} ms: punch timeout "
+                       f"{self.t.punch_timeout:g} s, grace {self.t.punch_grace:g} s")
+
+    def _punch_on(self, now: float) -> bool:
+        """The remote decided direct: it had our probe and our ack on one path, so that
+        path works both ways and only our own evidence is missing (an ack still in
+        flight, or lost). Rather than give up on it and go to the relay alone, punch on
+        for one more grace, from the relay stage too; once per attempt. Called when its
+        `done` comes and at our punch deadline."""
+        if (self.remote_done != "direct" or self._rejoined or self._restarting
+                or self.phase not in (Phase.PUNCH, Phase.RELAY)):
+            return False
+        self._rejoined = True
+        self._note("punch: the remote decided direct: punching on")
+        if self.phase is Phase.RELAY:
+            self.phase = Phase.PUNCH
+            self._interval = self.t.punch_interval
+        self._deadline = now + self.t.punch_grace
+        self._round(now)
+        return True
+
+    def _remote_not_started(self, now: float) -> bool:
+        """Keep the relay stage open while the remote has not begun: no probe from it,
+        directly or relayed, and no `done`. Its `start` (or its whole exchange) can reach
+        it seconds after ours when its signaling connection loses segments; it waits
+        for that no longer than its signaling timeout, and so do we. Only while our own
+        relay is ready (a permission for the remote's relayed address): else waiting
+        changes nothing."""
+        ready = any(a[0] in self._permitted for a in self._remote_relays())
+        if (not ready or self.remote_done is not None or self.relayed
+                or self.t_relay_start is None or any(p.got_probe for p in self.direct.values())):
+            return False
+        until = self.t_relay_start + max(self.t.relay_timeout, self.t.signaling_timeout)
+        if now >= until:
+            return False
+        if self._deadline is not None and self._deadline < until:
+            self._note("relay: nothing from the remote yet: waiting for it to start")
+        self._deadline = until
+        return True
 
     def _enter_relay(self, now: float) -> None:
         self._note("punch: gave up, relay stage")
@@ -1234,6 +1306,7 @@ class Session:
         self.remote = []
         self.direct, self.relayed = {}, {}
         self._offer, self._answered, self._grace_used = None, False, False
+        self._rejoined = False
         self._permitted, self._permission_asked = set(), set()
         self._next_round = None
         self.phase = Phase.GATHER
@@ -1288,7 +1361,7 @@ class Session:
     def _offer_msg(self) -> dict[str, Any]:
         return {"type": "offer", "to": self.cfg.remote,
                 "candidates": [c.to_json() for c in self.local], "secret": self.secret,
-                **self._mapping_field()}
+                **self._mapping_field(), **pacing.rtt_field(self.rtt.own)}
 
     def _on_reregistered(self, now: float) -> None:
         self._note("signaling: registered again")
@@ -1383,6 +1456,8 @@ class Session:
                                     turn=ms(t_registered, first["t_relayed"])),
             turn_client=turn_client,
             restarts=tuple(self._restart_result(r) for r in self.restarts),
+            path_rtt_ms=None if self._paced is None else self._paced[0],
+            punch_timeout_ms=None if self._paced is None else self._paced[1],
             trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
                    if self.cfg.trace else None),
         )
