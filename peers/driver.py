@@ -25,10 +25,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from peers.candidates import Address
+from peers.pacing import longest
 from peers.result import Lateness, PeerResult
 from peers.session import Phase, Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
@@ -56,8 +57,11 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 
 
 def wait_budget(t: Timing) -> float:
-    """How long a peer can legitimately run, plus a margin for process start-up."""
-    return (t.signaling_timeout + t.gather_timeout + t.punch_timeout + t.punch_grace
+    """How long a peer can legitimately run, plus a margin for process start-up: with its
+    timeouts as long as the longest path makes them (peers.pacing), and its relay stage
+    waiting a signaling timeout for a remote that has not started."""
+    t = replace(t, **longest(t, punch_fixed=t.punch_fixed))
+    return (2 * t.signaling_timeout + t.gather_timeout + t.punch_timeout + 2 * t.punch_grace
             + t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
 
 

@@ -252,14 +252,18 @@ def _punch(text: str) -> Seconds:
 
 
 def _set_punch(setup: SlotSetup, value: Seconds) -> SlotSetup:
-    return replace(setup, timing=replace(setup.timing, punch_timeout=value.seconds))
+    return replace(setup, timing=replace(setup.timing, punch_timeout=value.seconds,
+                                         punch_fixed=True))
 
 
-# How long the peers punch before they fall back to the relay. The reference model
-# assumes punching lasts its full rounds, so only the default is modelled.
+# How long the peers punch before they fall back to the relay. Left out, the peers scale
+# it to the path's round trip (peers.pacing, never below the default); a value given in
+# a list is used as it is, the default's too (apply_in_grid), so `--punch-timeout
+# 0.2s,1s` compares two fixed timeouts. The reference model assumes punching lasts its
+# full rounds, so only the default is modelled.
 PUNCH = register(Dimension(
     "punch", "punch timeout", (), _punch, _set_punch, Seconds(Timing().punch_timeout),
-    None, flag="--punch-timeout", metavar="SECONDS,...",
+    None, flag="--punch-timeout", metavar="SECONDS,...", apply_in_grid=True,
     help="punch for this long before falling back to the relay; a list makes it a "
          f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
 
