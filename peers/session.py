@@ -289,6 +289,8 @@ class Session:
         self._interval = 0.0
         self._grace_used = False
         self._rejoined = False  # punched again once because the remote decided direct
+        self._relayed_on = False  # the relay stage's one extension used
+        self._waited: set[Phase] = set()  # signaling stages whose wait was extended once
         self.rtt = pacing.Meter()  # round trips measured, and the remote's (peers.pacing)
         self._paced: tuple[float | None, float] | None = None  # path RTT, punch timeout (ms)
         self._next_keepalive: float | None = None
@@ -1017,9 +1019,13 @@ class Session:
 
     def _on_deadline(self, now: float) -> None:
         if self.phase in (Phase.REGISTER, Phase.EXCHANGE):
+            if self._signaling_slow(now):
+                return
             what = "registration" if self.phase is Phase.REGISTER else f"{self.cfg.remote}"
             self._fail(now, "signaling", f"signaling timeout waiting for {what}")
         elif self.phase is Phase.GATHER:
+            if self._gather_slow(now):
+                return
             self.errors.append("gather timeout: going on with the candidates gathered")
             self._check_gathered(now, force=True)
         elif self.phase is Phase.PUNCH:
@@ -1033,7 +1039,7 @@ class Session:
                 return
             self._enter_relay(now)
         elif self.phase is Phase.RELAY:
-            if self._remote_not_started(now):
+            if self._remote_not_started(now) or self._relay_on(now):
                 return
             why = f"no relayed probe exchange within {self.t.relay_timeout} s"
             turn_errors = [e for e in self.errors if e.startswith("turn:")]
@@ -1067,8 +1073,54 @@ class Session:
         if self.phase is Phase.RELAY:
             self.phase = Phase.PUNCH
             self._interval = self.t.punch_interval
-        self._deadline = now + self.t.punch_grace
+        # a whole punch timeout more: the path is known to work, only probes get lost
+        self._deadline = now + max(self.t.punch_grace, self.t.punch_timeout)
         self._round(now)
+        return True
+
+    def _relay_on(self, now: float) -> bool:
+        """The relay stage's counterpart of the punch grace: once, when half a relayed
+        path was seen or the remote said it decided relay (the relay works both ways),
+        one more relay timeout rather than deciding `failed` against a remote that
+        decided `relay`."""
+        half = any(p.got_probe or p.ack_observed for p in self.relayed.values())
+        if self._relayed_on or self._restarting or not (half or self.remote_done == "relay"):
+            return False
+        self._relayed_on = True
+        self._note("relay: half a relayed path seen: relaying on")
+        self._deadline = now + self.t.relay_timeout
+        self._round(now)
+        return True
+
+    def _gather_slow(self, now: float) -> bool:
+        """Once, wait a gather timeout more for a transaction that got an answer to an
+        earlier one but not yet to this one (a TURN Allocate answered with its 401, its
+        authenticated retry not yet: losses, not a dead server)."""
+        if Phase.GATHER in self._waited or self._restarting:
+            return False
+        pending_turn = (not self._turn_done and self.turn is not None
+                        and self.turn.state is not turnmod.State.IDLE and self.turn.nonce)
+        if not pending_turn:
+            return False
+        self._waited.add(Phase.GATHER)
+        self._note("gather: the TURN server answers, the allocation is not done: waiting on")
+        self._deadline = now + self.t.gather_timeout
+        return True
+
+    def _signaling_slow(self, now: float) -> bool:
+        """Once per signaling wait, wait as long again while the connection is up. Over a
+        lossy link a segment of ours or of the remote's signaling is retransmitted with
+        TCP's doubling timer (RFC 6298: 1 s, then 2, 4, 8 s...; three losses in a row
+        of one segment cost 7 s, at 20 % loss on two links one message in 21 needs
+        that): the remote may still be registering, and nothing we can measure says
+        how far its segments are (the sender's backoff is invisible to the receiver).
+        The server waits as long for a register (ServerLimits.register_timeout)."""
+        if self.phase in self._waited or not self._signaling_open or self._restarting:
+            return False
+        self._waited.add(self.phase)
+        self._note(f"signaling: still waiting ({self.phase.value}): once more "
+                   f"{self.t.signaling_timeout:g} s")
+        self._deadline = now + self.t.signaling_timeout
         return True
 
     def _remote_not_started(self, now: float) -> bool:
@@ -1079,9 +1131,9 @@ class Session:
         relay is ready (a permission for the remote's relayed address): else waiting
         changes nothing."""
         ready = any(a[0] in self._permitted for a in self._remote_relays())
-        if (not ready or self.remote_done is not None or self.relayed
-                or self.t_relay_start is None or any(p.got_probe for p in self.direct.values())):
-            return False
+        probed = any(p.got_probe for p in [*self.direct.values(), *self.relayed.values()])
+        if not ready or self.remote_done is not None or self.t_relay_start is None or probed:
+            return False  # (an ack proves nothing: a remote answers before it starts)
         until = self.t_relay_start + max(self.t.relay_timeout, self.t.signaling_timeout)
         if now >= until:
             return False
@@ -1306,7 +1358,8 @@ class Session:
         self.remote = []
         self.direct, self.relayed = {}, {}
         self._offer, self._answered, self._grace_used = None, False, False
-        self._rejoined = False
+        self._rejoined = self._relayed_on = False
+        self._waited.discard(Phase.EXCHANGE)
         self._permitted, self._permission_asked = set(), set()
         self._next_round = None
         self.phase = Phase.GATHER
