@@ -59,10 +59,11 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 def wait_budget(t: Timing) -> float:
     """How long a peer can legitimately run, plus a margin for process start-up: with its
     timeouts as long as the longest path makes them (peers.pacing), and its relay stage
-    waiting a signaling timeout for a remote that has not started."""
+    waiting a signaling timeout for a remote that has not started, and both signaling
+    waits (registration, exchange) extended once on a slow connection."""
     t = replace(t, **longest(t, punch_fixed=t.punch_fixed))
-    return (2 * t.signaling_timeout + t.gather_timeout + t.punch_timeout + 2 * t.punch_grace
-            + t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
+    return (5 * t.signaling_timeout + t.gather_timeout + 2 * t.punch_timeout + t.punch_grace
+            + 2 * t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
 
 
 def new_tcp() -> socket.socket:

@@ -26,15 +26,17 @@ From the path RTT (`scaled`), each value is never below the configured one, so a
 path keeps today's timing (the configured values are the floors):
   punch_timeout      K_PUNCH x RTT: the cone-vs-symmetric exchange above takes 1.5 RTTs,
                      and a lost probe one more round (unless fixed: `--punch-timeout`)
-  punch_grace        K_GRACE x RTT: once, when half a path was seen at the deadline, or
-                     the remote said it decided direct: one more probe and its answer
+  punch_grace        K_GRACE x RTT: once, when half a path was seen at the deadline: one
+                     more probe and its answer (when the remote said it decided direct,
+                     the session punches on for a whole punch timeout once more)
   punch_interval_max, relay_interval_max
                      RTT / 2, at most INTERVAL_CAP: no faster retransmission than a
                      probe every half round trip once the first rounds went out
   relay_timeout      K_RELAY x RTT: a relayed probe crosses both access links twice
-  done_timeout       the punch timeout plus two graces: how long a peer that decided
-                     waits for the remote's `done`, so it still answers the remote's
-                     probes while the remote may legitimately still be punching
+  done_timeout       how long a peer that decided waits for the remote's `done`, still
+                     answering its probes: as long as the remote may legitimately go
+                     on (a punch timeout and the punch-on after it, or a relay timeout
+                     and the relay-on after it: peers.session)
 """
 
 from __future__ import annotations
@@ -111,19 +113,18 @@ def path_rtt(own: float | None, remote: float | None) -> float | None:
 
 
 def scaled(base: Base, rtt: float | None, *, punch_fixed: bool = False) -> dict[str, Any]:
-    """The timing fields to change for a path of this RTT (none when it is unknown or
-    short enough that the configured values already cover it)."""
-    if rtt is None:
-        return {}
+    """The timing fields to change for a path of this RTT (unknown: the floors)."""
+    rtt = rtt or 0.0
     punch = base.punch_timeout if punch_fixed else _up(base.punch_timeout, K_PUNCH * rtt)
     grace = _up(base.punch_grace, K_GRACE * rtt)
+    relay = _up(base.relay_timeout, K_RELAY * rtt)
     values = {
         "punch_timeout": punch,
         "punch_grace": grace,
         "punch_interval_max": max(base.punch_interval_max, min(rtt / 2, INTERVAL_CAP)),
-        "relay_timeout": _up(base.relay_timeout, K_RELAY * rtt),
+        "relay_timeout": relay,
         "relay_interval_max": max(base.relay_interval_max, min(rtt / 2, INTERVAL_CAP)),
-        "done_timeout": max(base.done_timeout, punch + 2 * grace),
+        "done_timeout": max(base.done_timeout, punch + max(grace, punch), 2 * relay),
     }
     return {k: round(v, 6) for k, v in values.items() if v != getattr(base, k)}
 

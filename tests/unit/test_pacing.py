@@ -10,14 +10,18 @@ import pytest
 from peers import pacing
 from peers.session import Timing
 
+# A peer that decided waits for the remote's `done` as long as the remote may still
+# go on: two relay timeouts (the relay stage and its one extension) at the floors.
+DONE_AT_FLOORS = {"done_timeout": 2 * Timing().relay_timeout}
 
-def test_an_unknown_round_trip_changes_nothing() -> None:
-    assert pacing.scaled(Timing(), None) == {}
+
+def test_an_unknown_round_trip_keeps_the_floors() -> None:
+    assert pacing.scaled(Timing(), None) == DONE_AT_FLOORS
 
 
 def test_a_lab_round_trip_keeps_the_configured_timing() -> None:
     # 1 ms: 3 ms of punching, 2 ms of grace: the configured floors (1 s, 0.1 s) stand
-    assert pacing.scaled(Timing(), 0.001) == {}
+    assert pacing.scaled(Timing(), 0.001) == DONE_AT_FLOORS
 
 
 def test_200ms_each_way_on_both_access_links() -> None:
@@ -25,13 +29,13 @@ def test_200ms_each_way_on_both_access_links() -> None:
     got = pacing.scaled(Timing(), 0.8)
     assert got == {"punch_timeout": 2.4, "punch_grace": 1.6, "punch_interval_max": 0.4,
                    "relay_timeout": 2.4, "relay_interval_max": 0.4,
-                   "done_timeout": 2.4 + 2 * 1.6}
+                   "done_timeout": 2 * 2.4}
 
 
 def test_a_fixed_punch_timeout_stays_and_the_rest_still_scales() -> None:
     got = pacing.scaled(Timing(punch_timeout=0.5), 0.8, punch_fixed=True)
     assert "punch_timeout" not in got
-    assert got["punch_grace"] == 1.6 and got["done_timeout"] == 0.5 + 3.2
+    assert got["punch_grace"] == 1.6 and got["done_timeout"] == 2 * 2.4
 
 
 def test_timeouts_are_capped_but_never_below_a_floor() -> None:
