@@ -33,6 +33,8 @@ path keeps today's timing (the configured values are the floors):
                      RTT / 2, at most INTERVAL_CAP: no faster retransmission than a
                      probe every half round trip once the first rounds went out
   relay_timeout      K_RELAY x RTT: a relayed probe crosses both access links twice
+  resyn (TCP)        K_SYN x RTT: a TCP punching attempt unanswered that long is made
+                     again (syn_timing; peers.tcppath)
   done_timeout       how long a peer that decided waits for the remote's `done`, still
                      answering its probes: as long as the remote may legitimately go
                      on (a punch timeout and the punch-on after it, or a relay timeout
@@ -127,6 +129,19 @@ def scaled(base: Base, rtt: float | None, *, punch_fixed: bool = False) -> dict[
         "done_timeout": max(base.done_timeout, punch + max(grace, punch), 2 * relay),
     }
     return {k: round(v, 6) for k, v in values.items() if v != getattr(base, k)}
+
+
+K_SYN = 1.5  # a TCP punching attempt unanswered this many round trips is made again
+
+
+def syn_timing(resyn: float, retry_max: float, rtt: float | None) -> tuple[float, float]:
+    """TCP simultaneous open (peers.tcppath.PunchTiming): how long an unanswered
+    connect waits before a fresh SYN, and the longest pause after a refused one. A SYN's
+    answer (a SYN-ACK, or the far side's crossing SYN) takes a path round trip at least:
+    a fresh SYN sooner throws the answer away. Floors: the configured values."""
+    rtt = rtt or 0.0
+    return (round(_up(resyn, K_SYN * rtt), 6),
+            round(max(retry_max, min(rtt / 2, INTERVAL_CAP)), 6))
 
 
 def longest(base: Base, *, punch_fixed: bool = False) -> dict[str, Any]:

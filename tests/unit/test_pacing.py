@@ -104,3 +104,10 @@ def test_rtt_field(rtt: float | None, field: dict[str, int]) -> None:
 ])
 def test_read_rtt_field(msg: dict[str, object], seconds: float | None) -> None:
     assert pacing.read_rtt_field(msg) == seconds
+
+
+def test_syn_timing_waits_a_round_trip_and_a_half_for_an_answer() -> None:
+    assert pacing.syn_timing(0.25, 0.2, None) == (0.25, 0.2)  # the floors
+    assert pacing.syn_timing(0.25, 0.2, 0.002) == (0.25, 0.2)
+    assert pacing.syn_timing(0.25, 0.2, 0.8) == (1.2, 0.4)  # 800 ms path: 1.5 RTT, RTT/2
+    assert pacing.syn_timing(0.25, 0.2, 20.0) == (pacing.CAP, pacing.INTERVAL_CAP)

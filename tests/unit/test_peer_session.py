@@ -245,6 +245,7 @@ class Scene:
         # until then, what it sends on it is lost without a word (no reset seen yet)
         self.silent_until: dict[str, float] = {}
         self.injected: list[Callable[[], None]] = []
+        self.late_start: dict[str, float] = {}  # `start` reaches this peer so much later
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
 
@@ -324,8 +325,12 @@ class Scene:
         elif msg["type"] == "start":
             go_msg = {"type": "start", "from": name, "to": msg["to"],
                       **({"gen": msg["gen"]} if "gen" in msg else {})}
-            to(msg["to"], go_msg)
-            to(name, go_msg)
+            for who in (msg["to"], name):
+                if who in self.late_start:  # held up: TCP retransmissions on its link
+                    self.sim.at(t + self.late_start[who],
+                                functools.partial(self._deliver_signal, who, go_msg))
+                else:
+                    to(who, go_msg)
         else:
             to(msg["to"], {**msg, "from": name})
 
@@ -1116,3 +1121,43 @@ def test_a_peer_that_lost_its_acks_punches_on_once_the_remote_decided_direct() -
     assert a["timings_ms"]["punch"] < 50
     assert b["timings_ms"]["punch"] > 1100  # past the timeout and the grace
     assert any("remote decided direct" in e for _, e in b["trace"])
+
+
+def test_the_relay_stage_waits_for_a_remote_whose_start_came_late() -> None:
+    """Bob's `start` comes 4 s after Alice's (its signaling connection retransmitting):
+    Alice's punch and relay stages are over before Bob begins. She has had no probe from
+    him at all, so she keeps her relay stage open for him, and both relay."""
+    sc = Scene("symmetric", "symmetric")
+    sc.late_start = {"bob": 4.0}
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    res = sc.run(until=30)
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "relay"
+    assert a["timings_ms"]["relay"] > 4000 - 1000  # waited past its 1.5 s relay timeout
+    assert any("waiting for it to start" in e for _, e in a["trace"])
+
+
+def test_a_peer_that_lost_its_relayed_acks_relays_on_once_the_remote_decided_relay() -> None:
+    """Through the relay, Bob's acks are lost until 2.6 s: Alice decides relay, Bob has
+    only half a relayed path when his relay timeout (1.5 s after 1.1 s of punching)
+    ends. He relays on once, one relay timeout more, and both decide relay."""
+    sc = Scene("symmetric", "symmetric")
+    nat = sc.nats["bob"]
+    plain = nat.inbound
+
+    def lossy(data: bytes, src: Addr, port: int) -> None:
+        if src == TURN and stun.is_stun(data) and sc.sim.now < 2.6:
+            inner = stun.unpack(data).get("DATA")
+            if inner is not None and pr.is_probe(inner) and inner[4] == pr.ACK:
+                return
+        plain(data, src, port)
+
+    nat.inbound = lossy  # type: ignore[method-assign]
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    res = sc.run()
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "relay"
+    assert b["timings_ms"]["relay"] > 1500  # past his relay timeout
+    assert any("relaying on" in e for _, e in b["trace"])
