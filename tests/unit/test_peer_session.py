@@ -1056,6 +1056,27 @@ def test_application_data_crosses_a_birthday_path_both_ways() -> None:
 # ---------------------------------------------------------------- long paths (peers.pacing)
 
 
+def run_losing_acks_to_bob(sc: Scene, until: float,
+                           inner: Callable[[bytes, Addr], bytes | None]
+                           ) -> dict[str, dict[str, Any]]:
+    """Run the scene, traced, Bob's router dropping every ack of a probe it would let
+    in before `until` (`inner`: the probe a datagram carries, or None)."""
+    nat = sc.nats["bob"]
+    plain = nat.inbound
+
+    def lossy(data: bytes, src: Addr, port: int) -> None:
+        probe = inner(data, src)
+        if (sc.sim.now < until and probe is not None and pr.is_probe(probe)
+                and probe[4] == pr.ACK):
+            return
+        plain(data, src, port)
+
+    nat.inbound = lossy  # type: ignore[method-assign]
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    return sc.run()
+
+
 @pytest.mark.parametrize(("nat_a", "nat_b"), [("symmetric", "full-cone"),
                                               ("full-cone", "symmetric"),
                                               ("port-restricted-cone", "port-restricted-cone")])
@@ -1104,18 +1125,7 @@ def test_a_peer_that_lost_its_acks_punches_on_once_the_remote_decided_direct() -
     says the path works both ways: Bob punches on instead of going to the relay alone
     (where Alice, decided, would never answer)."""
     sc = Scene("full-cone", "full-cone")
-    nat = sc.nats["bob"]
-    plain = nat.inbound
-
-    def lossy(data: bytes, src: Addr, port: int) -> None:
-        if pr.is_probe(data) and data[4] == pr.ACK and sc.sim.now < 1.05:
-            return
-        plain(data, src, port)
-
-    nat.inbound = lossy  # type: ignore[method-assign]
-    for s in sc.s.values():
-        s.cfg = replace(s.cfg, trace=True)
-    res = sc.run()
+    res = run_losing_acks_to_bob(sc, 1.05, lambda data, src: data)
     a, b = res["alice"], res["bob"]
     assert a["outcome"] == b["outcome"] == "direct"
     assert a["timings_ms"]["punch"] < 50
@@ -1142,21 +1152,10 @@ def test_a_peer_that_lost_its_relayed_acks_relays_on_once_the_remote_decided_rel
     """Through the relay, Bob's acks are lost until 2.6 s: Alice decides relay, Bob has
     only half a relayed path when his relay timeout (1.5 s after 1.1 s of punching)
     ends. He relays on once, one relay timeout more, and both decide relay."""
-    sc = Scene("symmetric", "symmetric")
-    nat = sc.nats["bob"]
-    plain = nat.inbound
+    def relayed(data: bytes, src: Addr) -> bytes | None:
+        return stun.unpack(data).get("DATA") if src == TURN and stun.is_stun(data) else None
 
-    def lossy(data: bytes, src: Addr, port: int) -> None:
-        if src == TURN and stun.is_stun(data) and sc.sim.now < 2.6:
-            inner = stun.unpack(data).get("DATA")
-            if inner is not None and pr.is_probe(inner) and inner[4] == pr.ACK:
-                return
-        plain(data, src, port)
-
-    nat.inbound = lossy  # type: ignore[method-assign]
-    for s in sc.s.values():
-        s.cfg = replace(s.cfg, trace=True)
-    res = sc.run()
+    res = run_losing_acks_to_bob(Scene("symmetric", "symmetric"), 2.6, relayed)
     a, b = res["alice"], res["bob"]
     assert a["outcome"] == b["outcome"] == "relay"
     assert b["timings_ms"]["relay"] > 1500  # past his relay timeout
