@@ -84,7 +84,7 @@ from enum import StrEnum
 from typing import Any
 
 from peers import birthday as bd
-from peers import pacing, stun
+from peers import holdon, pacing, stun
 from peers import predict as pd
 from peers import probe as pr
 from peers import turn as turnmod
@@ -287,10 +287,7 @@ class Session:
         self._deadline: float | None = None  # of the current stage
         self._next_round: float | None = None
         self._interval = 0.0
-        self._grace_used = False
-        self._rejoined = False  # punched again once because the remote decided direct
-        self._relayed_on = False  # the relay stage's one extension used
-        self._waited: set[Phase] = set()  # signaling stages whose wait was extended once
+        self._held: set[str] = set()  # kinds of holding on used (peers.holdon)
         self.rtt = pacing.Meter()  # round trips measured, and the remote's (peers.pacing)
         self._paced: tuple[float | None, float] | None = None  # path RTT, punch timeout (ms)
         self._next_keepalive: float | None = None
@@ -429,8 +426,7 @@ class Session:
             self._on_answer(msg, now)
         elif mtype == "done":
             self.remote_done = msg["outcome"]
-            if self.phase is Phase.RELAY:  # in the punch stage, its deadline asks
-                self._punch_on(now)
+            self._hold_on(now, holdon.on_remote_done(self._facts(now), self.t))
             self._maybe_finish(now)
 
     def handle_signal_closed(self, now: float, why: str) -> None:
@@ -1018,29 +1014,17 @@ class Session:
     # ------------------------------------------------------------------ decisions
 
     def _on_deadline(self, now: float) -> None:
+        if self._hold_on(now, holdon.at_deadline(self._facts(now), self.t)):
+            return
         if self.phase in (Phase.REGISTER, Phase.EXCHANGE):
-            if self._signaling_slow(now):
-                return
             what = "registration" if self.phase is Phase.REGISTER else f"{self.cfg.remote}"
             self._fail(now, "signaling", f"signaling timeout waiting for {what}")
         elif self.phase is Phase.GATHER:
-            if self._gather_slow(now):
-                return
             self.errors.append("gather timeout: going on with the candidates gathered")
             self._check_gathered(now, force=True)
         elif self.phase is Phase.PUNCH:
-            half = any(p.got_probe or p.ack_observed for p in self.direct.values())
-            if half and not self._grace_used:
-                self._grace_used = True
-                self._deadline = now + self.t.punch_grace
-                self._round(now)  # one more probe to answer within the grace
-                return
-            if self._punch_on(now):
-                return
             self._enter_relay(now)
         elif self.phase is Phase.RELAY:
-            if self._remote_not_started(now) or self._relay_on(now):
-                return
             why = f"no relayed probe exchange within {self.t.relay_timeout} s"
             turn_errors = [e for e in self.errors if e.startswith("turn:")]
             self._fail(now, "relay", "; ".join([why, *turn_errors[-1:]]))
@@ -1059,87 +1043,37 @@ class Session:
             self._note(f"pacing: path RTT {rtt * 1000:.0f} ms: punch timeout "
                        f"{self.t.punch_timeout:g} s, grace {self.t.punch_grace:g} s")
 
-    def _punch_on(self, now: float) -> bool:
-        """The remote decided direct: it had our probe and our ack on one path, so that
-        path works both ways and only our own evidence is missing (an ack still in
-        flight, or lost). Rather than give up on it and go to the relay alone, punch on
-        for one more grace, from the relay stage too; once per attempt. Called when its
-        `done` comes and at our punch deadline."""
-        if (self.remote_done != "direct" or self._rejoined or self._restarting
-                or self.phase not in (Phase.PUNCH, Phase.RELAY)):
+    def _facts(self, now: float) -> holdon.Facts:
+        """What peers.holdon weighs when a deadline comes."""
+        def half(paths: dict[Any, _Path]) -> bool:
+            return any(p.got_probe or p.ack_observed for p in paths.values())
+
+        turn = self.turn
+        return holdon.Facts(
+            phase=self.phase.value, used=frozenset(self._held), restarting=self._restarting,
+            remote_done=self.remote_done, half_direct=half(self.direct),
+            half_relayed=half(self.relayed),
+            remote_probed=any(p.got_probe for p in [*self.direct.values(),
+                                                    *self.relayed.values()]),
+            relay_ready=any(a[0] in self._permitted for a in self._remote_relays()),
+            signaling_open=self._signaling_open,
+            turn_answering=(not self._turn_done and turn is not None
+                            and turn.state is not turnmod.State.IDLE and turn.nonce is not None),
+            since_relay=0.0 if self.t_relay_start is None else now - self.t_relay_start)
+
+    def _hold_on(self, now: float, h: holdon.HoldOn | None) -> bool:
+        """Carry out peers.holdon's answer: a later deadline (and, punching or relaying
+        on, a round of probes at once); False when the stage ends as it is."""
+        if h is None:
             return False
-        self._rejoined = True
-        self._note("punch: the remote decided direct: punching on")
-        if self.phase is Phase.RELAY:
-            self.phase = Phase.PUNCH
+        self._held.add(h.kind)
+        self._note(h.note)
+        if h.kind == holdon.PUNCH_ON and self.phase is Phase.RELAY:
+            self.phase = Phase.PUNCH  # the remote's `done: direct` came in our relay stage
             self._interval = self.t.punch_interval
-        # a whole punch timeout more: the path is known to work, only probes get lost
-        self._deadline = now + max(self.t.punch_grace, self.t.punch_timeout)
-        self._round(now)
-        return True
-
-    def _relay_on(self, now: float) -> bool:
-        """The relay stage's counterpart of the punch grace: once, when half a relayed
-        path was seen or the remote said it decided relay (the relay works both ways),
-        one more relay timeout rather than deciding `failed` against a remote that
-        decided `relay`."""
-        half = any(p.got_probe or p.ack_observed for p in self.relayed.values())
-        if self._relayed_on or self._restarting or not (half or self.remote_done == "relay"):
-            return False
-        self._relayed_on = True
-        self._note("relay: half a relayed path seen: relaying on")
-        self._deadline = now + self.t.relay_timeout
-        self._round(now)
-        return True
-
-    def _gather_slow(self, now: float) -> bool:
-        """Once, wait a gather timeout more for a transaction that got an answer to an
-        earlier one but not yet to this one (a TURN Allocate answered with its 401, its
-        authenticated retry not yet: losses, not a dead server)."""
-        if Phase.GATHER in self._waited or self._restarting:
-            return False
-        pending_turn = (not self._turn_done and self.turn is not None
-                        and self.turn.state is not turnmod.State.IDLE and self.turn.nonce)
-        if not pending_turn:
-            return False
-        self._waited.add(Phase.GATHER)
-        self._note("gather: the TURN server answers, the allocation is not done: waiting on")
-        self._deadline = now + self.t.gather_timeout
-        return True
-
-    def _signaling_slow(self, now: float) -> bool:
-        """Once per signaling wait, wait as long again while the connection is up. Over a
-        lossy link a segment of ours or of the remote's signaling is retransmitted with
-        TCP's doubling timer (RFC 6298: 1 s, then 2, 4, 8 s...; three losses in a row
-        of one segment cost 7 s, at 20 % loss on two links one message in 21 needs
-        that): the remote may still be registering, and nothing we can measure says
-        how far its segments are (the sender's backoff is invisible to the receiver).
-        The server waits as long for a register (ServerLimits.register_timeout)."""
-        if self.phase in self._waited or not self._signaling_open or self._restarting:
-            return False
-        self._waited.add(self.phase)
-        self._note(f"signaling: still waiting ({self.phase.value}): once more "
-                   f"{self.t.signaling_timeout:g} s")
-        self._deadline = now + self.t.signaling_timeout
-        return True
-
-    def _remote_not_started(self, now: float) -> bool:
-        """Keep the relay stage open while the remote has not begun: no probe from it,
-        directly or relayed, and no `done`. Its `start` (or its whole exchange) can reach
-        it seconds after ours when its signaling connection loses segments; it waits
-        for that no longer than its signaling timeout, and so do we. Only while our own
-        relay is ready (a permission for the remote's relayed address): else waiting
-        changes nothing."""
-        ready = any(a[0] in self._permitted for a in self._remote_relays())
-        probed = any(p.got_probe for p in [*self.direct.values(), *self.relayed.values()])
-        if not ready or self.remote_done is not None or self.t_relay_start is None or probed:
-            return False  # (an ack proves nothing: a remote answers before it starts)
-        until = self.t_relay_start + max(self.t.relay_timeout, self.t.signaling_timeout)
-        if now >= until:
-            return False
-        if self._deadline is not None and self._deadline < until:
-            self._note("relay: nothing from the remote yet: waiting for it to start")
-        self._deadline = until
+        self._deadline = now + h.seconds
+        if h.kind in holdon.PROBING:
+            self._round(now)
         return True
 
     def _enter_relay(self, now: float) -> None:
@@ -1357,9 +1291,8 @@ class Session:
             self.local.append(Candidate("mapped", *self.strategies.mapped))
         self.remote = []
         self.direct, self.relayed = {}, {}
-        self._offer, self._answered, self._grace_used = None, False, False
-        self._rejoined = self._relayed_on = False
-        self._waited.discard(Phase.EXCHANGE)
+        self._offer, self._answered = None, False
+        self._held -= set(holdon.PER_ATTEMPT)
         self._permitted, self._permission_asked = set(), set()
         self._next_round = None
         self.phase = Phase.GATHER
