@@ -72,6 +72,8 @@ class Facts:
     signaling_open: bool = True
     turn_answering: bool = False  # an allocation under way whose server answered
     since_relay: float = 0.0  # seconds since our relay stage began
+    resumable: bool = True  # punching can start again from the relay stage (UDP probes;
+    #                         a TCP path's attempts were closed when the relay stage began)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def at_deadline(f: Facts, t: Times) -> HoldOn | None:
 def on_remote_done(f: Facts, t: Times) -> HoldOn | None:
     """The remote's `done` came during our relay stage: back to punching if it decided
     direct (punch-on), else nothing (the relay stage's deadline asks at_deadline)."""
-    if f.phase != "relay":
+    if f.phase != "relay" or not f.resumable:
         return None
     return _punch_on(f, t)
 

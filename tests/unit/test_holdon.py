@@ -60,6 +60,7 @@ def test_the_remote_deciding_direct_during_our_relay_stage_sends_us_back_punchin
     assert ho.on_remote_done(replace(relay, remote_done="relay"), T) is None
     assert ho.on_remote_done(replace(relay, phase="punch"), T) is None  # its deadline asks
     assert ho.on_remote_done(replace(relay, used=frozenset({ho.PUNCH_ON})), T) is None
+    assert ho.on_remote_done(replace(relay, resumable=False), T) is None
 
 
 def test_a_punch_on_lasts_the_longer_of_a_grace_and_a_punch_timeout() -> None:
