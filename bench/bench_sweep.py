@@ -10,7 +10,8 @@ restricted-cone,symmetric --loss 0,5,20% --repeat 20: the classic pairings' dire
 rates with their 95 % Wilson intervals; --delay 0,50,200ms sweeps the access links
 one-way delay too, or instead with --loss 0). The run is the real command
 (`matrix --sweep loss=... --repeat N`); its wall time is measured from outside, and
-the table is the one it prints (testbed.sweep), with its sweep.csv kept in --keep DIR.
+the table is the one it prints (testbed.sweep), with its sweep.csv (and results.json)
+kept in --keep DIR.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def main() -> int:
         manifest = json.loads((Path(tmp) / "manifest.json").read_text())
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
-            for name in ("sweep.csv", "sweep.json", "sweep-rates.png", "sweep-ttc.png"):
+            for name in ("sweep.csv", "sweep.json", "sweep-rates.png", "sweep-ttc.png",
+                         "results.json"):  # the slots themselves: why one failed
                 shutil.copy(Path(tmp) / name, args.keep / name)
     slots = sum(int(r["n"]) for r in rows)
     table = res.stdout[res.stdout.index("direct rate per pairing"):].strip()
