@@ -33,6 +33,8 @@ path keeps today's timing (the configured values are the floors):
                      RTT / 2, at most INTERVAL_CAP: no faster retransmission than a
                      probe every half round trip once the first rounds went out
   relay_timeout      K_RELAY x RTT: a relayed probe crosses both access links twice
+  turn_fallback (TCP) K_FALLBACK x our own RTT (known before gathering): the TURN
+                     server's silence over TCP before TLS is tried (turn_fallback)
   resyn (TCP)        K_SYN x RTT: a TCP punching attempt unanswered that long is made
                      again (syn_timing; peers.tcppath)
   done_timeout       how long a peer that decided waits for the remote's `done`, still
@@ -142,6 +144,17 @@ def syn_timing(resyn: float, retry_max: float, rtt: float | None) -> tuple[float
     rtt = rtt or 0.0
     return (round(_up(resyn, K_SYN * rtt), 6),
             round(max(retry_max, min(rtt / 2, INTERVAL_CAP)), 6))
+
+
+K_FALLBACK = 3.0  # TURN over TCP: silence this many of our round trips before TLS
+
+
+def turn_fallback(floor: float, own: float | None) -> float:
+    """How long the TURN server may stay silent over TCP before the peer tries TLS
+    (Timing.turn_fallback, with transport tcp): a TCP connect takes a round trip to the
+    server, and the first packet to a new neighbour one more on a delayed link (ARP is
+    delayed too); measured before gathering from the signaling registration."""
+    return round(_up(floor, K_FALLBACK * (own or 0.0)), 6)
 
 
 def longest(base: Base, *, punch_fixed: bool = False) -> dict[str, Any]:

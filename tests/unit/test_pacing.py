@@ -111,3 +111,9 @@ def test_syn_timing_waits_a_round_trip_and_a_half_for_an_answer() -> None:
     assert pacing.syn_timing(0.25, 0.2, 0.002) == (0.25, 0.2)
     assert pacing.syn_timing(0.25, 0.2, 0.8) == (1.2, 0.4)  # 800 ms path: 1.5 RTT, RTT/2
     assert pacing.syn_timing(0.25, 0.2, 20.0) == (pacing.CAP, pacing.INTERVAL_CAP)
+
+
+def test_turn_fallback_waits_three_of_our_round_trips() -> None:
+    assert pacing.turn_fallback(0.5, None) == 0.5
+    assert pacing.turn_fallback(0.5, 0.01) == 0.5
+    assert pacing.turn_fallback(0.5, 0.4) == pytest.approx(1.2)  # 200 ms each way
