@@ -26,6 +26,8 @@ decides only on an authenticated probe AND an authenticated ack crossing on one 
   signaling  registration or the exchange, the connection up: TCP's doubling
              retransmission timer (RFC 6298: 1 s, 2 s, 4 s...; 3 s after a lost SYN)
              makes lossy signaling slow, not dead: a signaling timeout more, once each
+             (the server still closes a connection without a register after its own
+             10 s: peers.signaling.ServerLimits)
   gather     a TURN allocation whose server answered (its 401) but whose authenticated
              retry is not answered yet: a gather timeout more
 """
