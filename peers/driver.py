@@ -7,6 +7,12 @@ one peer (the peer program, peers.peer) and a few hundred at once (the traversal
 matrix, testbed.matrix.runner) alike: each Endpoint's sockets were opened by the
 caller, inside that peer's namespace, so every datagram crosses the peer's own NAT.
 
+A TCP session (transport tcp, TURN over TCP or TLS) also asks for connections
+(peers.streams: Open, Write, Close): the driver makes each from a new socket that
+Endpoint.new_socket opens in the peer's namespace, from the listening socket's port
+when asked (SO_REUSEADDR and SO_REUSEPORT, as TCP hole punching needs), accepts
+connections on Endpoint.listener, and feeds the session what happens to them.
+
 With a `gate` (an admission control: Gate), the driver starts a group of endpoints
 (a matrix slot's two peers) only once the gate admits it, and lets the gate know when
 every session of the group has decided: only so many slots are in their timing-
@@ -33,6 +39,7 @@ from peers.pacing import longest
 from peers.result import Lateness, PeerResult
 from peers.session import Phase, Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
+from peers.streams import Close, Open, Write
 
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_S = 0.25  # between tries to reconnect signaling during a call
@@ -43,6 +50,30 @@ READ_BURST = 256  # datagrams read per wake-up, so timers still get their turn
 # from an earlier probe, a full queue) is a result to count, not a failure of the peer.
 TOLERATED_SEND_ERRORS = (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
                          errno.ECONNREFUSED, errno.EPERM)
+ACCEPT_BURST = 16  # connections accepted per wake-up
+STREAM_CHUNK = 65536
+MAX_UNSENT = 1 << 20  # bytes a connection may hold unsent; beyond, it is closed
+
+
+def why(code: int) -> str:
+    """A connection error as the session gets it: the errno's name first."""
+    return f"{errno.errorcode.get(code, str(code))}: {os.strerror(code)}"
+
+
+def listening_socket(ip: str, port: int) -> socket.socket:
+    """A TCP session's host candidate: a port that listens and connects out at once
+    (SO_REUSEADDR and SO_REUSEPORT on it and on every connection from it)."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    lst.bind((ip, port))
+    lst.listen(16)
+    return lst
+
+
+def plain_tcp_socket() -> socket.socket:
+    """A TCP socket in the caller's own namespace (the peer program runs inside it)."""
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
 def transmit(sock: socket.socket, out: Transmit) -> bool:
@@ -62,8 +93,8 @@ def wait_budget(t: Timing) -> float:
     waiting a signaling timeout for a remote that has not started, and both signaling
     waits (registration, exchange) extended once on a slow connection."""
     t = replace(t, **longest(t, punch_fixed=t.punch_fixed))
-    return (5 * t.signaling_timeout + t.gather_timeout + 2 * t.punch_timeout + t.punch_grace
-            + 2 * t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
+    return (5 * t.signaling_timeout + t.turn_fallback + t.gather_timeout + 2 * t.punch_timeout
+            + t.punch_grace + 2 * t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
 
 
 def new_tcp() -> socket.socket:
@@ -131,6 +162,11 @@ class Endpoint:
     send_errors: int = 0
     finished_at: float | None = None
     result: PeerResult | None = None
+    listener: socket.socket | None = None  # TCP, listening on the host candidate's port
+    new_socket: Callable[[], socket.socket] = plain_tcp_socket  # in the peer's namespace
+    streams: dict[int, socket.socket] = field(default_factory=dict)  # by cid
+    unsent: dict[int, bytearray] = field(default_factory=dict)
+    next_accepted: int = -1  # accepted connections get -1, -2, ...
 
 
 @dataclass
@@ -220,9 +256,12 @@ class Driver:
             sock.setblocking(False)
             with contextlib.suppress(OSError):  # receive timestamps: how late we read
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            self.sel.register(sock, selectors.EVENT_READ, (ep, via))
+            self.sel.register(sock, selectors.EVENT_READ, (ep, via, 0))
         if ep.sig is not None:
-            self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
+            self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig", 0))
+        if ep.listener is not None:
+            ep.listener.setblocking(False)
+            self.sel.register(ep.listener, selectors.EVENT_READ, (ep, "listen", 0))
 
     # -- the loop
 
@@ -264,8 +303,8 @@ class Driver:
                 wait = min(wait, RECONNECT_S)
                 self._reconnect(now)
             touched: set[int] = set()
-            for key, _ in self.sel.select(wait):
-                ep, kind = key.data
+            for key, events in self.sel.select(wait):
+                ep, kind, cid = key.data
                 if kind == "start":
                     assert gating is not None
                     gating.connected(index[id(ep)], due)
@@ -274,8 +313,14 @@ class Driver:
                     self._read_udp(ep, kind)
                 elif kind == "connect":
                     self._connected(ep)
-                else:
+                elif kind == "sig":
                     self._read_signaling(ep)
+                elif kind == "listen":
+                    self._accept(ep)
+                elif kind == "connecting":
+                    self._stream_connected(ep, cid)
+                else:
+                    self._stream_event(ep, cid, events)
                 self._flush(ep)
                 touched.add(index[id(ep)])
             now = self.clock()
@@ -359,7 +404,7 @@ class Driver:
         ep.tcp.setblocking(False)
         rc = ep.tcp.connect_ex(self.signaling)
         if rc in (0, errno.EINPROGRESS):
-            self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "start"))
+            self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "start", 0))
             return True
         ep.connect_error = f"cannot connect to {self._where()}: {os.strerror(rc)}"
         return False
@@ -393,7 +438,7 @@ class Driver:
             rc = ep.tcp.connect_ex(self.signaling)
             if rc in (0, errno.EINPROGRESS):
                 ep.reconnecting = True
-                self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "connect"))
+                self.sel.register(ep.tcp, selectors.EVENT_WRITE, (ep, "connect", 0))
 
     def _connected(self, ep: Endpoint) -> None:
         self.sel.unregister(ep.tcp)
@@ -404,7 +449,7 @@ class Driver:
         ep.tcp.settimeout(self.connect_timeout_s)
         ep.tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ep.sig = SignalingClient(ep.tcp)
-        self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig"))
+        self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig", 0))
         ep.session.handle_signal_reconnected(self.clock())
 
     def _drop_signaling(self, ep: Endpoint, why: str) -> None:
@@ -416,24 +461,147 @@ class Driver:
         ep.session.handle_signal_closed(self.clock(), why)
 
     def _flush(self, ep: Endpoint) -> None:
-        for out in ep.session.take_outputs():
-            if isinstance(out, Transmit):
-                sock = ep.udp if out.via == 0 else ep.extra[out.via - 1]
-                if not transmit(sock, out):
-                    ep.send_errors += 1
-            elif isinstance(out, Signal) and ep.sig is not None:
-                try:
-                    ep.sig.send(out.msg)
-                except OSError as e:
-                    self._drop_signaling(ep, str(e))
+        # Carrying out an output may tell the session something (a connect() that fails
+        # at once), which may ask for more: until it asks for nothing.
+        while outs := ep.session.take_outputs():
+            for out in outs:
+                if isinstance(out, Transmit):
+                    sock = ep.udp if out.via == 0 else ep.extra[out.via - 1]
+                    if not transmit(sock, out):
+                        ep.send_errors += 1
+                elif isinstance(out, Signal):
+                    if ep.sig is not None:
+                        try:
+                            ep.sig.send(out.msg)
+                        except OSError as e:
+                            self._drop_signaling(ep, str(e))
+                elif isinstance(out, Open):
+                    self._open(ep, out)
+                elif isinstance(out, Write):
+                    self._write(ep, out.cid, out.data)
+                elif isinstance(out, Close):
+                    self._close_stream(ep, out.cid)
 
     def _close(self, ep: Endpoint) -> None:
-        for s in (ep.udp, ep.tcp, *ep.extra):
-            if s.fileno() >= 0:
+        for cid in list(ep.streams):
+            self._close_stream(ep, cid)
+        for s in (ep.udp, ep.tcp, ep.listener, *ep.extra):
+            if s is not None and s.fileno() >= 0:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)
                 s.close()
         ep.sig = None
+
+    # -- TCP connections (peers.streams)
+
+    def _open(self, ep: Endpoint, out: Open) -> None:
+        ip, port = ep.session.cfg.host
+        sock = ep.new_socket()
+        try:
+            if out.shared_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((ip, port if out.shared_port else 0))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            rc = sock.connect_ex(out.remote)
+        except OSError as e:
+            rc = e.errno or errno.EIO
+        if rc not in (0, errno.EINPROGRESS):
+            sock.close()
+            ep.session.handle_stream_failed(out.cid, why(rc), self.clock())
+            return
+        ep.streams[out.cid] = sock
+        self.sel.register(sock, selectors.EVENT_WRITE, (ep, "connecting", out.cid))
+
+    def _stream_connected(self, ep: Endpoint, cid: int) -> None:
+        sock = ep.streams[cid]
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._close_stream(ep, cid)
+            ep.session.handle_stream_failed(cid, why(err), self.clock())
+            return
+        self.sel.modify(sock, self._events(ep, cid), (ep, "stream", cid))
+        ep.session.handle_stream_open(cid, self.clock())
+
+    def _accept(self, ep: Endpoint) -> None:
+        assert ep.listener is not None
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, src = ep.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            cid = ep.next_accepted
+            ep.next_accepted -= 1
+            if not ep.session.handle_accepted(cid, (src[0], src[1]), self.clock()):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ep.streams[cid] = sock
+            self.sel.register(sock, selectors.EVENT_READ, (ep, "stream", cid))
+
+    def _events(self, ep: Endpoint, cid: int) -> int:
+        return selectors.EVENT_READ | (selectors.EVENT_WRITE if ep.unsent.get(cid) else 0)
+
+    def _stream_event(self, ep: Endpoint, cid: int, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._send_unsent(ep, cid)
+        if events & selectors.EVENT_READ and cid in ep.streams:
+            try:
+                data = ep.streams[cid].recv(STREAM_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._close_stream(ep, cid)
+                ep.session.handle_stream_closed(cid, why(e.errno or errno.EIO), self.clock())
+                return
+            if not data:
+                self._close_stream(ep, cid)
+                ep.session.handle_stream_closed(cid, "closed by the other side", self.clock())
+                return
+            ep.session.handle_stream_data(cid, data, self.clock())
+
+    def _write(self, ep: Endpoint, cid: int, data: bytes) -> None:
+        if cid not in ep.streams:
+            return  # closed meanwhile: what it asked to send goes nowhere
+        buf = ep.unsent.setdefault(cid, bytearray())
+        buf += data
+        if len(buf) > MAX_UNSENT:  # the other side does not read
+            self._close_stream(ep, cid)
+            ep.session.handle_stream_closed(cid, "ENOBUFS: the other side does not read",
+                                            self.clock())
+            return
+        self._send_unsent(ep, cid)
+
+    def _send_unsent(self, ep: Endpoint, cid: int) -> None:
+        sock, buf = ep.streams.get(cid), ep.unsent.get(cid)
+        if sock is None or not buf:
+            return
+        key = self.sel.get_key(sock)
+        if key.data[1] == "connecting":
+            return  # sent once connected
+        try:
+            sent = sock.send(buf)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._close_stream(ep, cid)
+            ep.session.handle_stream_closed(cid, why(e.errno or errno.EIO), self.clock())
+            return
+        del buf[:sent]
+        self.sel.modify(sock, self._events(ep, cid), key.data)
+
+    def _close_stream(self, ep: Endpoint, cid: int) -> None:
+        sock = ep.streams.pop(cid, None)
+        ep.unsent.pop(cid, None)
+        if sock is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock)
+        sock.close()
 
 
 class _Gating:

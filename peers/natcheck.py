@@ -1,7 +1,10 @@
 """RFC 5780 NAT behaviour discovery client.
 
     python -m peers.natcheck --server 203.0.113.3 [--port 3478] [--json]
-                             [--lifetime --lifetime-max 10]
+                             [--lifetime --lifetime-max 10] [--transport tcp]
+
+Over UDP by default; --transport tcp runs the same tests over TCP connections
+(peers.natcheck_tcp).
 
 Runs, against a server with two addresses and two ports (peers.stun_server, coturn):
   mapping     Test I / II / III from one socket (RFC 5780 4.3)
@@ -255,6 +258,7 @@ class Settings:
     lifetime: bool = False
     lifetime_max: float = 10.0
     lifetime_resolution: float = 0.5
+    transport: str = "udp"  # or "tcp" (peers.natcheck_tcp)
     allocations: int = 0  # new mappings to observe (pooling, port blocks), one socket each
     progress: bool = False  # a line per phase and lifetime trial on stderr
 
@@ -301,7 +305,7 @@ def _discover(
 ) -> dict[str, Any]:
     started = clock()
     waits = settings.waits()
-    _progress(settings, "RFC 5780 tests: mapping, filtering, hairpinning")
+    say_progress(settings, "RFC 5780 tests: mapping, filtering, hairpinning")
     m1 = Probe("mapping_test_1", a, primary, binding_request(), a)
     f1 = Probe("filtering_test_1", f, primary, binding_request(), f)
     run_probes([m1, f1], waits, clock)
@@ -329,6 +333,7 @@ def _discover(
             "hairpinning": hp.answer is not None,
         }
     result: dict[str, Any] = {
+        "transport": "udp",
         "server": list(primary),
         "mapping": verdict_inputs.get("mapping", UNKNOWN),
         "filtering": verdict_inputs.get("filtering", UNKNOWN),
@@ -347,7 +352,7 @@ def _discover(
         t_lt = clock()
 
         def trial(n: int, idle: float) -> None:
-            _progress(settings, f"mapping lifetime: trial {n} of at most {most}: idle "
+            say_progress(settings, f"mapping lifetime: trial {n} of at most {most}: idle "
                                 f"{idle:g} s ({clock() - t_lt:.0f} s so far)")
 
         lt = lifetime_search(
@@ -364,8 +369,8 @@ def _discover(
             "trials": [{"idle_s": t, "alive": alive} for t, alive in lt.trials],
         }
     if settings.allocations and mapped is not None:
-        _progress(settings, f"{settings.allocations} new mappings, one socket each: pooling "
-                            "and the ports allocated")
+        say_progress(settings, f"{settings.allocations} new mappings, one socket each: pooling "
+                    "and the ports allocated")
         result["allocations"] = _allocations(settings, primary, a.getsockname()[0], waits,
                                              clock)
         result["allocation"] = describe_allocations(
@@ -402,7 +407,7 @@ def describe_allocations(seen: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
             "ports": [min(ports), max(ports)]}
 
 
-def _progress(settings: Settings, text: str) -> None:
+def say_progress(settings: Settings, text: str) -> None:
     if settings.progress:
         print(f"{PROGRESS}{text}", file=sys.stderr, flush=True)
 
@@ -451,8 +456,9 @@ def render_text(r: dict[str, Any]) -> str:
     if r["lifetime_s"] is not None:
         at_least = r["tests"]["lifetime"]["at_least"]
         lifetime = f"{'>= ' if at_least else ''}{r['lifetime_s']} s"
+    over = f" over {r['transport'].upper()}" if r.get("transport", "udp") != "udp" else ""
     lines = [
-        f"NAT check against {addr(r['server'])} from {addr(r['local_address'])}",
+        f"NAT check against {addr(r['server'])}{over} from {addr(r['local_address'])}",
         f"mapped address:    {addr(r['mapped_address'])}"
         + (" (no NAT: mapped == local)" if r["nat_present"] is False else ""),
         f"mapping:           {r['mapping']}",
@@ -480,6 +486,8 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--allocations", type=int, default=0, metavar="N",
                    help="also open N new mappings: pooling and port range (0-256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="run the tests over UDP (default) or TCP connections")
     p.add_argument("--progress", action="store_true",
                    help=f"a line per phase and lifetime trial on stderr, after {PROGRESS!r}")
     args = p.parse_args(None if argv is None else list(argv))
@@ -489,6 +497,10 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
         p.error("need --tries >= 1 and 0 < --rto <= --max-rto")
     if args.lifetime_max <= 0 or args.lifetime_resolution <= 0:
         p.error("--lifetime-max and --lifetime-resolution must be positive")
+    if args.lifetime and args.transport == "tcp":
+        p.error("--lifetime: over UDP only (a TCP connection's mapping lives for hours)")
+    if args.allocations and args.transport == "tcp":
+        p.error("--allocations: over UDP only")
     settings = Settings(
         args.server,
         args.port,
@@ -499,6 +511,7 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
         args.lifetime,
         args.lifetime_max,
         args.lifetime_resolution,
+        args.transport,
         args.allocations,
         args.progress,
     )
@@ -508,7 +521,11 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
 def main(argv: Iterable[str] | None = None) -> int:
     settings, as_json = parse_args(argv)
     try:
-        result = discover(settings)
+        if settings.transport == "tcp":
+            from peers.natcheck_tcp import discover_tcp  # it imports this module
+            result = discover_tcp(settings)
+        else:
+            result = discover(settings)
     except OSError as exc:
         print(f"natcheck: {exc}", file=sys.stderr)
         return 1

@@ -1,9 +1,15 @@
 """The peer program: one UDP socket, one signaling connection, one JSON result.
 
-    python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:7000 \\
+    python -m peers.peer --id alice --remote bob --signaling 203.0.113.6:443 \\
         --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
         --result out.json [--punch-timeout 1.0] [--hold 0] \\
+        [--transport tcp] [--turn-tls 203.0.113.5:443 --turn-ca cert.pem]
         [--strategy stun,predict,birthday,portmap] [--birthday-sockets 256 ...]
+
+With --transport tcp the direct path is a TCP simultaneous open from a listening
+port (its host candidate), STUN and TURN go over TCP; --turn-tls adds TURN over TLS
+as the fallback when the TURN server cannot be reached otherwise. The hard-NAT
+strategies (--strategy beyond stun) punch UDP only.
 
 All the logic is in peers.session.Session (sans-IO), driven by peers.driver (the
 same driver the traversal matrix uses for hundreds of peers at once); this file is
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from peers import birthday as bd
 from peers.candidates import Address
-from peers.driver import Driver, Endpoint
+from peers.driver import Driver, Endpoint, listening_socket
 from peers.result import PeerResult
 from peers.session import STRATEGIES, PeerConfig, Session, Strategies, Timing
 
@@ -54,8 +60,8 @@ def source_ip_towards(dst: Address) -> str:
 def timing_from(args: argparse.Namespace) -> Timing:
     names = ("punch_timeout", "punch_interval", "punch_interval_max", "relay_timeout",
              "relay_interval", "stun_rto", "gather_timeout", "signaling_timeout",
-             "keepalive_interval", "hold", "done_timeout", "call", "data_interval",
-             "consent_timeout", "max_restarts", "restart_backoff")
+             "keepalive_interval", "hold", "done_timeout", "turn_fallback", "call",
+             "data_interval", "consent_timeout", "max_restarts", "restart_backoff")
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     # a punch timeout given is used as it is; else peers.pacing scales it to the path,
     # from the default or from --punch-floor
@@ -107,7 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--turn-pass", default="")
     ap.add_argument("--result", type=Path, help="write the JSON result here (else stdout)")
     ap.add_argument("--bind", metavar="IP", help="local address (default: the route's source)")
-    ap.add_argument("--port", type=int, default=0, help="local UDP port (default: any)")
+    ap.add_argument("--port", type=int, default=0,
+                    help="local UDP port, or TCP port with --transport tcp (default: any)")
+    ap.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                    help="the direct path: UDP hole punching (default) or TCP simultaneous open")
+    ap.add_argument("--turn-tls", type=parse_addr, metavar="IP:PORT",
+                    help="the TURN server over TLS: the fallback (a network that lets out "
+                         "only web traffic)")
+    ap.add_argument("--turn-ca", type=Path, metavar="FILE",
+                    help="PEM certificate the TLS TURN server must present")
     ap.add_argument("--trace", action="store_true", help="add the event trace to the result")
     h = ap.add_argument_group("hard NATs")
     h.add_argument("--strategy", type=parse_strategies, default=("stun",),
@@ -126,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",
-                 "keepalive-interval", "hold", "done-timeout", "call", "data-interval",
-                 "consent-timeout", "restart-backoff"):
+                 "keepalive-interval", "hold", "done-timeout", "turn-fallback", "call",
+                 "data-interval", "consent-timeout", "restart-backoff"):
         default = getattr(Timing(), flag.replace("-", "_"))
         more = (" and at least 3 round trips of the path, unless given (peers.pacing)"
                 if flag == "punch-timeout" else "")
@@ -171,27 +185,42 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as e:
         print(f"peer: bad timing: {e}", file=sys.stderr)
         return 2
+    if args.turn_tls is not None and args.turn_ca is None:
+        print("peer: --turn-tls needs --turn-ca (the certificate to trust)", file=sys.stderr)
+        return 2
+    try:
+        turn_ca = args.turn_ca.read_text() if args.turn_ca is not None else ""
+    except OSError as e:
+        print(f"peer: --turn-ca: {e}", file=sys.stderr)
+        return 2
     try:
         strategies = strategies_from(args)
     except ValueError as e:
         print(f"peer: {e}", file=sys.stderr)
         return 2
+    if args.transport == "tcp" and strategies != Strategies():
+        print("peer: --strategy: predict, birthday and portmap work over UDP only; "
+              "leave out --transport tcp", file=sys.stderr)
+        return 2
     toward = args.stun or args.turn or args.signaling
     bind_ip = args.bind or source_ip_towards(toward)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener = listening_socket(bind_ip, args.port) if args.transport == "tcp" else None
     extra = open_extra(bind_ip, strategies)
     try:
-        udp.bind((bind_ip, args.port))
-        host = udp.getsockname()
+        udp.bind((bind_ip, 0 if listener else args.port))
+        host = (listener or udp).getsockname()
         cfg = PeerConfig(id=args.id, remote=args.remote, host=(host[0], host[1]),
                          stun=args.stun, turn=args.turn, turn_user=args.turn_user,
                          turn_pass=args.turn_pass, token=args.token, timing=timing,
-                         trace=args.trace, strategies=strategies)
-        ep = Endpoint(Session(cfg), udp, tcp, extra=extra)
+                         trace=args.trace, transport=args.transport,
+                         turn_tcp=args.turn if args.transport == "tcp" else None,
+                         turn_tls=args.turn_tls, turn_ca=turn_ca, strategies=strategies)
+        ep = Endpoint(Session(cfg), udp, tcp, extra=extra, listener=listener)
         Driver([ep], args.signaling).run()
     finally:
-        for s in (udp, tcp, *extra):
+        for s in (udp, tcp, *extra, *([listener] if listener is not None else [])):
             with contextlib.suppress(OSError):
                 s.close()
     assert ep.result is not None  # the driver finishes every session it starts

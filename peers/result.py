@@ -49,8 +49,8 @@ class GatherTimings:
 
 @dataclass
 class Packets:
-    """Datagrams the session sent and received on its one UDP socket (the session counts
-    into its own instance; a result holds a copy)."""
+    """Datagrams the session sent and received on its one UDP socket, and probes on its
+    TCP connections (the session counts into its own instance; a result holds a copy)."""
 
     sent: int = 0
     received: int = 0
@@ -151,6 +151,8 @@ class PeerResult:
     gather_ms: GatherTimings = field(default_factory=GatherTimings)
     turn_client: str | None = None  # "ip:port" the TURN server saw us from, if allocated
     send_errors: int | None = None  # datagrams the network refused (counted by the driver)
+    transport: str = "udp"  # of the direct path: udp (hole punching) or tcp (simultaneous open)
+    turn_transport: str | None = None  # how we reached the TURN server: udp, tcp or tls
     trace: tuple[tuple[float, str], ...] | None = None  # (ms, event), when asked for
     restarts: tuple[RestartResult, ...] = ()  # during a call: each loss of the path
     lateness: Lateness | None = None  # measured by the driver (None: not measured)
@@ -194,6 +196,8 @@ class PeerResult:
             "gather_ms": {k: getattr(self.gather_ms, k) for k in GATHER_TIMINGS},
             "turn_client": self.turn_client,
             "send_errors": self.send_errors,
+            "transport": self.transport,
+            "turn_transport": self.turn_transport,
             "trace": None if self.trace is None else [[t, e] for t, e in self.trace],
             "restarts": [r.to_json() for r in self.restarts],
             "lateness_ms": None if self.lateness is None else self.lateness.to_json(),
@@ -229,6 +233,8 @@ class PeerResult:
                                                   rec.NUMBER) for k in GATHER_TIMINGS}),
             turn_client=rec.opt(data, "turn_client", where, (str,)),
             send_errors=rec.opt(data, "send_errors", where, (int,)),
+            transport=rec.opt(data, "transport", where, (str,), "udp"),
+            turn_transport=rec.opt(data, "turn_transport", where, (str,)),
             trace=_trace(rec.opt(data, "trace", where, (list,)), rec.at(where, "trace")),
             restarts=rec.items(data, "restarts", where, RestartResult.from_json,
                                required=False),

@@ -36,14 +36,27 @@ Stages, in order:
   relay      if no direct path within punch_timeout, probes go through our
              TURN allocation to the remote's relayed address until both
              directions are confirmed the same way, or relay_timeout.
+
+With `transport: tcp` the direct path is TCP: the host candidate is the session's
+listening port, the srflx one comes from a STUN binding over a TCP connection from
+that same port, and punching is a simultaneous open from it to the remote's
+candidates (peers.tcppath: a small state machine of its own, fed the driver's
+stream events), judged by the same authenticated probes, now on the connections.
+The TURN server is reached over TCP then (peers.turnlink). Either way, if nothing at
+all (not even its 401 challenge) has come back from the TURN server by
+Timing.turn_fallback, or the way fails, the session tries TURN over TLS on the
+server's TLS port: a network that lets out only web traffic (type corporate). The
+fallback way gets a full gather_timeout of its own: there, the relay candidate is
+the only way out, and going on without it would fail for certain.
 Then the peer tells the remote `done`, keeps the chosen path alive with
 keepalive probes, and finishes once the remote is done too (or after
 done_timeout) and `hold` has passed.
 
 Application data (optional, PeerConfig.app_bytes): once decided, the session sends
 that many bytes over the chosen path (straight to the remote's address, or as TURN
-data through its allocation), in datagrams that start with APP_MAGIC, paced in small
-bursts, and counts the remote's; it holds the path (and the allocation) until both
+data through its allocation; over TCP, as frames on the chosen connection), in
+datagrams that start with APP_MAGIC, paced in small bursts, and counts the remote's;
+it holds the path (and the allocation) until both
 have crossed or done_timeout. This is what the wire judge (testbed.wire) measures
 for the project's own peer, in a contract program (peers.adapters.own) and in the
 matrix alike. The bytes go once, after the first decision: a call's restarts (below)
@@ -65,6 +78,10 @@ reconnects, the peer registers again (a valid registration takes over its id)
 and sends what it had to say meanwhile, and a restart's offer that got no answer;
 the remote answers that offer again if it had answered it already (the answer
 may be what the reset lost).
+A TCP session's call sends its data and consent checks as frames on the chosen
+connection (or through the relay), and consent expires the same way; but it does not
+restart: new connections from its listening port would reuse the 4-tuples its old
+ones still hold (or TIME_WAIT does). The loss is recorded as a failed restart.
 
 What a packet that is not fresh and authentic can make a peer do is bounded:
 nothing but a counter (rejected, replayed). A fresh authentic probe from a new
@@ -77,6 +94,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -90,7 +108,11 @@ from peers import probe as pr
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
 from peers.credentials import register_proof
+from peers.framing import FramingError, StunStreamReader
 from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
+from peers.streams import CidCounter, Close, Open, Write
+from peers.tcppath import TcpPath
+from peers.turnlink import TurnLink, tls_context
 
 Rng = Callable[[int], bytes]
 APP_MAGIC = b"NTAPP1"  # starts every application-data datagram (after the decision)
@@ -114,6 +136,7 @@ class Timing:
     stun_rto: float = 0.1  # RFC 8489 says 0.5 s on the internet; the lab is sub-ms
     stun_transmits: int = 4
     turn_rto: float = 0.1
+    turn_fallback: float = 0.5  # nothing heard from the TURN server by then: try TLS
     gather_timeout: float = 2.0
     signaling_timeout: float = 10.0  # waiting for the remote's offer/answer/start
     keepalive_interval: float = 1.0  # also the consent check interval during a call
@@ -184,14 +207,32 @@ class PeerConfig:
     timing: Timing = field(default_factory=Timing)
     trace: bool = False  # include the event trace in the result
     token: str = ""  # signaling credential for our id, issued by the testbed
+    transport: str = "udp"  # of the direct path; tcp: `host` is the listening port
+    turn_tcp: Address | None = None  # the TURN server over TCP (the way with transport tcp)
+    turn_tls: Address | None = None  # and over TLS: the fallback
+    turn_ca: str = ""  # PEM: the only certificate the TLS server may present
     strategies: Strategies = field(default_factory=Strategies)
     app_bytes: int = 0  # application data to send once decided (0: none)
-    app_chunk: int = 1000  # bytes of it per datagram, at most
+    app_chunk: int = 1000  # bytes of it per datagram (or TCP frame), at most
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"PeerConfig.transport: {self.transport!r}, expected one of "
+                             f"{', '.join(TRANSPORTS)}")
+        if self.turn_tls is not None and not self.turn_ca:
+            raise ValueError("PeerConfig.turn_ca: TURN over TLS needs the server's certificate")
+        if self.transport == "tcp" and self.strategies != Strategies():
+            raise ValueError("PeerConfig.strategies: predict, birthday and portmap work over "
+                             "UDP only")
         if self.app_bytes < 0 or not 1 <= self.app_chunk <= 60000:
             raise ValueError(f"PeerConfig: app_bytes >= 0 and app_chunk 1..60000, got "
                              f"{self.app_bytes}, {self.app_chunk}")
+
+
+TRANSPORTS = ("udp", "tcp")
+TCP_NO_RESTART = ("a TCP session does not restart: new connections from its port would "
+                  "reuse the 4-tuples its old ones hold")
+STREAM_RTO = 0.5  # a request over TCP is sent once; its answer is awaited 16 x this
 
 
 @dataclass(frozen=True)
@@ -219,7 +260,7 @@ class _Restart:
     pair: tuple[Candidate, Candidate] | None = None
 
 
-Output = Transmit | Signal
+Output = Transmit | Signal | Open | Write | Close
 
 
 class Phase(StrEnum):
@@ -317,14 +358,28 @@ class Session:
         self._bd_targets: set[Address] = set()
         self._pair_via = 0
 
-        # TURN
+        # TURN, over the first of its ways that works (_turn_ways)
+        self._turn_rng = random.Random(int.from_bytes(rng(8)))
+        self._turn_ways = self._ways()
         self.turn: turnmod.TurnClient | None = None
-        if cfg.turn is not None:
-            self.turn = turnmod.TurnClient(
-                cfg.turn, cfg.turn_user, cfg.turn_pass,
-                rng=random.Random(int.from_bytes(rng(8))), rto=self.t.turn_rto,
-            )
-        self._turn_done = cfg.turn is None
+        self.turn_link: TurnLink | None = None  # when the way is a stream
+        self.turn_transport: str | None = None
+        self._turn_fallback_at: float | None = None
+        if self._turn_ways and self._turn_ways[0][0] == "udp":
+            self._use_turn_way(self._turn_ways.pop(0))
+        self._turn_done = self.turn is None and not self._turn_ways
+
+        # TCP: connections (peers.streams), the direct path, the STUN binding over TCP
+        self.cids = CidCounter()
+        self.tcp: TcpPath | None = None
+        if cfg.transport == "tcp":
+            self.tcp = TcpPath(cfg.id, cfg.remote, self.cids, self.counters, self._next_seq,
+                               self._window_accept, random.Random(int.from_bytes(rng(8))),
+                               app_prefix=APP_MAGIC)
+        self._stun_cid: int | None = None
+        self._stun_reader = StunStreamReader(channel_data=False)
+        self._tcp_cid: int | None = None  # the direct connection chosen
+        self._tcp_acks = 0  # acks seen on it: each one renews consent during a call
         self._permitted: set[str] = set()
         self._permission_asked: set[str] = set()
 
@@ -385,13 +440,15 @@ class Session:
 
     def next_deadline(self) -> float | None:
         times = [self._deadline, self._next_round, self._stun_next, self._next_keepalive,
-                 self._next_ping, self._burst_next, self._bd_next, self._app_next,
-                 self._next_data, self._restart_at, self._turn_wait_until,
+                 self._next_ping, self._turn_fallback_at, self._burst_next, self._bd_next,
+                 self._app_next, self._next_data, self._restart_at, self._turn_wait_until,
                  self._call_end if self.in_call else None]
         if self._consent_at is not None and self.in_call and self.path is not None:
             times.append(self._consent_at + self.t.consent_timeout)
         if self.turn is not None and self.phase is not Phase.FINISHED:
             times.append(self.turn.next_deadline())
+        if self.tcp is not None and self.phase is not Phase.FINISHED:
+            times.append(self.tcp.next_deadline())
         real = [t for t in times if t is not None]
         return min(real) if real else None
 
@@ -473,6 +530,13 @@ class Session:
         if self.turn is not None:
             self.turn.tick(now)
             self._pump_turn(now)
+        if self._turn_fallback_at is not None and now >= self._turn_fallback_at:
+            self._turn_fallback_at = None
+            if self.turn is None or self.turn.realm is None:  # not even its 401: blocked
+                self._next_turn_way(now, f"no answer within {self.t.turn_fallback} s")
+        if self.tcp is not None:
+            self.tcp.tick(now)
+            self._pump_tcp(now)
         if self._stun_next is not None and now >= self._stun_next:
             self._stun_retransmit(now)
         if self._burst_next is not None and now >= self._burst_next:
@@ -490,6 +554,80 @@ class Session:
         self._call_timers(now)
         if self._deadline is not None and now >= self._deadline:
             self._on_deadline(now)
+
+    # ------------------------------------------------------------------ TCP connections
+
+    def handle_stream_open(self, cid: int, now: float) -> None:
+        """The connection `cid` we asked for (Open) is up."""
+        self._now = now
+        if cid == self._stun_cid:
+            assert self._stun_tid is not None
+            msg = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST,
+                                   transaction_id=self._stun_tid)
+            self.out.append(Write(cid, stun.pack(msg, fingerprint=True)))
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.out.extend(self.turn_link.on_open(now))
+            self._pump_turn(now)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_open(cid, now)
+            self._pump_tcp(now)
+
+    def handle_stream_failed(self, cid: int, why: str, now: float) -> None:
+        """The connection `cid` could not be made; `why` starts with the errno's name."""
+        self._now = now
+        if cid == self._stun_cid:
+            self._stun_cid = None
+            self._stun_failed(now, f"stun over tcp: {why}")
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.turn_link.on_failed(why)
+            self._next_turn_way(now, self.turn_link.failed or why)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_failed(cid, why, now)
+            self._pump_tcp(now)
+
+    def handle_accepted(self, cid: int, remote: Address, now: float) -> bool:
+        """A connection to our listening port; False: refused (the driver closes it)."""
+        self._now = now
+        if self.tcp is None or self.phase in (Phase.RELAY, Phase.DECIDED, Phase.FINISHED):
+            return False  # punching is over: nothing to accept any more
+        ok = self.tcp.on_accepted(cid, remote, now)
+        self._pump_tcp(now)
+        return ok
+
+    def handle_stream_data(self, cid: int, data: bytes, now: float) -> None:
+        self._now = now
+        if self.phase is Phase.FINISHED:
+            return
+        if cid == self._stun_cid:
+            try:
+                messages = self._stun_reader.feed(data)
+            except FramingError as exc:
+                self._stun_failed(now, f"stun over tcp: {exc}")
+                return
+            for msg in messages:
+                self._on_stun(msg, now)
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.out.extend(self.turn_link.on_data(data, now))
+            self._pump_turn(now)
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_data(cid, data, now)
+            self._pump_tcp(now)
+
+    def handle_stream_closed(self, cid: int, why: str, now: float) -> None:
+        self._now = now
+        if cid == self._stun_cid:
+            self._stun_cid = None
+            if not self._stun_done:
+                self._stun_failed(now, f"stun over tcp: closed: {why}")
+        elif self.turn_link is not None and cid == self.turn_link.cid:
+            self.turn_link.on_failed(f"closed: {why}")
+            if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
+                self._next_turn_way(now, self.turn_link.failed or why)
+            else:
+                self.errors.append(f"turn: {self.turn_link.failed}")
+        elif self.tcp is not None and self.tcp.owns(cid):
+            self.tcp.on_closed(cid, why, now)
+            self._pump_tcp(now)
 
     # ------------------------------------------------------------------ outputs
 
@@ -522,12 +660,101 @@ class Session:
 
     def _pump_turn(self, now: float) -> None:
         assert self.turn is not None
-        for data, addr in self.turn.take_datagrams():
-            self._send(data, addr)
+        self._turn_out()
         for ev in self.turn.take_events():
             self._on_turn_event(ev, now)
-        for data, addr in self.turn.take_datagrams():  # sent in reaction to an event
+        self._turn_out()  # sent in reaction to an event
+
+    def _turn_out(self) -> None:
+        """What the TURN client has to send: datagrams, or its link's stream outputs."""
+        assert self.turn is not None
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.flush())
+            return
+        for data, addr in self.turn.take_datagrams():
             self._send(data, addr)
+
+    def _pump_tcp(self, now: float) -> None:
+        assert self.tcp is not None
+        self.out.extend(self.tcp.take_outputs())
+        for note in self.tcp.take_notes():
+            self._note(note)
+        # A connection the remote opened before our `start` came may already have proved
+        # itself: it waits in the path until we punch too.
+        if self.phase is Phase.PUNCH:
+            for ev in self.tcp.take_connected()[:1]:
+                self._tcp_cid = ev.cid
+                self._decide_direct(ev.remote, ev.observed, now)
+        for frame in self.tcp.take_app():
+            self._on_app_data(frame, now)
+        if self._tcp_cid is not None and self.path_kind == "direct":
+            acks = self.tcp.acks(self._tcp_cid)
+            if acks > self._tcp_acks:  # an authenticated answer to a check: consent
+                self._tcp_acks = acks
+                if self._consent_at is not None:
+                    self._consent_at = now
+        self.out.extend(self.tcp.take_outputs())
+
+    def _window_accept(self, seq: int) -> bool:
+        return self._window.accept(seq)
+
+    # ------------------------------------------------------------------ the TURN server's ways
+
+    def _ways(self) -> list[tuple[str, Address]]:
+        """How to reach the TURN server, in the order to try: the transport's own way,
+        then TLS (a network that lets out only web traffic)."""
+        cfg = self.cfg
+        first = (("udp", cfg.turn) if cfg.transport == "udp" else ("tcp", cfg.turn_tcp))
+        ways = [first] if first[1] is not None else []
+        if cfg.turn_tls is not None:
+            ways.append(("tls", cfg.turn_tls))
+        return [(t, a) for t, a in ways if a is not None]
+
+    def _use_turn_way(self, way: tuple[str, Address]) -> None:
+        transport, server = way
+        stream = transport != "udp"
+        try:
+            tls = tls_context(self.cfg.turn_ca) if transport == "tls" else None
+        except ssl.SSLError as exc:  # a certificate that is not one: this way is closed
+            self.errors.append(f"turn over tls: the certificate given: {exc.reason or exc}")
+            self.turn, self.turn_link = None, None
+            return
+        self.turn = turnmod.TurnClient(
+            server, self.cfg.turn_user, self.cfg.turn_pass, rng=self._turn_rng,
+            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7)
+        self.turn_transport = transport
+        self.turn_link = None
+        if stream:
+            self.turn_link = TurnLink(self.turn, transport, self.cids.next(), tls)
+            self.out.extend(self.turn_link.start())
+
+    def _start_turn(self, now: float) -> None:
+        """Allocate over the current way; past turn_fallback, the next way takes over."""
+        while self.turn is None and self._turn_ways:
+            self._use_turn_way(self._turn_ways.pop(0))
+        if self.turn is None:
+            self._turn_done = True
+            return
+        self._turn_fallback_at = now + self.t.turn_fallback if self._turn_ways else None
+        self.turn.allocate(now)
+        self._pump_turn(now)
+
+    def _next_turn_way(self, now: float, why: str) -> None:
+        self._turn_fallback_at = None
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            return
+        self.errors.append(f"turn over {self.turn_transport}: {why}")
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.close())
+        self.turn, self.turn_link = None, None
+        if self._turn_ways and self.phase is not Phase.FINISHED:
+            self._note(f"turn: over {self._turn_ways[0][0]} instead")
+            if self.phase is Phase.GATHER and self._deadline is not None:
+                self._deadline = max(self._deadline, now + self.t.gather_timeout)
+            self._start_turn(now)
+        else:
+            self._turn_done = True
+            self._check_gathered(now)
 
     # ------------------------------------------------------------------ signaling
 
@@ -554,34 +781,41 @@ class Session:
         we are now. No answer within REFRESH_WAIT: we go on without a relay candidate,
         and the refresh goes on retransmitting (a late answer still counts)."""
         self._stun_done = self.cfg.stun is None
-        self._turn_done = self.cfg.turn is None
+        self._turn_done = self.turn is None and not self._turn_ways
         if self.cfg.stun is not None:
             self._stun_tid = self._rng(12)
             self._stun_transmits = 0
-            self._stun_retransmit(now)
-        if self.turn is not None:
-            if self.turn.state is turnmod.State.ALLOCATED:
-                self._turn_refresh = self.turn.refresh(now)
-                self._turn_wait_until = now + self.REFRESH_WAIT
-                self._pump_turn(now)
+            if self.tcp is not None:  # a binding over a connection from the listening port
+                self._stun_cid = self.cids.next()
+                self.out.append(Open(self._stun_cid, self.cfg.stun, shared_port=True))
+                # as long as the UDP binding's retransmissions would take
+                wait = sum(self.t.stun_rto * 2**i for i in range(self.t.stun_transmits))
+                self._stun_next = now + wait
             else:
-                self._allocate_again(now)
+                self._stun_retransmit(now)
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+            self._turn_refresh = self.turn.refresh(now)
+            self._turn_wait_until = now + self.REFRESH_WAIT
+            self._pump_turn(now)
+        elif self._restarting:
+            self._allocate_again(now)
+        elif self.turn is not None or self._turn_ways:
+            self._start_turn(now)
         self._check_gathered(now)
-
-    def _new_turn(self) -> turnmod.TurnClient:
-        assert self.cfg.turn is not None
-        return turnmod.TurnClient(self.cfg.turn, self.cfg.turn_user, self.cfg.turn_pass,
-                                  rng=random.Random(int.from_bytes(self._rng(8))),
-                                  rto=self.t.turn_rto)
 
     def _allocate_again(self, now: float) -> None:
         """A new allocation, from a new client (the old one's state is of no use)."""
         self._turn_wait_until = self._turn_refresh = None
         self._turn_done = False
+        if self.turn is not None and self.turn.state is not turnmod.State.IDLE:
+            # over the way that worked (UDP, or TLS behind a corporate firewall)
+            way = (self.turn_transport or "udp", self.turn.server)
+            if self.turn_link is not None:
+                self.out.extend(self.turn_link.close())
+            self._use_turn_way(way)
         if self.turn is None:
+            self._turn_done = True
             return
-        if self.turn.state is not turnmod.State.IDLE:
-            self.turn = self._new_turn()
         self.turn.allocate(now)
         self._pump_turn(now)
 
@@ -601,7 +835,7 @@ class Session:
             return
         self._offer = msg
         self.secret = msg["secret"]
-        self._key = bytes.fromhex(msg["secret"])
+        self._set_key(bytes.fromhex(msg["secret"]))
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
         self.rtt.remote = pacing.read_rtt_field(msg)
@@ -632,6 +866,11 @@ class Session:
         self.rtt.remote = pacing.read_rtt_field(msg)
         self._signal({"type": "start", "to": self.cfg.remote})
 
+    def _set_key(self, key: bytes) -> None:
+        self._key = key
+        if self.tcp is not None:
+            self.tcp.set_key(key)  # probes wait for it on early connections
+
     def _learn_remote(self, cands: list[dict[str, Any]], now: float) -> None:
         self.remote = dedupe([Candidate.from_json(c) for c in cands])
         self._permit_remote_relays(now)
@@ -645,6 +884,10 @@ class Session:
         self._pace()
         self._deadline = now + self.t.punch_timeout
         self._interval = self.t.punch_interval
+        if self.tcp is not None:
+            self.tcp.start([c.addr for c in punch_targets(self.remote)], now)
+            self._pump_tcp(now)
+            return
         self._round(now)
         self._start_birthday(now)
 
@@ -652,6 +895,13 @@ class Session:
 
     def _stun_retransmit(self, now: float) -> None:
         assert self.cfg.stun is not None and self._stun_tid is not None
+        if self._stun_cid is not None:  # over TCP: nothing is sent again, it timed out
+            self._stun_next = None
+            self.out.append(Close(self._stun_cid))
+            self._stun_cid = None
+            self._stun_failed(now, f"stun over tcp: no answer from "
+                                   f"{self.cfg.stun[0]}:{self.cfg.stun[1]}")
+            return
         if self._stun_transmits >= self.t.stun_transmits:
             self._stun_next = None
             self._stun_done = True
@@ -665,6 +915,14 @@ class Session:
         self._stun_next = now + self.t.stun_rto * 2**self._stun_transmits
         self._stun_transmits += 1
 
+    def _stun_failed(self, now: float, why: str) -> None:
+        self._stun_next = None
+        if self._stun_done:
+            return
+        self.errors.append(why)
+        self._stun_done = True
+        self._check_gathered(now)
+
     def _on_stun(self, data: bytes, now: float) -> None:
         try:
             msg = stun.unpack(data)
@@ -675,6 +933,7 @@ class Session:
             return
         if self._stun_done or msg.transaction_id != self._stun_tid:
             return
+        self._stun_next = None
         other = None
         if msg.msg_class is not stun.Class.SUCCESS:
             self.errors.append(f"stun: error response {msg.get('ERROR-CODE')}")
@@ -748,6 +1007,7 @@ class Session:
         if isinstance(ev, turnmod.DataReceived):
             self._on_relayed(ev.peer, ev.data, now)
         elif isinstance(ev, turnmod.Allocated):
+            self._turn_fallback_at = None
             self._add_local(Candidate("relay", *ev.relayed))
             self.t_relayed = now
             self._note(f"turn: relay {ev.relayed[0]}:{ev.relayed[1]}")
@@ -773,6 +1033,9 @@ class Session:
             self._note(f"turn: the allocation is gone ({ev.code}): a new one")
             self._allocate_again(now)
         elif isinstance(ev, turnmod.RequestFailed):
+            if ev.method is stun.Method.ALLOCATE and self._turn_ways:
+                self._next_turn_way(now, f"Allocate failed: {ev.code} {ev.reason}")
+                return
             self.errors.append(f"turn: {ev.method.name} failed: {ev.code} {ev.reason}")
             if ev.method is stun.Method.ALLOCATE:
                 self._turn_done = True
@@ -791,7 +1054,7 @@ class Session:
         if self.controlling:
             if self.secret is None:  # a restart keeps the session's secret
                 self.secret = self._rng(32).hex()
-                self._key = bytes.fromhex(self.secret)
+                self._set_key(bytes.fromhex(self.secret))
             self._signal(self._offer_msg())
         elif self._offer is not None:
             self._answer()
@@ -866,7 +1129,11 @@ class Session:
     def _keepalive(self, now: float) -> None:
         """Keep the NAT mappings of the path open; during a call, also the consent check."""
         if self.path is not None and self.phase is Phase.DECIDED:
-            if self.path_kind == "direct":
+            if self.path_kind == "direct" and self.tcp is not None:
+                if self._tcp_cid is not None:  # the check's ack comes back on the connection
+                    self.tcp.keepalive(self._tcp_cid)
+                    self._pump_tcp(now)
+            elif self.path_kind == "direct":
                 self._probe_direct(self.path[1].addr, self._pair_via)
             elif self.path_kind == "relay" and self.turn is not None:
                 self._probe_relay(self.path[1].addr)
@@ -1081,6 +1348,9 @@ class Session:
         self.t_punch_end = self.t_relay_start = now
         self.phase = Phase.RELAY
         self._next_round = None
+        if self.tcp is not None:
+            self.tcp.stop()
+            self._pump_tcp(now)
         if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
             self._fail(now, "relay", "no direct path, and no local relay candidate")
             return
@@ -1101,6 +1371,8 @@ class Session:
     def _decide_direct(self, remote: Address, observed: Address, now: float,
                        via: int = 0) -> None:
         self.t_punch_end = now
+        if self.tcp is not None:
+            self.tcp.stop(keep=self._tcp_cid)  # the other connections are not needed
         rc = Candidate(type_of(remote, self.remote), *remote)
         local = self._local_for(observed)
         if via and local.type == "prflx":  # one of our birthday sockets' random mappings
@@ -1167,7 +1439,10 @@ class Session:
             if n <= 0:
                 break
             data = APP_MAGIC + bytes(n)
-            if kind == "direct":
+            if kind == "direct" and self.tcp is not None:
+                if self._tcp_cid is not None:  # a frame on the chosen connection
+                    self.tcp.send_data(self._tcp_cid, data)
+            elif kind == "direct":
                 self._send(data, peer, self._pair_via)
             else:
                 assert self.turn is not None
@@ -1175,6 +1450,8 @@ class Session:
             self.app_sent += n
         if kind == "relay":
             self._pump_turn(now)
+        elif self.tcp is not None:
+            self.out.extend(self.tcp.take_outputs())
         done = self.app_sent >= self.cfg.app_bytes
         self._app_next = None if done else now + APP_INTERVAL
         if done:
@@ -1239,7 +1516,11 @@ class Session:
         data = pr.data(self._key, self.cfg.id, self.cfg.remote, self._rng(pr.NONCE_LEN),
                        seq=self._next_seq())
         self.counters.data_sent += 1
-        if self.path_kind == "direct":
+        if self.path_kind == "direct" and self.tcp is not None:
+            if self._tcp_cid is not None:
+                self.tcp.send_data(self._tcp_cid, data)
+                self._pump_tcp(now)
+        elif self.path_kind == "direct":
             self._send(data, self.path[1].addr, self._pair_via)
         elif self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.send(self.path[1].addr, data)
@@ -1264,11 +1545,25 @@ class Session:
 
     def _path_lost(self, now: float, cause: str) -> None:
         self._note(f"path lost: {cause}")
+        if self.tcp is not None:
+            self._tcp_path_lost(now, cause)
+            return
         self._begin_restart(now, cause, self.gen + 1, announce=True)
+
+    def _tcp_path_lost(self, now: float, cause: str) -> None:
+        """A TCP session's loss is recorded, not restarted. A restart would open new
+        connections from the same listening port to the same STUN server and remote
+        candidates, 4-tuples that the old connections still hold (or TIME_WAIT does)
+        in our own kernel; consent freshness still tells when the path died."""
+        self.restarts.append(_Restart(now, cause, self.gen, outcome="failed",
+                                      reason=TCP_NO_RESTART))
+        self._note("restart: not over TCP")
+        self.path = self.path_kind = None
+        self._next_data = self._consent_at = None
 
     def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
         """Forget the dead path and the old exchange; gather, exchange and punch again."""
-        if not self.in_call or (self._restarting and gen <= self.gen):
+        if not self.in_call or (self._restarting and gen <= self.gen) or self.tcp is not None:
             return
         if not self._restarting:
             if len(self.restarts) >= self.t.max_restarts:
@@ -1372,10 +1667,18 @@ class Session:
         self._note("finish")
         self._deadline = self._next_round = self._next_keepalive = self._stun_next = None
         self._next_ping = self._app_next = None
+        self._turn_fallback_at = None
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
-            for data, addr in self.turn.take_datagrams():
-                self._send(data, addr)
+            self._turn_out()
+        if self.turn_link is not None:
+            self.out.extend(self.turn_link.close())
+        if self.tcp is not None:
+            self.tcp.stop()
+            self.out.extend(self.tcp.take_outputs())
+        if self._stun_cid is not None:
+            self.out.append(Close(self._stun_cid))
+            self._stun_cid = None
         self.phase = Phase.FINISHED
 
     # ------------------------------------------------------------------ result
@@ -1441,6 +1744,8 @@ class Session:
             gather_ms=GatherTimings(stun=ms(t_registered, first["t_srflx"]),
                                     turn=ms(t_registered, first["t_relayed"])),
             turn_client=turn_client,
+            transport=self.cfg.transport,
+            turn_transport=self.turn_transport if turn_client is not None else None,
             restarts=tuple(self._restart_result(r) for r in self.restarts),
             path_rtt_ms=None if self._paced is None else self._paced[0],
             punch_timeout_ms=None if self._paced is None else self._paced[1],

@@ -29,8 +29,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # nftables: the NAT rules; iproute2: ss and ip for users; coturn: the TURN relay and an
-# independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces.
-pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv)
+# independent RFC 5780 classifier (turnutils_natdiscovery); tcpdump: packet traces;
+# openssl: each lab's certificate for TURN over TLS.
+pkgs=(nftables iproute2 coturn tcpdump conntrack iputils-ping procps python3 python3-venv
+      openssl)
 # miniupnpd (nftables backend): the routers' port-mapping daemon (UPnP IGD, NAT-PMP, PCP),
 # run by the testbed inside lab namespaces only; miniupnpc and natpmpc: independent clients.
 pkgs+=(miniupnpd-nftables miniupnpd miniupnpc natpmpc)

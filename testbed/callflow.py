@@ -6,7 +6,10 @@ sequence number in the clear, the rest authenticated). testbed.dynamics.FlowTap
 records them on both hosts' interfaces; here a datagram is matched by (sender, seq)
 between its departure from the sender's host and its arrival at the receiver's,
 whether it went directly or inside TURN messages (Send and Data indications,
-ChannelData: the datagram is found inside the UDP payload).
+ChannelData: the datagram is found inside the UDP payload). A TCP session's frames
+(RFC 4571: a length, then the datagram) are found inside the TCP segment's payload the
+same way, each frame of a segment in turn (a retransmission carries several; a frame seen
+again counts once: first seen wins).
 
 Restored, for an event at time E and one direction: the arrival of the first datagram
 sent at or after E, from which on the flow is steady (no silence longer than
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from peers import probe as pr
 
 ETH_IPV4 = 0x0800
+IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 STEADY_GAP_S = 0.25  # longer silence than this: the flow is not (yet) back
 STEADY_FOR_S = 1.0
@@ -67,22 +71,56 @@ class Flow:
         return {"direction": self.direction, "sent": self.sent, "arrived": self.arrived}
 
 
-def parse_frame(frame: bytes) -> tuple[int, str, str, int] | None:
-    """(kind, sender, receiver, seq) of a probe, ack or data datagram of the peers in an
-    Ethernet frame (directly in UDP or inside a TURN message), else None."""
+Seen = tuple[int, str, str, int]  # kind, sender, receiver, seq
+
+
+def parse_frame(frame: bytes) -> Seen | None:
+    """(kind, sender, receiver, seq) of the first probe, ack or data datagram of the
+    peers in an Ethernet frame (directly in UDP or TCP, or inside a TURN message)."""
+    found = parse_frames(frame)
+    return found[0] if found else None
+
+
+def parse_frames(frame: bytes) -> list[Seen]:
+    """Every probe, ack or data datagram of the peers in an Ethernet frame: the one in a
+    UDP datagram (directly or inside a TURN message), or each RFC 4571 frame of a TCP
+    segment (a retransmission or a busy connection carries several in one segment)."""
     if len(frame) < 14 + 20 + 8 or struct.unpack_from("!H", frame, 12)[0] != ETH_IPV4:
-        return None
+        return []
     ihl = (frame[14] & 0x0F) * 4
-    if frame[14 + 9] != IPPROTO_UDP or struct.unpack_from("!H", frame, 14 + 6)[0] & 0x1FFF:
-        return None  # not UDP, or a later fragment
-    payload = frame[14 + ihl + 8:]
+    proto = frame[14 + 9]
+    if proto not in (IPPROTO_UDP, IPPROTO_TCP) or struct.unpack_from("!H", frame, 14 + 6)[0] \
+            & 0x1FFF:
+        return []  # neither UDP nor TCP, or a later fragment
+    if proto == IPPROTO_UDP:
+        return _first(frame[14 + ihl + 8:])
+    if len(frame) < 14 + ihl + 13:
+        return []
+    payload = frame[14 + ihl + (frame[14 + ihl + 12] >> 4) * 4:]
+    return _stream_frames(payload) or _first(payload)
+
+
+def _first(payload: bytes) -> list[Seen]:
     at = payload.find(pr.MAGIC)
     if at < 0:
-        return None
+        return []
     seen = pr.peek(payload[at:])
-    if seen is None or seen[0] not in pr.KINDS:
-        return None
-    return seen
+    return [] if seen is None or seen[0] not in pr.KINDS else [seen]
+
+
+def _stream_frames(payload: bytes) -> list[Seen]:
+    """RFC 4571 frames from the start of a segment, while they are the peers' (a segment
+    that does not start at a frame's boundary yields none)."""
+    out: list[Seen] = []
+    pos = 0
+    while pos + 2 <= len(payload):
+        size = struct.unpack_from("!H", payload, pos)[0]
+        seen = pr.peek(payload[pos + 2:pos + 2 + size])
+        if seen is None or seen[0] not in pr.KINDS:
+            break
+        out.append(seen)
+        pos += 2 + size
+    return out
 
 
 def _times(sightings: Iterable[Sighting], sender: str, outgoing: bool,

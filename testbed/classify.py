@@ -2,9 +2,10 @@
 
 A throwaway lab: one LAN host behind a router with the requested behaviour
 (optionally behind a carrier-grade NAT too), and the project's STUN server on
-the internet with two addresses and two ports. The discovery client
-(peers.natcheck) runs in the host's namespace; its verdict is compared with
-what was configured. The lab is removed afterwards unless --keep.
+the internet with two addresses and two ports, over UDP and TCP. The discovery
+client (peers.natcheck; over TCP, peers.natcheck_tcp) runs in the host's
+namespace; its verdict is compared with what was configured. The lab is removed
+afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import yaml
 from peers import natcheck
 from testbed.errors import TestbedError
 from testbed.lab import Lab
-from testbed.nat import Behaviour, Kind, NatSpec
+from testbed.nat import Behaviour, Egress, Kind, NatSpec
 from testbed.ruleset import alloc_range, port_blocks
 from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
 NATCHECK_TIMEOUT_S = 60.0
+TRANSPORTS = ("udp", "tcp")
+BLOCKED = "unknown"  # what a classifier reports when it cannot reach the server at all
 MAX_ERROR_LINES = 50  # of natcheck's stderr, for the error message
 Say = Callable[[str], None]
 
@@ -64,11 +67,13 @@ def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None,
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet) -> dict[str, Any]:
+def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet,
+                 transport: str = "udp") -> dict[str, Any]:
     """peers.natcheck in the client's namespace; its progress lines go to `say` as they
     come (a lifetime search idles for minutes), everything else on stderr is its error."""
-    argv = ["--server", STUN_PRIMARY, "--json", "--progress",
-            "--allocations", str(ALLOCATIONS)]
+    argv = ["--server", STUN_PRIMARY, "--json", "--progress", "--transport", transport]
+    if transport == "udp":  # pooling and port blocks, seen from new UDP mappings
+        argv += ["--allocations", str(ALLOCATIONS)]
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
     proc = lab.python("client", "peers.natcheck", *argv, stdout=subprocess.PIPE,
@@ -97,10 +102,13 @@ def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet) -> 
     for r in readers:
         r.join()
     text = "".join(out)
-    if proc.returncode != 0:
-        why = "".join(err).strip() or text.strip()
+    why = "".join(err).strip() or text.strip()
+    if proc.returncode not in (0, 2):  # 2: it ran, but the server never answered
         raise TestbedError(f"natcheck failed ({proc.returncode}): {why}")
-    result: dict[str, Any] = json.loads(text)
+    try:
+        result: dict[str, Any] = json.loads(text)
+    except ValueError:
+        raise TestbedError(f"natcheck failed ({proc.returncode}): {why}") from None
     return result
 
 
@@ -121,7 +129,10 @@ def compose(inner: NatSpec, outer: NatSpec) -> tuple[Behaviour, Behaviour]:
 
 
 def expected(spec: NatSpec, cgn: NatSpec | None = None) -> dict[str, str]:
-    """What a correct classifier must report for this configuration."""
+    """What a correct classifier must report for this configuration (the same over UDP
+    and TCP). Behind corporate egress the STUN ports are closed: no verdict at all."""
+    if any(s is not None and s.egress is Egress.CORPORATE for s in (spec, cgn)):
+        return {"mapping": BLOCKED, "filtering": BLOCKED}
     mapping, filtering = compose(spec, cgn) if cgn is not None else (spec.mapping, spec.filtering)
     return {"mapping": mapping.value, "filtering": filtering.value}
 
@@ -146,9 +157,10 @@ def expected_allocation(lab: Lab) -> dict[str, Any]:
 
 def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None = None,
              keep: bool = False, lifetime: float | None = None, lab_name: str | None = None,
-             say: Say = _quiet, cgn_pool: int = 1) -> dict[str, Any]:
-    """Build the NAT, run RFC 5780 discovery from behind it, compare. `say` hears what is
-    being done as it starts (a line each; the lifetime search's trials included)."""
+             say: Say = _quiet, cgn_pool: int = 1, transport: str = "udp") -> dict[str, Any]:
+    """Build the NAT, run RFC 5780 discovery from behind it (over UDP or TCP), compare.
+    `say` hears what is being done as it starts (a line each; the lifetime search's
+    trials included)."""
     topo = parse_topology(classify_topology(spec_section, cgn_section, cgn_pool),
                           "<classify>")
     spec = topo.node("router").nat
@@ -161,9 +173,10 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
     lab.up()
     try:
         say(f"lab up in {time.monotonic() - t0:.1f} s; the client runs RFC 5780 discovery"
+            + (" over TCP" if transport == "tcp" else "")
             + (f", then measures the mapping lifetime (up to {lifetime:g} s idle per trial)"
                if lifetime else ""))
-        found = run_natcheck(lab, lifetime, say)
+        found = run_natcheck(lab, lifetime, say, transport)
         promised = expected_allocation(lab)
     finally:
         if not keep:
@@ -175,7 +188,10 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
                        "filtering": spec.filtering.value,
                        "port_allocation": spec.port_allocation.value,
                        "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout,
-                       "behind_cgn": cgn.label if cgn else None, "allocation": promised},
+                       "unsolicited_syn": spec.unsolicited_syn.value,
+                       "egress": spec.egress.value, "behind_cgn": cgn.label if cgn else None,
+                       "allocation": promised},
+        "transport": transport,
         "expected": want,
         "measured": found,
         "agrees": all(found.get(k) == v for k, v in want.items()),
@@ -202,11 +218,14 @@ def format_result(r: dict[str, Any]) -> str:
         lines.append(f"mapping lifetime:  {m['lifetime_s']:.2f} s")
     lines += _allocation_lines(m.get("allocation"), c.get("allocation"))
     verdict = "agrees with" if r["agrees"] else "DISAGREES with"
-    lines.append(f"RFC 5780 discovery {verdict} the configuration "
+    over = r.get("transport", "udp").upper()
+    lines.append(f"RFC 5780 discovery over {over} {verdict} the configuration "
                  f"(expected {r['expected']['mapping']} / {r['expected']['filtering']})")
+    lines += [f"note: {n}" for n in m.get("notes", [])]
     if r["lab"]:
         lines.append(f"lab kept: nat-testbed exec {r['lab']} client -- {sys.executable} -m "
-                     f"peers.natcheck --server {STUN_PRIMARY}; nat-testbed down {r['lab']}")
+                     f"peers.natcheck --server {STUN_PRIMARY} --transport {over.lower()}; "
+                     f"nat-testbed down {r['lab']}")
     return "\n".join(lines)
 
 

@@ -4,9 +4,14 @@ Pure functions, no processes started here:
 
 - `make_credentials(rng)` draws one long-term-credential user per lab.
 - `coturn_argv(cfg, state_dir)` is the exact `turnserver` command line. Nothing is read
-  from /etc (`-n`), the user database, log and pid file live in `state_dir`, only plain
-  UDP is served (no TCP/TLS/DTLS listeners, no TCP relays, no telnet CLI, no web admin)
-  and the process stays in the foreground so the orchestrator owns its PID.
+  from /etc (`-n`), the user database, log and pid file live in `state_dir`, clients
+  reach it over UDP and TCP on `port` and, with a certificate, over TLS on `tls_port`
+  (443: the way out of a network that lets only web traffic leave); it relays UDP only
+  (no TCP relays, RFC 6062), no DTLS, no telnet CLI, no web admin, and the process
+  stays in the foreground so the orchestrator owns its PID.
+- `certificate_argv(state_dir, ip)` is the `openssl` command that makes each lab's
+  self-signed certificate for TURN over TLS (its subjectAltName is the server's
+  address); peers trust exactly that certificate.
 - Peer lock: coturn itself only refuses loopback, 0.0.0.0/8 and (with
   `--no-multicast-peers`) multicast peers. We allow exactly the emulated internet and
   the CGN range (`--allowed-peer-ip`, checked first by coturn) and deny everything
@@ -15,10 +20,11 @@ Pure functions, no processes started here:
   for any other address gets 403 Forbidden. `--no-dynamic-ip-list` keeps the database
   from changing those lists.
 
-Readiness (no sleeping): run `READINESS_ARGV` (`ss -Hunl`) inside the TURN namespace
-until `is_listening(output, cfg)` sees the UDP socket bound on listen_ip:port;
-`wait_ready` does that loop and gives up if the process died. Once the socket is bound
-the kernel queues requests for it, and TURN clients retransmit anyway.
+Readiness (no sleeping): run `READINESS_ARGV` (`ss -Hnltu`) inside the TURN namespace
+until `is_listening(output, cfg)` sees every socket it serves on: UDP and TCP on
+listen_ip:port, TCP on listen_ip:tls_port; `wait_ready` does that loop and gives up if
+the process died. Once a socket is bound the kernel queues requests for it, and TURN
+clients retransmit anyway.
 
 Traffic counters: coturn's own per-session counters, which it logs only in verbose
 mode (`--verbose`), as `usage:` (client side) and `peer usage:` (relay side) lines.
@@ -28,7 +34,9 @@ Each line is a delta since the previous report for the session; coturn reports e
 LIFETIME 0) and wait until its session shows `closed`; coturn deletes released
 allocations on its 1 s timer. The `peer usage` figures count UDP payload bytes
 between the relayed transport address and the peers: rp/rb received from peers,
-sp/sb sent to peers. That is the evidence that data went through coturn.
+sp/sb sent to peers. That is the evidence that data went through coturn, whichever way
+(UDP, TCP, TLS) the client reached it: a TCP or TLS session is closed, and counted,
+when its connection closes.
 """
 
 from __future__ import annotations
@@ -59,8 +67,11 @@ ALL_IPV6 = "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 LOG_FILE = "turnserver.log"
 PID_FILE = "turnserver.pid"
 DB_FILE = "turndb"
+CERT_FILE, KEY_FILE = "turn-cert.pem", "turn-key.pem"
+TLS_PORT = 443  # what a corporate firewall lets out (testbed.nat.CORPORATE_EGRESS)
+CERT_DAYS = 2  # a lab's certificate outlives any lab run
 
-READINESS_ARGV: tuple[str, ...] = ("ss", "-Hunl")
+READINESS_ARGV: tuple[str, ...] = ("ss", "-Hnltu")
 
 _CRED_ALPHABET = string.ascii_letters + string.digits
 
@@ -101,6 +112,10 @@ class TurnConfig:
     peer_ranges: tuple[str, ...] = field(default=DEFAULT_PEER_RANGES)
     # Nonce lifetime in seconds (coturn --stale-nonce); None keeps coturn's default.
     stale_nonce: int | None = None
+    # TURN over TLS: the certificate and its key (coturn --cert, --pkey); None: no TLS.
+    cert: Path | None = None
+    key: Path | None = None
+    tls_port: int = TLS_PORT
 
     def __post_init__(self) -> None:
         _ipv4("listen_ip", self.listen_ip)
@@ -126,6 +141,15 @@ class TurnConfig:
                 raise TurnConfigError("peer_ranges", f"{cidr!r} is not an IPv4 CIDR") from None
         if self.stale_nonce is not None and self.stale_nonce < 1:
             raise TurnConfigError("stale_nonce", f"{self.stale_nonce} must be >= 1 second")
+        if (self.cert is None) != (self.key is None):
+            raise TurnConfigError("cert", "TLS needs both a certificate and its key")
+        _port("tls_port", self.tls_port)
+        if self.tls_port == self.port:
+            raise TurnConfigError("tls_port", f"{self.tls_port} is also the plain port")
+
+    @property
+    def tls(self) -> bool:
+        return self.cert is not None
 
 
 def make_credentials(rng: random.Random) -> tuple[str, str]:
@@ -137,6 +161,16 @@ def make_credentials(rng: random.Random) -> tuple[str, str]:
     user = "lab-" + "".join(rng.choice("0123456789abcdef") for _ in range(10))
     password = "".join(rng.choice(_CRED_ALPHABET) for _ in range(24))
     return user, password
+
+
+def certificate_argv(state_dir: Path, ip: str, binary: str = "openssl") -> list[str]:
+    """`openssl req` making a self-signed certificate for the TURN server at `ip` (and its
+    key) in state_dir: CERT_FILE, KEY_FILE. A P-256 key: made in milliseconds."""
+    _ipv4("ip", ip)
+    return [binary, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", str(CERT_DAYS), "-subj", f"/CN={ip}",
+            "-addext", f"subjectAltName=IP:{ip}",
+            "-keyout", str(state_dir / KEY_FILE), "-out", str(state_dir / CERT_FILE)]
 
 
 def coturn_range(cidr: str) -> str:
@@ -177,11 +211,13 @@ def coturn_argv(cfg: TurnConfig, state_dir: Path, binary: str = "turnserver") ->
         ("--log-file", str(log_path(state_dir))),
         ("--pidfile", str(pid_path(state_dir))),
     ]
+    if cfg.tls:
+        options += [("--tls-listening-port", str(cfg.tls_port)), ("--cert", str(cfg.cert)),
+                    ("--pkey", str(cfg.key))]
     flags = [
         "--lt-cred-mech",
         "--fingerprint",
-        "--no-tcp",
-        "--no-tls",
+        *([] if cfg.tls else ["--no-tls"]),
         "--no-dtls",
         "--no-tcp-relay",
         "--no-cli",
@@ -202,10 +238,23 @@ def coturn_argv(cfg: TurnConfig, state_dir: Path, binary: str = "turnserver") ->
     return argv + flags
 
 
+def listening_sockets(cfg: TurnConfig) -> list[tuple[str, str]]:
+    """(protocol, "ip:port") of every socket coturn serves clients on."""
+    plain = f"{cfg.listen_ip}:{cfg.port}"
+    out = [("udp", plain), ("tcp", plain)]
+    if cfg.tls:
+        out.append(("tcp", f"{cfg.listen_ip}:{cfg.tls_port}"))
+    return out
+
+
 def is_listening(ss_output: str, cfg: TurnConfig) -> bool:
-    """True when `ss -Hunl` output shows a UDP socket bound on listen_ip:port."""
-    want = f"{cfg.listen_ip}:{cfg.port}"
-    return any(want in line.split() for line in ss_output.splitlines())
+    """True when `ss -Hnltu` output shows every socket of listening_sockets(cfg)."""
+    seen = set()
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) >= 5:
+            seen.add((fields[0], fields[4]))
+    return all(want in seen for want in listening_sockets(cfg))
 
 
 def wait_ready(
@@ -227,9 +276,8 @@ def wait_ready(
         if is_listening(run_ss(READINESS_ARGV), cfg):
             return
         if clock() >= deadline:
-            raise RuntimeError(
-                f"turnserver not listening on {cfg.listen_ip}:{cfg.port} after {timeout} s"
-            )
+            where = ", ".join(f"{proto} {ep}" for proto, ep in listening_sockets(cfg))
+            raise RuntimeError(f"turnserver not listening on {where} after {timeout} s")
         time.sleep(interval)
 
 

@@ -9,8 +9,14 @@ with, independently of how it got there: the router's NAT table as nft lists it
   mapping map's key: inside endpoint, + remote address, + remote port), filtering
   (a dnat from the owner map for any sender: endpoint-independent; from the permit
   map: address-dependent; conntrack alone: address-and-port-dependent), port
-  allocation, hairpinning and the mapping timeout, and issue 15's port range, port
-  blocks, pooling, session cap and port-mapping admission;
+  allocation, hairpinning and the mapping timeout; the UDP maps and chains are read
+  (`udp_mapping`, ...; tables from before the protocol-generic templates: `mapping`),
+  and the TCP settings from the TCP ones: the established timeout (`tcp_mapping`'s),
+  the transitory one (the shorter timeout its updates give while conntrack's entry
+  expires sooner), the unsolicited-SYN treatment (a `reject with tcp reset` of SYNs)
+  and a corporate egress (forward accepts of only some TCP ports from the LAN out);
+  and issue 15's port range, port blocks, pooling, session cap and port-mapping
+  admission (from the UDP chains: the template gives TCP the same);
 - `digest(listing, ctx)` is the sha256 of the listing with the router's own addresses
   and interface names replaced by placeholders, so one NAT behaviour has one digest
   in any slot of any lab.
@@ -29,12 +35,16 @@ from testbed import netns
 from testbed.nat import (
     AD,
     APD,
+    DEFAULT_TCP_ESTABLISHED_TIMEOUT,
+    DEFAULT_TCP_TRANSITORY_TIMEOUT,
     EI,
     PORT_MAPPING_PROTOCOLS,
     Behaviour,
+    Egress,
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
 )
 from testbed.results import DeployedNat
 from testbed.ruleset import NFT_TERSE, RouterContext, nft_output
@@ -42,6 +52,7 @@ from testbed.ruleset import NFT_TERSE, RouterContext, nft_output
 UDP_TIMEOUT = "net.netfilter.nf_conntrack_udp_timeout"
 _TIME = re.compile(r"(\d+)(ms|d|h|m|s)")
 _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+_TRANSITORY = re.compile(r"ct expiration <= (\S+) ")
 
 
 class ListingError(ValueError):
@@ -87,11 +98,11 @@ def _mapping(lines: list[str]) -> Behaviour:
         raise ListingError(f"mapping map keyed by {key_type!r}") from None
 
 
-def _filtering(pre: list[str]) -> Behaviour:
+def _filtering(pre: list[str], udp: str) -> Behaviour:
     inbound = [r for r in pre if "dnat" in r and "ip daddr" not in r]  # not the hairpin rule
-    if any("@permit" in r for r in inbound):
+    if any(f"@{udp}permit" in r for r in inbound):
         return AD
-    if any("@owner" in r for r in inbound):
+    if any(f"@{udp}owner" in r for r in inbound):
         return EI
     return APD
 
@@ -100,7 +111,7 @@ def _allocation(rules: list[str]) -> PortAllocation:
     if any(r.startswith("numgen inc") for r in rules):
         return PortAllocation.SEQUENTIAL
     # keeps the port while no mapping owns it (the `owned` set; older tables: the map)
-    if any(("!= @owned" in r or "!= @owner" in r) and "snat" in r for r in rules):
+    if any(("owned" in r or "owner" in r) and "!= @" in r and "snat" in r for r in rules):
         return PortAllocation.PRESERVE
     return PortAllocation.RANDOM
 
@@ -108,7 +119,8 @@ def _allocation(rules: list[str]) -> PortAllocation:
 _RANDOM_RANGE = re.compile(r":(\d+)-(\d+) random$")
 _PRESERVE_RANGE = re.compile(r"udp sport (\d+)-(\d+) snat")
 _BLOCK = re.compile(r"ip saddr map \{ [0-9.]+ : [0-9.]+ \. (\d+)-(\d+)")
-_SEQUENTIAL = re.compile(r"^numgen inc mod (\d+) vmap \{ 0-255 : goto alloc_([0-9a-f]{2})")
+_SEQUENTIAL = re.compile(
+    r"^numgen inc mod (\d+) vmap \{ 0-255 : goto alloc_(?:udp_)?([0-9a-f]{2})")
 _CAP = re.compile(r"ct count over (\d+)")
 DEFAULT_RANGE = (49152, 65535)  # testbed.ruleset's when a NAT sets none
 
@@ -125,16 +137,17 @@ def _port_range(rules: list[str]) -> tuple[int, int] | None:
     return None if found in (None, DEFAULT_RANGE) else found
 
 
-def _carrier(blocks: dict[str, list[str]]) -> dict[str, object]:
+def _carrier(blocks: dict[str, list[str]], rules: list[str], udp: str) -> dict[str, object]:
     """Issue 15's settings, as NatSpec fields: port range and blocks (RFC 7422), pooling
     (a pool address per mapping: paired by a hash of the inside address, or at
     random), the per-host session cap (RFC 6888) and the port-mapping daemon's admission
-    (its STUN answers let in: the protocols themselves are the daemon's, not the table's)."""
-    rules = blocks.get("chain udp_mapping", [])
+    (its STUN answers let in: the protocols themselves are the daemon's, not the table's).
+    `rules`: the UDP new-mapping chain; `udp`: the maps' prefix (`udp_`, or none in
+    tables from before the protocol-generic templates)."""
     out: dict[str, object] = {"port_range": _port_range(rules)}
     if block := next((m for r in rules if (m := _BLOCK.search(r))), None):
         out["port_block"] = int(block.group(2)) - int(block.group(1)) + 1
-    if "map mapaddr" in blocks and any("numgen random mod" in r for r in rules):
+    if f"map {udp}mapaddr" in blocks and any("numgen random mod" in r for r in rules):
         out["pooling"] = "arbitrary"
     if cap := next((m for r in blocks.get("chain forward", []) if (m := _CAP.search(r))), None):
         out["max_sessions_per_host"] = int(cap.group(1))
@@ -150,19 +163,45 @@ def behaviour(listing: str, udp_timeout: int | None = None) -> NatSpec:
     if not listing.lstrip().startswith("table ip "):
         raise ListingError("not an nft table listing")
     forward = blocks.get("chain forward", [])
-    if "map mapping" not in blocks:
+    udp = "udp_" if "map udp_mapping" in blocks else ""  # the protocol-generic templates
+    syn, egress, established, transitory = _tcp_settings(blocks, forward)
+    if f"map {udp}mapping" not in blocks:
         drops = any("policy drop" in r for r in forward)
         if not drops:
             return NatSpec(kind=Kind.NONE)
-        return NatSpec(kind=Kind.FIREWALL, mapping_timeout=udp_timeout or 120)
-    mapping = blocks["map mapping"]
+        return NatSpec(kind=Kind.FIREWALL, mapping_timeout=udp_timeout or 120,
+                       unsolicited_syn=syn, egress=egress)
+    mapping = blocks[f"map {udp}mapping"]
     pre = blocks.get("chain prerouting", [])
     timeout = _field(mapping, "timeout")
-    return NatSpec(mapping=_mapping(mapping), filtering=_filtering(pre),
-                   port_allocation=_allocation(blocks.get("chain udp_mapping", [])),
+    chain = blocks.get("chain udp_new") or blocks.get("chain udp_mapping", [])
+    return NatSpec(mapping=_mapping(mapping), filtering=_filtering(pre, udp),
+                   port_allocation=_allocation(chain),
                    hairpinning=any("dnat" in r and "ip daddr" in r for r in pre),
                    mapping_timeout=_seconds(timeout) if timeout else 120,
-                   **_carrier(blocks))  # type: ignore[arg-type]
+                   unsolicited_syn=syn, egress=egress, tcp_established_timeout=established,
+                   tcp_transitory_timeout=transitory,
+                   **_carrier(blocks, chain, udp))  # type: ignore[arg-type]
+
+
+def _tcp_settings(blocks: dict[str, list[str]], forward: list[str]
+                  ) -> tuple[SynReply, Egress, int, int]:
+    """The TCP side of the table: unsolicited SYNs, egress, established and transitory
+    timeouts (the defaults where it has none: older templates)."""
+    rules = [r for name, lines in blocks.items() if name.startswith("chain") for r in lines]
+    rst = any("reject with tcp reset" in r and "syn" in r for r in rules)
+    corporate = any("oifname" in r and "tcp dport" in r and r.endswith("accept")
+                    for r in forward)
+    established, transitory = DEFAULT_TCP_ESTABLISHED_TIMEOUT, DEFAULT_TCP_TRANSITORY_TIMEOUT
+    mapping = blocks.get("map tcp_mapping")
+    if mapping is not None and (text := _field(mapping, "timeout")):
+        established = _seconds(text)
+    short = [m.group(1) for r in blocks.get("chain tcp_track_original", [])
+             if (m := _TRANSITORY.search(r))]
+    if short:
+        transitory = _seconds(short[0])
+    return (SynReply.RST if rst else SynReply.DROP,
+            Egress.CORPORATE if corporate else Egress.OPEN, established, transitory)
 
 
 def digest(listing: str, ctx: RouterContext) -> str:

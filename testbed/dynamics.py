@@ -37,7 +37,7 @@ from ipaddress import IPv4Interface
 from types import TracebackType
 
 from testbed import ruleset
-from testbed.callflow import Sighting, parse_frame
+from testbed.callflow import Sighting, parse_frames
 from testbed.errors import LabError
 from testbed.events import Event
 from testbed.lab import Lab
@@ -47,6 +47,7 @@ from testbed.topology import Node
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
 PACKET_OUTGOING = 4
+FRAME_MAX = 65536  # a TCP segment can reach a packet socket whole (GSO on veth): 64 KiB
 MAX_SIGHTINGS = 200_000  # 50 datagrams/s each way for 30 minutes
 
 
@@ -333,20 +334,20 @@ class FlowTap:
         sock, node = self._socks[fd]
         while len(self.sightings) < MAX_SIGHTINGS:
             try:
-                frame, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(16))
+                frame, anc, _, addr = sock.recvmsg(FRAME_MAX, socket.CMSG_SPACE(16))
             except (BlockingIOError, InterruptedError):
                 return
-            seen = parse_frame(frame)
-            if seen is None:
+            found = parse_frames(frame)
+            if not found:
                 continue
             t = time.time()
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = struct.unpack("qq", data[:16])
                     t = sec + nsec / 1e9
-            kind, sender, receiver, seq = seen
-            self.sightings.append(Sighting(t, node, addr[2] == PACKET_OUTGOING, sender,
-                                           receiver, seq, kind))
+            for kind, sender, receiver, seq in found:
+                self.sightings.append(Sighting(t, node, addr[2] == PACKET_OUTGOING, sender,
+                                               receiver, seq, kind))
         with contextlib.suppress(BlockingIOError):  # over the cap: keep the socket drained
             while sock.recv(2048):
                 pass

@@ -64,6 +64,35 @@ NAT semantics (RFC 4787 names):
 - Hairpinning (REQ-9) rewrites the source to the sender's external mapping.
 - `none`: public address, no state, no filtering. `firewall`: no translation (the
   external endpoint is the host endpoint) with address-and-port-dependent filtering.
+- Corporate egress (`egress: corporate`): a packet leaving for any port but TCP 80,
+  443 or UDP 53 is dropped at the sender's router: STUN gets no answer, no probe or
+  SYN reaches a peer's port. The relay is assumed reachable over TLS on 443.
+
+TCP (`transport="tcp"`, the peers' simultaneous open, peers.tcppath):
+- Each peer listens on its one port and, from the start, connects from it to each of
+  the other's candidates (host, srflx; TCP learns no peer-reflexive candidate to aim
+  at); an attempt not connected is made again each round (a fresh SYN), a SYN sent
+  is a TCP flow through the mappings, filters and allocation above, as UDP's are.
+- A SYN arriving at a router: if a flow of that router has it as a reply (the other
+  peer's half-open connection to exactly this source), it reaches that peer's
+  connecting socket: the SYNs cross (simultaneous open) and the connection is made;
+  else if the filter admits it (EIF: the port has an owner; ADF: the owner sent to
+  that address), it reaches the listening port and is accepted; else it is refused:
+  dropped, or, with `unsolicited-syn: rst`, answered with a RST, which also ends the
+  sender's half-open connection in the sender's own router (conntrack deletes a
+  connection whose only reply is a RST). A SYN that then arrives there as its reply
+  does not cross with anything: it is a new connection, which the filter judges as
+  any unsolicited SYN (it may let it in to the listening port). A refused attempt is
+  made again in the next round.
+- Timing: the lab's links have no delay, so a SYN arrives before the other peer's SYN
+  of the same round has left: within a round Bob's SYNs go first, then Alice's (the
+  signaling server writes Bob's `start` first; `Strategy.syn_crossing`: both leave
+  before either arrives, as with a one-way delay longer than the peers' start skew).
+  For the default and `all` NAT sets the order does not matter; where it does, the
+  reason says so. Two address-and-port-dependent filters that both answer with a RST
+  are a race in the lab: the model says relay, but when both peers send within the few
+  tens of microseconds the routers take, the SYNs do cross (docs/facts-measured.md).
+- "direct": a connection was made; anything else falls back to TURN (over TCP).
 """
 
 from __future__ import annotations
@@ -74,7 +103,17 @@ from enum import StrEnum
 
 from peers import predict as pd
 from peers.birthday import success_probability
-from testbed.nat import AD, APD, EI, Kind, NatSpec, PortAllocation
+from testbed.nat import (
+    AD,
+    APD,
+    CORPORATE_EGRESS,
+    EI,
+    Egress,
+    Kind,
+    NatSpec,
+    PortAllocation,
+    SynReply,
+)
 from testbed.strategy import Strategy as PeerStrategy
 
 Endpoint = tuple[str, int]
@@ -97,6 +136,12 @@ _RANDOM_BASE = 1 << 20  # random ports are tokens outside 0-65535, spaced so tha
 _RANDOM_STRIDE = 1 << 17  # no guess of up to 65535 ports above one hits another
 _ALIAS_BASE = 1 << 30  # source ports a null binding gives a clashing inbound session
 _NAME = {"A": "Alice", "B": "Bob"}
+NO_SRFLX: Endpoint = ("", 0)  # STUN never answered
+
+
+def _blocked(spec: NatSpec, dst: Endpoint, proto: str) -> bool:
+    """Corporate egress drops what leaves for any other port than web and DNS."""
+    return spec.egress is Egress.CORPORATE and dst[1] not in CORPORATE_EGRESS[proto]
 
 
 class PortReuse(StrEnum):
@@ -121,6 +166,8 @@ class Strategy:
     signaling_delay_s: time from the STUN exchange to the first probe (mappings idle
         longer than their NAT's mapping_timeout are gone by then).
     retry_interval_s: time between rounds.
+    syn_crossing: TCP only: the SYNs of a round cross in flight, instead of Alice's
+        arriving at Bob's router before Bob's has left it (the lab: no link delay).
     """
 
     simultaneous: bool = True
@@ -132,6 +179,7 @@ class Strategy:
     reply_to_observed: bool = True
     signaling_delay_s: float = 1.0
     retry_interval_s: float = 0.5
+    syn_crossing: bool = False  # TCP: a round's SYNs cross in flight (a long one-way delay)
     announce_predictions: bool = False  # the peer's own: burst of bindings, `predicted`
     predict_window: int = 8
     mapped: tuple[bool, bool] = (False, False)  # Alice's, Bob's router maps a port for them
@@ -162,7 +210,8 @@ class Prediction:
 
 @dataclass
 class _Entry:
-    """A row of one of the template's maps (@mapping, @owner, @permit) and its age."""
+    """A row of one of the template's maps (@udp_mapping, @udp_owner, @udp_permit; the
+    tcp_ ones alike) and its age."""
 
     value: object
     last: float
@@ -186,12 +235,14 @@ class _Flow:
     remote: Endpoint
     inbound: bool
     last: float
+    closed: bool = False  # TCP: ended by a RST (conntrack deletes it), until a new SYN
 
 
 @dataclass
 class _Drop:
     side: str  # whose router dropped it ("A"/"B"), or "" on the wire
     code: str  # no-mapping | not-sent-address | not-sent-port | unroutable | no-hairpin
+    #            | egress | closed (TCP: the flow it would answer was reset)
 
 
 @dataclass
@@ -265,7 +316,7 @@ class _Router:
     def outbound(self, inside: Endpoint, dst: Endpoint, now: float) -> _Sent:
         """Translate an inside packet to `dst`: its flow's translation, else a new flow
         from the key's mapping (allocating one if needed). Every outbound packet
-        refreshes the maps, as the template's track_original / track_reply do."""
+        refreshes the maps, as the template's *_track_original / *_track_reply do."""
         self._expire(now)
         flow = self._flow_to(inside, dst)
         if flow is None:
@@ -410,6 +461,8 @@ class _World:
                 # On-link, never crosses the router.
                 return _Sent(peer.host, dst, False), peer.host, other.side
         router = peer.router
+        if router is not None and _blocked(router.spec, dst, self.proto):
+            return _Sent(peer.host, dst, False), peer.host, _Drop(router.side, "egress")
         if router is None:
             sent = _Sent(peer.host, dst, False)
         else:
@@ -420,9 +473,14 @@ class _World:
         seen, result = self._arrive(sent.src, sent.dst, now)
         return sent, seen, result
 
+    proto = "udp"
+
     def stun(self, peer: _Peer) -> None:
-        peer.srflx = self.send(peer, _STUN, 0.0)[0].src
-        if self.strategy.announce_predictions:  # the burst, as peers.session sends it
+        """STUN's answer: the srflx candidate, or none (NO_SRFLX) when it cannot get out."""
+        sent, _, result = self.send(peer, _STUN, 0.0)
+        blocked = isinstance(result, _Drop) and result.code == "egress"
+        peer.srflx = NO_SRFLX if blocked else sent.src
+        if self.strategy.announce_predictions and not blocked:  # the burst, as peers.session
             ports = [self.send(peer, dst, 0.0)[0].src[1] for dst in _STUN_BURST]
             alloc = pd.learn(ports)
             peer.predicted = [(peer.srflx[0], p) for p in
@@ -436,9 +494,10 @@ class _World:
                 out.append(("host", other.host))
             if other.mapped is not None:
                 out.append(("mapped", other.mapped))
-            out.append(("srflx", other.srflx))
+            if other.srflx != NO_SRFLX:
+                out.append(("srflx", other.srflx))
             out += [("predicted", p) for p in other.predicted]
-            if strategy.port_prediction and other.srflx != other.host:
+            if strategy.port_prediction and other.srflx not in (other.host, NO_SRFLX):
                 ip, port = other.srflx
                 out += [
                     ("predicted", (ip, port + i)) for i in range(1, 1 + strategy.prediction_range)
@@ -529,6 +588,9 @@ def _drop_text(probe: _Probe, world: _World) -> str:
     }[probe.kind]
     if drop.code == "unroutable":
         return f"{sender}'s probes to {aim} are not routable"
+    if drop.code == "egress":
+        return (f"{sender}'s corporate firewall lets out only TCP 80, 443 and UDP 53: STUN "
+                f"gets no answer, and the probes to {aim} never leave")
     if drop.code == "no-hairpin":
         return f"the shared NAT does not hairpin {sender}'s probes to {aim}"
     if drop.code == "no-mapping":
@@ -628,7 +690,8 @@ def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tu
     for sender in "AB":
         for probe in last:
             if probe.sender == sender and isinstance(probe.result, _Drop):
-                if probe.kind == "host" and not world.strategy.shared_lan:
+                egress = probe.result.code == "egress"
+                if probe.kind == "host" and not world.strategy.shared_lan and not egress:
                     continue
                 text = _drop_text(probe, world)
                 if text not in seen:
@@ -663,10 +726,16 @@ def predict(
     strategy: Strategy = Strategy(),  # noqa: B008 - frozen, so a shared default is safe
     *,
     reuse: PortReuse = PortReuse.EXCLUSIVE,
+    transport: str = "udp",
 ) -> Prediction:
-    """Predict the outcome for Alice behind `a` and Bob behind `b`."""
+    """Predict the outcome for Alice behind `a` and Bob behind `b`, punching over UDP
+    or by TCP simultaneous open (`transport="tcp"`)."""
     if strategy.shared_lan and a != b:
         raise ValueError("shared_lan: both peers sit behind one router, so a must equal b")
+    if transport == "tcp":
+        return _predict_tcp(a, b, strategy, reuse)
+    if transport != "udp":
+        raise ValueError(f"transport: {transport!r}, expected udp or tcp")
     world = _World(a, b, strategy, reuse)
     for side in "AB":
         world.stun(world.peers[side])
@@ -680,6 +749,8 @@ def predict(
         p.sender: p.out != world.peers[p.sender].srflx
         for p in first
         if p.kind == "srflx" and p.out is not None
+        and world.peers[p.sender].srflx != NO_SRFLX
+        and not (isinstance(p.result, _Drop) and p.result.code == "egress")
     }
     for side in "AB":
         fresh.setdefault(side, False)
@@ -689,16 +760,241 @@ def predict(
     return Prediction(outcome, reason, kinds)
 
 
+# --- TCP: simultaneous open ----------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    """One peer's connection attempts to one candidate of the other."""
+
+    side: str
+    kind: str  # host | srflx
+    dst: Endpoint
+    refusals: list[_Drop] = field(default_factory=list)
+    given_up: bool = False  # unroutable, or blocked: no SYN will ever get there
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """How the first connection was made: who sent the SYN that got in, to what."""
+
+    sender: str
+    kind: str  # what the sender aimed at
+    via: str  # half-open (the SYNs crossed) | eif | adf | listen (no NAT) | on-link
+    seen: Endpoint  # the sender as the receiver sees it
+    round: int
+
+
+class _TcpWorld(_World):
+    proto = "tcp"
+
+    def attempts(self) -> list[_Attempt]:
+        out = []
+        for side, other in (("A", "B"), ("B", "A")):
+            them = self.peers[other]
+            if them.srflx != them.host:
+                out.append(_Attempt(side, "host", them.host))
+            if them.srflx != NO_SRFLX:
+                out.append(_Attempt(side, "srflx", them.srflx))
+        return out
+
+    def leave(self, att: _Attempt, now: float) -> _Sent | _Drop:
+        """A SYN of the attempt leaves its router: a new or reopened flow, or blocked."""
+        peer = self.peers[att.side]
+        router = peer.router
+        if router is not None and _blocked(router.spec, att.dst, self.proto):
+            return _Drop(router.side, "egress")
+        if router is None:
+            return _Sent(peer.host, att.dst, False)
+        sent = router.outbound(peer.host, att.dst, now)
+        flow = router._flow_to(peer.host, att.dst)
+        if flow is not None:
+            flow.closed = False  # a new SYN reopens a reset connection
+        if router.translates and sent.dst[0] == router.wan_ip and not router.spec.hairpinning:
+            return _Drop(router.side, "no-hairpin")
+        return sent
+
+    def arrive(self, att: _Attempt, sent: _Sent, now: float, rnd: int
+               ) -> _Connection | _Drop:
+        """The SYN at the far side: a connection, or refused there."""
+        peer = self.peers[att.side]
+        for other in self.peers.values():
+            if other.side != att.side and other.lan == peer.lan and other.host == att.dst:
+                return _Connection(att.side, att.kind, "on-link", peer.host, rnd)
+        owner = self._owner(sent.dst[0])
+        if owner is None:
+            return _Drop("", "unroutable")
+        if isinstance(owner, _Peer):  # a public host: its listening port accepts
+            ok = owner.host == sent.dst and owner.side != att.side
+            return _Connection(att.side, att.kind, "listen", sent.src, rnd) if ok \
+                else _Drop("", "unroutable")
+        flow = next((f for f in owner.flows if f.ext == sent.dst and f.remote == sent.src),
+                    None)
+        if flow is not None and not flow.closed:
+            flow.last = now
+            via = "listen" if flow.inbound else "half-open"
+            return _Connection(att.side, att.kind, via, flow.seen, rnd)
+        if flow is not None:  # ended by a RST: conntrack deleted it, the SYN is new
+            owner.flows.remove(flow)
+        got = owner.inbound(sent.src, sent.dst, now)
+        if isinstance(got, _Drop):
+            why = _Drop(got.side, "closed") if flow is not None else got
+            return self._refuse(owner, att, sent, why)
+        filtering = owner.spec.filtering if owner.translates else APD
+        via = {EI: "eif", AD: "adf"}.get(filtering, "listen")
+        return _Connection(att.side, att.kind, via, got[1], rnd)
+
+    def _refuse(self, at: _Router, att: _Attempt, sent: _Sent, drop: _Drop) -> _Drop:
+        if at.spec.unsolicited_syn is SynReply.RST:  # the RST closes the sender's flow
+            sender = self.peers[att.side].router
+            if sender is not None:
+                for f in sender.flows:
+                    if f.inside == self.peers[att.side].host and f.remote == att.dst:
+                        f.closed = True
+            return _Drop(drop.side, drop.code + "+rst")
+        return drop
+
+    def syn_round(self, atts: list[_Attempt], now: float, rnd: int) -> _Connection | None:
+        """Every pending attempt sends one SYN: Alice's first, each arriving before
+        the next leaves, or all leaving first with syn_crossing."""
+        pending = [a for a in atts if not a.given_up]
+        left: list[tuple[_Attempt, _Sent | _Drop]] = []
+        for att in pending:
+            left.append((att, self.leave(att, now)))
+            if self.strategy.syn_crossing:
+                continue
+            got = self._settle(*left.pop(), now, rnd)
+            if got is not None:
+                return got
+        for att, sent in left:
+            got = self._settle(att, sent, now, rnd)
+            if got is not None:
+                return got
+        return None
+
+    def _settle(self, att: _Attempt, sent: _Sent | _Drop, now: float, rnd: int
+                ) -> _Connection | None:
+        result = sent if isinstance(sent, _Drop) else self.arrive(att, sent, now, rnd)
+        if isinstance(result, _Connection):
+            return result
+        att.refusals.append(result)
+        if result.code in ("egress", "unroutable", "no-hairpin"):
+            att.given_up = True
+        return None
+
+
+_SYN_WHY = {
+    "no-mapping": "no mapping there",
+    "not-sent-address": "nothing went from that port to the sender's address",
+    "not-sent-port": "nothing went from that port to the sender's port",
+    "closed": "the half-open connection it would have crossed with there was ended by a "
+              "RST, and the filter refuses it as any unsolicited SYN",
+}
+
+
+def _tcp_connected_text(world: _TcpWorld, c: _Connection, atts: Sequence[_Attempt]) -> str:
+    s, r = _who(c.sender), _who("B" if c.sender == "A" else "A")
+    aim = {"host": f"{r}'s host address", "srflx": f"{r}'s STUN-learned port"}[c.kind]
+    how = {
+        "half-open": f"arrives at {r}'s router as a reply of {r}'s own half-open connection "
+                     f"to that port: the SYNs cross and the kernels make a simultaneous open",
+        "eif": f"is let in by {r}'s endpoint-independent filter to {r}'s listening port",
+        "adf": f"is let in by {r}'s address-dependent filter (its own SYN went to {s}'s "
+               f"address) to {r}'s listening port",
+        "listen": f"reaches {r}'s listening port, which accepts it",
+        "on-link": f"reaches {r} on their shared LAN",
+    }[c.via]
+    parts = [f"{s}'s SYN to {aim} {how}"]
+    if world.peers[c.sender].router is not None and c.via in ("eif", "adf", "listen") and \
+            world.peers[c.sender].srflx != c.seen and c.kind == "srflx":
+        parts.append(f"{r} sees {s} from a port STUN never saw (peer-reflexive)")
+    refused = [d for a in atts for d in a.refusals
+               if d.side and d.code not in ("unroutable", "egress", "no-hairpin")]
+    if refused:
+        first = refused[0]
+        fate = "answered with a RST" if first.code.endswith("+rst") else "dropped"
+        parts.append(f"an earlier SYN was {fate} at {_who(first.side)}'s router, "
+                     f"whose peer had sent nothing to it yet")
+    if c.round:
+        parts.append(f"after {c.round} more SYN{'s' if c.round > 1 else ''} (a fresh "
+                     "attempt each round)")
+    return "; ".join(parts)
+
+
+def _tcp_refused_text(world: _TcpWorld, atts: Sequence[_Attempt]) -> str:
+    parts: list[str] = []
+    for att in atts:
+        if not att.refusals or (att.kind == "host" and att.refusals[-1].code == "unroutable"):
+            continue
+        drop = att.refusals[-1]
+        s, r = _who(att.side), _who("B" if att.side == "A" else "A")
+        aim = {"host": f"{r}'s host address", "srflx": f"{r}'s STUN-learned port"}[att.kind]
+        code = drop.code.removesuffix("+rst")
+        if code == "egress":
+            parts.append(f"{s}'s corporate firewall lets out only TCP 80, 443 and UDP 53: "
+                         f"no SYN to {aim} leaves")
+            continue
+        fate = "answered with a RST" if drop.code.endswith("+rst") else "dropped"
+        at = _who(drop.side) if drop.side else "the network"
+        parts.append(f"{s}'s SYNs to {aim} are {fate} at {at}'s router "
+                     f"({_SYN_WHY.get(code, code)})")
+    rst = [a for a in atts if a.refusals and a.refusals[-1].code.endswith("+rst")]
+    if len({a.side for a in rst}) == 2:
+        parts.append("each RST also ends the sender's half-open connection in its own "
+                     "router (conntrack deletes a connection whose only reply is a RST), so "
+                     "the other side's SYN finds nothing to cross with: the SYNs of a round "
+                     "would have to cross in flight (a one-way delay longer than the peers' "
+                     "start skew; in the lab, without link delay, they sometimes do, when "
+                     "both peers send within some tens of microseconds)")
+    for side in "AB":
+        peer = world.peers[side]
+        if peer.router is not None and peer.router.translates and \
+                peer.router.spec.mapping is not EI and peer.srflx != NO_SRFLX:
+            parts.append(f"{_who(side)}'s mapping is {_DEP[peer.router.spec.mapping]}, so "
+                         f"the port STUN saw is not the one {_who(side)} connects from")
+    return "; ".join(dict.fromkeys(parts)) or "no SYN got through"
+
+
+def _predict_tcp(a: NatSpec, b: NatSpec, strategy: Strategy, reuse: PortReuse) -> Prediction:
+    """Bob's SYNs first, as in the lab; with a note where Alice's first would differ."""
+    got = _tcp_order(a, b, strategy, reuse, "B")
+    other = _tcp_order(a, b, strategy, reuse, "A")
+    if strategy.syn_crossing or other.outcome == got.outcome:
+        return got
+    return Prediction(got.outcome, f"{got.reason}; which SYN arrives first decides this "
+                      f"pairing: with Alice's first it would be {other.outcome}", got.pair)
+
+
+def _tcp_order(a: NatSpec, b: NatSpec, strategy: Strategy, reuse: PortReuse,
+               first: str) -> Prediction:
+    world = _TcpWorld(a, b, strategy, reuse)
+    for side in "AB":
+        world.stun(world.peers[side])
+    atts = world.attempts()
+    atts.sort(key=lambda att: att.side != first)  # stable: each side's host, then srflx
+    now = strategy.signaling_delay_s
+    for rnd in range(strategy.retries + 1):
+        conn = world.syn_round(atts, now + rnd * strategy.retry_interval_s, rnd)
+        if conn is not None:
+            them = world.peers[conn.sender]
+            seen_kind = ("srflx" if conn.seen == them.srflx else
+                         "host" if conn.seen == them.host else "prflx")
+            kinds = (conn.kind, seen_kind) if conn.sender == "A" else (seen_kind, conn.kind)
+            return Prediction(DIRECT, _tcp_connected_text(world, conn, atts), kinds)
+    return Prediction(RELAY, _tcp_refused_text(world, atts))
+
+
 # --- the matrix -----------------------------------------------------------------------
 
 
 def matrix(
     nats: Iterable[NatSpec],
     strategy: Strategy = Strategy(),  # noqa: B008
+    transport: str = "udp",
 ) -> list[list[Prediction]]:
     """Row Alice's NAT, column Bob's."""
     specs = list(nats)
-    return [[predict(a, b, strategy) for b in specs] for a in specs]
+    return [[predict(a, b, strategy, transport=transport) for b in specs] for a in specs]
 
 
 def format_matrix(nats: Sequence[NatSpec], grid: Sequence[Sequence[Prediction]]) -> str:

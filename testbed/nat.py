@@ -2,11 +2,13 @@
 
 A router's `nat:` section becomes one NatSpec (nat_from_dict). Mapping and
 filtering are kept separate, as in RFC 4787; the classic RFC 3489 names are
-aliases of four of the nine combinations. A spec has a label that names it
-completely and parses back (nat_from_label): the classic or combination name,
-then a suffix per setting that differs from the default, e.g.
-'port-restricted-cone:random:no-hairpin:30s'. testbed.ruleset turns a spec into
-nftables rules.
+aliases of four of the nine combinations. They apply to UDP and TCP alike (RFC 5382
+asks the same of a NAT's TCP behaviour); TCP adds its own timeouts (established and
+transitory, RFC 5382 REQ-5) and what the NAT does with an unsolicited inbound SYN.
+A spec has a label that names it completely and parses back (nat_from_label): the
+classic or combination name, then a suffix per setting that differs from the
+default, e.g. 'port-restricted-cone:random:no-hairpin:30s:syn-rst'. testbed.ruleset
+turns a spec into nftables rules.
 """
 
 from __future__ import annotations
@@ -42,6 +44,28 @@ class PortAllocation(str, Enum):
     RANDOM = "random"
 
 
+class Egress(str, Enum):
+    """Which new flows the LAN may open to the outside."""
+
+    OPEN = "open"  # any
+    CORPORATE = "corporate"  # web and DNS only: CORPORATE_EGRESS
+
+
+# What a corporate firewall lets out (patchbay's Corporate preset; Cisco ASA, Palo Alto,
+# Fortinet in enterprise deployments): web over TCP and DNS over UDP, and ping.
+CORPORATE_EGRESS: dict[str, tuple[int, ...]] = {"tcp": (80, 443), "udp": (53,)}
+
+
+class SynReply(str, Enum):
+    """What a router does with an inbound SYN its filtering refuses. RFC 5382 REQ-4 asks
+    for silence for at least 6 s (a simultaneous open may be under way) and REQ-4a for
+    silence when answering would go against the NAT's security policy; routers in the
+    field also answer with a RST at once, which aborts the far side's connect()."""
+
+    DROP = "drop"
+    RST = "rst"
+
+
 EI = Behaviour.ENDPOINT_INDEPENDENT
 AD = Behaviour.ADDRESS_DEPENDENT
 APD = Behaviour.ADDRESS_AND_PORT_DEPENDENT
@@ -53,9 +77,16 @@ CLASSIC: dict[str, tuple[Behaviour, Behaviour]] = {
     "port-restricted-cone": (EI, APD),
     "symmetric": (APD, APD),
 }
+# `type: corporate`: an enterprise gateway, symmetric (its NAT is a hard one) with
+# corporate egress.
+CORPORATE_TYPE = "corporate"
+CORPORATE = (APD, APD)
 
 DEFAULT_MAPPING_TIMEOUT = 120  # RFC 4787 REQ-5: not under 2 minutes
-SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout")
+DEFAULT_TCP_ESTABLISHED_TIMEOUT = 7440  # RFC 5382 REQ-5: not under 2 hours 4 minutes
+DEFAULT_TCP_TRANSITORY_TIMEOUT = 240  # RFC 5382 REQ-5: not under 4 minutes
+SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout",
+            "unsolicited_syn", "tcp_established_timeout", "tcp_transitory_timeout", "egress")
 PORT_MAPPING_PROTOCOLS = ("pcp", "nat-pmp", "upnp")  # miniupnpd speaks all three
 POOLINGS = ("paired", "arbitrary")  # RFC 4787 REQ-2 / RFC 6888 REQ-6: paired by default
 FORWARD_PROTOS = ("udp", "tcp")
@@ -79,6 +110,7 @@ class Forward:
         return f"{self.proto} {self.external} -> {self.host}:{self.port}"
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
+SYN_VARIANT = "syn-"  # 'syn-rst', 'syn-drop': the unsolicited-SYN treatment in a label
 
 
 @dataclass(frozen=True)
@@ -90,8 +122,13 @@ class NatSpec:
     filtering: Behaviour = APD
     port_allocation: PortAllocation = PortAllocation.PRESERVE
     hairpinning: bool = True
-    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT
-    # Carrier-grade NAT as deployed (RFC 6888, RFC 7422) and the ports a NAT picks from.
+    mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT  # UDP (RFC 4787)
+    unsolicited_syn: SynReply = SynReply.DROP
+    tcp_established_timeout: int = DEFAULT_TCP_ESTABLISHED_TIMEOUT  # RFC 5382
+    tcp_transitory_timeout: int = DEFAULT_TCP_TRANSITORY_TIMEOUT  # opening or closing
+    egress: Egress = Egress.OPEN
+    # Carrier-grade NAT as deployed (RFC 6888, RFC 7422) and the ports a NAT picks from
+    # (UDP's and TCP's alike).
     port_range: tuple[int, int] | None = None  # None: the template's own (49152-65535)
     port_block: int | None = None  # ports per subscriber, allocated as one block
     pooling: str = "paired"  # over a multi-address pool: one address per host, or any
@@ -117,6 +154,8 @@ class NatSpec:
         'adm-eif', then the variant ('symmetric:random:no-hairpin:30s')."""
         if self.kind is not Kind.NAT:
             return self.kind.value + self.variant
+        if self.egress is Egress.CORPORATE and (self.mapping, self.filtering) == CORPORATE:
+            return CORPORATE_TYPE + self._variant(egress=False)
         for name, pair in CLASSIC.items():
             if pair == (self.mapping, self.filtering):
                 return name + self.variant
@@ -139,7 +178,7 @@ class NatSpec:
         timeout = f"{self.mapping_timeout} s"
         if self.kind is Kind.FIREWALL:
             return (f"no translation; {self.filtering.value} filtering, state kept {timeout} "
-                    "idle")
+                    "idle" + self._tcp_words())
         ports = {PortAllocation.PRESERVE: "port preservation",
                  PortAllocation.SEQUENTIAL: "sequential ports",
                  PortAllocation.RANDOM: "random ports"}[self.port_allocation]
@@ -147,7 +186,24 @@ class NatSpec:
                  f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
                  f"{timeout} idle")
         forwards = [f"forward {f.text}" for f in self.forwards]
-        return ", ".join((words, *(w for _, w in self._carrier_settings()), *forwards))
+        return (", ".join((words, *(w for _, w in self._carrier_settings()), *forwards))
+                + self._tcp_words())
+
+    def _tcp_words(self) -> str:
+        """The TCP settings and the egress, where they differ from the defaults."""
+        words = []
+        if self.unsolicited_syn is SynReply.RST:
+            words.append("an unsolicited SYN is answered with a RST")
+        if self.tcp_established_timeout != DEFAULT_TCP_ESTABLISHED_TIMEOUT:
+            words.append(f"established connections kept {self.tcp_established_timeout} s idle")
+        if self.tcp_transitory_timeout != DEFAULT_TCP_TRANSITORY_TIMEOUT:
+            words.append(f"opening or closing ones {self.tcp_transitory_timeout} s")
+        tcp = f"; TCP: {', '.join(words)}" if words else ""
+        if self.egress is Egress.CORPORATE:
+            out = " and ".join(f"{proto.upper()} {', '.join(map(str, ports))}"
+                               for proto, ports in CORPORATE_EGRESS.items())
+            tcp += f"; only {out} (and ping) may go out"
+        return tcp
 
     def _carrier_settings(self) -> list[tuple[str, str]]:
         """The port range, CGN and port-mapping settings that differ from the defaults:
@@ -183,6 +239,9 @@ class NatSpec:
     @property
     def variant(self) -> str:
         """':'-separated settings that differ from the defaults ('' when none do)."""
+        return self._variant(egress=True)
+
+    def _variant(self, egress: bool) -> str:
         parts = []
         if self.port_allocation is not PortAllocation.PRESERVE:
             parts.append(self.port_allocation.value)
@@ -190,6 +249,14 @@ class NatSpec:
             parts.append(NO_HAIRPIN)
         if self.mapping_timeout != DEFAULT_MAPPING_TIMEOUT:
             parts.append(f"{self.mapping_timeout}s")
+        if self.unsolicited_syn is not SynReply.DROP:
+            parts.append(SYN_VARIANT + self.unsolicited_syn.value)
+        if self.tcp_established_timeout != DEFAULT_TCP_ESTABLISHED_TIMEOUT:
+            parts.append(f"tcp-established-timeout={self.tcp_established_timeout}")
+        if self.tcp_transitory_timeout != DEFAULT_TCP_TRANSITORY_TIMEOUT:
+            parts.append(f"tcp-transitory-timeout={self.tcp_transitory_timeout}")
+        if egress and self.egress is not Egress.OPEN:
+            parts.append(f"egress={self.egress.value}")
         parts += [label for label, _ in self._carrier_settings()]
         return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
@@ -201,14 +268,19 @@ def all_combinations() -> list[NatSpec]:
 
 # --------------------------------------------------------------------------- parsing
 
-TYPES = (*CLASSIC, Kind.NONE.value, Kind.FIREWALL.value)
+TYPES = (*CLASSIC, CORPORATE_TYPE, Kind.NONE.value, Kind.FIREWALL.value)
 KEYS = ("type", "mapping", "filtering", "port-allocation", "hairpinning", "mapping-timeout",
+        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout", "egress",
         "port-range", "port-block", "pooling", "max-sessions-per-host", "forwards",
         "port-mapping", "mapping-quota")
-TRANSLATING_ONLY = ("port-allocation", "hairpinning", "port-range", "port-block", "pooling",
-                    "max-sessions-per-host", "forwards", "port-mapping", "mapping-quota")
 PORTMAP_VARIANT = "port-mapping"
 MAX_MAPPING_TIMEOUT = 86400  # one day; conntrack timeouts are kept in jiffies in an int
+MAX_TCP_TIMEOUT = 432000  # five days: the kernel's own established timeout
+# meaningless without translation
+TRANSLATING_ONLY = ("port-allocation", "hairpinning", "port-range", "port-block", "pooling",
+                    "max-sessions-per-host", "forwards", "port-mapping", "mapping-quota")
+STATEFUL = ("mapping-timeout", "unsolicited-syn", "tcp-established-timeout",
+            "tcp-transitory-timeout", "egress")  # need state: a firewall has them, none not
 
 
 class NatConfigError(ValueError):
@@ -242,14 +314,13 @@ def _check_keys(data: Mapping[str, Any]) -> None:
         raise NatConfigError(str(key), f"unknown key; {hint}allowed keys: {_choices(KEYS)}")
 
 
-def _timeout(data: Mapping[str, Any]) -> int:
-    value = data.get("mapping-timeout", DEFAULT_MAPPING_TIMEOUT)
+def _timeout(data: Mapping[str, Any], key: str = "mapping-timeout",
+             default: int = DEFAULT_MAPPING_TIMEOUT, most: int = MAX_MAPPING_TIMEOUT) -> int:
+    value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NatConfigError("mapping-timeout",
-                             f"must be a whole number of seconds, got {value!r}")
-    if not 1 <= value <= MAX_MAPPING_TIMEOUT:
-        raise NatConfigError("mapping-timeout", f"must be between 1 and {MAX_MAPPING_TIMEOUT} "
-                             f"seconds, got {value}")
+        raise NatConfigError(key, f"must be a whole number of seconds, got {value!r}")
+    if not 1 <= value <= most:
+        raise NatConfigError(key, f"must be between 1 and {most} seconds, got {value}")
     return value
 
 
@@ -265,6 +336,8 @@ def _kind_and_behaviours(data: Mapping[str, Any]) -> tuple[Kind, Behaviour, Beha
                                      "type or mapping and filtering")
         if t in CLASSIC:
             return (Kind.NAT, *CLASSIC[t])
+        if t == CORPORATE_TYPE:
+            return (Kind.NAT, *CORPORATE)
         return Kind(t), EI, APD
     if "filtering" in data and "mapping" not in data:
         raise NatConfigError("filtering", "needs a mapping too (mapping: endpoint-independent, "
@@ -282,9 +355,8 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
                              f"got {type(data).__name__}")
     _check_keys(data)
     kind, mapping, filtering = _kind_and_behaviours(data)
-    translating_only = TRANSLATING_ONLY
-    for key in (*translating_only, "mapping-timeout"):
-        if key in data and kind is not Kind.NAT and (kind is Kind.NONE or key in translating_only):
+    for key in (*TRANSLATING_ONLY, *STATEFUL):
+        if key in data and kind is not Kind.NAT and (kind is Kind.NONE or key in TRANSLATING_ONLY):
             raise NatConfigError(key, f"does not apply to type {kind.value!r}, which translates "
                                  "no addresses" + ("" if kind is Kind.FIREWALL else
                                                    " and keeps no state"))
@@ -293,6 +365,23 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
     hairpinning = data.get("hairpinning", True)
     if not isinstance(hairpinning, bool):
         raise NatConfigError("hairpinning", f"must be true or false, got {hairpinning!r}")
+    syn = (_enum(data, "unsolicited-syn", SynReply, "unsolicited-SYN treatment")
+           if "unsolicited-syn" in data else SynReply.DROP)
+    established = _timeout(data, "tcp-established-timeout", DEFAULT_TCP_ESTABLISHED_TIMEOUT,
+                           MAX_TCP_TIMEOUT)
+    transitory = _timeout(data, "tcp-transitory-timeout", DEFAULT_TCP_TRANSITORY_TIMEOUT,
+                          MAX_TCP_TIMEOUT)
+    egress = Egress.CORPORATE if data.get("type") == CORPORATE_TYPE else Egress.OPEN
+    if "egress" in data:
+        if data.get("type") == CORPORATE_TYPE:
+            raise NatConfigError("egress", f"cannot be combined with type {CORPORATE_TYPE!r}, "
+                                 "which is corporate egress")
+        egress = _enum(data, "egress", Egress, "egress")
+    if transitory > established:
+        key = "tcp-established-timeout" if "tcp-established-timeout" in data \
+            else "tcp-transitory-timeout"
+        raise NatConfigError(key, f"an established connection ({established} s) cannot "
+                             f"time out before a half-open or closing one ({transitory} s)")
     port_range = _port_range(data)
     block = _optional_int(data, "port-block", 1, 65535)
     if block is not None and port_range is not None and block > port_range[1] - port_range[0] + 1:
@@ -313,8 +402,9 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
                              "NAT pools paired (RFC 6888 REQ-6)")
     return NatSpec(kind=kind, mapping=mapping, filtering=filtering,
                    port_allocation=allocation, hairpinning=hairpinning,
-                   mapping_timeout=_timeout(data), port_range=port_range, port_block=block,
-                   pooling=pooling,
+                   mapping_timeout=_timeout(data), unsolicited_syn=syn,
+                   tcp_established_timeout=established, tcp_transitory_timeout=transitory,
+                   egress=egress, port_range=port_range, port_block=block, pooling=pooling,
                    max_sessions_per_host=_optional_int(data, "max-sessions-per-host", 1,
                                                        MAX_SESSIONS),
                    forwards=_forwards(data), port_mapping=_port_mapping(data),
@@ -404,12 +494,17 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
     """A NatSpec as a topology file's `nat:` section (nat_from_dict's inverse)."""
     if spec.kind is Kind.NONE:
         return {"type": spec.kind.value}
+    stateful = {"mapping-timeout": spec.mapping_timeout,
+                "unsolicited-syn": spec.unsolicited_syn.value,
+                "tcp-established-timeout": spec.tcp_established_timeout,
+                "tcp-transitory-timeout": spec.tcp_transitory_timeout,
+                "egress": spec.egress.value}
     if spec.kind is Kind.FIREWALL:
-        return {"type": spec.kind.value, "mapping-timeout": spec.mapping_timeout}
+        return {"type": spec.kind.value, **stateful}
     out: dict[str, Any] = {
         "mapping": spec.mapping.value, "filtering": spec.filtering.value,
         "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
-        "mapping-timeout": spec.mapping_timeout}
+        **stateful}
     if spec.port_range is not None:
         out["port-range"] = f"{spec.port_range[0]}-{spec.port_range[1]}"
     if spec.port_block is not None:
@@ -432,12 +527,15 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
 
 _COMBOS = {f"{m.short}m-{f.short}f": (m, f) for m in Behaviour for f in Behaviour}
 _TIMEOUT = re.compile(r"^(\d{1,6})s$")
-_LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout", "port-range", "port-block",
-              "pooling", "max-sessions-per-host")
-_INT_KEYS = ("mapping-timeout", "port-block", "max-sessions-per-host")
+_LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout", "unsolicited-syn",
+              "tcp-established-timeout", "tcp-transitory-timeout", "egress", "port-range",
+              "port-block", "pooling", "max-sessions-per-host")
+_NUMBERS = ("mapping-timeout", "tcp-established-timeout", "tcp-transitory-timeout",
+            "port-block", "max-sessions-per-host")
 VARIANTS_HELP = ("random, sequential or preserve (port allocation), no-hairpin or hairpin, "
-                 "a mapping timeout like 30s, port-mapping (a PCP/NAT-PMP/UPnP daemon), or "
-                 "KEY=VALUE for " + ", ".join(_LONG_KEYS))
+                 "a mapping timeout like 30s, syn-rst or syn-drop (an unsolicited TCP SYN), "
+                 "port-mapping (a PCP/NAT-PMP/UPnP daemon), or KEY=VALUE for "
+                 + ", ".join(_LONG_KEYS))
 
 
 def _variant(text: str) -> tuple[str, Any]:
@@ -448,13 +546,15 @@ def _variant(text: str) -> tuple[str, Any]:
         return "hairpinning", text == HAIRPIN
     if m := _TIMEOUT.match(text):
         return "mapping-timeout", int(m.group(1))
+    if text.startswith(SYN_VARIANT) and text[len(SYN_VARIANT):] in {r.value for r in SynReply}:
+        return "unsolicited-syn", text[len(SYN_VARIANT):]
     if text == PORTMAP_VARIANT:
         return "port-mapping", True
     key, eq, value = text.partition("=")
     if eq and key in _LONG_KEYS:
         if key == "hairpinning" and value in ("true", "false"):
             return key, value == "true"
-        if key in _INT_KEYS and value.isdigit() and len(value) <= 6:
+        if key in _NUMBERS and value.isdigit() and len(value) <= 7:
             return key, int(value)
         return key, value
     raise NatConfigError("", f"unknown variant {text!r}; expected {VARIANTS_HELP}")
@@ -503,7 +603,8 @@ NAT_SETS = {"default": default_nats, "all": all_nats}
 
 
 def nats_from_list(text: str) -> list[NatSpec]:
-    """`default`, `all`, or a comma-separated list of labels, each once."""
+    """`default`, `all`, or a comma-separated list of labels and set names, each NAT
+    once: 'full-cone,symmetric', 'default,corporate'."""
     if text in NAT_SETS:
         return NAT_SETS[text]()
     labels = [s.strip() for s in text.split(",")]
@@ -512,8 +613,8 @@ def nats_from_list(text: str) -> list[NatSpec]:
                              "full-cone,symmetric, or default, or all)")
     specs: list[NatSpec] = []
     for label in labels:
-        spec = nat_from_label(label)
-        if spec in specs:
-            raise NatConfigError("", f"{label!r} is listed twice (as {spec.label})")
-        specs.append(spec)
+        for spec in NAT_SETS[label]() if label in NAT_SETS else [nat_from_label(label)]:
+            if spec in specs:
+                raise NatConfigError("", f"{label!r} is listed twice (as {spec.label})")
+            specs.append(spec)
     return specs

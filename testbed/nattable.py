@@ -1,12 +1,13 @@
 """A router's NAT table as data: its conntrack entries and the testbed's nft maps.
 
 Two views of the same state. The kernel's conntrack table has one entry per
-UDP flow: the original direction as the inside host sent it, the reply
-direction as the outside sees it (the mapped address and port are the reply's
-destination). The testbed's own table `nattestbed` (nft-templates/) keeps the
-RFC 4787 state: `mapping` (inside endpoint [+ remote] -> external port),
-`owner` (external port -> inside endpoint) and, with address-dependent
-filtering, `permit` (external port . remote address -> inside endpoint).
+UDP flow or TCP connection: the original direction as the inside host sent it,
+the reply direction as the outside sees it (the mapped address and port are the
+reply's destination). The testbed's own table `nattestbed` (nft-templates/) keeps
+the RFC 4787 / RFC 5382 state per protocol: `udp_mapping`, `tcp_mapping` (inside
+endpoint [+ remote] -> external port), `udp_owner`, `tcp_owner` (external port ->
+inside endpoint) and, with address-dependent filtering, `udp_permit`, `tcp_permit`
+(external port . remote address -> inside endpoint).
 
     table = snapshot(lab, "router")      # runs conntrack and nft in the router
     print(format_table(table))
@@ -23,16 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.lab import Lab
-from testbed.ruleset import NFT_TABLE
+from testbed.ruleset import NFT_TABLE, PROTOS
 
-MAPS = ("mapping", "owner", "permit")
+MAPS = tuple(f"{p}_{m}" for p in PROTOS for m in ("mapping", "owner", "permit"))
 
 Value = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
 class ConntrackEntry:
-    """One UDP flow as conntrack keeps it (`conntrack -L -o xml`)."""
+    """One UDP flow or TCP connection as conntrack keeps it (`conntrack -L -o xml`)."""
 
     src: str  # original direction: as the inside host sent it
     sport: int
@@ -45,6 +46,8 @@ class ConntrackEntry:
     timeout: int = 0
     assured: bool = False  # traffic has gone both ways
     unreplied: bool = False
+    proto: str = "udp"  # udp | tcp
+    tcp_state: str = ""  # conntrack's TCP state: SYN_SENT, ESTABLISHED, CLOSE, ...
 
     @property
     def inside(self) -> str:
@@ -66,7 +69,8 @@ class ConntrackEntry:
 
     @property
     def state(self) -> str:
-        return "assured" if self.assured else ("unreplied" if self.unreplied else "replied")
+        flow = "assured" if self.assured else ("unreplied" if self.unreplied else "replied")
+        return f"{self.tcp_state} {flow}" if self.tcp_state else flow
 
 
 @dataclass(frozen=True)
@@ -89,17 +93,17 @@ class NatTable:
     def map(self, name: str) -> tuple[MapElement, ...]:
         return tuple(e for e in self.maps if e.map == name)
 
-    def public_port(self, inside: str) -> int | None:
-        """The external port the `mapping` map gives an inside endpoint 'ip:port'
-        (for endpoint-independent mapping; the first one otherwise)."""
+    def public_port(self, inside: str, proto: str = "udp") -> int | None:
+        """The external port the protocol's mapping map gives an inside endpoint
+        'ip:port' (for endpoint-independent mapping; the first one otherwise)."""
         ip, port = inside.rsplit(":", 1)
-        for e in self.map("mapping"):
+        for e in self.map(f"{proto}_mapping"):
             if e.key[:2] == (ip, int(port)):
                 return int(e.value[0])
         return None
 
-    def owner(self, port: int) -> str | None:
-        for e in self.map("owner"):
+    def owner(self, port: int, proto: str = "udp") -> str | None:
+        for e in self.map(f"{proto}_owner"):
             if e.key == (port,):
                 return _join(e.value).replace(" . ", ":")
         return None
@@ -128,7 +132,7 @@ def _tuple(meta: ET.Element) -> tuple[str, int, str, int]:
 
 
 def parse_conntrack_xml(text: str) -> tuple[ConntrackEntry, ...]:
-    """`conntrack -L -p udp -o xml` -> entries (UDP only; empty output: none)."""
+    """`conntrack -L -o xml` -> its UDP and TCP entries (empty output: none)."""
     if not text.strip():
         return ()
     root = ET.fromstring(text)
@@ -138,13 +142,15 @@ def parse_conntrack_xml(text: str) -> tuple[ConntrackEntry, ...]:
         orig, reply, ind = metas.get("original"), metas.get("reply"), metas.get("independent")
         if orig is None or reply is None:
             continue
-        if orig.find("layer4").get("protoname") != "udp":  # type: ignore[union-attr]
+        proto = orig.find("layer4").get("protoname")  # type: ignore[union-attr]
+        if proto not in PROTOS:
             continue
         timeout = ind.findtext("timeout") if ind is not None else None
         out.append(ConntrackEntry(
             *_tuple(orig), *_tuple(reply), timeout=int(timeout or 0),
             assured=ind is not None and ind.find("assured") is not None,
-            unreplied=ind is not None and ind.find("unreplied") is not None))
+            unreplied=ind is not None and ind.find("unreplied") is not None,
+            proto=proto, tcp_state=(ind.findtext("state") or "") if ind is not None else ""))
     return tuple(out)
 
 
@@ -180,8 +186,7 @@ def parse_nft_maps(text: str, names: Sequence[str] = MAPS) -> tuple[MapElement, 
 
 def snapshot(lab: Lab, router: str) -> NatTable:
     """The router's NAT state now (conntrack and nft, run in its namespace)."""
-    ct = lab.run(router, ["conntrack", "-L", "-p", "udp", "-o", "xml"], check=True,
-                 timeout=30).stdout
+    ct = lab.run(router, ["conntrack", "-L", "-o", "xml"], check=True, timeout=30).stdout
     nft = lab.run(router, ["nft", "-j", "list", "table", "ip", NFT_TABLE], timeout=30)
     maps = parse_nft_maps(nft.stdout) if nft.returncode == 0 else ()
     return NatTable(router, parse_conntrack_xml(ct), maps)
@@ -216,17 +221,18 @@ def state_changes(before: NatTable, after: NatTable) -> list[tuple[ConntrackEntr
 
 
 def _ct_key(e: ConntrackEntry) -> tuple[Any, ...]:
-    return (e.src, e.sport, e.dst, e.dport, e.reply_src, e.reply_sport, e.reply_dst,
+    return (e.proto, e.src, e.sport, e.dst, e.dport, e.reply_src, e.reply_sport, e.reply_dst,
             e.reply_dport)
 
 
 def conntrack_line(e: ConntrackEntry) -> str:
-    return f"{e.inside} -> {e.remote}  seen outside as {e.public}  ({e.state}, {e.timeout} s)"
+    return (f"{e.proto} {e.inside} -> {e.remote}  seen outside as {e.public}  "
+            f"({e.state}, {e.timeout} s)")
 
 
 def format_table(t: NatTable, indent: str = "  ") -> str:
     if t.empty:
         return f"{indent}(empty)"
     lines = [f"{indent}conntrack  {conntrack_line(e)}" for e in t.conntrack]
-    lines += [f"{indent}nft @{e.map:<8} {e.text()}" for e in t.maps]
+    lines += [f"{indent}nft @{e.map:<11} {e.text()}" for e in t.maps]
     return "\n".join(lines)

@@ -49,7 +49,7 @@ from testbed.nat import NatSpec, nat_section
 from testbed.results import ROLES, EventResult, PairResult, PairTimings, TraceSummary, combine
 from testbed.services import PeerServers
 from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
-from testbed.strategy import Strategy
+from testbed.strategy import Strategy, StrategyError
 from testbed.topology import Topology, check_event, load_topology, parse_topology
 from testbed.trace.capture import Capture
 from testbed.trace.folder import tell, write_folder
@@ -169,13 +169,18 @@ def _addr(a: tuple[str, int]) -> str:
 
 
 def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
-              timing: Timing, strategy: Strategy = DEFAULT_STRATEGY,
+              timing: Timing, transport: str = "udp",
+              strategy: Strategy = DEFAULT_STRATEGY,
               extra: tuple[str, ...] = ()) -> list[str]:
+    tls: list[str] = []
+    if servers.turn_tls is not None and servers.turn_cert is not None:
+        tls = ["--turn-tls", _addr(servers.turn_tls), "--turn-ca", servers.turn_cert]
     return ["--id", me, "--remote", remote, "--result", str(result),
             "--signaling", _addr(servers.signaling), "--token", servers.token(me),
             "--stun", _addr(servers.stun), "--turn", _addr(servers.turn),
             "--turn-user", servers.turn_user, "--turn-pass", servers.turn_pass,
-            *timing_args(timing), *strategy.peer_flags(), *extra]
+            "--transport", transport, *tls, *timing_args(timing), *strategy.peer_flags(),
+            *extra]
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,8 @@ class PeersRun:
 
 
 def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES,
-              tag: str = "", strategy: Strategy = DEFAULT_STRATEGY,
+              tag: str = "", transport: str = "udp",
+              strategy: Strategy = DEFAULT_STRATEGY,
               extra: Mapping[str, tuple[str, ...]] | None = None,
               on_start: Callable[[], None] | None = None) -> PeersRun:
     """The peer program in both roles' nodes at once; their results by role. `extra`:
@@ -199,7 +205,7 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
         me, remote = nodes[role], nodes[ROLES[1 - ROLES.index(role)]]
         result, log = d / f"peer-{me}{tag}.json", d / f"peer-{me}{tag}.log"
         with log.open("w") as out:
-            argv = peer_argv(servers, me, remote, result, timing, strategy,
+            argv = peer_argv(servers, me, remote, result, timing, transport, strategy,
                              (extra or {}).get(role, ()))
             proc = lab.python(me, "peers.peer", *argv, stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
@@ -269,14 +275,19 @@ def access_links(lab: Lab, where: Placement) -> list[tuple[str, str]]:
 def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = None,
              a_node: str = "alice", b_node: str = "bob", keep: bool = False,
              timing: Timing | None = None, lab_name: str | None = None,
-             trace_dir: str | Path | None = None, conditions: Conditions | None = None,
-             events: Sequence[Event] = (), call: float | None = None,
+             trace_dir: str | Path | None = None, transport: str = "udp",
+             conditions: Conditions | None = None, events: Sequence[Event] = (),
+             call: float | None = None,
              strategy: Strategy = DEFAULT_STRATEGY) -> PairResult:
     """Alice in `a_node` behind NAT a, Bob in `b_node` behind NAT b, in `topology`
     (a file, or the bundled home-pair); one call attempt with `strategy`, with its
-    evidence. `conditions` on the access links; with events (or `call` > 0), a call of
-    `call` seconds (default: the last event + CALL_AFTER_EVENTS_S) during which they
-    happen."""
+    evidence. With transport "tcp" the peers punch by TCP simultaneous open and reach
+    TURN over TCP (the default strategy only: the others punch UDP). `conditions` on
+    the access links; with events (or `call` > 0), a call of `call` seconds (default:
+    the last event + CALL_AFTER_EVENTS_S) during which they happen."""
+    if transport == "tcp" and strategy.name != DEFAULT_STRATEGY.name:
+        raise StrategyError(f"strategy {strategy.name!r} works over UDP only; over TCP "
+                            f"only {DEFAULT_STRATEGY.name!r}")
     path = Path(topology) if topology is not None else None
     topo, where = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
     all_events, timing = plan_call(topo, events, timing or Timing(), call)
@@ -288,18 +299,21 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
         extra = request_mappings(lab, where) if strategy.name == "portmap" else {}
         with _flow_tap(lab, where, timing) as tap, EventRunner(lab, all_events) as runner:
             if trace_dir is None:
-                run = run_peers(lab, timing, where.nodes, strategy=strategy, extra=extra,
+                run = run_peers(lab, timing, where.nodes, transport=transport,
+                                strategy=strategy, extra=extra,
                                 on_start=runner.start)
                 usage = relay_usage(lab, run.peers)
             else:
                 run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
-                                              f"{nat_a.label} (alice) x {nat_b.label} (bob)",
-                                              strategy, extra, runner.start)
+                                              f"{nat_a.label} (alice) x {nat_b.label} (bob), "
+                                              f"{transport.upper()}", transport, strategy,
+                                              extra, runner.start)
         cond = impair.summary(lab._state.get("impairments"))
     flows, done = _call_results(tap, runner.done, where)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
                    wan=where.wan(topo), timings_ms=PairTimings(total=run.total_ms),
                    elapsed_ms=round((time.monotonic() - t0) * 1000, 1), trace=summary,
+                   point={} if transport == "udp" else {"transport": transport},
                    conditions=cond, events=done, flows=flows)
 
 
@@ -328,15 +342,15 @@ def _call_results(tap: FlowTap | None, done: Sequence[EventDone], where: Placeme
 
 
 def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
-            strategy: Strategy = DEFAULT_STRATEGY,
+            transport: str = "udp", strategy: Strategy = DEFAULT_STRATEGY,
             extra: Mapping[str, tuple[str, ...]] | None = None,
             on_start: Callable[[], None] | None = None
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes, strategy=strategy, extra=extra,
-                        on_start=on_start)
+        run = run_peers(lab, timing, where.nodes, transport=transport, strategy=strategy,
+                        extra=extra, on_start=on_start)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]
@@ -463,7 +477,9 @@ def candidate_legend(result: PairResult) -> str:
 
 
 def format_pair(result: PairResult) -> str:
-    lines = [f"pair: {result.a} (alice) x {result.b} (bob)",
+    transport = result.point.get("transport", "udp")
+    over = "" if transport == "udp" else f", over {transport.upper()}"
+    lines = [f"pair: {result.a} (alice) x {result.b} (bob){over}",
              f"outcome: {result.outcome} (decided in stage {result.stage})"]
     if result.reason:
         lines.append(f"reason: {result.reason}")
@@ -473,13 +489,18 @@ def format_pair(result: PairResult) -> str:
         lines.append("relay: coturn did not report its counters in time")
     else:
         per = ", ".join(f"{n} {u.peer.sp} packets/{u.peer.sb} bytes"
-                        for n, u in result.relay.items() if u)
+                        + _turn_way(result.peers.get(n)) for n, u in result.relay.items() if u)
         lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
     lines += _call_lines(result)
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
     lines.append(candidate_legend(result))
     return "\n".join(lines)
+
+
+def _turn_way(peer: PeerResult | None) -> str:
+    way = peer.turn_transport if peer is not None else None
+    return f", reached over {way.upper()}" if way else ""
 
 
 def format_trace(result: PairResult) -> str:

@@ -54,7 +54,7 @@ from testbed.adapters import (
 )
 from testbed.errors import LabError
 from testbed.lab import Lab
-from testbed.nat import Kind, NatSpec
+from testbed.nat import Kind, NatSpec, SynReply
 from testbed.pair import CANDIDATE_LEGEND, DEFAULT_NODES, Placement, pair_lab, pair_topology
 from testbed.results import (
     ROLES,
@@ -87,13 +87,15 @@ class CellServices:
 
 
 def tcp_behaviour(spec: NatSpec) -> str:
-    """What the router does to TCP (nft-templates: NAT behaviours cover UDP only)."""
+    """What the router does to TCP (nft-templates: the NAT's behaviours apply to it)."""
     if spec.kind is Kind.NONE:
         return "routed, no filtering"
+    syn = "an unsolicited SYN is " + ("answered with a RST" if spec.unsolicited_syn is SynReply.RST
+                                      else "dropped")
     if spec.kind is Kind.FIREWALL:
-        return "routed; inbound only as replies of tracked flows (address-and-port-dependent)"
-    return ("snat to the WAN address, port kept while free (kernel's choice); inbound only "
-            "as replies of tracked flows (address-and-port-dependent filtering)")
+        return f"routed; inbound only as replies of tracked connections; {syn}"
+    return (f"{spec.mapping.value} mapping, {spec.filtering.value} filtering, port allocation "
+            f"{spec.port_allocation.value}, as for UDP; {syn}")
 
 
 # ---------------------------------------------------------------- one program
@@ -372,6 +374,8 @@ def server_env(lab: Lab) -> dict[str, str]:
         t = svc["turn"]
         env |= {"NT_TURN": f"{t['address']}:{t['port']}", "NT_TURN_USER": t["username"],
                 "NT_TURN_PASS": t["password"], "NT_TURN_REALM": t["realm"]}
+        if t.get("tls_port") and t.get("cert"):
+            env |= {"NT_TURN_TLS": f"{t['address']}:{t['tls_port']}", "NT_TURN_CA": t["cert"]}
     return env
 
 

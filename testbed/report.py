@@ -258,6 +258,118 @@ def not_modelled(doc: Document) -> list[CellSummary]:
     return [s for s in summaries(doc) if not s.modelled and s.counts]
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A cell whose observed outcome changes with one dimension's value (the others
+    held): e.g. direct over UDP, relay over TCP."""
+
+    a: str
+    b: str
+    dimension: str
+    rest: Facet  # the values of the other dimensions, held
+    by_value: tuple[tuple[str, CellSummary], ...]  # (label, that cell), in run order
+    evidence: Mapping[str, str] = field(default_factory=dict)  # label -> what was seen
+
+    @property
+    def where(self) -> str:
+        held = facet_label(self.rest)
+        return f"{self.a} -> {self.b}" + (f" ({held})" if held else "")
+
+    def text(self) -> str:
+        seen = ", ".join(f"{v} {s.observed}" for v, s in self.by_value)
+        lines = [f"{self.where}: {seen}"]
+        reasons = {v: s.reason for v, s in self.by_value}
+        for v, s in self.by_value:
+            if v in self.evidence:
+                lines.append(f"    {self.dimension}={v}: seen: {self.evidence[v]}")
+            if len(set(reasons.values())) > 1 or v == self.by_value[-1][0]:
+                lines.append(f"    {self.dimension}={v}: {s.predicted_text} in the model: "
+                             f"{s.reason}")
+        return "\n".join(lines)
+
+
+def evidence(rep: PairResult) -> str:
+    """One repeat's evidence in a line: the path each side chose, how it reached the
+    TURN server, and coturn's own count of relayed bytes."""
+    parts = []
+    for role, peer in rep.peers.items():
+        pair = peer.candidate_pair
+        via = f"{pair[0].type}->{pair[1].type}" if pair else "no path"
+        way = f", TURN over {peer.turn_transport}" if peer.turn_transport else ""
+        parts.append(f"{role} {peer.outcome} ({peer.stage}) via {via}{way}")
+    relayed = "unknown" if rep.relay_bytes is None else f"{rep.relay_bytes} B"
+    return "; ".join(parts) + f"; coturn relayed {relayed}"
+
+
+COMPARED_ELSEWHERE = ("peer_a", "peer_b")  # implementations: the interop summary's
+
+
+def compared(doc: Document) -> list[str]:
+    """The dimensions beyond a and b with more than one value: each is compared (but
+    the peer implementations, which the interop summary compares pair by pair)."""
+    values: dict[str, set[str]] = {}
+    for summary in summaries(doc):
+        for name, label in summary.point.items():
+            values.setdefault(name, set()).add(label)
+    return [d.name for d in doc.dimensions
+            if len(values.get(d.name, ())) > 1 and d.name not in COMPARED_ELSEWHERE]
+
+
+def differences(doc: Document, dimension: str) -> list[Difference]:
+    """Cells (Alice's NAT, Bob's NAT, the other dimensions held) whose observed outcome
+    is not the same for every value of `dimension`, row-major."""
+    groups: dict[tuple[Facet, str, str], list[tuple[str, CellSummary]]] = {}
+    for s in summaries(doc):
+        if not s.counts:
+            continue
+        rest = tuple((n, v) for n, v in s.point.items() if n != dimension)
+        groups.setdefault((rest, s.a, s.b), []).append((s.point[dimension], s))
+    order = {n: i for i, n in enumerate(doc.nats)}
+    differ = {key for key, cells in groups.items()
+              if len(cells) > 1 and len({c.observed for _, c in cells}) > 1}
+    seen: dict[tuple[Facet, str, str], dict[str, str]] = {}
+    for cell in iter_cells(doc) if differ else ():
+        rest = tuple((n, v) for n, v in cell.point.items() if n != dimension)
+        if (rest, cell.a, cell.b) in differ and cell.repeats:
+            seen.setdefault((rest, cell.a, cell.b), {})[cell.point[dimension]] = \
+                evidence(cell.repeats[0])
+    out = [Difference(a, b, dimension, rest, tuple(groups[(rest, a, b)]),
+                      seen.get((rest, a, b), {}))
+           for (rest, a, b) in differ]
+    return sorted(out, key=lambda d: (d.rest, order.get(d.a, 0), order.get(d.b, 0)))
+
+
+def format_side_by_side(doc: Document, dimension: str) -> list[str]:
+    """One grid whose cells show the outcome for each value of `dimension` ('d/r':
+    direct for the first value, relay for the second), '*' where they differ."""
+    by_cell: dict[tuple[Facet, str, str], dict[str, CellSummary]] = {}
+    labels: list[str] = []
+    for s in summaries(doc):
+        value = s.point[dimension]
+        if value not in labels:
+            labels.append(value)
+        rest = tuple((n, v) for n, v in s.point.items() if n != dimension)
+        by_cell.setdefault((rest, s.a, s.b), {})[value] = s
+    lines: list[str] = []
+    for rest in dict.fromkeys(r for r, _, _ in by_cell):
+        grid: dict[tuple[str, str], CellSummary] = {}
+        texts: dict[tuple[str, str], str] = {}
+        for (r, a, b), cells in by_cell.items():
+            if r != rest:
+                continue
+            shorts = [_abbrev(cells[v]) if v in cells else "-" for v in labels]
+            texts[(a, b)] = "/".join(shorts) + ("*" if len(set(shorts)) > 1 else "")
+            grid[(a, b)] = next(cells[v] for v in labels if v in cells)
+        head = f"{dimension} {'/'.join(labels)}" + (f", {facet_label(rest)}" if rest else "")
+        lines += ["", f"side by side ({head}; * = they differ):"]
+        lines += _grid_lines(list(doc.nats), grid, False, texts)
+    return lines
+
+
+def _abbrev(s: CellSummary) -> str:
+    return "".join(f"{c if s.varies else ''}{_SHORT[o]}" for o, c in s.counts) or "-"
+
+
 def incomplete(doc: Document) -> str | None:
     """A sentence when the run stopped before its end (metadata.complete false), else None.
     Files from before `complete` existed are complete."""
@@ -424,6 +536,12 @@ def format_table(doc: Document, color: bool = False) -> str:
     for s in disagreements(doc):
         lines.append(f"! {s.where}: predicted {s.predicted}, observed {s.observed} "
                      f"(model: {s.reason})")
+    for name in compared(doc):
+        diffs = differences(doc, name)
+        if len({s.point[name] for s in summaries(doc)}) == 2:
+            lines += format_side_by_side(doc, name)
+        lines += ["", f"cells whose outcome differs with {name}: {len(diffs)}"]
+        lines += [d.text() for d in diffs]
     for where, what in misdeployed(doc):
         lines.append(f"! DEPLOYED {where}: {what}")
     if (peers := interop(doc)) is not None:
@@ -434,8 +552,8 @@ def format_table(doc: Document, color: bool = False) -> str:
 
 
 def _grid_lines(nats: list[str], summaries: Mapping[tuple[str, str], CellSummary],
-                color: bool) -> list[str]:
-    texts = {key: s.short + s.mark for key, s in summaries.items()}
+                color: bool, texts: Mapping[tuple[str, str], str] | None = None) -> list[str]:
+    texts = texts or {key: s.short + s.mark for key, s in summaries.items()}
     corner = "Alice \\ Bob"
     heads = list(nats)
     rows = list(nats)
@@ -903,6 +1021,10 @@ Rows: Alice's NAT; columns: Bob's. Click a cell for its evidence.</div>
         if (peers := interop(doc)) is not None:
             put(_interop_html(peers))
         put(f"<h2>Disagreements with the model: {len(dis)}</h2>\n<ul>{dis_html}</ul>\n")
+        for name in compared(doc):
+            diffs = differences(doc, name)
+            put(f"<h2>Cells whose outcome differs with {_e(name)}: {len(diffs)}</h2>\n<ul>"
+                + "".join(f"<li><pre>{_e(d.text())}</pre></li>" for d in diffs) + "</ul>\n")
         if unmodelled:
             put(f"<h2>Not modelled: {len(unmodelled)} cells</h2>\n<ul>"
                 + "".join(f"<li>{_e(s.where)}: {_e(s.reason)}</li>" for s in unmodelled)

@@ -27,11 +27,15 @@ from testbed.callflow import Flow, Recovery
 from testbed.coturn import Counters, RelayUsage
 from testbed.nat import (
     DEFAULT_MAPPING_TIMEOUT,
+    DEFAULT_TCP_ESTABLISHED_TIMEOUT,
+    DEFAULT_TCP_TRANSITORY_TIMEOUT,
     SETTINGS,
     Behaviour,
+    Egress,
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
 )
 
 ROLES = ("alice", "bob")  # the two peers of every pairing: Alice behind NAT a, Bob behind b
@@ -387,13 +391,26 @@ def spec_from_json(data: Any, where: str) -> NatSpec:
     def enum(kind_: type[Any]) -> Any:
         return lambda key: kind_(rec.choice(data, key, where, [m.value for m in kind_]))
 
+    def optional(kind_: type[Any], absent: Any) -> Any:
+        # Settings added with TCP: files from before they existed read as the defaults.
+        return lambda key: (enum(kind_)(key) if rec.opt(data, key, where, (str,))
+                            else absent)
+
+    def seconds(absent: int) -> Any:
+        return lambda key: rec.opt(data, key, where, (int,), absent)
+
     return NatSpec(kind=kind, mapping=setting("mapping", enum(Behaviour)),
                    filtering=setting("filtering", enum(Behaviour)),
                    port_allocation=setting("port_allocation", enum(PortAllocation)),
                    hairpinning=setting("hairpinning",
                                        lambda k: rec.get(data, k, where, (bool,))),
-                   mapping_timeout=setting("mapping_timeout", lambda k: rec.opt(
-                       data, k, where, (int,), DEFAULT_MAPPING_TIMEOUT)))
+                   mapping_timeout=setting("mapping_timeout", seconds(DEFAULT_MAPPING_TIMEOUT)),
+                   unsolicited_syn=setting("unsolicited_syn", optional(SynReply, SynReply.DROP)),
+                   tcp_established_timeout=setting("tcp_established_timeout", seconds(
+                       DEFAULT_TCP_ESTABLISHED_TIMEOUT)),
+                   tcp_transitory_timeout=setting("tcp_transitory_timeout", seconds(
+                       DEFAULT_TCP_TRANSITORY_TIMEOUT)),
+                   egress=setting("egress", optional(Egress, Egress.OPEN)))
 
 
 def _counters(data: Any, where: str) -> Counters:

@@ -1,22 +1,31 @@
 """A router's nftables ruleset: rendered from a NatSpec (pure), loaded into a namespace.
 
 render_ruleset turns a NatSpec into one nft table (templates in nft-templates/), with
-stock nftables only:
+stock nftables only. UDP and TCP get the same behaviour from the same template: it
+renders its maps and chains once per protocol (`udp_mapping`, `tcp_mapping`, ...),
+so each protocol has its own external ports. (One set of maps keyed by the protocol
+too would be shorter, but nft 1.0.6 cannot store a five-part APDM key with a value:
+"netlink_gen_expr: Assertion `dreg < ctx->reg_low' failed".)
 
-- UDP mappings live in a dynamic map key -> external port (key: inside endpoint,
-  plus the remote address for ADM, plus the remote port for APDM) and ports in a
-  map external port -> owner. Linux's own masquerade is not used for UDP: it keeps
-  a source port only while the reply tuple is free, so two LAN hosts using the
-  same port get endpoint-dependent mappings and can share one external port.
-- Both maps are filled after srcnat (priority srcnat + 10), where `udp sport` is
+- Mappings live in a dynamic map key -> external port (key: inside endpoint, plus
+  the remote address for ADM, plus the remote port for APDM) and
+  ports in a map external port -> owner. Linux's own masquerade is not
+  used: it keeps a source port only while the reply tuple is free, so two LAN hosts
+  using the same port get endpoint-dependent mappings and can share one external port.
+- Both maps are filled after srcnat (priority srcnat + 10), where the source port is
   already translated and conntrack still has the inside endpoint; every outbound
   packet refreshes them (REQ-6); entries expire after mapping-timeout.
 - Filtering: conntrack alone is APDF; EIF and ADF add a prerouting dnat from the
   owner map (keyed by port, or by port and remote address).
 - Port allocation: reuse the key's mapping, else preserve the port if no mapping
   owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
-  next one (sequential). A new mapping on an owned port is dropped before
-  conntrack confirms it, so the retransmission picks again.
+  next one (sequential, a counter per protocol). A new mapping on an owned port is
+  dropped before conntrack confirms it, so the retransmission picks again.
+- Carrier-grade and port-forwarding settings (issue 15) go into both protocols'
+  chains too: the port range and RFC 7422 port blocks in `udp_new`/`tcp_new`, address
+  pooling through a `udp_mapaddr`/`tcp_mapaddr` map, one session cap for all of a
+  host's flows (`sessions`), static forwards (each of its own protocol) and the
+  port-mapping daemon's admission.
 
 load_ruleset is the one way a script gets into a namespace: libnftables in-process
 when the library is there (about half the CPU of an `nft -f` process, and threads
@@ -38,13 +47,15 @@ import jinja2
 
 from testbed import netns, resources
 from testbed.errors import LabError
-from testbed.nat import AD, APD, EI, Behaviour, Kind, NatSpec
+from testbed.nat import AD, APD, CORPORATE_EGRESS, EI, Behaviour, Egress, Kind, NatSpec, SynReply
 
 NFT_TABLE = "nattestbed"  # the one table of a router's NAT rules
 # --------------------------------------------------------------------------- rendering
 
 # Ports the router picks itself (not preserved) come from the IANA dynamic range.
 ALLOC_FIRST, ALLOC_LAST = 49152, 65535
+PROTOS = ("udp", "tcp")  # what the NAT behaviours apply to; ICMP gets the kernel's snat
+RFC = {"udp": "4787", "tcp": "5382"}
 _NFT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
@@ -103,7 +114,7 @@ class RouterContext:
 
 
 def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
-    """nft expressions (key, inside endpoint) of a UDP mapping, seen from conntrack."""
+    """nft expressions (key, inside endpoint) of a mapping, seen from conntrack."""
     inside = f"ct {direction} ip saddr . ct {direction} proto-src"
     key = inside
     if mapping is not EI:
@@ -121,6 +132,23 @@ def _key_type(mapping: Behaviour) -> str:
 
 def _nft_set(items: tuple[str, ...]) -> str:
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def _refresh(spec: NatSpec) -> dict[str, list[tuple[str, str]]]:
+    """Per protocol, (condition, per-element timeout) of each map refresh in track chains.
+
+    A TCP packet refreshes its maps' entries for as long as conntrack keeps its
+    connection in the state the packet left it in: conntrack has already moved the
+    connection on (SYN_SENT, ESTABLISHED, FIN_WAIT, TIME_WAIT, ...) when the packet
+    reaches postrouting, and the sysctls give the transitory states the transitory
+    timeout. So an established connection's packets refresh for the established
+    timeout, and the packets that open, close or abort one for the transitory timeout,
+    the last ACK of a close included.
+    """
+    trans = spec.tcp_transitory_timeout
+    return {"udp": [("", "")],
+            "tcp": [(f"ct expiration <= {trans}s ", f" timeout {trans}s"),
+                    (f"ct expiration > {trans}s ", "")]}
 
 
 @lru_cache(maxsize=1)
@@ -195,28 +223,53 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "alloc_first": first, "alloc_last": last,
         "port_blocks": [f"{h} : {a} . {lo}-{hi}" for h, a, lo, hi in port_blocks(spec, ctx)],
         "pooled": len(ctx.addresses) > 1, "new_addr": _pool_choice(spec, ctx),
-        "reuse_addr": ctx.wan_addr if len(ctx.addresses) == 1 else f"{key} map @mapaddr",
+        "reuse_addr": {p: ctx.wan_addr if len(ctx.addresses) == 1
+                       else f"{key} map @{p}_mapaddr" for p in PROTOS},
         "forwards": ctx.forwards, "port_mapping": bool(spec.port_mapping),
         "stun_addrs": _nft_set(ctx.stun_addrs) if ctx.stun_addrs else "",
-        "seq_chains": [(f"alloc_{b:02x}", f"0x{b:02x}") for b in blocks],
-        "seq_vmap": [f"{i * 256}-{i * 256 + 255} : goto alloc_{b:02x}"
-                     for i, b in enumerate(blocks)],
+        "tcp_est": spec.tcp_established_timeout, "tcp_trans": spec.tcp_transitory_timeout,
+        "map_timeout": {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout},
+        "refresh": _refresh(spec),
+        "syn": spec.unsolicited_syn.value, "syn_rst": spec.unsolicited_syn is SynReply.RST,
+        "egress": spec.egress is Egress.CORPORATE,
+        "egress_tcp": _nft_set(tuple(str(p) for p in CORPORATE_EGRESS["tcp"])),
+        "egress_udp": _nft_set(tuple(str(p) for p in CORPORATE_EGRESS["udp"])),
+        "egress_text": " and ".join(f"{proto.upper()} {', '.join(map(str, ports))}"
+                                    for proto, ports in CORPORATE_EGRESS.items()),
+        "protos": PROTOS, "rfc": RFC,
+        "seq_chains": {p: [(f"alloc_{p}_{b:02x}", f"0x{b:02x}") for b in blocks]
+                       for p in PROTOS},
+        "seq_vmap": {p: [f"{i * 256}-{i * 256 + 255} : goto alloc_{p}_{b:02x}"
+                         for i, b in enumerate(blocks)] for p in PROTOS},
     }
     return _env().get_template("router.nft.j2").render(variables)
 
 
+# conntrack's TCP states of a connection being opened or closed: RFC 5382's transitory
+# ones. (CLOSE, after a RST, keeps the kernel's 10 s: the connection is gone.)
+TCP_TRANSITORY_STATES = ("syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack",
+                         "time_wait")
+
+
 def sysctls(spec: NatSpec) -> dict[str, str]:
-    """Per-namespace sysctls besides ip_forward: UDP conntrack timeouts = mapping-timeout.
+    """Per-namespace sysctls besides ip_forward: conntrack timeouts = the spec's.
 
     The conntrack entry is what lets replies in (filtering), so it must live as long
-    as the mapping. Write them after the ruleset is loaded if nf_conntrack may not be
-    loaded yet (the sysctls only exist once it is).
+    as the mapping: UDP's for mapping-timeout, an established TCP connection's for
+    tcp-established-timeout, one being opened or closed for tcp-transitory-timeout.
+    Write them after the ruleset is loaded if nf_conntrack may not be loaded yet (the
+    sysctls only exist once it is).
     """
     if spec.kind is Kind.NONE:
         return {}
     t = str(spec.mapping_timeout)
-    return {"net.netfilter.nf_conntrack_udp_timeout": t,
-            "net.netfilter.nf_conntrack_udp_timeout_stream": t}
+    out = {"net.netfilter.nf_conntrack_udp_timeout": t,
+           "net.netfilter.nf_conntrack_udp_timeout_stream": t,
+           "net.netfilter.nf_conntrack_tcp_timeout_established":
+               str(spec.tcp_established_timeout)}
+    for state in TCP_TRANSITORY_STATES:
+        out[f"net.netfilter.nf_conntrack_tcp_timeout_{state}"] = str(spec.tcp_transitory_timeout)
+    return out
 
 
 # --------------------------------------------------------------------------- loading

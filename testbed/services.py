@@ -29,13 +29,23 @@ from typing import Any, Protocol
 
 from peers.candidates import Address
 from peers.signaling import peer_token
-from testbed.coturn import TurnConfig, coturn_argv, make_credentials, wait_ready
+from testbed.coturn import (
+    CERT_FILE,
+    KEY_FILE,
+    TurnConfig,
+    certificate_argv,
+    coturn_argv,
+    make_credentials,
+    wait_ready,
+)
 from testbed.errors import LabError
 from testbed.topology import Node
 
 STUN_PORT, STUN_ALT_PORT = 3478, 3479
 TURN_PORT = 3478
-SIGNALING_PORT = 7000
+# 443: a web application's signaling goes over HTTPS, which a corporate network lets out
+# (type corporate) as it lets out TURN over TLS on the TURN server's 443.
+SIGNALING_PORT = 443
 READY_TIMEOUT_S = 5.0
 SECRET_FILES = {"secret": "secret_file", "password": "password_file"}  # key -> its file's key
 
@@ -71,18 +81,25 @@ class PeerServers:
 
     signaling: Address
     stun: Address
-    turn: Address
+    turn: Address  # UDP, and TCP on the same port
     turn_user: str
     turn_pass: str
     secret: bytes  # the signaling server's; a peer gets a token derived from it
+    turn_tls: Address | None = None  # TURN over TLS
+    turn_cert: str | None = None  # the file of the certificate the TLS server presents
 
     @classmethod
     def of(cls, services: Mapping[str, Any]) -> PeerServers:
         """From a lab's `services` (what start_services returned)."""
         sig, stun, turn = services["signaling"], services["stun"], services["turn"]
+        tls = (turn["address"], turn["tls_port"]) if turn.get("tls_port") else None
         return cls((sig["address"], sig["port"]), (stun["address"], stun["port"]),
                    (turn["address"], turn["port"]), turn["username"], turn["password"],
-                   bytes.fromhex(sig["secret"]))
+                   bytes.fromhex(sig["secret"]), tls, turn.get("cert"))
+
+    def turn_ca(self) -> str:
+        """The PEM a peer must find the TLS server presenting ('' without TLS)."""
+        return Path(self.turn_cert).read_text() if self.turn_cert else ""
 
     def token(self, peer_id: str) -> str:
         """The signaling credential of the peer `peer_id` (peers.signaling)."""
@@ -165,13 +182,28 @@ def _start_signaling(host: Host, node: Node) -> dict[str, Any]:
             "secret_file": str(secret_file)}
 
 
+def make_certificate(host: Host, d: Path, ip: str) -> tuple[Path, Path]:
+    """The lab's self-signed certificate for TURN over TLS, and its key, in d."""
+    try:
+        proc = subprocess.run(certificate_argv(d, ip), capture_output=True, text=True,
+                              timeout=READY_TIMEOUT_S)
+    except FileNotFoundError:
+        raise LabError("openssl is not installed (apt install openssl): each lab makes its "
+                       "TURN server's certificate with it") from None
+    if proc.returncode != 0:
+        raise LabError(f"lab {host.name}: openssl could not make the TURN certificate: "
+                       f"{proc.stderr.strip()[-300:]}")
+    return d / CERT_FILE, d / KEY_FILE
+
+
 def _start_turn(host: Host, node: Node) -> dict[str, Any]:
     addr = str(node.interfaces[0].address.ip)
     user, password = make_credentials(random.Random())  # fresh per lab
-    cfg = TurnConfig(listen_ip=addr, relay_ip=addr, username=user, password=password,
-                     port=TURN_PORT)
     d = host.workdir() / f"turn-{node.name}"
     d.mkdir(exist_ok=True)
+    cert, key = make_certificate(host, d, addr)
+    cfg = TurnConfig(listen_ip=addr, relay_ip=addr, username=user, password=password,
+                     port=TURN_PORT, cert=cert, key=key)
     password_file = d / "password"
     write_secret(password_file, password)
     proc = host.popen(node.name, coturn_argv(cfg, d), stdout=subprocess.DEVNULL,
@@ -181,8 +213,9 @@ def _start_turn(host: Host, node: Node) -> dict[str, Any]:
                    lambda: proc.poll() is None, timeout=READY_TIMEOUT_S)
     except RuntimeError as exc:
         raise LabError(f"lab {host.name}: {exc}") from None
-    return {"address": addr, "port": TURN_PORT, "realm": cfg.realm, "username": user,
-            "password": password, "password_file": str(password_file),
+    return {"address": addr, "port": TURN_PORT, "tls_port": cfg.tls_port, "cert": str(cert),
+            "realm": cfg.realm, "username": user, "password": password,
+            "password_file": str(password_file),
             "log": str(d / "turnserver.log")}
 
 

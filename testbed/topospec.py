@@ -74,9 +74,10 @@ def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 NAT_FIELDS = (
-    Field("type", _enum(nat.TYPES, "a classic name (RFC 3489) or a router that does not "
-                        "translate"),
-          "A classic NAT type, or none/firewall; not together with mapping/filtering."),
+    Field("type", _enum(nat.TYPES, "a classic name (RFC 3489), corporate, or a router that "
+                        "does not translate"),
+          "A classic NAT type, corporate, or none/firewall; not together with "
+          "mapping/filtering."),
     Field("mapping", _enum(nat.Behaviour, "RFC 4787 mapping behaviour"),
           "Which outbound flows share one external port (default endpoint-independent)."),
     Field("filtering", _enum(nat.Behaviour, "RFC 4787 filtering behaviour"),
@@ -89,6 +90,24 @@ NAT_FIELDS = (
                               "maximum": nat.MAX_MAPPING_TIMEOUT,
                               "default": nat.DEFAULT_MAPPING_TIMEOUT},
           "Seconds an idle UDP mapping lives (RFC 4787 REQ-5: at least 120)."),
+    Field("unsolicited-syn", {**_enum(nat.SynReply, "what an unsolicited inbound TCP SYN "
+                                                    "gets"), "default": nat.SynReply.DROP.value},
+          "drop (default: silence, RFC 5382 REQ-4a) or rst (a TCP reset at once, as some "
+          "routers do; it aborts a simultaneous open whose far SYN arrives first)."),
+    Field("tcp-established-timeout", {"type": "integer", "minimum": 1,
+                                      "maximum": nat.MAX_TCP_TIMEOUT,
+                                      "default": nat.DEFAULT_TCP_ESTABLISHED_TIMEOUT},
+          "Seconds an idle established TCP connection and its mapping live (RFC 5382 "
+          "REQ-5: at least 7440)."),
+    Field("tcp-transitory-timeout", {"type": "integer", "minimum": 1,
+                                     "maximum": nat.MAX_TCP_TIMEOUT,
+                                     "default": nat.DEFAULT_TCP_TRANSITORY_TIMEOUT},
+          "Seconds a TCP connection being opened or closed lives (RFC 5382 REQ-5: at least "
+          "240); not more than tcp-established-timeout."),
+    Field("egress", {**_enum(nat.Egress, "which new flows the LAN may open outside"),
+                     "default": nat.Egress.OPEN.value},
+          "open (default) or corporate: only TCP 80, 443 and UDP 53 (and ping) may leave, as "
+          "in a corporate network; type corporate is symmetric with corporate egress."),
     Field("port-range", {"type": "string", "pattern": PORT_RANGE_PATTERN},
           "LO-HI: the external ports the NAT picks from, e.g. 1024-65535 (within 1-65535)."),
     Field("port-block", {"type": "integer", "minimum": 1, "maximum": 65535},

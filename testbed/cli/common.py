@@ -34,8 +34,9 @@ from testbed.nat import (
 from testbed.strategy import Strategy, strategies_from_list
 
 T = TypeVar("T")
-NAT_HELP = ("a NAT label: full-cone, restricted-cone, port-restricted-cone, symmetric, none, "
-            "firewall or a combination like adm-eif, then optional ':'-separated variants: "
+NAT_HELP = ("a NAT label: full-cone, restricted-cone, port-restricted-cone, symmetric, "
+            "corporate, none, firewall or a combination like adm-eif, then optional "
+            "':'-separated variants: "
             f"{VARIANTS_HELP} (e.g. symmetric:random:no-hairpin:30s)")
 
 

@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", default="default", metavar="LIST|all|default",
                    help="NATs to pair: default (none + the 4 classic types: 25 pairings), all "
                         "(none, firewall, the 9 mapping x filtering combinations: 121), or a "
-                        f"comma-separated list, each {NAT_HELP}")
+                        "comma-separated list of those sets and labels (default,corporate "
+                        f"adds the corporate row), each label {NAT_HELP}")
     p.add_argument("--only", action="append", metavar="A,B|KEY",
                    help="run only the cell with Alice behind A and Bob behind B (NAT labels "
                         "as in --nats), or the cells or slot a key names (a=A,b=B[,DIM=V]"
@@ -189,6 +190,7 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
     else:
         axis = nats(args.nats)
     extra = []
+    _transport_with_peers(args)
     peers_given = _peer_flags(args)
     for d in dimensions.flagged():
         text = peers_given.get(d.name) or getattr(args, f"dim_{d.name}", None)
@@ -209,6 +211,26 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
         with flag("--deadline"):
             spec = dataclasses.replace(spec, deadline=args.deadline)
     return spec
+
+
+def _transport_with_peers(args: argparse.Namespace) -> None:
+    """TCP is the project's own peer's with plain STUN: a contract program chooses its own
+    transport, and the other strategies predict, probe or map UDP ports, so a slot of
+    either at transport=tcp would say what it did not run."""
+    transports = [t.strip() for t in (getattr(args, "dim_transport", None) or "").split(",")]
+    if "tcp" not in transports:
+        return
+    strategies = getattr(args, "dim_strategy", None) or ""
+    if any(name.strip() not in ("", "stun") for name in strategies.split(",")):
+        raise UsageError(f"--transport tcp: not with --strategies {strategies} (predict, "
+                         "birthday and portmap work over UDP only); over TCP only stun")
+    named = [t.strip() for text in (args.peers, getattr(args, "dim_peer_a", None),
+                                    getattr(args, "dim_peer_b", None)) if text
+             for t in text.split(",")]
+    if args.peer_command or any(name != "own" for name in named):
+        raise UsageError("--transport tcp: only with the project's own peer (each program "
+                         "of --peers/--peer-a/--peer-b/--peer-command chooses its own "
+                         "transport: `nat-testbed peers`)")
 
 
 def _peer_flags(args: argparse.Namespace) -> dict[str, str]:

@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", required=True, metavar="NAT", help=f"Alice's NAT: {NAT_HELP}")
     p.add_argument("--b", required=True, metavar="NAT", help="Bob's NAT, as --a")
     add_topology_flags(p, "run the pair", "home-pair")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                   help="the direct path: UDP hole punching (default) or TCP simultaneous "
+                        "open; TURN is then reached over TCP (TLS on port 443 as fallback)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep", action="store_true", help="keep the lab for a look afterwards")
     p.add_argument("--name", help="the lab's name (default: 'nt' + 4 random characters)")
@@ -85,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--strategy: one strategy per call attempt, got {args.strategy!r} "
                          "(the matrix takes a list: --strategies)")
     strategy = strategies[0]
+    if args.transport == "tcp" and strategy.name != "stun":
+        raise UsageError(f"--strategy {strategy.name}: over UDP only (it predicts, probes "
+                         "or maps UDP ports); with --transport tcp only stun")
     check_lab_name(args.name)
     from peers.session import Timing  # the flags are good: now load the engine
     from testbed.lab import require_root
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
                           b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
                           strategy=strategy, conditions=conditions, events=events,
-                          call=call, lab_name=args.name)
+                          call=call, lab_name=args.name, transport=args.transport)
     if args.json:
         print_json(pair_to_json(result))
     else:
@@ -146,6 +152,9 @@ def run_programs(args: argparse.Namespace, nat_a: NatSpec, nat_b: NatSpec) -> in
     from testbed.peerprog import format_cell, run_contract_pair
 
     a, b = resolve_peers(args)
+    if args.transport != "udp":
+        raise UsageError("--transport: not with --peer-a/--peer-b/--peer-command (each "
+                         "program chooses its own transport: `nat-testbed peers`)")
     if args.trace:
         raise UsageError("--trace: not yet with --peer-a/--peer-b/--peer-command")
     topology = topology_path(args)

@@ -325,9 +325,9 @@ class Run:
             out += [f"    ~ conntrack  {nattable.conntrack_line(e)}  (was {was})"
                     for e, was in moved]
             out += [f"    + conntrack  {nattable.conntrack_line(e)}" for e in new.conntrack]
-            out += [f"    + nft @{e.map:<8} {e.text()}" for e in new.maps]
+            out += [f"    + nft @{e.map:<11} {e.text()}" for e in new.maps]
             out += [f"    - conntrack  {nattable.conntrack_line(e)}" for e in gone.conntrack]
-            out += [f"    - nft @{e.map:<8} {e.text()}" for e in gone.maps]
+            out += [f"    - nft @{e.map:<11} {e.text()}" for e in gone.maps]
             kept = len(after.conntrack) - len(new.conntrack) - len(moved)
             if kept:
                 out.append(f"    ({kept} earlier conntrack entr{'y' if kept == 1 else 'ies'} "

@@ -66,10 +66,11 @@ LESSON = Lesson(
          "outside.",
     topology=TOPOLOGY, routers=("router",), experiment=experiment,
     takeaway="Outside, devices differ only by port. The router's table (conntrack, and this "
-             "testbed's @mapping/@owner maps) is the only place that knows which port is whose.",
+             "testbed's @udp_mapping/@udp_owner maps) is the only place that knows which port "
+             "is whose.",
     explore=(
         "nat-testbed exec {lab} router -- conntrack -L -p udp          # the kernel's table",
-        "nat-testbed exec {lab} router -- nft list map ip nattestbed owner",
+        "nat-testbed exec {lab} router -- nft list map ip nattestbed udp_owner",
         "nat-testbed exec {lab} phone -- {py} -m peers.udp send "
         "203.0.113.10:3478 hi --port 7000",
     ),

@@ -122,8 +122,8 @@ LESSON = Lesson(
              "send (mapping), and who may answer it (filtering)? Only symmetric NAT changes the "
              "port, and that is what breaks hole punching.",
     explore=(
-        "nat-testbed exec {lab} symmetric -- nft list map ip nattestbed mapping",
-        "nat-testbed exec {lab} restricted-cone -- nft list map ip nattestbed permit",
+        "nat-testbed exec {lab} symmetric -- nft list map ip nattestbed udp_mapping",
+        "nat-testbed exec {lab} restricted-cone -- nft list map ip nattestbed udp_permit",
         "nat-testbed exec {lab} full-cone -- nft list table ip nattestbed   # the whole ruleset",
     ),
     lanes=(*(f"laptop{i}" for i in range(1, len(TYPES) + 1)), *TYPES, "server", "stranger"),

@@ -48,6 +48,7 @@ class SlotSetup:
     nat_a: NatSpec = field(default_factory=NatSpec)  # the router in front of Alice
     nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
     timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
+    transport: str = "udp"  # the peers' direct path: UDP punching or TCP simultaneous open
     strategy: strategies.Strategy = strategies.DEFAULT  # the peers' traversal strategy
     peer_a: Adapter = adapters.ADAPTERS["own"]  # Alice's program (own: in-process sessions)
     peer_b: Adapter = adapters.ADAPTERS["own"]
@@ -64,6 +65,7 @@ class ModelInput:
     nat_b: NatSpec = field(default_factory=NatSpec)
     strategy: Strategy = field(default_factory=Strategy)
     port_reuse: PortReuse = PortReuse.EXCLUSIVE
+    transport: str = "udp"
     # The peers' strategy when it is not plain STUN: testbed.model.predict_strategy then
     # predicts (birthday probing as a probability).
     peer_strategy: strategies.Strategy = strategies.DEFAULT
@@ -268,6 +270,43 @@ PUNCH = register(Dimension(
          f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
 
 
+# ------------------------------------------------------------------ the transport
+
+
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(frozen=True)
+class Transport:
+    """The peers' direct path as a dimension value: 'udp' (hole punching, TURN over UDP)
+    or 'tcp' (simultaneous open, TURN over TCP); TURN over TLS is the fallback of both."""
+
+    name: str
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, text: str) -> Transport:
+        if text.strip() not in TRANSPORTS:
+            raise ValueError(f"expected udp or tcp, got {text!r}")
+        return cls(text.strip())
+
+
+def _set_transport(setup: SlotSetup, value: Transport) -> SlotSetup:
+    return replace(setup, transport=value.name)
+
+
+def _model_transport(inp: ModelInput, value: Transport) -> ModelInput:
+    return replace(inp, transport=value.name)
+
+
+TRANSPORT = register(Dimension(
+    "transport", "transport", (), Transport.parse, _set_transport, Transport("udp"),
+    _model_transport, flag="--transport", metavar="udp,tcp",
+    help="the peers' direct path: udp (hole punching, the default), tcp (simultaneous open, "
+         "TURN over TCP), or both: udp,tcp makes it a dimension of the matrix"))
 # ------------------------------------------------------------------ the traversal strategy
 
 

@@ -43,7 +43,8 @@ class Predictor:
             if inp.peer_strategy != DEFAULT_STRATEGY:
                 p = predict_strategy(inp.nat_a, inp.nat_b, inp.peer_strategy)
             else:
-                p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse)
+                p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse,
+                            transport=inp.transport)
             self._seen[inp] = (p.outcome, p.reason, p.probability)
         return self._seen[inp]
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from peers import portmap as pm
-from peers.driver import Driver, DriveTimes, Endpoint, wait_budget
+from peers.driver import Driver, DriveTimes, Endpoint, listening_socket, wait_budget
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn, deployed, impair, peerprog, wire
 from testbed.adapters import LIBP2P_RELAY
@@ -112,30 +112,42 @@ def in_process(setup: SlotSetup) -> bool:
 
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
-              timing: Timing, strategy: Strategy = DEFAULT_STRATEGY,
-              app_bytes: int = 0) -> Endpoint:
-    """A peer's session with its UDP and TCP sockets (and the birthday strategy's extra
-    sockets), opened inside its namespace; with portmap, its router's mapping."""
+              timing: Timing, transport: str = "udp", turn_ca: str = "",
+              strategy: Strategy = DEFAULT_STRATEGY, app_bytes: int = 0) -> Endpoint:
+    """A peer's session with its sockets, opened inside its namespace: UDP (and the
+    birthday strategy's extra ones), the TCP one for signaling and, with transport tcp,
+    the listening socket of its host candidate and a way to open more there
+    (peers.driver.Endpoint.new_socket); with portmap, its router's mapping."""
     me = nodes[role]
     remote = nodes[ROLES[1 - ROLES.index(role)]]
     ip = lab.addr(me)
+    fd = lab.namespace(me).fd
     n_extra = strategy.birthday.sockets if strategy.name == "birthday" else 0
-    with entered(lab.namespace(me).fd):
+    with entered(fd):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = listening_socket(ip, 0) if transport == "tcp" else None
         extra = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n_extra)]
     udp.bind((ip, 0))
     for s in extra:
         s.bind((ip, 0))
-    port = udp.getsockname()[1]
+    port = (listener or udp).getsockname()[1]
     mapped = request_mapping(lab, me, port) if strategy.name == "portmap" else None
     servers = PeerServers.of(lab.services)
     cfg = PeerConfig(id=me, remote=remote, host=(ip, port),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
+                     transport=transport, turn_tcp=servers.turn if transport == "tcp" else None,
+                     turn_tls=servers.turn_tls, turn_ca=turn_ca,
                      app_bytes=app_bytes, app_chunk=peerprog.CHUNK,
                      strategies=strategy.to_session(mapped))
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), extra=extra, group=index)
+
+    def new_socket() -> socket.socket:
+        with entered(fd):
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), extra=extra, group=index,
+                    listener=listener, new_tcp=new_socket, new_socket=new_socket)
 
 
 def request_mapping(lab: Lab, node: str, port: int) -> tuple[str, int] | None:
@@ -233,8 +245,10 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
         for k in own:
             if job.setups[k].wire:
                 peerprog.install_wire(lab, placements[k])
+        ca = PeerServers.of(lab.services).turn_ca()  # read once for every peer
         eps = [open_peer(lab, k, role, layout.nodes(k), job.setups[k].timing,
-                         job.setups[k].strategy, SEND_BYTES if job.setups[k].wire else 0)
+                         job.setups[k].transport, ca, job.setups[k].strategy,
+                         SEND_BYTES if job.setups[k].wire else 0)
                for k in own for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in own}
 

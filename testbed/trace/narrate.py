@@ -15,6 +15,7 @@ decided, and the rule that translated.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,10 +66,11 @@ class Crossing:
 
 
 def nat_rule_hint(rule: str) -> str:
-    """Why a rule of the testbed's udp_mapping chain chose the port it did."""
-    if "map @mapping" in rule:
+    """Why a rule of the testbed's udp_new / tcp_new chains chose the port it did."""
+    if re.search(r"map @(udp_|tcp_)?mapping", rule):
         return "reuses the outside port this inside endpoint already has"
-    if "!= @owned" in rule or "!= @owner" in rule:  # @owner: traces of older rulesets
+    # @owner: traces of rulesets from before the owned sets (Linux 6.1 compatibility)
+    if re.search(r"!= @(udp_|tcp_)?own(ed|er)", rule):
         return "keeps the inside port: nobody owns it outside yet"
     if "random" in rule:
         return "picks a free outside port at random"
@@ -226,6 +228,22 @@ def _signaling_label(payload: bytes) -> str:
     return "signaling " + "+".join(types) if types else f"TCP data ({len(payload)} bytes)"
 
 
+def _tcp_payload_label(payload: bytes) -> str:
+    """What a TCP segment carries: STUN or TURN over TCP, the peers' RFC 4571-framed
+    probes, TLS (TURN on 443), or the signaling server's frames."""
+    msg = stun_message(payload)
+    if msg is not None:
+        return _stun_label(msg) + " over TCP"
+    if len(payload) > 6 and pr.is_probe(payload[2:]):
+        return _probe_label(payload[2:]) + " over TCP"
+    if payload[:1] in (b"\x16", b"\x17", b"\x15", b"\x14") and payload[1:3] == b"\x03\x03":
+        return f"TLS record ({len(payload)} bytes)"  # the lab's TURN over TLS
+    text = payload.decode(errors="replace")
+    if text.isprintable() and len(text) <= 60:
+        return repr(text)
+    return _signaling_label(payload)
+
+
 def describe(p: Packet) -> str:
     """What a packet is, in a few words: 'STUN Binding request', 'probe alice->bob'."""
     if p.proto == "udp":
@@ -244,7 +262,7 @@ def describe(p: Packet) -> str:
         return f"UDP {len(p.payload)} bytes"
     if p.proto == "tcp":
         if p.payload:
-            return _signaling_label(p.payload)
+            return _tcp_payload_label(p.payload)
         for flag, name in (("R", "RST"), ("F", "FIN"), ("S", "SYN")):
             if flag in p.tcp_flags:
                 return f"TCP {name}" + ("-ACK" if "A" in p.tcp_flags else "")

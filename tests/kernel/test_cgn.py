@@ -34,14 +34,19 @@ def seen(result: dict[str, Any]) -> dict[str, Any]:
     return alloc
 
 
-def test_port_block_per_subscriber() -> None:
-    section = {"port-range": "1024-65535", "port-block": 512}
-    result = cgn(section)
-    # RFC 7422 deterministic NAT: the subscriber's index in the inside subnet picks its block
+def first_of_block(section: dict[str, Any], block: int) -> int:
+    """RFC 7422 deterministic NAT: the subscriber's index in the inside subnet picks its
+    block of the range 1024-65535."""
     topo = parse_topology(classify_topology(HOME, {"type": "symmetric", **section}), "t")
     wan = topo.node("router").iface("wan").address
     index = int(wan.ip) - int(wan.network.network_address) - 1
-    lo = 1024 + index * 512
+    return 1024 + index * block
+
+
+def test_port_block_per_subscriber() -> None:
+    section = {"port-range": "1024-65535", "port-block": 512}
+    result = cgn(section)
+    lo = first_of_block(section, 512)
     ports = seen(result)["ports"]
     assert seen(result)["mappings"] == ALLOCATIONS
     assert lo <= ports[0] <= ports[1] <= lo + 511, (ports, lo)
@@ -74,3 +79,24 @@ def test_port_range_of_a_home_nat() -> None:
     assert 2048 <= ports[0] <= ports[1] <= 4095
     mapped = result["measured"]["mapped_address"]
     assert ipaddress.ip_address(mapped[0]) and 2048 <= mapped[1] <= 4095
+
+
+def test_tcp_connections_get_the_subscribers_block_and_pool_address_too() -> None:
+    """The CGN's port blocks and paired pooling apply to TCP's chains as to UDP's: the
+    STUN server sees the client's TCP connection from a port of its block, on a pool
+    address."""
+    section = {"port-range": "1024-65535", "port-block": 512}
+    result = classify(HOME, cgn_section={"type": "symmetric", **section}, cgn_pool=2,
+                      transport="tcp")
+    lo = first_of_block(section, 512)
+    ip, port = result["measured"]["mapped_address"]
+    assert lo <= port <= lo + 511, (port, lo)
+    assert ip in {f"203.0.113.{CGN_POOL_FIRST + i}" for i in range(2)}
+    assert result["agrees"]
+
+
+def test_port_range_of_a_home_nat_over_tcp() -> None:
+    result = classify({"type": "symmetric", "port-allocation": "random",
+                       "port-range": "2048-4095"}, transport="tcp")
+    assert 2048 <= result["measured"]["mapped_address"][1] <= 4095
+    assert result["agrees"]

@@ -104,6 +104,23 @@ def test_coturn_agrees_on_a_composition(tmp_path: Path) -> None:
     assert found == {"Mapping": EIM, "Filtering": APDM}, out
 
 
+def test_classify_over_tcp() -> None:
+    res = classify("--mapping", "address-dependent", "--filtering", "endpoint-independent",
+                   "--unsolicited-syn", "rst", "--transport", "tcp", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["transport"] == "tcp" and out["measured"]["transport"] == "tcp"
+    assert (out["measured"]["mapping"], out["measured"]["filtering"]) == (ADM, EIM)
+    assert out["configured"]["unsolicited_syn"] == "rst" and out["agrees"] is True
+
+
+def test_classify_corporate_finds_the_stun_server_unreachable() -> None:
+    res = classify("--nat", "corporate", "--transport", "tcp")
+    assert res.returncode == 0, res.stderr
+    assert "no answer to Test I over TCP" in res.stdout
+    assert "agrees with the configuration (expected unknown / unknown)" in res.stdout
+
+
 PROGRESS_LINE = re.compile(r"^\[ *(\d+\.\d) s\] (.*)$")
 
 

@@ -260,3 +260,37 @@ def test_9_a_forward_lets_anyone_in_on_one_port_only(runs: dict[int, LessonResul
     assert udp(cap, "router:wan", b"wrong port") and not udp(cap, "router:lan", b"wrong port")
     assert "dnat" in res.values["rules"]["forwarded"]
     assert res.values["rules"]["dropped"] == 'input: iifname "wan" drop'
+
+
+def tcp(cap: Captured, tap: str, src: str, dst: str, flags: str | None = None,
+        payload: bytes | None = None) -> list[Packet]:
+    return [p for p in cap.packets[tap] if p.proto == "tcp" and p.src_ep == src
+            and p.dst_ep == dst and (flags is None or p.tcp_flags == flags)
+            and (payload is None or p.payload == payload)]
+
+
+def test_10_syns_cross_after_a_rst_and_a_silent_drop(runs: dict[int, LessonResult]) -> None:
+    """From the pcaps: Alice's first SYN is answered by home-b with a RST (its
+    unsolicited-syn is rst), Bob's SYN dies silently at home-a (drop), Alice's second
+    SYN crosses Bob's half-open connection into Bob's LAN, and data flows both ways."""
+    res, cap = lesson(runs, 10)
+    nat_b = res.lesson.topo().node("home-b").nat
+    assert nat_b is not None and nat_b.unsolicited_syn.value == "rst"
+    a_pub = f"{wan_of(res, 'home-a')}:5000"  # port preserved: nobody else owns 5000
+    b_pub = f"{wan_of(res, 'home-b')}:5000"
+    alice, bob = f"{host_of(res, 'alice')}:5000", f"{host_of(res, 'bob')}:5000"
+    a_syns = tcp(cap, "home-b:wan", a_pub, b_pub, "S")
+    assert len(a_syns) >= 2
+    on_b_lan = tcp(cap, "home-b:lan", a_pub, bob, "S")
+    assert len(on_b_lan) == 1 and on_b_lan[0].seq == a_syns[-1].seq  # only the second
+    [rst] = tcp(cap, "home-b:wan", b_pub, a_pub, "RA")
+    assert rst.direction == "out" and rst.ack == a_syns[0].seq + 1  # it answers the first
+    assert tcp(cap, "home-a:lan", b_pub, alice, "RA")  # and reached Alice
+    b_syns = tcp(cap, "home-a:wan", b_pub, a_pub, "S")
+    assert b_syns and not tcp(cap, "home-a:lan", b_pub, alice, "S")  # dropped there
+    assert not tcp(cap, "home-a:wan", a_pub, b_pub, "RA")  # silently
+    assert a_syns[0].time < b_syns[0].time < a_syns[-1].time
+    [synack] = tcp(cap, "home-a:lan", b_pub, alice, "SA")
+    assert synack.ack == a_syns[-1].seq + 1  # Bob's kernel answered Alice's second SYN
+    assert tcp(cap, "home-b:lan", a_pub, bob, payload=b"hello from alice")
+    assert tcp(cap, "home-a:lan", b_pub, alice, payload=b"hello from bob")

@@ -38,6 +38,7 @@ from testbed.nat import (
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_combinations,
     nat_from_dict,
 )
@@ -249,10 +250,12 @@ S1, S2 = f"{STUN1}:{COTURN_PORT}", f"{STUN2}:{COTURN_PORT}"
 
 EVERY_SPEC = [
     *all_combinations(),
-    *(NatSpec(mapping=m, filtering=f, port_allocation=a, hairpinning=h, mapping_timeout=t)
+    *(NatSpec(mapping=m, filtering=f, port_allocation=a, hairpinning=h, mapping_timeout=t,
+              unsolicited_syn=syn, tcp_transitory_timeout=t)
       for m in Behaviour for f in Behaviour for a in PortAllocation
-      for h, t in ((False, 30), (True, 86400))),
+      for h, t, syn in ((False, 30, SynReply.RST), (True, 86400, SynReply.DROP))),
     NatSpec(kind=Kind.NONE), NatSpec(kind=Kind.FIREWALL),
+    NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST),
 ]
 
 
@@ -367,9 +370,9 @@ def test_allocation_skips_ports_another_mapping_owns(lab: Lab) -> None:
     dropped before conntrack confirms them, and the retransmission gets the next port."""
     apply(lab, NatSpec(port_allocation=PortAllocation.SEQUENTIAL))
     # As the rules record an owner: in the owner map and in the set of owned ports.
-    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owner",
+    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "udp_owner",
                   "{ 49152 : 192.168.1.99 . 1, 49153 : 192.168.1.99 . 2 }"], check=True)
-    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "owned", "{ 49152, 49153 }"],
+    lab.run("r", ["nft", "add", "element", "ip", "nattestbed", "udp_owned", "{ 49152, 49153 }"],
             check=True)
     assert stun(lab, "h1", 5000, S1, S2) == [f"{WAN}:49154"] * 2
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from testbed import resources, state
 from testbed.lab import Lab
@@ -27,7 +28,7 @@ from testbed.pair import format_pair, run_pair
 from testbed.portmap import TABLE
 from testbed.results import pair_to_json
 from testbed.strategy import Strategy
-from testbed.topology import load_topology
+from testbed.topology import load_topology, parse_topology
 
 pytestmark = [
     pytest.mark.kernel,
@@ -79,6 +80,41 @@ def test_a_static_forward_makes_the_host_reachable_from_anywhere(lab: Lab) -> No
     assert reaches_alice(lab, 25565, 25565, "bob")
     assert reaches_alice(lab, 25565, 25565, "stun")  # anyone on the internet
     assert not reaches_alice(lab, 25566, 25566, "bob")  # no forward there: dropped
+
+
+def tcp_reaches_alice(lab: Lab, listen: int, dst_port: int) -> str | None:
+    """A TCP connection from Bob to the router's WAN address:dst_port is accepted by a
+    listener on `listen` on Alice's host: the address it came from, else None."""
+    with entered(lab.namespace("alice").fd):
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with entered(lab.namespace("bob").fd):
+        cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with srv, cli:
+        srv.bind(("192.168.1.10", listen))
+        srv.listen(1)
+        srv.settimeout(1.0)
+        cli.settimeout(1.0)
+        try:
+            cli.connect((WAN, dst_port))
+            conn, peer = srv.accept()
+        except (TimeoutError, ConnectionRefusedError):
+            return None
+        conn.close()
+        return str(peer[0])
+
+
+def test_a_static_tcp_forward_lets_a_connection_in() -> None:
+    """A forward names its protocol: `proto: tcp` opens the TCP port only (the per-protocol
+    templates put it in the prerouting chain as `tcp dport`)."""
+    doc = yaml.safe_load(resources.topology_file("port-forward").read_text())
+    nat = doc["nodes"]["home-a"]["nat"]
+    del nat["port-mapping"], nat["mapping-quota"]
+    nat["forwards"] = [{"proto": "tcp", "external": 2222, "to": "alice:22"}]
+    with Lab(parse_topology(yaml.safe_dump(doc), "<tcp-forward>")) as lab:
+        bob_public = str(lab.topo.node("home-b").iface("wan").address.ip)
+        assert tcp_reaches_alice(lab, 22, 2222) == bob_public
+        assert tcp_reaches_alice(lab, 2223, 2223) is None  # no forward there: dropped
+        assert not reaches_alice(lab, 22, 2222)  # and not for UDP
 
 
 def test_debian_natpmpc_gets_a_mapping_that_works(lab: Lab) -> None:

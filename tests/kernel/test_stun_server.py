@@ -219,3 +219,64 @@ def test_malformed_datagrams_are_counted(net: Net) -> None:
     net.server.communicate(timeout=5)
     assert net.server.returncode == 0
     assert json.loads(net.stats_file.read_text()) == after
+
+
+# ------------------------------------------------------------------ over TCP
+
+
+def test_natcheck_over_tcp_without_nat(net: Net) -> None:
+    r = natcheck(net, "--transport", "tcp")
+    assert (r["transport"], r["mapping"], r["filtering"]) == (
+        "tcp", "endpoint-independent", "endpoint-independent")
+    assert r["nat_present"] is False and r["hairpinning"] is True
+    assert r["mapped_address"] == r["local_address"]
+    tests = r["tests"]
+    assert isinstance(tests, dict)
+    # the answers to CHANGE-REQUEST came on new connections from the asked-for sockets
+    assert tests["filtering_test_2"]["came_on"] == "new connection"
+    assert tests["filtering_test_2"]["answer_from"] == [ALTERNATE, 3479]
+    assert tests["filtering_test_3"]["answer_from"] == [PRIMARY, 3479]
+    assert tests["mapping_test_1"]["came_on"] == "same connection"
+    stats = net.stats()
+    # tests I, II, III and the filtering one (hairpinning needs no server, and without a
+    # NAT its connection stays on the client)
+    assert stats["tcp_connections"] == 4 and stats["connect_backs"] == 2
+    assert stats["connect_back_failures"] == 0
+
+
+TCP_GARBAGE_SENDER = """
+import os, socket, sys
+sys.path.insert(0, os.getcwd())
+from peers import stun
+bad = socket.create_connection(("203.0.113.3", 3478), timeout=2)
+bad.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")  # not STUN: the server closes the connection
+assert bad.recv(100) == b""
+# a request split over several segments still gets its answer
+good = socket.create_connection(("203.0.113.3", 3478), timeout=2)
+req = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST)
+data = stun.pack(req)
+for i in range(0, len(data), 7):
+    good.sendall(data[i:i + 7])
+answer = b""
+while len(answer) < 20 or len(answer) < 20 + int.from_bytes(answer[2:4], "big"):
+    answer += good.recv(2048)
+assert stun.unpack(answer).transaction_id == req.transaction_id
+# a connection back to a port where nobody listens: refused, said on the first connection
+asked = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST, [("RESPONSE-PORT", 9)])
+good.sendall(stun.pack(asked))
+error = stun.unpack(good.recv(2048))
+print(error.get("ERROR-CODE")[0], error.get("ERROR-CODE")[1])
+"""
+
+
+def test_a_tcp_client_that_breaks_the_framing_is_closed_and_others_served(net: Net) -> None:
+    res = net.run_client([sys.executable, "-c", TCP_GARBAGE_SENDER])
+    assert res.returncode == 0, res.stderr
+    code, reason = res.stdout.strip().split(" ", 1)
+    assert code == "500"
+    assert reason.endswith(f"no connection from {PRIMARY}:3478 to {CLIENT}:9: "
+                           "Connection refused")
+    stats = net.stats()
+    assert stats["tcp_framing_errors"] == 1
+    assert stats["connect_back_failures"] == 1
+    assert stats["internal_errors"] == 0

@@ -1,4 +1,4 @@
-"""The TURN client against the real coturn, in network namespaces.
+"""The TURN client against the real coturn, in network namespaces, over UDP, TCP and TLS.
 
 Three namespaces on one bridge (itself in a fourth namespace): client 203.0.113.20,
 turn 203.0.113.5, peer 203.0.113.30. The namespaces are anonymous (held by file
@@ -27,7 +27,19 @@ import pytest
 from pyroute2 import IPRoute
 
 from peers import stun
-from peers.turn import DataReceived, Refreshed, State, TurnClient, TurnError, TurnSocket
+from peers.streams import Write
+from peers.turn import (
+    Allocated,
+    DataReceived,
+    Event,
+    Refreshed,
+    RequestFailed,
+    State,
+    TurnClient,
+    TurnError,
+    TurnSocket,
+)
+from peers.turnlink import TurnLink, tls_context
 from testbed import coturn as tb
 from testbed import netns
 
@@ -165,6 +177,8 @@ def turn_lab(state_dir: Path, stale_nonce: int | None = None) -> Iterator[TurnLa
             fds[role] = new_netns()
         _wire(fds)
         user, password = tb.make_credentials(random.Random(secrets.token_hex(8)))
+        subprocess.run(tb.certificate_argv(state_dir, ADDRS["turn"]), check=True,
+                       capture_output=True)
         cfg = tb.TurnConfig(
             listen_ip=ADDRS["turn"],
             relay_ip=ADDRS["turn"],
@@ -172,6 +186,8 @@ def turn_lab(state_dir: Path, stale_nonce: int | None = None) -> Iterator[TurnLa
             password=password,
             port=TURN_PORT,
             stale_nonce=stale_nonce,
+            cert=state_dir / tb.CERT_FILE,
+            key=state_dir / tb.KEY_FILE,
         )
         proc = _start_coturn(fds["turn"], cfg, state_dir)
         yield TurnLab(fds, cfg, proc, state_dir)
@@ -341,3 +357,135 @@ def test_coturn_is_stopped_and_nothing_is_left(tmp_path: Path) -> None:
         for fd in os.listdir("/proc/self/fd")
         if os.path.islink(f"/proc/self/fd/{fd}")
     )
+
+
+# --- over TCP and TLS (RFC 8656: the client reaches its server over a stream) --------------
+
+
+class StreamTurn:
+    """A TurnClient over TCP or TLS from the client namespace (peers.turnlink), driven
+    blocking, step by step, as TurnSocket does over UDP."""
+
+    def __init__(self, lab: TurnLab, transport: str, user: str | None = None,
+                 password: str | None = None) -> None:
+        port = lab.cfg.port if transport == "tcp" else lab.cfg.tls_port
+        self.server = (ADDRS["turn"], port)
+        self.client = TurnClient(self.server, user or lab.cfg.username,
+                                 password or lab.cfg.password, rng=random.Random(), rto=0.5,
+                                 max_transmits=1)
+        assert lab.cfg.cert is not None
+        ctx = tls_context(lab.cfg.cert.read_text()) if transport == "tls" else None
+        self.link = TurnLink(self.client, transport, 1, ctx)
+        with netns.entered(lab.fds["client"]):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((ADDRS["client"], 0))
+        self.sock.settimeout(3.0)
+        self.sock.connect(self.server)
+        self._done: dict[int, Event] = {}
+        self.data: list[DataReceived] = []
+        self._out(self.link.on_open(time.monotonic()))
+
+    def _out(self, outs: Sequence[object]) -> None:
+        for o in outs:
+            if isinstance(o, Write):
+                self.sock.sendall(o.data)
+
+    def step(self, wait: float = 0.05) -> None:
+        self._out(self.link.flush())
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, BlockingIOError):
+            data = None
+        now = time.monotonic()
+        if data == b"":
+            raise AssertionError("coturn closed the connection")
+        if data:
+            self._out(self.link.on_data(data, now))
+        self.client.tick(now)
+        for ev in self.client.take_events():
+            if isinstance(ev, DataReceived):
+                self.data.append(ev)
+            else:
+                self._done[ev.request] = ev
+        self._out(self.link.flush())
+
+    def wait(self, handle: int, timeout: float = 5.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while handle not in self._done:
+            assert time.monotonic() < deadline, f"no outcome for request {handle}"
+            assert self.link.failed is None, self.link.failed
+            self.step()
+        return self._done.pop(handle)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_relaying_over_a_stream_with_the_peer_lock_and_counters(lab: TurnLab,
+                                                                transport: str) -> None:
+    turn = StreamTurn(lab, transport)
+    peer_sock = lab.socket("peer", 4100 if transport == "tcp" else 4200)
+    peer_sock.settimeout(2.0)
+    peer = peer_sock.getsockname()
+    try:
+        ev = turn.wait(turn.client.allocate(time.monotonic()))
+        assert isinstance(ev, Allocated) and ev.relayed[0] == ADDRS["turn"]
+        client_addr = turn.sock.getsockname()
+        assert ev.mapped == client_addr  # coturn saw the TCP connection's source
+        for outside in ("10.1.2.3", "127.0.0.1"):  # the lab's peer lock holds here too
+            failed = turn.wait(turn.client.create_permission(time.monotonic(), [outside]))
+            assert isinstance(failed, RequestFailed) and failed.code == 403, outside
+        turn.wait(turn.client.create_permission(time.monotonic(), [peer[0]]))
+        channel = turn.wait(turn.client.channel_bind(time.monotonic(), peer))
+        payloads = [b"over %s %d" % (transport.encode(), i) * (i + 1) for i in range(5)]
+        for payload in payloads:  # ChannelData, padded on the stream
+            turn.client.send(peer, payload)
+            turn.step(0)
+            got, src = peer_sock.recvfrom(2048)
+            assert (got, src) == (payload, ev.relayed)
+            peer_sock.sendto(got[::-1], src)
+            while not turn.data:
+                turn.step()
+            assert turn.data.pop() == DataReceived(peer, got[::-1], channel.channel)  # type: ignore[union-attr]
+        turn.wait(turn.client.release(time.monotonic()))
+    finally:
+        turn.close()
+        peer_sock.close()
+    usage = lab.usage_of(client_addr)
+    assert usage.peer.sp == len(payloads) and usage.peer.sb == sum(map(len, payloads))
+    assert usage.peer.rb == usage.peer.sb  # every payload came back reversed
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_wrong_password_over_a_stream_gets_401(lab: TurnLab, transport: str) -> None:
+    turn = StreamTurn(lab, transport, password="wrong-password")
+    try:
+        failed = turn.wait(turn.client.allocate(time.monotonic()))
+        assert isinstance(failed, RequestFailed) and failed.code == 401
+        assert turn.client.state is State.FAILED
+    finally:
+        turn.close()
+
+
+@pytest.mark.skipif(shutil.which("turnutils_uclient") is None, reason="needs coturn's tools")
+@pytest.mark.parametrize("flags", [["-t"], ["-t", "-S"]], ids=["tcp", "tls"])
+def test_coturns_own_client_relays_over_tcp_and_tls(lab: TurnLab, flags: list[str]) -> None:
+    """An independent client: coturn's turnutils_uclient, to turnutils_peer's UDP echo."""
+    echo = subprocess.Popen(["turnutils_peer", "-L", ADDRS["peer"], "-p", "3480"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: netns.preexec(lab.fds["peer"]))
+    try:
+        port = lab.cfg.tls_port if "-S" in flags else lab.cfg.port
+        out = subprocess.run(
+            ["turnutils_uclient", *flags, "-u", lab.cfg.username, "-w", lab.cfg.password,
+             "-e", ADDRS["peer"], "-r", "3480", "-n", "10", "-m", "1", "-p", str(port),
+             "-L", ADDRS["client"], ADDRS["turn"]],
+            capture_output=True, text=True, timeout=30,
+            preexec_fn=lambda: netns.preexec(lab.fds["client"]))
+    finally:
+        echo.terminate()
+        echo.wait(timeout=5)
+    text = out.stdout + out.stderr
+    assert "Total lost packets 0 (0.000000%)" in text, text[-2000:]

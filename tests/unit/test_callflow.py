@@ -10,7 +10,7 @@ import pytest
 
 from peers import probe as pr
 from peers import stun
-from testbed.callflow import STEADY_FOR_S, Sighting, flow, idle, parse_frame, recovery
+from testbed.callflow import STEADY_FOR_S, Sighting, flow, idle, parse_frame, parse_frames, recovery
 
 KEY = b"k" * 32
 
@@ -49,8 +49,32 @@ def test_what_is_not_a_data_datagram(payload: bytes) -> None:
     assert parse_frame(frame(payload)) is None
 
 
-def test_not_udp_or_a_later_fragment_or_not_ipv4() -> None:
-    assert parse_frame(frame(data(1), proto=6)) is None
+def tcp_frame(payload: bytes, *, options: bytes = b"") -> bytes:
+    """RFC 793: a TCP header of 20 bytes plus options (data offset in 32-bit words)."""
+    offset = (20 + len(options)) // 4
+    tcp = struct.pack("!HHIIBBHHH", 40000, 50000, 1, 1, offset << 4, 0x18, 65535, 0, 0)
+    seg = tcp + options + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0, 64, 6, 0,
+                     bytes([203, 0, 113, 50]), bytes([203, 0, 113, 60]))
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + seg
+
+
+def test_data_in_a_tcp_segment_framed_as_rfc_4571() -> None:
+    framed = struct.pack("!H", len(data(5))) + data(5)
+    assert parse_frame(tcp_frame(framed)) == (pr.DATA, "alice", "bob", 5)
+    # timestamps (12 bytes of options, padded): the payload starts after them
+    assert parse_frame(tcp_frame(framed, options=b"\x01\x01\x08\x0a" + b"\x00" * 8)) == (
+        pr.DATA, "alice", "bob", 5)
+    assert parse_frame(tcp_frame(b"")) is None  # a bare ACK
+    several = b"".join(struct.pack("!H", len(data(n))) + data(n) for n in (6, 7, 8))
+    assert [seen[3] for seen in parse_frames(tcp_frame(several))] == [6, 7, 8]
+    # a segment that starts inside a frame: the first datagram found in it, as in UDP
+    assert parse_frames(tcp_frame(several[5:])) == [(pr.DATA, "alice", "bob", 7)]
+    assert parse_frame(tcp_frame(framed)[:14 + 20 + 10]) is None  # cut inside the header
+
+
+def test_not_udp_or_tcp_or_a_later_fragment_or_not_ipv4() -> None:
+    assert parse_frame(frame(data(1), proto=1)) is None
     assert parse_frame(frame(data(1), frag=185)) is None
     f = frame(data(1))
     assert parse_frame(f[:12] + b"\x86\xdd" + f[14:]) is None

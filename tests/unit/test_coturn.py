@@ -27,7 +27,6 @@ def test_coturn_argv_is_self_contained_and_locked_to_lab_ranges() -> None:
     pairs = {(a, b) for a, b in zip(argv, argv[1:], strict=False)}
     for flag in (
         "--no-cli",
-        "--no-tcp",
         "--no-tls",
         "--no-dtls",
         "--no-tcp-relay",
@@ -53,6 +52,27 @@ def test_coturn_argv_is_self_contained_and_locked_to_lab_ranges() -> None:
     assert denied == ["0.0.0.0-255.255.255.255", "::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
     assert not any(a.startswith("--stale-nonce") for a in argv)
     assert "--stale-nonce=2" in tb.coturn_argv(cfg(stale_nonce=2), Path("/state"))
+    assert "--no-tcp" not in argv  # clients reach it over TCP too (RFC 8656)
+    assert "--tls-listening-port" not in argv  # no certificate, no TLS
+
+
+def test_with_a_certificate_coturn_serves_tls_on_443_and_still_relays_udp_only() -> None:
+    argv = tb.coturn_argv(cfg(cert=Path("/s/c.pem"), key=Path("/s/k.pem")), Path("/state"))
+    pairs = {(a, b) for a, b in zip(argv, argv[1:], strict=False)}
+    assert {("--tls-listening-port", "443"), ("--cert", "/s/c.pem"),
+            ("--pkey", "/s/k.pem")} <= pairs
+    assert "--no-tls" not in argv and "--no-tcp" not in argv
+    assert "--no-tcp-relay" in argv and "--no-dtls" in argv
+
+
+def test_the_certificate_is_for_the_servers_address() -> None:
+    argv = tb.certificate_argv(Path("/s"), "203.0.113.5")
+    assert argv[:3] == ["openssl", "req", "-x509"]
+    pairs = {(a, b) for a, b in zip(argv, argv[1:], strict=False)}
+    assert {("-addext", "subjectAltName=IP:203.0.113.5"), ("-subj", "/CN=203.0.113.5"),
+            ("-keyout", "/s/turn-key.pem"), ("-out", "/s/turn-cert.pem")} <= pairs
+    with pytest.raises(tb.TurnConfigError, match="ip: '203.0.113' is not an IPv4 address"):
+        tb.certificate_argv(Path("/s"), "203.0.113")
 
 
 def test_credentials_are_per_lab_and_reproducible() -> None:
@@ -74,6 +94,8 @@ def test_credentials_are_per_lab_and_reproducible() -> None:
         ("password", "", "TurnConfig.password: '' must be non-empty"),
         ("peer_ranges", ("10.0.0.0/33",), "TurnConfig.peer_ranges: '10.0.0.0/33'"),
         ("stale_nonce", 0, "TurnConfig.stale_nonce: 0 must be >= 1"),
+        ("cert", Path("/c.pem"), "TurnConfig.cert: TLS needs both a certificate and its key"),
+        ("tls_port", 3478, "TurnConfig.tls_port: 3478 is also the plain port"),
     ],
 )
 def test_bad_config_names_the_field(field: str, value: object, message: str) -> None:
@@ -88,20 +110,26 @@ def test_bad_config_names_the_field(field: str, value: object, message: str) -> 
 
 def test_readiness_from_ss_output() -> None:
     out = (
-        "UNCONN 0      0      203.0.113.5:3478 0.0.0.0:*\n"
-        "UNCONN 0      0      203.0.113.5:34780 0.0.0.0:*\n"
+        "udp   UNCONN 0      0      203.0.113.5:3478 0.0.0.0:*\n"
+        "udp   UNCONN 0      0      203.0.113.5:34780 0.0.0.0:*\n"
+        "tcp   LISTEN 0      1024   203.0.113.5:3478 0.0.0.0:*\n"
     )
     assert tb.is_listening(out, cfg())
     assert not tb.is_listening(out, cfg(port=3479))
-    assert not tb.is_listening("UNCONN 0 0 203.0.113.5:34780 0.0.0.0:*\n", cfg())
+    assert not tb.is_listening(out.splitlines()[0] + "\n", cfg())  # no TCP listener yet
+    assert not tb.is_listening("udp UNCONN 0 0 203.0.113.5:34780 0.0.0.0:*\n", cfg())
     assert not tb.is_listening("", cfg())
+    tls = cfg(cert=Path("/c"), key=Path("/k"))
+    assert not tb.is_listening(out, tls)
+    assert tb.is_listening(out + "tcp   LISTEN 0 1024 203.0.113.5:443 0.0.0.0:*\n", tls)
 
 
 def test_wait_ready_gives_up_when_the_process_died() -> None:
     with pytest.raises(RuntimeError, match="exited before listening"):
         tb.wait_ready(cfg(), lambda argv: "", alive=lambda: False)
     ticks = iter([0.0, 0.0, 1.0, 2.0])
-    with pytest.raises(RuntimeError, match="not listening on 203.0.113.5:3478 after 1.5 s"):
+    with pytest.raises(RuntimeError, match="not listening on udp 203.0.113.5:3478, tcp "
+                                           "203.0.113.5:3478 after 1.5 s"):
         tb.wait_ready(
             cfg(),
             lambda argv: "",

@@ -322,6 +322,22 @@ def test_a_lab_job_is_plain_data_that_travels() -> None:
     assert [s.timing.punch_timeout for s in job.setups][:2] == [0.2, 0.2]
 
 
+# --- the transport dimension ---------------------------------------------------------
+
+
+def test_transport_is_a_dimension_of_udp_and_tcp() -> None:
+    both = dims.TRANSPORT.with_labels(["udp", "tcp"])
+    spec = MatrixSpec((FULL, SYM), 1, extra=(both,))
+    assert [d.name for d in spec.dimensions()] == ["a", "b", "transport"]
+    slots = spec.slots()
+    assert slots[4].key == "a=full-cone,b=full-cone,transport=tcp,repeat=1"
+    assert (spec.setup(slots[0]).transport, spec.setup(slots[4]).transport) == ("udp", "tcp")
+    tcp = spec.model_input(list(spec.points())[4])
+    assert isinstance(tcp, dims.ModelInput) and tcp.transport == "tcp"
+    only_udp = MatrixSpec((FULL, SYM), 1, extra=(dims.TRANSPORT.with_labels(["udp"]),))
+    assert [s.key for s in only_udp.slots()][0] == "a=full-cone,b=full-cone,repeat=1"
+    with pytest.raises(ValueError, match="expected udp or tcp, got 'quic'"):
+        dims.TRANSPORT.parse("quic")
 # --------------------------------------------------------------------------- strategies
 
 

@@ -10,10 +10,12 @@ from testbed.nat import (
     AD,
     APD,
     EI,
+    Egress,
     Kind,
     NatConfigError,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_nats,
     nat_from_dict,
     nat_from_label,
@@ -39,6 +41,17 @@ from testbed.nat import (
       "mapping-timeout": 30},
      NatSpec(mapping=APD, filtering=APD, port_allocation=PortAllocation.SEQUENTIAL,
              hairpinning=False, mapping_timeout=30)),
+    ({"type": "port-restricted-cone", "unsolicited-syn": "rst",
+      "tcp-established-timeout": 600, "tcp-transitory-timeout": 60},
+     NatSpec(unsolicited_syn=SynReply.RST, tcp_established_timeout=600,
+             tcp_transitory_timeout=60)),
+    ({"type": "firewall", "unsolicited-syn": "rst"},
+     NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST)),
+    ({"type": "corporate"}, NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)),
+    ({"type": "firewall", "egress": "corporate"},
+     NatSpec(kind=Kind.FIREWALL, egress=Egress.CORPORATE)),
+    ({"mapping": "endpoint-independent", "egress": "corporate"},
+     NatSpec(egress=Egress.CORPORATE)),
 ])
 def test_parse(data: dict[str, Any], expected: NatSpec) -> None:
     assert nat_from_dict(data) == expected
@@ -54,6 +67,7 @@ def test_labels() -> None:
 # ------------------------------------------------------------------ parser: bad input
 
 ALLOWED = ("type, mapping, filtering, port-allocation, hairpinning, mapping-timeout, "
+           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout, egress, "
            "port-range, port-block, pooling, max-sessions-per-host, forwards, port-mapping, "
            "mapping-quota")
 BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependent"
@@ -62,10 +76,10 @@ BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependen
 @pytest.mark.parametrize(("data", "field", "message"), [
     ({"type": "cone"}, "type",
      "unknown NAT type 'cone'; expected one of: full-cone, restricted-cone, "
-     "port-restricted-cone, symmetric, none, firewall"),
+     "port-restricted-cone, symmetric, corporate, none, firewall"),
     ({"type": 3}, "type",
      "unknown NAT type 3; expected one of: full-cone, restricted-cone, "
-     "port-restricted-cone, symmetric, none, firewall"),
+     "port-restricted-cone, symmetric, corporate, none, firewall"),
     ({"mapping": "independent"}, "mapping",
      f"unknown mapping behaviour 'independent'; expected one of: {BEHAVIOURS}"),
     ({"mapping": "endpoint-independent", "filtering": "port-dependent"}, "filtering",
@@ -101,6 +115,25 @@ BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependen
      "does not apply to type 'none', which translates no addresses and keeps no state"),
     ({"type": "firewall", "port-allocation": "random"}, "port-allocation",
      "does not apply to type 'firewall', which translates no addresses"),
+    ({"type": "none", "unsolicited-syn": "rst"}, "unsolicited-syn",
+     "does not apply to type 'none', which translates no addresses and keeps no state"),
+    ({"unsolicited-syn": "reset"}, "unsolicited-syn",
+     "unknown unsolicited-SYN treatment 'reset'; expected one of: drop, rst"),
+    ({"type": "corporate", "egress": "open"}, "egress",
+     "cannot be combined with type 'corporate', which is corporate egress"),
+    ({"egress": "closed"}, "egress", "unknown egress 'closed'; expected one of: open, corporate"),
+    ({"type": "none", "egress": "corporate"}, "egress",
+     "does not apply to type 'none', which translates no addresses and keeps no state"),
+    ({"tcp-established-timeout": 0}, "tcp-established-timeout",
+     "must be between 1 and 432000 seconds, got 0"),
+    ({"tcp-transitory-timeout": "4m"}, "tcp-transitory-timeout",
+     "must be a whole number of seconds, got '4m'"),
+    ({"tcp-established-timeout": 100}, "tcp-established-timeout",
+     "an established connection (100 s) cannot time out before a half-open or closing one "
+     "(240 s)"),
+    ({"tcp-transitory-timeout": 8000}, "tcp-transitory-timeout",
+     "an established connection (7440 s) cannot time out before a half-open or closing one "
+     "(8000 s)"),
 ])
 def test_bad_input(data: dict[str, Any], field: str, message: str) -> None:
     with pytest.raises(NatConfigError) as info:
@@ -131,6 +164,17 @@ def test_not_a_mapping() -> None:
     ("firewall:300s", NatSpec(kind=Kind.FIREWALL, mapping_timeout=300)),
     ("port-restricted-cone:port-allocation=random:hairpinning=false:mapping-timeout=30",
      NatSpec(port_allocation=PortAllocation.RANDOM, hairpinning=False, mapping_timeout=30)),
+    ("port-restricted-cone:syn-rst", NatSpec(unsolicited_syn=SynReply.RST)),
+    ("symmetric:unsolicited-syn=rst:tcp-transitory-timeout=30",
+     NatSpec(mapping=APD, filtering=APD, unsolicited_syn=SynReply.RST,
+             tcp_transitory_timeout=30)),
+    ("full-cone:syn-drop:tcp-established-timeout=600",
+     NatSpec(mapping=EI, filtering=EI, tcp_established_timeout=600)),
+    ("corporate", NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)),
+    ("corporate:random", NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE,
+                                 port_allocation=PortAllocation.RANDOM)),
+    ("full-cone:egress=corporate", NatSpec(mapping=EI, filtering=EI, egress=Egress.CORPORATE)),
+    ("firewall:egress=corporate", NatSpec(kind=Kind.FIREWALL, egress=Egress.CORPORATE)),
 ])
 def test_labels_name_the_variant_and_parse_back(label: str, expected: NatSpec) -> None:
     spec = nat_from_label(label)
@@ -144,6 +188,10 @@ def test_a_variant_shows_in_the_label() -> None:
     assert variant.label == "port-restricted-cone:random:no-hairpin:30s"
     assert variant.combo_label == "eim-apdf:random:no-hairpin:30s"
     assert NatSpec().label == "port-restricted-cone"  # the defaults add nothing
+    tcp = NatSpec(unsolicited_syn=SynReply.RST, tcp_transitory_timeout=60)
+    assert tcp.label == "port-restricted-cone:syn-rst:tcp-transitory-timeout=60"
+    corporate = NatSpec(mapping=APD, filtering=APD, egress=Egress.CORPORATE)
+    assert (corporate.label, corporate.combo_label) == ("corporate", "apdm-apdf:egress=corporate")
 
 
 @pytest.mark.parametrize(("label", "message"), [
@@ -152,6 +200,8 @@ def test_a_variant_shows_in_the_label() -> None:
     ("full-cone:30s:40s", "mapping-timeout: given twice"),
     ("none:random", "does not apply to type 'none'"),
     ("symmetric:0s", "must be between 1 and 86400 seconds"),
+    ("full-cone:syn-reset", "unknown variant 'syn-reset'"),
+    ("full-cone:syn-rst:unsolicited-syn=drop", "unsolicited-syn: given twice"),
 ])
 def test_bad_labels(label: str, message: str) -> None:
     with pytest.raises(NatConfigError, match=message):
@@ -174,11 +224,15 @@ def test_nat_list_accepts_classic_names_combinations_and_variants() -> None:
     assert [s.label for s in specs] == ["full-cone", "symmetric", "adm-eif", "none",
                                         "symmetric:random"]
     assert specs[2] == NatSpec(mapping=AD, filtering=EI)
+    mixed = nats_from_list("default,corporate")
+    assert [s.label for s in mixed] == ["none", "full-cone", "restricted-cone",
+                                        "port-restricted-cone", "symmetric", "corporate"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("full-cone,,symmetric", "empty name"),
     ("full-cone,eim-eif", "listed twice"),
+    ("default,symmetric", "'symmetric' is listed twice"),
     ("fullcone", "fullcone"),
 ])
 def test_bad_nat_lists(text: str, message: str) -> None:
@@ -188,7 +242,9 @@ def test_bad_nat_lists(text: str, message: str) -> None:
 
 def test_nat_section_is_the_inverse_of_the_parser() -> None:
     for spec in [*all_nats(), nat_from_label("symmetric:sequential:no-hairpin:45s"),
-                 nat_from_label("firewall:60s")]:
+                 nat_from_label("firewall:60s"), nat_from_label("firewall:syn-rst"),
+                 nat_from_label("full-cone:syn-rst:tcp-established-timeout=300"),
+                 nat_from_label("corporate"), nat_from_label("firewall:egress=corporate")]:
         assert nat_from_dict(nat_section(spec)) == spec
 
 
@@ -258,6 +314,15 @@ def test_bad_hard_nat_settings_name_their_field(data: dict[str, object], field: 
     ("firewall:45s", "no translation; address-and-port-dependent filtering, state kept 45 s "
                      "idle"),
     ("none", "no translation, no filtering: the LAN is routed as it is"),
+    ("full-cone:syn-rst:tcp-established-timeout=300:tcp-transitory-timeout=60",
+     "endpoint-independent mapping, endpoint-independent filtering, port preservation, "
+     "hairpinning, mappings kept 120 s idle; TCP: an unsolicited SYN is answered with a RST, "
+     "established connections kept 300 s idle, opening or closing ones 60 s"),
+    ("corporate", "address-and-port-dependent mapping, address-and-port-dependent "
+                  "filtering, port preservation, hairpinning, mappings kept 120 s idle; only "
+                  "TCP 80, 443 and UDP 53 (and ping) may go out"),
+    ("firewall:syn-rst", "no translation; address-and-port-dependent filtering, state kept "
+                         "120 s idle; TCP: an unsolicited SYN is answered with a RST"),
     ("symmetric:port-block=512:port-range=1024-65535:max-sessions-per-host=64",
      "address-and-port-dependent mapping, address-and-port-dependent filtering, port "
      "preservation, hairpinning, mappings kept 120 s idle, ports 1024-65535, blocks of 512 "

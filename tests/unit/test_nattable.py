@@ -70,22 +70,24 @@ def nft(*maps: dict[str, object]) -> str:
 
 def test_nft_maps_with_concatenated_keys_values_and_timeouts() -> None:
     text = nft(
-        {"name": "mapping", "table": "nattestbed", "map": "inet_service",
+        {"name": "udp_mapping", "table": "nattestbed", "map": "inet_service",
          "elem": [[{"elem": {"val": {"concat": ["192.168.1.5", 5000]}, "expires": 119}}, 5000]]},
-        {"name": "owner", "table": "nattestbed", "map": "ipv4_addr . inet_service",
+        {"name": "udp_owner", "table": "nattestbed", "map": "ipv4_addr . inet_service",
          "elem": [[{"elem": {"val": 5000, "expires": 118}}, {"concat": ["192.168.1.5", 5000]}]]},
-        {"name": "permit", "table": "nattestbed",
+        {"name": "tcp_permit", "table": "nattestbed",
          "elem": [[{"concat": [5000, "203.0.113.10"]}, {"concat": ["192.168.1.5", 5000]}]]},
         {"name": "other", "table": "nattestbed", "elem": [[1, 2]]})
     maps = parse_nft_maps(text)
     assert [(m.map, m.key, m.value, m.expires) for m in maps] == [
-        ("mapping", ("192.168.1.5", 5000), (5000,), 119),
-        ("owner", (5000,), ("192.168.1.5", 5000), 118),
-        ("permit", (5000, "203.0.113.10"), ("192.168.1.5", 5000), None)]
+        ("udp_mapping", ("192.168.1.5", 5000), (5000,), 119),
+        ("udp_owner", (5000,), ("192.168.1.5", 5000), 118),
+        ("tcp_permit", (5000, "203.0.113.10"), ("192.168.1.5", 5000), None)]
     table = NatTable("router", (), maps)
     assert table.public_port("192.168.1.5:5000") == 5000
+    assert table.public_port("192.168.1.5:5000", "tcp") is None  # its own protocol's map
     assert table.public_port("192.168.1.6:5000") is None
     assert table.owner(5000) == "192.168.1.5:5000"
+    assert table.owner(5000, "tcp") is None
     assert maps[0].text() == "192.168.1.5 . 5000 : 5000"
 
 
@@ -109,3 +111,24 @@ def test_format_table() -> None:
     assert format_table(NatTable("r", (), ())) == "  (empty)"
     text = format_table(NatTable("r", (E1,), ()))
     assert "192.168.1.5:5000 -> 203.0.113.10:3478  seen outside as 203.0.113.50:5000" in text
+
+
+TCP_FLOW = (  # as conntrack-tools 1.4.7 prints a TCP connection (`conntrack -L -o xml`)
+    '<flow><meta direction="original"><layer3 protonum="2" protoname="ipv4"><src>192.168.1.5'
+    '</src><dst>203.0.113.3</dst></layer3><layer4 protonum="6" protoname="tcp"><sport>6101'
+    '</sport><dport>8443</dport></layer4></meta><meta direction="reply"><layer3 protonum="2" '
+    'protoname="ipv4"><src>203.0.113.3</src><dst>203.0.113.50</dst></layer3><layer4 '
+    'protonum="6" protoname="tcp"><sport>8443</sport><dport>6101</dport></layer4></meta>'
+    '<meta direction="independent"><state>CLOSE_WAIT</state><timeout>239</timeout><mark>0'
+    '</mark><use>1</use><id>2960432134</id><assured/></meta></flow>')
+
+
+def test_tcp_connections_carry_their_state() -> None:
+    [e] = parse_conntrack_xml(xml(TCP_FLOW, flow("192.168.1.5", 5000, "203.0.113.10", 3478,
+                                                 "203.0.113.10", 3478, "203.0.113.50", 5000))
+                              )[:1]
+    assert (e.proto, e.tcp_state, e.state) == ("tcp", "CLOSE_WAIT", "CLOSE_WAIT assured")
+    assert (e.inside, e.public) == ("192.168.1.5:6101", "203.0.113.50:6101")
+    assert format_table(NatTable("r", (e,), ())).strip() == (
+        "conntrack  tcp 192.168.1.5:6101 -> 203.0.113.3:8443  seen outside as "
+        "203.0.113.50:6101  (CLOSE_WAIT assured, 239 s)")

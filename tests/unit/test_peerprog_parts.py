@@ -10,7 +10,7 @@ import pytest
 
 from peers.adapters import contract
 from testbed import adapters, peerprog
-from testbed.nat import nat_from_dict
+from testbed.nat import nat_from_dict, nat_from_label
 
 
 def line(**kv: object) -> bytes:
@@ -45,7 +45,11 @@ def test_program_environment_has_the_contract_and_nothing_of_ours(
 
 
 def test_tcp_behaviour_is_recorded_per_nat_kind() -> None:
-    assert "snat" in peerprog.tcp_behaviour(nat_from_dict({"type": "full-cone"}))
+    assert peerprog.tcp_behaviour(nat_from_dict({"type": "full-cone"})) == (
+        "endpoint-independent mapping, endpoint-independent filtering, port allocation "
+        "preserve, as for UDP; an unsolicited SYN is dropped")
+    assert peerprog.tcp_behaviour(nat_from_label("symmetric:syn-rst")).endswith(
+        "an unsolicited SYN is answered with a RST")
     assert peerprog.tcp_behaviour(nat_from_dict({"type": "none"})) == "routed, no filtering"
     assert "replies" in peerprog.tcp_behaviour(nat_from_dict({"type": "firewall"}))
 

@@ -409,6 +409,60 @@ def test_html_shows_the_first_repeats_of_a_long_cell_in_full(tmp_path: Path) -> 
     assert "3 more repeats: every one is in results.json and results.csv" in page
 
 
+# --- comparing along a dimension: UDP and TCP side by side ----------------------------
+
+
+def transport_doc() -> dict[str, Any]:
+    """Two NATs over udp and tcp; the tcp cell prc -> prc went to the relay."""
+    cells = []
+    for transport in ("udp", "tcp"):
+        for a in NATS[:2]:
+            for b in NATS[:2]:
+                outcome = "relay" if (transport, a, b) == ("tcp",) + (NATS[1],) * 2 else "direct"
+                c = cell(a, b, outcome, [outcome])
+                c["transport"] = transport
+                c["reason"] = f"{transport} reason {a}/{b}"
+                for r in c["repeats"]:
+                    r["transport"] = transport
+                cells.append(c)
+    return {"metadata": {}, "nats": NATS[:2], "cells": cells,
+            "dimensions": [{"name": "transport", "title": "transport",
+                            "values": ["udp", "tcp"]}]}
+
+
+def test_the_cells_that_differ_with_a_dimension_name_both_sides() -> None:
+    doc = typed(transport_doc())
+    assert report.compared(doc) == ["transport"]
+    [diff] = report.differences(doc, "transport")
+    assert (diff.a, diff.b, diff.rest) == (NATS[1], NATS[1], ())
+    assert [(v, s.observed) for v, s in diff.by_value] == [("udp", "direct"), ("tcp", "relay")]
+    text = diff.text()
+    assert text.splitlines()[0] == f"{NATS[1]} -> {NATS[1]}: udp direct, tcp relay"
+    assert f"transport=tcp: relay in the model: tcp reason {NATS[1]}/{NATS[1]}" in text
+    assert "transport=tcp: seen: alice relay (relay) via host->srflx" in text
+    assert "coturn relayed 1200 B" in text
+
+
+def test_the_table_shows_both_transports_side_by_side() -> None:
+    text = report.format_table(typed(transport_doc()))
+    side = text.split("side by side (transport udp/tcp; * = they differ):\n")[1]
+    rows = side.splitlines()
+    assert rows[1].split() == [NATS[0], "d/d", "d/d"]
+    assert rows[2].split() == [NATS[1], "d/d", "d/r*"]
+    assert "cells whose outcome differs with transport: 1" in text
+
+
+def test_one_transport_alone_compares_nothing() -> None:
+    doc = typed(transport_doc())
+    only_udp = MatrixResult(doc.metadata, doc.nats,
+                            tuple(c for c in doc.cells if c.point["transport"] == "udp"),
+                            doc.dimensions)
+    assert report.compared(only_udp) == []
+    assert "side by side" not in report.format_table(only_udp)
+
+
+
+
 # --- peer implementations: the interop summary ---------------------------------------
 
 
@@ -536,7 +590,7 @@ def test_none_and_firewall_settings_read_n_a_in_csv_and_html(tmp_path: Path) -> 
     report.write_html(doc, tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     config = page.split("<h2>Configuration</h2>", 1)[1]
-    assert "null" not in config and config.count("&quot;n/a&quot;") == 5 + 3
+    assert "null" not in config and config.count("&quot;n/a&quot;") == 9 + 3  # none: 9
     assert "firewall: filtering address-and-port-dependent, state timeout 120 s" in page
     assert "mapping endpoint-independent" not in page.split("<h2>Configuration</h2>")[0]
 
@@ -588,3 +642,18 @@ def test_a_router_that_ran_another_nat_is_said_everywhere(doc: dict[str, Any],
         ("full-cone", "port-restricted-cone"), ("full-cone", "full-cone")}]
     assert report.exit_code(typed(doc), strict=True) == 1  # only the swap is wrong
     assert report.exit_code(typed(doc), strict=False) == 0
+
+
+def test_implementations_are_compared_by_the_interop_summary_not_side_by_side() -> None:
+    doc = typed(interop_doc())
+    assert report.compared(doc) == []
+    assert "side by side" not in report.format_table(doc)
+
+
+def test_side_by_side_with_a_cell_missing_for_the_first_value() -> None:
+    doc = typed(transport_doc())
+    first = doc.cells[0]
+    partial = MatrixResult(doc.metadata, doc.nats, doc.cells[1:], doc.dimensions)
+    side = report.format_table(partial).split("side by side (transport udp/tcp; "
+                                              "* = they differ):\n")[1].splitlines()
+    assert side[1].split()[:2] == [first.a, "-/d*"]

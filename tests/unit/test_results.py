@@ -128,11 +128,15 @@ def test_bad_wire_evidence_is_named_by_its_path() -> None:
 
 # What each kind has (README, "NAT behaviours"; docs/results.md): `none` routes and keeps no
 # state, so no setting applies; a firewall filters address-and-port-dependent and times its
-# state out, but translates nothing: no mapping, no port allocation, no hairpinning.
+# state out, but translates nothing: no mapping, no port allocation, no hairpinning. Its
+# TCP settings (timeouts, the unsolicited-SYN treatment, egress) are about state: it has them.
 NOT_APPLICABLE = {
-    "none": {"mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout"},
+    "none": {"mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout",
+             "unsolicited_syn", "tcp_established_timeout", "tcp_transitory_timeout", "egress"},
     "firewall": {"mapping", "port_allocation", "hairpinning"},
+    "firewall:syn-rst:egress=corporate": {"mapping", "port_allocation", "hairpinning"},
     "symmetric:random:no-hairpin:30s": set(),
+    "corporate:syn-rst:tcp-transitory-timeout=60": set(),
 }
 
 

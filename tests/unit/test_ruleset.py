@@ -23,6 +23,7 @@ from testbed.nat import (
     Kind,
     NatSpec,
     PortAllocation,
+    SynReply,
     all_combinations,
     nat_from_dict,
     nat_from_label,
@@ -44,6 +45,13 @@ CASES: dict[str, tuple[NatSpec, RouterContext]] = {
     "eim-apdf-two-lans": (NatSpec(), TWO_LANS),
     "none": (NatSpec(kind=Kind.NONE), CTX),
     "firewall": (NatSpec(kind=Kind.FIREWALL), TWO_LANS),
+    "eim-apdf-syn-rst": (NatSpec(unsolicited_syn=SynReply.RST), CTX),
+    "eim-eif-tcp-timeouts": (NatSpec(filtering=EI, tcp_established_timeout=600,
+                                     tcp_transitory_timeout=30), CTX),
+    "firewall-syn-rst": (NatSpec(kind=Kind.FIREWALL, unsolicited_syn=SynReply.RST), CTX),
+    "corporate": (nat_from_dict({"type": "corporate"}), CTX),
+    "firewall-corporate": (nat_from_dict({"type": "firewall", "egress": "corporate"}),
+                           TWO_LANS),
     # issue 15: a carrier-grade NAT (port blocks over a two-address pool, a session cap)
     # and a home router with a static forward and a port-mapping daemon
     "cgn-blocks-pool": (nat_from_dict({"type": "symmetric", "port-range": "1024-65535",
@@ -101,11 +109,12 @@ def test_classic_alias_renders_as_its_combination(name: str) -> None:
     assert render_ruleset(alias, CTX) == render_ruleset(explicit, CTX)
 
 
-def test_key_grows_with_the_mapping_dependency() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_key_grows_with_the_mapping_dependency(proto: str) -> None:
     keys = {}
     for m in (EI, AD, APD):
         text = render_ruleset(NatSpec(mapping=m), CTX)
-        found = re.search(r"map mapping \{\n\t\ttype (.*) : inet_service", text)
+        found = re.search(rf"map {proto}_mapping \{{\n\t\ttype (.*) : inet_service", text)
         assert found
         keys[m] = found.group(1)
     assert keys == {EI: "ipv4_addr . inet_service",
@@ -113,18 +122,41 @@ def test_key_grows_with_the_mapping_dependency() -> None:
                     APD: "ipv4_addr . inet_service . ipv4_addr . inet_service"}
 
 
-def test_sequential_chains_cover_the_allocation_range_once() -> None:
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_sequential_chains_cover_the_allocation_range_once(proto: str) -> None:
+    """Each protocol counts through its own ports: a chain per high byte of each."""
     text = render_ruleset(NatSpec(port_allocation=PortAllocation.SEQUENTIAL), CTX)
-    highs = [int(h, 16) for h in re.findall(r"numgen inc mod 256 << 8 \| (0x[0-9a-f]{2})", text)]
+    highs = [int(h, 16) for h in re.findall(
+        rf"meta l4proto {proto} snat ip to \S+ : numgen inc mod 256 << 8 \| (0x[0-9a-f]{{2}})",
+        text)]
     assert highs == list(range(49152 >> 8, 256))
-    ranges = re.findall(r"(\d+)-(\d+) : goto alloc_([0-9a-f]{2})", text)
+    ranges = re.findall(rf"(\d+)-(\d+) : goto alloc_{proto}_([0-9a-f]{{2}})", text)
     assert [(int(a), int(b)) for a, b, _ in ranges] == [(i, i + 255) for i in range(0, 16384, 256)]
     assert [int(c, 16) for _, _, c in ranges] == highs
 
 
 def test_mapping_timeout_reaches_every_map() -> None:
     text = render_ruleset(NatSpec(mapping=AD, filtering=AD, mapping_timeout=30), CTX)
-    assert text.count("timeout 30s") == 5  # mapping, owner, mapped, owned, permit
+    assert text.count("timeout 30s") == 5  # UDP's mapping, owner, mapped, owned, permit
+
+
+def test_tcp_timeouts_reach_every_tcp_map_and_refresh() -> None:
+    text = render_ruleset(NatSpec(mapping=AD, filtering=AD, tcp_established_timeout=600,
+                                  tcp_transitory_timeout=30), CTX)
+    assert text.count("timeout 600s") == 5  # TCP's mapping, owner, mapped, owned, permit
+    # refreshed for the transitory timeout while conntrack has the connection in a
+    # transitory state: by each of the two track chains, in each of the five maps and sets
+    assert text.count("ct expiration <= 30s") == 10
+    assert text.count(" timeout 30s : ") == 6  # the maps
+    assert text.count(" timeout 30s }") == 4  # the sets
+
+
+def test_an_unsolicited_syn_is_dropped_unless_rst() -> None:
+    reject = "tcp flags & (fin | syn | rst | ack) == syn reject with tcp reset"
+    for kind in (Kind.NAT, Kind.FIREWALL):
+        assert reject not in render_ruleset(NatSpec(kind=kind), CTX)
+        text = render_ruleset(NatSpec(kind=kind, unsolicited_syn=SynReply.RST), CTX)
+        assert text.count(f'iifname "wan" {reject}') == 2  # to the router, through it
 
 
 # Linux before 6.5 refuses a lookup in a map that reads no value (`expr @map`,
@@ -140,30 +172,47 @@ def test_no_membership_test_on_a_map(name: str) -> None:
             assert use.group(1) in ("map", "update"), f"{name}: {use.group(0)!r} tests map {m}"
 
 
+def _updates(chain: str, name: str, value: str = "") -> list[tuple[str, str]]:
+    """(condition, element) of each `update @name { element[ : value] }` in a chain."""
+    tail = rf" : {value} \}}" if value else r" \}"
+    return re.findall(rf"^\s*(.*)update @{name} \{{ (.*?){tail}$", chain, re.M)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_key_sets_are_refreshed_with_their_maps(name: str) -> None:
+    """Each protocol's mapped and owned sets get the same keys, under the same
+    conditions and with the same per-element timeouts, as its mapping and owner maps."""
     spec, ctx = CASES[name]
     text = render_ruleset(spec, ctx)
-    if "map owner" not in text:
-        return
-    for chain in re.findall(r"chain track_\w+ \{\n(.*?)\n\t\}", text, re.S):
-        mapping = re.findall(r"update @mapping \{ (.*) : udp sport \}", chain)
-        owner = re.findall(r"update @owner \{ (udp sport) : .* \}", chain)
-        assert mapping and owner
-        assert re.findall(r"update @mapped \{ (.*) \}", chain) == mapping
-        assert re.findall(r"update @owned \{ (.*) \}", chain) == owner
-    for s in ("mapped", "owned"):
-        block = re.search(rf"set {s} \{{(.*?)\}}", text, re.S)
-        assert block is not None and f"timeout {spec.mapping_timeout}s" in block.group(1)
+    timeouts = {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout}
+    protos = [p for p in timeouts if f"map {p}_owner" in text]
+    assert protos == ([] if spec.kind is not Kind.NAT else ["udp", "tcp"])
+    for p in protos:
+        chains = re.findall(rf"chain {p}_track_\w+ \{{\n(.*?)\n\t\}}", text, re.S)
+        assert len(chains) == 2
+        for chain in chains:
+            mapping = _updates(chain, f"{p}_mapping", f"{p} sport")
+            owner = [(w, e) for w, e in _updates(chain, f"{p}_owner", ".*")]
+            assert mapping and owner
+            assert _updates(chain, f"{p}_mapped") == mapping
+            assert _updates(chain, f"{p}_owned") == owner
+        for s in ("mapped", "owned"):
+            block = re.search(rf"set {p}_{s} \{{(.*?)\}}", text, re.S)
+            assert block is not None and f"timeout {timeouts[p]}s" in block.group(1)
 
 
 # ------------------------------------------------------------------ sysctls, context
 
-def test_sysctls_follow_mapping_timeout() -> None:
-    expected = {"net.netfilter.nf_conntrack_udp_timeout": "45",
-                "net.netfilter.nf_conntrack_udp_timeout_stream": "45"}
-    assert sysctls(NatSpec(mapping_timeout=45)) == expected
-    assert sysctls(NatSpec(kind=Kind.FIREWALL, mapping_timeout=45)) == expected
+def test_sysctls_follow_the_timeouts() -> None:
+    ct = "net.netfilter.nf_conntrack_"
+    expected = {f"{ct}udp_timeout": "45", f"{ct}udp_timeout_stream": "45",
+                f"{ct}tcp_timeout_established": "600",
+                **{f"{ct}tcp_timeout_{s}": "30" for s in (
+                    "syn_sent", "syn_recv", "fin_wait", "close_wait", "last_ack", "time_wait")}}
+    timeouts = {"mapping_timeout": 45, "tcp_established_timeout": 600,
+                "tcp_transitory_timeout": 30}
+    assert sysctls(NatSpec(**timeouts)) == expected
+    assert sysctls(NatSpec(kind=Kind.FIREWALL, **timeouts)) == expected
     assert sysctls(NatSpec(kind=Kind.NONE)) == {}
 
 

@@ -75,7 +75,7 @@ def test_translating_rule_comes_from_the_trace() -> None:
     trace = parse_trace(trace_lines("bb02", "lan", LAPTOP, 5000, SERVER, 3478, 7, b"hello",
                                     OUT_STEPS))
     [c] = crossings("router", {"lan": lan, "wan": wan}, trace)
-    assert c.nat_rule == "udp_mapping: udp sport != @owned snat to 203.0.113.50:udp sport"
+    assert c.nat_rule == "udp_new: udp sport != @udp_owned snat to 203.0.113.50:udp sport"
     assert c.rule == 'forward: iifname "lan" accept'
     assert nat_rule_hint(c.nat_rule).startswith("keeps the inside port")
 
@@ -83,12 +83,13 @@ def test_translating_rule_comes_from_the_trace() -> None:
 @pytest.mark.parametrize("allocation", list(PortAllocation))
 def test_every_rule_that_picks_a_port_has_a_hint(allocation: PortAllocation) -> None:
     text = render_ruleset(NatSpec(port_allocation=allocation, filtering=EI), CTX)
-    chain = re.search(r"chain udp_mapping \{\n(.*?)\n\t\}", text, re.S)
-    assert chain is not None
-    rules = [line.strip() for line in chain.group(1).splitlines()
-             if "snat" in line or "numgen" in line]
-    assert len(rules) >= 2
-    assert [r for r in rules if not nat_rule_hint(r)] == []
+    for proto in ("udp", "tcp"):
+        chain = re.search(rf"chain {proto}_new \{{\n(.*?)\n\t\}}", text, re.S)
+        assert chain is not None
+        rules = [line.strip() for line in chain.group(1).splitlines()
+                 if "snat" in line or "numgen" in line]
+        assert len(rules) >= 2
+        assert [r for r in rules if not nat_rule_hint(r)] == []
     dnat = re.findall(r"^\s*(iifname .* dnat .*)$", text, re.M)
     assert dnat and all(nat_rule_hint(r) for r in dnat)
 

@@ -23,7 +23,7 @@ def trace_lines(tid: str, iif: str, src: str, sport: int, dst: str, dport: int, 
 DROP_STEPS = ["prerouting policy accept ", 'input rule iifname "wan" drop (verdict drop)']
 OUT_STEPS = ['forward rule iifname "lan" accept (verdict accept)',
              'postrouting rule oifname "wan" ip saddr 192.168.1.0/24 meta l4proto udp goto '
-             "udp_mapping (verdict goto udp_mapping)",
-             "udp_mapping rule udp sport != @owned snat to 203.0.113.50:udp sport "
+             "udp_new (verdict goto udp_new)",
+             "udp_new rule udp sport != @udp_owned snat to 203.0.113.50:udp sport "
              "(verdict accept)",
-             "udp_track policy accept "]
+             "track policy accept "]
