@@ -111,7 +111,7 @@ from peers.credentials import register_proof
 from peers.framing import FramingError, StunStreamReader
 from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
 from peers.streams import CidCounter, Close, Open, Write
-from peers.tcppath import TcpPath
+from peers.tcppath import PunchTiming, TcpPath
 from peers.turnlink import TurnLink, tls_context
 
 Rng = Callable[[int], bytes]
@@ -768,6 +768,8 @@ class Session:
     def _on_registered(self, now: float) -> None:
         self.t_registered = now
         self.rtt.answered("signaling", now)
+        self.t = replace(self.t, turn_fallback=pacing.turn_fallback(
+            self.cfg.timing.turn_fallback, self.rtt.own))
         self.phase = Phase.GATHER
         self._deadline = now + self.t.gather_timeout
         self._gather(now)
@@ -1302,7 +1304,11 @@ class Session:
         """The punch and relay timing for this path's round trip (peers.pacing)."""
         base, rtt = self.cfg.timing, self.rtt.path
         changes: dict[str, Any] = pacing.scaled(base, rtt, punch_fixed=base.punch_fixed)
+        changes["turn_fallback"] = pacing.turn_fallback(base.turn_fallback, self.rtt.own)
         self.t = replace(base, **changes)
+        if self.tcp is not None:  # a SYN's answer takes a path round trip at least
+            resyn, retry_max = pacing.syn_timing(PunchTiming.resyn, PunchTiming.retry_max, rtt)
+            self.tcp.timing = replace(self.tcp.timing, resyn=resyn, retry_max=retry_max)
         if self._paced is None:  # the first attempt's, as the result's other times
             self._paced = (None if rtt is None else round(rtt * 1000, 3),
                            round(self.t.punch_timeout * 1000, 3))
@@ -1316,17 +1322,19 @@ class Session:
             return any(p.got_probe or p.ack_observed for p in paths.values())
 
         turn = self.turn
+        tcp_half = self.tcp is not None and self.tcp.half_seen  # a connection's probe or ack
         return holdon.Facts(
             phase=self.phase.value, used=frozenset(self._held), restarting=self._restarting,
-            remote_done=self.remote_done, half_direct=half(self.direct),
+            remote_done=self.remote_done, half_direct=half(self.direct) or tcp_half,
             half_relayed=half(self.relayed),
-            remote_probed=any(p.got_probe for p in [*self.direct.values(),
-                                                    *self.relayed.values()]),
+            remote_probed=tcp_half or any(p.got_probe for p in [*self.direct.values(),
+                                                                *self.relayed.values()]),
             relay_ready=any(a[0] in self._permitted for a in self._remote_relays()),
             signaling_open=self._signaling_open,
             turn_answering=(not self._turn_done and turn is not None
                             and turn.state is not turnmod.State.IDLE and turn.nonce is not None),
-            since_relay=0.0 if self.t_relay_start is None else now - self.t_relay_start)
+            since_relay=0.0 if self.t_relay_start is None else now - self.t_relay_start,
+            resumable=self.tcp is None)
 
     def _hold_on(self, now: float, h: holdon.HoldOn | None) -> bool:
         """Carry out peers.holdon's answer: a later deadline (and, punching or relaying
@@ -1339,8 +1347,8 @@ class Session:
             self.phase = Phase.PUNCH  # the remote's `done: direct` came in our relay stage
             self._interval = self.t.punch_interval
         self._deadline = now + h.seconds
-        if h.kind in holdon.PROBING:
-            self._round(now)
+        if h.kind in holdon.PROBING and not (self.tcp is not None and self.phase is Phase.PUNCH):
+            self._round(now)  # (TCP attempts go on by themselves while punching)
         return True
 
     def _enter_relay(self, now: float) -> None:
