@@ -32,7 +32,11 @@ listening port, the srflx one comes from a STUN binding over a TCP connection fr
 that same port, and punching is a simultaneous open from it to the remote's
 candidates (peers.tcppath: a small state machine of its own, fed the driver's
 stream events), judged by the same authenticated probes, now on the connections.
-The TURN server is reached over TCP then (peers.turnlink). Either way, if nothing at
+The TURN server is reached over TCP then (peers.turnlink), and the allocation relays
+TCP (RFC 6062, peers.turntcp): in the relay stage the offerer asks the server to connect
+its relayed address to the answerer's, the answerer binds the connection the server
+announces, and the probes (then the call) go as frames on those data connections, a
+TCP path end to end. Either way, if nothing at
 all (not even its 401 challenge) has come back from the TURN server by
 Timing.turn_fallback, or the way fails, the session tries TURN over TLS on the
 server's TLS port: a network that lets out only web traffic (type corporate). The
@@ -101,6 +105,7 @@ from peers.result import GatherTimings, Packets, PeerResult, RestartResult, Stag
 from peers.streams import CidCounter, Close, Open, Write
 from peers.tcppath import TcpPath
 from peers.turnlink import TurnLink, tls_context
+from peers.turntcp import TcpRelay
 
 Rng = Callable[[int], bytes]
 APP_MAGIC = b"NTAPP1"  # starts every application-data datagram (after the decision)
@@ -294,6 +299,7 @@ class Session:
         self.turn: turnmod.TurnClient | None = None
         self.turn_link: TurnLink | None = None  # when the way is a stream
         self.turn_transport: str | None = None
+        self.tcp_relay: TcpRelay | None = None  # a TCP session's TCP allocation (RFC 6062)
         self._turn_fallback_at: float | None = None
         if self._turn_ways and self._turn_ways[0][0] == "udp":
             self._use_turn_way(self._turn_ways.pop(0))
@@ -484,6 +490,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.out.extend(self.turn_link.on_open(now))
             self._pump_turn(now)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_open(cid, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_open(cid, now)
             self._pump_tcp(now)
@@ -497,6 +506,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.turn_link.on_failed(why)
             self._next_turn_way(now, self.turn_link.failed or why)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_failed(cid, why, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_failed(cid, why, now)
             self._pump_tcp(now)
@@ -525,6 +537,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.out.extend(self.turn_link.on_data(data, now))
             self._pump_turn(now)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_data(cid, data, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_data(cid, data, now)
             self._pump_tcp(now)
@@ -541,6 +556,9 @@ class Session:
                 self._next_turn_way(now, self.turn_link.failed or why)
             else:
                 self.errors.append(f"turn: {self.turn_link.failed}")
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_closed(cid, why, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_closed(cid, why, now)
             self._pump_tcp(now)
@@ -579,13 +597,29 @@ class Session:
         self._turn_out()
         for ev in self.turn.take_events():
             self._on_turn_event(ev, now)
+        if self.tcp_relay is not None:
+            for note in self.tcp_relay.take_notes():
+                self._note(note)
+            for peer, message in self.tcp_relay.take_received():
+                self._on_relayed(peer, message, now)
         self._turn_out()  # sent in reaction to an event
+
+    def _relay_send(self, peer: Address, data: bytes) -> None:
+        """Through our allocation to a peer: a TURN datagram, or a frame on the TCP
+        allocation's connection to it."""
+        assert self.turn is not None
+        if self.tcp_relay is not None:
+            self.tcp_relay.send(peer, data, self._now)
+        else:
+            self.turn.send(peer, data)
 
     def _turn_out(self) -> None:
         """What the TURN client has to send: datagrams, or its link's stream outputs."""
         assert self.turn is not None
         if self.turn_link is not None:
             self.out.extend(self.turn_link.flush())
+            if self.tcp_relay is not None:
+                self.out.extend(self.tcp_relay.take_outputs())
             return
         for data, addr in self.turn.take_datagrams():
             self._send(data, addr)
@@ -635,14 +669,27 @@ class Session:
             self.errors.append(f"turn over tls: the certificate given: {exc.reason or exc}")
             self.turn, self.turn_link = None, None
             return
+        # a TCP session relays TCP: a TCP allocation (RFC 6062), made over a stream only
+        relay = "tcp" if stream and self.cfg.transport == "tcp" else "udp"
         self.turn = turnmod.TurnClient(
             server, self.cfg.turn_user, self.cfg.turn_pass, rng=self._turn_rng,
-            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7)
+            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7,
+            relay=relay)
         self.turn_transport = transport
         self.turn_link = None
+        self._close_tcp_relay()
         if stream:
             self.turn_link = TurnLink(self.turn, transport, self.cids.next(), tls)
             self.out.extend(self.turn_link.start())
+        if relay == "tcp":
+            self.tcp_relay = TcpRelay(self.turn, self.cids, tls, self._turn_rng,
+                                      active=self.controlling)
+
+    def _close_tcp_relay(self) -> None:
+        if self.tcp_relay is not None:
+            self.tcp_relay.close()
+            self.out.extend(self.tcp_relay.take_outputs())
+            self.tcp_relay = None
 
     def _start_turn(self, now: float) -> None:
         """Allocate over the current way; past turn_fallback, the next way takes over."""
@@ -847,6 +894,8 @@ class Session:
         self._check_gathered(now)
 
     def _on_turn_event(self, ev: turnmod.AnyEvent, now: float) -> None:
+        if self.tcp_relay is not None and self.tcp_relay.on_turn_event(ev, now):
+            return
         if isinstance(ev, turnmod.DataReceived):
             self._on_relayed(ev.peer, ev.data, now)
         elif isinstance(ev, turnmod.Allocated):
@@ -940,7 +989,7 @@ class Session:
                         seq=self._next_seq())
         self.counters.relay_sent += 1
         self._note(f"relay probe -> {peer[0]}:{peer[1]}")
-        self.turn.send(peer, data)
+        self._relay_send(peer, data)
 
     def _remote_relays(self) -> list[Address]:
         return [c.addr for c in self.remote if c.type == "relay"]
@@ -1051,7 +1100,7 @@ class Session:
         if p.kind == pr.PROBE:
             assert self._key is not None and self.turn is not None
             self.counters.relay_sent += 1
-            self.turn.send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer,
+            self._relay_send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer,
                                         seq=self._next_seq()))
             path.got_probe = True
         elif self._nonces.get(p.nonce) == ("relay", peer):
@@ -1186,7 +1235,7 @@ class Session:
                 self._send(data, peer)
             else:
                 assert self.turn is not None
-                self.turn.send(peer, data)
+                self._relay_send(peer, data)
             self.app_sent += n
         if kind == "relay":
             self._pump_turn(now)
@@ -1263,7 +1312,7 @@ class Session:
         elif self.path_kind == "direct":
             self._send(data, self.path[1].addr)
         elif self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
-            self.turn.send(self.path[1].addr, data)
+            self._relay_send(self.path[1].addr, data)
             self._pump_turn(now)
         assert self._next_data is not None
         # on schedule, but never a burst to catch up after a late wake-up
@@ -1407,6 +1456,7 @@ class Session:
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
             self._turn_out()
+        self._close_tcp_relay()
         if self.turn_link is not None:
             self.out.extend(self.turn_link.close())
         if self.tcp is not None:

@@ -243,3 +243,80 @@ def test_application_data_goes_as_frames_on_the_connection_and_the_remotes_count
                                        for n in (1000, 1000, 500)), 0.05)
     assert s.app_received == 2500 and s.app_complete
     assert s.counters.rejected == 0  # application frames are not probes that failed
+
+
+# --- the relay stage over a TCP allocation (RFC 6062) ------------------------------------
+
+TURN_KEY = stun.long_term_key("u", "r", "p")
+ALICE_RELAYED = ("203.0.113.5", 50001)
+BOB_RELAYED = ("203.0.113.5", 50002)
+
+
+def _turn_requests(outs: list[Any], cid: int) -> list[stun.Message]:
+    return [stun.unpack(o.data) for o in outs if isinstance(o, Write) and o.cid == cid]
+
+
+def _reply(s: Session, cid: int, req: stun.Message, now: float,
+           attrs: list[tuple[str, Any]], cls: stun.Class = stun.Class.SUCCESS,
+           key: bytes | None = TURN_KEY) -> None:
+    msg = stun.Message.new(req.method, cls, attrs, req.transaction_id)
+    s.handle_stream_data(cid, stun.pack(msg, integrity_key=key), now)
+
+
+def tcp_allocated() -> tuple[Session, int]:
+    """Alice over TCP whose TURN server gave her a TCP allocation; offer sent."""
+    s = session(transport="tcp", stun=None, turn=None, turn_tcp=TURN)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    s.handle_stream_open(opened.cid, 0.002)
+    [allocate] = _turn_requests(s.take_outputs(), opened.cid)
+    assert allocate.get("REQUESTED-TRANSPORT") == 6  # a TCP session relays TCP
+    _reply(s, opened.cid, allocate, 0.003, [("ERROR-CODE", (401, "Unauthorized")),
+                                            ("REALM", "r"), ("NONCE", b"n" * 16)],
+           stun.Class.ERROR, None)
+    [again] = _turn_requests(s.take_outputs(), opened.cid)
+    _reply(s, opened.cid, again, 0.004, [("XOR-RELAYED-ADDRESS", ALICE_RELAYED),
+                                         ("XOR-MAPPED-ADDRESS", ("203.0.113.50", 40001)),
+                                         ("LIFETIME", 600)])
+    assert s.phase is Phase.EXCHANGE
+    return s, opened.cid
+
+
+def test_the_relay_stage_connects_through_the_tcp_allocation_and_frames_its_probes() -> None:
+    s, ctl = tcp_allocated()
+    assert s.secret is not None
+    key = bytes.fromhex(s.secret)
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "candidates": [{"type": "relay", "ip": BOB_RELAYED[0],
+                                     "port": BOB_RELAYED[1]}]}, 0.01)
+    [permission] = _turn_requests(s.take_outputs(), ctl)
+    assert permission.method is stun.Method.CREATE_PERMISSION  # admits Bob's side early
+    _reply(s, ctl, permission, 0.011, [])
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob"}, 0.02)
+    s.take_outputs()  # punching: a connect to Bob's relayed address, refused below
+    s.handle_timeout(0.02 + s.t.punch_timeout)
+    assert s.phase is Phase.RELAY
+    [connect] = _turn_requests(s.take_outputs(), ctl)
+    assert (connect.method, connect.get("XOR-PEER-ADDRESS")) == (stun.Method.CONNECT,
+                                                                 BOB_RELAYED)
+    _reply(s, ctl, connect, 1.03, [("CONNECTION-ID", 77)])
+    [data] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    assert data.remote == TURN and not data.shared_port
+    s.handle_stream_open(data.cid, 1.04)
+    [bind] = _turn_requests(s.take_outputs(), data.cid)
+    assert bind.method is stun.Method.CONNECTION_BIND and bind.get("CONNECTION-ID") == 77
+    _reply(s, data.cid, bind, 1.05, [])
+    probes = [pr.decode(key, f, sender="alice", receiver="bob")
+              for f in _frames(s.take_outputs(), data.cid)]
+    assert probes and all(p.kind == pr.PROBE for p in probes)  # held, then sent in order
+    s.handle_stream_data(data.cid, frame_4571(pr.ack(key, "bob", "alice", probes[0].nonce,
+                                                     ALICE_RELAYED, seq=1))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"b" * pr.NONCE_LEN,
+                                               seq=2)), 1.06)
+    assert (s.outcome, s.stage) == ("relay", "relay")
+    assert s.pair is not None and (s.pair[0].addr, s.pair[1].addr) == (ALICE_RELAYED,
+                                                                      BOB_RELAYED)
+    outs = s.take_outputs()
+    assert not any(isinstance(o, Transmit) for o in outs)  # nothing as UDP, ever
+    [ack] = [pr.decode(key, f, sender="alice", receiver="bob")
+             for f in _frames(outs, data.cid)]
+    assert ack.kind == pr.ACK  # the answer to Bob's probe, on the same connection
