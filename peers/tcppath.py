@@ -161,6 +161,17 @@ class TcpPath:
         for cid in [c for c in self.conns if c != keep]:
             self._close(cid)
 
+    def reset(self) -> None:
+        """A restart: every connection from the listening port reset (SO_LINGER 0), so
+        none leaves a TIME_WAIT or an open 4-tuple for the new punching to clash with
+        in our own kernel; no attempt pending."""
+        self.punching = False
+        self._retry.clear()
+        self._pause.clear()
+        for cid in list(self.conns):
+            del self.conns[cid]
+            self._out.append(Close(cid, abort=True))
+
     def tick(self, now: float) -> None:
         if not self.punching:
             return
