@@ -189,8 +189,6 @@ class PeerConfig:
 
 
 TRANSPORTS = ("udp", "tcp")
-TCP_NO_RESTART = ("a TCP session does not restart: new connections from its port would "
-                  "reuse the 4-tuples its old ones hold")
 STREAM_RTO = 0.5  # a request over TCP is sent once; its answer is awaited 16 x this
 
 
@@ -741,7 +739,12 @@ class Session:
         for about a second after a release); if the server answers that it has none
         for us (437: we come from a new address or port), a new one is made from where
         we are now. No answer within REFRESH_WAIT: we go on without a relay candidate,
-        and the refresh goes on retransmitting (a late answer still counts)."""
+        and the refresh goes on retransmitting (a late answer still counts).
+        Over a stream (TURN over TCP or TLS) a restart makes a new allocation on a new
+        connection at once: the old connection may be dead without a word (a renumbered
+        or rebooted NAT: its segments now leave from an address or port coturn does not
+        know, or nowhere), and a new connection is a new 5-tuple, so nothing refuses
+        it; closing the old one frees the old allocation on the server."""
         self._stun_done = self.cfg.stun is None
         self._turn_done = self.turn is None and not self._turn_ways
         if self.cfg.stun is not None:
@@ -755,7 +758,8 @@ class Session:
                 self._stun_next = now + wait
             else:
                 self._stun_retransmit(now)
-        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+        stream = self.turn_link is not None
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED and not stream:
             self._turn_refresh = self.turn.refresh(now)
             self._turn_wait_until = now + self.REFRESH_WAIT
             self._pump_turn(now)
@@ -1334,25 +1338,27 @@ class Session:
 
     def _path_lost(self, now: float, cause: str) -> None:
         self._note(f"path lost: {cause}")
-        if self.tcp is not None:
-            self._tcp_path_lost(now, cause)
-            return
         self._begin_restart(now, cause, self.gen + 1, announce=True)
 
-    def _tcp_path_lost(self, now: float, cause: str) -> None:
-        """A TCP session's loss is recorded, not restarted. A restart would open new
-        connections from the same listening port to the same STUN server and remote
-        candidates, 4-tuples that the old connections still hold (or TIME_WAIT does)
-        in our own kernel; consent freshness still tells when the path died."""
-        self.restarts.append(_Restart(now, cause, self.gen, outcome="failed",
-                                      reason=TCP_NO_RESTART))
-        self._note("restart: not over TCP")
-        self.path = self.path_kind = None
-        self._next_data = self._consent_at = None
+    def _reset_streams(self) -> None:
+        """A TCP session's restart opens new connections from its listening port to the
+        same STUN server and, often, the same remote candidates: the old ones are reset
+        first (SO_LINGER 0: no TIME_WAIT), so no 4-tuple clashes in our own kernel.
+        The TCP allocation's data connections go too (new ones once a path is chosen)."""
+        if self.tcp is not None:
+            self.tcp.reset()
+            self.out.extend(self.tcp.take_outputs())
+        if self._stun_cid is not None:
+            self.out.append(Close(self._stun_cid, abort=True))
+            self._stun_cid = None
+        self._tcp_cid, self._tcp_acks = None, 0
+        if self.tcp_relay is not None:
+            self.tcp_relay.close()
+            self.out.extend(self.tcp_relay.take_outputs())
 
     def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
         """Forget the dead path and the old exchange; gather, exchange and punch again."""
-        if not self.in_call or (self._restarting and gen <= self.gen) or self.tcp is not None:
+        if not self.in_call or (self._restarting and gen <= self.gen):
             return
         if not self._restarting:
             if len(self.restarts) >= self.t.max_restarts:
@@ -1368,6 +1374,7 @@ class Session:
         self.path = self.path_kind = None
         self._next_data = self._consent_at = self._next_keepalive = None
         self._restart_at = None
+        self._reset_streams()
         if announce:
             self._signal({"type": "restart", "to": self.cfg.remote, "gen": gen})
         self.local = [Candidate("host", *self.cfg.host)]

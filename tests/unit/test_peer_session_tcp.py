@@ -20,7 +20,7 @@ from peers import stun
 from peers.framing import frame_4571
 from peers.session import (
     APP_MAGIC,
-    TCP_NO_RESTART,
+    Close,
     Open,
     PeerConfig,
     Phase,
@@ -213,24 +213,38 @@ def test_answered_consent_checks_keep_a_tcp_path() -> None:
     assert s.restarts == [] and s.path is not None
 
 
-def test_a_dead_tcp_path_is_recorded_and_not_restarted() -> None:
+def test_a_dead_tcp_path_restarts_from_fresh_connections() -> None:
+    """Consent expires: the old connection is reset (no TIME_WAIT: the same 4-tuple is
+    punched again), the remote is told, the session gathers and punches anew from its
+    listening port, and data flows on the new connection."""
     s, cid, key = tcp_call()
     for t in (1.05, 2.05, 3.05, 3.1):  # checks go out, no ack comes back
         s.handle_timeout(t)
     outs = s.take_outputs()
-    assert s.path is None and s.gen == 0
-    [lost] = s.restarts
-    assert (lost.outcome, lost.reason) == ("failed", TCP_NO_RESTART)
-    assert lost.cause.startswith("consent expired")
-    assert not [o for o in outs if isinstance(o, Open)]  # no new connection, no re-gather
-    assert not [o for o in outs if isinstance(o, Signal) and o.msg["type"] == "restart"]
-    s.handle_timeout(4.0)
-    assert not [f for f in _frames(s.take_outputs(), cid)
-                if pr.decode(key, f, sender="alice", receiver="bob").kind == pr.DATA]
-    r = s.result()
-    assert r.outcome == "direct" and [x.outcome for x in r.restarts] == ["failed"]
-    s.handle_signal({"type": "restart", "from": "bob", "to": "alice", "gen": 1}, 4.1)
-    assert s.phase is Phase.DECIDED and s.gen == 0  # a remote's restart starts none either
+    assert Close(cid, abort=True) in outs  # SO_LINGER 0 in the driver
+    [restart] = [o.msg for o in outs if isinstance(o, Signal) and o.msg["type"] == "restart"]
+    assert restart["gen"] == 1 and s.gen == 1
+    [offer] = [o.msg for o in outs if isinstance(o, Signal) and o.msg["type"] == "offer"]
+    assert offer["gen"] == 1 and s.phase is Phase.EXCHANGE
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "gen": 1, "candidates": [{"type": "host", "ip": BOB[0],
+                                               "port": BOB[1]}]}, 3.2)
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob", "gen": 1}, 3.21)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open) and o.remote == BOB]
+    assert opened.shared_port and opened.cid != cid  # from the listening port again
+    s.handle_stream_open(opened.cid, 3.22)
+    [ours] = _frames(s.take_outputs(), opened.cid)
+    nonce = pr.decode(key, ours, sender="alice", receiver="bob").nonce
+    s.handle_stream_data(opened.cid, frame_4571(pr.ack(key, "bob", "alice", nonce, SEEN_AS,
+                                                       seq=20))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"c" * pr.NONCE_LEN,
+                                               seq=21)), 3.23)
+    [r] = s.restarts
+    assert (r.outcome, r.restored) == ("direct", 3.23) and r.cause.startswith("consent")
+    s.handle_timeout(3.5)
+    kinds = [pr.decode(key, f, sender="alice", receiver="bob").kind
+             for f in _frames(s.take_outputs(), opened.cid)]
+    assert pr.DATA in kinds  # the call goes on, on the new connection
 
 
 def test_application_data_goes_as_frames_on_the_connection_and_the_remotes_counts() -> None:
