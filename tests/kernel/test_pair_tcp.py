@@ -103,6 +103,7 @@ def test_a_tcp_call_relays_over_tcp_allocations_end_to_end(tmp_path: Path) -> No
     out = tmp_path / "trace"
     result, res = pair("symmetric", "symmetric", trace_dir=out, call=2.0)
     assert res["outcome"] == "relay", format_pair(result)
+    assert "through TCP allocations (RFC 6062)" in format_pair(result)
     assert res["relay_bytes"] is not None and res["relay_bytes"] > 1000
     flows = {f["direction"]: f for f in res["flows"]}
     for f in flows.values():  # seen leaving one host and reaching the other
