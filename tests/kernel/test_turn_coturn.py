@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import secrets
 import select
 import shutil
@@ -645,3 +646,22 @@ def test_a_plain_tcp_peer_connects_to_the_relayed_address(lab: TurnLab) -> None:
         peer.close()
     finally:
         turn.close()
+
+
+@pytest.mark.skipif(shutil.which("turnutils_uclient") is None, reason="needs coturn's tools")
+@pytest.mark.parametrize("flags", [["-T"], ["-T", "-S"]], ids=["tcp", "tls"])
+def test_coturns_own_rfc6062_client_relays_tcp_with_the_lab_configuration(
+        lab: TurnLab, flags: list[str]) -> None:
+    """An independent RFC 6062 client against the lab's coturn: turnutils_uclient -T
+    (TCP allocations, client to client: Connect, ConnectionAttempt, ConnectionBind), the
+    same way the project's peer relays a TCP call."""
+    port = lab.cfg.tls_port if "-S" in flags else lab.cfg.port
+    out = subprocess.run(
+        ["turnutils_uclient", *flags, "-u", lab.cfg.username, "-w", lab.cfg.password,
+         "-n", "10", "-m", "1", "-p", str(port), "-L", ADDRS["client"], ADDRS["turn"]],
+        capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: netns.preexec(lab.fds["client"]))
+    text = out.stdout + out.stderr
+    assert "Total lost packets 0 (0.000000%)" in text, text[-2000:]
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", text)
+    assert totals and totals[-1] == ("20", "20"), text[-2000:]  # 10 each way, both clients
