@@ -117,7 +117,11 @@ class TurnLink:
                 out += self._handshake()
                 if not self.ready:
                     return out
-            data = self._tls.read()
+            try:
+                data = self._tls.read()
+            except ssl.SSLError as exc:  # a record that does not decrypt: the link is dead
+                self.failed = f"turn over tls: {exc.reason or exc}"
+                return [*out, Close(self.cid)]
         try:
             messages = self._reader.feed(data)
         except FramingError as exc:

@@ -141,7 +141,10 @@ class DataLink:
                 out += self._handshake()
             if self.state == "handshake":
                 return out, b""
-            data = self.tls.read()
+            try:
+                data = self.tls.read()
+            except ssl.SSLError as exc:  # a record that does not decrypt
+                raise BindError(f"tls: {exc.reason or exc}") from None
         if self.state == "ready":
             return out, data
         if self.state != "binding":

@@ -188,3 +188,19 @@ def test_limits_on_links_and_held_frames() -> None:
     for i in range(MAX_LINKS + 3):
         passive.on_turn_event(ConnectionAttempt(("203.0.113.5", 50000 + i), i), 0.0)
     assert len(passive.links) == MAX_LINKS
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=80), max_size=6))
+def test_any_bytes_on_a_data_connection_end_in_data_or_a_closed_link(
+        chunks: list[bytes]) -> None:
+    """Before the bind answer and after it, whatever the server (or someone on the path)
+    sends: frames for the session, or the connection closed; never an exception."""
+    relay, bind = attempted()
+    for i, chunk in enumerate(chunks):
+        if i == 1 and bind.cid in relay.links:
+            relay.on_data(bind.cid, answer(bind.data), 0.1)  # bound, then more bytes
+        relay.on_data(bind.cid, chunk, 0.1)
+    relay.take_received()
+    outs = relay.take_outputs()
+    assert bind.cid in relay.links or Close(bind.cid) in outs
