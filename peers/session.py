@@ -554,6 +554,8 @@ class Session:
                 self._next_turn_way(now, self.turn_link.failed or why)
             else:
                 self.errors.append(f"turn: {self.turn_link.failed}")
+                if self.path_kind == "relay" and self.in_call:  # the relay went with it
+                    self._path_lost(now, f"the TURN server's connection broke ({why})")
         elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
             self.tcp_relay.on_closed(cid, why, now)
             self._pump_turn(now)

@@ -277,9 +277,9 @@ def _reply(s: Session, cid: int, req: stun.Message, now: float,
     s.handle_stream_data(cid, stun.pack(msg, integrity_key=key), now)
 
 
-def tcp_allocated() -> tuple[Session, int]:
+def tcp_allocated(**kw: Any) -> tuple[Session, int]:
     """Alice over TCP whose TURN server gave her a TCP allocation; offer sent."""
-    s = session(transport="tcp", stun=None, turn=None, turn_tcp=TURN)
+    s = session(transport="tcp", stun=None, turn=None, turn_tcp=TURN, **kw)
     [opened] = [o for o in s.take_outputs() if isinstance(o, Open)]
     s.handle_stream_open(opened.cid, 0.002)
     [allocate] = _turn_requests(s.take_outputs(), opened.cid)
@@ -334,3 +334,45 @@ def test_the_relay_stage_connects_through_the_tcp_allocation_and_frames_its_prob
     [ack] = [pr.decode(key, f, sender="alice", receiver="bob")
              for f in _frames(outs, data.cid)]
     assert ack.kind == pr.ACK  # the answer to Bob's probe, on the same connection
+
+
+def relayed_call() -> tuple[Session, int]:
+    """Alice in a call relayed through her TCP allocation (the steps of the test above,
+    without its checks); returns the session and its control connection."""
+    s, ctl = tcp_allocated(timing=Timing(call=10.0))
+    assert s.secret is not None
+    key = bytes.fromhex(s.secret)
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "candidates": [{"type": "relay", "ip": BOB_RELAYED[0],
+                                     "port": BOB_RELAYED[1]}]}, 0.01)
+    _reply(s, ctl, _turn_requests(s.take_outputs(), ctl)[0], 0.011, [])
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob"}, 0.02)
+    s.handle_timeout(0.02 + s.t.punch_timeout)
+    _reply(s, ctl, _turn_requests(s.take_outputs(), ctl)[0], 1.03, [("CONNECTION-ID", 7)])
+    [data] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    s.handle_stream_open(data.cid, 1.04)
+    _reply(s, data.cid, _turn_requests(s.take_outputs(), data.cid)[0], 1.05, [])
+    [first, *_] = _frames(s.take_outputs(), data.cid)
+    nonce = pr.decode(key, first, sender="alice", receiver="bob").nonce
+    s.handle_stream_data(data.cid, frame_4571(pr.ack(key, "bob", "alice", nonce,
+                                                     ALICE_RELAYED, seq=1))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"b" * pr.NONCE_LEN,
+                                               seq=2)), 1.06)
+    assert s.path_kind == "relay" and s.in_call
+    s.take_outputs()
+    return s, ctl
+
+
+def test_a_broken_turn_connection_under_a_relayed_call_restarts_it_on_a_new_one() -> None:
+    """The connection to the TURN server breaks (coturn resets it: a renumbered NAT
+    sends its segments from an address coturn does not know) while the call is relayed
+    through it: the restart begins at once, not after consent_timeout, and allocates
+    on a new connection."""
+    s, ctl = relayed_call()
+    s.handle_stream_closed(ctl, "ECONNRESET: Connection reset by peer", 2.0)
+    [r] = s.restarts
+    assert r.lost == 2.0 and "TURN server's connection broke" in r.cause
+    outs = s.take_outputs()
+    assert [o.msg["type"] for o in outs if isinstance(o, Signal)][:1] == ["restart"]
+    [again] = [o for o in outs if isinstance(o, Open)]
+    assert again.remote == TURN and again.cid != ctl  # a new connection to the server
