@@ -1149,7 +1149,7 @@ class Session:
         self.phase = Phase.RELAY
         self._next_round = None
         if self.tcp is not None:
-            self.tcp.stop()
+            self.tcp.stop(abort=True)
             self._pump_tcp(now)
         if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
             self._fail(now, "relay", "no direct path, and no local relay candidate")
@@ -1171,7 +1171,7 @@ class Session:
     def _decide_direct(self, remote: Address, observed: Address, now: float) -> None:
         self.t_punch_end = now
         if self.tcp is not None:
-            self.tcp.stop(keep=self._tcp_cid)  # the other connections are not needed
+            self.tcp.stop(keep=self._tcp_cid, abort=True)  # the others are not needed
         rc = Candidate(type_of(remote, self.remote), *remote)
         self._decide(now, "direct", "punch", None, (self._local_for(observed), rc))
 
