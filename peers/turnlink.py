@@ -1,7 +1,9 @@
 """A TURN client's messages over a TCP or TLS connection to its server (sans-IO).
 
 RFC 8656 lets a client reach its TURN server over UDP, TCP or TLS over TCP; the
-allocation still relays UDP to peers. Over a stream the messages are the same
+allocation still relays UDP to peers, unless it is an RFC 6062 TCP allocation (then
+this link is its control connection, and peers.turntcp its data connections, which use
+TlsStream below for TLS too). Over a stream the messages are the same
 (peers.turn.TurnClient makes them), back to back: STUN messages say their own
 length, ChannelData is padded to four bytes (peers.framing). TLS is done in memory
 (ssl.MemoryBIO), so the link stays sans-IO: bytes from the driver in, stream
