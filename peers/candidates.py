@@ -3,7 +3,11 @@
 A candidate is an address a peer may be reached at: its own interface address
 (host), its address as a STUN server saw it (srflx), an address allocated on a
 TURN server (relay), or an address first seen as the source of an
-authenticated probe (prflx, peer-reflexive).
+authenticated probe (prflx, peer-reflexive). The hard-NAT strategies add three:
+a port the peer's own sequential NAT will hand out next (predicted, peers.predict),
+a port its router mapped on request or by a static forward (mapped: PCP, NAT-PMP,
+UPnP IGD), and a random port of a hard NAT that a birthday probe hit (birthday,
+peers.birthday), which is only ever learned, like prflx.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay")
-# Types a peer announces through signaling; prflx is only ever learned.
-ANNOUNCED_TYPES = ("host", "srflx", "relay")
+CANDIDATE_TYPES = ("host", "srflx", "prflx", "relay", "predicted", "mapped", "birthday")
+# Types a peer announces through signaling; prflx and birthday are only ever learned.
+ANNOUNCED_TYPES = ("host", "srflx", "relay", "predicted", "mapped")
 # Types the punching stage sends to directly; a relay candidate is reached
 # through our own TURN allocation in the relay stage instead.
-PUNCH_TYPES = ("host", "srflx", "prflx")
+PUNCH_TYPES = ("host", "mapped", "srflx", "predicted", "prflx", "birthday")
 
 Address = tuple[str, int]
 

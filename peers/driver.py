@@ -147,6 +147,7 @@ class Endpoint:
     udp: socket.socket
     tcp: socket.socket
     tag: Any = None  # the caller's name for it, e.g. (slot, role)
+    extra: Sequence[socket.socket] = ()  # more UDP sockets (birthday): Transmit.via 1, 2, ...
     new_tcp: Callable[[], socket.socket] = new_tcp  # a socket in the peer's namespace
     sig: SignalingClient | None = None
     reconnect_at: float = 0.0
@@ -247,10 +248,11 @@ class Driver:
             self._register(ep)
 
     def _register(self, ep: Endpoint) -> None:
-        ep.udp.setblocking(False)
-        with contextlib.suppress(OSError):  # receive timestamps: how late we read
-            ep.udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sel.register(ep.udp, selectors.EVENT_READ, (ep, "udp", 0))
+        for via, sock in enumerate((ep.udp, *ep.extra)):  # the key's kind: the socket's via
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):  # receive timestamps: how late we read
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.sel.register(sock, selectors.EVENT_READ, (ep, via, 0))
         if ep.sig is not None:
             self.sel.register(ep.tcp, selectors.EVENT_READ, (ep, "sig", 0))
         if ep.listener is not None:
@@ -303,8 +305,8 @@ class Driver:
                     assert gating is not None
                     gating.connected(index[id(ep)], due)
                     continue
-                if kind == "udp":
-                    self._read_udp(ep)
+                if isinstance(kind, int):
+                    self._read_udp(ep, kind)
                 elif kind == "connect":
                     self._connected(ep)
                 elif kind == "sig":
@@ -365,11 +367,12 @@ class Driver:
 
     # -- I/O
 
-    def _read_udp(self, ep: Endpoint) -> None:
+    def _read_udp(self, ep: Endpoint, via: int = 0) -> None:
+        sock = ep.udp if via == 0 else ep.extra[via - 1]
         deciding = ep.session.t_decided is None
         for _ in range(READ_BURST):
             try:
-                data, anc, _, src = ep.udp.recvmsg(65535, socket.CMSG_SPACE(16))
+                data, anc, _, src = sock.recvmsg(65535, socket.CMSG_SPACE(16))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:  # e.g. ECONNREFUSED from an ICMP error
@@ -379,7 +382,7 @@ class Driver:
                     if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
                         sec, nsec = struct.unpack_from("qq", raw)
                         ep.late.add(ep.late.reads, time.time() - (sec + nsec / 1e9))
-            ep.session.handle_datagram(data, (src[0], src[1]), self.clock())
+            ep.session.handle_datagram(data, (src[0], src[1]), self.clock(), via)
 
     def _read_signaling(self, ep: Endpoint) -> None:
         if ep.sig is None:
@@ -459,7 +462,8 @@ class Driver:
         while outs := ep.session.take_outputs():
             for out in outs:
                 if isinstance(out, Transmit):
-                    if not transmit(ep.udp, out):
+                    sock = ep.udp if out.via == 0 else ep.extra[out.via - 1]
+                    if not transmit(sock, out):
                         ep.send_errors += 1
                 elif isinstance(out, Signal):
                     if ep.sig is not None:
@@ -477,7 +481,7 @@ class Driver:
     def _close(self, ep: Endpoint) -> None:
         for cid in list(ep.streams):
             self._close_stream(ep, cid)
-        for s in (ep.udp, ep.tcp, ep.listener):
+        for s in (ep.udp, ep.tcp, ep.listener, *ep.extra):
             if s is not None and s.fileno() >= 0:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s)

@@ -259,6 +259,7 @@ class Settings:
     lifetime_max: float = 10.0
     lifetime_resolution: float = 0.5
     transport: str = "udp"  # or "tcp" (peers.natcheck_tcp)
+    allocations: int = 0  # new mappings to observe (pooling, port blocks), one socket each
     progress: bool = False  # a line per phase and lifetime trial on stderr
 
     def waits(self) -> tuple[float, ...]:
@@ -367,8 +368,43 @@ def _discover(
             "resolution_s": settings.lifetime_resolution,
             "trials": [{"idle_s": t, "alive": alive} for t, alive in lt.trials],
         }
+    if settings.allocations and mapped is not None:
+        say_progress(settings, f"{settings.allocations} new mappings, one socket each: pooling "
+                    "and the ports allocated")
+        result["allocations"] = _allocations(settings, primary, a.getsockname()[0], waits,
+                                             clock)
+        result["allocation"] = describe_allocations(
+            [tuple(x) for x in result["allocations"] if x is not None])
     result["elapsed_s"] = round(clock() - started, 3)
     return result
+
+
+def _allocations(settings: Settings, primary: Address, ip: str, waits: Sequence[float],
+                 clock: Clock) -> list[list[Any] | None]:
+    """The external endpoint of `settings.allocations` new mappings, one fresh socket each
+    (None where a binding went unanswered: e.g. a session cap dropped it)."""
+    socks = [_udp_socket(ip) for _ in range(settings.allocations)]
+    try:
+        probes = [Probe(f"allocation_{i}", s, primary, binding_request(), s)
+                  for i, s in enumerate(socks)]
+        run_probes(probes, waits, clock)
+        return [_list(p.mapped()) for p in probes]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def describe_allocations(seen: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
+    """What new mappings of one host show: how many external addresses (one: paired
+    pooling or a single address; more: arbitrary pooling, RFC 4787 REQ-2) and the span
+    of external ports (inside one port block, RFC 7422, if the NAT allocates in blocks)."""
+    if not seen:
+        return {"mappings": 0, "addresses": [], "pooling": UNKNOWN, "ports": None}
+    addrs = sorted({str(a) for a, _ in seen})
+    ports = [int(p) for _, p in seen]
+    return {"mappings": len(seen), "addresses": addrs,
+            "pooling": "paired" if len(addrs) == 1 else "arbitrary",
+            "ports": [min(ports), max(ports)]}
 
 
 def say_progress(settings: Settings, text: str) -> None:
@@ -447,18 +483,24 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
     p.add_argument("--lifetime", action="store_true", help="measure the mapping lifetime (4.6)")
     p.add_argument("--lifetime-max", type=float, default=10.0, help="upper bound, s")
     p.add_argument("--lifetime-resolution", type=float, default=0.5, help="precision, s")
+    p.add_argument("--allocations", type=int, default=0, metavar="N",
+                   help="also open N new mappings: pooling and port range (0-256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
                    help="run the tests over UDP (default) or TCP connections")
     p.add_argument("--progress", action="store_true",
                    help=f"a line per phase and lifetime trial on stderr, after {PROGRESS!r}")
     args = p.parse_args(None if argv is None else list(argv))
+    if not 0 <= args.allocations <= 256:
+        p.error("--allocations: 0 to 256")
     if args.tries < 1 or args.rto <= 0 or args.max_rto < args.rto:
         p.error("need --tries >= 1 and 0 < --rto <= --max-rto")
     if args.lifetime_max <= 0 or args.lifetime_resolution <= 0:
         p.error("--lifetime-max and --lifetime-resolution must be positive")
     if args.lifetime and args.transport == "tcp":
         p.error("--lifetime: over UDP only (a TCP connection's mapping lives for hours)")
+    if args.allocations and args.transport == "tcp":
+        p.error("--allocations: over UDP only")
     settings = Settings(
         args.server,
         args.port,
@@ -470,6 +512,7 @@ def parse_args(argv: Iterable[str] | None) -> tuple[Settings, bool]:
         args.lifetime_max,
         args.lifetime_resolution,
         args.transport,
+        args.allocations,
         args.progress,
     )
     return settings, bool(args.json)

@@ -4,10 +4,12 @@
         --token T --stun 203.0.113.3:3478 --turn 203.0.113.5:3478 --turn-user U --turn-pass P \\
         --result out.json [--punch-timeout 1.0] [--hold 0] \\
         [--transport tcp] [--turn-tls 203.0.113.5:443 --turn-ca cert.pem]
+        [--strategy stun,predict,birthday,portmap] [--birthday-sockets 256 ...]
 
 With --transport tcp the direct path is a TCP simultaneous open from a listening
 port (its host candidate), STUN and TURN go over TCP; --turn-tls adds TURN over TLS
-as the fallback when the TURN server cannot be reached otherwise.
+as the fallback when the TURN server cannot be reached otherwise. The hard-NAT
+strategies (--strategy beyond stun) punch UDP only.
 
 All the logic is in peers.session.Session (sans-IO), driven by peers.driver (the
 same driver the traversal matrix uses for hundreds of peers at once); this file is
@@ -25,10 +27,11 @@ import socket
 import sys
 from pathlib import Path
 
+from peers import birthday as bd
 from peers.candidates import Address
 from peers.driver import Driver, Endpoint, listening_socket
 from peers.result import PeerResult
-from peers.session import PeerConfig, Session, Timing
+from peers.session import STRATEGIES, PeerConfig, Session, Strategies, Timing
 
 
 def parse_addr(text: str, default_port: int | None = None) -> Address:
@@ -62,6 +65,34 @@ def timing_from(args: argparse.Namespace) -> Timing:
     return Timing(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
 
 
+def parse_strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(","))
+    bad = [n for n in names if n not in STRATEGIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown strategy {bad[0] if bad else text!r}; "
+                                         f"expected a list of {', '.join(STRATEGIES)}")
+    return names
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit() or len(lo) > 5 or len(hi) > 5:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO-HI, e.g. 1024-65535")
+    return int(lo), int(hi)
+
+
+def strategies_from(args: argparse.Namespace) -> Strategies:
+    """The --strategy list and its settings; BirthdayError/ValueError name the setting."""
+    names = set(args.strategy)
+    b = None
+    if "birthday" in names:
+        lo, hi = args.birthday_range
+        b = bd.Birthday(sockets=args.birthday_sockets, probes=args.birthday_probes,
+                        rate=args.birthday_rate, port_lo=lo, port_hi=hi)
+    return Strategies(predict="predict" in names, birthday=b,
+                      mapped=args.mapped if "portmap" in names else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m peers.peer",
                                  description="NAT traversal peer: STUN, hole punching, TURN.")
@@ -86,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--turn-ca", type=Path, metavar="FILE",
                     help="PEM certificate the TLS TURN server must present")
     ap.add_argument("--trace", action="store_true", help="add the event trace to the result")
+    h = ap.add_argument_group("hard NATs")
+    h.add_argument("--strategy", type=parse_strategies, default=("stun",),
+                   help=f"comma-separated: {', '.join(STRATEGIES)} (default stun)")
+    h.add_argument("--birthday-sockets", type=int, default=bd.DEFAULT_SOCKETS, metavar="N",
+                   help=f"sockets the hard side opens (1-{bd.MAX_SOCKETS})")
+    h.add_argument("--birthday-probes", type=int, default=bd.DEFAULT_PROBES, metavar="N",
+                   help="probes the easy side sends to random ports")
+    h.add_argument("--birthday-rate", type=float, default=bd.DEFAULT_RATE, metavar="PER_S",
+                   help=f"probes per second ({bd.MIN_RATE:g}-{bd.MAX_RATE:g})")
+    h.add_argument("--birthday-range", type=parse_range, default=bd.DEFAULT_RANGE,
+                   metavar="LO-HI", help="ports of the hard side's address to probe")
+    h.add_argument("--mapped", type=parse_addr, metavar="IP:PORT",
+                   help="the external address our router mapped for --port (portmap; "
+                        "without it, portmap adds nothing)")
     t = ap.add_argument_group("timing (seconds)")
     for flag in ("punch-timeout", "punch-interval", "punch-interval-max", "relay-timeout",
                  "relay-interval", "stun-rto", "gather-timeout", "signaling-timeout",
@@ -96,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-restarts", type=int, metavar="N",
                    help=f"restarts during a call (default {Timing().max_restarts})")
     return ap
+
+
+def open_extra(bind_ip: str, strategies: Strategies) -> list[socket.socket]:
+    """The birthday strategy's extra sockets (used only if this side turns out hard)."""
+    n = strategies.birthday.sockets if strategies.birthday else 0
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((bind_ip, 0))
+        socks.append(s)
+    return socks
 
 
 def write_result(path: Path | None, result: PeerResult) -> None:
@@ -126,11 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"peer: --turn-ca: {e}", file=sys.stderr)
         return 2
+    try:
+        strategies = strategies_from(args)
+    except ValueError as e:
+        print(f"peer: {e}", file=sys.stderr)
+        return 2
+    if args.transport == "tcp" and strategies != Strategies():
+        print("peer: --strategy: predict, birthday and portmap work over UDP only; "
+              "leave out --transport tcp", file=sys.stderr)
+        return 2
     toward = args.stun or args.turn or args.signaling
     bind_ip = args.bind or source_ip_towards(toward)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener = listening_socket(bind_ip, args.port) if args.transport == "tcp" else None
+    extra = open_extra(bind_ip, strategies)
     try:
         udp.bind((bind_ip, 0 if listener else args.port))
         host = (listener or udp).getsockname()
@@ -139,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                          turn_pass=args.turn_pass, token=args.token, timing=timing,
                          trace=args.trace, transport=args.transport,
                          turn_tcp=args.turn if args.transport == "tcp" else None,
-                         turn_tls=args.turn_tls, turn_ca=turn_ca)
-        ep = Endpoint(Session(cfg), udp, tcp, listener=listener)
+                         turn_tls=args.turn_tls, turn_ca=turn_ca, strategies=strategies)
+        ep = Endpoint(Session(cfg), udp, tcp, extra=extra, listener=listener)
         Driver([ep], args.signaling).run()
     finally:
-        for s in (udp, tcp, *([listener] if listener is not None else [])):
+        for s in (udp, tcp, *extra, *([listener] if listener is not None else [])):
             with contextlib.suppress(OSError):
                 s.close()
     assert ep.result is not None  # the driver finishes every session it starts

@@ -22,8 +22,8 @@ OUTCOMES = ("direct", "relay", "failed")
 STAGE_TIMINGS = ("signaling", "gather", "punch", "relay", "connect")
 PACKET_COUNTS = ("sent", "received", "probes_sent", "probes_received", "relay_sent",
                  "relay_received")
-OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused", "app_sent", "app_received",
-                   "data_sent", "data_received")  # absent from older files
+OPTIONAL_COUNTS = ("rejected", "replayed", "prflx_refused", "birthday_sent", "app_sent",
+                   "app_received", "data_sent", "data_received")  # absent from older files
 GATHER_TIMINGS = ("stun", "turn")
 
 
@@ -61,6 +61,7 @@ class Packets:
     rejected: int = 0  # probe-looking datagrams that failed authentication
     replayed: int = 0  # authentic probes and acks that were not fresh
     prflx_refused: int = 0  # new remote addresses not learned: MAX_PRFLX reached
+    birthday_sent: int = 0  # birthday packets: the hard side's openers, the easy side's probes
     app_sent: int = 0  # bytes of application data sent once decided (PeerConfig.app_bytes)
     app_received: int = 0  # bytes of the remote's application data received
     data_sent: int = 0  # a call's data datagrams (direct or through the relay)

@@ -292,6 +292,15 @@ def _flag(v: object, name: str) -> bool:
     return v
 
 
+MAPPING_KINDS = ("independent", "sequential", "unpredictable")  # peers.predict.Allocation
+
+
+def _mapping(v: object, name: str) -> str:
+    if v not in MAPPING_KINDS:
+        raise ProtocolError("bad-message", f"{name}: expected one of {MAPPING_KINDS}, got {v!r}")
+    return str(v)
+
+
 CLIENT_SCHEMA: dict[str, dict[str, Check]] = {
     "register": {"id": _id, "proof": _hex(PROOF_RE, "64 lowercase hex digits")},
     "offer": {"to": _id, "candidates": _candidates, "secret": _secret, "gen": Optional(_gen)},
@@ -315,8 +324,16 @@ SERVER_SCHEMA: dict[str, dict[str, Check]] = {
 }
 
 
+# Fields a message may carry or leave out (peers that predate them leave them out):
+# an offer's or answer's `mapping` is how the sender's NAT maps, as the sender measured
+# it (peers.predict), so the other side knows whether to probe it the birthday way.
+OPTIONAL: dict[str, dict[str, Check]] = {"offer": {"mapping": _mapping},
+                                         "answer": {"mapping": _mapping}}
+
+
 def validate(obj: object, schema: dict[str, dict[str, Check]]) -> Message:
-    """Check a decoded frame against a schema: known type, exact field set."""
+    """Check a decoded frame against a schema: known type, exact field set (plus the
+    type's OPTIONAL fields)."""
     if not isinstance(obj, dict):
         raise ProtocolError("bad-message", f"expected a JSON object, got {type(obj).__name__}")
     mtype = obj.get("type")
@@ -329,7 +346,11 @@ def validate(obj: object, schema: dict[str, dict[str, Check]]) -> Message:
                 continue
             raise ProtocolError("bad-message", f"{mtype}: missing field {name!r}")
         check(obj[name], f"{mtype}.{name}")
-    extra = set(obj) - set(fields) - {"type"}
+    optional = OPTIONAL.get(mtype, {})
+    for name, check in optional.items():
+        if name in obj:
+            check(obj[name], f"{mtype}.{name}")
+    extra = set(obj) - set(fields) - set(optional) - {"type"}
     if extra:
         raise ProtocolError("bad-message", f"{mtype}: unknown field {sorted(extra)[0]!r}")
     return obj

@@ -4,6 +4,7 @@ STUN, hole punching, TURN). The public Python API, documented in docs/api.md:
     Lab, load_topology          build a topology as live namespaces; run commands in them
     run_pair, run_matrix        one call attempt between two NATs; every pairing of a set
     NatSpec                     a NAT behaviour (RFC 4787 mapping, filtering, ...)
+    Strategy                    a traversal strategy: stun, predict, birthday, portmap
     PeerResult, PairResult,     the typed results
     Cell, MatrixResult
 
@@ -27,14 +28,16 @@ if TYPE_CHECKING:
     from testbed.nat import NatSpec
     from testbed.pair import run_pair
     from testbed.results import Cell, MatrixResult, PairResult
+    from testbed.strategy import Strategy
     from testbed.topology import load_topology
 
 __version__ = VERSION
 _HOMES = {"Cell": "testbed.results", "Lab": "testbed.lab", "MatrixResult": "testbed.results",
           "NatSpec": "testbed.nat", "PairResult": "testbed.results",
-          "PeerResult": "peers.result", "load_topology": "testbed.topology",
+          "PeerResult": "peers.result", "Strategy": "testbed.strategy",
+          "load_topology": "testbed.topology",
           "run_matrix": "testbed.matrix.run", "run_pair": "testbed.pair"}
-__all__ = ["Cell", "Lab", "MatrixResult", "NatSpec", "PairResult", "PeerResult",
+__all__ = ["Cell", "Lab", "MatrixResult", "NatSpec", "PairResult", "PeerResult", "Strategy",
            "load_topology", "run_matrix", "run_pair"]
 
 

@@ -24,6 +24,7 @@ from peers import natcheck
 from testbed.errors import TestbedError
 from testbed.lab import Lab
 from testbed.nat import Behaviour, Egress, Kind, NatSpec
+from testbed.ruleset import alloc_range, port_blocks
 from testbed.topology import parse_topology
 
 STUN_PRIMARY, STUN_ALTERNATE = "203.0.113.3", "203.0.113.4"
@@ -38,8 +39,14 @@ def _quiet(_text: str) -> None:
     """The default listener: the Python API says nothing."""
 
 
-def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) -> str:
-    """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN."""
+CGN_POOL_FIRST = 100  # a CGN's pool: 203.0.113.100, .101, ...
+ALLOCATIONS = 16  # new mappings natcheck opens to see pooling and port blocks
+
+
+def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None,
+                      cgn_pool: int = 1) -> str:
+    """YAML for the throwaway lab; with `cgn`, the home router sits behind a CGN (whose
+    WAN holds `cgn_pool` addresses)."""
     nodes: dict[str, Any] = {
         "client": {"kind": "host"},
         "router": {"kind": "router", "nat": nat},
@@ -50,6 +57,9 @@ def classify_topology(nat: dict[str, Any], cgn: dict[str, Any] | None = None) ->
     internet = ["router:wan", "stun:eth0"]
     if cgn is not None:
         nodes["cgn"] = {"kind": "router", "nat": cgn}
+        if cgn_pool > 1:
+            nodes["cgn"]["interfaces"] = {"wan": [f"203.0.113.{CGN_POOL_FIRST + i}/24"
+                                                  for i in range(cgn_pool)]}
         links.append({"endpoints": ["router:wan", "cgn:inside"], "scope": "cgn"})
         internet = ["cgn:wan", "stun:eth0"]
     doc = {"name": "classify", "nodes": nodes, "links": links,
@@ -62,6 +72,8 @@ def run_natcheck(lab: Lab, lifetime: float | None = None, say: Say = _quiet,
     """peers.natcheck in the client's namespace; its progress lines go to `say` as they
     come (a lifetime search idles for minutes), everything else on stderr is its error."""
     argv = ["--server", STUN_PRIMARY, "--json", "--progress", "--transport", transport]
+    if transport == "udp":  # pooling and port blocks, seen from new UDP mappings
+        argv += ["--allocations", str(ALLOCATIONS)]
     if lifetime:
         argv += ["--lifetime", "--lifetime-max", str(lifetime)]
     proc = lab.python("client", "peers.natcheck", *argv, stdout=subprocess.PIPE,
@@ -125,13 +137,32 @@ def expected(spec: NatSpec, cgn: NatSpec | None = None) -> dict[str, str]:
     return {"mapping": mapping.value, "filtering": filtering.value}
 
 
+def expected_allocation(lab: Lab) -> dict[str, Any]:
+    """What the configuration promises about the client's new mappings: the outermost
+    NAT's pool, pooling and (for a CGN with port blocks) the block of the home router's
+    address, or the port range it picks from."""
+    outer = lab.topo.node("cgn") if "cgn" in {n.name for n in lab.topo.nodes} else \
+        lab.topo.node("router")
+    assert outer.nat is not None
+    ctx = lab.router_context(outer)
+    out: dict[str, Any] = {"pool": list(ctx.addresses), "pooling": outer.nat.pooling,
+                           "port_range": list(alloc_range(outer.nat)), "block": None}
+    if outer.nat.port_block is not None:
+        inside = str(lab.topo.node("router").iface("wan").address.ip) \
+            if outer.name == "cgn" else lab.addr("client")
+        out["block"] = next(([a, lo, hi] for h, a, lo, hi in port_blocks(outer.nat, ctx)
+                             if h == inside), None)
+    return out
+
+
 def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None = None,
              keep: bool = False, lifetime: float | None = None, lab_name: str | None = None,
-             say: Say = _quiet, transport: str = "udp") -> dict[str, Any]:
+             say: Say = _quiet, cgn_pool: int = 1, transport: str = "udp") -> dict[str, Any]:
     """Build the NAT, run RFC 5780 discovery from behind it (over UDP or TCP), compare.
     `say` hears what is being done as it starts (a line each; the lifetime search's
     trials included)."""
-    topo = parse_topology(classify_topology(spec_section, cgn_section), "<classify>")
+    topo = parse_topology(classify_topology(spec_section, cgn_section, cgn_pool),
+                          "<classify>")
     spec = topo.node("router").nat
     assert spec is not None
     cgn = topo.node("cgn").nat if cgn_section is not None else None
@@ -146,6 +177,7 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
             + (f", then measures the mapping lifetime (up to {lifetime:g} s idle per trial)"
                if lifetime else ""))
         found = run_natcheck(lab, lifetime, say, transport)
+        promised = expected_allocation(lab)
     finally:
         if not keep:
             say(f"removing lab {lab.name}")
@@ -157,7 +189,8 @@ def classify(spec_section: dict[str, Any], *, cgn_section: dict[str, Any] | None
                        "port_allocation": spec.port_allocation.value,
                        "hairpinning": spec.hairpinning, "mapping_timeout": spec.mapping_timeout,
                        "unsolicited_syn": spec.unsolicited_syn.value,
-                       "egress": spec.egress.value, "behind_cgn": cgn.label if cgn else None},
+                       "egress": spec.egress.value, "behind_cgn": cgn.label if cgn else None,
+                       "allocation": promised},
         "transport": transport,
         "expected": want,
         "measured": found,
@@ -183,6 +216,7 @@ def format_result(r: dict[str, Any]) -> str:
     ]
     if m.get("lifetime_s") is not None:
         lines.append(f"mapping lifetime:  {m['lifetime_s']:.2f} s")
+    lines += _allocation_lines(m.get("allocation"), c.get("allocation"))
     verdict = "agrees with" if r["agrees"] else "DISAGREES with"
     over = r.get("transport", "udp").upper()
     lines.append(f"RFC 5780 discovery over {over} {verdict} the configuration "
@@ -193,3 +227,20 @@ def format_result(r: dict[str, Any]) -> str:
                      f"peers.natcheck --server {STUN_PRIMARY} --transport {over.lower()}; "
                      f"nat-testbed down {r['lab']}")
     return "\n".join(lines)
+
+
+def _allocation_lines(seen: dict[str, Any] | None, promised: dict[str, Any] | None
+                      ) -> list[str]:
+    """Pooling and port blocks as seen from ALLOCATIONS new mappings of the client."""
+    if not seen or not seen.get("mappings"):
+        return []
+    n, addrs, ports = seen["mappings"], seen["addresses"], seen["ports"]
+    lines = [f"pooling:           {seen['pooling']} ({n} new mappings on {len(addrs)} "
+             f"address{'es' if len(addrs) > 1 else ''}: {', '.join(addrs)})",
+             f"ports seen:        {ports[0]}-{ports[1]}"]
+    if promised and promised.get("block"):
+        addr, lo, hi = promised["block"]
+        inside = lo <= ports[0] and ports[1] <= hi
+        lines.append(f"port block:        {lo}-{hi} on {addr} for this subscriber (RFC 7422): "
+                     f"the ports seen lie {'inside' if inside else 'OUTSIDE'} it")
+    return lines

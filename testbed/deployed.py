@@ -15,6 +15,8 @@ with, independently of how it got there: the router's NAT table as nft lists it
   the transitory one (the shorter timeout its updates give while conntrack's entry
   expires sooner), the unsolicited-SYN treatment (a `reject with tcp reset` of SYNs)
   and a corporate egress (forward accepts of only some TCP ports from the LAN out);
+  and issue 15's port range, port blocks, pooling, session cap and port-mapping
+  admission (from the UDP chains: the template gives TCP the same);
 - `digest(listing, ctx)` is the sha256 of the listing with the router's own addresses
   and interface names replaced by placeholders, so one NAT behaviour has one digest
   in any slot of any lab.
@@ -36,6 +38,7 @@ from testbed.nat import (
     DEFAULT_TCP_ESTABLISHED_TIMEOUT,
     DEFAULT_TCP_TRANSITORY_TIMEOUT,
     EI,
+    PORT_MAPPING_PROTOCOLS,
     Behaviour,
     Egress,
     Kind,
@@ -113,6 +116,46 @@ def _allocation(rules: list[str]) -> PortAllocation:
     return PortAllocation.RANDOM
 
 
+_RANDOM_RANGE = re.compile(r":(\d+)-(\d+) random$")
+_PRESERVE_RANGE = re.compile(r"udp sport (\d+)-(\d+) snat")
+_BLOCK = re.compile(r"ip saddr map \{ [0-9.]+ : [0-9.]+ \. (\d+)-(\d+)")
+_SEQUENTIAL = re.compile(
+    r"^numgen inc mod (\d+) vmap \{ 0-255 : goto alloc_(?:udp_)?([0-9a-f]{2})")
+_CAP = re.compile(r"ct count over (\d+)")
+DEFAULT_RANGE = (49152, 65535)  # testbed.ruleset's when a NAT sets none
+
+
+def _port_range(rules: list[str]) -> tuple[int, int] | None:
+    """The external ports the allocator picks from (None: the template's default)."""
+    found = None
+    for rule in rules:
+        if m := _SEQUENTIAL.match(rule):
+            first = int(m.group(2), 16) * 256
+            found = (first, first + int(m.group(1)) - 1)
+        elif "ip saddr map {" not in rule and (m := _RANDOM_RANGE.search(rule)):
+            found = (int(m.group(1)), int(m.group(2)))
+    return None if found in (None, DEFAULT_RANGE) else found
+
+
+def _carrier(blocks: dict[str, list[str]], rules: list[str], udp: str) -> dict[str, object]:
+    """Issue 15's settings, as NatSpec fields: port range and blocks (RFC 7422), pooling
+    (a pool address per mapping: paired by a hash of the inside address, or at
+    random), the per-host session cap (RFC 6888) and the port-mapping daemon's admission
+    (its STUN answers let in: the protocols themselves are the daemon's, not the table's).
+    `rules`: the UDP new-mapping chain; `udp`: the maps' prefix (`udp_`, or none in
+    tables from before the protocol-generic templates)."""
+    out: dict[str, object] = {"port_range": _port_range(rules)}
+    if block := next((m for r in rules if (m := _BLOCK.search(r))), None):
+        out["port_block"] = int(block.group(2)) - int(block.group(1)) + 1
+    if f"map {udp}mapaddr" in blocks and any("numgen random mod" in r for r in rules):
+        out["pooling"] = "arbitrary"
+    if cap := next((m for r in blocks.get("chain forward", []) if (m := _CAP.search(r))), None):
+        out["max_sessions_per_host"] = int(cap.group(1))
+    if any("sport { 3478, 3479 } accept" in r for r in blocks.get("chain input", [])):
+        out["port_mapping"] = PORT_MAPPING_PROTOCOLS
+    return out
+
+
 def behaviour(listing: str, udp_timeout: int | None = None) -> NatSpec:
     """The NAT a router's table implements, from `nft -t list table ip nattestbed`;
     `udp_timeout`: the namespace's conntrack UDP timeout (a firewall's only setting)."""
@@ -137,7 +180,8 @@ def behaviour(listing: str, udp_timeout: int | None = None) -> NatSpec:
                    hairpinning=any("dnat" in r and "ip daddr" in r for r in pre),
                    mapping_timeout=_seconds(timeout) if timeout else 120,
                    unsolicited_syn=syn, egress=egress, tcp_established_timeout=established,
-                   tcp_transitory_timeout=transitory)
+                   tcp_transitory_timeout=transitory,
+                   **_carrier(blocks, chain, udp))  # type: ignore[arg-type]
 
 
 def _tcp_settings(blocks: dict[str, list[str]], forward: list[str]

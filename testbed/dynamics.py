@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 from types import TracebackType
 
@@ -104,7 +104,7 @@ def flush_state(lab: Lab, node: str, *, udp_only: bool = False,
         if n.nat is not None:
             ctx = lab.router_context(n)
             if wan_addr is not None:
-                ctx = replace(ctx, wan_addr=wan_addr)
+                ctx = ctx.renumbered(wan_addr)
             ruleset.apply_nat(lab.namespace(node).fd, n.nat, ctx, lab.netns(node))
     finally:
         _freeze(lab, node, "", False)

@@ -17,16 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed import hostlimits, impair, netns, nlbatch, services, state
-from testbed.errors import CommandError, LabError, LabNameError, PrivilegeError
+from testbed import hostlimits, impair, netns, nlbatch, portmap, rootless, services, state
+from testbed.errors import CommandError, LabError, LabNameError
 from testbed.netns import Netns
-from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat
+from testbed.ruleset import NFT_TABLE, RouterContext, apply_nat, load_ruleset
 from testbed.topology import Node, Segment, Topology
 from testbed.topospec import hub_port
 
@@ -36,6 +37,7 @@ READY_PER_VETH_S = 0.005
 BRIDGE, BRIDGE_INDEX = "br0", 2
 HUB_PORT_BASE = 3  # a bridge namespace's ports: p0 is index 3, p1 is 4, ...
 CREATED_BASE, FAR_END_BASE = 1000, 2000  # a node's k-th interface: 1000+k, or 2000+k
+PORTMAP_THREADS = 8  # port-mapping daemons started at once (each mostly waits for STUN)
 BASE_SYSCTLS = {
     # No IPv6: no router solicitations or DAD noise in a student's packet trace.
     "net.ipv6.conf.all.disable_ipv6": "1",
@@ -67,18 +69,28 @@ def check_names(lab: str, keys: Sequence[str]) -> None:
                                f"{netns.NAME_MAX} characters (a file name under {netns.NETNS_DIR})")
 
 
+def privilege_problem() -> str | None:
+    """Why this process could not build labs, or None: root, or an ordinary user where
+    unprivileged user namespaces work (testbed.rootless). Changes nothing."""
+    return rootless.problem()
+
+
 def require_root() -> None:
-    if os.geteuid() != 0:
-        raise PrivilegeError("nat-testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to "
-                             "create network namespaces: run it as root, e.g. with sudo")
+    """Be root over the labs: root already, or an ordinary user entering their rootless
+    session (testbed.rootless.enter); PrivilegeError (exit 3) says why not."""
+    rootless.enter()
 
 
 class Lab:
     """Builds a topology on the kernel and undoes exactly what it built."""
 
     def __init__(self, topo: Topology, name: str | None = None, *,
-                 start_services: bool = True) -> None:
+                 start_services: bool = True,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.topo = topo
+        # Who the lab belongs to beyond its owner process (a pool run, say): recorded in
+        # the state, so a clean-up can pick exactly its labs, never by name pattern.
+        self.labels = dict(labels or {})
         self.name = name or new_lab_name()
         check_names(self.name, self._keys())
         self.start_services = start_services
@@ -127,8 +139,11 @@ class Lab:
                            "(nat-testbed status shows it)")
         try:
             self._claim_names()
-        except BaseException:  # refused: the existing lab stays exactly as it was
-            self._lock.release()
+        except BaseException:
+            if self._claimed:  # interrupted while writing its first state: remove it
+                self.down()
+            else:  # refused: the existing lab stays exactly as it was
+                self._lock.release()
             raise
         try:
             self._build()
@@ -144,6 +159,9 @@ class Lab:
         if taken:
             raise LabError(f"lab {self.name} already exists ({', '.join(taken[:3])}"
                            f"{', ...' if len(taken) > 3 else ''}; see nat-testbed status)")
+        # The name is ours from here: a Ctrl-C in the first write below (its LAB.tmp made,
+        # not yet renamed) leaves files that down() removes, the lock file last.
+        self._claimed = True
         self._state = {
             "lab": self.name, "topology": self.topo.source, "name": self.topo.name,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -154,8 +172,9 @@ class Lab:
             "bridges": {s.name: self.netns(s.name) for s in self.topo.bridges},
             "processes": [],
         }
+        if self.labels:
+            self._state["labels"] = self.labels
         state.write_state(self.name, self._state)  # before anything exists: kill -9 safe
-        self._claimed = True
 
     def detach(self) -> None:
         """Leave the lab running for other processes (`nat-testbed up`, --keep): recorded
@@ -234,6 +253,7 @@ class Lab:
             self.apply_conditions()
         if self.start_services:
             self.start_servers()
+            self.start_port_mapping()
 
     def _send(self, batches: dict[str, nlbatch.Batch]) -> None:
         for key, batch in batches.items():
@@ -306,9 +326,17 @@ class Lab:
         wan = node.iface(node.upstream)
         lans = [i for i in node.interfaces if i.name != node.upstream]
         subnets = {i.name: str(i.address.network) for i in lans}
+        assert node.nat is not None
+        forwards = tuple((f.proto, f.external, str(self.topo.node(f.host).interfaces[0].address.ip),
+                          f.port) for f in node.nat.forwards)
+        stun = next((n for n in self.topo.nodes if n.service == "stun"), None)
+        stun_addrs = tuple(str(a.ip) for a in stun.interfaces[0].addresses) \
+            if stun is not None and node.nat.port_mapping else ()
         return RouterContext(table=NFT_TABLE, wan_if=wan.name, wan_addr=str(wan.address.ip),
                              lan_ifs=tuple(i.name for i in lans),
-                             lan_subnets=tuple(subnets.values()))
+                             lan_subnets=tuple(subnets.values()), forwards=forwards,
+                             stun_addrs=stun_addrs,
+                             pool=tuple(str(a.ip) for a in wan.addresses))
 
     def apply_nat(self, node: Node) -> None:
         assert node.nat is not None
@@ -336,6 +364,34 @@ class Lab:
                 self._state["services"] = {k: services.public(v)
                                            for k, v in self.services.items()}
                 state.write_state(self.name, self._state)
+
+    def start_port_mapping(self) -> None:
+        """The port-mapping daemon (miniupnpd, testbed.portmap) of every router whose nat
+        asks for one, once the STUN server it checks its address with is up."""
+        routers = [n for n in self.topo.nodes if n.nat is not None and n.nat.port_mapping]
+        if not routers:
+            return
+        with ThreadPoolExecutor(min(PORTMAP_THREADS, len(routers))) as pool:
+            infos = list(pool.map(self._start_daemon, routers))  # each waits for its STUN
+        with self._state_lock:
+            self.services["port_mapping"] = {i["node"]: i for i in infos}
+            self._state["services"] = self.services
+            state.write_state(self.name, self._state)
+
+    def _start_daemon(self, node: Node) -> dict[str, Any]:
+        cfg = portmap.daemon_config(self.topo, node, self.name)
+        d = self.workdir()
+        conf, log = d / f"portmap-{node.name}.conf", d / f"portmap-{node.name}.log"
+        conf.write_text(portmap.render_config(cfg))
+        where = self.netns(node.name)
+        load_ruleset(self.namespace(node.name).fd, portmap.render_table(), where)
+        with log.open("w") as out:
+            proc = self.popen(node.name, portmap.argv(conf, d / f"portmap-{node.name}.pid"),
+                              stdout=out, stderr=out, start_new_session=True)
+        portmap.wait_ready(log, lambda: proc.poll() is None, where, "upnp" in cfg.protocols)
+        return {"node": node.name, "daemon": portmap.DAEMON, "protocols": list(cfg.protocols),
+                "gateway": str(node.iface(cfg.lan_ifs[0]).address.ip), "config": str(conf),
+                "log": str(log), "quota": portmap.quota_ranges(cfg)}
 
     def workdir(self) -> Path:
         """The lab's folder under the state directory: server logs, peer results."""

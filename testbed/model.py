@@ -101,6 +101,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from peers import predict as pd
+from peers.birthday import success_probability
 from testbed.nat import (
     AD,
     APD,
@@ -112,6 +114,7 @@ from testbed.nat import (
     PortAllocation,
     SynReply,
 )
+from testbed.strategy import Strategy as PeerStrategy
 
 Endpoint = tuple[str, int]
 
@@ -119,6 +122,10 @@ DIRECT = "direct"
 RELAY = "relay"
 
 _STUN: Endpoint = ("192.0.2.10", 3478)
+# The peer's burst of bindings (peers.predict): the STUN server's other three endpoints.
+_STUN_BURST: tuple[Endpoint, ...] = (("192.0.2.10", 3479), ("192.0.2.11", 3478),
+                                     ("192.0.2.11", 3479))
+_MAPPED_PORT = 20000  # the external port a router's port-mapping daemon grants
 _WAN_IP = {"A": "203.0.113.1", "B": "198.51.100.1"}
 _PUBLIC_HOST_IP = {"A": "203.0.113.2", "B": "198.51.100.2"}  # none / firewall hosts
 _LAN_IP = {"A": "192.168.1.2", "B": "192.168.2.2"}
@@ -173,6 +180,9 @@ class Strategy:
     signaling_delay_s: float = 1.0
     retry_interval_s: float = 0.5
     syn_crossing: bool = False  # TCP: a round's SYNs cross in flight (a long one-way delay)
+    announce_predictions: bool = False  # the peer's own: burst of bindings, `predicted`
+    predict_window: int = 8
+    mapped: tuple[bool, bool] = (False, False)  # Alice's, Bob's router maps a port for them
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -192,6 +202,7 @@ class Prediction:
     outcome: str
     reason: str
     pair: tuple[str, str] | None = None
+    probability: float | None = None  # P(direct), for a strategy that succeeds by chance
 
 
 # --- abstract NAT --------------------------------------------------------------------
@@ -263,6 +274,7 @@ class _Router:
     next_seq: int = _SEQUENTIAL_BASE
     next_random: int = _RANDOM_BASE
     next_alias: int = _ALIAS_BASE
+    static: dict[int, Endpoint] = field(default_factory=dict)  # mapped port -> inside
 
     @property
     def translates(self) -> bool:
@@ -347,6 +359,8 @@ class _Router:
 
     def _admit(self, src: Endpoint, dst: Endpoint) -> Endpoint | _Drop:
         """The filter's verdict on a packet that belongs to no flow (prerouting dnat)."""
+        if self.translates and dst[1] in self.static:  # a requested mapping admits anyone
+            return self.static[dst[1]]
         filtering = self.spec.filtering if self.translates else APD
         entry: _Entry | None = None
         if self.translates and filtering is EI:
@@ -374,6 +388,8 @@ class _Peer:
     router: _Router | None
     srflx: Endpoint = ("", 0)
     learned: list[Endpoint] = field(default_factory=list)
+    predicted: list[Endpoint] = field(default_factory=list)  # announced by this peer
+    mapped: Endpoint | None = None  # its router's mapping for it (announced)
 
 
 @dataclass
@@ -404,6 +420,10 @@ class _World:
             ip = (_PUBLIC_HOST_IP if public else _SHARED_LAN_IP if shared else _LAN_IP)[side]
             lan = "A" if shared else side
             self.peers[side] = _Peer(side, (ip, _INSIDE_PORT), lan, routers[side])
+            router = routers[side]
+            if strategy.mapped["AB".index(side)] and router is not None and router.translates:
+                router.static[_MAPPED_PORT] = (ip, _INSIDE_PORT)
+                self.peers[side].mapped = (router.wan_ip, _MAPPED_PORT)
 
     def _owner(self, ip: str) -> _Peer | _Router | None:
         for peer in self.peers.values():
@@ -460,6 +480,11 @@ class _World:
         sent, _, result = self.send(peer, _STUN, 0.0)
         blocked = isinstance(result, _Drop) and result.code == "egress"
         peer.srflx = NO_SRFLX if blocked else sent.src
+        if self.strategy.announce_predictions and not blocked:  # the burst, as peers.session
+            ports = [self.send(peer, dst, 0.0)[0].src[1] for dst in _STUN_BURST]
+            alloc = pd.learn(ports)
+            peer.predicted = [(peer.srflx[0], p) for p in
+                              pd.predicted_ports(alloc, self.strategy.predict_window)]
 
     def targets(self, peer: _Peer, other: _Peer) -> list[tuple[str, Endpoint]]:
         strategy = self.strategy
@@ -467,8 +492,11 @@ class _World:
         if strategy.simultaneous or peer.side == "A":
             if strategy.use_host_candidates and other.srflx != other.host:
                 out.append(("host", other.host))
+            if other.mapped is not None:
+                out.append(("mapped", other.mapped))
             if other.srflx != NO_SRFLX:
                 out.append(("srflx", other.srflx))
+            out += [("predicted", p) for p in other.predicted]
             if strategy.port_prediction and other.srflx not in (other.host, NO_SRFLX):
                 ip, port = other.srflx
                 out += [
@@ -506,7 +534,7 @@ class _World:
 
 def _matched_pair(probes: Sequence[_Probe]) -> tuple[_Probe, _Probe] | None:
     """A probe each way whose destination is the other's source: a real flow."""
-    rank = {"host": 0, "srflx": 1, "predicted": 2, "prflx": 3}
+    rank = {"host": 0, "mapped": 1, "srflx": 2, "predicted": 3, "prflx": 4}
     ok = [p for p in probes if isinstance(p.result, str) and p.result not in ("", p.sender)]
     best: tuple[_Probe, _Probe] | None = None
     for pa in (p for p in ok if p.sender == "A"):
@@ -555,6 +583,7 @@ def _drop_text(probe: _Probe, world: _World) -> str:
         "host": f"{receiver}'s host address",
         "srflx": f"{receiver}'s STUN-learned port",
         "predicted": f"{receiver}'s predicted ports",
+        "mapped": f"{receiver}'s mapped port",
         "prflx": f"the port {receiver} probed from",
     }[probe.kind]
     if drop.code == "unroutable":
@@ -598,6 +627,10 @@ def _prediction_text(world: _World, guesser: str) -> str:
     target = "B" if guesser == "A" else "A"
     router = world.peers[target].router
     alloc = router.spec.port_allocation.value if router else ""
+    if world.strategy.announce_predictions:
+        return (f"{_who(target)}'s NAT allocates ports by {alloc!r}: {_who(target)}'s "
+                f"bindings advance by a common step, so the ports it announced as predicted "
+                f"include the one its mapping toward {_who(guesser)} got")
     return (
         f"{_who(target)}'s NAT allocates ports by {alloc!r}, so {_who(guesser)}'s guesses "
         f"above {_who(target)}'s STUN-learned port hit {_who(target)}'s new port"
@@ -617,7 +650,14 @@ def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tu
         parts = [_fresh_cause(world, s) for s in "AB" if fresh[s]]
         if not parts:
             parts.append("both server-reflexive addresses stay valid toward the other peer")
-        if "predicted" in (pa.kind, pb.kind):
+        if "mapped" in (pa.kind, pb.kind):
+            owner = "B" if pa.kind == "mapped" else "A"
+            parts.append(
+                f"{_who(owner)}'s router maps a port for {_who(owner)} on request (PCP, "
+                f"NAT-PMP, UPnP IGD): {_who('A' if owner == 'B' else 'B')}'s probes to it "
+                f"get in whatever its filter does, and {_who(owner)}'s answers leave "
+                "through it (conntrack reply translation)")
+        elif "predicted" in (pa.kind, pb.kind):
             for guesser, probe in (("A", pa), ("B", pb)):
                 if probe.kind == "predicted":
                     parts.append(_prediction_text(world, guesser))
@@ -660,7 +700,8 @@ def _reason(world: _World, fresh: dict[str, bool], last: Sequence[_Probe]) -> tu
                 break
     for side in "AB":
         router = world.peers[side].router
-        if world.strategy.port_prediction and fresh[side] and router is not None:
+        guessing = world.strategy.port_prediction or world.strategy.announce_predictions
+        if guessing and fresh[side] and router is not None:
             other = _who("B" if side == "A" else "A")
             if router.spec.port_allocation is PortAllocation.RANDOM:
                 parts.append(f"{_who(side)}'s NAT picks ports at random, so {other}'s guesses miss")
@@ -965,3 +1006,58 @@ def format_matrix(nats: Sequence[NatSpec], grid: Sequence[Sequence[Prediction]])
         for label, row in zip(labels, grid, strict=True)
     ]
     return "\n".join([head.rstrip(), *(r.rstrip() for r in rows)])
+
+
+# --- strategies (testbed.strategy) ------------------------------------------------------
+
+
+def model_strategy(a: NatSpec, b: NatSpec, strategy: PeerStrategy) -> Strategy:
+    """The model's peer behaviour for a traversal strategy of the project's peer."""
+    mapped = (bool(a.port_mapping), bool(b.port_mapping)) if strategy.name == "portmap" \
+        else (False, False)
+    return Strategy(announce_predictions=strategy.name == "predict", mapped=mapped)
+
+
+EPHEMERAL = (32768, 60999)  # Linux's default ip_local_port_range: the sockets' own ports
+
+
+def _hard_ports(spec: NatSpec) -> tuple[int, int]:
+    """The ports a hard NAT's mappings of fresh sockets land on: the range it allocates
+    from, or, when it preserves ports, the hosts' ephemeral range (each birthday socket's
+    first mapping keeps its own port)."""
+    if spec.port_allocation is PortAllocation.PRESERVE and spec.port_range is None:
+        return EPHEMERAL
+    return spec.port_range or (49152, 65535)
+
+
+def birthday_probability(hard: NatSpec, strategy: PeerStrategy) -> float:
+    """P(direct) of birthday probing against `hard`: the open ports that lie in the probed
+    range are a share of the sockets (the NAT spreads them over its own range)."""
+    b = strategy.birthday
+    lo, hi = _hard_ports(hard)
+    overlap = max(0, min(hi, b.port_hi) - max(lo, b.port_lo) + 1)
+    open_in_range = round(b.sockets * overlap / (hi - lo + 1))
+    return success_probability(b.range_size, min(open_in_range, b.range_size), b.probes)
+
+
+def predict_strategy(a: NatSpec, b: NatSpec, strategy: PeerStrategy) -> Prediction:
+    """The outcome with a strategy: deterministic for stun, predict and portmap; for
+    birthday, the probability of a direct path (outcome: the likelier one)."""
+    base = predict(a, b, model_strategy(a, b, strategy))
+    if strategy.name != "birthday" or base.outcome == DIRECT:
+        return base
+    hard = [(side, s) for side, s in (("A", a), ("B", b))
+            if s.kind is Kind.NAT and s.mapping is not EI]
+    if len(hard) != 1:
+        why = ("both NATs map per destination: birthday probing from both sides succeeds "
+               "about 0.01 % of the time after 20 s (Tailscale)" if len(hard) == 2
+               else "no hard NAT to probe")
+        return Prediction(RELAY, f"{base.reason}; {why}", None, 0.0)
+    side, spec = hard[0]
+    p = birthday_probability(spec, strategy)
+    bb = strategy.birthday
+    text = (f"{_who(side)}'s NAT maps per destination; birthday probing ({bb.sockets} "
+            f"sockets, {bb.probes} probes into {bb.port_lo}-{bb.port_hi}) connects with "
+            f"probability 1 - C(N-k, {bb.probes})/C(N, {bb.probes}) = {p:.3f}")
+    return Prediction(DIRECT if p >= 0.5 else RELAY, text,
+                      ("birthday", "srflx") if side == "A" else ("srflx", "birthday"), p)

@@ -87,6 +87,27 @@ DEFAULT_TCP_ESTABLISHED_TIMEOUT = 7440  # RFC 5382 REQ-5: not under 2 hours 4 mi
 DEFAULT_TCP_TRANSITORY_TIMEOUT = 240  # RFC 5382 REQ-5: not under 4 minutes
 SETTINGS = ("mapping", "filtering", "port_allocation", "hairpinning", "mapping_timeout",
             "unsolicited_syn", "tcp_established_timeout", "tcp_transitory_timeout", "egress")
+PORT_MAPPING_PROTOCOLS = ("pcp", "nat-pmp", "upnp")  # miniupnpd speaks all three
+POOLINGS = ("paired", "arbitrary")  # RFC 4787 REQ-2 / RFC 6888 REQ-6: paired by default
+FORWARD_PROTOS = ("udp", "tcp")
+MAX_FORWARDS = 64
+MAX_SESSIONS = 65535
+DEFAULT_QUOTA = 16  # external ports a LAN host may map with PCP/NAT-PMP/UPnP
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A static port forward: packets to the router's `external` port go to `host`:`port`
+    (RFC 4787's "static mapping"; the seeds' port-forward for a Minecraft server)."""
+
+    proto: str
+    external: int
+    host: str  # a node of the topology on one of the router's LANs
+    port: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.proto} {self.external} -> {self.host}:{self.port}"
 VARIANT_SEP = ":"  # a label's variant suffixes; ',' separates the labels of a list
 NO_HAIRPIN, HAIRPIN = "no-hairpin", "hairpin"
 SYN_VARIANT = "syn-"  # 'syn-rst', 'syn-drop': the unsolicited-SYN treatment in a label
@@ -106,6 +127,16 @@ class NatSpec:
     tcp_established_timeout: int = DEFAULT_TCP_ESTABLISHED_TIMEOUT  # RFC 5382
     tcp_transitory_timeout: int = DEFAULT_TCP_TRANSITORY_TIMEOUT  # opening or closing
     egress: Egress = Egress.OPEN
+    # Carrier-grade NAT as deployed (RFC 6888, RFC 7422) and the ports a NAT picks from
+    # (UDP's and TCP's alike).
+    port_range: tuple[int, int] | None = None  # None: the template's own (49152-65535)
+    port_block: int | None = None  # ports per subscriber, allocated as one block
+    pooling: str = "paired"  # over a multi-address pool: one address per host, or any
+    max_sessions_per_host: int | None = None  # new mappings beyond it are dropped
+    # Port forwarding: static, and requested from a real daemon (testbed.portmap).
+    forwards: tuple[Forward, ...] = ()
+    port_mapping: tuple[str, ...] = ()  # protocols the router's daemon answers
+    mapping_quota: int = DEFAULT_QUOTA
 
     @classmethod
     def from_label(cls, label: str) -> NatSpec:
@@ -151,9 +182,12 @@ class NatSpec:
         ports = {PortAllocation.PRESERVE: "port preservation",
                  PortAllocation.SEQUENTIAL: "sequential ports",
                  PortAllocation.RANDOM: "random ports"}[self.port_allocation]
-        return (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
-                f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
-                f"{timeout} idle" + self._tcp_words())
+        words = (f"{self.mapping.value} mapping, {self.filtering.value} filtering, {ports}, "
+                 f"{'hairpinning' if self.hairpinning else 'no hairpinning'}, mappings kept "
+                 f"{timeout} idle")
+        forwards = [f"forward {f.text}" for f in self.forwards]
+        return (", ".join((words, *(w for _, w in self._carrier_settings()), *forwards))
+                + self._tcp_words())
 
     def _tcp_words(self) -> str:
         """The TCP settings and the egress, where they differ from the defaults."""
@@ -170,6 +204,26 @@ class NatSpec:
                                for proto, ports in CORPORATE_EGRESS.items())
             tcp += f"; only {out} (and ping) may go out"
         return tcp
+
+    def _carrier_settings(self) -> list[tuple[str, str]]:
+        """The port range, CGN and port-mapping settings that differ from the defaults:
+        (label part, words) each; a label names port mapping without its protocols."""
+        out = []
+        if self.port_range is not None:
+            lo, hi = self.port_range
+            out.append((f"port-range={lo}-{hi}", f"ports {lo}-{hi}"))
+        if self.port_block is not None:
+            out.append((f"port-block={self.port_block}",
+                        f"blocks of {self.port_block} ports per subscriber"))
+        if self.pooling != "paired":
+            out.append((f"pooling={self.pooling}", f"{self.pooling} pooling"))
+        if self.max_sessions_per_host is not None:
+            n = self.max_sessions_per_host
+            out.append((f"max-sessions-per-host={n}", f"at most {n} sessions per host"))
+        if self.port_mapping:
+            out.append((PORTMAP_VARIANT, f"port mapping by {', '.join(self.port_mapping)} "
+                                         f"(quota {self.mapping_quota})"))
+        return out
 
     @property
     def not_applicable(self) -> frozenset[str]:
@@ -203,6 +257,7 @@ class NatSpec:
             parts.append(f"tcp-transitory-timeout={self.tcp_transitory_timeout}")
         if egress and self.egress is not Egress.OPEN:
             parts.append(f"egress={self.egress.value}")
+        parts += [label for label, _ in self._carrier_settings()]
         return "".join(f"{VARIANT_SEP}{p}" for p in parts)
 
 
@@ -215,10 +270,15 @@ def all_combinations() -> list[NatSpec]:
 
 TYPES = (*CLASSIC, CORPORATE_TYPE, Kind.NONE.value, Kind.FIREWALL.value)
 KEYS = ("type", "mapping", "filtering", "port-allocation", "hairpinning", "mapping-timeout",
-        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout", "egress")
+        "unsolicited-syn", "tcp-established-timeout", "tcp-transitory-timeout", "egress",
+        "port-range", "port-block", "pooling", "max-sessions-per-host", "forwards",
+        "port-mapping", "mapping-quota")
+PORTMAP_VARIANT = "port-mapping"
 MAX_MAPPING_TIMEOUT = 86400  # one day; conntrack timeouts are kept in jiffies in an int
 MAX_TCP_TIMEOUT = 432000  # five days: the kernel's own established timeout
-TRANSLATING_ONLY = ("port-allocation", "hairpinning")  # meaningless without translation
+# meaningless without translation
+TRANSLATING_ONLY = ("port-allocation", "hairpinning", "port-range", "port-block", "pooling",
+                    "max-sessions-per-host", "forwards", "port-mapping", "mapping-quota")
 STATEFUL = ("mapping-timeout", "unsolicited-syn", "tcp-established-timeout",
             "tcp-transitory-timeout", "egress")  # need state: a firewall has them, none not
 
@@ -322,11 +382,110 @@ def nat_from_dict(data: Mapping[str, Any]) -> NatSpec:
             else "tcp-transitory-timeout"
         raise NatConfigError(key, f"an established connection ({established} s) cannot "
                              f"time out before a half-open or closing one ({transitory} s)")
+    port_range = _port_range(data)
+    block = _optional_int(data, "port-block", 1, 65535)
+    if block is not None and port_range is not None and block > port_range[1] - port_range[0] + 1:
+        raise NatConfigError("port-range", f"{port_range[0]}-{port_range[1]} holds "
+                             f"{port_range[1] - port_range[0] + 1} ports, fewer than one "
+                             f"port-block of {block}")
+    if port_range is not None and allocation is PortAllocation.SEQUENTIAL and \
+            (port_range[0] % 256 or (port_range[1] + 1) % 256):
+        raise NatConfigError("port-range", f"sequential allocation needs a range that starts "
+                             f"and ends on a multiple of 256 (e.g. 1024-65535), got "
+                             f"{port_range[0]}-{port_range[1]}")
+    pooling = data.get("pooling", "paired")
+    if pooling not in POOLINGS:
+        raise NatConfigError("pooling", f"unknown pooling {pooling!r}; expected one of: "
+                             f"{', '.join(POOLINGS)}")
+    if block is not None and pooling == "arbitrary":
+        raise NatConfigError("pooling", "port blocks are per pool address: a port-block "
+                             "NAT pools paired (RFC 6888 REQ-6)")
     return NatSpec(kind=kind, mapping=mapping, filtering=filtering,
                    port_allocation=allocation, hairpinning=hairpinning,
                    mapping_timeout=_timeout(data), unsolicited_syn=syn,
                    tcp_established_timeout=established, tcp_transitory_timeout=transitory,
-                   egress=egress)
+                   egress=egress, port_range=port_range, port_block=block, pooling=pooling,
+                   max_sessions_per_host=_optional_int(data, "max-sessions-per-host", 1,
+                                                       MAX_SESSIONS),
+                   forwards=_forwards(data), port_mapping=_port_mapping(data),
+                   mapping_quota=_optional_int(data, "mapping-quota", 1, 1024) or DEFAULT_QUOTA)
+
+
+def _optional_int(data: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
+    if key not in data:
+        return None
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise NatConfigError(key, f"must be a whole number {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _port_range(data: Mapping[str, Any]) -> tuple[int, int] | None:
+    if "port-range" not in data:
+        return None
+    text = data["port-range"]
+    lo, sep, hi = str(text).partition("-")
+    if not isinstance(text, str) or not sep or not lo.isdigit() or not hi.isdigit() \
+            or len(lo) > 5 or len(hi) > 5:
+        raise NatConfigError("port-range", f"expected LO-HI like 1024-65535, got {text!r}")
+    first, last = int(lo), int(hi)
+    if not 1 <= first <= last <= 65535:
+        raise NatConfigError("port-range", f"{text} is not a range within 1-65535")
+    return first, last
+
+
+def _port(value: Any, fld: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise NatConfigError(fld, f"must be a port 1 to 65535, got {value!r}")
+    return value
+
+
+def _forwards(data: Mapping[str, Any]) -> tuple[Forward, ...]:
+    items = data.get("forwards", [])
+    if not isinstance(items, list):
+        raise NatConfigError("forwards", "must be a list like [{proto: udp, external: 25565, "
+                             "to: alice:25565}]")
+    if len(items) > MAX_FORWARDS:
+        raise NatConfigError("forwards", f"{len(items)} forwards, at most {MAX_FORWARDS}")
+    out: list[Forward] = []
+    for i, item in enumerate(items):
+        fld = f"forwards[{i}]"
+        if not isinstance(item, Mapping):
+            raise NatConfigError(fld, "must be a mapping {proto, external, to}")
+        extra = set(item) - {"proto", "external", "to"}
+        if extra:
+            raise NatConfigError(f"{fld}.{sorted(map(str, extra))[0]}",
+                                 "unknown key; allowed keys: proto, external, to")
+        proto = item.get("proto", "udp")
+        if proto not in FORWARD_PROTOS:
+            raise NatConfigError(f"{fld}.proto", f"expected udp or tcp, got {proto!r}")
+        if "external" not in item or "to" not in item:
+            raise NatConfigError(fld, "needs external (a port) and to (node:port)")
+        external = _port(item["external"], f"{fld}.external")
+        host, sep, port = str(item["to"]).rpartition(":")
+        if not isinstance(item["to"], str) or not sep or not host or not port.isdigit():
+            raise NatConfigError(f"{fld}.to", f"expected node:port, got {item['to']!r}")
+        fwd = Forward(proto, external, host, _port(int(port), f"{fld}.to"))
+        if any((f.proto, f.external) == (proto, external) for f in out):
+            raise NatConfigError(f"{fld}.external", f"{proto} {external} is forwarded twice")
+        out.append(fwd)
+    return tuple(out)
+
+
+def _port_mapping(data: Mapping[str, Any]) -> tuple[str, ...]:
+    value = data.get("port-mapping", [])
+    if value is True:  # a label's port-mapping variant: every protocol
+        return PORT_MAPPING_PROTOCOLS
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise NatConfigError("port-mapping", "must be a list of protocols like [pcp, nat-pmp, "
+                             "upnp]")
+    for v in value:
+        if v not in PORT_MAPPING_PROTOCOLS:
+            raise NatConfigError("port-mapping", f"unknown protocol {v!r}; expected: "
+                                 f"{', '.join(PORT_MAPPING_PROTOCOLS)}")
+    if len(set(value)) != len(value):
+        raise NatConfigError("port-mapping", "a protocol is listed twice")
+    return tuple(v for v in PORT_MAPPING_PROTOCOLS if v in value)
 
 
 
@@ -342,9 +501,26 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
                 "egress": spec.egress.value}
     if spec.kind is Kind.FIREWALL:
         return {"type": spec.kind.value, **stateful}
-    return {"mapping": spec.mapping.value, "filtering": spec.filtering.value,
-            "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
-            **stateful}
+    out: dict[str, Any] = {
+        "mapping": spec.mapping.value, "filtering": spec.filtering.value,
+        "port-allocation": spec.port_allocation.value, "hairpinning": spec.hairpinning,
+        **stateful}
+    if spec.port_range is not None:
+        out["port-range"] = f"{spec.port_range[0]}-{spec.port_range[1]}"
+    if spec.port_block is not None:
+        out["port-block"] = spec.port_block
+    if spec.pooling != "paired":
+        out["pooling"] = spec.pooling
+    if spec.max_sessions_per_host is not None:
+        out["max-sessions-per-host"] = spec.max_sessions_per_host
+    if spec.forwards:
+        out["forwards"] = [{"proto": f.proto, "external": f.external,
+                            "to": f"{f.host}:{f.port}"} for f in spec.forwards]
+    if spec.port_mapping:
+        out["port-mapping"] = list(spec.port_mapping)
+        if spec.mapping_quota != DEFAULT_QUOTA:
+            out["mapping-quota"] = spec.mapping_quota
+    return out
 
 
 # --------------------------------------------------------------------------- labels
@@ -352,11 +528,14 @@ def nat_section(spec: NatSpec) -> dict[str, Any]:
 _COMBOS = {f"{m.short}m-{f.short}f": (m, f) for m in Behaviour for f in Behaviour}
 _TIMEOUT = re.compile(r"^(\d{1,6})s$")
 _LONG_KEYS = ("port-allocation", "hairpinning", "mapping-timeout", "unsolicited-syn",
-              "tcp-established-timeout", "tcp-transitory-timeout", "egress")
-_NUMBERS = ("mapping-timeout", "tcp-established-timeout", "tcp-transitory-timeout")
+              "tcp-established-timeout", "tcp-transitory-timeout", "egress", "port-range",
+              "port-block", "pooling", "max-sessions-per-host")
+_NUMBERS = ("mapping-timeout", "tcp-established-timeout", "tcp-transitory-timeout",
+            "port-block", "max-sessions-per-host")
 VARIANTS_HELP = ("random, sequential or preserve (port allocation), no-hairpin or hairpin, "
                  "a mapping timeout like 30s, syn-rst or syn-drop (an unsolicited TCP SYN), "
-                 "or KEY=VALUE for " + ", ".join(_LONG_KEYS))
+                 "port-mapping (a PCP/NAT-PMP/UPnP daemon), or KEY=VALUE for "
+                 + ", ".join(_LONG_KEYS))
 
 
 def _variant(text: str) -> tuple[str, Any]:
@@ -369,6 +548,8 @@ def _variant(text: str) -> tuple[str, Any]:
         return "mapping-timeout", int(m.group(1))
     if text.startswith(SYN_VARIANT) and text[len(SYN_VARIANT):] in {r.value for r in SynReply}:
         return "unsolicited-syn", text[len(SYN_VARIANT):]
+    if text == PORTMAP_VARIANT:
+        return "port-mapping", True
     key, eq, value = text.partition("=")
     if eq and key in _LONG_KEYS:
         if key == "hairpinning" and value in ("true", "false"):

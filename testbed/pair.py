@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -47,6 +48,8 @@ from testbed.lab import Lab
 from testbed.nat import NatSpec, nat_section
 from testbed.results import ROLES, EventResult, PairResult, PairTimings, TraceSummary, combine
 from testbed.services import PeerServers
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy, StrategyError
 from testbed.topology import Topology, check_event, load_topology, parse_topology
 from testbed.trace.capture import Capture
 from testbed.trace.folder import tell, write_folder
@@ -162,7 +165,9 @@ def _addr(a: tuple[str, int]) -> str:
 
 
 def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
-              timing: Timing, transport: str = "udp") -> list[str]:
+              timing: Timing, transport: str = "udp",
+              strategy: Strategy = DEFAULT_STRATEGY,
+              extra: tuple[str, ...] = ()) -> list[str]:
     tls: list[str] = []
     if servers.turn_tls is not None and servers.turn_cert is not None:
         tls = ["--turn-tls", _addr(servers.turn_tls), "--turn-ca", servers.turn_cert]
@@ -170,7 +175,8 @@ def peer_argv(servers: PeerServers, me: str, remote: str, result: Path,
             "--signaling", _addr(servers.signaling), "--token", servers.token(me),
             "--stun", _addr(servers.stun), "--turn", _addr(servers.turn),
             "--turn-user", servers.turn_user, "--turn-pass", servers.turn_pass,
-            "--transport", transport, *tls, *timing_args(timing)]
+            "--transport", transport, *tls, *timing_args(timing), *strategy.peer_flags(),
+            *extra]
 
 
 @dataclass(frozen=True)
@@ -181,9 +187,12 @@ class PeersRun:
 
 def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES,
               tag: str = "", transport: str = "udp",
+              strategy: Strategy = DEFAULT_STRATEGY,
+              extra: Mapping[str, tuple[str, ...]] | None = None,
               on_start: Callable[[], None] | None = None) -> PeersRun:
-    """The peer program in both roles' nodes at once; their results by role. `on_start`
-    runs once both programs are started (time 0 of a call's events)."""
+    """The peer program in both roles' nodes at once; their results by role. `extra`:
+    more flags per role (a port mapping the role's router gave it). `on_start` runs once
+    both programs are started (time 0 of a call's events)."""
     d = lab.workdir()
     servers = PeerServers.of(lab.services)
     procs = {}
@@ -192,12 +201,13 @@ def run_peers(lab: Lab, timing: Timing, nodes: Mapping[str, str] = DEFAULT_NODES
         me, remote = nodes[role], nodes[ROLES[1 - ROLES.index(role)]]
         result, log = d / f"peer-{me}{tag}.json", d / f"peer-{me}{tag}.log"
         with log.open("w") as out:
-            argv = peer_argv(servers, me, remote, result, timing, transport)
+            argv = peer_argv(servers, me, remote, result, timing, transport, strategy,
+                             (extra or {}).get(role, ()))
             proc = lab.python(me, "peers.peer", *argv, stdout=out, stderr=out)
         procs[role] = (proc, result, log, me, remote)
     if on_start is not None:
         on_start()
-    deadline = time.monotonic() + wait_budget(timing)
+    deadline = time.monotonic() + wait_budget(timing) + strategy.extra_s
     peers = {}
     for role, (proc, result, log, me, remote) in procs.items():
         try:
@@ -263,12 +273,17 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
              timing: Timing | None = None, lab_name: str | None = None,
              trace_dir: str | Path | None = None, transport: str = "udp",
              conditions: Conditions | None = None, events: Sequence[Event] = (),
-             call: float | None = None) -> PairResult:
+             call: float | None = None,
+             strategy: Strategy = DEFAULT_STRATEGY) -> PairResult:
     """Alice in `a_node` behind NAT a, Bob in `b_node` behind NAT b, in `topology`
-    (a file, or the bundled home-pair); one call attempt, with its evidence. With
-    transport "tcp" the peers punch by TCP simultaneous open and reach TURN over TCP.
-    `conditions` on the access links; with events (or `call` > 0), a call of `call`
-    seconds (default: the last event + CALL_AFTER_EVENTS_S) during which they happen."""
+    (a file, or the bundled home-pair); one call attempt with `strategy`, with its
+    evidence. With transport "tcp" the peers punch by TCP simultaneous open and reach
+    TURN over TCP (the default strategy only: the others punch UDP). `conditions` on
+    the access links; with events (or `call` > 0), a call of `call` seconds (default:
+    the last event + CALL_AFTER_EVENTS_S) during which they happen."""
+    if transport == "tcp" and strategy.name != DEFAULT_STRATEGY.name:
+        raise StrategyError(f"strategy {strategy.name!r} works over UDP only; over TCP "
+                            f"only {DEFAULT_STRATEGY.name!r}")
     path = Path(topology) if topology is not None else None
     topo, where = pair_topology(nat_a, nat_b, path, {"alice": a_node, "bob": b_node})
     all_events, timing = plan_call(topo, events, timing or Timing(), call)
@@ -277,15 +292,18 @@ def run_pair(nat_a: NatSpec, nat_b: NatSpec, *, topology: str | Path | None = No
     with pair_lab(topo, keep=keep, lab_name=lab_name) as lab:
         if conditions is not None and not conditions.is_zero:
             impair.apply_many(lab, dict.fromkeys(access_links(lab, where), conditions))
+        extra = request_mappings(lab, where) if strategy.name == "portmap" else {}
         with _flow_tap(lab, where, timing) as tap, EventRunner(lab, all_events) as runner:
             if trace_dir is None:
                 run = run_peers(lab, timing, where.nodes, transport=transport,
+                                strategy=strategy, extra=extra,
                                 on_start=runner.start)
                 usage = relay_usage(lab, run.peers)
             else:
                 run, usage, summary = _traced(lab, where, Path(trace_dir).resolve(), timing,
                                               f"{nat_a.label} (alice) x {nat_b.label} (bob), "
-                                              f"{transport.upper()}", transport, runner.start)
+                                              f"{transport.upper()}", transport, strategy,
+                                              extra, runner.start)
         cond = impair.summary(lab._state.get("impairments"))
     flows, done = _call_results(tap, runner.done, where)
     return combine(run.peers, usage, a=nat_a.label, b=nat_b.label, lab=lab.name, kept=keep,
@@ -320,12 +338,15 @@ def _call_results(tap: FlowTap | None, done: Sequence[EventDone], where: Placeme
 
 
 def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
-            transport: str = "udp", on_start: Callable[[], None] | None = None
+            transport: str = "udp", strategy: Strategy = DEFAULT_STRATEGY,
+            extra: Mapping[str, tuple[str, ...]] | None = None,
+            on_start: Callable[[], None] | None = None
             ) -> tuple[PeersRun, dict[str, coturn.RelayUsage | None], TraceSummary]:
     """run_peers with both sides of both routers captured, and the trace folder written."""
     routers = [where.routers[r] for r in ROLES]
     with Capture(lab, out, routers=routers) as cap:
-        run = run_peers(lab, timing, where.nodes, transport=transport, on_start=on_start)
+        run = run_peers(lab, timing, where.nodes, transport=transport, strategy=strategy,
+                        extra=extra, on_start=on_start)
         usage = relay_usage(lab, run.peers)
     captured = cap.result()
     servers = [n.name for n in lab.topo.nodes if n.kind == "server"]
@@ -339,6 +360,35 @@ def _traced(lab: Lab, where: Placement, out: Path, timing: Timing, title: str,
         dropped=tuple(crossing_json(c) for c in story.dropped()),
         files=(*files, "capture.json"))
     return run, usage, summary
+
+
+MAPPED_PORT = 40000  # the peer's internal port when its router maps one for it
+
+
+def request_mappings(lab: Lab, where: Placement) -> dict[str, tuple[str, ...]]:
+    """For each role whose router runs a port-mapping daemon: ask it (NAT-PMP, our own
+    client, from the role's node) to map MAPPED_PORT, suggesting the first external port
+    of the host's quota; the peer's flags for that mapping (--port, --mapped)."""
+    out: dict[str, tuple[str, ...]] = {}
+    daemons = lab.services.get("port_mapping", {})
+    for role in ROLES:
+        info = daemons.get(where.routers[role])
+        if info is None:
+            continue
+        node = where.nodes[role]
+        me = lab.addr(node)
+        suggest = info["quota"].get(me, [MAPPED_PORT])[0]
+        proto = "nat-pmp" if "nat-pmp" in info["protocols"] else "pcp"
+        got = lab.run(node, [sys.executable, "-I", "-m", "peers.portmap", "map", "--gateway",
+                             info["gateway"], "--port", str(MAPPED_PORT), "--suggest",
+                             str(suggest), "--protocol", proto], timeout=30)
+        try:
+            m = json.loads(got.stdout)
+            out[role] = ("--port", str(m["internal_port"]), "--mapped",
+                         f"{m['external_ip']}:{m['external_port']}")
+        except (ValueError, KeyError):
+            continue  # refused: the peer goes on without a mapped candidate
+    return out
 
 
 # ---------------------------------------------------------------- text
@@ -403,6 +453,20 @@ def _call_lines(result: PairResult) -> list[str]:
 
 CANDIDATE_LEGEND = ("host = own address, srflx = its NAT's mapping (from STUN), prflx = one "
                     "seen on a probe, relay = on the TURN server; docs/glossary.md")
+STRATEGY_LEGEND = {"predicted": "predicted = a port guessed from the NAT's allocation step",
+                   "mapped": "mapped = one the router granted (PCP, NAT-PMP, UPnP)",
+                   "birthday": "birthday = one of many sockets' mappings, found by probing"}
+
+
+def candidate_legend(result: PairResult) -> str:
+    """The ICE words, and a strategy's own candidate kinds when the peers offered any."""
+    kinds = {c.type for p in result.peers.values()
+             for c in (*p.local_candidates, *p.remote_candidates)}
+    extra = [words for kind, words in STRATEGY_LEGEND.items() if kind in kinds]
+    if not extra:
+        return CANDIDATE_LEGEND
+    head, _, tail = CANDIDATE_LEGEND.rpartition("; ")
+    return f"{head}, {', '.join(extra)}; {tail}"
 
 
 def format_pair(result: PairResult) -> str:
@@ -424,7 +488,7 @@ def format_pair(result: PairResult) -> str:
     lines += _call_lines(result)
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")
-    lines.append(CANDIDATE_LEGEND)
+    lines.append(candidate_legend(result))
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import html
 import itertools
 import json
+import math
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -196,9 +197,25 @@ def summarize_counts(head: Cell, counted: Mapping[str, int]) -> CellSummary:
         observed = ", ".join(f"{c}/{n} {o}" for o, c in counts)
     predicted = head.predicted
     agrees = None if not n or predicted is None else all(o == predicted for o, _ in counts)
+    if n and head.probability is not None:  # a strategy of chance: flag the implausible
+        agrees = plausible(dict(counts).get("direct", 0), n, head.probability)
     return CellSummary(a=head.a, b=head.b, predicted=predicted, reason=head.reason,
                        counts=counts, observed=observed, varies=len(counts) > 1,
                        agrees=agrees, point=dict(head.point))
+
+
+ALPHA = 0.01  # a probabilistic prediction disagrees when the observation is this unlikely
+
+
+def plausible(direct: int, n: int, p: float) -> bool:
+    """Whether `direct` of `n` repeats is plausible for P(direct) = p: neither binomial
+    tail below ALPHA / 2."""
+    def pmf(k: int) -> float:
+        return math.comb(n, k) * p**k * (1 - p) ** (n - k)
+
+    low = sum(pmf(k) for k in range(direct + 1))
+    high = sum(pmf(k) for k in range(direct, n + 1))
+    return min(low, high) >= ALPHA / 2
 
 
 def summarize_cell(cell: Cell) -> CellSummary:

@@ -53,9 +53,10 @@ RESERVED_NAMES = frozenset({
     "a", "b", "outcome", "stage", "reason", "peers", "relay_bytes", "relay", "timings_ms",
     "key", "repeat", "lab", "slot", "wan", "kept", "elapsed_ms", "trace", "nat_a", "nat_b",
     "predicted", "repeats", "agrees", "point", "cells", "nats", "metadata", "dimensions",
-    "connect_ms", "total_ms", "alice", "bob", "wire", "programs", "flags", "deployed",
-    "claims", "disturbed", "conditions", "events", "flows"})
+    "connect_ms", "total_ms", "alice", "bob", "carried_by", "probability", "wire",
+    "programs", "flags", "deployed", "claims", "disturbed", "conditions", "events", "flows"})
 RESERVED_PREFIXES = ("alice_", "bob_", "nat_")
+STRATEGY_FIELD = "strategy"  # the strategy dimension's name: its pairs say what carried data
 
 
 class ResultsError(rec.RecordError):
@@ -168,6 +169,18 @@ class PairResult:
     def connected(self) -> bool:
         return self.outcome in PREDICTIONS
 
+    @property
+    def carried_by(self) -> str | None:
+        """The candidate kind of the path that carried data: a strategy's own kind
+        (mapped, predicted, birthday) when one is in the chosen pair, else relay, srflx,
+        prflx or host; None when no path was chosen."""
+        kinds = {c.type for p in self.peers.values() if p.candidate_pair
+                 for c in p.candidate_pair}
+        for kind in ("mapped", "predicted", "birthday", "relay", "srflx", "prflx", "host"):
+            if kind in kinds:
+                return kind
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return pair_to_json(self)
 
@@ -219,6 +232,7 @@ class Cell:
     reason: str  # the model's reason, or why the model does not cover the cell
     repeats: tuple[PairResult, ...] = ()
     point: Mapping[str, str] = field(default_factory=dict)  # other dimensions: name -> label
+    probability: float | None = None  # the model's P(direct), for a strategy of chance
 
     @property
     def key(self) -> str:
@@ -306,6 +320,7 @@ def pair_to_json(r: PairResult) -> dict[str, Any]:
         "key": r.key, "repeat": r.repeat, "lab": r.lab, "slot": r.slot,
         "wan": None if r.wan is None else dict(r.wan), "kept": r.kept,
         "elapsed_ms": r.elapsed_ms, "disturbed": r.disturbed,
+        **({"carried_by": r.carried_by} if STRATEGY_FIELD in r.point else {}),
         "trace": None if t is None else {
             "dir": t.dir, "complete": t.complete, "pcaps": dict(t.pcaps),
             "packets": dict(t.packets), "dropped": [dict(d) for d in t.dropped],
@@ -328,6 +343,8 @@ def cell_to_json(c: Cell, repeats: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {"a": c.a, "b": c.b, **c.point, "nat_a": spec_to_json(c.nat_a),
                            "nat_b": spec_to_json(c.nat_b), "predicted": c.predicted,
                            "reason": c.reason}
+    if c.probability is not None:
+        out["probability"] = c.probability
     if repeats:
         out["repeats"] = [pair_to_json(r) for r in c.repeats]
     return out
@@ -561,7 +578,7 @@ def _cell(data: Any, where: str, nats: Sequence[str],
                 predicted=_predicted(data, where),
                 reason=rec.get(data, "reason", where, (str,)),
                 repeats=rec.items(data, "repeats", where, lambda v, w: _pair(v, w, names)),
-                point=point)
+                point=point, probability=rec.opt(data, "probability", where, rec.NUMBER))
 
 
 def _dimension(data: Any, where: str) -> DimensionInfo:

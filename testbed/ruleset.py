@@ -21,6 +21,11 @@ too would be shorter, but nft 1.0.6 cannot store a five-part APDM key with a val
   owns it (preserve), else a random port in 49152-65535 (preserve, random) or the
   next one (sequential, a counter per protocol). A new mapping on an owned port is
   dropped before conntrack confirms it, so the retransmission picks again.
+- Carrier-grade and port-forwarding settings (issue 15) go into both protocols'
+  chains too: the port range and RFC 7422 port blocks in `udp_new`/`tcp_new`, address
+  pooling through a `udp_mapaddr`/`tcp_mapaddr` map, one session cap for all of a
+  host's flows (`sessions`), static forwards (each of its own protocol) and the
+  port-mapping daemon's admission.
 
 load_ruleset is the one way a script gets into a namespace: libnftables in-process
 when the library is there (about half the CPU of an `nft -f` process, and threads
@@ -35,7 +40,7 @@ import ipaddress
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import jinja2
@@ -64,6 +69,21 @@ class RouterContext:
     wan_addr: str
     lan_ifs: tuple[str, ...]
     lan_subnets: tuple[str, ...]
+    # Static forwards resolved to addresses: (proto, external port, inside ip, port).
+    forwards: tuple[tuple[str, int, str, int], ...] = ()
+    stun_addrs: tuple[str, ...] = ()  # the lab's STUN server (the port-mapping daemon's)
+    pool: tuple[str, ...] = ()  # every WAN address (a CGN's pool); () means (wan_addr,)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return self.pool or (self.wan_addr,)
+
+    def renumbered(self, wan_addr: str) -> RouterContext:
+        """The same router after its WAN address changed (a renumbering event): the new
+        address replaces the old one in the pool too, or new mappings would keep taking
+        the old one."""
+        pool = tuple(wan_addr if a == self.wan_addr else a for a in self.pool)
+        return replace(self, wan_addr=wan_addr, pool=pool)
 
     def __post_init__(self) -> None:
         # These strings end up inside an nft script: refuse anything that is not plain.
@@ -85,6 +105,12 @@ class RouterContext:
                 ipaddress.IPv4Network(net, strict=False)
             except ValueError:
                 raise ValueError(f"lan_subnets: not an IPv4 network: {net!r}") from None
+        for proto, ext, ip, port in self.forwards:
+            ipaddress.IPv4Address(ip)
+            if proto not in ("udp", "tcp") or not 1 <= ext <= 65535 or not 1 <= port <= 65535:
+                raise ValueError(f"forwards: bad forward {proto} {ext} -> {ip}:{port}")
+        for ip in (*self.stun_addrs, *self.pool):
+            ipaddress.IPv4Address(ip)
 
 
 def _key_parts(mapping: Behaviour, direction: str) -> tuple[str, str]:
@@ -133,12 +159,55 @@ def _env() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
 
 
+def alloc_range(spec: NatSpec) -> tuple[int, int]:
+    """The external ports the router picks from: the spec's port-range, else 49152-65535."""
+    return spec.port_range or (ALLOC_FIRST, ALLOC_LAST)
+
+
+def port_blocks(spec: NatSpec, ctx: RouterContext) -> list[tuple[str, str, int, int]]:
+    """RFC 7422 deterministic port blocks: the k-th address of the LAN subnets (in order)
+    gets the k-th block of `port-block` ports of the range, on the pool's addresses in
+    turn (inside address, external address, first port, last port). A port belongs to
+    one block of the whole pool (the owner map is keyed by port). Addresses past the
+    last whole block get none: their new mappings are dropped, as when a CGN runs out."""
+    if spec.port_block is None:
+        return []
+    first, last = alloc_range(spec)
+    n_blocks = (last - first + 1) // spec.port_block
+    pool = ctx.addresses
+    out: list[tuple[str, str, int, int]] = []
+    for net in ctx.lan_subnets:
+        for host in ipaddress.IPv4Network(net, strict=False).hosts():
+            k = len(out)
+            if k == n_blocks:
+                return out
+            lo = first + k * spec.port_block
+            out.append((str(host), pool[k % len(pool)], lo, lo + spec.port_block - 1))
+    return out
+
+
+def _pool_choice(spec: NatSpec, ctx: RouterContext) -> str:
+    """The external address of a new mapping: the one address, or from the pool by a hash
+    of the inside address (paired: every mapping of a host on one address) or at random
+    (arbitrary)."""
+    pool = ctx.addresses
+    if len(pool) == 1:
+        return pool[0]
+    pick = "jhash ip saddr mod" if spec.pooling == "paired" else "numgen random mod"
+    return f"{pick} {len(pool)} map {{ " + ", ".join(f"{i} : {a}" for i, a in
+                                                    enumerate(pool)) + " }"
+
+
 def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
     """The router's complete `nft -f` script: one table, replaced atomically if present."""
     subnets = tuple(str(ipaddress.IPv4Network(n, strict=False)) for n in ctx.lan_subnets)
     key, inside = _key_parts(spec.mapping, "original")
     rkey, rinside = _key_parts(spec.mapping, "reply")
-    blocks = range(ALLOC_FIRST >> 8, (ALLOC_LAST >> 8) + 1)
+    first, last = alloc_range(spec)
+    if spec.port_allocation.value == "sequential" and (first % 256 or (last + 1) % 256):
+        raise ValueError(f"port-range {first}-{last}: sequential allocation needs a range "
+                         "that starts and ends on a multiple of 256 (e.g. 1024-65535)")
+    blocks = range(first >> 8, (last >> 8) + 1)
     variables = {
         "spec": spec, "ctx": ctx, "kind": spec.kind.value,
         "mapping": spec.mapping.value, "filtering": spec.filtering.value,
@@ -151,7 +220,13 @@ def render_ruleset(spec: NatSpec, ctx: RouterContext) -> str:
         "key_type": _key_type(spec.mapping),
         "key_doc": {EI: "inside endpoint", AD: "inside endpoint and remote address",
                     APD: "inside endpoint and remote endpoint"}[spec.mapping],
-        "alloc_first": ALLOC_FIRST, "alloc_last": ALLOC_LAST,
+        "alloc_first": first, "alloc_last": last,
+        "port_blocks": [f"{h} : {a} . {lo}-{hi}" for h, a, lo, hi in port_blocks(spec, ctx)],
+        "pooled": len(ctx.addresses) > 1, "new_addr": _pool_choice(spec, ctx),
+        "reuse_addr": {p: ctx.wan_addr if len(ctx.addresses) == 1
+                       else f"{key} map @{p}_mapaddr" for p in PROTOS},
+        "forwards": ctx.forwards, "port_mapping": bool(spec.port_mapping),
+        "stun_addrs": _nft_set(ctx.stun_addrs) if ctx.stun_addrs else "",
         "tcp_est": spec.tcp_established_timeout, "tcp_trans": spec.tcp_transitory_timeout,
         "map_timeout": {"udp": spec.mapping_timeout, "tcp": spec.tcp_established_timeout},
         "refresh": _refresh(spec),

@@ -133,6 +133,13 @@ def known_labs() -> list[str]:
     return sorted(labs)
 
 
+def labelled(name: str, value: str) -> list[str]:
+    """Labs whose state carries the label name=value (testbed.lab.Lab's `labels`): the
+    labs of one pool run on this machine, say, picked by what their state says."""
+    return [lab for lab in known_labs()
+            if ((read_state(lab) or {}).get("labels") or {}).get(name) == value]
+
+
 def leftover_files(lab: str) -> list[str]:
     """The lab's files that exist, as names relative to STATE_DIR."""
     paths = [lab_dir(lab), tmp_path(lab), state_path(lab), lock_path(lab)]

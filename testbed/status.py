@@ -40,6 +40,7 @@ def lab_summary(lab: str, *, show_secrets: bool = False) -> dict[str, Any]:
             live[node]["nat"] = nat_json(label)
     return {"lab": lab, **state.standing(lab).as_dict(), "topology": st.get("topology"),
             "created": st.get("created"), "services": svcs,
+            "labels": st.get("labels", {}),
             "conditions": impair.summary(st.get("impairments")), "nodes": live}
 
 
@@ -89,6 +90,8 @@ def service_line(info: dict[str, Any], *, show_secrets: bool = False) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"lab {s['lab']}: {state.standing(s['lab']).text()}",
              f"  topology {s.get('topology')}, created {s.get('created')}"]
+    if s.get("labels"):  # whose it is beyond its owner process: a pool run, say
+        lines.append("  labels " + ", ".join(f"{k}={v}" for k, v in s["labels"].items()))
     for node, info in s["nodes"].items():
         if info.get("missing"):
             lines.append(f"  {node}: namespace {info['netns']} is gone")
@@ -101,6 +104,13 @@ def format_summary(s: dict[str, Any]) -> str:
         for r in info["routes"]:
             lines.append(f"    route {r}")
     for svc, info in s.get("services", {}).items():
+        if svc == "port_mapping":  # one daemon per router that offers mapping
+            for router, d in info.items():
+                quota = ", ".join(f"{ip} {lo}-{hi}" for ip, (lo, hi) in d["quota"].items())
+                lines.append(f"  service port-mapping: node={router} daemon={d['daemon']} "
+                             f"protocols={','.join(d['protocols'])} gateway={d['gateway']} "
+                             f"quota={quota or '-'} log={d['log']}")
+            continue
         lines.append(f"  service {svc}: {service_line(info, show_secrets=True)}")  # as asked
     cond = s.get("conditions")
     if cond:

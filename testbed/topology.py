@@ -228,6 +228,7 @@ class _RawNode:
     service: str | None
     service_line: int
     explicit: dict[str, list[IPv4Interface]] = field(default_factory=dict)
+    nat_line: int = 0
     explicit_lines: dict[str, int] = field(default_factory=dict)
     conditions: dict[str, Conditions] = field(default_factory=dict)  # interface -> both ways
     conditions_lines: dict[str, int] = field(default_factory=dict)
@@ -332,6 +333,8 @@ def _parse_node(ctx: _Ctx, name: str, spec: LocDict, defaults: LocDict, line: in
         raise ctx.fail(spec, "service", f"nodes.{name}.service",
                        f"unknown service {service!r} (one of: {', '.join(SERVICES)})")
     node = _RawNode(name, kind, line, nat, service, spec.line_of("service"))
+    if nat is not None:
+        node.nat_line = spec.line_of("nat") if "nat" in spec else defaults.line_of("nat")
     ifaces = _want_map(ctx, spec, "interfaces", f"nodes.{name}.interfaces")
     for ifname, value in ifaces.items():
         fld = f"nodes.{name}.interfaces.{ifname}"
@@ -635,7 +638,32 @@ def _resolve(ctx: _Ctx, name: str, description: str, nodes: dict[str, _RawNode],
     routes = _Routes(ctx, graph).derive(nodes)
     resolved = tuple(Node(rn.name, rn.kind, rn.line, ifaces, routes[rn.name], rn.nat,
                           upstream_if, rn.service) for rn, ifaces, upstream_if in placed)
-    return Topology(name, ctx.source, resolved, segments, description)
+    topo = Topology(name, ctx.source, resolved, segments, description)
+    for rn in nodes.values():
+        _check_forwards(ctx, rn, topo)
+    return topo
+
+
+def _check_forwards(ctx: _Ctx, rn: _RawNode, topo: Topology) -> None:
+    """A forward's target is a node on one of the router's LAN segments (not its WAN); a
+    port-mapping daemon needs the lab's STUN server (it checks its address with it)."""
+    if rn.nat is None:
+        return
+    if rn.nat.port_mapping and not any(n.service == "stun" for n in topo.nodes):
+        raise TopologyError(ctx.source, rn.nat_line, f"nodes.{rn.name}.nat.port-mapping",
+                            "needs a node with service: stun (miniupnpd checks its public "
+                            "address with STUN)")
+    router = topo.node(rn.name)
+    lans = {i.segment for i in router.interfaces if i.name != router.upstream}
+    for i, fwd in enumerate(rn.nat.forwards):
+        fld = f"nodes.{rn.name}.nat.forwards[{i}].to"
+        if fwd.host not in topo._by_name:
+            raise TopologyError(ctx.source, rn.nat_line, fld, f"no node {fwd.host!r}")
+        host = topo.node(fwd.host)
+        if not any(h.segment in lans for h in host.interfaces) or host.name == router.name:
+            raise TopologyError(ctx.source, rn.nat_line, fld,
+                                f"{fwd.host!r} is not on a LAN of {rn.name}: a forward "
+                                "reaches a host behind this router")
 
 
 def _check_placed(ctx: _Ctx, rn: _RawNode, ifaces: tuple[Interface, ...],

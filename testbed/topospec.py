@@ -44,6 +44,7 @@ NAME_PATTERN = f"{NAME_FIRST}{NAME_REST}*"
 IFNAME_PATTERN = f"{IFNAME_FIRST}{IFNAME_REST}*"
 _OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 PREFIXED_PATTERN = rf"{_OCTET}(\.{_OCTET}){{3}}/(3[0-2]|[12]?[0-9])"  # 192.168.1.10/24
+PORT_RANGE_PATTERN = "^[0-9]{1,5}-[0-9]{1,5}$"
 
 NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")  # \Z: "$" would allow a final newline
 IFNAME_RE = re.compile(rf"^{IFNAME_PATTERN}\Z")
@@ -107,6 +108,28 @@ NAT_FIELDS = (
                      "default": nat.Egress.OPEN.value},
           "open (default) or corporate: only TCP 80, 443 and UDP 53 (and ping) may leave, as "
           "in a corporate network; type corporate is symmetric with corporate egress."),
+    Field("port-range", {"type": "string", "pattern": PORT_RANGE_PATTERN},
+          "LO-HI: the external ports the NAT picks from, e.g. 1024-65535 (within 1-65535)."),
+    Field("port-block", {"type": "integer", "minimum": 1, "maximum": 65535},
+          "Carrier-grade NAT (RFC 6888 REQ-4, RFC 7422): ports per subscriber, in one block."),
+    Field("pooling", _enum(nat.POOLINGS, "address pooling over the WAN addresses"),
+          "paired (default: one public address per host, RFC 4787 REQ-2) or arbitrary."),
+    Field("max-sessions-per-host", {"type": "integer", "minimum": 1,
+                                    "maximum": nat.MAX_SESSIONS},
+          "New mappings of a host beyond this many are dropped (RFC 6888 REQ-4)."),
+    Field("forwards", {"type": "array", "maxItems": nat.MAX_FORWARDS, "items": {
+        "type": "object", "additionalProperties": False, "required": ["external", "to"],
+        "properties": {
+            "proto": {"enum": list(nat.FORWARD_PROTOS), "default": "udp"},
+            "external": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "to": {"type": "string", "pattern": f"^{NAME_PATTERN}:[0-9]{{1,5}}$"}}}},
+          "Static port forwards: [{proto: udp, external: 25565, to: alice:25565}]."),
+    Field("port-mapping", {"type": "array", "uniqueItems": True,
+                           "items": {"enum": list(nat.PORT_MAPPING_PROTOCOLS)}},
+          "Run a port-mapping daemon (miniupnpd) answering these protocols on the LAN."),
+    Field("mapping-quota", {"type": "integer", "minimum": 1, "maximum": 1024,
+                            "default": nat.DEFAULT_QUOTA},
+          "External ports each LAN host may map through the daemon."),
 )
 DEFAULT_FIELDS = (
     Field("kind", _enum(KINDS, "node kind"), "The kind of every node that sets none."),

@@ -11,6 +11,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The rootless pass (scripts/test.sh, as an unprivileged user): the whole session runs in
+# the user's rootless session (testbed.rootless), entered now, before pytest starts any
+# thread, as the command line enters it; the kernel tests then run as its root.
+ROOTLESS_PASS = os.environ.get("NAT_TESTBED_ROOTLESS_PASS") == "1"
+if ROOTLESS_PASS and os.geteuid() != 0:
+    from testbed import rootless
+
+    rootless.enter()
 IS_ROOT = os.geteuid() == 0
 pytest_plugins = ["pytester"]  # the tests of testbed.pytest_plugin run inner pytest sessions
 
@@ -50,3 +58,20 @@ def root_namespace_untouched() -> Iterator[None]:
     after = root_namespace_snapshot()
     changed = [k for k in before if before[k] != after[k]]
     assert not changed, f"the test suite changed the root namespace: {changed}"
+
+
+@pytest.fixture
+def scratch() -> Iterator[object]:
+    """A network namespace of the calling test's own (a netns.Netns), removed afterwards."""
+    import secrets
+
+    from testbed import netns  # here: pure tests never load the netlink side
+
+    netns.ensure_netns_dir()
+    name = f"ntsc{secrets.token_hex(3)}-scratch"
+    ns = netns.create(name, name.split("-")[0])
+    try:
+        yield ns
+    finally:
+        ns.close()
+        netns.remove(name)

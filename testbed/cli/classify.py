@@ -7,7 +7,8 @@ from typing import Any
 
 from testbed.cli.common import check_lab_name, print_json, progress_line
 from testbed.errors import UsageError
-from testbed.nat import NatConfigError, nat_from_dict
+from testbed.nat import NatConfigError, nat_from_dict, nat_from_label
+from testbed.nat import nat_section as section_of
 
 NAME = "classify"
 HELP = "build a NAT and classify it with RFC 5780 from behind"
@@ -40,8 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TCP connection being opened or closed timeout (default 240)")
     p.add_argument("--egress", metavar="WHAT",
                    help="open (default) or corporate (only TCP 80, 443 and UDP 53 leave)")
-    p.add_argument("--behind-cgn", metavar="TYPE",
-                   help="put the router behind a carrier-grade NAT of this type")
+    p.add_argument("--behind-cgn", metavar="NAT",
+                   help="put the router behind a carrier-grade NAT: a NAT label, e.g. "
+                        "symmetric:port-block=512:port-range=1024-65535")
+    p.add_argument("--cgn-pool", type=int, default=1, metavar="N",
+                   help="addresses in the carrier-grade NAT's pool (1-16, default 1)")
     p.add_argument("--lifetime", type=float, metavar="MAX_SECONDS",
                    help="also measure the mapping lifetime, up to this many seconds")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp",
@@ -71,10 +75,17 @@ def _check(section: dict[str, Any], flag: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     section = nat_section(args)
-    cgn = {"type": args.behind_cgn} if args.behind_cgn else None
     _check(section, None)  # bad options are reported before anything is built
-    if cgn is not None:
-        _check(cgn, "--behind-cgn")
+    cgn = None
+    if args.behind_cgn:
+        try:
+            cgn = section_of(nat_from_label(args.behind_cgn))
+        except NatConfigError as exc:
+            raise UsageError(f"--behind-cgn: {exc}") from None
+    if not 1 <= args.cgn_pool <= 16:
+        raise UsageError(f"--cgn-pool: must be 1 to 16, got {args.cgn_pool}")
+    if args.cgn_pool > 1 and cgn is None:
+        raise UsageError("--cgn-pool: needs --behind-cgn")
     if args.lifetime and args.transport == "tcp":
         raise UsageError("--lifetime: over UDP only (a TCP connection's mapping lives for "
                          "hours); leave out --transport tcp")
@@ -84,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     require_root()
     result = classify(section, cgn_section=cgn, keep=args.keep, lifetime=args.lifetime,
-                      lab_name=args.name, say=progress_line(), transport=args.transport)
+                      lab_name=args.name, say=progress_line(), cgn_pool=args.cgn_pool,
+                      transport=args.transport)
     if args.json:
         print_json(result)
     else:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from peers import birthday as bd
 from testbed import resources
 from testbed.conditions import (
     PRESETS,
@@ -30,6 +31,7 @@ from testbed.nat import (
     nat_from_label,
     nats_from_list,
 )
+from testbed.strategy import Strategy, strategies_from_list
 
 T = TypeVar("T")
 NAT_HELP = ("a NAT label: full-cone, restricted-cone, port-restricted-cone, symmetric, "
@@ -128,6 +130,55 @@ def positive(low: int, high: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
         return value
     return parse
+
+
+def add_strategy_flags(p: argparse.ArgumentParser) -> None:
+    """The birthday strategy's settings (validated together: bd.Birthday's limits)."""
+    g = p.add_argument_group("birthday probing (Tailscale's method; --strategy birthday)")
+    g.add_argument("--sockets", type=int, default=bd.DEFAULT_SOCKETS, metavar="N",
+                   help=f"sockets the hard side opens (1-{bd.MAX_SOCKETS}, default "
+                        f"{bd.DEFAULT_SOCKETS})")
+    g.add_argument("--probes", type=int, default=bd.DEFAULT_PROBES, metavar="N",
+                   help=f"probes the easy side sends (1 to the range's size, default "
+                        f"{bd.DEFAULT_PROBES})")
+    g.add_argument("--probe-rate", type=float, default=bd.DEFAULT_RATE, metavar="PER_S",
+                   help=f"probes per second ({bd.MIN_RATE:g}-{bd.MAX_RATE:g}, default "
+                        f"{bd.DEFAULT_RATE:g})")
+    lo, hi = bd.DEFAULT_RANGE
+    g.add_argument("--probe-range", default=f"{lo}-{hi}", metavar="LO-HI",
+                   help=f"ports of the hard side's address the easy side probes (default "
+                        f"{lo}-{hi})")
+
+
+def port_range(text: str, name: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit() or len(lo) > 5 or len(hi) > 5:
+        raise UsageError(f"{name}: expected LO-HI, e.g. 1024-65535, got {text!r}")
+    return int(lo), int(hi)
+
+
+def birthday_from_args(args: argparse.Namespace) -> bd.Birthday:
+    lo, hi = port_range(args.probe_range, "--probe-range")
+    try:
+        return bd.Birthday(sockets=args.sockets, probes=args.probes, rate=args.probe_rate,
+                           port_lo=lo, port_hi=hi)
+    except bd.BirthdayError as exc:
+        raise birthday_usage(exc, {"sockets": "--sockets", "probes": "--probes",
+                                   "rate": "--probe-rate"}) from None
+
+
+def birthday_usage(exc: bd.BirthdayError, flags: dict[str, str]) -> UsageError:
+    """A birthday setting's error under the flag that set it ('--probe-rate: must be ...'); a
+    setting without a flag of its own is the probed range."""
+    what, _, rest = str(exc).partition(": ")
+    if what in flags:
+        return UsageError(f"{flags[what]}: {rest}")
+    return UsageError(f"--probe-range: {exc}")
+
+
+def strategy_from_args(args: argparse.Namespace, text: str, name: str) -> list[Strategy]:
+    b = birthday_from_args(args)
+    return parsed(name, lambda t: strategies_from_list(t, b), text)
 
 
 # ---------------------------------------------------------------- link conditions

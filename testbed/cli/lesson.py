@@ -37,8 +37,10 @@ def _list() -> int:
     from testbed.lessons import all_lessons
 
     print("Lessons (run one, as root, with: nat-testbed lesson N):")
-    for ls in all_lessons():
-        print(f"  {ls.number}  {ls.slug:<16} {ls.title}")
+    lessons = all_lessons()
+    width = max(len(ls.slug) for ls in lessons)  # ten lessons and more: columns still align
+    for ls in lessons:
+        print(f"  {ls.number:>2}  {ls.slug:<{width}}  {ls.title}")
     print("\nEach builds its lab, runs the experiment with real packets, narrates every step "
           "from\npacket captures on both sides of the routers, and tears the lab down.")
     return 0

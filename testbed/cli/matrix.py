@@ -9,6 +9,7 @@
     nat-testbed matrix --delay 50ms --jitter 10ms --loss 2% --repeat 20   # link conditions
     nat-testbed matrix --sweep loss=0,1,5,20% --sweep delay=0,50,200ms --repeat 20
     nat-testbed matrix --nats all --repeat 50 --shard 3/16 --out part-3/   # one of 16 shards
+    nat-testbed matrix --nats all --repeat 50 --dask tcp://scheduler:8786  # a Dask pool
     nat-testbed matrix --peers own,aioice,webrtc --out results/     # the interop matrix
     nat-testbed matrix --peer-command ./my-peer.sh --out results/  # your own program
 """
@@ -19,7 +20,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,10 +53,11 @@ real packets. The table shows what happened per cell against the reference model
 prediction; --out holds records.jsonl (one line per slot, written as labs finish),
 manifest.json, and results.json, .csv, .html and .png (docs/results.md). With --shard
 K/N the run does only its part of the slots, into --out; `nat-testbed merge` puts the
-parts together (docs/scale.md). Exit 1 with --strict if a cell disagrees with the
-model, or a router ran another NAT than its cell's (read back from its kernel).
-Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the pairings decided so far
-to the same files, marked incomplete, and exits 130."""
+parts together (docs/scale.md). With --dask ADDRESS the labs run on the workers of a Dask
+pool and their records come back here (docs/scale.md). Exit 1 with --strict if a cell
+disagrees with the model, or a router ran another NAT than its cell's (read back from its
+kernel). Interrupted (Ctrl-C, SIGTERM), it removes its labs, writes the pairings decided
+so far to the same files, marked incomplete, and exits 130."""
 EARLY_PNG = ".results.png.partial"
 
 
@@ -110,8 +111,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "router ran another NAT than its cell's")
     p.add_argument("--json", action="store_true",
                    help="print results.json to stdout (with --shard: the manifest)")
-    p.add_argument("--jobs", type=positive(1, 64), default=os.cpu_count() or 1, metavar="N",
-                   help="labs built at once, one worker process each (default: CPUs)")
+    p.add_argument("--jobs", type=positive(1, 64), default=None, metavar="N",
+                   help="labs built at once, one worker process each (default: CPUs); with "
+                        "--dask, at least how many labs the slots are dealt into (default: "
+                        "the pool's threads)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run the labs on a Dask distributed pool: the scheduler's address "
+                        "(tcp://HOST:8786); each worker builds labs on its machine as root "
+                        "(scripts/install.sh --dask; docs/scale.md)")
     p.add_argument("--no-color", action="store_true", help="plain terminal table")
     p.add_argument("--sweep", action="append", metavar="PARAM=LIST",
                    help="a link condition as a dimension: PARAM is cond (presets), delay, "
@@ -207,11 +214,16 @@ def spec_from(args: argparse.Namespace) -> MatrixSpec:
 
 
 def _transport_with_peers(args: argparse.Namespace) -> None:
-    """TCP is the project's own peer's: a contract program chooses its own transport, so
-    a slot of it at transport=tcp would say what it did not run."""
+    """TCP is the project's own peer's with plain STUN: a contract program chooses its own
+    transport, and the other strategies predict, probe or map UDP ports, so a slot of
+    either at transport=tcp would say what it did not run."""
     transports = [t.strip() for t in (getattr(args, "dim_transport", None) or "").split(",")]
     if "tcp" not in transports:
         return
+    strategies = getattr(args, "dim_strategy", None) or ""
+    if any(name.strip() not in ("", "stun") for name in strategies.split(",")):
+        raise UsageError(f"--transport tcp: not with --strategies {strategies} (predict, "
+                         "birthday and portmap work over UDP only); over TCP only stun")
     named = [t.strip() for text in (args.peers, getattr(args, "dim_peer_a", None),
                                     getattr(args, "dim_peer_b", None)) if text
              for t in text.split(",")]
@@ -266,6 +278,11 @@ def _preload_plotting() -> None:
 def run(args: argparse.Namespace) -> int:
     spec = spec_from(args)
     shard = shard_from(args)
+    address = None
+    if args.dask is not None:
+        from testbed.matrix.pool import check_address
+
+        address = check_address(args.dask)
     from testbed import report, sweep  # the flags are good: now load the engine
     from testbed.matrix import dimensions, merge
     from testbed.matrix.run import MatrixRun
@@ -283,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
     run = MatrixRun(spec, args.jobs, progress,
                     background=_preload_plotting if whole else None,
                     on_outcomes=draw_heatmap if whole else None, shard=shard,
-                    contract_jobs=args.peer_jobs, admission=not args.no_admission)
+                    dask=address, contract_jobs=args.peer_jobs,
+                    admission=not args.no_admission)
     try:
         with interrupts_as_keyboard():
             try:

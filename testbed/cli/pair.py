@@ -9,6 +9,7 @@ from testbed.adapters import DEFAULT_DATA_S, DEFAULT_DEADLINE_S
 from testbed.cli.common import (
     NAT_HELP,
     add_condition_flags,
+    add_strategy_flags,
     add_topology_flags,
     call_of,
     check_lab_name,
@@ -17,6 +18,7 @@ from testbed.cli.common import (
     flag,
     nat,
     print_json,
+    strategy_from_args,
     topology_path,
 )
 from testbed.errors import UsageError
@@ -56,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=None, metavar="S",
                    help=f"seconds each program has to connect (default "
                         f"{DEFAULT_DEADLINE_S:g}), then {DEFAULT_DATA_S:g} s more for its data")
+    p.add_argument("--strategy", default="stun", metavar="NAME",
+                   help="stun (default), predict (port prediction), birthday (birthday "
+                        "probing) or portmap (ask the router for a mapping)")
+    add_strategy_flags(p)
     add_condition_flags(p, "both routers' WAN links (the access links)")
     c = p.add_argument_group("a call and events during it")
     c.add_argument("--call", metavar="D", help="after connecting, keep the call this long "
@@ -77,6 +83,14 @@ def run(args: argparse.Namespace) -> int:
                              "--peer-command")
         return run_programs(args, nat_a, nat_b)
     topology = topology_path(args)
+    strategies = strategy_from_args(args, args.strategy, "--strategy")
+    if len(strategies) != 1:
+        raise UsageError(f"--strategy: one strategy per call attempt, got {args.strategy!r} "
+                         "(the matrix takes a list: --strategies)")
+    strategy = strategies[0]
+    if args.transport == "tcp" and strategy.name != "stun":
+        raise UsageError(f"--strategy {strategy.name}: over UDP only (it predicts, probes "
+                         "or maps UDP ports); with --transport tcp only stun")
     check_lab_name(args.name)
     from peers.session import Timing  # the flags are good: now load the engine
     from testbed.lab import require_root
@@ -94,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     with flag("--topology/--a-node/--b-node"):
         result = run_pair(nat_a, nat_b, topology=topology, a_node=args.a_node,
                           b_node=args.b_node, keep=args.keep, trace_dir=args.trace,
-                          conditions=conditions, events=events, call=call,
-                          lab_name=args.name, transport=args.transport)
+                          strategy=strategy, conditions=conditions, events=events,
+                          call=call, lab_name=args.name, transport=args.transport)
     if args.json:
         print_json(pair_to_json(result))
     else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from testbed.topology import far_end as topology_far_end
 # 5 s at load 18 on 2 cores. A forwarder that dies is seen at once (its pipe closes).
 READY_TIMEOUT_S = 5.0
 READY_PER_PORT_S = 0.25
+TUN = "/dev/net/tun"
 Endpoint = tuple[str, str]  # (node or bridged segment, interface)
 
 
@@ -268,9 +270,26 @@ def _log_path(lab: Lab, node: str) -> Path:
     return d / f"forwarder-{node}.log"
 
 
+def tun_usable(tun: str = TUN) -> None:
+    """The forwarder's TAPs come from /dev/net/tun: an ordinary user (rootless mode) can
+    open it only where its mode lets everyone (0666, the distributions' default; root
+    outside the user namespace is nobody in it). LabError in one line, before anything
+    of the forwarder is started."""
+    if os.access(tun, os.R_OK | os.W_OK):
+        return
+    try:
+        mode = f"mode {stat.S_IMODE(os.stat(tun).st_mode):04o}"
+    except OSError as exc:
+        mode = exc.strerror or "missing"
+    raise LabError(f"link conditions need the forwarder's TAP devices, and {tun} ({mode}) "
+                   "cannot be opened by this user: make it 0666 as root (chmod 0666 "
+                   f"{tun}; udev rules keep it), or run as root")
+
+
 def _start_forwarder(lab: Lab, eps: Mapping[Endpoint, Conditions]) -> int:
     """One forwarder for `eps`, started in the first one's namespace; returns when it
     has created every TAP and socket (its "ready" line), never after a fixed sleep."""
+    tun_usable()
     home = next(iter(eps))[0]
     spec = []
     for (node, iface), cond in eps.items():

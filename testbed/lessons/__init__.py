@@ -15,13 +15,14 @@ from testbed.lessons import (
     l6_nat_types,
     l7_symmetric_relay,
     l8_double_nat,
-    l9_tcp_simultaneous_open,
+    l9_port_forward,
+    l10_tcp_simultaneous_open,
 )
 from testbed.lessons.base import Lesson, LessonResult, run_lesson
 
 LESSONS: tuple[Lesson, ...] = tuple(m.LESSON for m in (
     l1_rewriting, l2_table, l3_unsolicited, l4_stun, l5_hole_punching, l6_nat_types,
-    l7_symmetric_relay, l8_double_nat, l9_tcp_simultaneous_open))
+    l7_symmetric_relay, l8_double_nat, l9_port_forward, l10_tcp_simultaneous_open))
 
 
 def all_lessons() -> list[Lesson]:

@@ -33,9 +33,10 @@ from typing import Any
 from peers.session import Timing
 from testbed import adapters
 from testbed import conditions as cond
+from testbed import strategy as strategies
 from testbed.adapters import Adapter
 from testbed.conditions import Conditions
-from testbed.model import PortReuse, Strategy
+from testbed.model import PortReuse, Strategy, model_strategy
 from testbed.nat import NatSpec, nat_from_label
 from testbed.results import RESERVED_NAMES, RESERVED_PREFIXES
 
@@ -48,6 +49,7 @@ class SlotSetup:
     nat_b: NatSpec = field(default_factory=NatSpec)  # the router in front of Bob
     timing: Timing = field(default_factory=Timing)  # the peers' timeouts and intervals
     transport: str = "udp"  # the peers' direct path: UDP punching or TCP simultaneous open
+    strategy: strategies.Strategy = strategies.DEFAULT  # the peers' traversal strategy
     peer_a: Adapter = adapters.ADAPTERS["own"]  # Alice's program (own: in-process sessions)
     peer_b: Adapter = adapters.ADAPTERS["own"]
     wire: bool = False  # judge the slot from the wire (testbed.wire), with application data
@@ -64,6 +66,9 @@ class ModelInput:
     strategy: Strategy = field(default_factory=Strategy)
     port_reuse: PortReuse = PortReuse.EXCLUSIVE
     transport: str = "udp"
+    # The peers' strategy when it is not plain STUN: testbed.model.predict_strategy then
+    # predicts (birthday probing as a probability).
+    peer_strategy: strategies.Strategy = strategies.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,32 @@ TRANSPORT = register(Dimension(
     _model_transport, flag="--transport", metavar="udp,tcp",
     help="the peers' direct path: udp (hole punching, the default), tcp (simultaneous open, "
          "TURN over TCP), or both: udp,tcp makes it a dimension of the matrix"))
+# ------------------------------------------------------------------ the traversal strategy
+
+
+def _strategy(text: str) -> strategies.Strategy:
+    """A strategy by name; birthday probing with its default settings (sockets, probes,
+    rate and range are not part of the label)."""
+    return strategies.Strategy(text.strip())
+
+
+def _set_strategy(setup: SlotSetup, value: strategies.Strategy) -> SlotSetup:
+    return replace(setup, strategy=value)
+
+
+def _model_strategy(inp: ModelInput, value: strategies.Strategy) -> ModelInput:
+    return replace(inp, strategy=model_strategy(inp.nat_a, inp.nat_b, value),
+                   peer_strategy=value)
+
+
+# What the peers do beyond STUN (testbed.strategy): port prediction, birthday probing,
+# a router's port mapping. The model covers all four (birthday as a probability).
+STRATEGY = register(Dimension(
+    "strategy", "traversal strategy", (), _strategy, _set_strategy, strategies.DEFAULT,
+    _model_strategy, flag="--strategies", metavar="LIST",
+    help="traversal strategies, a dimension of the matrix: stun (default), predict, "
+         "birthday, portmap (e.g. stun,predict,birthday,portmap); portmap needs routers "
+         "that offer it (a :port-mapping NAT variant)"))
 
 
 # ------------------------------------------------------------------ peer implementations

@@ -17,11 +17,13 @@ from typing import Any
 from testbed.matrix.dimensions import NotModelled, SlotSetup
 from testbed.matrix.lab import Layout
 from testbed.matrix.spec import MatrixSpec, Point
-from testbed.model import PortReuse, Strategy, predict
+from testbed.model import PortReuse, Strategy, predict, predict_strategy
 from testbed.results import Cell, DimensionInfo, MatrixResult, PairResult, spec_to_json
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
 from testbed.version import VERSION
 
-Prediction = tuple[str | None, str]  # (direct | relay | None: not modelled, reason)
+# (direct | relay | None: not modelled, reason, P(direct) for a strategy of chance)
+Prediction = tuple[str | None, str, float | None]
 
 
 class Predictor:
@@ -36,11 +38,14 @@ class Predictor:
     def __call__(self, point: Point) -> Prediction:
         inp = self.spec.model_input(point)
         if isinstance(inp, NotModelled):
-            return None, inp.reason
+            return None, inp.reason, None
         if inp not in self._seen:
-            p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse,
-                        transport=inp.transport)
-            self._seen[inp] = (p.outcome, p.reason)
+            if inp.peer_strategy != DEFAULT_STRATEGY:
+                p = predict_strategy(inp.nat_a, inp.nat_b, inp.peer_strategy)
+            else:
+                p = predict(inp.nat_a, inp.nat_b, inp.strategy, reuse=inp.port_reuse,
+                            transport=inp.transport)
+            self._seen[inp] = (p.outcome, p.reason, p.probability)
         return self._seen[inp]
 
 
@@ -49,7 +54,8 @@ def cell_head(point: Point, prediction: Prediction) -> Cell:
     by_name = dict(point)
     a, b = by_name["a"], by_name["b"]
     extra = {n: v.label for n, v in point if n not in ("a", "b")}
-    return Cell(a.label, b.label, a, b, prediction[0], prediction[1], (), extra)
+    return Cell(a.label, b.label, a, b, prediction[0], prediction[1], (), extra,
+                prediction[2])
 
 
 def make_cell(head: Cell, repeats: Iterable[PairResult]) -> Cell:

@@ -245,8 +245,9 @@ class MatrixLab(Lab):
     servers start (finish_build), instead of one after another during `up`."""
 
     def __init__(self, topo: Topology, name: str | None = None,
-                 layer2: dict[str, list[tuple[str, Any]]] | None = None) -> None:
-        super().__init__(topo, name, start_services=False)
+                 layer2: dict[str, list[tuple[str, Any]]] | None = None,
+                 labels: Mapping[str, str] | None = None) -> None:
+        super().__init__(topo, name, start_services=False, labels=labels)
         self.pending_nat: list[Node] = []
         self.layer2 = layer2
 
@@ -283,6 +284,7 @@ class MatrixLab(Lab):
             times["services"] = time.monotonic() - t0
             for f in loads:
                 f.result()
+        self.start_port_mapping()  # its STUN test needs the STUN server and the rulesets
         times["nat"] = time.monotonic() - t0
         return times
 

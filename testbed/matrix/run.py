@@ -6,7 +6,9 @@ as labs start, so a run holds the running labs' slots, not the whole run's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from testbed.admission import settings as admission_settings
 from testbed.coturn import require_turnserver
 from testbed.lab import new_lab_name, require_root
 from testbed.matrix import records
+from testbed.matrix.batch import BatchSettings
 from testbed.matrix.dimensions import kind
 from testbed.matrix.document import (
     Predictor,
@@ -31,6 +34,7 @@ from testbed.matrix.document import (
     phase_summary,
 )
 from testbed.matrix.lab import Layout, PackedLayout, TopologyLayout
+from testbed.matrix.pool import Pool, workers_needed
 from testbed.matrix.progress import Progress
 from testbed.matrix.runner import LabJob
 from testbed.matrix.spec import (
@@ -112,6 +116,20 @@ class EarlyOutcomes:
                         lambda i: iter(()), dimension_infos(spec))
 
 
+@contextlib.contextmanager
+def _in_background(work: Callable[[], None] | None) -> Iterator[None]:
+    """`work` in a thread while the pool runs the labs (they build elsewhere)."""
+    if work is None:
+        yield
+        return
+    t = threading.Thread(target=work, name="matrix-background", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
+
+
 @dataclass(frozen=True)
 class Ran:
     started: float
@@ -125,26 +143,39 @@ class MatrixRun:
     """One run of a spec (or of one shard of it); `progress`, `background` and
     `on_outcomes` are for the command line (a progress bar, loading plotting code while
     the first labs build, drawing the heatmap from the outcomes before coturn's counters
-    are in). `admission`: slots start as testbed.admission admits them."""
+    are in). `admission`: slots start as testbed.admission admits them. With `dask` (a
+    scheduler's address) the labs run on that pool's workers (testbed.matrix.pool);
+    `jobs` is then at least how many labs the slots are dealt into (default: the pool's
+    threads)."""
 
     spec: MatrixSpec
-    jobs: int
+    jobs: int | None
     progress: Progress | None = None
     background: Callable[[], None] | None = None
     on_outcomes: Callable[[Streamed], None] | None = None
     shard: Shard = field(default_factory=Shard)
+    dask: str | None = None
     contract_jobs: int | None = None  # contract cells (peer programs) at once; None: CPUs
     admission: bool = True
 
-    def plan(self) -> Plan:
-        return plan_run(self.spec, self.jobs, self.shard)
+    def plan(self, pool: Pool | None = None) -> Plan:
+        return plan_run(self.spec, workers_needed(pool, self.jobs), self.shard)
+
+    def pool(self) -> contextlib.AbstractContextManager[Pool | None]:
+        """The Dask pool the run uses, connected and checked; None for a local run."""
+        if self.dask is None:
+            return contextlib.nullcontext()
+        return Pool(self.dask, self.spec.topology, self.progress)
 
     def execute(self, plan: Plan, on_results: Callable[[LabJob, list[PairResult]], None],
-                on_decided: Callable[[LabJob, int, PairResult], None] | None = None) -> Ran:
-        """Run the plan's labs; `on_results` gets each lab's results as it reports,
-        `on_decided` each slot's as it decides (without coturn's counters)."""
-        require_root()
-        require_turnserver()
+                on_decided: Callable[[LabJob, int, PairResult], None] | None = None,
+                pool: Pool | None = None) -> Ran:
+        """Run the plan's labs, here or on `pool`'s workers; `on_results` gets each
+        lab's results as it reports, `on_decided` each slot's as it decides (without
+        coturn's counters)."""
+        if pool is None:
+            require_root()
+            require_turnserver()
         if self.progress is not None:
             self.progress.start(plan.slots, plan.labs)
         early = EarlyOutcomes(self.spec) if self.on_outcomes is not None else None
@@ -159,46 +190,67 @@ class MatrixRun:
                 self.on_outcomes(early.document(self.spec))
 
         t_start, t0 = time.time(), time.monotonic()
-        workers = Workers(plan.layout, self.jobs, self.progress, self.background, on_slot,
-                          on_results, contract_jobs=self.contract_jobs,
-                          admission=self.admission)
+        if pool is not None:
+            pool.on_slot, pool.on_results = on_slot, on_results
+            with _in_background(self.background):
+                pool.run(plan.jobs(), plan.layout,
+                         BatchSettings(self.admission, self.contract_jobs))
+            return Ran(t_start, time.time(), time.monotonic() - t0, pool.labs)
+        workers = Workers(plan.layout, workers_needed(None, self.jobs), self.progress,
+                          self.background, on_slot, on_results,
+                          contract_jobs=self.contract_jobs, admission=self.admission)
         workers.run(plan.jobs())
         return Ran(t_start, time.time(), time.monotonic() - t0, workers.labs)
 
-    def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any]) -> dict[str, Any]:
+    def configuration(self, plan: Plan, pool: Pool | None) -> dict[str, Any]:
+        admission = admission_settings() if self.admission else None
+        if admission is not None and pool is not None:
+            admission["scope"] = "lab"  # a pool's batch processes share no places
+        conf = configuration(self.spec, plan.layout, workers_needed(pool, self.jobs),
+                             plan.labs, admission)
+        if pool is not None:
+            conf["pool"] = pool.describe()
+        return conf
+
+    def metadata(self, plan: Plan, ran: Ran, env: Mapping[str, Any],
+                 pool: Pool | None = None) -> dict[str, Any]:
         meta = dict(env)
         meta.update(started=iso(ran.started), finished=iso(ran.finished),
-                    configuration=self.configuration(plan),
+                    configuration=self.configuration(plan, pool),
                     conditions_mechanism=mechanisms(ran.labs),
                     timings_s={"run": round(ran.wall_s, 3),
                                "phases_max_over_labs": phase_summary(ran.labs),
                                "labs": ran.labs})
         return meta
 
-    def configuration(self, plan: Plan) -> dict[str, Any]:
-        return configuration(self.spec, plan.layout, self.jobs, plan.labs,
-                             admission_settings() if self.admission else None)
-
     def run(self) -> MatrixResult:
         """The whole result in memory (the Python API)."""
-        plan = self.plan()
-        results: list[PairResult] = []
-        ran = self.execute(plan, lambda job, rs: results.extend(rs))
-        return build_document(self.spec, results, self.metadata(plan, ran, environment()))
+        with self.pool() as pool:
+            plan = self.plan(pool)
+            results: list[PairResult] = []
+            ran = self.execute(plan, lambda job, rs: results.extend(rs), pool=pool)
+            env = pool.environment() if pool is not None else environment()
+            return build_document(self.spec, results, self.metadata(plan, ran, env, pool))
 
     def run_to(self, out: Path) -> records.Manifest:
         """Stream every slot's record to out/records.jsonl as its lab reports, with
         out/manifest.json; an interrupted run leaves what it decided, marked incomplete:
         the labs that reported, and the slots a lab cut short had decided (their coturn
         counters never read: relay bytes unknown)."""
-        plan = self.plan()
+        with self.pool() as pool:
+            return self._run_to(out, pool)
+
+    def _run_to(self, out: Path, pool: Pool | None) -> records.Manifest:
+        plan = self.plan(pool)
         out.mkdir(parents=True, exist_ok=True)
         spec_json = spec_to_json(self.spec)
+        env = pool.environment() if pool is not None else \
+            records.host_environment(environment())
         manifest = records.Manifest(
-            environment=records.host_environment(environment()), spec=spec_json,
+            environment=env, spec=spec_json,
             spec_hash=spec_hash(spec_json), shard=plan.shard, slots=plan.slots,
             slots_total=plan.slots_total, started=iso(time.time()),
-            configuration=self.configuration(plan))
+            configuration=self.configuration(plan, pool))
         records.write_manifest(out, manifest)
         writer = records.RecordWriter(out / records.RECORDS)
         labs: list[dict[str, Any]] = []
@@ -213,7 +265,7 @@ class MatrixRun:
             cut_short.setdefault(job.index, {})[k] = result
 
         try:
-            ran = self.execute(plan, lab_reported, slot_decided)
+            ran = self.execute(plan, lab_reported, slot_decided, pool)
             labs = ran.labs
         except KeyboardInterrupt:
             writer.write([r for j in sorted(cut_short) for _, r in sorted(cut_short[j].items())])

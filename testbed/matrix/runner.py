@@ -44,16 +44,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from peers import portmap as pm
 from peers.driver import Driver, DriveTimes, Endpoint, listening_socket, wait_budget
 from peers.session import PeerConfig, Session, Timing
 from testbed import coturn, deployed, impair, peerprog, wire
 from testbed.adapters import LIBP2P_RELAY
 from testbed.admission import (
-    BUILD_NICE,
     Admission,
     Headroom,
     Noise,
     Places,
+    build_nice,
     read_cpu_seconds,
     realtime,
     renice_thread,
@@ -69,6 +70,8 @@ from testbed.pair import Placement
 from testbed.results import ROLES, DeployedNat, PairResult, PairTimings, WireEvidence, combine
 from testbed.ruleset import loader_name
 from testbed.services import PeerServers
+from testbed.strategy import DEFAULT as DEFAULT_STRATEGY
+from testbed.strategy import Strategy
 
 Send = Callable[[tuple[Any, ...]], None]
 SEND_BYTES = peerprog.DEFAULT_SEND_BYTES  # application data each way, in wire-judged slots
@@ -100,6 +103,7 @@ class LabJob:
     name: str
     slots: tuple[Slot, ...]
     setups: tuple[SlotSetup, ...]
+    labels: tuple[tuple[str, str], ...] = ()  # recorded in the lab's state (testbed.lab.Lab)
 
 
 def in_process(setup: SlotSetup) -> bool:
@@ -109,34 +113,60 @@ def in_process(setup: SlotSetup) -> bool:
 
 def open_peer(lab: Lab, index: int, role: str, nodes: Mapping[str, str],
               timing: Timing, transport: str = "udp", turn_ca: str = "",
-              app_bytes: int = 0) -> Endpoint:
-    """A peer's session with its sockets, opened inside its namespace: UDP, the TCP one
-    for signaling and, with transport tcp, the listening socket of its host candidate
-    and a way to open more there (peers.driver.Endpoint.new_socket)."""
+              strategy: Strategy = DEFAULT_STRATEGY, app_bytes: int = 0) -> Endpoint:
+    """A peer's session with its sockets, opened inside its namespace: UDP (and the
+    birthday strategy's extra ones), the TCP one for signaling and, with transport tcp,
+    the listening socket of its host candidate and a way to open more there
+    (peers.driver.Endpoint.new_socket); with portmap, its router's mapping."""
     me = nodes[role]
     remote = nodes[ROLES[1 - ROLES.index(role)]]
     ip = lab.addr(me)
     fd = lab.namespace(me).fd
+    n_extra = strategy.birthday.sockets if strategy.name == "birthday" else 0
     with entered(fd):
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener = listening_socket(ip, 0) if transport == "tcp" else None
+        extra = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n_extra)]
     udp.bind((ip, 0))
-    host = (listener or udp).getsockname()
+    for s in extra:
+        s.bind((ip, 0))
+    port = (listener or udp).getsockname()[1]
+    mapped = request_mapping(lab, me, port) if strategy.name == "portmap" else None
     servers = PeerServers.of(lab.services)
-    cfg = PeerConfig(id=me, remote=remote, host=(ip, host[1]),
+    cfg = PeerConfig(id=me, remote=remote, host=(ip, port),
                      stun=servers.stun, turn=servers.turn, turn_user=servers.turn_user,
                      turn_pass=servers.turn_pass, token=servers.token(me), timing=timing,
                      transport=transport, turn_tcp=servers.turn if transport == "tcp" else None,
                      turn_tls=servers.turn_tls, turn_ca=turn_ca,
-                     app_bytes=app_bytes, app_chunk=peerprog.CHUNK)
+                     app_bytes=app_bytes, app_chunk=peerprog.CHUNK,
+                     strategies=strategy.to_session(mapped))
 
     def new_socket() -> socket.socket:
         with entered(fd):
             return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
-    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), group=index, listener=listener,
-                    new_tcp=new_socket, new_socket=new_socket)
+    return Endpoint(Session(cfg), udp, tcp, tag=(index, role), extra=extra, group=index,
+                    listener=listener, new_tcp=new_socket, new_socket=new_socket)
+
+
+def request_mapping(lab: Lab, node: str, port: int) -> tuple[str, int] | None:
+    """Ask the node's router's port-mapping daemon (NAT-PMP, from inside the node's
+    namespace) to map `port`, suggesting the first port of the node's quota; None if
+    its router runs none or refuses."""
+    ip = lab.addr(node)
+    for info in lab.services.get("port_mapping", {}).values():
+        quota = info["quota"].get(ip)
+        if quota is None:
+            continue
+        proto = "nat-pmp" if "nat-pmp" in info["protocols"] else "pcp"
+        try:
+            with entered(lab.namespace(node).fd):
+                got = pm.request(info["gateway"], port, protocol=proto, suggested=quota[0])
+        except (pm.PortmapError, OSError):
+            return None
+        return (got.external_ip, got.external_port)
+    return None
 
 
 def punch_end(ep: Endpoint) -> float:
@@ -164,7 +194,7 @@ def run_lab(job: LabJob, layout: Layout, send: Send, places: Places | None = Non
     (its PairResult without coturn's counters, which take up to a second more: what an
     interrupted run still has of a lab cut short), ("results", i, results, phases),
     ("down", i, s)."""
-    renice_thread(BUILD_NICE)
+    renice_thread(build_nice())
     noise = Noise(places)
     try:
         noise.begin()
@@ -191,7 +221,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
     phases: dict[str, float] = {}
     t0 = time.monotonic()
     topo = layout.topology(job.setups, job.name)
-    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo))
+    lab = MatrixLab(topo, name=job.name, layer2=layout.layer2(topo), labels=dict(job.labels))
     lock = threading.Lock()
 
     def say(msg: tuple[Any, ...]) -> None:  # the driver's loop and contract threads
@@ -217,7 +247,8 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
                 peerprog.install_wire(lab, placements[k])
         ca = PeerServers.of(lab.services).turn_ca()  # read once for every peer
         eps = [open_peer(lab, k, role, layout.nodes(k), job.setups[k].timing,
-                         job.setups[k].transport, ca, SEND_BYTES if job.setups[k].wire else 0)
+                         job.setups[k].transport, ca, job.setups[k].strategy,
+                         SEND_BYTES if job.setups[k].wire else 0)
                for k in own for role in ROLES]
         by_slot = {k: [ep for ep in eps if ep.tag[0] == k] for k in own}
 
@@ -231,7 +262,8 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
                 say(("slot", job.index, k, decided.outcome, decided))
 
         sig = PeerServers.of(lab.services).signaling
-        budget = max([wait_budget(job.setups[k].timing) for k in own] or [0.0])
+        budget = max([wait_budget(job.setups[k].timing) + job.setups[k].strategy.extra_s
+                      for k in own] or [0.0])
 
         def decide(k: int, cell: dict[str, Any]) -> PairResult:
             r = peerprog.cell_result(cell, placements[k],
@@ -269,7 +301,7 @@ def _build_and_run(job: LabJob, layout: Layout, send: Send, places: Places | Non
                   if forwarders else None)))
         for pid in critical:
             realtime(pid, False)
-        renice_thread(BUILD_NICE)
+        renice_thread(build_nice())
         noise.begin()
         t_down = time.monotonic()
     noise.end()

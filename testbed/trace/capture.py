@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from testbed import rootless
 from testbed.errors import LabError
 from testbed.lab import Lab
 from testbed.ruleset import load_ruleset
@@ -218,8 +219,13 @@ class Capture:
         line = t.proc.stderr.readline().decode(errors="replace") if ready else ""
         if "listening on" not in line:
             self._terminate(t.proc)
+            why = ""
+            if "Couldn't change to" in line and rootless.in_user_namespace():
+                why = (" (this tcpdump calls setgroups even with -Z root, which a user "
+                       "namespace refuses: the-tcpdump-group/tcpdump#1000; in rootless mode "
+                       "--trace needs a tcpdump with that fix, or root: docs/rootless.md)")
             raise LabError(f"lab {self.lab.name}: tcpdump on {t.label} did not start: "
-                           f"{line.strip() or f'nothing said in {READY_TIMEOUT_S}s'}")
+                           f"{line.strip() or f'nothing said in {READY_TIMEOUT_S}s'}{why}")
 
     def _wait_subscribed(self, r: _Tracer) -> None:
         """nft monitor has joined the netfilter trace multicast group (from /proc)."""

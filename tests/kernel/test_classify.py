@@ -33,6 +33,7 @@ def classify(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, capture_output=True, timeout=120)
 
 
+@pytest.mark.rootless
 def test_classify_symmetric_as_json_and_nothing_left() -> None:
     before = classify_namespaces()
     res = classify("--nat", "symmetric", "--json")
@@ -143,6 +144,7 @@ def test_classify_says_what_it_does_as_it_starts_and_keeps_a_named_lab() -> None
             said[1],
             "RFC 5780 tests: mapping, filtering, hairpinning",
             "mapping lifetime: trial 1 of at most 2: idle 1 s (0 s so far)",
+            "16 new mappings, one socket each: pooling and the ports allocated",
         ], res.stderr
         assert said[1].startswith("lab up in ") and said[1].endswith(
             "; the client runs RFC 5780 discovery, then measures the mapping lifetime "

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,18 +27,6 @@ pytestmark = [
 LISTINGS = Path(__file__).parents[1] / "unit" / "data" / "nft-listings.json"
 HOME_A = RouterContext("nattestbed", "wan", "203.0.113.50", ("lan",), ("192.168.1.0/24",))
 
-
-@pytest.fixture
-def scratch() -> Iterator[netns.Netns]:
-    """A namespace of this test's own, removed afterwards."""
-    netns.ensure_netns_dir()
-    name = f"ntdp{secrets.token_hex(3)}-router"
-    ns = netns.create(name, name.split("-")[0])
-    try:
-        yield ns
-    finally:
-        ns.close()
-        netns.remove(name)
 
 
 def listing_of(ns: netns.Netns, label: str) -> str:

@@ -41,6 +41,7 @@ def ping(lab: Lab, node: str, dest: str) -> bool:
     return lab.run(node, ["ping", "-c1", "-W1", dest], check=False).returncode == 0
 
 
+@pytest.mark.rootless
 def test_up_then_down_leaves_nothing() -> None:
     topo = load_topology(TOPOLOGIES / "home.yaml")
     with Lab(topo, start_services=False) as lab:
@@ -62,6 +63,7 @@ def test_unsolicited_inbound_is_dropped_outbound_works() -> None:
         assert not ping(lab, "server", "203.0.113.51")  # nobody there
 
 
+@pytest.mark.rootless
 def test_two_labs_from_the_same_file_do_not_collide() -> None:
     topo = load_topology(TOPOLOGIES / "home-pair.yaml")
     with Lab(topo) as one, Lab(topo) as two:
@@ -82,6 +84,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.rootless
 def test_cli_up_status_exec_down() -> None:
     name = new_lab_name()
     try:
@@ -202,6 +205,7 @@ def test_secrets_are_in_root_only_files_and_printed_only_when_asked() -> None:
     assert lab_leftovers(name) == []
 
 
+@pytest.mark.rootless
 def test_sigkill_halfway_through_up_then_clean_removes_everything() -> None:
     name = new_lab_name()
     proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", "--name", name,
@@ -248,6 +252,7 @@ def test_clean_finds_a_lab_whose_state_is_gone() -> None:
         cli("clean", name, check=False)
 
 
+@pytest.mark.rootless
 def test_clean_leaves_a_lab_in_use_alone() -> None:
     with Lab(load_topology(TOPOLOGIES / "home.yaml"), start_services=False) as lab:
         out = cli("clean", lab.name).stdout
@@ -255,14 +260,40 @@ def test_clean_leaves_a_lab_in_use_alone() -> None:
         assert ping(lab, "laptop", "203.0.113.10")
 
 
-def test_not_root_gets_a_clear_message() -> None:
+def test_not_root_where_user_namespaces_are_forbidden_names_the_setting() -> None:
+    """An ordinary user on a machine that forbids unprivileged user namespaces (here the
+    kernel really refuses: user.max_user_namespaces is 0 where the command runs) gets one
+    line naming the setting and how to allow it, exit 3, and nothing is built."""
+    base = Path("/tmp/nat-testbed-65534")  # nobody's own folder (no XDG_RUNTIME_DIR)
+    there_before = base.exists()  # (a leftover of an older version, say)
     nobody = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-         "testbed", "up", str(TOPOLOGIES / "home.yaml")],
-        cwd=REPO, text=True, capture_output=True, timeout=30,
+        [sys.executable, str(Path(__file__).with_name("forbid_userns.py")), sys.executable,
+         "-m", "testbed", "up", str(TOPOLOGIES / "home.yaml")],
+        cwd="/", text=True, capture_output=True, timeout=30,
         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert nobody.returncode == 3
-    assert "needs root" in nobody.stderr and "Traceback" not in nobody.stderr
+    assert nobody.returncode == 3, nobody.stderr
+    assert "user.max_user_namespaces = 0" in nobody.stderr
+    assert "sysctl -w user.max_user_namespaces=" in nobody.stderr
+    assert "Traceback" not in nobody.stderr and len(nobody.stderr.splitlines()) == 1
+    assert there_before or not base.exists()  # refused before the folder was made
+    assert not (base / "state").exists() or os.listdir(base / "state") == []
+
+
+def test_ctrl_c_in_the_first_state_write_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while writing its first state (LAB.tmp made, not yet renamed over
+    LAB.json: seen once in a matrix Ctrl-C under load), a lab removes its files."""
+    write = state.write_state
+
+    def interrupted(lab: str, st: dict[str, object]) -> None:
+        state.tmp_path(lab).touch()  # as os.open(O_CREAT) does before the write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "write_state", interrupted)
+    lab = Lab(load_topology(TOPOLOGIES / "home.yaml"), start_services=False)
+    with pytest.raises(KeyboardInterrupt):
+        lab.up()
+    monkeypatch.setattr(state, "write_state", write)
+    assert lab_leftovers(lab.name) == []
 
 
 def test_bad_topology_touches_nothing(tmp_path: Path) -> None:
@@ -422,9 +453,12 @@ class Sandbox:
             with contextlib.suppress(OSError):
                 inodes.add((self.run_dir / "netns" / ns).stat().st_ino)
         found |= set(netns.pids_in(inodes))
-        found |= set(pids_using(f"/run/nat-testbed/{lab}/"))
+        found |= set(pids_using(f"/run/nat-testbed/{lab}/", self.mount_ns()))
         found.discard(self.holder.pid)
         return {(p, state.proc_start(p)) for p in found if _alive(p)}
+
+    def mount_ns(self) -> str:
+        return os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
 
     def assert_empty(self, gone: set[tuple[int, str | None]] = frozenset()) -> None:  # type: ignore[assignment]
         assert self.files() == [] and self.namespaces() == [] and self.mounts() == []
@@ -445,12 +479,15 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
-def pids_using(needle: str) -> list[int]:
+def pids_using(needle: str, mount_ns: str) -> list[int]:
+    """Processes of that mount namespace whose command line names `needle` (another
+    sandbox's lab of the same name, in a test run beside this one, is not ours)."""
     out = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if needle.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes():
+                if (needle.encode() in Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                        and os.readlink(f"/proc/{entry.name}/ns/mnt") == mount_ns):
                     out.append(int(entry.name))
     return out
 
@@ -529,6 +566,7 @@ def assert_killed_at(trace: Path, syscall: str, when: int) -> None:
     assert sum(1 for ln in lines if ln.startswith(tuple(f"{n}(" for n in names))) == when
 
 
+@pytest.mark.rootless
 def test_bare_clean_keeps_detached_and_owned_labs_removes_what_was_left_behind(
         sandbox: Sandbox) -> None:
     home = str(TOPOLOGIES / "home.yaml")
@@ -604,7 +642,12 @@ UP_KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", list(UP_KILLS))
+def rootless_too(points: list[str], *chosen: str) -> list[object]:
+    """The parameters, the chosen ones also in the rootless pass (scripts/test.sh)."""
+    return [pytest.param(p, marks=pytest.mark.rootless) if p in chosen else p for p in points]
+
+
+@pytest.mark.parametrize("point", rootless_too(list(UP_KILLS), "all-running"))
 def test_sigkill_during_up_then_bare_clean_removes_everything(sandbox: Sandbox, point: str,
                                                               tmp_path: Path) -> None:
     topology, syscall, when, path, said = UP_KILLS[point]
@@ -636,7 +679,7 @@ DOWN_KILLS = {
 }
 
 
-@pytest.mark.parametrize("point", list(DOWN_KILLS))
+@pytest.mark.parametrize("point", rootless_too(list(DOWN_KILLS), "first-process-kill"))
 def test_sigkill_during_down_then_clean_removes_everything(sandbox: Sandbox, point: str,
                                                            tmp_path: Path) -> None:
     syscall, when, path, said = DOWN_KILLS[point]

@@ -247,6 +247,21 @@ def test_8_double_nat_rewrites_twice_and_stun_sees_the_carrier(runs: dict[int, L
     assert not [p for p in cap.packets["cgn:wan"] if home_wan in (p.src, p.dst)]
 
 
+def test_9_a_forward_lets_anyone_in_on_one_port_only(runs: dict[int, LessonResult]) -> None:
+    res, cap = lesson(runs, 9)
+    target = f"{wan_of(res, 'router')}:25565"
+    for payload in (b"join game", b"stranger joins"):  # unsolicited, and delivered
+        [outside] = udp(cap, "router:wan", payload)
+        [inside] = udp(cap, "router:lan", payload)
+        assert outside.dst_ep == target
+        assert inside.dst_ep == f"{host_of(res, 'laptop')}:25565"
+    [answer] = udp(cap, "router:wan", b"welcome")
+    assert answer.src_ep == target
+    assert udp(cap, "router:wan", b"wrong port") and not udp(cap, "router:lan", b"wrong port")
+    assert "dnat" in res.values["rules"]["forwarded"]
+    assert res.values["rules"]["dropped"] == 'input: iifname "wan" drop'
+
+
 def tcp(cap: Captured, tap: str, src: str, dst: str, flags: str | None = None,
         payload: bytes | None = None) -> list[Packet]:
     return [p for p in cap.packets[tap] if p.proto == "tcp" and p.src_ep == src
@@ -254,11 +269,11 @@ def tcp(cap: Captured, tap: str, src: str, dst: str, flags: str | None = None,
             and (payload is None or p.payload == payload)]
 
 
-def test_9_syns_cross_after_a_rst_and_a_silent_drop(runs: dict[int, LessonResult]) -> None:
+def test_10_syns_cross_after_a_rst_and_a_silent_drop(runs: dict[int, LessonResult]) -> None:
     """From the pcaps: Alice's first SYN is answered by home-b with a RST (its
     unsolicited-syn is rst), Bob's SYN dies silently at home-a (drop), Alice's second
     SYN crosses Bob's half-open connection into Bob's LAN, and data flows both ways."""
-    res, cap = lesson(runs, 9)
+    res, cap = lesson(runs, 10)
     nat_b = res.lesson.topo().node("home-b").nat
     assert nat_b is not None and nat_b.unsolicited_syn.value == "rst"
     a_pub = f"{wan_of(res, 'home-a')}:5000"  # port preserved: nobody else owns 5000

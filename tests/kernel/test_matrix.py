@@ -93,6 +93,7 @@ def observed(doc: dict[str, Any]) -> dict[tuple[str, str], str]:
             for c in matrix_from_json(doc).cells}
 
 
+@pytest.mark.rootless
 def test_the_readme_main_command_runs_the_default_matrix(tmp_path: Path) -> None:
     res = matrix_cmd(cwd=tmp_path)  # `nat-testbed matrix`, nothing else
     assert res.returncode == 0, res.stderr
@@ -224,7 +225,7 @@ DECIDED = re.compile(r"\] (\d+)/(\d+) pairings decided")
 @pytest.mark.parametrize(("when", "how"), [
     ("building", "ctrl-c"),  # SIGINT to the whole process group, as a terminal sends it
     ("running", "ctrl-c"),
-    ("running", "sigterm"),  # SIGTERM to the parent only
+    pytest.param("running", "sigterm", marks=pytest.mark.rootless),  # to the parent only
     ("deciding", "ctrl-c"),  # once some pairings are decided
 ])
 def test_interrupting_a_run_leaves_nothing_behind(when: str, how: str, tmp_path: Path) -> None:

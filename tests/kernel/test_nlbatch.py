@@ -10,10 +10,8 @@ The readiness deadline is shown to grow with the lab's veths.
 from __future__ import annotations
 
 import errno
-import secrets
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,18 +27,6 @@ pytestmark = pytest.mark.kernel
 REQUESTS = 300
 SMALL_RCVBUF = 4096  # the kernel doubles it: 8,192 bytes, about ten queued acks
 
-
-@pytest.fixture
-def scratch() -> Iterator[netns.Netns]:
-    """A namespace of this test's own, removed afterwards."""
-    netns.ensure_netns_dir()
-    name = f"ntnb{secrets.token_hex(3)}-scratch"
-    ns = netns.create(name, name.split("-")[0])
-    try:
-        yield ns
-    finally:
-        ns.close()
-        netns.remove(name)
 
 
 def small_socket(ns: netns.Netns) -> socket.socket:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from typing import Any
 
 import pytest
 
+from testbed import admission
 from testbed.admission import (
     ADMIT_SPACING_S,
+    BUILD_NICE,
     CLOCK_TICKS,
     PLACES_PER_CPU,
     Admission,
@@ -18,6 +21,7 @@ from testbed.admission import (
     Places,
     parse_pid_stat,
     read_cpu_seconds,
+    settings,
 )
 
 STAT = "4242 (turn server) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 4 0 100"
@@ -99,3 +103,29 @@ def test_places_are_shared_by_processes() -> None:
     for proc in procs:
         proc.join(10)
     assert taken.value == PLACES_PER_CPU  # for one CPU, whoever asked
+
+
+def _setpriority_refusing_to_lower(real: Any) -> Any:
+    """os.setpriority as an ordinary user's (rootless mode): raising works, lowering is
+    refused as the kernel does without CAP_SYS_NICE in the machine's user namespace."""
+    def setpriority(which: int, who: int, nice: int) -> None:
+        if nice < os.getpriority(which, who):
+            raise PermissionError(13, "Permission denied")
+        real(which, who, nice)
+    return setpriority
+
+
+def test_labs_build_at_a_lower_priority_only_where_it_can_be_raised_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission, "_build_nice", None)
+    monkeypatch.setattr(os, "setpriority", _setpriority_refusing_to_lower(os.setpriority))
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    assert admission.build_nice() == 0  # the driver would stay behind everyone's tasks
+    assert settings()["build_nice"] == 0
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # probed on a thread of its own
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="CAP_SYS_NICE: root in the machine's namespace")
+def test_root_builds_labs_at_build_nice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission, "_build_nice", None)
+    assert admission.build_nice() == BUILD_NICE

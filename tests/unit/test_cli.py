@@ -52,7 +52,7 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     args = parse("matrix")
     assert (args.nats, args.repeat, str(args.out), args.strict, args.json, args.only) == \
         ("default", 1, "results", False, False, None)
-    assert args.jobs >= 1 and args.run is matrix_verb.run
+    assert args.jobs is None and args.run is matrix_verb.run  # CPUs, or a pool's threads
     assert (args.topology, args.a_node, args.b_node) == (None, "alice", "bob")
 
 
@@ -116,6 +116,30 @@ def test_command_line_defaults_are_the_readme_main_command() -> None:
     (["study", "keepalive", "--nat", "cone"], "--nat"),
     (["lesson", "nine"], "no lesson 'nine'"),
     (["exec", "lab", "node"], "exec needs a command"),
+    (["pair", "--a", "symmetric", "--b", "none", "--strategy", "guess"], "--strategy"),
+    (["pair", "--a", "symmetric", "--b", "none", "--strategy", "stun,predict"], "--strategy"),
+    (["pair", "--a", "symmetric", "--b", "none", "--strategy", "birthday", "--probes",
+      "70000"], "--probes"),
+    (["pair", "--a", "symmetric", "--b", "none", "--strategy", "birthday", "--probe-rate", "0"],
+     "--probe-rate"),
+    (["pair", "--a", "symmetric", "--b", "none", "--sockets", "5000"], "--sockets"),
+    (["pair", "--a", "symmetric:sequential", "--b", "none", "--transport", "tcp",
+      "--strategy", "predict"], "--strategy predict: over UDP only"),
+    (["matrix", "--transport", "udp,tcp", "--strategies", "stun,birthday"],
+     "--transport tcp: not with --strategies stun,birthday"),
+    (["pair", "--a", "symmetric", "--b", "none", "--probe-range", "0-70000"],
+     "--probe-range"),
+    (["study", "birthday", "--ports", "0"], "--ports"),
+    (["study", "birthday", "--ports", "2000"], "--ports"),
+    (["study", "birthday", "--probes", "64,x"], "--probes"),
+    (["study", "birthday", "--probes", "256,64"], "--probes"),
+    (["study", "birthday", "--probes", "64,100000"], "--probes"),
+    (["study", "birthday", "--probes", "64,2048", "--probe-range", "1024-2047"], "--probes"),
+    (["study", "birthday", "--probe-rate", "1e9"], "--probe-rate"),
+    (["study", "birthday", "--trials", "0"], "--trials"),
+    (["study", "birthday", "--concurrency", "99"], "--concurrency"),
+    (["study", "birthday", "--hard", "none"], "--hard"),
+    (["study", "birthday", "--easy", "cone"], "--easy"),
     (["lesson", "all", "--name", "mylab"], "--name: one lab name is for one lesson"),
     (["lesson", "1", "--name", "My-Lab"], "invalid lab name 'My-Lab'"),
     (["pair", "--a", "none", "--b", "none", "--name", "a-b"], "invalid lab name 'a-b'"),
@@ -223,6 +247,8 @@ print("LOADED", code, " ".join(heavy), file=sys.stderr)
     ["validate", "tests/data/bad-topologies/syntax-tab.yaml"], ["model"],
     ["pair", "--a", "cone", "--b", "none"], ["matrix", "--nats", "cone"],
     ["classify", "--nat", "cone"], ["up", "tests/data/bad-topologies/syntax-tab.yaml"],
+    ["pair", "--a", "symmetric", "--b", "none", "--strategy", "birthday", "--probes", "70000"],
+    ["study", "birthday", "--ports", "0"], ["matrix", "--strategies", "guess"],
 ])
 def test_a_verb_loads_only_what_it_uses(argv: list[str]) -> None:
     r = subprocess.run([sys.executable, "-c", LOADED % (HEAVY,), *argv], capture_output=True,
@@ -247,13 +273,15 @@ def closed_pipe_run(*argv: str) -> subprocess.CompletedProcess[str]:
     (["validate", "topologies/home-pair.yaml"], cli.EXIT_BROKEN_PIPE),
     (["lesson"], cli.EXIT_BROKEN_PIPE),
     (["model"], cli.EXIT_BROKEN_PIPE),
-    (["--help"], 0),  # argparse drops what it cannot print, and exits 0 itself
+    # a later argparse (3.11.7 has it) drops what it cannot print and exits 0 itself; Debian
+    # 12's 3.11.2 raises BrokenPipeError, which main() turns into 141
+    (["--help"], (0, cli.EXIT_BROKEN_PIPE)),
 ])
-def test_a_closed_pipe_is_no_traceback(argv: list[str], code: int) -> None:
+def test_a_closed_pipe_is_no_traceback(argv: list[str], code: int | tuple[int, ...]) -> None:
     """`validate FILE | head`: the reader left; one quiet exit, no BrokenPipeError."""
     r = closed_pipe_run(*argv)
     assert r.stderr == ""
-    assert r.returncode == code
+    assert r.returncode in (code if isinstance(code, tuple) else (code,))
 
 
 def test_model_prints_the_predicted_matrix() -> None:

@@ -71,3 +71,23 @@ def test_an_unreadable_listing_says_why(text: str, why: str) -> None:
                                           ("1d", 86400)])
 def test_nft_durations(text: str, seconds: int) -> None:
     assert deployed._seconds(text) == seconds
+
+
+# Issue 15's settings, read back the same way. data/nft-listings-carrier.json: what nft
+# listed for a carrier-grade NAT with a two-address pool (port blocks and a session cap;
+# arbitrary pooling), a home router allocating sequentially in a port range behind it,
+# and port-forward.yaml's home-a (a static forward and the port-mapping daemon's STUN
+# answers let in); the expected behaviours are the labels the routers were given.
+CARRIER: dict[str, str] = json.loads(
+    (Path(__file__).parent / "data" / "nft-listings-carrier.json").read_text())
+
+
+@pytest.mark.parametrize("label", sorted(CARRIER))
+def test_carrier_grade_settings_are_read_back_too(label: str) -> None:
+    assert deployed.behaviour(CARRIER[label], 120) == nat_from_label(label)
+
+
+def test_the_default_port_range_is_not_a_setting() -> None:
+    # a range written out but equal to the template's default reads as no setting
+    assert deployed._port_range(["meta l4proto udp snat to 203.0.113.1:49152-65535 random"]) \
+        is None

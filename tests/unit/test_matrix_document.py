@@ -111,6 +111,40 @@ def test_cells_are_keyed_by_their_full_point_and_not_modelled_is_never_agreement
     report.validate(matrix_to_json(doc))
 
 
+# --------------------------------------------------------------------------- strategies
+
+
+def test_strategy_cells_have_the_models_prediction_for_the_strategy() -> None:
+    seq, prc = NatSpec.from_label("symmetric:sequential"), NatSpec.from_label(
+        "port-restricted-cone")
+    spec = MatrixSpec((seq, prc), extra=(dims.STRATEGY.with_labels(
+        ["stun", "predict", "birthday"]),))
+    results = [repeat(seq, prc, "relay", 1, strategy="stun"),
+               repeat(seq, prc, "direct", 1, strategy="predict"),
+               repeat(seq, prc, "relay", 1, strategy="birthday")]
+    doc = build_document(spec, results, {})
+    stun = doc.cell(seq.label, prc.label, strategy="stun")
+    guessed = doc.cell(seq.label, prc.label, strategy="predict")
+    chance = doc.cell(seq.label, prc.label, strategy="birthday")
+    assert stun is not None and guessed is not None and chance is not None
+    assert stun.predicted == "relay" and guessed.predicted == "direct"
+    assert guessed.key == f"a={seq.label},b={prc.label},strategy=predict"
+    # birthday: a probability; one relayed repeat at 98 % is unlucky, not a disagreement
+    assert chance.probability is not None and 0.98 < chance.probability < 0.99
+    assert chance.predicted == "direct" and report.summarize_cell(chance).agrees
+    assert report.disagreements(doc) == []
+    data = matrix_to_json(doc)
+    report.validate(data)
+    assert "probability" not in cell_to_json(stun) and "probability" in cell_to_json(chance)
+    pair = data["cells"][0]["repeats"][0] if data["cells"][0]["repeats"] else None
+    assert pair is None or "carried_by" in pair
+
+
+def test_a_probabilistic_prediction_flags_only_implausible_observations() -> None:
+    assert report.plausible(0, 1, 0.983)  # one relay at 98 %: unlucky, not wrong
+    assert not report.plausible(0, 10, 0.983)  # ten in a row: the model is wrong
+    assert report.plausible(5, 10, 0.5) and not report.plausible(10, 10, 0.2)
+
 
 # ------------------------------------------------------------------ the tool's tree
 
@@ -167,7 +201,8 @@ def test_an_interrupted_run_keeps_what_was_decided_marked_incomplete(
     first = [replace(repeat(FULL, FULL, "direct", 1), key=slots[0].key, relay_bytes=0)]
     cut = replace(repeat(SYM, SYM, "relay", 1), key=slots[3].key)
 
-    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any) -> None:
+    def execute(self: MatrixRun, plan: Plan, on_results: Any, on_decided: Any,
+                pool: Any = None) -> None:
         jobs = list(plan.jobs())
         on_decided(jobs[0], 0, replace(first[0], relay_bytes=None))
         on_results(jobs[0], first)

@@ -27,6 +27,7 @@ from testbed.matrix.spec import (
     spec_to_json,
 )
 from testbed.nat import APD, EI, NatSpec, all_nats, nat_from_label
+from testbed.strategy import DEFAULT, Strategy
 
 FULL, SYM = NatSpec(mapping=EI, filtering=EI), NatSpec(mapping=APD, filtering=APD)
 
@@ -337,6 +338,25 @@ def test_transport_is_a_dimension_of_udp_and_tcp() -> None:
     assert [s.key for s in only_udp.slots()][0] == "a=full-cone,b=full-cone,repeat=1"
     with pytest.raises(ValueError, match="expected udp or tcp, got 'quic'"):
         dims.TRANSPORT.parse("quic")
+# --------------------------------------------------------------------------- strategies
+
+
+def test_the_strategy_dimension_reaches_the_slot_and_the_model() -> None:
+    seq = nat_from_label("symmetric:sequential")
+    spec = MatrixSpec((seq,), extra=(dims.STRATEGY.with_labels(["stun", "predict"]),))
+    keys = [s.key for s in spec.slots()]
+    assert keys == [f"a={seq.label},b={seq.label},strategy=stun,repeat=1",
+                    f"a={seq.label},b={seq.label},strategy=predict,repeat=1"]
+    assert spec.setup(spec.slots()[0]).strategy == DEFAULT
+    assert spec.setup(spec.slots()[1]).strategy == Strategy("predict")
+    inp = spec.model_input(list(spec.points())[1])
+    assert isinstance(inp, dims.ModelInput) and inp.peer_strategy == Strategy("predict")
+    assert inp.strategy.announce_predictions
+    # left at stun alone it is not a dimension: keys stay as they were
+    plain = MatrixSpec((seq,), extra=(dims.STRATEGY.with_labels(["stun"]),))
+    assert [s.key for s in plain.slots()] == [f"a={seq.label},b={seq.label},repeat=1"]
+    with pytest.raises(ValueError, match="unknown strategy 'guess'"):
+        dims.STRATEGY.with_labels(["guess"])
 
 
 # --- peer implementations: peer_a x peer_b ------------------------------------------

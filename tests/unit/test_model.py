@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from functools import cache
 
 import pytest
@@ -374,3 +375,51 @@ def test_mapping_that_expires_before_punching() -> None:
 def test_strategy_rejects_bad_values(kwargs: dict[str, int], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         Strategy(**kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- strategies
+# References: the reference facts' P2PSP note (prediction traverses sequential and not
+# random allocation from a port-restricted cone), Tailscale's birthday formula, and
+# issue 15's statement that symmetric x symmetric is direct when one router maps a port.
+
+from peers.birthday import Birthday  # noqa: E402
+from testbed.model import birthday_probability, predict_strategy  # noqa: E402
+from testbed.nat import nat_from_label  # noqa: E402
+from testbed.strategy import Strategy as PeerStrategy  # noqa: E402
+
+
+@pytest.mark.parametrize(("a", "b", "strategy", "outcome"), [
+    ("symmetric:sequential", "port-restricted-cone", "stun", "relay"),
+    ("symmetric:sequential", "port-restricted-cone", "predict", "direct"),
+    ("port-restricted-cone", "symmetric:sequential", "predict", "direct"),
+    ("symmetric:random", "port-restricted-cone", "predict", "relay"),
+    ("symmetric", "port-restricted-cone", "predict", "relay"),  # preserve, then random
+    ("symmetric:port-mapping", "symmetric", "portmap", "direct"),
+    ("symmetric", "symmetric:port-mapping", "portmap", "direct"),
+    ("symmetric", "symmetric", "portmap", "relay"),  # no router offers a mapping
+    ("symmetric:port-mapping", "symmetric", "stun", "relay"),  # offered, not asked for
+    ("full-cone", "symmetric", "predict", "direct"),  # strategies never break a direct cell
+])
+def test_deterministic_strategies(a: str, b: str, strategy: str, outcome: str) -> None:
+    p = predict_strategy(nat_from_label(a), nat_from_label(b), PeerStrategy(strategy))
+    assert p.outcome == outcome, p.reason
+    assert p.probability is None
+    without = predict_strategy(nat_from_label(a), nat_from_label(b), PeerStrategy("stun"))
+    if outcome == "direct" and without.outcome == "relay":  # the strategy made it direct
+        kind = {"predict": "predicted", "portmap": "mapped"}[strategy]
+        assert p.pair is not None and kind in p.pair
+
+
+def test_birthday_is_a_probability() -> None:
+    b = Birthday(sockets=256, probes=1024, port_lo=1024, port_hi=65535)
+    p = predict_strategy(nat_from_label("symmetric:random:port-range=1024-65535"),
+                         nat_from_label("port-restricted-cone"), PeerStrategy("birthday", b))
+    exact = 1 - math.comb(64512 - 256, 1024) / math.comb(64512, 1024)
+    assert p.probability == pytest.approx(exact) and p.outcome == "direct"
+    # probing outside the NAT's allocation range finds nothing
+    far = Birthday(sockets=256, probes=1024, port_lo=1024, port_hi=40000)
+    assert birthday_probability(nat_from_label("symmetric:random"), PeerStrategy(
+        "birthday", far)) == 0.0
+    both = predict_strategy(nat_from_label("symmetric"), nat_from_label("symmetric"),
+                            PeerStrategy("birthday", b))
+    assert both.outcome == "relay" and both.probability == 0.0

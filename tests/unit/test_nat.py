@@ -67,7 +67,9 @@ def test_labels() -> None:
 # ------------------------------------------------------------------ parser: bad input
 
 ALLOWED = ("type, mapping, filtering, port-allocation, hairpinning, mapping-timeout, "
-           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout, egress")
+           "unsolicited-syn, tcp-established-timeout, tcp-transitory-timeout, egress, "
+           "port-range, port-block, pooling, max-sessions-per-host, forwards, port-mapping, "
+           "mapping-quota")
 BEHAVIOURS = "endpoint-independent, address-dependent, address-and-port-dependent"
 
 
@@ -246,6 +248,61 @@ def test_nat_section_is_the_inverse_of_the_parser() -> None:
         assert nat_from_dict(nat_section(spec)) == spec
 
 
+# --------------------------------------------------------------------------- issue 15
+
+
+def test_cgn_and_port_mapping_settings_round_trip_through_label_and_section() -> None:
+    spec = nat_from_dict({"type": "symmetric", "port-range": "1024-65535",
+                          "pooling": "arbitrary", "max-sessions-per-host": 100,
+                          "port-mapping": ["upnp", "pcp"], "mapping-quota": 4,
+                          "forwards": [{"proto": "udp", "external": 25565,
+                                        "to": "alice:25565"}]})
+    assert spec.port_range == (1024, 65535) and spec.port_block is None
+    assert spec.pooling == "arbitrary" and spec.max_sessions_per_host == 100
+    assert spec.port_mapping == ("pcp", "upnp")  # in the protocols' own order
+    assert spec.forwards[0].text == "udp 25565 -> alice:25565"
+    assert nat_from_dict(nat_section(spec)) == spec
+    assert spec.label == ("symmetric:port-range=1024-65535:pooling=arbitrary:"
+                          "max-sessions-per-host=100:port-mapping")
+    blocks = nat_from_label("symmetric:port-block=512:port-range=1024-65535")
+    assert blocks.port_block == 512 and nat_from_label(blocks.label) == blocks
+
+
+@pytest.mark.parametrize(("data", "field", "message"), [
+    ({"port-range": "0-1000"}, "port-range", "0-1000 is not a range within 1-65535"),
+    ({"port-range": "1024-65536"}, "port-range", "not a range within 1-65535"),
+    ({"port-range": "2000-1000"}, "port-range", "not a range within 1-65535"),
+    ({"port-range": 1024}, "port-range", "expected LO-HI"),
+    ({"port-range": "1024-1100", "port-block": 512}, "port-range",
+     "holds 77 ports, fewer than one port-block of 512"),
+    ({"port-block": 0}, "port-block", "must be a whole number 1 to 65535"),
+    ({"port-block": 512, "pooling": "arbitrary"}, "pooling", "port blocks are per pool"),
+    ({"port-allocation": "sequential", "port-range": "1000-2000"}, "port-range",
+     "a multiple of 256"),
+    ({"pooling": "sticky"}, "pooling", "unknown pooling"),
+    ({"max-sessions-per-host": -1}, "max-sessions-per-host", "whole number"),
+    ({"port-mapping": ["igd"]}, "port-mapping", "unknown protocol 'igd'"),
+    ({"port-mapping": "upnp"}, "port-mapping", "must be a list"),
+    ({"port-mapping": ["pcp", "pcp"]}, "port-mapping", "listed twice"),
+    ({"forwards": [{"external": 70000, "to": "alice:1"}]}, "forwards[0].external",
+     "must be a port"),
+    ({"forwards": [{"external": 1, "to": "alice"}]}, "forwards[0].to", "expected node:port"),
+    ({"forwards": [{"proto": "sctp", "external": 1, "to": "a:1"}]}, "forwards[0].proto",
+     "expected udp or tcp"),
+    ({"forwards": [{"external": 1, "to": "a:1", "via": 2}]}, "forwards[0].via", "unknown key"),
+    ({"forwards": [{"external": 1, "to": "a:1"}, {"external": 1, "to": "b:2"}]},
+     "forwards[1].external", "forwarded twice"),
+    ({"type": "none", "port-mapping": ["pcp"]}, "port-mapping", "does not apply"),
+    ({"type": "firewall", "forwards": []}, "forwards", "does not apply"),
+])
+def test_bad_hard_nat_settings_name_their_field(data: dict[str, object], field: str,
+                                                message: str) -> None:
+    with pytest.raises(NatConfigError) as info:
+        nat_from_dict(data)
+    assert info.value.field == field
+    assert message in info.value.message
+
+
 @pytest.mark.parametrize(("label", "words"), [
     ("restricted-cone:random:no-hairpin:30s",
      "endpoint-independent mapping, address-dependent filtering, random ports, no "
@@ -266,6 +323,13 @@ def test_nat_section_is_the_inverse_of_the_parser() -> None:
                   "TCP 80, 443 and UDP 53 (and ping) may go out"),
     ("firewall:syn-rst", "no translation; address-and-port-dependent filtering, state kept "
                          "120 s idle; TCP: an unsolicited SYN is answered with a RST"),
+    ("symmetric:port-block=512:port-range=1024-65535:max-sessions-per-host=64",
+     "address-and-port-dependent mapping, address-and-port-dependent filtering, port "
+     "preservation, hairpinning, mappings kept 120 s idle, ports 1024-65535, blocks of 512 "
+     "ports per subscriber, at most 64 sessions per host"),
+    ("symmetric:pooling=arbitrary:port-mapping", "address-and-port-dependent mapping, "
+     "address-and-port-dependent filtering, port preservation, hairpinning, mappings kept "
+     "120 s idle, arbitrary pooling, port mapping by pcp, nat-pmp, upnp (quota 16)"),
 ])
 def test_every_setting_is_said_in_words(label: str, words: str) -> None:
     """What `validate`, `up` and `status` print under a router: a carrier NAT that picks

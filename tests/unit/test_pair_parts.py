@@ -20,6 +20,8 @@ from testbed.nat import nat_from_dict
 from testbed.pair import _peer_lines, _read_result, format_pair, pair_topology, timing_args
 from testbed.results import PairResult, combine
 
+ICE_TYPES = ("host", "srflx", "prflx", "relay")  # RFC 8445 section 5.1.1
+
 
 def peer(me: str, outcome: str, pair_type: str = "srflx", reason: str | None = None
          ) -> dict[str, Any]:
@@ -107,7 +109,17 @@ def test_format_pair_mentions_every_requested_figure(outcome: str) -> None:
     assert "coturn relayed 0 bytes" in text
     assert "nat-testbed down ntabcd" in text
     legend = text.splitlines()[-1]  # the ICE words it used, explained under the output
-    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == list(CANDIDATE_TYPES)
+    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == list(ICE_TYPES)
+    assert legend.endswith("docs/glossary.md")
+
+
+def test_the_legend_explains_a_strategys_own_candidate_kinds_when_offered() -> None:
+    res = combined("symmetric:sequential", "port-restricted-cone",
+                   {"alice": peer("alice", "direct", "predicted"),
+                    "bob": peer("bob", "direct", "predicted")},
+                   {"alice": usage(0, 0), "bob": usage(0, 0)})
+    legend = format_pair(res).splitlines()[-1]
+    assert [w for w in CANDIDATE_TYPES if f"{w} = " in legend] == [*ICE_TYPES, "predicted"]
     assert legend.endswith("docs/glossary.md")
 
 

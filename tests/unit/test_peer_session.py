@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,12 +22,23 @@ import pytest
 
 from peers import probe as pr
 from peers import stun
-from peers.session import APP_MAGIC, PeerConfig, Phase, Session, Signal, Timing, Transmit
+from peers.birthday import Birthday
+from peers.session import (
+    APP_MAGIC,
+    PeerConfig,
+    Phase,
+    Session,
+    Signal,
+    Strategies,
+    Timing,
+    Transmit,
+)
 from peers.signaling import check_proof, peer_token, validate_client, validate_server
 
 Addr = tuple[str, int]
 HOP = 0.0005  # one-way latency of every hop (s)
 STUN = ("203.0.113.3", 3478)
+STUN_OTHER = ("203.0.113.4", 3479)  # RFC 5780: the alternate address and port
 TURN = ("203.0.113.5", 3478)
 LAB_SECRET = b"s" * 32
 
@@ -60,13 +72,16 @@ class Sim:
 
 @dataclass
 class Nat:
-    """EI/APD mapping and EI/APD filtering, sequential external ports."""
+    """EI/APD mapping and EI/APD filtering, sequential (or random) external ports."""
 
     sim: Sim
     public_ip: str
     mapping: str  # "ei" | "apd"
     filtering: str  # "ei" | "apd"
+    allocation: str = "sequential"  # | "random" (in port_range, seeded)
     next_port: int = 40000
+    port_range: tuple[int, int] = (1024, 65535)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
     maps: dict[Any, int] = field(default_factory=dict)
     allowed: dict[int, set[Addr]] = field(default_factory=dict)  # port -> remotes sent to
     inside: dict[int, Addr] = field(default_factory=dict)
@@ -75,8 +90,14 @@ class Nat:
         key = src if self.mapping == "ei" else (src, dst)
         port = self.maps.get(key)
         if port is None:
-            port = self.maps[key] = self.next_port
-            self.next_port += 1
+            if self.allocation == "random":
+                lo, hi = self.port_range
+                while (port := self.rng.randrange(lo, hi + 1)) in self.inside:
+                    pass
+            else:
+                port = self.next_port
+                self.next_port += 1
+            self.maps[key] = port
             self.inside[port] = src
             self.sim.hosts[(self.public_ip, port)] = functools.partial(self._inbound_on, port)
         self.allowed.setdefault(port, set()).add(dst)
@@ -95,6 +116,7 @@ NATS = {
     "full-cone": ("ei", "ei"),
     "port-restricted-cone": ("ei", "apd"),
     "symmetric": ("apd", "apd"),
+    "symmetric:random": ("apd", "apd", "random"),
 }
 
 
@@ -156,12 +178,16 @@ class TurnServer:
 
 
 def stun_responder(sim: Sim) -> None:
-    def on(data: bytes, src: Addr) -> None:
+    """An RFC 5780 server: four endpoints, each answering from itself with OTHER-ADDRESS."""
+    def on(here: Addr, data: bytes, src: Addr) -> None:
         req = stun.unpack(data)
         resp = stun.Message.new(stun.Method.BINDING, stun.Class.SUCCESS,
-                                [("XOR-MAPPED-ADDRESS", src)], req.transaction_id)
-        sim.route(stun.pack(resp), STUN, src)
-    sim.hosts[STUN] = on
+                                [("XOR-MAPPED-ADDRESS", src), ("OTHER-ADDRESS", STUN_OTHER)],
+                                req.transaction_id)
+        sim.route(stun.pack(resp), here, src)
+    for ip in (STUN[0], STUN_OTHER[0]):
+        for port in (STUN[1], STUN_OTHER[1]):
+            sim.hosts[(ip, port)] = functools.partial(on, (ip, port))
 
 
 class Scene:
@@ -169,7 +195,7 @@ class Scene:
 
     def __init__(self, nat_a: str, nat_b: str, *, timing: Timing | None = None,
                  turn: bool = True, stun_on: bool = True, start_b: float = 0.0,
-                 app_bytes: int = 0) -> None:
+                 strategies: Strategies | None = None, app_bytes: int = 0) -> None:
         self.sim = sim = Sim()
         sim.deliver_inside = self._deliver_inside  # type: ignore[attr-defined]
         stun_responder(sim)
@@ -180,6 +206,10 @@ class Scene:
             "bob": Nat(sim, "203.0.113.2", *NATS[nat_b]),
         }
         self.private = {"alice": ("192.168.1.10", 5000), "bob": ("192.168.2.10", 6000)}
+        st = strategies or Strategies()
+        n_extra = st.birthday.sockets if st.birthday else 0
+        self.sockets = {name: [addr, *((addr[0], 20000 + i) for i in range(n_extra))]
+                        for name, addr in self.private.items()}  # via 0, 1, 2 ...
         seeds = {"alice": itertools.count(1), "bob": itertools.count(1_000_000)}
 
         def rng_for(name: str) -> Callable[[int], bytes]:
@@ -189,7 +219,8 @@ class Scene:
         self.s = {
             name: Session(PeerConfig(name, other, self.private[name], STUN if stun_on else None,
                                      TURN if turn else None, "u", "p", timing,
-                                     token=peer_token(LAB_SECRET, name), app_bytes=app_bytes),
+                                     token=peer_token(LAB_SECRET, name), strategies=st,
+                                     app_bytes=app_bytes),
                           rng=rng_for(name))
             for name, other in (("alice", "bob"), ("bob", "alice"))
         }
@@ -213,15 +244,15 @@ class Scene:
         self.pump(name)
 
     def _deliver_inside(self, inside: Addr, data: bytes, src: Addr) -> None:
-        name = "alice" if inside == self.private["alice"] else "bob"
-        self.s[name].handle_datagram(data, src, self.sim.now)
+        name = "alice" if inside[0] == self.private["alice"][0] else "bob"
+        self.s[name].handle_datagram(data, src, self.sim.now, self.sockets[name].index(inside))
         self.pump(name)
 
     def pump(self, name: str) -> None:
         s = self.s[name]
         for o in s.take_outputs():
             if isinstance(o, Transmit):
-                self.nats[name].out(o.data, self.private[name], o.addr)
+                self.nats[name].out(o.data, self.sockets[name][o.via], o.addr)
             else:
                 assert isinstance(o, Signal)
                 if self.sim.now < self.silent_until.get(name, 0.0):
@@ -583,7 +614,7 @@ def test_an_ack_counts_once() -> None:
             and data[4] == pr.ACK]
     assert acks
     src, _dst, data = acks[0]
-    path = a.direct[src]
+    path = a.direct[(0, src)]
     path.ack_observed = None
     a.handle_datagram(data, src, sc.sim.now)
     assert path.ack_observed is None and a.counters.replayed == 1
@@ -615,6 +646,121 @@ def test_signaling_keepalive_pings_after_silence() -> None:
     sc.run(until=40.0)
     pings = [who for who, m in sc.signals if m["type"] == "ping"]
     assert pings.count("alice") >= 2 and pings.count("bob") >= 2
+
+
+# --------------------------------------------------------------------------- hard NATs
+
+
+def test_prediction_turns_symmetric_sequential_x_port_restricted_direct() -> None:
+    sc = Scene("symmetric", "port-restricted-cone", strategies=Strategies(predict=True))
+    res = sc.run()
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct"
+    # Alice measured a step of 1 and announced the next ports; Bob's probe to one of them
+    # met Alice's mapping toward Bob, so both name the pair by that candidate.
+    predicted = [c for c in a["candidates"]["local"] if c["type"] == "predicted"]
+    assert len(predicted) == 8
+    assert [c["port"] for c in predicted] == list(range(predicted[0]["port"],
+                                                        predicted[0]["port"] + 8))
+    assert a["candidate_pair"]["local"]["type"] == "predicted"
+    assert b["candidate_pair"]["remote"]["type"] == "predicted"
+    assert b["candidate_pair"]["remote"] == a["candidate_pair"]["local"]
+    # Bob's NAT is endpoint-independent: nothing to predict there
+    assert not [c for c in b["candidates"]["local"] if c["type"] == "predicted"]
+    assert sc.s["alice"].allocation is not None and sc.s["alice"].allocation.step == 1
+    assert sc.s["bob"].allocation is not None and sc.s["bob"].allocation.kind == "independent"
+
+
+def test_prediction_does_nothing_against_random_allocation() -> None:
+    sc = Scene("symmetric:random", "port-restricted-cone", strategies=Strategies(predict=True))
+    res = sc.run()
+    assert res["alice"]["outcome"] == res["bob"]["outcome"] == "relay"
+    assert sc.s["alice"].allocation is not None
+    assert sc.s["alice"].allocation.kind == "unpredictable"
+    assert not [c for c in res["alice"]["candidates"]["local"] if c["type"] == "predicted"]
+
+
+def test_offer_and_answer_say_how_each_nat_maps() -> None:
+    sc = Scene("symmetric", "port-restricted-cone", strategies=Strategies(predict=True))
+    sc.run()
+    sent = {(who, m["type"]): m.get("mapping") for who, m in sc.signals
+            if m["type"] in ("offer", "answer")}
+    assert sent == {("alice", "offer"): "sequential", ("bob", "answer"): "independent"}
+    assert sc.s["bob"].remote_mapping == "sequential"
+
+
+def _birthday_scene(probes: int, sockets: int = 64, timing: Timing | None = None,
+                    app_bytes: int = 0) -> Scene:
+    b = Birthday(sockets=sockets, probes=probes, rate=5000.0, port_lo=40000, port_hi=40255)
+    sc = Scene("symmetric:random", "port-restricted-cone",
+               strategies=Strategies(birthday=b), timing=timing, app_bytes=app_bytes)
+    sc.nats["alice"].port_range = (40000, 40255)
+    return sc
+
+
+def test_birthday_probing_finds_an_open_port_of_a_random_symmetric_nat() -> None:
+    sc = _birthday_scene(probes=256)  # every port of the range: a hit is certain
+    res = sc.run()
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct", (a["reason"], b["reason"])
+    assert sc.s["alice"].birthday_role == "hard" and sc.s["bob"].birthday_role == "easy"
+    assert b["candidate_pair"]["remote"]["type"] == "birthday"
+    assert a["candidate_pair"]["local"]["type"] == "birthday"
+    assert a["candidate_pair"]["local"] == b["candidate_pair"]["remote"]
+    assert a["packets"]["birthday_sent"] == 64
+    assert 1 <= b["packets"]["birthday_sent"] <= 256
+    # the keepalives of the chosen path leave from the birthday socket that was hit
+    via = sc.s["alice"]._pair_via
+    assert via >= 1
+
+
+def test_a_call_on_a_birthday_path_sends_data_and_checks_consent_on_that_socket() -> None:
+    # The path found by birthday probing leaves from one of alice's extra sockets (its
+    # NAT mapping is the one bob's probe hit): the call's data and consent checks must
+    # leave from it too, or they would open new mappings bob never heard of.
+    sc = _birthday_scene(probes=256, timing=CALL)
+    res = sc.run(until=40.0)
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct", (a["reason"], b["reason"])
+    assert a["restarts"] == b["restarts"] == []  # consent held for the whole call
+    hit = a["candidate_pair"]["local"]
+    assert hit["type"] == "birthday"
+    # everything alice sent to bob after deciding went out through the mapping bob hit
+    s = sc.s["alice"]
+    assert s.t_decided is not None
+    after = {src for now, src, dst, data in sc.sim.log
+             if now > s.t_decided and src[0] == "203.0.113.1" and dst[0] == "203.0.113.2"
+             and pr.is_probe(data)}
+    assert after == {(hit["ip"], hit["port"])}
+    expected = CALL.call / CALL.data_interval
+    assert expected <= a["packets"]["data_sent"] <= expected + 1
+    assert b["packets"]["data_received"] >= a["packets"]["data_sent"] - 2
+
+
+def test_birthday_probes_are_paced_at_the_rate() -> None:
+    sc = _birthday_scene(probes=200, sockets=1)
+    sc.run()
+    bob = sc.s["bob"]
+    first: dict[int, float] = {}  # birthday port -> when a probe first went there
+    for now, src, dst, data in sc.sim.log:
+        if src[0] == "203.0.113.2" and dst[0] == "203.0.113.1" and pr.is_probe(data):
+            first.setdefault(dst[1], now)
+    times = sorted(first[p] for p in bob._bd_ports[:bob.counters.birthday_sent])
+    assert len(times) == bob.counters.birthday_sent > 1
+    # 5000 per second: n probes take (n - 1) / 5000 s, never less
+    assert max(times) - min(times) >= (len(times) - 1) / 5000 - 1e-9
+
+
+def test_birthday_probes_are_authenticated_with_fresh_sequence_numbers() -> None:
+    sc = _birthday_scene(probes=256)
+    res = sc.run()
+    assert res["alice"]["packets"]["rejected"] == 0
+    # every birthday probe is a real HMAC'd probe with a fresh sequence number
+    key = bytes.fromhex(sc.s["bob"].secret or "")
+    probes = [data for _, src, dst, data in sc.sim.log
+              if src[0] == "203.0.113.2" and 40000 <= dst[1] <= 40255 and pr.is_probe(data)]
+    seqs = [pr.decode(key, d, sender="bob", receiver="alice").seq for d in probes]
+    assert len(set(seqs)) == len(seqs)
 
 
 def _app_datagrams(sc: Scene) -> list[tuple[float, Addr, Addr, bytes]]:
@@ -868,3 +1014,18 @@ def test_an_answer_lost_on_a_cut_connection_is_sent_again_once_registered() -> N
     offers = [m for who, m in sc.signals if who == "alice" and m["type"] == "offer"]
     assert [m.get("gen", 0) for m in offers] == [0, 1, 1]
     assert "unexpected offer ignored" not in sc.s["bob"].errors
+
+
+def test_application_data_crosses_a_birthday_path_both_ways() -> None:
+    # Alice's end of the path is one of her extra sockets: her data leaves from it (the
+    # mapping Bob's probe hit) and Bob's arrives on it.
+    sc = _birthday_scene(probes=256, app_bytes=3000)
+    res = sc.run()
+    hit = res["alice"]["candidate_pair"]["local"]
+    assert hit["type"] == "birthday"
+    for name, s in sc.s.items():
+        assert res[name]["outcome"] == "direct"
+        assert s.app_sent == s.app_received == 3000, name
+    from_alice = {src for _, src, dst, _ in _app_datagrams(sc) if dst[0] == "203.0.113.2"}
+    assert from_alice == {(hit["ip"], hit["port"])}
+    assert sc.turn is not None and sc.turn.relayed_bytes == 0

@@ -26,6 +26,7 @@ from peers.session import (
     Phase,
     Session,
     Signal,
+    Strategies,
     Timing,
     Transmit,
     Write,
@@ -143,6 +144,10 @@ def test_config_refuses_tls_without_a_certificate_and_unknown_transports() -> No
         PeerConfig(id="a", remote="b", host=HOST, turn_tls=TLS)
     with pytest.raises(ValueError, match="transport: 'sctp'"):
         PeerConfig(id="a", remote="b", host=HOST, transport="sctp")
+    # the hard-NAT strategies predict, probe and map UDP ports
+    with pytest.raises(ValueError, match="strategies: predict, birthday and portmap work"):
+        PeerConfig(id="a", remote="b", host=HOST, transport="tcp",
+                   strategies=Strategies(predict=True))
 
 
 def test_a_certificate_that_is_not_one_closes_the_tls_way_without_a_crash() -> None:

@@ -9,6 +9,7 @@ review; this test only ever compares.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from testbed.nat import (
     SynReply,
     all_combinations,
     nat_from_dict,
+    nat_from_label,
 )
 from testbed.ruleset import RouterContext, render_ruleset, sysctls
 
@@ -50,6 +52,25 @@ CASES: dict[str, tuple[NatSpec, RouterContext]] = {
     "corporate": (nat_from_dict({"type": "corporate"}), CTX),
     "firewall-corporate": (nat_from_dict({"type": "firewall", "egress": "corporate"}),
                            TWO_LANS),
+    # issue 15: a carrier-grade NAT (port blocks over a two-address pool, a session cap)
+    # and a home router with a static forward and a port-mapping daemon
+    "cgn-blocks-pool": (nat_from_dict({"type": "symmetric", "port-range": "1024-65535",
+                                       "port-block": 16384, "max-sessions-per-host": 64}),
+                        RouterContext(table="nattestbed", wan_if="wan", wan_addr="203.0.113.1",
+                                      lan_ifs=("inside",), lan_subnets=("100.64.0.0/29",),
+                                      pool=("203.0.113.1", "203.0.113.2"))),
+    "apdm-apdf-arbitrary-pool": (nat_from_dict({"type": "symmetric", "pooling": "arbitrary"}),
+                                 RouterContext(table="nattestbed", wan_if="wan",
+                                               wan_addr="203.0.113.1", lan_ifs=("lan",),
+                                               lan_subnets=("192.168.1.0/24",),
+                                               pool=("203.0.113.1", "203.0.113.2"))),
+    "eim-apdf-forward-portmap": (
+        nat_from_dict({"type": "port-restricted-cone", "port-mapping": ["pcp", "nat-pmp"],
+                       "forwards": [{"proto": "udp", "external": 25565, "to": "alice:25565"}]}),
+        RouterContext(table="nattestbed", wan_if="wan", wan_addr="203.0.113.1",
+                      lan_ifs=("lan",), lan_subnets=("192.168.1.0/24",),
+                      forwards=(("udp", 25565, "192.168.1.10", 25565),),
+                      stun_addrs=("203.0.113.3", "203.0.113.4"))),
 }
 
 
@@ -211,3 +232,13 @@ def test_router_context_refuses_what_cannot_go_into_a_ruleset(kw: dict[str, Any]
     with pytest.raises(ValueError) as info:
         RouterContext(**{**base, **kw})
     assert str(info.value) == message
+
+
+def test_a_renumbered_router_maps_to_its_new_address_only() -> None:
+    # The lab's context lists the WAN's addresses as the pool; a renumbering event swaps
+    # the address in both, or new mappings would keep the address the router lost.
+    ctx = replace(CTX, pool=("203.0.113.1",))
+    new = render_ruleset(nat_from_label("symmetric"), ctx.renumbered("203.0.113.254"))
+    assert "203.0.113.254" in new and "203.0.113.1 " not in new and "203.0.113.1:" not in new
+    pool = replace(CTX, pool=("203.0.113.1", "203.0.113.2"))
+    assert pool.renumbered("203.0.113.9").addresses == ("203.0.113.9", "203.0.113.2")

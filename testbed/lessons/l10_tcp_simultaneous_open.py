@@ -1,4 +1,4 @@
-"""Lesson 9: TCP hole punching by simultaneous open, SYN by SYN."""
+"""Lesson 10: TCP hole punching by simultaneous open, SYN by SYN."""
 
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def _data(step: Step, run: Run, tap: str, payload: bytes, src: str, dst: str) ->
 
 
 LESSON = Lesson(
-    number=9, slug="tcp-simultaneous-open", title="TCP hole punching: SYNs that cross",
+    number=10, slug="tcp-simultaneous-open", title="TCP hole punching: SYNs that cross",
     seed="So what if both peers send packets to each other at the same time? ... The magic "
          "moment is step 4: Peer A's packet arrives at NAT B, and for the first time, "
          "there's a mapping waiting for it.",
