@@ -31,10 +31,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from peers.candidates import Address
+from peers.pacing import longest
 from peers.result import Lateness, PeerResult
 from peers.session import Phase, Session, Signal, Timing, Transmit
 from peers.signaling import ProtocolError, SignalingClient
@@ -88,9 +89,13 @@ def transmit(sock: socket.socket, out: Transmit) -> bool:
 
 
 def wait_budget(t: Timing) -> float:
-    """How long a peer can legitimately run, plus a margin for process start-up."""
-    return (t.signaling_timeout + t.turn_fallback + t.gather_timeout + t.punch_timeout
-            + t.punch_grace + t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
+    """How long a peer can legitimately run, plus a margin for process start-up: with its
+    timeouts as long as the longest path makes them (peers.pacing), and its relay stage
+    waiting a signaling timeout for a remote that has not started, and both signaling
+    waits (registration, exchange) extended once on a slow connection."""
+    t = replace(t, **longest(t, punch_fixed=t.punch_fixed))
+    return (5 * t.signaling_timeout + t.turn_fallback + t.gather_timeout + 2 * t.punch_timeout
+            + t.punch_grace + 2 * t.relay_timeout + max(t.done_timeout, t.hold, t.call) + 10.0)
 
 
 def new_tcp() -> socket.socket:

@@ -62,7 +62,13 @@ def timing_from(args: argparse.Namespace) -> Timing:
              "relay_interval", "stun_rto", "gather_timeout", "signaling_timeout",
              "keepalive_interval", "hold", "done_timeout", "turn_fallback", "call",
              "data_interval", "consent_timeout", "max_restarts", "restart_backoff")
-    return Timing(**{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    # a punch timeout given is used as it is; else peers.pacing scales it to the path,
+    # from the default or from --punch-floor
+    fixed = "punch_timeout" in given
+    if args.punch_floor is not None and not fixed:
+        given["punch_timeout"] = args.punch_floor
+    return Timing(**given, punch_fixed=fixed)
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
@@ -137,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "keepalive-interval", "hold", "done-timeout", "turn-fallback", "call",
                  "data-interval", "consent-timeout", "restart-backoff"):
         default = getattr(Timing(), flag.replace("-", "_"))
-        t.add_argument(f"--{flag}", type=float, metavar="S", help=f"default {default}")
+        more = (" and at least 3 round trips of the path, unless given (peers.pacing)"
+                if flag == "punch-timeout" else "")
+        t.add_argument(f"--{flag}", type=float, metavar="S", help=f"default {default}{more}")
+    t.add_argument("--punch-floor", type=float, metavar="S",
+                   help="punch at least this long, and longer on a long path (default "
+                        f"{Timing().punch_timeout}; --punch-timeout fixes it instead)")
     t.add_argument("--max-restarts", type=int, metavar="N",
                    help=f"restarts during a call (default {Timing().max_restarts})")
     return ap

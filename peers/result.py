@@ -156,6 +156,10 @@ class PeerResult:
     trace: tuple[tuple[float, str], ...] | None = None  # (ms, event), when asked for
     restarts: tuple[RestartResult, ...] = ()  # during a call: each loss of the path
     lateness: Lateness | None = None  # measured by the driver (None: not measured)
+    # the direct path's round trip as the peer estimated it, and the punch timeout it
+    # used (peers.pacing); None: not reached, or an older file
+    path_rtt_ms: float | None = None
+    punch_timeout_ms: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -197,6 +201,8 @@ class PeerResult:
             "trace": None if self.trace is None else [[t, e] for t, e in self.trace],
             "restarts": [r.to_json() for r in self.restarts],
             "lateness_ms": None if self.lateness is None else self.lateness.to_json(),
+            "path_rtt_ms": self.path_rtt_ms,
+            "punch_timeout_ms": self.punch_timeout_ms,
         }
 
     @classmethod
@@ -234,6 +240,8 @@ class PeerResult:
                                required=False),
             lateness=_lateness(rec.opt(data, "lateness_ms", where, (dict,)),
                                rec.at(where, "lateness_ms")),
+            path_rtt_ms=rec.opt(data, "path_rtt_ms", where, rec.NUMBER),
+            punch_timeout_ms=rec.opt(data, "punch_timeout_ms", where, rec.NUMBER),
         )
 
 

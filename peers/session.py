@@ -106,16 +106,16 @@ from enum import StrEnum
 from typing import Any
 
 from peers import birthday as bd
+from peers import holdon, pacing, stun
 from peers import predict as pd
 from peers import probe as pr
-from peers import stun
 from peers import turn as turnmod
 from peers.candidates import Address, Candidate, dedupe, punch_targets, type_of
 from peers.credentials import register_proof
 from peers.framing import FramingError, StunStreamReader
 from peers.result import GatherTimings, Packets, PeerResult, RestartResult, StageTimings
 from peers.streams import CidCounter, Close, Open, Write
-from peers.tcppath import TcpPath
+from peers.tcppath import PunchTiming, TcpPath
 from peers.turnlink import TurnLink, tls_context
 from peers.turntcp import TcpRelay
 
@@ -131,7 +131,7 @@ class Timing:
     emulated network; a non-traversable one reaches its relay decision about
     one second after `start`."""
 
-    punch_timeout: float = 1.0
+    punch_timeout: float = 1.0  # the floor; peers.pacing scales it to the path's RTT
     punch_interval: float = 0.02  # first retry; doubles up to punch_interval_max
     punch_interval_max: float = 0.2
     punch_grace: float = 0.1  # extra time once when half a path is seen at the deadline
@@ -153,11 +153,17 @@ class Timing:
     consent_timeout: float = 3.0  # no ack of a consent check for this long: path dead
     max_restarts: int = 5  # restarts (re-gather, punch again) during one call
     restart_backoff: float = 1.0  # after a failed restart, wait this long to try again
+    punch_fixed: bool = False  # punch_timeout as given (--punch-timeout), not RTT-scaled
 
     ZERO_ALLOWED = ("hold", "call", "max_restarts", "data_interval")
+    FLAGS = ("punch_fixed",)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
+            if name in self.FLAGS:
+                if not isinstance(value, bool):
+                    raise ValueError(f"Timing.{name}: must be true or false, got {value!r}")
+                continue
             if (not isinstance(value, int | float) or isinstance(value, bool) or value < 0
                     or (value == 0 and name not in self.ZERO_ALLOWED)):
                 raise ValueError(f"Timing.{name}: must be a positive number, got {value!r}")
@@ -325,7 +331,9 @@ class Session:
         self._deadline: float | None = None  # of the current stage
         self._next_round: float | None = None
         self._interval = 0.0
-        self._grace_used = False
+        self._held: set[str] = set()  # kinds of holding on used (peers.holdon)
+        self.rtt = pacing.Meter()  # round trips measured, and the remote's (peers.pacing)
+        self._paced: tuple[float | None, float] | None = None  # path RTT, punch timeout (ms)
         self._next_keepalive: float | None = None
         self.remote_done: str | None = None
 
@@ -457,6 +465,7 @@ class Session:
         elif mtype == "challenge":
             if (self.phase is Phase.REGISTER and not self._register_sent) or self._reconnecting:
                 self._register_sent = True
+                self.rtt.sent("signaling", now)
                 self._signal({"type": "register", "id": self.cfg.id, "proof": register_proof(
                     self.cfg.token, msg["nonce"], self.cfg.id)})
         elif mtype == "registered":
@@ -478,6 +487,7 @@ class Session:
             self._on_answer(msg, now)
         elif mtype == "done":
             self.remote_done = msg["outcome"]
+            self._hold_on(now, holdon.on_remote_done(self._facts(now), self.t))
             self._maybe_finish(now)
 
     def handle_signal_closed(self, now: float, why: str) -> None:
@@ -804,6 +814,9 @@ class Session:
 
     def _on_registered(self, now: float) -> None:
         self.t_registered = now
+        self.rtt.answered("signaling", now)
+        self.t = replace(self.t, turn_fallback=pacing.turn_fallback(
+            self.cfg.timing.turn_fallback, self.rtt.own))
         self.phase = Phase.GATHER
         self._deadline = now + self.t.gather_timeout
         self._gather(now)
@@ -880,6 +893,7 @@ class Session:
         self._set_key(bytes.fromhex(msg["secret"]))
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
+        self.rtt.remote = pacing.read_rtt_field(msg)
         if self.phase is Phase.EXCHANGE:
             self._answer()
 
@@ -889,7 +903,7 @@ class Session:
         self._answered = True
         self._signal({"type": "answer", "to": self.cfg.remote,
                       "candidates": [c.to_json() for c in self.local], "secret": self.secret,
-                      **self._mapping_field()})
+                      **self._mapping_field(), **pacing.rtt_field(self.rtt.own)})
 
     def _mapping_field(self) -> dict[str, str]:
         """The optional offer/answer field saying how our NAT maps, when we measured it."""
@@ -904,6 +918,7 @@ class Session:
             return
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
+        self.rtt.remote = pacing.read_rtt_field(msg)
         self._signal({"type": "start", "to": self.cfg.remote})
 
     def _set_key(self, key: bytes) -> None:
@@ -921,6 +936,7 @@ class Session:
             return
         self.t_start = now
         self.phase = Phase.PUNCH
+        self._pace()
         self._deadline = now + self.t.punch_timeout
         self._interval = self.t.punch_interval
         if self.tcp is not None:
@@ -950,6 +966,7 @@ class Session:
         msg = stun.Message.new(stun.Method.BINDING, stun.Class.REQUEST,
                                transaction_id=self._stun_tid)
         self._send(stun.pack(msg, fingerprint=True), self.cfg.stun)
+        self.rtt.sent("stun", now)
         self._stun_next = now + self.t.stun_rto * 2**self._stun_transmits
         self._stun_transmits += 1
 
@@ -980,6 +997,7 @@ class Session:
             if mapped is not None:
                 self._add_local(Candidate("srflx", mapped[0], mapped[1]))
                 self.t_srflx = now
+                self.rtt.answered("stun", now)
                 self._note(f"stun: srflx {mapped[0]}:{mapped[1]}")
                 other = msg.get("OTHER-ADDRESS")
         self._stun_done = True
@@ -1320,6 +1338,8 @@ class Session:
     # ------------------------------------------------------------------ decisions
 
     def _on_deadline(self, now: float) -> None:
+        if self._hold_on(now, holdon.at_deadline(self._facts(now), self.t)):
+            return
         if self.phase in (Phase.REGISTER, Phase.EXCHANGE):
             what = "registration" if self.phase is Phase.REGISTER else f"{self.cfg.remote}"
             self._fail(now, "signaling", f"signaling timeout waiting for {what}")
@@ -1327,12 +1347,6 @@ class Session:
             self.errors.append("gather timeout: going on with the candidates gathered")
             self._check_gathered(now, force=True)
         elif self.phase is Phase.PUNCH:
-            half = any(p.got_probe or p.ack_observed for p in self.direct.values()) or (
-                self.tcp is not None and self.tcp.half_seen)
-            if half and not self._grace_used:
-                self._grace_used = True
-                self._deadline = now + self.t.punch_grace
-                return
             self._enter_relay(now)
         elif self.phase is Phase.RELAY:
             why = f"no relayed probe exchange within {self.t.relay_timeout} s"
@@ -1340,6 +1354,57 @@ class Session:
             self._fail(now, "relay", "; ".join([why, *turn_errors[-1:]]))
         elif self.phase is Phase.DECIDED:
             self._maybe_finish(now, timed_out=True)
+
+    def _pace(self) -> None:
+        """The punch and relay timing for this path's round trip (peers.pacing)."""
+        base, rtt = self.cfg.timing, self.rtt.path
+        changes: dict[str, Any] = pacing.scaled(base, rtt, punch_fixed=base.punch_fixed)
+        changes["turn_fallback"] = pacing.turn_fallback(base.turn_fallback, self.rtt.own)
+        self.t = replace(base, **changes)
+        if self.tcp is not None:  # a SYN's answer takes a path round trip at least
+            resyn, retry_max = pacing.syn_timing(PunchTiming.resyn, PunchTiming.retry_max, rtt)
+            self.tcp.timing = replace(self.tcp.timing, resyn=resyn, retry_max=retry_max)
+        if self._paced is None:  # the first attempt's, as the result's other times
+            self._paced = (None if rtt is None else round(rtt * 1000, 3),
+                           round(self.t.punch_timeout * 1000, 3))
+        if rtt is not None:
+            self._note(f"pacing: path RTT {rtt * 1000:.0f} ms: punch timeout "
+                       f"{self.t.punch_timeout:g} s, grace {self.t.punch_grace:g} s")
+
+    def _facts(self, now: float) -> holdon.Facts:
+        """What peers.holdon weighs when a deadline comes."""
+        def half(paths: dict[Any, _Path]) -> bool:
+            return any(p.got_probe or p.ack_observed for p in paths.values())
+
+        turn = self.turn
+        tcp_half = self.tcp is not None and self.tcp.half_seen  # a connection's probe or ack
+        return holdon.Facts(
+            phase=self.phase.value, used=frozenset(self._held), restarting=self._restarting,
+            remote_done=self.remote_done, half_direct=half(self.direct) or tcp_half,
+            half_relayed=half(self.relayed),
+            remote_probed=tcp_half or any(p.got_probe for p in [*self.direct.values(),
+                                                                *self.relayed.values()]),
+            relay_ready=any(a[0] in self._permitted for a in self._remote_relays()),
+            signaling_open=self._signaling_open,
+            turn_answering=(not self._turn_done and turn is not None
+                            and turn.state is not turnmod.State.IDLE and turn.nonce is not None),
+            since_relay=0.0 if self.t_relay_start is None else now - self.t_relay_start,
+            resumable=self.tcp is None)
+
+    def _hold_on(self, now: float, h: holdon.HoldOn | None) -> bool:
+        """Carry out peers.holdon's answer: a later deadline (and, punching or relaying
+        on, a round of probes at once); False when the stage ends as it is."""
+        if h is None:
+            return False
+        self._held.add(h.kind)
+        self._note(h.note)
+        if h.kind == holdon.PUNCH_ON and self.phase is Phase.RELAY:
+            self.phase = Phase.PUNCH  # the remote's `done: direct` came in our relay stage
+            self._interval = self.t.punch_interval
+        self._deadline = now + h.seconds
+        if h.kind in holdon.PROBING and not (self.tcp is not None and self.phase is Phase.PUNCH):
+            self._round(now)  # (TCP attempts go on by themselves while punching)
+        return True
 
     def _enter_relay(self, now: float) -> None:
         self._note("punch: gave up, relay stage")
@@ -1587,7 +1652,8 @@ class Session:
             self.local.append(Candidate("mapped", *self.strategies.mapped))
         self.remote = []
         self.direct, self.relayed = {}, {}
-        self._offer, self._answered, self._grace_used = None, False, False
+        self._offer, self._answered = None, False
+        self._held -= set(holdon.PER_ATTEMPT)
         self._permitted, self._permission_asked = set(), set()
         self._next_round = None
         self.phase = Phase.GATHER
@@ -1642,7 +1708,7 @@ class Session:
     def _offer_msg(self) -> dict[str, Any]:
         return {"type": "offer", "to": self.cfg.remote,
                 "candidates": [c.to_json() for c in self.local], "secret": self.secret,
-                **self._mapping_field()}
+                **self._mapping_field(), **pacing.rtt_field(self.rtt.own)}
 
     def _on_reregistered(self, now: float) -> None:
         self._note("signaling: registered again")
@@ -1748,6 +1814,8 @@ class Session:
             transport=self.cfg.transport,
             turn_transport=self.turn_transport if turn_client is not None else None,
             restarts=tuple(self._restart_result(r) for r in self.restarts),
+            path_rtt_ms=None if self._paced is None else self._paced[0],
+            punch_timeout_ms=None if self._paced is None else self._paced[1],
             trace=(tuple((round(t * 1000, 3), e) for t, e in self.trace)
                    if self.cfg.trace else None),
         )

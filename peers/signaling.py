@@ -324,11 +324,22 @@ SERVER_SCHEMA: dict[str, dict[str, Check]] = {
 }
 
 
+def _rtt_ms(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_RTT_MS:
+        raise ProtocolError("bad-message", f"{name}: expected whole milliseconds 1 to "
+                                           f"{MAX_RTT_MS}, got {v!r}")
+    return v
+
+
+MAX_RTT_MS = 30000  # peers.pacing.MAX_RTT
+
 # Fields a message may carry or leave out (peers that predate them leave them out):
 # an offer's or answer's `mapping` is how the sender's NAT maps, as the sender measured
-# it (peers.predict), so the other side knows whether to probe it the birthday way.
-OPTIONAL: dict[str, dict[str, Check]] = {"offer": {"mapping": _mapping},
-                                         "answer": {"mapping": _mapping}}
+# it (peers.predict), so the other side knows whether to probe it the birthday way;
+# `rtt_ms` is the sender's round trip to the servers (peers.pacing), so both sides
+# pace their punching for the whole path.
+OPTIONAL: dict[str, dict[str, Check]] = {"offer": {"mapping": _mapping, "rtt_ms": _rtt_ms},
+                                         "answer": {"mapping": _mapping, "rtt_ms": _rtt_ms}}
 
 
 def validate(obj: object, schema: dict[str, dict[str, Check]]) -> Message:
@@ -377,7 +388,10 @@ class ServerLimits:
     max_clients: int = 1024  # connections at once (the server raises its fd limit)
     max_per_source: int = 16  # connections at once from one IP address
     register_timeout: float = 10.0  # from connecting to a valid register (the matrix
-    # opens every connection of a lab before any session starts)
+    # opens every connection of a lab before any session starts). It bounds what an
+    # idle hostile connection holds, so it stays at 10 s although a peer over a lossy
+    # link now waits longer for `registered` (peers.holdon): a registration slower than
+    # this fails there (about 1 slot in 160 at 20 % loss on every access link)
     idle_timeout: float = 60.0  # once registered, the longest silence (peers ping)
     frame_timeout: float = 10.0  # a frame once begun must arrive within this
     max_write_buffer: int = 1 << 20  # a client not reading its replies is dropped

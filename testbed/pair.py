@@ -154,8 +154,12 @@ def timing_args(timing: Timing) -> list[str]:
     out: list[str] = []
     for f in fields(Timing):
         value = getattr(timing, f.name)
-        if value != getattr(default, f.name) and f.name not in ("stun_transmits", "turn_rto",
-                                                                "punch_grace"):
+        if f.name == "punch_timeout" and timing.punch_fixed:
+            out += ["--punch-timeout", str(value)]  # given, so fixed: even at the default
+        elif f.name == "punch_timeout" and value != default.punch_timeout:
+            out += ["--punch-floor", str(value)]  # scaled to the path, from there
+        elif value != getattr(default, f.name) and f.name not in (
+                "stun_transmits", "turn_rto", "punch_grace", "punch_fixed"):
             out += [f"--{f.name.replace('_', '-')}", str(value)]
     return out
 
@@ -409,6 +413,9 @@ def _peer_lines(name: str, r: PeerResult, pair_reason: str | None) -> list[str]:
     lines = [f"{name}: {r.outcome} via {path}",
              f"  time to connect {_ms(t.connect)} ms (signaling {_ms(t.signaling)}, "
              f"gather {_ms(t.gather)}, punch {_ms(t.punch)}, relay {_ms(t.relay)})"]
+    if r.punch_timeout_ms is not None:
+        lines.append(f"  path round trip {_ms(r.path_rtt_ms)} ms (estimated): punch timeout "
+                     f"{_ms(r.punch_timeout_ms)} ms")
     p = r.packets
     if p is None:
         lines.append("  packets: unknown (the peer program wrote no result)")

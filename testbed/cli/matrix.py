@@ -78,7 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=positive(1, MAX_REPEATS), default=1, metavar="N",
                    help="run every pairing N times, each in fresh namespaces (default 1)")
     for d in dimensions.flagged():
-        p.add_argument(d.flag or "", dest=f"dim_{d.name}", metavar=d.metavar, help=d.help)
+        # argparse expands '%' in help: the dimensions' texts are plain ('2%')
+        p.add_argument(d.flag or "", dest=f"dim_{d.name}", metavar=d.metavar,
+                       help=d.help.replace("%", "%%"))
     p.add_argument("--peers", metavar="PEER,...",
                    help="the implementations to pair (`nat-testbed peers`): every ordered "
                         "pair of them (peer_a x peer_b) is a dimension of the matrix, every "

@@ -246,24 +246,49 @@ class Seconds:
         return cls(round(value, 6))
 
 
-def _punch(text: str) -> Seconds:
+@dataclass(frozen=True)
+class ScaledPunch:
+    """The punch dimension's default, label 'auto': the peers scale their punch timeout to
+    the path's round trip (peers.pacing), never below Timing().punch_timeout."""
+
+    label: str = "auto"
+
+
+def _punch(text: str) -> Seconds | ScaledPunch:
+    if text.strip() == "auto":
+        return ScaledPunch()
     value = Seconds.parse(text)
     if value.seconds <= 0:
-        raise ValueError(f"must be more than 0 s, got {text!r}")
+        raise ValueError(f"must be more than 0 s or auto, got {text!r}")
     return value
 
 
-def _set_punch(setup: SlotSetup, value: Seconds) -> SlotSetup:
-    return replace(setup, timing=replace(setup.timing, punch_timeout=value.seconds))
+def _set_punch(setup: SlotSetup, value: Seconds | ScaledPunch) -> SlotSetup:
+    if isinstance(value, ScaledPunch):
+        return setup
+    return replace(setup, timing=replace(setup.timing, punch_timeout=value.seconds,
+                                         punch_fixed=True))
 
 
-# How long the peers punch before they fall back to the relay. The reference model
-# assumes punching lasts its full rounds, so only the default is modelled.
+def _model_punch(inp: ModelInput, value: Seconds | ScaledPunch) -> ModelInput | NotModelled:
+    # The reference model assumes punching lasts its full rounds: a fixed timeout at least
+    # the peers' floor gives them that at lab speed; a shorter one may cut them short.
+    if isinstance(value, Seconds) and value.seconds >= Timing().punch_timeout:
+        return inp
+    return NotModelled(f"the reference model does not cover punch timeout {value.label}")
+
+
+# How long the peers punch before they fall back to the relay. By default ('auto') the
+# peers scale it to the path's round trip (peers.pacing, never below the floor); any value
+# given is fixed, used as it is, so `--punch-timeout 1s` alone runs every slot with a fixed
+# 1 s (it was the default once, and then scaled silently) and `--punch-timeout 0.2s,1s`
+# compares two fixed timeouts.
 PUNCH = register(Dimension(
-    "punch", "punch timeout", (), _punch, _set_punch, Seconds(Timing().punch_timeout),
-    None, flag="--punch-timeout", metavar="SECONDS,...",
-    help="punch for this long before falling back to the relay; a list makes it a "
-         f"dimension of the matrix (default {Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
+    "punch", "punch timeout", (), _punch, _set_punch, ScaledPunch(), _model_punch,
+    flag="--punch-timeout", metavar="SECONDS,...",
+    help="punch for this long (fixed) before falling back to the relay; a list makes it a "
+         "dimension of the matrix (default auto: scaled to the path's round trip, at least "
+         f"{Timing().punch_timeout:g}s; e.g. 0.05s,1s)"))
 
 
 # ------------------------------------------------------------------ the transport

@@ -48,6 +48,16 @@ def test_every_verb_is_registered_with_a_description_and_help_on_every_argument(
                 assert action.help, f"{name} {action.option_strings or action.dest}"
 
 
+def test_every_verb_prints_its_help() -> None:
+    """argparse expands '%' in help texts: a bare one ('2%') made `matrix --help` crash."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert text.startswith("usage: ") and name in text, name
+    assert "e.g. 2% or 0,1,5,20%" in sub.choices["matrix"].format_help()
+
+
 def test_command_line_defaults_are_the_readme_main_command() -> None:
     args = parse("matrix")
     assert (args.nats, args.repeat, str(args.out), args.strict, args.json, args.only) == \

@@ -110,7 +110,7 @@ PUNCH_FAST = dims.PUNCH.with_labels(["0.2s", "1s"])
 
 def test_a_dimension_left_at_its_default_is_not_in_the_grid() -> None:
     plain = MatrixSpec((FULL, SYM), 2)
-    at_default = MatrixSpec((FULL, SYM), 2, extra=(dims.PUNCH.with_labels(["1000ms"]),))
+    at_default = MatrixSpec((FULL, SYM), 2, extra=(dims.PUNCH.with_labels(["auto"]),))
     assert [s.key for s in at_default.slots()] == [s.key for s in plain.slots()]
     assert [d.name for d in at_default.dimensions()] == ["a", "b"]
     assert at_default.setup(at_default.slots()[0]).timing == plain.timing
@@ -498,3 +498,32 @@ def test_peers_and_link_conditions_together() -> None:
     assert by[("aioice", "aioice", "0%")] == dims.ModelInput(FULL, FULL)
     assert isinstance(by[("aioice", "aioice", "5%")], dims.NotModelled)
     assert isinstance(by[("own", "aioice", "0%")], dims.NotModelled)
+
+
+def test_a_punch_timeout_given_alone_is_fixed_and_the_default_is_scaled() -> None:
+    """`--punch-timeout 1s` alone once equalled the dimension's default, so it was dropped
+    from the grid and the peers scaled their timeout anyway: any value given is fixed."""
+    from testbed.matrix.run import matrix_spec
+
+    def timings(spec: MatrixSpec) -> set[tuple[float, bool]]:
+        return {(t.punch_timeout, t.punch_fixed)
+                for t in (spec.setup(s).timing for s in spec.slots())}
+
+    fixed = matrix_spec([FULL, SYM], dimensions={"punch": ["1s"]})
+    assert [d.labels for d in fixed.facet_dimensions()] == [("1s",)]
+    assert timings(fixed) == {(1.0, True)}
+    assert all("punch=1s" in s.key for s in fixed.slots())
+    auto = matrix_spec([FULL, SYM], dimensions={"punch": ["auto"]})
+    for spec in (matrix_spec([FULL, SYM]), auto):
+        assert spec.facet_dimensions() == ()
+        assert timings(spec) == {(1.0, False)}  # the floor; peers.pacing scales it
+    with pytest.raises(ValueError, match="more than 0 s or auto"):
+        dims.PUNCH.parse("0s")
+
+
+def test_only_a_punch_timeout_that_leaves_punching_its_rounds_is_modelled() -> None:
+    inp = dims.ModelInput(nat_a=FULL, nat_b=SYM)
+    assert dims.PUNCH.predict_input(inp, dims.PUNCH.parse("auto")) == inp
+    assert dims.PUNCH.predict_input(inp, dims.PUNCH.parse("2.5s")) == inp
+    short = dims.PUNCH.predict_input(inp, dims.PUNCH.parse("0.2s"))
+    assert isinstance(short, dims.NotModelled) and "0.2s" in short.reason

@@ -59,10 +59,17 @@ def test_pair_topology_replaces_only_the_two_routers_nats() -> None:
 def test_timing_args_round_trip_through_the_peer_parser() -> None:
     t = Timing(punch_timeout=0.4, relay_interval=0.05, hold=2.0)
     flags = timing_args(t)
-    assert flags == ["--punch-timeout", "0.4", "--relay-interval", "0.05", "--hold", "2.0"]
-    args = build_parser().parse_args(["--id", "a", "--remote", "b", "--signaling",
-                                      "203.0.113.6:7000", *flags])
-    assert timing_from(args) == t
+    assert flags == ["--punch-floor", "0.4", "--relay-interval", "0.05", "--hold", "2.0"]
+
+    def parsed(flags: list[str]) -> Timing:
+        return timing_from(build_parser().parse_args(["--id", "a", "--remote", "b",
+                                                      "--signaling", "203.0.113.6:7000",
+                                                      *flags]))
+
+    assert parsed(flags) == t
+    fixed = Timing(punch_fixed=True)  # the default value, but given: not scaled
+    assert timing_args(fixed) == ["--punch-timeout", "1.0"]
+    assert parsed(timing_args(fixed)) == fixed
     assert timing_args(Timing()) == []
     assert wait_budget(t) > t.signaling_timeout + t.punch_timeout + t.relay_timeout
 

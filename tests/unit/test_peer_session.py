@@ -15,7 +15,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -46,6 +46,7 @@ LAB_SECRET = b"s" * 32
 class Sim:
     def __init__(self) -> None:
         self.now = 0.0
+        self.access = 0.0  # one-way delay added on each NAT's WAN link, each way (--delay)
         self._q: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.hosts: dict[Addr, Callable[[bytes, Addr], None]] = {}  # public endpoints
@@ -101,7 +102,8 @@ class Nat:
             self.inside[port] = src
             self.sim.hosts[(self.public_ip, port)] = functools.partial(self._inbound_on, port)
         self.allowed.setdefault(port, set()).add(dst)
-        self.sim.at(self.sim.now + HOP, lambda: self.sim.route(data, (self.public_ip, port), dst))
+        self.sim.at(self.sim.now + HOP + self.sim.access,
+                    lambda: self.sim.route(data, (self.public_ip, port), dst))
 
     def _inbound_on(self, port: int, data: bytes, src: Addr) -> None:
         self.inbound(data, src, port)
@@ -109,7 +111,12 @@ class Nat:
     def inbound(self, data: bytes, src: Addr, port: int) -> None:
         if self.filtering == "apd" and src not in self.allowed.get(port, set()):
             return  # dropped, as a port-restricted filter does
-        self.sim.deliver_inside(self.inside[port], data, src)  # type: ignore[attr-defined]
+        deliver = self.sim.deliver_inside  # type: ignore[attr-defined]
+        if self.sim.access:
+            self.sim.at(self.sim.now + self.sim.access,
+                        lambda: deliver(self.inside[port], data, src))
+        else:
+            deliver(self.inside[port], data, src)
 
 
 NATS = {
@@ -129,6 +136,7 @@ class TurnServer:
         self.next_port = 50000
         self.allocs: dict[Addr, Addr] = {}  # client -> relayed
         self.perms: dict[Addr, set[str]] = {}  # relayed -> peer ips
+        self.allocate_tid: dict[Addr, bytes] = {}  # client -> its last Allocate's id
         self.relayed_bytes = 0
         sim.hosts[TURN] = self.on_client
 
@@ -142,10 +150,15 @@ class TurnServer:
                                        msg.transaction_id)
                 self.sim.route(stun.pack(err, fingerprint=True), TURN, src)
             return  # an indication from no allocation: dropped
-        if msg.method is stun.Method.ALLOCATE:
+        if msg.method is stun.Method.ALLOCATE and self.allocate_tid.get(src) == msg.transaction_id:
+            relayed = self.allocs[src]  # a retransmission: the same answer (RFC 8656 7.2)
+            reply = [("XOR-RELAYED-ADDRESS", relayed), ("XOR-MAPPED-ADDRESS", src),
+                     ("LIFETIME", 600)]
+        elif msg.method is stun.Method.ALLOCATE:
             relayed = (TURN[0], self.next_port)
             self.next_port += 1
             self.allocs[src] = relayed
+            self.allocate_tid[src] = msg.transaction_id
             self.perms[relayed] = set()
             self.sim.hosts[relayed] = functools.partial(self._on_peer_for, relayed, src)
             reply = [("XOR-RELAYED-ADDRESS", relayed), ("XOR-MAPPED-ADDRESS", src),
@@ -195,8 +208,10 @@ class Scene:
 
     def __init__(self, nat_a: str, nat_b: str, *, timing: Timing | None = None,
                  turn: bool = True, stun_on: bool = True, start_b: float = 0.0,
-                 strategies: Strategies | None = None, app_bytes: int = 0) -> None:
+                 strategies: Strategies | None = None, app_bytes: int = 0,
+                 access: float = 0.0) -> None:
         self.sim = sim = Sim()
+        sim.access = access
         sim.deliver_inside = self._deliver_inside  # type: ignore[attr-defined]
         stun_responder(sim)
         self.turn = TurnServer(sim) if turn else None
@@ -230,6 +245,7 @@ class Scene:
         # until then, what it sends on it is lost without a word (no reset seen yet)
         self.silent_until: dict[str, float] = {}
         self.injected: list[Callable[[], None]] = []
+        self.late_start: dict[str, float] = {}  # `start` reaches this peer so much later
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
 
@@ -295,7 +311,7 @@ class Scene:
     def _signal(self, name: str, msg: dict[str, Any]) -> None:
         """What peers.signaling's server does, one hop later."""
         self.signals.append((name, msg))
-        t = self.sim.now + HOP
+        t = self.sim.now + HOP + 2 * self.sim.access  # the sender's access link, the receiver's
 
         def to(who: str, m: dict[str, Any]) -> None:
             if who not in self.dead_signaling:  # else it goes to a dead connection
@@ -309,8 +325,12 @@ class Scene:
         elif msg["type"] == "start":
             go_msg = {"type": "start", "from": name, "to": msg["to"],
                       **({"gen": msg["gen"]} if "gen" in msg else {})}
-            to(msg["to"], go_msg)
-            to(name, go_msg)
+            for who in (msg["to"], name):
+                if who in self.late_start:  # held up: TCP retransmissions on its link
+                    self.sim.at(t + self.late_start[who],
+                                functools.partial(self._deliver_signal, who, go_msg))
+                else:
+                    to(who, go_msg)
         else:
             to(msg["to"], {**msg, "from": name})
 
@@ -453,6 +473,8 @@ def test_signaling_timeout_when_the_remote_never_comes() -> None:
     assert r["outcome"] == "failed" and r["stage"] == "signaling"
     assert "signaling timeout" in r["reason"]
     assert r["timings_ms"]["punch"] is None
+    # the wait is extended once while the connection is up (a lossy link's TCP backoff)
+    assert r["timings_ms"]["signaling"] == pytest.approx(2 * 300, abs=5)
 
 
 def test_stun_silence_is_retried_then_gathering_goes_on() -> None:
@@ -1029,3 +1051,112 @@ def test_application_data_crosses_a_birthday_path_both_ways() -> None:
     from_alice = {src for _, src, dst, _ in _app_datagrams(sc) if dst[0] == "203.0.113.2"}
     assert from_alice == {(hit["ip"], hit["port"])}
     assert sc.turn is not None and sc.turn.relayed_bytes == 0
+
+
+# ---------------------------------------------------------------- long paths (peers.pacing)
+
+
+def run_losing_acks_to_bob(sc: Scene, until: float,
+                           inner: Callable[[bytes, Addr], bytes | None]
+                           ) -> dict[str, dict[str, Any]]:
+    """Run the scene, traced, Bob's router dropping every ack of a probe it would let
+    in before `until` (`inner`: the probe a datagram carries, or None)."""
+    nat = sc.nats["bob"]
+    plain = nat.inbound
+
+    def lossy(data: bytes, src: Addr, port: int) -> None:
+        probe = inner(data, src)
+        if (sc.sim.now < until and probe is not None and pr.is_probe(probe)
+                and probe[4] == pr.ACK):
+            return
+        plain(data, src, port)
+
+    nat.inbound = lossy  # type: ignore[method-assign]
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    return sc.run()
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("symmetric", "full-cone"),
+                                              ("full-cone", "symmetric"),
+                                              ("port-restricted-cone", "port-restricted-cone")])
+def test_a_long_path_ends_direct_on_both_sides(nat_a: str, nat_b: str) -> None:
+    """200 ms each way on both access links, the issue-11 sweep's worst delay: the path's
+    round trip is 800 ms and the cone side needs 1.5 of them after `start` (its probe
+    out, the symmetric side's triggered probe from a new port back, our ack to that).
+    With the fixed 1 s punch timeout it went to the relay alone while the symmetric
+    side decided direct."""
+    sc = Scene(nat_a, nat_b, access=0.2)
+    res = sc.run(until=30)
+    assert res["alice"]["outcome"] == res["bob"]["outcome"] == "direct"
+    for r in res.values():
+        assert r["path_rtt_ms"] == pytest.approx(4 * 200, abs=5)  # 4 access-link crossings
+        assert r["punch_timeout_ms"] == pytest.approx(3 * 800, abs=15)
+    if "symmetric" in (nat_a, nat_b):  # the cone side decided past the old timeout
+        assert max(r["timings_ms"]["punch"] for r in res.values()) > 1000
+
+
+def test_a_long_path_between_symmetric_nats_relays() -> None:
+    sc = Scene("symmetric", "symmetric", access=0.2)
+    res = sc.run(until=30)
+    assert res["alice"]["outcome"] == res["bob"]["outcome"] == "relay"
+
+
+def test_without_measurements_the_configured_timing_stands() -> None:
+    sc = Scene("port-restricted-cone", "port-restricted-cone")
+    res = sc.run()
+    for r in res.values():  # a lab round trip of a few ms: the floors (1 s) stand
+        assert r["punch_timeout_ms"] == 1000.0 and 0 < r["path_rtt_ms"] < 10
+
+
+def test_a_given_punch_timeout_is_not_scaled() -> None:
+    t = Timing(punch_timeout=0.3, punch_fixed=True)
+    sc = Scene("symmetric", "symmetric", access=0.2, timing=t)
+    res = sc.run(until=30)
+    for r in res.values():
+        assert r["punch_timeout_ms"] == 300.0
+        assert r["timings_ms"]["punch"] == pytest.approx(300, abs=1)  # nothing half seen
+        assert r["outcome"] == "relay"
+
+
+def test_a_peer_that_lost_its_acks_punches_on_once_the_remote_decided_direct() -> None:
+    """Bob's acks are lost until 1.05 s: Alice decides direct at once, Bob only has half
+    a path at his deadline (1 s) and after his grace (0.1 s). Alice's `done: direct`
+    says the path works both ways: Bob punches on instead of going to the relay alone
+    (where Alice, decided, would never answer)."""
+    sc = Scene("full-cone", "full-cone")
+    res = run_losing_acks_to_bob(sc, 1.05, lambda data, src: data)
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "direct"
+    assert a["timings_ms"]["punch"] < 50
+    assert b["timings_ms"]["punch"] > 1100  # past the timeout and the grace
+    assert any("remote decided direct" in e for _, e in b["trace"])
+
+
+def test_the_relay_stage_waits_for_a_remote_whose_start_came_late() -> None:
+    """Bob's `start` comes 4 s after Alice's (its signaling connection retransmitting):
+    Alice's punch and relay stages are over before Bob begins. She has had no probe from
+    him at all, so she keeps her relay stage open for him, and both relay."""
+    sc = Scene("symmetric", "symmetric")
+    sc.late_start = {"bob": 4.0}
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    res = sc.run(until=30)
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "relay"
+    assert a["timings_ms"]["relay"] > 4000 - 1000  # waited past its 1.5 s relay timeout
+    assert any("waiting for it to start" in e for _, e in a["trace"])
+
+
+def test_a_peer_that_lost_its_relayed_acks_relays_on_once_the_remote_decided_relay() -> None:
+    """Through the relay, Bob's acks are lost until 2.6 s: Alice decides relay, Bob has
+    only half a relayed path when his relay timeout (1.5 s after 1.1 s of punching)
+    ends. He relays on once, one relay timeout more, and both decide relay."""
+    def relayed(data: bytes, src: Addr) -> bytes | None:
+        return stun.unpack(data).get("DATA") if src == TURN and stun.is_stun(data) else None
+
+    res = run_losing_acks_to_bob(Scene("symmetric", "symmetric"), 2.6, relayed)
+    a, b = res["alice"], res["bob"]
+    assert a["outcome"] == b["outcome"] == "relay"
+    assert b["timings_ms"]["relay"] > 1500  # past his relay timeout
+    assert any("relaying on" in e for _, e in b["trace"])
