@@ -53,6 +53,7 @@ TOLERATED_SEND_ERRORS = (errno.EAGAIN, errno.ENETUNREACH, errno.EHOSTUNREACH,
 ACCEPT_BURST = 16  # connections accepted per wake-up
 STREAM_CHUNK = 65536
 MAX_UNSENT = 1 << 20  # bytes a connection may hold unsent; beyond, it is closed
+LINGER_ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
 
 
 def why(code: int) -> str:
@@ -480,7 +481,7 @@ class Driver:
                 elif isinstance(out, Write):
                     self._write(ep, out.cid, out.data)
                 elif isinstance(out, Close):
-                    self._close_stream(ep, out.cid)
+                    self._close_stream(ep, out.cid, out.abort)
 
     def _close(self, ep: Endpoint) -> None:
         for cid in list(ep.streams):
@@ -594,13 +595,16 @@ class Driver:
         del buf[:sent]
         self.sel.modify(sock, self._events(ep, cid), key.data)
 
-    def _close_stream(self, ep: Endpoint, cid: int) -> None:
+    def _close_stream(self, ep: Endpoint, cid: int, abort: bool = False) -> None:
         sock = ep.streams.pop(cid, None)
         ep.unsent.pop(cid, None)
         if sock is None:
             return
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(sock)
+        if abort:  # a RST and no TIME_WAIT: the 4-tuple is free again at once
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
         sock.close()
 
 

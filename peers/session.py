@@ -42,7 +42,11 @@ listening port, the srflx one comes from a STUN binding over a TCP connection fr
 that same port, and punching is a simultaneous open from it to the remote's
 candidates (peers.tcppath: a small state machine of its own, fed the driver's
 stream events), judged by the same authenticated probes, now on the connections.
-The TURN server is reached over TCP then (peers.turnlink). Either way, if nothing at
+The TURN server is reached over TCP then (peers.turnlink), and the allocation relays
+TCP (RFC 6062, peers.turntcp): in the relay stage the offerer asks the server to connect
+its relayed address to the answerer's, the answerer binds the connection the server
+announces, and the probes (then the call) go as frames on those data connections, a
+TCP path end to end. Either way, if nothing at
 all (not even its 401 challenge) has come back from the TURN server by
 Timing.turn_fallback, or the way fails, the session tries TURN over TLS on the
 server's TLS port: a network that lets out only web traffic (type corporate). The
@@ -113,6 +117,7 @@ from peers.result import GatherTimings, Packets, PeerResult, RestartResult, Stag
 from peers.streams import CidCounter, Close, Open, Write
 from peers.tcppath import PunchTiming, TcpPath
 from peers.turnlink import TurnLink, tls_context
+from peers.turntcp import TcpRelay
 
 Rng = Callable[[int], bytes]
 APP_MAGIC = b"NTAPP1"  # starts every application-data datagram (after the decision)
@@ -230,8 +235,6 @@ class PeerConfig:
 
 
 TRANSPORTS = ("udp", "tcp")
-TCP_NO_RESTART = ("a TCP session does not restart: new connections from its port would "
-                  "reuse the 4-tuples its old ones hold")
 STREAM_RTO = 0.5  # a request over TCP is sent once; its answer is awaited 16 x this
 
 
@@ -364,6 +367,7 @@ class Session:
         self.turn: turnmod.TurnClient | None = None
         self.turn_link: TurnLink | None = None  # when the way is a stream
         self.turn_transport: str | None = None
+        self.tcp_relay: TcpRelay | None = None  # a TCP session's TCP allocation (RFC 6062)
         self._turn_fallback_at: float | None = None
         if self._turn_ways and self._turn_ways[0][0] == "udp":
             self._use_turn_way(self._turn_ways.pop(0))
@@ -568,6 +572,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.out.extend(self.turn_link.on_open(now))
             self._pump_turn(now)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_open(cid, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_open(cid, now)
             self._pump_tcp(now)
@@ -581,6 +588,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.turn_link.on_failed(why)
             self._next_turn_way(now, self.turn_link.failed or why)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_failed(cid, why, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_failed(cid, why, now)
             self._pump_tcp(now)
@@ -609,6 +619,9 @@ class Session:
         elif self.turn_link is not None and cid == self.turn_link.cid:
             self.out.extend(self.turn_link.on_data(data, now))
             self._pump_turn(now)
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_data(cid, data, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_data(cid, data, now)
             self._pump_tcp(now)
@@ -625,6 +638,11 @@ class Session:
                 self._next_turn_way(now, self.turn_link.failed or why)
             else:
                 self.errors.append(f"turn: {self.turn_link.failed}")
+                if self.path_kind == "relay" and self.in_call:  # the relay went with it
+                    self._path_lost(now, f"the TURN server's connection broke ({why})")
+        elif self.tcp_relay is not None and self.tcp_relay.owns(cid):
+            self.tcp_relay.on_closed(cid, why, now)
+            self._pump_turn(now)
         elif self.tcp is not None and self.tcp.owns(cid):
             self.tcp.on_closed(cid, why, now)
             self._pump_tcp(now)
@@ -663,13 +681,29 @@ class Session:
         self._turn_out()
         for ev in self.turn.take_events():
             self._on_turn_event(ev, now)
+        if self.tcp_relay is not None:
+            for note in self.tcp_relay.take_notes():
+                self._note(note)
+            for peer, message in self.tcp_relay.take_received():
+                self._on_relayed(peer, message, now)
         self._turn_out()  # sent in reaction to an event
+
+    def _relay_send(self, peer: Address, data: bytes) -> None:
+        """Through our allocation to a peer: a TURN datagram, or a frame on the TCP
+        allocation's connection to it."""
+        assert self.turn is not None
+        if self.tcp_relay is not None:
+            self.tcp_relay.send(peer, data, self._now)
+        else:
+            self.turn.send(peer, data)
 
     def _turn_out(self) -> None:
         """What the TURN client has to send: datagrams, or its link's stream outputs."""
         assert self.turn is not None
         if self.turn_link is not None:
             self.out.extend(self.turn_link.flush())
+            if self.tcp_relay is not None:
+                self.out.extend(self.tcp_relay.take_outputs())
             return
         for data, addr in self.turn.take_datagrams():
             self._send(data, addr)
@@ -719,14 +753,27 @@ class Session:
             self.errors.append(f"turn over tls: the certificate given: {exc.reason or exc}")
             self.turn, self.turn_link = None, None
             return
+        # a TCP session relays TCP: a TCP allocation (RFC 6062), made over a stream only
+        relay = "tcp" if stream and self.cfg.transport == "tcp" else "udp"
         self.turn = turnmod.TurnClient(
             server, self.cfg.turn_user, self.cfg.turn_pass, rng=self._turn_rng,
-            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7)
+            rto=STREAM_RTO if stream else self.t.turn_rto, max_transmits=1 if stream else 7,
+            relay=relay)
         self.turn_transport = transport
         self.turn_link = None
+        self._close_tcp_relay()
         if stream:
             self.turn_link = TurnLink(self.turn, transport, self.cids.next(), tls)
             self.out.extend(self.turn_link.start())
+        if relay == "tcp":
+            self.tcp_relay = TcpRelay(self.turn, self.cids, tls, self._turn_rng,
+                                      active=self.controlling)
+
+    def _close_tcp_relay(self) -> None:
+        if self.tcp_relay is not None:
+            self.tcp_relay.close()
+            self.out.extend(self.tcp_relay.take_outputs())
+            self.tcp_relay = None
 
     def _start_turn(self, now: float) -> None:
         """Allocate over the current way; past turn_fallback, the next way takes over."""
@@ -781,7 +828,12 @@ class Session:
         for about a second after a release); if the server answers that it has none
         for us (437: we come from a new address or port), a new one is made from where
         we are now. No answer within REFRESH_WAIT: we go on without a relay candidate,
-        and the refresh goes on retransmitting (a late answer still counts)."""
+        and the refresh goes on retransmitting (a late answer still counts).
+        Over a stream (TURN over TCP or TLS) a restart makes a new allocation on a new
+        connection at once: the old connection may be dead without a word (a renumbered
+        or rebooted NAT: its segments now leave from an address or port coturn does not
+        know, or nowhere), and a new connection is a new 5-tuple, so nothing refuses
+        it; closing the old one frees the old allocation on the server."""
         self._stun_done = self.cfg.stun is None
         self._turn_done = self.turn is None and not self._turn_ways
         if self.cfg.stun is not None:
@@ -795,7 +847,8 @@ class Session:
                 self._stun_next = now + wait
             else:
                 self._stun_retransmit(now)
-        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
+        stream = self.turn_link is not None
+        if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED and not stream:
             self._turn_refresh = self.turn.refresh(now)
             self._turn_wait_until = now + self.REFRESH_WAIT
             self._pump_turn(now)
@@ -1006,6 +1059,8 @@ class Session:
         self._check_gathered(now)
 
     def _on_turn_event(self, ev: turnmod.AnyEvent, now: float) -> None:
+        if self.tcp_relay is not None and self.tcp_relay.on_turn_event(ev, now):
+            return
         if isinstance(ev, turnmod.DataReceived):
             self._on_relayed(ev.peer, ev.data, now)
         elif isinstance(ev, turnmod.Allocated):
@@ -1101,7 +1156,7 @@ class Session:
                         seq=self._next_seq())
         self.counters.relay_sent += 1
         self._note(f"relay probe -> {peer[0]}:{peer[1]}")
-        self.turn.send(peer, data)
+        self._relay_send(peer, data)
 
     def _remote_relays(self) -> list[Address]:
         return [c.addr for c in self.remote if c.type == "relay"]
@@ -1217,7 +1272,7 @@ class Session:
         if p.kind == pr.PROBE:
             assert self._key is not None and self.turn is not None
             self.counters.relay_sent += 1
-            self.turn.send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer,
+            self._relay_send(peer, pr.ack(self._key, self.cfg.id, self.cfg.remote, p.nonce, peer,
                                         seq=self._next_seq()))
             path.got_probe = True
         elif self._nonces.get(p.nonce) == ("relay", 0, peer):
@@ -1357,7 +1412,7 @@ class Session:
         self.phase = Phase.RELAY
         self._next_round = None
         if self.tcp is not None:
-            self.tcp.stop()
+            self.tcp.stop(abort=True)
             self._pump_tcp(now)
         if self.turn is None or self.turn.state is not turnmod.State.ALLOCATED:
             self._fail(now, "relay", "no direct path, and no local relay candidate")
@@ -1380,7 +1435,7 @@ class Session:
                        via: int = 0) -> None:
         self.t_punch_end = now
         if self.tcp is not None:
-            self.tcp.stop(keep=self._tcp_cid)  # the other connections are not needed
+            self.tcp.stop(keep=self._tcp_cid, abort=True)  # the others are not needed
         rc = Candidate(type_of(remote, self.remote), *remote)
         local = self._local_for(observed)
         if via and local.type == "prflx":  # one of our birthday sockets' random mappings
@@ -1454,7 +1509,7 @@ class Session:
                 self._send(data, peer, self._pair_via)
             else:
                 assert self.turn is not None
-                self.turn.send(peer, data)
+                self._relay_send(peer, data)
             self.app_sent += n
         if kind == "relay":
             self._pump_turn(now)
@@ -1531,7 +1586,7 @@ class Session:
         elif self.path_kind == "direct":
             self._send(data, self.path[1].addr, self._pair_via)
         elif self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
-            self.turn.send(self.path[1].addr, data)
+            self._relay_send(self.path[1].addr, data)
             self._pump_turn(now)
         assert self._next_data is not None
         # on schedule, but never a burst to catch up after a late wake-up
@@ -1553,25 +1608,27 @@ class Session:
 
     def _path_lost(self, now: float, cause: str) -> None:
         self._note(f"path lost: {cause}")
-        if self.tcp is not None:
-            self._tcp_path_lost(now, cause)
-            return
         self._begin_restart(now, cause, self.gen + 1, announce=True)
 
-    def _tcp_path_lost(self, now: float, cause: str) -> None:
-        """A TCP session's loss is recorded, not restarted. A restart would open new
-        connections from the same listening port to the same STUN server and remote
-        candidates, 4-tuples that the old connections still hold (or TIME_WAIT does)
-        in our own kernel; consent freshness still tells when the path died."""
-        self.restarts.append(_Restart(now, cause, self.gen, outcome="failed",
-                                      reason=TCP_NO_RESTART))
-        self._note("restart: not over TCP")
-        self.path = self.path_kind = None
-        self._next_data = self._consent_at = None
+    def _reset_streams(self) -> None:
+        """A TCP session's restart opens new connections from its listening port to the
+        same STUN server and, often, the same remote candidates: the old ones are reset
+        first (SO_LINGER 0: no TIME_WAIT), so no 4-tuple clashes in our own kernel.
+        The TCP allocation's data connections go too (new ones once a path is chosen)."""
+        if self.tcp is not None:
+            self.tcp.reset()
+            self.out.extend(self.tcp.take_outputs())
+        if self._stun_cid is not None:
+            self.out.append(Close(self._stun_cid, abort=True))
+            self._stun_cid = None
+        self._tcp_cid, self._tcp_acks = None, 0
+        if self.tcp_relay is not None:
+            self.tcp_relay.close()
+            self.out.extend(self.tcp_relay.take_outputs())
 
     def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
         """Forget the dead path and the old exchange; gather, exchange and punch again."""
-        if not self.in_call or (self._restarting and gen <= self.gen) or self.tcp is not None:
+        if not self.in_call or (self._restarting and gen <= self.gen):
             return
         if not self._restarting:
             if len(self.restarts) >= self.t.max_restarts:
@@ -1587,6 +1644,7 @@ class Session:
         self.path = self.path_kind = None
         self._next_data = self._consent_at = self._next_keepalive = None
         self._restart_at = None
+        self._reset_streams()
         if announce:
             self._signal({"type": "restart", "to": self.cfg.remote, "gen": gen})
         self.local = [Candidate("host", *self.cfg.host)]
@@ -1679,6 +1737,7 @@ class Session:
         if self.turn is not None and self.turn.state is turnmod.State.ALLOCATED:
             self.turn.release(now)  # frees the allocation; coturn then logs its counters
             self._turn_out()
+        self._close_tcp_relay()
         if self.turn_link is not None:
             self.out.extend(self.turn_link.close())
         if self.tcp is not None:

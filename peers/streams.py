@@ -7,7 +7,10 @@ driver names the ones it accepts on the session's listening port with negative i
                                      (SO_REUSEADDR and SO_REUSEPORT), as TCP hole
                                      punching and a STUN binding for it need
     Write(cid, data)                 bytes to send on it, in order
-    Close(cid)                       close it (the driver says nothing more about it)
+    Close(cid, abort)                close it (the driver says nothing more about it);
+                                     abort: with a RST (SO_LINGER 0), leaving no state
+                                     behind (no TIME_WAIT), so the same 4-tuple can be
+                                     connected again at once (a restart's punching)
 
 The driver answers with the session's handle_stream_open (connected),
 handle_stream_failed (the connection could not be made: refused, unreachable, ...),
@@ -38,6 +41,7 @@ class Write:
 @dataclass(frozen=True)
 class Close:
     cid: int
+    abort: bool = False
 
 
 StreamOutput = Open | Write | Close

@@ -9,7 +9,7 @@ Attribute values:
   USERNAME, REALM, SOFTWARE          str
   NONCE, DATA, PADDING, unknown      bytes (unknown attributes are named "0xNNNN")
   MESSAGE-INTEGRITY                  bytes (20)
-  FINGERPRINT, LIFETIME, PRIORITY... int
+  FINGERPRINT, LIFETIME, PRIORITY... int (CONNECTION-ID too: 4 opaque bytes, big-endian)
   ERROR-CODE                         (code: int, reason: str)
   CHANGE-REQUEST                     (change_ip: bool, change_port: bool)
   UNKNOWN-ATTRIBUTES                 tuple[int, ...]
@@ -52,6 +52,10 @@ class Method(IntEnum):
     DATA = 0x007
     CREATE_PERMISSION = 0x008
     CHANNEL_BIND = 0x009
+    # RFC 6062 (TURN TCP allocations)
+    CONNECT = 0x00A
+    CONNECTION_BIND = 0x00B
+    CONNECTION_ATTEMPT = 0x00C
 
 
 class Class(IntEnum):
@@ -303,6 +307,8 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     _spec(0x0016, "XOR-RELAYED-ADDRESS", _pack_xor_address, _xaddr("XOR-RELAYED-ADDRESS")),
     _spec(0x0019, "REQUESTED-TRANSPORT", _pack_requested_transport, _unpack_requested_transport),
     _spec(0x001A, "DONT-FRAGMENT", _pack_flag, _flag("DONT-FRAGMENT")),
+    # RFC 6062 (TURN TCP allocations): an opaque 32-bit value, echoed as it came
+    _spec(0x002A, "CONNECTION-ID", _pack_uint32, _u32("CONNECTION-ID")),
     # RFC 8445 (ICE), present in the RFC 5769 vectors
     _spec(0x0024, "PRIORITY", _pack_uint32, _u32("PRIORITY")),
     _spec(0x0025, "USE-CANDIDATE", _pack_flag, _flag("USE-CANDIDATE")),

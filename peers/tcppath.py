@@ -154,12 +154,20 @@ class TcpPath:
             self._pause[target] = self.timing.retry
             self._connect(target, now)
 
-    def stop(self, keep: int | None = None) -> None:
-        """Punching is over: no more attempts; every connection but `keep` closed."""
+    def stop(self, keep: int | None = None, abort: bool = False) -> None:
+        """Punching is over: no more attempts; every connection but `keep` closed (with
+        `abort`, reset: no TIME_WAIT that a later restart's punching would run into)."""
         self.punching = False
         self._retry.clear()
         for cid in [c for c in self.conns if c != keep]:
-            self._close(cid)
+            self._close(cid, abort)
+
+    def reset(self) -> None:
+        """A restart: every connection from the listening port reset (SO_LINGER 0), so
+        none leaves a TIME_WAIT or an open 4-tuple for the new punching to clash with
+        in our own kernel; no attempt pending."""
+        self.stop(abort=True)
+        self._pause.clear()
 
     def tick(self, now: float) -> None:
         if not self.punching:
@@ -253,9 +261,9 @@ class TcpPath:
         self._pause[target] = min(pause * 2, self.timing.retry_max)
         self._retry[target] = now + pause * self._rng.uniform(0.5, 1.5)
 
-    def _close(self, cid: int) -> None:
+    def _close(self, cid: int, abort: bool = False) -> None:
         if self.conns.pop(cid, None) is not None:
-            self._out.append(Close(cid))
+            self._out.append(Close(cid, abort))
 
     def _probe(self, conn: _Conn) -> None:
         if self.key is None:

@@ -16,6 +16,13 @@ Refresh (LIFETIME 0 releases), CreatePermission, ChannelBind, Send and Data
 indications, ChannelData; retransmission with an RTO that doubles (RFC 8489 6.2.1,
 Rc transmissions then Rm*RTO of silence) and automatic refresh of the allocation,
 permissions and channels before they expire.
+
+TCP allocations (RFC 6062, `relay="tcp"`, over a TCP or TLS connection only): the
+Allocate asks for REQUESTED-TRANSPORT 6; `connect(peer)` asks the server to open a TCP
+connection from the relayed address to the peer (PeerConnected: its CONNECTION-ID), and
+a peer's connection to the relayed address arrives as a ConnectionAttempt event. Each
+such connection's data then flows on a connection of its own to the server, bound by a
+ConnectionBind request with the allocation's credentials: peers.turntcp does that part.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from peers.stun import (
 Address = tuple[str, int]
 
 UDP = 17  # REQUESTED-TRANSPORT protocol number
+TCP = 6  # ... for a TCP allocation (RFC 6062)
+RELAY_TRANSPORTS = {"udp": UDP, "tcp": TCP}
 PERMISSION_LIFETIME = 300.0  # RFC 8656 9: fixed, not negotiated
 CHANNEL_LIFETIME = 600.0  # RFC 8656 12
 REFRESH_MARGIN = 60.0  # refresh this long before expiry (RFC 8656 suggests a minute)
@@ -116,14 +125,42 @@ class RequestFailed:
 
 
 @dataclass(frozen=True)
+class PeerConnected:
+    """RFC 6062: the server connected the relayed address to `peer` (a Connect)."""
+
+    request: int
+    peer: Address
+    connection_id: int
+
+
+@dataclass(frozen=True)
+class ConnectionAttempt:
+    """RFC 6062: `peer` connected to the relayed address; bind it within 30 s."""
+
+    peer: Address
+    connection_id: int
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a ConnectionBind on a new connection authenticates with (RFC 6062 4.4)."""
+
+    username: str
+    realm: str
+    nonce: bytes
+    key: bytes
+
+
+@dataclass(frozen=True)
 class DataReceived:
     peer: Address
     data: bytes
     channel: int | None  # None: came in a Data indication
 
 
-Event = Allocated | Refreshed | Released | PermissionCreated | ChannelBound | RequestFailed
-AnyEvent = Event | DataReceived
+Event = (Allocated | Refreshed | Released | PermissionCreated | ChannelBound | RequestFailed
+         | PeerConnected)
+AnyEvent = Event | DataReceived | ConnectionAttempt
 
 
 @dataclass
@@ -165,7 +202,11 @@ class TurnClient:
         lifetime: int | None = None,
         auto_refresh: bool = True,
         software: str | None = "nat-testbed",
+        relay: str = "udp",
     ) -> None:
+        if relay not in RELAY_TRANSPORTS:
+            raise ValueError(f"relay: {relay!r}, expected one of {sorted(RELAY_TRANSPORTS)}")
+        self.relay = relay  # what the allocation relays to peers
         self.server = server
         self.username = username
         self._password = password
@@ -225,13 +266,20 @@ class TurnClient:
     def channel_for(self, peer: Address) -> int | None:
         return self._channels.get(peer)
 
+    @property
+    def credentials(self) -> Credentials | None:
+        """The long-term credentials in use, once the server's challenge came."""
+        if self.realm is None or self.nonce is None or self._key is None:
+            return None
+        return Credentials(self.username, self.realm, self.nonce, self._key)
+
     # --- requests ---------------------------------------------------------------------
 
     def allocate(self, now: float) -> int:
         if self.state is not State.IDLE:
             raise TurnError(f"allocate: client is {self.state.value}, not idle")
         self.state = State.ALLOCATING
-        attrs: list[tuple[str, Any]] = [("REQUESTED-TRANSPORT", UDP)]
+        attrs: list[tuple[str, Any]] = [("REQUESTED-TRANSPORT", RELAY_TRANSPORTS[self.relay])]
         if self.requested_lifetime is not None:
             attrs.append(("LIFETIME", self.requested_lifetime))
         return self._request(now, Method.ALLOCATE, attrs)
@@ -262,6 +310,14 @@ class TurnClient:
         self._channel_peers[channel] = peer
         attrs = [("CHANNEL-NUMBER", channel), ("XOR-PEER-ADDRESS", peer)]
         return self._request(now, Method.CHANNEL_BIND, attrs, context=(peer, channel))
+
+    def connect(self, now: float, peer: Address) -> int:
+        """RFC 6062: have the server open a TCP connection from the relayed address to
+        `peer`; the PeerConnected event carries its CONNECTION-ID."""
+        self._require_allocation("connect")
+        if self.relay != "tcp":
+            raise TurnError("connect: the allocation relays UDP (Connect is RFC 6062's)")
+        return self._request(now, Method.CONNECT, [("XOR-PEER-ADDRESS", peer)], context=peer)
 
     def send(self, peer: Address, data: bytes) -> None:
         """Relay `data` to `peer`: ChannelData when a channel is bound, else a Send indication.
@@ -416,6 +472,12 @@ class TurnClient:
             for ip in tr.context:
                 self._install_permission(ip, now)
             self._events.append(PermissionCreated(tr.handle, tr.context))
+        elif tr.method is Method.CONNECT:
+            cid = msg.get("CONNECTION-ID")
+            if cid is None:
+                self._fail(tr, None, "Connect success without CONNECTION-ID")
+                return
+            self._events.append(PeerConnected(tr.handle, tr.context, cid))
         elif tr.method is Method.CHANNEL_BIND:
             peer, channel = tr.context
             self._channels[peer] = channel
@@ -458,9 +520,15 @@ class TurnClient:
     # --- internals: indications and channel data --------------------------------------
 
     def _on_indication(self, msg: Message) -> bool:
+        peer = msg.get("XOR-PEER-ADDRESS")
+        if msg.method is Method.CONNECTION_ATTEMPT and self.relay == "tcp":
+            cid = msg.get("CONNECTION-ID")
+            if peer is not None and cid is not None and self.state is State.ALLOCATED:
+                self._events.append(ConnectionAttempt(peer, cid))
+            return True
         if msg.method is not Method.DATA:
             return False
-        peer, data = msg.get("XOR-PEER-ADDRESS"), msg.get("DATA")
+        data = msg.get("DATA")
         if peer is not None and data is not None:
             self._events.append(DataReceived(peer, data, None))
         return True
@@ -530,6 +598,7 @@ class TurnSocket:
         self.on_other = on_other
         self.other: deque[tuple[bytes, Address]] = deque()
         self.data: deque[DataReceived] = deque()
+        self.attempts: deque[ConnectionAttempt] = deque()  # RFC 6062, a TCP allocation
         self._done: dict[int, Event] = {}
 
     def allocate(self, timeout: float = 10.0) -> Allocated:
@@ -595,6 +664,8 @@ class TurnSocket:
         for ev in self.client.take_events():
             if isinstance(ev, DataReceived):
                 self.data.append(ev)
+            elif isinstance(ev, ConnectionAttempt):
+                self.attempts.append(ev)
             else:
                 self._done[ev.request] = ev
 

@@ -1,7 +1,9 @@
 """A TURN client's messages over a TCP or TLS connection to its server (sans-IO).
 
 RFC 8656 lets a client reach its TURN server over UDP, TCP or TLS over TCP; the
-allocation still relays UDP to peers. Over a stream the messages are the same
+allocation still relays UDP to peers, unless it is an RFC 6062 TCP allocation (then
+this link is its control connection, and peers.turntcp its data connections, which use
+TlsStream below for TLS too). Over a stream the messages are the same
 (peers.turn.TurnClient makes them), back to back: STUN messages say their own
 length, ChannelData is padded to four bytes (peers.framing). TLS is done in memory
 (ssl.MemoryBIO), so the link stays sans-IO: bytes from the driver in, stream
@@ -39,6 +41,43 @@ def tls_context(ca_pem: str) -> ssl.SSLContext:
     return ctx
 
 
+class TlsStream:
+    """TLS over a stream whose bytes someone else carries (ssl.MemoryBIO): ciphertext
+    in (`feed`), plaintext out (`read`); plaintext in (`write`), ciphertext out."""
+
+    def __init__(self, ctx: ssl.SSLContext, server_hostname: str) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._in, self._out, server_hostname=server_hostname)
+
+    def handshake(self) -> tuple[bool, bytes]:
+        """Go on with the handshake: (done, ciphertext to send). ssl.SSLError: failed."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False, self._out.read()
+        return True, self._out.read()
+
+    def feed(self, data: bytes) -> None:
+        self._in.write(data)
+
+    def read(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def write(self, plain: bytes) -> bytes:
+        self._tls.write(plain)
+        return self._out.read()
+
+
 class TurnLink:
     def __init__(self, client: TurnClient, transport: str, cid: int,
                  tls: ssl.SSLContext | None = None) -> None:
@@ -54,11 +93,7 @@ class TurnLink:
         self.failed: str | None = None
         self._reader = StunStreamReader()
         self._waiting: list[bytes] = []
-        self._tls: ssl.SSLObject | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        if tls is not None:
-            self._tls = tls.wrap_bio(self._in, self._out, server_hostname=self.server[0])
+        self._tls = TlsStream(tls, self.server[0]) if tls is not None else None
 
     def start(self) -> list[StreamOutput]:
         return [Open(self.cid, self.server)]
@@ -79,12 +114,16 @@ class TurnLink:
             return []
         out: list[StreamOutput] = []
         if self._tls is not None:
-            self._in.write(data)
+            self._tls.feed(data)
             if not self.ready:
                 out += self._handshake()
                 if not self.ready:
                     return out
-            data = self._decrypt()
+            try:
+                data = self._tls.read()
+            except ssl.SSLError as exc:  # a record that does not decrypt: the link is dead
+                self.failed = f"turn over tls: {exc.reason or exc}"
+                return [*out, Close(self.cid)]
         try:
             messages = self._reader.feed(data)
         except FramingError as exc:
@@ -105,8 +144,7 @@ class TurnLink:
         self._waiting.clear()
         if self._tls is None:
             return [Write(self.cid, plain)]
-        self._tls.write(plain)
-        return self._pending_tls()
+        return [Write(self.cid, self._tls.write(plain))]
 
     def close(self) -> list[StreamOutput]:
         self.ready = False
@@ -117,28 +155,12 @@ class TurnLink:
     def _handshake(self) -> list[StreamOutput]:
         assert self._tls is not None
         try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            return self._pending_tls()
+            done, data = self._tls.handshake()
         except ssl.SSLError as exc:
             self.failed = f"turn over tls: handshake: {exc.reason or exc}"
-            return [*self._pending_tls(), Close(self.cid)]
+            return [Close(self.cid)]
+        sent: list[StreamOutput] = [Write(self.cid, data)] if data else []
+        if not done:
+            return sent
         self.ready = True
-        return [*self._pending_tls(), *self.flush()]
-
-    def _pending_tls(self) -> list[StreamOutput]:
-        data = self._out.read()
-        return [Write(self.cid, data)] if data else []
-
-    def _decrypt(self) -> bytes:
-        assert self._tls is not None
-        chunks = []
-        while True:
-            try:
-                chunk = self._tls.read(65536)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return [*sent, *self.flush()]

@@ -6,9 +6,11 @@ Pure functions, no processes started here:
 - `coturn_argv(cfg, state_dir)` is the exact `turnserver` command line. Nothing is read
   from /etc (`-n`), the user database, log and pid file live in `state_dir`, clients
   reach it over UDP and TCP on `port` and, with a certificate, over TLS on `tls_port`
-  (443: the way out of a network that lets only web traffic leave); it relays UDP only
-  (no TCP relays, RFC 6062), no DTLS, no telnet CLI, no web admin, and the process
-  stays in the foreground so the orchestrator owns its PID.
+  (443: the way out of a network that lets only web traffic leave); it relays UDP, and
+  TCP for a TCP allocation (RFC 6062, made over a TCP or TLS connection); no DTLS, no
+  telnet CLI, no web admin, and the process stays in the foreground so the orchestrator
+  owns its PID. The peer lock below holds for TCP relays too (a Connect to any other
+  address gets 403).
 - `certificate_argv(state_dir, ip)` is the `openssl` command that makes each lab's
   self-signed certificate for TURN over TLS (its subjectAltName is the server's
   address); peers trust exactly that certificate.
@@ -32,11 +34,12 @@ Each line is a delta since the previous report for the session; coturn reports e
 4096 packets and once when the session closes (`closed (2nd stage)`), so
 `parse_usage` sums them. To read the totals of an allocation, release it (Refresh with
 LIFETIME 0) and wait until its session shows `closed`; coturn deletes released
-allocations on its 1 s timer. The `peer usage` figures count UDP payload bytes
-between the relayed transport address and the peers: rp/rb received from peers,
-sp/sb sent to peers. That is the evidence that data went through coturn, whichever way
-(UDP, TCP, TLS) the client reached it: a TCP or TLS session is closed, and counted,
-when its connection closes.
+allocations on its 1 s timer. The `peer usage` figures count the payload bytes
+between the relayed transport address and the peers (UDP datagrams, or a TCP
+allocation's relayed connections): rp/rb received from peers, sp/sb sent to peers.
+That is the evidence that data went through coturn, whichever way (UDP, TCP, TLS) the
+client reached it: a TCP or TLS session is closed, and counted, when its connection
+closes.
 """
 
 from __future__ import annotations
@@ -219,7 +222,6 @@ def coturn_argv(cfg: TurnConfig, state_dir: Path, binary: str = "turnserver") ->
         "--fingerprint",
         *([] if cfg.tls else ["--no-tls"]),
         "--no-dtls",
-        "--no-tcp-relay",
         "--no-cli",
         "--no-rfc5780",
         "--no-multicast-peers",

@@ -490,7 +490,8 @@ def format_pair(result: PairResult) -> str:
     else:
         per = ", ".join(f"{n} {u.peer.sp} packets/{u.peer.sb} bytes"
                         + _turn_way(result.peers.get(n)) for n, u in result.relay.items() if u)
-        lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers ({per})")
+        what = " through TCP allocations (RFC 6062)" if transport == "tcp" else ""
+        lines.append(f"relay: coturn relayed {result.relay_bytes} bytes to peers{what} ({per})")
     lines += _call_lines(result)
     if result.kept:
         lines.append(f"lab {result.lab} kept: nat-testbed down {result.lab}")

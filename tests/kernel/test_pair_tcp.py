@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from peers import probe as pr
 from peers.session import Timing
 from testbed import resources
 from testbed.conditions import parse_spec
@@ -82,10 +83,37 @@ def test_untraversable_pairs_relay_over_turn_on_tcp(a: str, b: str) -> None:
     result, res = pair(a, b)
     assert res["outcome"] == "relay", format_pair(result)
     assert res["relay_bytes"] is not None and res["relay_bytes"] > 0  # coturn's own count
-    for r in res["peers"].values():
+    relayed = {me: r["candidate_pair"]["local"] for me, r in res["peers"].items()}
+    for me, r in res["peers"].items():
         assert r["turn_transport"] == "tcp"
-        assert r["candidate_pair"]["local"]["type"] == "relay"
+        assert relayed[me]["type"] == "relay"
+        # RFC 6062: each side through its own TCP allocation to the other's relayed address
+        assert r["candidate_pair"]["remote"] == relayed[OTHER[me]]
         assert r["packets"]["relay_received"] >= 2
+
+
+TURN_IP = str(TOPO.node("turn").iface("eth0").address.ip)
+
+
+def test_a_tcp_call_relays_over_tcp_allocations_end_to_end(tmp_path: Path) -> None:
+    """Two symmetric NATs, a TCP call: the relay stage uses TCP allocations (RFC 6062),
+    so the call's data crosses each router inside TCP segments to and from coturn, and
+    no UDP goes to coturn at all; coturn counts the relayed bytes; the wire sees the
+    call's data arrive both ways."""
+    out = tmp_path / "trace"
+    result, res = pair("symmetric", "symmetric", trace_dir=out, call=2.0)
+    assert res["outcome"] == "relay", format_pair(result)
+    assert "through TCP allocations (RFC 6062)" in format_pair(result)
+    assert res["relay_bytes"] is not None and res["relay_bytes"] > 1000
+    flows = {f["direction"]: f for f in res["flows"]}
+    for f in flows.values():  # seen leaving one host and reaching the other
+        assert f["sent"] >= 20 and f["arrived"] >= f["sent"] * 0.9, flows
+    cap = load_capture(out)
+    for router, me in ROUTERS.items():
+        wan = [p for p in cap.packets[f"{router}:wan"] if TURN_IP in (p.src, p.dst)]
+        assert not [p for p in wan if p.proto == "udp"], f"UDP to coturn at {router}"
+        carrying = [p for p in wan if p.proto == "tcp" and pr.MAGIC in p.payload]
+        assert {p.direction for p in carrying} == {"in", "out"}, f"{me}'s data at {router}"
 
 
 def test_a_refused_first_syn_is_overcome_when_only_one_side_answers_with_rst() -> None:
@@ -105,6 +133,9 @@ def test_corporate_networks_get_through_only_by_turn_over_tls(transport: str) ->
     assert res["relay_bytes"] is not None and res["relay_bytes"] > 0
     srflx = [c for c in alice["candidates"]["local"] if c["type"] == "srflx"]
     assert srflx == []  # STUN did not get out
+    if transport == "tcp":  # TCP allocations: Alice's over TLS on 443, Bob's over TCP
+        assert alice["candidate_pair"]["remote"] == bob["candidate_pair"]["local"]
+        assert bob["candidate_pair"]["remote"] == alice["candidate_pair"]["local"]
 
 
 def test_the_trace_of_a_simultaneous_open_shows_both_syns(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -27,9 +29,11 @@ import pytest
 from pyroute2 import IPRoute
 
 from peers import stun
-from peers.streams import Write
+from peers.framing import frame_4571
+from peers.streams import CidCounter, Close, Open, Write
 from peers.turn import (
     Allocated,
+    ConnectionAttempt,
     DataReceived,
     Event,
     Refreshed,
@@ -40,6 +44,7 @@ from peers.turn import (
     TurnSocket,
 )
 from peers.turnlink import TurnLink, tls_context
+from peers.turntcp import TcpRelay
 from testbed import coturn as tb
 from testbed import netns
 
@@ -367,18 +372,20 @@ class StreamTurn:
     blocking, step by step, as TurnSocket does over UDP."""
 
     def __init__(self, lab: TurnLab, transport: str, user: str | None = None,
-                 password: str | None = None) -> None:
+                 password: str | None = None, relay: str = "udp",
+                 role: str = "client") -> None:
         port = lab.cfg.port if transport == "tcp" else lab.cfg.tls_port
         self.server = (ADDRS["turn"], port)
         self.client = TurnClient(self.server, user or lab.cfg.username,
                                  password or lab.cfg.password, rng=random.Random(), rto=0.5,
-                                 max_transmits=1)
+                                 max_transmits=1, relay=relay)
         assert lab.cfg.cert is not None
-        ctx = tls_context(lab.cfg.cert.read_text()) if transport == "tls" else None
-        self.link = TurnLink(self.client, transport, 1, ctx)
-        with netns.entered(lab.fds["client"]):
+        self.ctx = tls_context(lab.cfg.cert.read_text()) if transport == "tls" else None
+        self.link = TurnLink(self.client, transport, 1, self.ctx)
+        self.lab, self.role = lab, role
+        with netns.entered(lab.fds[role]):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((ADDRS["client"], 0))
+        self.sock.bind((ADDRS[role], 0))
         self.sock.settimeout(3.0)
         self.sock.connect(self.server)
         self._done: dict[int, Event] = {}
@@ -406,7 +413,7 @@ class StreamTurn:
         for ev in self.client.take_events():
             if isinstance(ev, DataReceived):
                 self.data.append(ev)
-            else:
+            elif not isinstance(ev, ConnectionAttempt):
                 self._done[ev.request] = ev
         self._out(self.link.flush())
 
@@ -489,3 +496,172 @@ def test_coturns_own_client_relays_over_tcp_and_tls(lab: TurnLab, flags: list[st
         echo.wait(timeout=5)
     text = out.stdout + out.stderr
     assert "Total lost packets 0 (0.000000%)" in text, text[-2000:]
+
+
+# --- TCP allocations (RFC 6062) ----------------------------------------------------------
+
+
+class TcpRelayTurn(StreamTurn):
+    """A TCP allocation and its data connections (peers.turntcp.TcpRelay), driven
+    blocking from one namespace: the control connection and every data connection."""
+
+    def __init__(self, lab: TurnLab, transport: str, role: str, active: bool) -> None:
+        super().__init__(lab, transport, relay="tcp", role=role)
+        self.relay = TcpRelay(self.client, CidCounter(), self.ctx, random.Random(), active)
+        self.relay.cids.next()  # cid 1 is the control connection's
+        self.socks: dict[int, socket.socket] = {}
+        self.received: list[tuple[tuple[str, int], bytes]] = []
+
+    def _carry(self) -> None:
+        while outs := self.relay.take_outputs():  # opening asks for more: the bind
+            for out in outs:
+                self._carry_one(out)
+
+    def _carry_one(self, out: object) -> None:
+        if isinstance(out, Open):
+            with netns.entered(self.lab.fds[self.role]):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((ADDRS[self.role], 0))
+            s.settimeout(3.0)
+            s.connect(out.remote)
+            self.socks[out.cid] = s
+            self.relay.on_open(out.cid, time.monotonic())
+        elif isinstance(out, Write) and out.cid in self.socks:
+            self.socks[out.cid].sendall(out.data)
+        elif isinstance(out, Close) and out.cid in self.socks:
+            self.socks.pop(out.cid).close()
+
+    def step(self, wait: float = 0.02) -> None:
+        self._out(self.link.flush())
+        ready, _, _ = select.select([self.sock, *self.socks.values()], [], [], wait)
+        now = time.monotonic()
+        for s in ready:
+            data = s.recv(65536)
+            if s is self.sock:
+                assert data, "coturn closed the control connection"
+                self._out(self.link.on_data(data, now))
+                continue
+            cid = next(c for c, x in self.socks.items() if x is s)
+            if data:
+                self.relay.on_data(cid, data, now)
+            else:
+                self.socks.pop(cid).close()
+                self.relay.on_closed(cid, "closed by the server", now)
+        self.client.tick(now)
+        for ev in self.client.take_events():
+            if self.relay.on_turn_event(ev, now):
+                continue
+            if not isinstance(ev, DataReceived | ConnectionAttempt):
+                self._done[ev.request] = ev
+        self._out(self.link.flush())
+        self._carry()
+        self.received += self.relay.take_received()
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        super().close()
+
+
+def _allocate_tcp(turn: TcpRelayTurn) -> Allocated:
+    ev = turn.wait(turn.client.allocate(time.monotonic()))
+    assert isinstance(ev, Allocated), ev
+    return ev
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_two_tcp_allocations_reach_each_other_through_connect_and_connection_attempt(
+        lab: TurnLab, transport: str) -> None:
+    """As coturn's own RFC 6062 client does (turnutils_uclient -T): A Connects from its
+    relayed address to B's; coturn tells B (ConnectionAttempt); both bind a data
+    connection; frames cross both ways, byte for byte, and coturn counts them."""
+    a = TcpRelayTurn(lab, transport, "client", active=True)
+    b = TcpRelayTurn(lab, transport, "peer", active=False)
+    try:
+        ra, rb = _allocate_tcp(a).relayed, _allocate_tcp(b).relayed
+        assert ra[0] == rb[0] == ADDRS["turn"]
+        for me, other in ((a, rb), (b, ra)):  # B's permission admits A's connection
+            ok = me.wait(me.client.create_permission(time.monotonic(), [other[0]]))
+            assert not isinstance(ok, RequestFailed), ok
+        a.relay.send(rb, b"hello from a", time.monotonic())
+        deadline = time.monotonic() + 5
+        while not b.received and time.monotonic() < deadline:
+            a.step()
+            b.step()
+        assert b.received == [(ra, b"hello from a")]  # B sees A's relayed address
+        payloads = [bytes([i]) * (100 * i + 1) for i in range(1, 6)]
+        for p in payloads:
+            b.relay.send(ra, p, time.monotonic())
+        while len(a.received) < len(payloads) and time.monotonic() < deadline:
+            a.step()
+            b.step()
+        assert a.received == [(rb, p) for p in payloads]
+        assert a.relay.bound == b.relay.bound == 1
+        client_a = a.sock.getsockname()
+        a.wait(a.client.release(time.monotonic()))
+        b.wait(b.client.release(time.monotonic()))
+    finally:
+        a.close()
+        b.close()
+    usage = lab.usage_of(client_a)
+    framed = sum(len(p) + 2 for p in payloads)
+    assert usage.peer.rb == framed  # what B sent, as it reached A's relayed address
+    assert usage.peer.sb == len(b"hello from a") + 2
+
+
+def test_a_plain_tcp_peer_connects_to_the_relayed_address(lab: TurnLab) -> None:
+    """The passive side alone: an ordinary TCP client (no TURN) connects to the relayed
+    address; coturn admits it (a permission for its address), the allocation's owner
+    binds it, and bytes flow both ways; without the permission coturn refuses it."""
+    turn = TcpRelayTurn(lab, "tcp", "client", active=False)
+    try:
+        relayed = _allocate_tcp(turn).relayed
+        with netns.entered(lab.fds["peer"]):
+            stranger = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stranger.settimeout(2.0)
+        try:  # coturn accepts, then resets it at once: no permission for its address
+            stranger.connect(relayed)
+            got = stranger.recv(10)
+        except ConnectionResetError:
+            got = b""
+        finally:
+            stranger.close()
+        for _ in range(20):
+            turn.step()
+        assert got == b"" and turn.relay.links == {}
+        turn.wait(turn.client.create_permission(time.monotonic(), [ADDRS["peer"]]))
+        with netns.entered(lab.fds["peer"]):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        peer.settimeout(2.0)
+        peer.connect(relayed)
+        peer.sendall(frame_4571(b"from the peer"))
+        deadline = time.monotonic() + 5
+        while not turn.received and time.monotonic() < deadline:
+            turn.step()
+        [(src, message)] = turn.received
+        assert message == b"from the peer" and src == peer.getsockname()
+        turn.relay.send(src, b"back", time.monotonic())
+        turn.step()
+        assert peer.recv(100) == frame_4571(b"back")
+        peer.close()
+    finally:
+        turn.close()
+
+
+@pytest.mark.skipif(shutil.which("turnutils_uclient") is None, reason="needs coturn's tools")
+@pytest.mark.parametrize("flags", [["-T"], ["-T", "-S"]], ids=["tcp", "tls"])
+def test_coturns_own_rfc6062_client_relays_tcp_with_the_lab_configuration(
+        lab: TurnLab, flags: list[str]) -> None:
+    """An independent RFC 6062 client against the lab's coturn: turnutils_uclient -T
+    (TCP allocations, client to client: Connect, ConnectionAttempt, ConnectionBind), the
+    same way the project's peer relays a TCP call."""
+    port = lab.cfg.tls_port if "-S" in flags else lab.cfg.port
+    out = subprocess.run(
+        ["turnutils_uclient", *flags, "-u", lab.cfg.username, "-w", lab.cfg.password,
+         "-n", "10", "-m", "1", "-p", str(port), "-L", ADDRS["client"], ADDRS["turn"]],
+        capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: netns.preexec(lab.fds["client"]))
+    text = out.stdout + out.stderr
+    assert "Total lost packets 0 (0.000000%)" in text, text[-2000:]
+    totals = re.findall(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", text)
+    assert totals and totals[-1] == ("20", "20"), text[-2000:]  # 10 each way, both clients

@@ -29,7 +29,6 @@ def test_coturn_argv_is_self_contained_and_locked_to_lab_ranges() -> None:
         "--no-cli",
         "--no-tls",
         "--no-dtls",
-        "--no-tcp-relay",
         "--lt-cred-mech",
         "--verbose",
         "--no-stdout-log",
@@ -53,16 +52,17 @@ def test_coturn_argv_is_self_contained_and_locked_to_lab_ranges() -> None:
     assert not any(a.startswith("--stale-nonce") for a in argv)
     assert "--stale-nonce=2" in tb.coturn_argv(cfg(stale_nonce=2), Path("/state"))
     assert "--no-tcp" not in argv  # clients reach it over TCP too (RFC 8656)
+    assert "--no-tcp-relay" not in argv  # and TCP allocations relay TCP (RFC 6062)
     assert "--tls-listening-port" not in argv  # no certificate, no TLS
 
 
-def test_with_a_certificate_coturn_serves_tls_on_443_and_still_relays_udp_only() -> None:
+def test_with_a_certificate_coturn_serves_tls_on_443_and_relays_udp_and_tcp() -> None:
     argv = tb.coturn_argv(cfg(cert=Path("/s/c.pem"), key=Path("/s/k.pem")), Path("/state"))
     pairs = {(a, b) for a, b in zip(argv, argv[1:], strict=False)}
     assert {("--tls-listening-port", "443"), ("--cert", "/s/c.pem"),
             ("--pkey", "/s/k.pem")} <= pairs
     assert "--no-tls" not in argv and "--no-tcp" not in argv
-    assert "--no-tcp-relay" in argv and "--no-dtls" in argv
+    assert "--no-tcp-relay" not in argv and "--no-dtls" in argv
 
 
 def test_the_certificate_is_for_the_servers_address() -> None:

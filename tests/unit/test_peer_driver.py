@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,44 @@ def test_a_gated_group_whose_signaling_refuses_gives_its_place_back() -> None:
     Driver(eps, ("127.0.0.1", port), gate=gate).run()
     assert gate.log == ["in 0", "out"] and gate.free
     assert all(ep.result is not None and ep.result.stage == "signaling" for ep in eps)
+
+
+def _tcp_states(local: tuple[str, int], remote: tuple[str, int]) -> list[str]:
+    """States of the kernel's sockets on this 4-tuple (/proc/net/tcp, hex: 06 TIME_WAIT)."""
+    def hexaddr(a: tuple[str, int]) -> str:
+        return f"{socket.inet_aton(a[0])[::-1].hex().upper()}:{a[1]:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return [r[3] for r in rows if (r[1], r[2]) == (hexaddr(local), hexaddr(remote))]
+
+
+def test_an_aborted_stream_leaves_no_time_wait() -> None:
+    """Close(abort=True): SO_LINGER 0, a RST and no TIME_WAIT, so a restart can connect
+    from the same port to the same address at once (outside loopback, a 4-tuple in
+    TIME_WAIT refuses that connect for a minute: what kept TCP sessions from
+    restarting); a plain close by us first leaves TIME_WAIT."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    driver = Driver([], ("127.0.0.1", 1))
+    far: list[socket.socket] = []
+    try:
+        for abort, after in ((True, []), (False, ["06"])):
+            s = socket.socket()
+            s.connect(lst.getsockname())
+            far.append(lst.accept()[0])
+            me = s.getsockname()
+            ep = Endpoint.__new__(Endpoint)  # only its streams matter here
+            ep.streams, ep.unsent = {1: s}, {}
+            driver._close_stream(ep, 1, abort=abort)  # noqa: SLF001
+            if abort:
+                with pytest.raises(ConnectionResetError):
+                    far[-1].recv(1)
+            far[-1].close()  # the far end closes after us
+            deadline = time.monotonic() + 2.0
+            while _tcp_states(me, lst.getsockname()) != after and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _tcp_states(me, lst.getsockname()) == after
+    finally:
+        driver.sel.close()
+        for x in (*far, lst):
+            x.close()

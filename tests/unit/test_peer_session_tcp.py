@@ -20,7 +20,7 @@ from peers import stun
 from peers.framing import frame_4571
 from peers.session import (
     APP_MAGIC,
-    TCP_NO_RESTART,
+    Close,
     Open,
     PeerConfig,
     Phase,
@@ -218,24 +218,38 @@ def test_answered_consent_checks_keep_a_tcp_path() -> None:
     assert s.restarts == [] and s.path is not None
 
 
-def test_a_dead_tcp_path_is_recorded_and_not_restarted() -> None:
+def test_a_dead_tcp_path_restarts_from_fresh_connections() -> None:
+    """Consent expires: the old connection is reset (no TIME_WAIT: the same 4-tuple is
+    punched again), the remote is told, the session gathers and punches anew from its
+    listening port, and data flows on the new connection."""
     s, cid, key = tcp_call()
     for t in (1.05, 2.05, 3.05, 3.1):  # checks go out, no ack comes back
         s.handle_timeout(t)
     outs = s.take_outputs()
-    assert s.path is None and s.gen == 0
-    [lost] = s.restarts
-    assert (lost.outcome, lost.reason) == ("failed", TCP_NO_RESTART)
-    assert lost.cause.startswith("consent expired")
-    assert not [o for o in outs if isinstance(o, Open)]  # no new connection, no re-gather
-    assert not [o for o in outs if isinstance(o, Signal) and o.msg["type"] == "restart"]
-    s.handle_timeout(4.0)
-    assert not [f for f in _frames(s.take_outputs(), cid)
-                if pr.decode(key, f, sender="alice", receiver="bob").kind == pr.DATA]
-    r = s.result()
-    assert r.outcome == "direct" and [x.outcome for x in r.restarts] == ["failed"]
-    s.handle_signal({"type": "restart", "from": "bob", "to": "alice", "gen": 1}, 4.1)
-    assert s.phase is Phase.DECIDED and s.gen == 0  # a remote's restart starts none either
+    assert Close(cid, abort=True) in outs  # SO_LINGER 0 in the driver
+    [restart] = [o.msg for o in outs if isinstance(o, Signal) and o.msg["type"] == "restart"]
+    assert restart["gen"] == 1 and s.gen == 1
+    [offer] = [o.msg for o in outs if isinstance(o, Signal) and o.msg["type"] == "offer"]
+    assert offer["gen"] == 1 and s.phase is Phase.EXCHANGE
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "gen": 1, "candidates": [{"type": "host", "ip": BOB[0],
+                                               "port": BOB[1]}]}, 3.2)
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob", "gen": 1}, 3.21)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open) and o.remote == BOB]
+    assert opened.shared_port and opened.cid != cid  # from the listening port again
+    s.handle_stream_open(opened.cid, 3.22)
+    [ours] = _frames(s.take_outputs(), opened.cid)
+    nonce = pr.decode(key, ours, sender="alice", receiver="bob").nonce
+    s.handle_stream_data(opened.cid, frame_4571(pr.ack(key, "bob", "alice", nonce, SEEN_AS,
+                                                       seq=20))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"c" * pr.NONCE_LEN,
+                                               seq=21)), 3.23)
+    [r] = s.restarts
+    assert (r.outcome, r.restored) == ("direct", 3.23) and r.cause.startswith("consent")
+    s.handle_timeout(3.5)
+    kinds = [pr.decode(key, f, sender="alice", receiver="bob").kind
+             for f in _frames(s.take_outputs(), opened.cid)]
+    assert pr.DATA in kinds  # the call goes on, on the new connection
 
 
 def test_application_data_goes_as_frames_on_the_connection_and_the_remotes_counts() -> None:
@@ -248,3 +262,122 @@ def test_application_data_goes_as_frames_on_the_connection_and_the_remotes_count
                                        for n in (1000, 1000, 500)), 0.05)
     assert s.app_received == 2500 and s.app_complete
     assert s.counters.rejected == 0  # application frames are not probes that failed
+
+
+# --- the relay stage over a TCP allocation (RFC 6062) ------------------------------------
+
+TURN_KEY = stun.long_term_key("u", "r", "p")
+ALICE_RELAYED = ("203.0.113.5", 50001)
+BOB_RELAYED = ("203.0.113.5", 50002)
+
+
+def _turn_requests(outs: list[Any], cid: int) -> list[stun.Message]:
+    return [stun.unpack(o.data) for o in outs if isinstance(o, Write) and o.cid == cid]
+
+
+def _reply(s: Session, cid: int, req: stun.Message, now: float,
+           attrs: list[tuple[str, Any]], cls: stun.Class = stun.Class.SUCCESS,
+           key: bytes | None = TURN_KEY) -> None:
+    msg = stun.Message.new(req.method, cls, attrs, req.transaction_id)
+    s.handle_stream_data(cid, stun.pack(msg, integrity_key=key), now)
+
+
+def tcp_allocated(**kw: Any) -> tuple[Session, int]:
+    """Alice over TCP whose TURN server gave her a TCP allocation; offer sent."""
+    s = session(transport="tcp", stun=None, turn=None, turn_tcp=TURN, **kw)
+    [opened] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    s.handle_stream_open(opened.cid, 0.002)
+    [allocate] = _turn_requests(s.take_outputs(), opened.cid)
+    assert allocate.get("REQUESTED-TRANSPORT") == 6  # a TCP session relays TCP
+    _reply(s, opened.cid, allocate, 0.003, [("ERROR-CODE", (401, "Unauthorized")),
+                                            ("REALM", "r"), ("NONCE", b"n" * 16)],
+           stun.Class.ERROR, None)
+    [again] = _turn_requests(s.take_outputs(), opened.cid)
+    _reply(s, opened.cid, again, 0.004, [("XOR-RELAYED-ADDRESS", ALICE_RELAYED),
+                                         ("XOR-MAPPED-ADDRESS", ("203.0.113.50", 40001)),
+                                         ("LIFETIME", 600)])
+    assert s.phase is Phase.EXCHANGE
+    return s, opened.cid
+
+
+def test_the_relay_stage_connects_through_the_tcp_allocation_and_frames_its_probes() -> None:
+    s, ctl = tcp_allocated()
+    assert s.secret is not None
+    key = bytes.fromhex(s.secret)
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "candidates": [{"type": "relay", "ip": BOB_RELAYED[0],
+                                     "port": BOB_RELAYED[1]}]}, 0.01)
+    [permission] = _turn_requests(s.take_outputs(), ctl)
+    assert permission.method is stun.Method.CREATE_PERMISSION  # admits Bob's side early
+    _reply(s, ctl, permission, 0.011, [])
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob"}, 0.02)
+    s.take_outputs()  # punching: a connect to Bob's relayed address, refused below
+    s.handle_timeout(0.02 + s.t.punch_timeout)
+    assert s.phase is Phase.RELAY
+    [connect] = _turn_requests(s.take_outputs(), ctl)
+    assert (connect.method, connect.get("XOR-PEER-ADDRESS")) == (stun.Method.CONNECT,
+                                                                 BOB_RELAYED)
+    _reply(s, ctl, connect, 1.03, [("CONNECTION-ID", 77)])
+    [data] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    assert data.remote == TURN and not data.shared_port
+    s.handle_stream_open(data.cid, 1.04)
+    [bind] = _turn_requests(s.take_outputs(), data.cid)
+    assert bind.method is stun.Method.CONNECTION_BIND and bind.get("CONNECTION-ID") == 77
+    _reply(s, data.cid, bind, 1.05, [])
+    probes = [pr.decode(key, f, sender="alice", receiver="bob")
+              for f in _frames(s.take_outputs(), data.cid)]
+    assert probes and all(p.kind == pr.PROBE for p in probes)  # held, then sent in order
+    s.handle_stream_data(data.cid, frame_4571(pr.ack(key, "bob", "alice", probes[0].nonce,
+                                                     ALICE_RELAYED, seq=1))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"b" * pr.NONCE_LEN,
+                                               seq=2)), 1.06)
+    assert (s.outcome, s.stage) == ("relay", "relay")
+    assert s.pair is not None and (s.pair[0].addr, s.pair[1].addr) == (ALICE_RELAYED,
+                                                                      BOB_RELAYED)
+    outs = s.take_outputs()
+    assert not any(isinstance(o, Transmit) for o in outs)  # nothing as UDP, ever
+    [ack] = [pr.decode(key, f, sender="alice", receiver="bob")
+             for f in _frames(outs, data.cid)]
+    assert ack.kind == pr.ACK  # the answer to Bob's probe, on the same connection
+
+
+def relayed_call() -> tuple[Session, int]:
+    """Alice in a call relayed through her TCP allocation (the steps of the test above,
+    without its checks); returns the session and its control connection."""
+    s, ctl = tcp_allocated(timing=Timing(call=10.0))
+    assert s.secret is not None
+    key = bytes.fromhex(s.secret)
+    s.handle_signal({"type": "answer", "from": "bob", "to": "alice", "secret": s.secret,
+                     "candidates": [{"type": "relay", "ip": BOB_RELAYED[0],
+                                     "port": BOB_RELAYED[1]}]}, 0.01)
+    _reply(s, ctl, _turn_requests(s.take_outputs(), ctl)[0], 0.011, [])
+    s.handle_signal({"type": "start", "from": "alice", "to": "bob"}, 0.02)
+    s.handle_timeout(0.02 + s.t.punch_timeout)
+    _reply(s, ctl, _turn_requests(s.take_outputs(), ctl)[0], 1.03, [("CONNECTION-ID", 7)])
+    [data] = [o for o in s.take_outputs() if isinstance(o, Open)]
+    s.handle_stream_open(data.cid, 1.04)
+    _reply(s, data.cid, _turn_requests(s.take_outputs(), data.cid)[0], 1.05, [])
+    [first, *_] = _frames(s.take_outputs(), data.cid)
+    nonce = pr.decode(key, first, sender="alice", receiver="bob").nonce
+    s.handle_stream_data(data.cid, frame_4571(pr.ack(key, "bob", "alice", nonce,
+                                                     ALICE_RELAYED, seq=1))
+                         + frame_4571(pr.probe(key, "bob", "alice", b"b" * pr.NONCE_LEN,
+                                               seq=2)), 1.06)
+    assert s.path_kind == "relay" and s.in_call
+    s.take_outputs()
+    return s, ctl
+
+
+def test_a_broken_turn_connection_under_a_relayed_call_restarts_it_on_a_new_one() -> None:
+    """The connection to the TURN server breaks (coturn resets it: a renumbered NAT
+    sends its segments from an address coturn does not know) while the call is relayed
+    through it: the restart begins at once, not after consent_timeout, and allocates
+    on a new connection."""
+    s, ctl = relayed_call()
+    s.handle_stream_closed(ctl, "ECONNRESET: Connection reset by peer", 2.0)
+    [r] = s.restarts
+    assert r.lost == 2.0 and "TURN server's connection broke" in r.cause
+    outs = s.take_outputs()
+    assert [o.msg["type"] for o in outs if isinstance(o, Signal)][:1] == ["restart"]
+    [again] = [o for o in outs if isinstance(o, Open)]
+    assert again.remote == TURN and again.cid != ctl  # a new connection to the server

@@ -180,3 +180,23 @@ def test_a_connection_lost_before_proving_itself_is_tried_again(why: str) -> Non
     a.take_outputs()
     a.on_closed(opened.cid, why, 0.1)
     assert a.next_deadline() is not None
+
+
+def test_reset_aborts_every_connection_and_punching_can_start_again() -> None:
+    a = path("alice", "bob")
+    a.start([B_PUB, ("10.9.2.10", 6000)], 0.0)
+    one, two = a.take_outputs()
+    a.on_open(one.cid, 0.0)
+    assert a.on_accepted(-1, B_PUB, 0.0)
+    a.take_outputs()
+    a.on_failed(two.cid, "ECONNREFUSED: refused", 0.01)  # a retry pending
+    a.reset()
+    closes = a.take_outputs()
+    assert sorted(closes, key=lambda c: c.cid) == [Close(-1, abort=True),
+                                                   Close(one.cid, abort=True)]
+    assert a.conns == {} and not a.punching and a.next_deadline() is None
+    a.tick(1.0)
+    assert a.take_outputs() == []  # the refused attempt is not retried
+    a.start([B_PUB], 2.0)
+    [again] = a.take_outputs()
+    assert isinstance(again, Open) and again.remote == B_PUB and again.shared_port

@@ -169,6 +169,7 @@ ROUND_TRIP_VALUES: dict[str, object] = {
     "XOR-RELAYED-ADDRESS": ("203.0.113.5", 49152),
     "REQUESTED-TRANSPORT": 17,
     "DONT-FRAGMENT": True,
+    "CONNECTION-ID": 0xDEADBEEF,
     "PRIORITY": 1,
     "USE-CANDIDATE": True,
     "ICE-CONTROLLED": 2**64 - 1,
@@ -202,6 +203,48 @@ def test_message_type_encoding() -> None:
     assert stun.message_type(Method.ALLOCATE, Class.ERROR) == 0x0113
     assert stun.message_type(Method.SEND, Class.INDICATION) == 0x0016
     assert stun.message_type(Method.DATA, Class.INDICATION) == 0x0017
+    # RFC 6062 section 6.1: Connect 0x000A, ConnectionBind 0x000B, ConnectionAttempt 0x000C
+    assert stun.message_type(Method.CONNECT, Class.REQUEST) == 0x000A
+    assert stun.message_type(Method.CONNECT, Class.SUCCESS) == 0x010A
+    assert stun.message_type(Method.CONNECTION_BIND, Class.REQUEST) == 0x000B
+    assert stun.message_type(Method.CONNECTION_ATTEMPT, Class.INDICATION) == 0x001C
+
+
+# RFC 6062 messages, laid out by hand from the RFC's sections 6.1 and 6.2 (type, length,
+# cookie, transaction id; CONNECTION-ID 0x002A, 4 bytes; XOR-PEER-ADDRESS of
+# 203.0.113.5:49152: port 0xc000 ^ 0x2112, address cb007105 ^ 2112a442)
+RFC6062_TID = bytes(range(1, 13))
+CONNECTION_ATTEMPT = bytes.fromhex(
+    "001c0014" "2112a442" "0102030405060708090a0b0c"
+    "002a0004" "12345678"
+    "00120008" "0001e112" "ea12d547")
+CONNECTION_BIND = bytes.fromhex(
+    "000b0008" "2112a442" "0102030405060708090a0b0c"
+    "002a0004" "deadbeef")
+
+
+def test_rfc6062_connection_attempt_bytes() -> None:
+    msg = stun.unpack(CONNECTION_ATTEMPT)
+    assert (msg.method, msg.msg_class) == (Method.CONNECTION_ATTEMPT, Class.INDICATION)
+    assert msg.get("CONNECTION-ID") == 0x12345678
+    assert msg.get("XOR-PEER-ADDRESS") == ("203.0.113.5", 49152)
+    attrs = [("CONNECTION-ID", 0x12345678), ("XOR-PEER-ADDRESS", ("203.0.113.5", 49152))]
+    again = Message.new(Method.CONNECTION_ATTEMPT, Class.INDICATION, attrs, RFC6062_TID)
+    assert stun.pack(again) == CONNECTION_ATTEMPT
+
+
+def test_rfc6062_connection_bind_bytes() -> None:
+    msg = Message.new(Method.CONNECTION_BIND, Class.REQUEST, [("CONNECTION-ID", 0xDEADBEEF)],
+                      RFC6062_TID)
+    assert stun.pack(msg) == CONNECTION_BIND
+    assert stun.unpack(CONNECTION_BIND) == msg
+
+
+def test_connection_id_of_the_wrong_length() -> None:
+    bad = CONNECTION_BIND[:2] + b"\x00\x0c" + CONNECTION_BIND[4:22] + b"\x00\x08" + bytes(8)
+    with pytest.raises(StunError) as info:
+        stun.unpack(bad)
+    assert str(info.value) == "CONNECTION-ID: bad length 8, expected 4"
 
 
 def test_unknown_attributes_are_kept_raw() -> None:
@@ -415,7 +458,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "UNKNOWN-ATTRIBUTES": st.lists(u16, max_size=6).map(tuple),
     "CHANGE-REQUEST": st.tuples(st.booleans(), st.booleans()),
     "RESPONSE-PORT": u16, "CHANNEL-NUMBER": u16,
-    "LIFETIME": u32, "PRIORITY": u32,
+    "LIFETIME": u32, "PRIORITY": u32, "CONNECTION-ID": u32,
     "REQUESTED-TRANSPORT": st.integers(0, 255),
     "DONT-FRAGMENT": st.just(True), "USE-CANDIDATE": st.just(True),
     "ICE-CONTROLLED": u64, "ICE-CONTROLLING": u64,

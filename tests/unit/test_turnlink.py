@@ -166,3 +166,18 @@ def test_a_server_with_another_certificate_is_refused(certificate: tuple[Path, P
         outs = list(link.on_data(impostor.feed(data), 0.0))
     assert link.failed is not None and "handshake" in link.failed
     assert Close(9) in outs and not link.ready
+
+
+def test_a_tls_record_that_does_not_decrypt_ends_the_link(certificate: tuple[Path, Path]
+                                                          ) -> None:
+    """Someone on the path injects bytes into the TLS stream: the link fails and asks
+    for its connection to be closed (the session then allocates again on a new one)."""
+    cert, key = certificate
+    link = TurnLink(client(), "tls", 9, tls_context(cert.read_text()))
+    server = TlsServer(cert, key)
+    converse(link, server, list(link.on_open(0.0)))
+    assert link.ready
+    record = bytearray(server.send(b"\x00\x01" + bytes(30)))
+    record[-1] ^= 0xFF  # a forged record: its authentication tag fails
+    assert link.on_data(bytes(record), 0.0) == [Close(9)]
+    assert link.failed is not None and link.failed.startswith("turn over tls:")
