@@ -25,7 +25,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "data" / "bad-topologies"
 FILES = sorted(CORPUS.glob("*.yaml"))
-MAX_CPU_S = 1.0  # user + system time of the whole refusing process, interpreter included
+# User + system time of the whole refusing process, interpreter included. A guard against
+# work that grows faster than the input (a million-item list once took 28 s), not a
+# performance goal (bench/bench_bad_topologies.py prints those): the largest case, 200,000
+# values, takes 0.95-1.27 s of CPU on this 2-core machine depending on its load (the
+# same before and after the TCP work), so 1.0 s failed on load alone.
+MAX_CPU_S = 3.0
 MAX_RSS_MB = 200
 HANG_S = 30  # wall time is noisy on a shared machine: only a hang fails on it
 EXPECT = re.compile(r"# expect: (-|\d+) (\S.*)$")
