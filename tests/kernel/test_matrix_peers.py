@@ -21,7 +21,7 @@ import pytest
 from testbed import adapters, cli, netns, report, run_matrix
 from testbed.matrix import lab as mx
 from testbed.model import predict
-from testbed.nat import NatSpec, all_nats, nat_from_label
+from testbed.nat import NatSpec, default_nats, nat_from_label
 from testbed.results import MatrixResult, PairResult
 
 pytestmark = [
@@ -166,12 +166,16 @@ def test_a_runner_that_swapped_the_nats_would_be_caught(monkeypatch: pytest.Monk
     assert report.exit_code(doc, strict=True) == 1
 
 
-def test_aioice_over_all_121_pairings_splits_direct_from_not_as_the_model_does() -> None:
+def test_aioice_over_the_classic_pairings_splits_direct_from_not_as_the_model_does() -> None:
     """aioice (STUN only: no relay to fall back to, so 'direct or not' is what it
-    measures) against the project's model, over --nats all. Its checks start in order
-    (peers/adapters/aioice_peer.py): stable, where its default start was a race."""
+    measures) against the project's model, over the 25 classic pairings (none and the four
+    classic types: direct and not-direct cells both). Its checks start in order
+    (peers/adapters/aioice_peer.py): stable, where its default start was a race. The same
+    over all 121 pairings of `--nats all` is a run, not a test (docs/facts-measured.md:
+    `nat-testbed matrix --nats all --peer-a aioice-stun --peer-b aioice-stun`): a minute
+    of the test command for the same mechanism."""
     need("aioice-stun")
-    nats = all_nats()
+    nats = default_nats()
     # The deadline counts from each program's own start, and both programs must be up
     # before either connects: on a loaded 2-CPU machine Bob's program was started up to
     # 2.3 s after Alice's (median 0.4 s) and an interpreter took up to 2.4 s more to
@@ -181,7 +185,7 @@ def test_aioice_over_all_121_pairings_splits_direct_from_not_as_the_model_does()
     doc = run_matrix(nats, jobs=2, deadline=8, peer_jobs=12,
                      dimensions={"peer_a": ["aioice-stun"], "peer_b": ["aioice-stun"]})
     got = repeats(doc, "aioice-stun", "aioice-stun")
-    assert len(got) == 121
+    assert len(got) == len(nats) ** 2
     differ = []
     for a in nats:
         for b in nats:
@@ -193,8 +197,8 @@ def test_aioice_over_all_121_pairings_splits_direct_from_not_as_the_model_does()
             if (r.outcome == "direct") != (model == "direct"):
                 differ.append(f"{a.label} -> {b.label}: aioice {r.outcome}, model {model}")
     assert differ == []
-    direct = sum(r.outcome == "direct" for r in got.values())
-    assert 80 <= direct <= 100  # 89 on this kernel: the split is not one-sided
+    outcomes = {r.outcome for r in got.values()}
+    assert outcomes == {"direct", "failed"}  # the split is not one-sided
     assert no_lab_left(doc)
 
 
