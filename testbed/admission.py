@@ -257,9 +257,12 @@ def _can_lower_nice() -> bool:
 
     def probe() -> None:
         base = os.getpriority(os.PRIO_PROCESS, 0)
+        # one step away and back, the back step lowering: at nice 19 already (a run
+        # under `nice -n 19`) the step is down first, else nothing would be lowered
+        step = (base + 1, base) if base < 19 else (base - 1, base)
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, min(base + 1, 19))
-            os.setpriority(os.PRIO_PROCESS, 0, base)
+            for value in step:
+                os.setpriority(os.PRIO_PROCESS, 0, value)
             ok.append(True)
         except OSError:
             ok.append(False)

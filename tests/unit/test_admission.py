@@ -125,6 +125,22 @@ def test_labs_build_at_a_lower_priority_only_where_it_can_be_raised_again(
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # probed on a thread of its own
 
 
+def test_the_probe_lowers_a_nice_value_even_from_19(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `nice -n 19` (scripts/test.sh's pure pass) raising is impossible: the probe
+    then steps down first, so a refused lowering is still seen."""
+    monkeypatch.setattr(os, "getpriority", lambda which, who: 19)
+    calls: list[int] = []
+
+    def refusing(which: int, who: int, nice: int) -> None:
+        calls.append(nice)
+        if nice < 19:
+            raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(os, "setpriority", refusing)
+    assert admission._can_lower_nice() is False and calls == [18]
+    monkeypatch.setattr(os, "setpriority", lambda which, who, nice: calls.append(nice))
+    assert admission._can_lower_nice() is True and calls == [18, 18, 19]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="CAP_SYS_NICE: root in the machine's namespace")
 def test_root_builds_labs_at_build_nice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admission, "_build_nice", None)
