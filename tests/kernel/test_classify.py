@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_matrix import leftovers  # namespaces, markers, state files, processes of a lab
 
 from testbed import netns
 from testbed.classify import STUN_ALTERNATE, STUN_PRIMARY, classify_topology
@@ -23,25 +25,30 @@ COTURN_WORDS = {"Endpoint Independent": EIM, "Address Dependent": ADM,
                 "Address and Port Dependent": APDM}
 
 
-def classify_namespaces() -> set[str]:
-    """Namespaces of classify labs ('client' is its node name); other runs may be going."""
-    return {n for n in netns.listed() if n.endswith("-client")}
+BUILT = re.compile(r"^\[ *\d+\.\d s\] building lab ([a-z][a-z0-9_]*):", re.M)
 
 
-def classify(*args: str) -> subprocess.CompletedProcess[str]:
+def classify(*args: str, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "testbed", "classify", *args], cwd=REPO,
-                          text=True, capture_output=True, timeout=120)
+                          text=True, capture_output=True, timeout=120, env=env)
+
+
+def built_lab(res: subprocess.CompletedProcess[str]) -> str:
+    """The lab this run built, as its progress names it (other users' labs, on the same
+    machine at the same time, are none of this test's business)."""
+    (name,) = BUILT.findall(res.stderr)
+    return name
 
 
 @pytest.mark.rootless
 def test_classify_symmetric_as_json_and_nothing_left() -> None:
-    before = classify_namespaces()
     res = classify("--nat", "symmetric", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert (out["measured"]["mapping"], out["measured"]["filtering"]) == (APDM, APDM)
     assert out["agrees"] is True and out["lab"] is None
-    assert classify_namespaces() == before
+    assert leftovers(built_lab(res)) == []  # namespaces, markers, state files, processes
 
 
 def test_classify_text_for_an_rfc4787_combination() -> None:
@@ -52,14 +59,20 @@ def test_classify_text_for_an_rfc4787_combination() -> None:
     assert "agrees with the configuration" in res.stdout
 
 
-def test_classify_bad_options_build_nothing() -> None:
-    before = classify_namespaces()
-    res = classify("--filtering", "address-dependent")
+def test_classify_bad_options_build_nothing(tmp_path: Path) -> None:
+    """A state directory of this test's own: a lab is recorded there before any of its
+    namespaces exists (testbed.state), so an empty directory means nothing was built,
+    whatever other runs on the machine build meanwhile."""
+    own = tmp_path / "state"
+    env = dict(os.environ, NAT_TESTBED_STATE_DIR=str(own))
+    res = classify("--filtering", "address-dependent", env=env)
     assert res.returncode == 2
     assert res.stderr.startswith("nat-testbed: --filtering: needs a mapping too")
-    res = classify("--nat", "symmetric", "--mapping-timeout", "-5")
+    assert res.stderr.count("\n") == 1  # the error alone: no "building lab" progress
+    res = classify("--nat", "symmetric", "--mapping-timeout", "-5", env=env)
     assert res.returncode == 2 and "--mapping-timeout" in res.stderr
-    assert classify_namespaces() == before
+    assert res.stderr.count("\n") == 1
+    assert not own.exists() or list(own.iterdir()) == []
 
 
 # Home NAT behind a carrier-grade NAT: a new inner mapping is a new outer mapping, and
