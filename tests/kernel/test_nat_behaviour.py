@@ -272,11 +272,22 @@ def test_nft_accepts_every_rendered_combination(lab: Lab) -> None:
 CLASSIFY = [pytest.param(s, id=s.combo_label) for s in all_combinations()]
 
 
+def coturn_checks_filtering(spec: NatSpec) -> bool:
+    """coturn's filtering test waits out fixed timeouts of its own for every answer a
+    dependent filter drops (4.5 s for ADF, 7.5 s for APDF here), and a filter's rules are
+    the same whatever the mapping (nat.nft.j2: the prerouting rule, and permit entries
+    keyed by the external port): coturn checks each filtering behaviour once, on the
+    diagonal. The project's classifier checks all nine combinations, against coturn's
+    server and its own, and coturn's mapping test (quick) runs for all nine."""
+    return spec.mapping is spec.filtering
+
+
 @pytest.mark.parametrize("spec", CLASSIFY)
 def test_classifiers_report_the_configured_behaviour(lab: Lab, spec: NatSpec) -> None:
     apply(lab, spec)
     assert coturn_verdict(coturn(lab, "h1", "-m"), "Mapping") is spec.mapping
-    assert coturn_verdict(coturn(lab, "h1", "-f"), "Filtering") is spec.filtering
+    if coturn_checks_filtering(spec):
+        assert coturn_verdict(coturn(lab, "h1", "-f"), "Filtering") is spec.filtering
     for port in (OWN_PORT, COTURN_PORT):  # the project's client, both servers
         result = natcheck(lab, "h1", port)
         assert (result["mapping"], result["filtering"]) == (spec.mapping.value,
@@ -301,8 +312,13 @@ def test_no_translation(lab: Lab, kind: Kind) -> None:
 
 # ------------------------------------------------------------------ hairpinning
 
-@pytest.mark.parametrize("hairpinning", [True, False])
-@pytest.mark.parametrize("mapping", [EI, APD])
+# Hairpinning on depends on the mapping (the hairpinned packet leaves from the sender's
+# mapping: EI and APD both); off is one input rule whatever the mapping (_input.nft.j2),
+# checked once (coturn's hairpinning test waits 7 s for the packet that never comes).
+HAIRPINNING = [(EI, True), (APD, True), (APD, False)]
+
+
+@pytest.mark.parametrize(("mapping", "hairpinning"), HAIRPINNING)
 def test_hairpinning(lab: Lab, mapping: Behaviour, hairpinning: bool) -> None:
     apply(lab, NatSpec(mapping=mapping, hairpinning=hairpinning))
     assert ("Received a request (maybe a successful hairpinning)" in coturn(lab, "h1", "-H")
