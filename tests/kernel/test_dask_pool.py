@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from test_matrix import expected, leftovers  # the facts file's table; what a lab leaves
-from test_matrix_shards import by_cell, nt
+from test_matrix_shards import by_cell, nt_together
 
 from testbed import report, state
 from testbed.matrix import records
@@ -101,9 +101,10 @@ def check_complete(out: Path, slots: int) -> dict[tuple[str, str], list[str]]:
 
 
 def test_a_pool_run_equals_the_local_run_cell_for_cell(pool: LocalPool, tmp_path: Path) -> None:
-    local = nt("matrix", *SPEC, "--out", str(tmp_path / "local"))
+    local, pooled = nt_together(["matrix", *SPEC, "--out", str(tmp_path / "local")],
+                                ["matrix", *SPEC, "--dask", pool.address,
+                                 "--out", str(tmp_path / "pool")])
     assert local.returncode == 0, local.stderr
-    pooled = nt("matrix", *SPEC, "--dask", pool.address, "--out", str(tmp_path / "pool"))
     assert pooled.returncode == 0, pooled.stderr
     assert check_complete(tmp_path / "pool", 18) == check_complete(tmp_path / "local", 18)
     assert pooled.stdout.split("\n\n")[0] == local.stdout.split("\n\n")[0]  # the same table
@@ -126,9 +127,10 @@ def test_a_pool_run_carries_link_conditions_as_the_local_run(pool: LocalPool,
     """--delay on the pool: the workers apply it (the peers' STUN round trips show it),
     and the results have the local run's columns, `delay` and `disturbed` among them."""
     spec = ["--nats", "full-cone,symmetric", "--delay", f"{DELAY_MS:g}ms"]  # 4 slots
-    local = nt("matrix", *spec, "--out", str(tmp_path / "local"))
+    local, pooled = nt_together(["matrix", *spec, "--out", str(tmp_path / "local")],
+                                ["matrix", *spec, "--dask", pool.address,
+                                 "--out", str(tmp_path / "pool")])
     assert local.returncode == 0, local.stderr
-    pooled = nt("matrix", *spec, "--dask", pool.address, "--out", str(tmp_path / "pool"))
     assert pooled.returncode == 0, pooled.stderr
     head = [(tmp_path / run / "results.csv").read_text().splitlines()[0].split(",")
             for run in ("local", "pool")]
