@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import re
 import socket
 import statistics
@@ -100,17 +101,34 @@ def seeded(spec: str, seed: int) -> Conditions:
 
 @pytest.mark.parametrize("delay_ms,jitter_ms", [(10.0, 0.0), (10.0, 3.0)])
 def test_delay_and_jitter(impaired: tuple[Lab, str], delay_ms: float, jitter_ms: float) -> None:
+    """Timed one way, from a's kernel send stamp to b's kernel receive stamp: a round
+    trip timed by this program also counted its own scheduling and the echo's return
+    through two kernels' softirq work (one run at load 5: a mean of 12.4 ms). The delay
+    and the jitter are the median and the normal-consistent spread (interquartile range
+    / 1.349): a stall of the whole machine (this one is a VM with steal time) holds every
+    frame in the forwarder at once, and one of up to 50 ms late-delivers at most 10% of
+    frames paced 0.5 ms apart, which moves neither by more than 0.4 ms. More late frames
+    fail the measurement (a 90 ms stall made 106 of 1,000, one run of 30 at load 3-5):
+    it is measured again, as the statistical checks are; a wrong delay fails twice."""
     lab, mech = impaired
     cond = Conditions(delay=delay_ms / 1000, jitter=jitter_ms / 1000, seed=1)
     assert apply(lab, "a", "eth0", cond, mechanism=mech).mechanism == mech
-    run = round_trips(lab, 1000)
-    rtts = [rtt for _, rtt in run.replies]
-    assert len(rtts) == 1000
-    mean, sd = statistics.fmean(rtts), statistics.pstdev(rtts)
-    print(f"{mech}: delay {delay_ms} ms jitter {jitter_ms} ms -> mean {mean:.3f} ms, "
-          f"sd {sd:.3f} ms over {len(rtts)} round trips")
-    assert within(mean, delay_ms, 1.0, 0.05), f"mean RTT {mean:.3f} ms vs {delay_ms} ms"
-    assert within(sd, jitter_ms, 1.0, 0.05), f"RTT sd {sd:.3f} ms vs jitter {jitter_ms} ms"
+
+    def check() -> None:
+        run = probe.one_way(lab.ns["a"].fd, lab.ns["b"].fd, B_ADDR, 1000, PROBE_GAP)
+        delays = sorted(ms for _, ms in run.delays)
+        assert len(delays) == 1000
+        q1, median, q3 = statistics.quantiles(delays, n=4)
+        spread = (q3 - q1) / 1.349
+        late = sum(1 for ms in delays if ms > delay_ms + 5 * jitter_ms + 1.0)
+        print(f"{mech}: delay {delay_ms} ms jitter {jitter_ms} ms -> median {median:.3f} ms, "
+              f"spread {spread:.3f} ms (mean {statistics.fmean(delays):.3f}, sd "
+              f"{statistics.pstdev(delays):.3f}), {late} late, of {len(delays)} one way")
+        assert within(median, delay_ms, 1.0, 0.05), f"median {median:.3f} ms vs {delay_ms} ms"
+        assert within(spread, jitter_ms, 1.0, 0.05), f"spread {spread:.3f} vs {jitter_ms} ms"
+        assert late <= len(delays) // 10, f"{late} of {len(delays)} later than 5 sd + 1 ms"
+
+    twice(check)
 
 
 # ---------------------------------------------------------------- loss
@@ -221,38 +239,64 @@ def _drain(rx: socket.socket) -> list[tuple[bytes, float]]:
         got.append((msg, probe.kernel_time(anc)))
 
 
-def blast(lab: Lab, rate_bps: int, payload: int, seconds: float) -> list[tuple[float, int]]:
-    """Send UDP a -> b at 1.25 times `rate_bps` for `seconds`; return (kernel arrival
-    time, frame bytes) of what b received."""
+@dataclasses.dataclass
+class Blast:
+    queued: list[float]  # per frame: when its send call returned (it was queued by then)
+    arrived: list[tuple[int, float, int]]  # (frame, kernel arrival time, bytes) in order
+
+
+def blast(lab: Lab, rate_bps: int, payload: int, seconds: float) -> Blast:
+    """Send UDP a -> b at 1.25 times `rate_bps` for `seconds`, each datagram numbered."""
     rx, tx = _receiver(lab, 9000), _udp_socket(lab, "a")
     try:
         frame = payload + 8 + 20 + 14
         gap = frame * 8 / (rate_bps * 1.25)
-        data = b"x" * payload
+        pad = b"x" * (payload - 4)
+        queued = []
         start = time.monotonic()
-        n = int(seconds / gap)
-        for i in range(n):
+        for i in range(int(seconds / gap)):
             while time.monotonic() < start + i * gap:
                 pass  # pacing below a scheduler tick; bounded by `seconds`
-            tx.sendto(data, (B_ADDR, 9000))
-        return [(at, len(msg) + 8 + 20 + 14) for msg, at in _drain(rx)]
+            tx.sendto(struct.pack("!I", i) + pad, (B_ADDR, 9000))
+            queued.append(time.time())  # CLOCK_REALTIME, the kernel stamps' clock
+        return Blast(queued, [(struct.unpack("!I", msg[:4])[0], at, len(msg) + 8 + 20 + 14)
+                              for msg, at in _drain(rx)])
     finally:
         rx.close()
         tx.close()
+
+
+def shaped_rate(run: Blast, ahead_s: float) -> tuple[float, int]:
+    """Bits per second over the gaps where the shaper was busy: frame k arrived after
+    frame j (the one before it) and k had been queued before j left. Its gap is then
+    k's serialisation at the rate, whatever this program did; a gap after the sender
+    itself fell behind (a busy machine ran it 30-280 ms late, measured at load 6) is
+    idle time, not the shaper's. `ahead_s`: how long a frame takes to reach the shaper
+    after its send call (a delay before it). Returns (rate, gaps counted)."""
+    bits, seconds, counted = 0, 0.0, 0
+    for (j, left, _), (k, at, size) in itertools.pairwise(run.arrived):
+        if k == j + 1 and run.queued[k] + ahead_s <= left:
+            bits, seconds, counted = bits + size * 8, seconds + at - left, counted + 1
+    return (bits / seconds if seconds else 0.0), counted
 
 
 @pytest.mark.parametrize("spec", ["rate=20mbit", "delay=5ms,rate=20mbit"],
                          ids=["alone", "after-delay"])
 def test_rate(impaired: tuple[Lab, str], spec: str) -> None:
     lab, mech = impaired
-    apply(lab, "a", "eth0", parse_spec(spec), mechanism=mech)
-    got = blast(lab, 20_000_000, 1200, 0.6)
-    assert len(got) > 100
-    # From the first arrival on, each frame took its serialisation time at the rate.
-    span = got[-1][0] - got[0][0]
-    measured = sum(b for _, b in got[1:]) * 8 / span
-    print(f"{mech} {spec}: {measured / 1e6:.2f} Mbit/s over {len(got)} frames, {span:.3f} s")
-    assert within(measured, 20e6, 0, 0.05), f"{measured / 1e6:.2f} Mbit/s vs 20"
+    cond = parse_spec(spec)
+    apply(lab, "a", "eth0", cond, mechanism=mech)
+
+    def check() -> None:
+        run = blast(lab, 20_000_000, 1200, 0.6)
+        assert len(run.arrived) > 100
+        measured, counted = shaped_rate(run, cond.delay)
+        print(f"{mech} {spec}: {measured / 1e6:.2f} Mbit/s over {counted} busy gaps of "
+              f"{len(run.arrived)} frames")
+        assert counted >= len(run.arrived) // 2, f"the shaper was busy for {counted} gaps"
+        assert within(measured, 20e6, 0, 0.05), f"{measured / 1e6:.2f} Mbit/s vs 20"
+
+    twice(check)  # a stall of the whole machine also stalls the shaper's dequeue
 
 
 # ---------------------------------------------------------------- MTU
