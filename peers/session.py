@@ -318,6 +318,10 @@ class Session:
         self._key: bytes | None = None
         self._offer: dict[str, Any] | None = None
         self._answered = False
+        # the offerer took this exchange's answer; not `self.remote` being non-empty: an
+        # authenticated probe can add a peer-reflexive candidate before the answer (during
+        # a restart, the remote's consent checks on the old path still arrive)
+        self._got_answer = False
 
         # times (seconds, the driver's clock)
         self.t0 = 0.0
@@ -910,12 +914,13 @@ class Session:
         return {} if self.allocation is None else {"mapping": self.allocation.kind}
 
     def _on_answer(self, msg: dict[str, Any], now: float) -> None:
-        if not self.controlling or self.phase is not Phase.EXCHANGE or self.remote:
+        if not self.controlling or self.phase is not Phase.EXCHANGE or self._got_answer:
             self.errors.append("unexpected answer ignored")
             return
         if msg["secret"] != self.secret:
             self._fail(now, "signaling", "answer carries a different session secret")
             return
+        self._got_answer = True
         self._learn_remote(msg["candidates"], now)
         self.remote_mapping = msg.get("mapping")
         self.rtt.remote = pacing.read_rtt_field(msg)
@@ -1652,7 +1657,7 @@ class Session:
             self.local.append(Candidate("mapped", *self.strategies.mapped))
         self.remote = []
         self.direct, self.relayed = {}, {}
-        self._offer, self._answered = None, False
+        self._offer, self._answered, self._got_answer = None, False, False
         self._held -= set(holdon.PER_ATTEMPT)
         self._permitted, self._permission_asked = set(), set()
         self._next_round = None
@@ -1702,7 +1707,7 @@ class Session:
     def _offer_unanswered(self) -> bool:
         """A restart's offer is out and nothing came back: it may be lost with a dead
         signaling connection (ours or the remote's)."""
-        return (self._restarting and self.controlling and self.remote == []
+        return (self._restarting and self.controlling and not self._got_answer
                 and self.phase is Phase.EXCHANGE)
 
     def _offer_msg(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from testbed.results import (
 PEER_TIMINGS = STAGE_TIMINGS
 PACKETS = PACKET_COUNTS
 PAIR_TIMINGS = ("connect", "total")
+PACING = ("path_rtt_ms", "punch_timeout_ms")  # how the peer paced its punching (PEER fields)
 SPEC_FIELDS = ("kind", "mapping", "filtering", "port_allocation", "hairpinning",
                "mapping_timeout")
 NOT_APPLICABLE = "n/a"  # a setting a NAT kind does not have (NatSpec.not_applicable)
@@ -654,6 +655,7 @@ def csv_columns(dimensions: Sequence[str] = ()) -> list[str]:
         for end in ("local", "remote"):
             cols += [f"{peer}_{end}_{k}" for k in ("type", "ip", "port")]
         cols += [f"{peer}_{t}_ms" for t in PEER_TIMINGS]
+        cols += [f"{peer}_{k}" for k in PACING]
         cols += [f"{peer}_{p}" for p in PACKETS]
     return cols
 
@@ -671,6 +673,7 @@ def _peer_row(role: str, peer: PeerResult) -> dict[str, Any]:
     for end, cand in zip(("local", "remote"), peer.candidate_pair or (None, None), strict=True):
         row.update({f"{role}_{end}_{k}": getattr(cand, k, None) for k in ("type", "ip", "port")})
     row.update({f"{role}_{t}_ms": getattr(peer.timings_ms, t) for t in PEER_TIMINGS})
+    row.update({f"{role}_{k}": getattr(peer, k) for k in PACING})
     row.update({f"{role}_{p}": getattr(peer.packets, p, None) for p in PACKETS})
     return row
 

@@ -42,7 +42,13 @@ from testbed.trace.narrate import Crossing
 from testbed.trace.nfttrace import Trace
 from testbed.trace.packets import Packet
 
-RECV_TIMEOUT_S = 1.0
+# Waits for a packet that should arrive (a packet that should not is waited for in the
+# router's trace): generous, since it returns as soon as the packet is there, and a
+# stalled vCPU or softirq can hold a forwarded packet for seconds (seen in CI).
+RECV_TIMEOUT_S = 5.0
+# A step's capture normally settles within milliseconds; past this, the step says what
+# the pcaps still miss (a failed fact) instead of narrating from a partial capture.
+STEP_SETTLE_S = 10.0
 CONNTRACK_REWRITE = ("rewritten by conntrack, no rule consulted: the NAT rules see only a "
                      "flow's first packet")
 DROP_TIMEOUT_S = 1.0
@@ -265,7 +271,10 @@ class Run:
         if look:
             self.say(f"  Look for: {look}")
         yield st
-        self.cap.settle()
+        if not self.cap.settle(STEP_SETTLE_S):
+            self.fact(f"step {st.number}'s capture caught up with the kernel's packet "
+                      f"counters within {STEP_SETTLE_S:g} s", False,
+                      "; ".join(self.cap.lagging()))
         st.end = self.cap.counts()
         captured = self.cap.result()
         wans = {r: self.lab.node(r).upstream or "" for r in self.lesson.routers}

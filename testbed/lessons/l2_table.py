@@ -49,8 +49,9 @@ def experiment(run: Run) -> None:
     with run.step("The server answers each public address it saw.",
                   "each answer goes back to the right device and port, by the table.") as st:
         for outside in public.values():
-            server.send(outside, f"answer to {outside}".encode())
-        got = {ep.addr: ep.recv() for ep in eps.values()}
+            if outside != "?":  # a crossing the capture missed fails its fact above
+                server.send(outside, f"answer to {outside}".encode())
+        got = {ep.addr: ep.recv() for ep in eps.values() if public[ep.addr] != "?"}
     for inside, outside in public.items():
         c = st.crossing(f"answer to {outside}".encode())
         run.fact(f"the answer to {outside} was delivered to {inside}",

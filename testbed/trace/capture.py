@@ -272,10 +272,14 @@ class Capture:
                 counts[tr.iif] = counts.get(tr.iif, 0) + 1
         return counts
 
-    def _caught_up(self) -> bool:
+    def lagging(self) -> list[str]:
+        """What the pcaps and traces still miss of what the kernel has counted (empty
+        once they have caught up), e.g. 'router:wan: 5 of 6 packets in the pcap'."""
+        out = []
         for t in self.taps.values():
-            if len(t.packets) < self._counter(t) - t.base:
-                return False
+            counted = self._counter(t) - t.base
+            if len(t.packets) < counted:
+                out.append(f"{t.label}: {len(t.packets)} of {counted} packets in the pcap")
         for r in self.tracers.values():
             traced = self._traced_ingress(r)
             for t in self.taps.values():
@@ -283,8 +287,12 @@ class Capture:
                     continue
                 arrived = sum(1 for p in t.packets if p.direction == "in" and p.routed)
                 if traced.get(t.iface, 0) < arrived:
-                    return False
-        return True
+                    out.append(f"{t.label}: {traced.get(t.iface, 0)} of {arrived} arrivals "
+                               "in the nft trace")
+        return out
+
+    def _caught_up(self) -> bool:
+        return not self.lagging()
 
     def settle(self, timeout: float = SETTLE_TIMEOUT_S) -> bool:
         """Wait until the pcaps and traces hold everything the kernel has counted so far."""

@@ -246,6 +246,7 @@ class Scene:
         self.silent_until: dict[str, float] = {}
         self.injected: list[Callable[[], None]] = []
         self.late_start: dict[str, float] = {}  # `start` reaches this peer so much later
+        self.slow_signaling: dict[str, float] = {}  # every signal to this peer, so much later
         sim.at(0.0, lambda: self._start("alice"))
         sim.at(start_b, lambda: self._start("bob"))
 
@@ -315,7 +316,8 @@ class Scene:
 
         def to(who: str, m: dict[str, Any]) -> None:
             if who not in self.dead_signaling:  # else it goes to a dead connection
-                self.sim.at(t, lambda: self._deliver_signal(who, m))
+                self.sim.at(t + self.slow_signaling.get(who, 0.0),
+                            lambda: self._deliver_signal(who, m))
 
         if msg["type"] == "ping":
             return
@@ -1036,6 +1038,43 @@ def test_an_answer_lost_on_a_cut_connection_is_sent_again_once_registered() -> N
     offers = [m for who, m in sc.signals if who == "alice" and m["type"] == "offer"]
     assert [m.get("gen", 0) for m in offers] == [0, 1, 1]
     assert "unexpected offer ignored" not in sc.s["bob"].errors
+
+
+def test_a_consent_check_from_the_old_path_does_not_make_the_restart_ignore_its_answer(
+) -> None:
+    """Bob's router is renumbered: Alice's checks to his old address die, his to her
+    still arrive (full cones), now from his new address. Alice restarts; until Bob
+    hears of it, his consent checks on the old path go on, authenticated with the
+    session's key a restart keeps, and one reaches Alice between her offer and Bob's
+    answer (his signaling is slow here: 0.6 s, longer than his 0.5 s checks; on real
+    kernels the same check lands in a window of a few ms, as it did in 6 of 10 runs).
+    It teaches her a peer-reflexive candidate; that must not pass for the answer
+    already taken, or she ignores the answer and both wait until the call ends."""
+    sc = Scene("full-cone", "full-cone", timing=CALL)
+    assert sc.s["alice"].controlling
+
+    def renumber() -> None:
+        sc.reboot("bob")
+        sc.nats["bob"].public_ip = "203.0.113.102"
+        sc.slow_signaling["bob"] = 0.6
+
+    sc.sim.at(2.0, renumber)
+    for s in sc.s.values():
+        s.cfg = replace(s.cfg, trace=True)
+    res = sc.run(until=30.0)
+    a = res["alice"]
+    offer = next(t for t, e in a["trace"] if t > 2000 and e == "signaling: send offer")
+    answer = next(t for t, e in a["trace"] if t > offer and e == "signaling: got answer")
+    early = [t for t, e in a["trace"] if offer < t < answer and e.startswith("probe <- ")]
+    assert early, a["trace"]  # the race this test is about did happen
+    assert "unexpected answer ignored" not in sc.s["alice"].errors
+    for r in res.values():
+        [restart] = r["restarts"]
+        assert restart["outcome"] == "direct", r
+        # the restart took Bob's slow signaling (restart, offer, start: 3 x 0.6 s) and a
+        # few hops, far less than what was left of the call
+        assert restart["restored_ms"] - restart["lost_ms"] < 3 * 600 + 50
+    assert a["restarts"][0]["candidate_pair"]["remote"]["ip"] == "203.0.113.102"
 
 
 def test_application_data_crosses_a_birthday_path_both_ways() -> None:

@@ -228,6 +228,19 @@ def test_malformed_json_names_the_line(tmp_path: Path) -> None:
         report.load(path)
 
 
+def test_csv_carries_how_each_peer_paced_its_punching(doc: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    # what `pair --delay 200ms` printed for a full-cone x symmetric pairing
+    doc["cells"][0]["repeats"][0]["peers"]["alice"] |= {"path_rtt_ms": 813.4,
+                                                         "punch_timeout_ms": 2440.2}
+    path = tmp_path / "results.csv"
+    report.write_csv(typed(doc), path)
+    with path.open(newline="") as f:
+        first, second = list(csv.DictReader(f))[:2]
+    assert (first["alice_path_rtt_ms"], first["alice_punch_timeout_ms"]) == ("813.4", "2440.2")
+    assert (first["bob_path_rtt_ms"], second["alice_punch_timeout_ms"]) == ("", "")
+
+
 def test_csv_one_row_per_repeat(doc: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     written = report.write_csv(typed(doc), path)

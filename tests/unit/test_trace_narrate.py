@@ -117,9 +117,46 @@ def test_a_departure_needs_one_hop_less_ttl_and_the_same_ip_id() -> None:
 def test_departure_before_arrival_or_long_after_does_not_count() -> None:
     lan = [pkt("router:lan", 0, 5.0, "in", LAPTOP, 5000, SERVER, 3478)]
     wan = [pkt("router:wan", 0, 4.0, "out", WAN, 5000, SERVER, 3478, ttl=63),
-           pkt("router:wan", 1, 7.0, "out", WAN, 5000, SERVER, 3478, ttl=63)]
+           pkt("router:wan", 1, 16.0, "out", WAN, 5000, SERVER, 3478, ttl=63)]
     [c] = crossings("router", {"lan": lan, "wan": wan})
     assert c.left is None
+
+
+def test_a_stalled_forwarding_still_pairs_its_late_departure() -> None:
+    # CI: the arrival stamped when the laptop's veth queued it, the departure 2.5 s later
+    # (a stalled vCPU or softirq), and conntrack held the mapping: it was forwarded.
+    lan = [pkt("router:lan", 0, 5.0, "in", LAPTOP, 5001, SERVER, 3478, b"laptop from 5001")]
+    wan = [pkt("router:wan", 0, 7.5, "out", WAN, 5001, SERVER, 3478, b"laptop from 5001",
+               ttl=63)]
+    trace = parse_trace(trace_lines("dd04", "lan", LAPTOP, 5001, SERVER, 3478, 100,
+                                    b"laptop from 5001", OUT_STEPS))
+    for traced in ((), trace):
+        [c] = crossings("router", {"lan": lan, "wan": wan}, traced)
+        assert c.left == wan[0] and c.verdict == "forwarded"
+
+
+def test_a_late_departure_goes_to_the_retransmission_right_before_it() -> None:
+    # The first copy dropped, its retransmission a second later forwarded at once: the
+    # stall window must not hand the retransmission's departure to the first copy.
+    same = b"\x00\x01STUN-retransmit"
+    lan = [pkt("router:lan", i, 1.0 + 1.5 * i, "in", LAPTOP, 5000, SERVER, 3478, same, ip_id=0)
+           for i in range(2)]
+    wan = [pkt("router:wan", 0, 2.5001, "out", WAN, 5000, SERVER, 3478, same, ip_id=0, ttl=63)]
+    cs = crossings("router", {"lan": lan, "wan": wan})
+    assert [c.left.index if c.left else None for c in cs] == [None, 0]
+    assert [c.verdict for c in cs] == ["dropped", "forwarded"]
+
+
+def test_a_packet_the_trace_saw_dropped_never_takes_a_late_departure() -> None:
+    # Nothing else claims the departure 3 s later, but the router's trace says this
+    # arrival was dropped: the departure is another packet's (one the capture missed).
+    lan = [pkt("router:lan", 0, 1.0, "in", LAPTOP, 5000, SERVER, 3478, ip_id=0)]
+    wan = [pkt("router:wan", 0, 4.0, "out", WAN, 5000, SERVER, 3478, ip_id=0, ttl=63)]
+    trace = parse_trace(trace_lines("ee05", "lan", LAPTOP, 5000, SERVER, 3478, 0, b"hello",
+                                    ['forward rule iifname "lan" drop (verdict drop)']))
+    [c] = crossings("router", {"lan": lan, "wan": wan}, trace)
+    assert c.left is None and c.verdict == "dropped"
+    assert c.rule == 'forward: iifname "lan" drop'
 
 
 def test_icmp_error_matches_although_nat_rewrote_the_quoted_packet() -> None:
