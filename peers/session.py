@@ -774,10 +774,15 @@ class Session:
                                       active=self.controlling)
 
     def _close_tcp_relay(self) -> None:
+        self._close_relay_connections()
+        self.tcp_relay = None
+
+    def _close_relay_connections(self) -> None:
+        """The TCP allocation's data connections closed (the relay object stays, for
+        the same allocation's next connections)."""
         if self.tcp_relay is not None:
             self.tcp_relay.close()
             self.out.extend(self.tcp_relay.take_outputs())
-            self.tcp_relay = None
 
     def _start_turn(self, now: float) -> None:
         """Allocate over the current way; past turn_fallback, the next way takes over."""
@@ -1627,9 +1632,7 @@ class Session:
             self.out.append(Close(self._stun_cid, abort=True))
             self._stun_cid = None
         self._tcp_cid, self._tcp_acks = None, 0
-        if self.tcp_relay is not None:
-            self.tcp_relay.close()
-            self.out.extend(self.tcp_relay.take_outputs())
+        self._close_relay_connections()
 
     def _begin_restart(self, now: float, cause: str, gen: int, announce: bool) -> None:
         """Forget the dead path and the old exchange; gather, exchange and punch again."""

@@ -134,15 +134,14 @@ def crossings(router: str, taps: Mapping[str, Sequence[Packet]],
 
     # First pass: the usual case, each arrival with a departure right after it (an
     # identical retransmission a second later keeps its own departure).
-    paired = {id(a): departure(a, MATCH_WINDOW_S) for a in arrivals}
+    first_pass = [departure(a, MATCH_WINDOW_S) for a in arrivals]
     out = []
-    for a in arrivals:
+    for a, left in zip(arrivals, first_pass, strict=True):
         same = by_header.get((a.iface, a.src, a.dst, a.ip_id, a.length), [])
         tr = next((t for t in same if _trace_matches(t, a)), None)
         if tr is not None:
             same.remove(tr)
         seen = tr.verdict if tr is not None else None
-        left = paired[id(a)]
         if left is None and seen != "drop":  # second pass: a stalled forwarding
             left = departure(a, STALL_WINDOW_S)
         verdict = "forwarded" if left is not None or seen == "forward" else \
